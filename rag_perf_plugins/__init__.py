@@ -1,0 +1,55 @@
+"""Performance plugins for RAG pipelines: pooling, caching, throttling, batching, tracking.
+
+Example::
+
+    from rag_perf_plugins import PerformanceConfig
+
+    config = PerformanceConfig.from_preset("high-throughput")
+
+The LangChain and LlamaIndex adapters live in ``rag_perf_plugins.langchain`` and
+``rag_perf_plugins.llama_index`` (install the ``langchain`` / ``llama-index`` extras).
+Importing this package never imports either framework.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import PerformanceConfig
+from .errors import (
+    CacheError,
+    ConfigError,
+    DeadlineExceeded,
+    Overloaded,
+    PoolError,
+    PoolTimeout,
+    ProviderError,
+    RagPerfError,
+    RetryBudgetExhausted,
+)
+
+# The integrations/ source root holds rag_perf_plugins.langchain and .llama_index; in an
+# editable install or a checkout it is a second directory of this package (STYLE.md §4).
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
+try:
+    __version__ = version("rag-perf-plugins")
+except PackageNotFoundError:  # pragma: no cover - running from a checkout without install
+    __version__ = "0+unknown"
+
+__all__ = [
+    # config
+    "PerformanceConfig",
+    # errors
+    "CacheError",
+    "ConfigError",
+    "DeadlineExceeded",
+    "Overloaded",
+    "PoolError",
+    "PoolTimeout",
+    "ProviderError",
+    "RagPerfError",
+    "RetryBudgetExhausted",
+    # meta
+    "__version__",
+]

@@ -1,0 +1,103 @@
+"""One exception hierarchy for rag_perf_plugins.
+
+Every error the library raises on purpose derives from :class:`RagPerfError`, so
+``except RagPerfError`` catches ours and nothing else::
+
+    try:
+        async with gate.acquire(tokens=500):
+            ...
+    except Overloaded as exc:
+        return fallback_answer(exc)
+
+Config errors also derive from :class:`ValueError`, and timeouts from
+:class:`TimeoutError`, so code written against the built-ins keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "ConfigError",
+    "DeadlineExceeded",
+    "Overloaded",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "ProviderError",
+    "RagPerfError",
+    "RetryBudgetExhausted",
+    "UnkeyableArgument",
+]
+
+
+class RagPerfError(Exception):
+    """Base class of every error raised on purpose by rag_perf_plugins."""
+
+
+class ConfigError(RagPerfError, ValueError):
+    """A configuration value, key, type or file is invalid.
+
+    The message names the key, the bad value and what is allowed, for example
+    ``cache_szie: unknown key; did you mean cache_size?``.
+
+    Attributes:
+        key: The offending key, or ``None`` for errors about a whole file.
+        value: The offending value, when there is one.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.value = value
+
+
+class CacheError(RagPerfError):
+    """A cache operation failed. Raised only by explicit cache calls, never on the user's path."""
+
+
+class UnkeyableArgument(CacheError, TypeError):
+    """An argument of a ``@cached`` function cannot be turned into a stable cache key."""
+
+
+class Overloaded(RagPerfError):
+    """The admission queue is full or would wait too long; the call was refused at once."""
+
+
+class DeadlineExceeded(RagPerfError, TimeoutError):
+    """The deadline of a logical call passed while it was queued, running or backing off."""
+
+
+class RetryBudgetExhausted(RagPerfError):
+    """A retry was refused because retries used up their share of calls in the window."""
+
+
+class ProviderError(RagPerfError):
+    """A provider answered with an error that our retry policy gave up on.
+
+    Attributes:
+        status_code: The HTTP status, when there was one.
+        retry_after: Seconds the provider asked us to wait, when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class PoolError(RagPerfError):
+    """Misuse of a connection pool: a double return, or a connection from another pool."""
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """No connection became free within ``connection_timeout``."""
+
+
+class PoolClosed(PoolError):
+    """The pool was closed; no more connections can be borrowed."""

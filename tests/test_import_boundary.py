@@ -1,0 +1,63 @@
+"""The core never imports a framework; adapters fail with an install hint without one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+FRAMEWORKS = {"langchain", "langchain_core", "langchain_openai", "llama_index"}
+
+
+def _run(code: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def test_core_imports_no_framework() -> None:
+    code = f"""
+        import pkgutil, importlib, sys
+        import rag_perf_plugins
+        # every core module, not just the package: a slip in any of them is caught.
+        # (pkgutil.walk_packages would import the adapter packages to recurse into them.)
+        SKIP = {
+        "rag_perf_plugins.langchain", "rag_perf_plugins.llama_index", "rag_perf_plugins.bench.peers"
+    }   # peers: the benchmark's comparisons, by design
+        todo = [("rag_perf_plugins.", rag_perf_plugins.__path__)]
+        while todo:
+            prefix, path = todo.pop()
+            for info in pkgutil.iter_modules(path, prefix):
+                if info.name in SKIP:
+                    continue
+                module = importlib.import_module(info.name)
+                if info.ispkg:
+                    todo.append((info.name + ".", module.__path__))
+        print(sorted(m for m in sys.modules if m.split(".")[0] in {FRAMEWORKS!r}))
+    """
+    assert _run(code) == "[]"
+
+
+def test_adapters_are_subpackages_of_one_import_package() -> None:
+    code = """
+        import rag_perf_plugins.langchain as lc, rag_perf_plugins.llama_index as li
+        print(lc.__name__, li.__name__)
+    """
+    assert _run(code) == "rag_perf_plugins.langchain rag_perf_plugins.llama_index"
+
+
+def test_adapter_without_framework_names_the_extra() -> None:
+    code = """
+        import sys
+        sys.modules["langchain_core"] = None        # as if the extra were not installed
+        sys.modules["llama_index.core"] = None
+        for name in ("rag_perf_plugins.langchain", "rag_perf_plugins.llama_index"):
+            try:
+                __import__(name)
+            except ImportError as exc:
+                print(exc)
+    """
+    out = _run(code)
+    assert "pip install 'rag-perf-plugins[langchain]'" in out
+    assert "pip install 'rag-perf-plugins[llama-index]'" in out
