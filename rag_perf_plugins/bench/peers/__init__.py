@@ -1,0 +1,1 @@
+"""Peer comparisons (LangChain / LlamaIndex built-ins); frameworks are imported lazily."""

@@ -1,0 +1,1 @@
+"""Framework-free benchmark suites; every module here registers its benchmarks on import."""
