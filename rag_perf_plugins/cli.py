@@ -43,6 +43,13 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    from .config import reference_markdown
+
+    print(reference_markdown(), end="")
+    return 0
+
+
 def _register_config(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("config", help="show the effective configuration")
     sub = parser.add_subparsers(dest="config_command", required=True)
@@ -50,6 +57,8 @@ def _register_config(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     show.add_argument("--preset", help="start from a preset (high-throughput, low-latency, ...)")
     show.add_argument("--config", metavar="FILE", help="a YAML config file")
     show.set_defaults(func=_config_show)
+    ref = sub.add_parser("reference", help="print the Markdown reference of every key")
+    ref.set_defaults(func=_config_reference)
 
 
 def build_parser() -> argparse.ArgumentParser:

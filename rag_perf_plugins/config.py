@@ -713,3 +713,29 @@ def _preset(name: str) -> dict[str, Any]:
         hint = f"; did you mean {close[0]}?" if close else ""
         msg = f"preset={name!r}: unknown preset{hint}; allowed: {', '.join(sorted(PRESETS))}"
         raise ConfigError(msg, key="preset", value=name) from None
+
+
+def reference_markdown() -> str:
+    """The configuration reference table, in Markdown, generated from the fields.
+
+    ``docs/configuration.md`` embeds this between markers; a test fails when it is stale.
+    Regenerate with ``rag-perf config reference``.
+    """
+    rows = [
+        "| key | type | default | unit | environment variable | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec in _fields().values():
+        default = "null" if spec.default is None else repr(spec.default)
+        if isinstance(spec.default, bool):
+            default = str(spec.default).lower()
+        rows.append(
+            f"| `{spec.name}` | {spec.type_name} | `{default}` | {spec.unit or ''} "
+            f"| `{ENV_PREFIX}{spec.name.upper()}` | {spec.doc} Allowed: {spec.allowed()}. |"
+        )
+    presets = ["", "| key | " + " | ".join(PRESETS) + " |", "| --- |" + " --- |" * len(PRESETS)]
+    keys = sorted({k for values in PRESETS.values() for k in values})
+    for key in keys:
+        cells = [repr(p[key]) if key in p else "" for p in PRESETS.values()]
+        presets.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n\n### Presets\n" + "\n".join(presets) + "\n"
