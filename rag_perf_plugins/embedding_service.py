@@ -1,0 +1,737 @@
+"""The one embedding request path that every framework adapter calls.
+
+LangChain's ``PerfEmbeddings`` and LlamaIndex's ``PerfEmbedding`` both translate their
+framework's calls into :class:`EmbeddingService` calls; nothing about caching, coalescing,
+batching, admission or retries lives in the adapters::
+
+    service = EmbeddingService(
+        embed_many=client_embed,            # list[str] -> list[list[float]], one request
+        aembed_many=client_aembed,          # optional async twin (else run off the loop)
+        provider="openai", model="text-embedding-3-small", dimensions=1536,
+        symmetric=True,                     # queries are embedded like documents
+        store=my_store,                     # optional per-text vector store (EmbeddingStore)
+    )
+    vectors = service.embed_documents(["a", "b"])
+    vector = await service.aembed_query("what is rag?")
+
+One call goes through these steps (DESIGN.md, "The request path"):
+
+1. Each distinct text gets a key from the store: provider, model, dimensions, role
+   (``"document"`` or ``"query"``) and the text. All keys are looked up in ONE batched
+   ``get_many`` call.
+2. Misses are claimed in an in-flight table (single-flight): a text that another caller
+   (thread or task) is already computing is awaited, not sent again. The leader's work runs
+   in its own task, so a cancelled leader does not strand its followers. Errors reach the
+   current waiters and are never stored.
+3. The leader's texts go to the micro-batcher (:mod:`rag_perf_plugins.batching`), which
+   merges concurrent callers' texts into provider-sized batches. Query texts join these
+   batches only when ``symmetric=True``; for asymmetric models each distinct query is sent
+   through ``embed_query`` on its own and only identical queries coalesce.
+4. Each real provider call passes the admission gate and the retry policy (when given);
+   cache hits never touch them.
+5. Vectors are rounded to the store's dtype (float32 by default) on the miss path, so a cold
+   call and a warm call return identical vectors; they are stored with one ``set_many``.
+6. Every call is recorded in the tracker (``embedding.document`` / ``embedding.query``):
+   latency, texts, cache hits, estimated tokens sent and saved. LangChain has no embedding
+   callbacks, so this is the only record of embedding work.
+
+A failing store degrades to "uncached" for that call: the error is counted
+(``cache.errors``) and logged once, and the user's call goes on.
+
+Not done here: splitting a text longer than the model's context (the provider decides), and
+the storage itself (see :class:`EmbeddingStore`; the cache package provides the real tiers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
+
+import numpy as np
+
+from ._clock import Clock, monotonic
+from .batching import AsyncBatchProcessor, BatchProcessor
+from .config import PerformanceConfig
+from .tokens import estimate_tokens
+from .tracking import PerformanceTracker, get_performance_tracker
+
+__all__ = [
+    "AdmissionGateLike",
+    "EmbeddingIdentity",
+    "EmbeddingService",
+    "EmbeddingStore",
+    "RetryPolicyLike",
+    "Role",
+    "round_vectors",
+]
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["document", "query"]
+Vector = list[float]
+EmbedMany = Callable[[list[str]], Sequence[Sequence[float]]]
+AEmbedMany = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
+EmbedOne = Callable[[str], Sequence[float]]
+AEmbedOne = Callable[[str], Awaitable[Sequence[float]]]
+R = TypeVar("R")
+
+
+@runtime_checkable
+class EmbeddingStore(Protocol):
+    """Per-text vector storage the service looks up in one batch per call.
+
+    The cache package's embeddings namespace is the production implementation; any object
+    with these methods works (tests use a real diskcache directory). ``get_many`` returns
+    one entry per key, ``None`` for a miss. Vectors come back exactly as stored (rounded to
+    ``dtype``).
+    """
+
+    @property
+    def dtype(self) -> str:
+        """``"float32"`` or ``"float64"``: how vectors are stored."""
+        ...
+
+    def embedding_key(
+        self, provider: str, model: str, dimensions: int | None, role: str, text: str
+    ) -> str:
+        """The cache key of one text for one model identity and role."""
+        ...
+
+    def get_many(self, keys: Sequence[str]) -> list[Vector | None]:
+        """Vectors for ``keys``, ``None`` where missing."""
+        ...
+
+    def set_many(self, items: Mapping[str, Vector], *, ttl: float | None = None) -> None:
+        """Store vectors; ``ttl`` in seconds (``None``: the store's default)."""
+        ...
+
+    async def aget_many(self, keys: Sequence[str]) -> list[Vector | None]:
+        """Async twin of :meth:`get_many`; must not block the event loop."""
+        ...
+
+    async def aset_many(self, items: Mapping[str, Vector], *, ttl: float | None = None) -> None:
+        """Async twin of :meth:`set_many`; must not block the event loop."""
+        ...
+
+
+class AdmissionGateLike(Protocol):
+    """What the service needs from the admission gate: a slot per provider call.
+
+    ``tokens`` is the estimated input tokens of the request.
+    """
+
+    def acquire(self, *, tokens: int = 0) -> AbstractAsyncContextManager[Any]:
+        """Async context manager holding one admission for the call."""
+        ...
+
+    def acquire_sync(self, *, tokens: int = 0) -> AbstractContextManager[Any]:
+        """Blocking twin of :meth:`acquire`, for threads."""
+        ...
+
+
+class RetryPolicyLike(Protocol):
+    """What the service needs from the retry policy: run a call, retrying as it sees fit."""
+
+    def call(self, fn: Callable[[], R]) -> R:
+        """Run ``fn`` (blocking), retrying retryable errors."""
+        ...
+
+    async def acall(self, fn: Callable[[], Awaitable[R]]) -> R:
+        """Await ``fn()``, retrying retryable errors."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingIdentity:
+    """Everything besides the text that decides a vector: part of every cache key.
+
+    Example: ``EmbeddingIdentity("openai", "text-embedding-3-small", 512)``.
+    """
+
+    provider: str
+    model: str
+    dimensions: int | None
+
+
+def round_vectors(vectors: Sequence[Sequence[float]], dtype: str) -> list[Vector]:
+    """Round vectors to ``dtype`` the way the store keeps them, as Python float lists.
+
+    Example: ``round_vectors([[0.1]], "float32") == [[0.10000000149011612]]``.
+    Rounding on the miss path is what makes a cold call return the same numbers as a warm one.
+    """
+    if dtype == "float64":
+        return [[float(x) for x in v] for v in vectors]
+    if dtype != "float32":
+        msg = f"dtype must be 'float32' or 'float64', got {dtype!r}"
+        raise ValueError(msg)
+    return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+
+
+class _Flights:
+    """Single-flight table: the first claimer of a key computes it, later ones wait.
+
+    Shared by the sync and async paths (``concurrent.futures.Future`` is thread-safe and
+    awaitable through ``asyncio.wrap_future``), so a thread and a task asking for the same
+    text at the same time make one provider request.
+    """
+
+    __slots__ = ("_lock", "_table")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._table: dict[str, concurrent.futures.Future[Vector]] = {}
+
+    def claim(
+        self, keys: Sequence[str]
+    ) -> tuple[
+        dict[str, concurrent.futures.Future[Vector]], dict[str, concurrent.futures.Future[Vector]]
+    ]:
+        lead: dict[str, concurrent.futures.Future[Vector]] = {}
+        follow: dict[str, concurrent.futures.Future[Vector]] = {}
+        with self._lock:
+            for key in keys:
+                flight = self._table.get(key)
+                if flight is None:
+                    flight = concurrent.futures.Future()
+                    self._table[key] = flight
+                    lead[key] = flight
+                else:
+                    follow[key] = flight
+        return lead, follow
+
+    def settle(
+        self,
+        lead: Mapping[str, concurrent.futures.Future[Vector]],
+        results: Mapping[str, Vector] | None,
+        error: BaseException | None,
+    ) -> None:
+        for key, flight in lead.items():
+            if flight.done():
+                continue
+            if results is not None and key in results:
+                flight.set_result(results[key])
+            else:
+                flight.set_exception(error or RuntimeError(f"no vector computed for {key!r}"))
+
+    def release(self, lead: Mapping[str, concurrent.futures.Future[Vector]]) -> None:
+        with self._lock:
+            for key, flight in lead.items():
+                if self._table.get(key) is flight:
+                    del self._table[key]
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Pure bookkeeping of one call: positions -> keys, distinct keys -> texts."""
+
+    keys: list[str]
+    texts: dict[str, str]
+
+    def assemble(self, vectors: Mapping[str, Vector]) -> list[Vector]:
+        # Each position gets its own list: callers may mutate what they receive.
+        return [list(vectors[k]) for k in self.keys]
+
+
+class EmbeddingService:
+    """Cached, coalesced, batched, admitted and tracked embedding calls; sync and async.
+
+    Example::
+
+        service = EmbeddingService(
+            embed_many=lambda texts: [[float(len(t))] for t in texts],
+            provider="local", model="length", dimensions=1, symmetric=True,
+        )
+        service.embed_documents(["ab", "abc"])      # [[2.0], [3.0]]
+
+    Args:
+        embed_many: ``list[str] -> vectors``, one provider request per call (documents).
+        aembed_many: Async twin of ``embed_many``; without it the async path runs
+            ``embed_many`` in a worker thread, still batched, never on the event loop.
+        embed_query: ``str -> vector`` for queries of an asymmetric model (query prefix,
+            ``input_type``); defaults to ``embed_many([text])[0]``.
+        aembed_query: Async twin of ``embed_query``.
+        provider: Provider name, part of every key (e.g. ``"openai"``).
+        model: Model name, part of every key.
+        dimensions: Output dimensions, part of every key (``None``: the model's default).
+        symmetric: ``True`` when queries are embedded exactly like documents; then distinct
+            queries from different callers share provider batches and query/document
+            vectors of one text are still cached under separate roles.
+        config: Batch size, wait, token cap, provider profile, cache TTL and switches;
+            defaults to ``PerformanceConfig()``.
+        store: Per-text vector store, or ``None`` for no caching.
+        gate: Admission gate for provider calls, or ``None``.
+        retry: Retry policy for provider calls, or ``None`` (one attempt).
+        tracker: Statistics sink; defaults to the process tracker when metrics are on.
+        batching: ``False`` sends each caller's misses on their own (in ``batch_size``
+            chunks) instead of through the micro-batcher.
+        operation: Prefix of the tracker operation names (``<operation>.document`` ...).
+        clock: Time source in seconds, for latency statistics.
+
+    Raises:
+        TypeError: a provider callable is not callable, or an async twin is not async.
+        ValueError: ``provider`` or ``model`` is empty, or ``dimensions`` is not positive.
+
+    Not done here: the service never retries on its own; without ``retry`` a provider
+    error reaches the caller (and every follower of the failed texts) at once.
+    """
+
+    __slots__ = (
+        "_abatchers",
+        "_aembed_many",
+        "_aembed_query",
+        "_batcher",
+        "_clock",
+        "_embed_many",
+        "_embed_query",
+        "_flights",
+        "_gate",
+        "_retry",
+        "_store",
+        "_store_failed",
+        "_tracker",
+        "batching",
+        "config",
+        "identity",
+        "operation",
+        "provider_calls",
+        "symmetric",
+    )
+
+    def __init__(
+        self,
+        embed_many: EmbedMany,
+        *,
+        provider: str,
+        model: str,
+        dimensions: int | None = None,
+        symmetric: bool,
+        aembed_many: AEmbedMany | None = None,
+        embed_query: EmbedOne | None = None,
+        aembed_query: AEmbedOne | None = None,
+        config: PerformanceConfig | None = None,
+        store: EmbeddingStore | None = None,
+        gate: AdmissionGateLike | None = None,
+        retry: RetryPolicyLike | None = None,
+        tracker: PerformanceTracker | None = None,
+        batching: bool = True,
+        operation: str = "embedding",
+        clock: Clock = monotonic,
+    ) -> None:
+        for name, fn in (("embed_many", embed_many), ("embed_query", embed_query)):
+            if fn is not None and not callable(fn):
+                msg = f"{name} must be callable, got {fn!r}"
+                raise TypeError(msg)
+        for name, afn in (("aembed_many", aembed_many), ("aembed_query", aembed_query)):
+            if afn is not None and not asyncio.iscoroutinefunction(afn):
+                msg = f"{name} must be an async function, got {afn!r}"
+                raise TypeError(msg)
+        if not provider or not isinstance(provider, str):
+            msg = f"provider must be a non-empty str, got {provider!r}"
+            raise ValueError(msg)
+        if not model or not isinstance(model, str):
+            msg = f"model must be a non-empty str, got {model!r}"
+            raise ValueError(msg)
+        if dimensions is not None and (
+            isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+        ):
+            msg = f"dimensions must be an int >= 1 or None, got {dimensions!r}"
+            raise ValueError(msg)
+        self.config = config if config is not None else PerformanceConfig()
+        self.identity = EmbeddingIdentity(provider, model, dimensions)
+        self.symmetric = bool(symmetric)
+        self.batching = bool(batching)
+        self.operation = operation
+        self._embed_many = embed_many
+        self._aembed_many = aembed_many
+        self._embed_query = embed_query
+        self._aembed_query = aembed_query
+        self._store = store if self.config.enable_caching else None
+        self._store_failed = False
+        self._gate = gate
+        self._retry = retry
+        if tracker is None and self.config.enable_metrics:
+            tracker = get_performance_tracker()
+        self._tracker = tracker
+        self._clock = clock
+        self._flights = _Flights()
+        self._batcher: BatchProcessor[str, Vector] | None = None
+        # AsyncBatchProcessor is bound to one event loop; keep one per loop, dropped with it.
+        self._abatchers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncBatchProcessor[str, Vector]
+        ] = weakref.WeakKeyDictionary()
+        self.provider_calls = 0
+
+    # --- public API -----------------------------------------------------------------
+    def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        """Vectors of ``texts`` as documents, in order (blocks this thread only)."""
+        return self._embed(_check_texts(texts), "document")
+
+    def embed_query(self, text: str) -> Vector:
+        """Vector of one query text."""
+        return self._embed([_check_text(text)], "query")[0]
+
+    async def aembed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        """Async twin of :meth:`embed_documents`; never blocks the event loop."""
+        return await self._aembed(_check_texts(texts), "document")
+
+    async def aembed_query(self, text: str) -> Vector:
+        """Async twin of :meth:`embed_query`."""
+        return (await self._aembed([_check_text(text)], "query"))[0]
+
+    def close(self) -> None:
+        """Send what the sync batcher holds and refuse nothing afterwards (idempotent)."""
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
+
+    async def aclose(self) -> None:
+        """Flush this loop's async batcher; other loops' batchers go with their loops."""
+        loop = asyncio.get_running_loop()
+        batcher = self._abatchers.pop(loop, None)
+        if batcher is not None:
+            await batcher.aclose()
+        self.close()
+
+    def __repr__(self) -> str:
+        ident = self.identity
+        return (
+            f"<EmbeddingService {ident.provider}/{ident.model} dims={ident.dimensions} "
+            f"[in flight: {len(self._flights)}, provider calls: {self.provider_calls} | "
+            f"symmetric={self.symmetric}, batching={self.batching}, "
+            f"cached={self._store is not None}]>"
+        )
+
+    # --- the shared, I/O-free core ----------------------------------------------------
+    def _plan(self, texts: list[str], role: Role) -> _Plan:
+        ident = self.identity
+        keys: list[str] = []
+        distinct: dict[str, str] = {}
+        store = self._store
+        for text in texts:
+            if store is not None:
+                key = store.embedding_key(ident.provider, ident.model, ident.dimensions, role, text)
+            else:
+                # Without a store the key only serves single-flight inside this service,
+                # whose identity is fixed: role and text are enough.
+                key = f"{role}\x00{text}"
+            keys.append(key)
+            distinct.setdefault(key, text)
+        return _Plan(keys, distinct)
+
+    def _batched(self, role: Role) -> bool:
+        return self.batching and (role == "document" or self.symmetric)
+
+    def _dtype(self) -> str:
+        store = self._store
+        return store.dtype if store is not None else self.config.cache_vector_dtype
+
+    def _chunks(self, texts: list[str]) -> list[list[str]]:
+        size = self.config.batch_size
+        return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+    def _record(
+        self,
+        role: Role,
+        started: float,
+        *,
+        plan: _Plan,
+        hits: int,
+        sent: Mapping[str, str],
+        error: bool,
+    ) -> None:
+        tracker = self._tracker
+        if tracker is None:
+            return
+        operation = f"{self.operation}.{role}"
+        coalesced = len(plan.texts) - hits - len(sent)
+        # Hits and texts coalesced onto another caller's request cost us no tokens.
+        saved = sum(estimate_tokens(t) for k, t in plan.texts.items() if k not in sent)
+        tracker.record(
+            operation,
+            self._clock() - started,
+            error=error,
+            tokens_in=sum(estimate_tokens(t) for t in sent.values()),
+            cache_hit=None if self._store is None else not sent,
+            batch_size=len(plan.keys),
+            tokens_saved=saved,
+        )
+        if hits:
+            tracker.incr("cache.hits", hits, operation=operation)
+        if sent and self._store is not None:
+            tracker.incr("cache.misses", len(sent), operation=operation)
+        if coalesced > 0:
+            tracker.incr("coalesced", coalesced, operation=operation)
+
+    def _store_error(self, exc: Exception) -> None:
+        if self._tracker is not None:
+            self._tracker.incr("cache.errors", operation=f"{self.operation}.store")
+        if not self._store_failed:
+            self._store_failed = True
+            logger.warning(
+                "embedding cache failed (%s: %s); calls go on uncached while it fails",
+                type(exc).__name__,
+                exc,
+            )
+
+    # --- sync shell -----------------------------------------------------------------
+    def _embed(self, texts: list[str], role: Role) -> list[Vector]:
+        started = self._clock()
+        plan = self._plan(texts, role)
+        # Claim before looking up: a text whose flight just ended is already stored, so a
+        # caller that claims it afterwards finds it in the store instead of sending it again.
+        lead, follow = self._flights.claim(list(plan.texts))
+        found: dict[str, Vector] = {}
+        hits, sent = 0, {}
+        try:
+            try:
+                found = self._lookup(list(lead))
+                hits = len(found)
+                sent = {k: plan.texts[k] for k in lead if k not in found}
+                results = dict(found)
+                if sent:
+                    computed = self._compute(list(sent.values()), role)
+                    results.update(zip(sent, computed, strict=True))
+            except BaseException as exc:
+                self._flights.settle(lead, None, exc)
+                raise
+            self._flights.settle(lead, results, None)
+            self._save({k: results[k] for k in sent})
+            found = results
+            for key, flight in follow.items():
+                found[key] = flight.result()
+        except BaseException:
+            self._record(role, started, plan=plan, hits=hits, sent=sent, error=True)
+            raise
+        finally:
+            self._flights.release(lead)
+        self._record(role, started, plan=plan, hits=hits, sent=sent, error=False)
+        return plan.assemble(found)
+
+    def _lookup(self, keys: list[str]) -> dict[str, Vector]:
+        store = self._store
+        if store is None or not keys:
+            return {}
+        try:
+            values = store.get_many(keys)
+        except Exception as exc:  # degrade: the call goes on uncached
+            self._store_error(exc)
+            return {}
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+    def _save(self, results: Mapping[str, Vector]) -> None:
+        store = self._store
+        if store is None or not results:
+            return
+        try:
+            store.set_many(results, ttl=self.config.cache_ttl)
+        except Exception as exc:
+            self._store_error(exc)
+
+    def _compute(self, texts: list[str], role: Role) -> list[Vector]:
+        if self._batched(role):
+            if self._batcher is None:
+                self._batcher = BatchProcessor.from_config(
+                    self.config,
+                    self._provider_batch,
+                    operation=f"{self.operation}.batch",
+                    tracker=cast(Any, self._tracker),
+                    clock=self._clock,
+                )
+            return self._batcher.submit_many(texts)
+        if role == "document" or self.symmetric:
+            return [v for chunk in self._chunks(texts) for v in self._provider_batch(chunk)]
+        return [self._provider_query(text) for text in texts]
+
+    def _provider_batch(self, texts: list[str]) -> list[Vector]:
+        def call() -> Sequence[Sequence[float]]:
+            self.provider_calls += 1
+            return self._embed_many(texts)
+
+        vectors = self._guarded(call, texts)
+        _check_count(vectors, texts)
+        return round_vectors(vectors, self._dtype())
+
+    def _provider_query(self, text: str) -> Vector:
+        def call() -> Sequence[Sequence[float]]:
+            self.provider_calls += 1
+            if self._embed_query is not None:
+                return [self._embed_query(text)]
+            return self._embed_many([text])
+
+        vectors = self._guarded(call, [text])
+        _check_count(vectors, [text])
+        return round_vectors(vectors, self._dtype())[0]
+
+    def _guarded(self, call: Callable[[], R], texts: list[str]) -> R:
+        gate, retry = self._gate, self._retry
+
+        def admitted() -> R:
+            if gate is None:
+                return call()
+            with gate.acquire_sync(tokens=sum(estimate_tokens(t) for t in texts)):
+                return call()
+
+        return retry.call(admitted) if retry is not None else admitted()
+
+    # --- async shell ----------------------------------------------------------------
+    async def _aembed(self, texts: list[str], role: Role) -> list[Vector]:
+        started = self._clock()
+        plan = self._plan(texts, role)
+        lead, follow = self._flights.claim(list(plan.texts))
+        found: dict[str, Vector] = {}
+        counts: dict[str, Any] = {"hits": 0, "sent": {}}
+        try:
+            if lead:
+                # The leader's work runs in its own task: if this caller is cancelled, the
+                # followers waiting on these texts still get their vectors.
+                work = asyncio.ensure_future(self._alead(plan, lead, role, counts))
+                found.update(await asyncio.shield(work))
+            for key, flight in follow.items():
+                # shield: a cancelled follower must not cancel the shared flight.
+                found[key] = await asyncio.shield(asyncio.wrap_future(flight))
+        except BaseException:
+            self._record(role, started, plan=plan, error=True, **counts)
+            raise
+        self._record(role, started, plan=plan, error=False, **counts)
+        return plan.assemble(found)
+
+    async def _alead(
+        self,
+        plan: _Plan,
+        lead: dict[str, concurrent.futures.Future[Vector]],
+        role: Role,
+        counts: dict[str, Any],
+    ) -> dict[str, Vector]:
+        try:
+            try:
+                found = await self._alookup(list(lead))
+                sent = {k: plan.texts[k] for k in lead if k not in found}
+                counts["hits"], counts["sent"] = len(found), sent
+                results = dict(found)
+                if sent:
+                    computed = await self._acompute(list(sent.values()), role)
+                    results.update(zip(sent, computed, strict=True))
+            except BaseException as exc:
+                self._flights.settle(lead, None, exc)
+                raise
+            self._flights.settle(lead, results, None)
+            await self._asave({k: results[k] for k in sent})
+            return results
+        finally:
+            self._flights.release(lead)
+
+    async def _alookup(self, keys: list[str]) -> dict[str, Vector]:
+        store = self._store
+        if store is None or not keys:
+            return {}
+        try:
+            values = await store.aget_many(keys)
+        except Exception as exc:
+            self._store_error(exc)
+            return {}
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def _asave(self, results: Mapping[str, Vector]) -> None:
+        store = self._store
+        if store is None or not results:
+            return
+        try:
+            await store.aset_many(results, ttl=self.config.cache_ttl)
+        except Exception as exc:
+            self._store_error(exc)
+
+    async def _acompute(self, texts: list[str], role: Role) -> list[Vector]:
+        if self._batched(role):
+            loop = asyncio.get_running_loop()
+            batcher = self._abatchers.get(loop)
+            if batcher is None:
+                batcher = AsyncBatchProcessor.from_config(
+                    self.config,
+                    self._aprovider_batch,
+                    operation=f"{self.operation}.batch",
+                    tracker=cast(Any, self._tracker),
+                    clock=self._clock,
+                )
+                self._abatchers[loop] = batcher
+            return await batcher.submit_many(texts)
+        if role == "document" or self.symmetric:
+            out: list[Vector] = []
+            for chunk in self._chunks(texts):
+                out.extend(await self._aprovider_batch(chunk))
+            return out
+        return list(await asyncio.gather(*(self._aprovider_query(t) for t in texts)))
+
+    async def _aprovider_batch(self, texts: list[str]) -> list[Vector]:
+        async def call() -> Sequence[Sequence[float]]:
+            self.provider_calls += 1
+            if self._aembed_many is not None:
+                return await self._aembed_many(texts)
+            # A sync-only provider runs in a worker thread: the loop keeps serving.
+            return await asyncio.to_thread(self._embed_many, texts)
+
+        vectors = await self._aguarded(call, texts)
+        _check_count(vectors, texts)
+        return round_vectors(vectors, self._dtype())
+
+    async def _aprovider_query(self, text: str) -> Vector:
+        async def call() -> Sequence[Sequence[float]]:
+            self.provider_calls += 1
+            if self._aembed_query is not None:
+                return [await self._aembed_query(text)]
+            if self._embed_query is not None:
+                return [await asyncio.to_thread(self._embed_query, text)]
+            if self._aembed_many is not None:
+                return await self._aembed_many([text])
+            return await asyncio.to_thread(self._embed_many, [text])
+
+        vectors = await self._aguarded(call, [text])
+        _check_count(vectors, [text])
+        return round_vectors(vectors, self._dtype())[0]
+
+    async def _aguarded(
+        self, call: Callable[[], Awaitable[Sequence[Sequence[float]]]], texts: list[str]
+    ) -> Sequence[Sequence[float]]:
+        gate, retry = self._gate, self._retry
+
+        async def admitted() -> Sequence[Sequence[float]]:
+            if gate is None:
+                return await call()
+            async with gate.acquire(tokens=sum(estimate_tokens(t) for t in texts)):
+                return await call()
+
+        return await retry.acall(admitted) if retry is not None else await admitted()
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        msg = "texts must be a list of str, got a single str (use embed_query for one text)"
+        raise TypeError(msg)
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            msg = f"texts[{i}] must be a str, got {type(text).__name__}"
+            raise TypeError(msg)
+    return out
+
+
+def _check_text(text: str) -> str:
+    if not isinstance(text, str):
+        msg = f"text must be a str, got {type(text).__name__}"
+        raise TypeError(msg)
+    return text
+
+
+def _check_count(vectors: Sequence[Sequence[float]], texts: list[str]) -> None:
+    if len(vectors) != len(texts):
+        msg = f"the provider returned {len(vectors)} vectors for {len(texts)} texts"
+        raise ValueError(msg)
