@@ -1,0 +1,1 @@
+"""Async classes (AsyncConnectionPool)."""
