@@ -2,7 +2,10 @@
 
 Example::
 
-    from rag_perf_plugins.llama_index import configure_settings
+    from rag_perf_plugins.llama_index import PerfEmbedding, configure_settings
+
+    configure_settings()                      # before building indexes: wraps Settings.embed_model
+    embed_model = PerfEmbedding(inner_model)  # or wrap a model you pass explicitly
 
 Install with ``pip install 'rag-perf-plugins[llama-index]'``.
 """
@@ -17,4 +20,15 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     )
     raise ImportError(msg) from exc
 
-__all__: list[str] = []
+from .embeddings import PerfEmbedding, inner_identity
+from .settings import SettingsState, configure_settings, restore_settings
+
+__all__ = [
+    # embeddings
+    "PerfEmbedding",
+    "inner_identity",
+    # global Settings
+    "SettingsState",
+    "configure_settings",
+    "restore_settings",
+]

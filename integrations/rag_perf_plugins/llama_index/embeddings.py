@@ -1,0 +1,352 @@
+"""PerfEmbedding: a LlamaIndex ``BaseEmbedding`` that runs every call through our core.
+
+All the work (per-text cache with one batched lookup, single-flight, micro-batching across
+concurrent callers, admission gate and retry for real provider calls, statistics) is done by
+:class:`rag_perf_plugins.embedding_service.EmbeddingService`; this module only translates
+LlamaIndex's calls into service calls and back::
+
+    from llama_index.embeddings.openai import OpenAIEmbedding
+    from rag_perf_plugins.llama_index import PerfEmbedding
+
+    embed_model = PerfEmbedding(OpenAIEmbedding(model="text-embedding-3-small", max_retries=0))
+    index = VectorStoreIndex.from_documents(documents, embed_model=embed_model)
+
+What it fixes in LlamaIndex's own ``embeddings_cache`` / ``rate_limiter`` / batching:
+
+- keys carry the model identity (class, model name, dimensions and the other fields that
+  change vectors) and the role (query or text), where LlamaIndex keys by text alone;
+- one batched cache lookup per call instead of one per text;
+- cache hits never take an admission slot, and the async paths are gated like the sync ones;
+- concurrent ``aget_query_embedding`` calls coalesce (identical ones always; distinct ones
+  share provider batches when the inner model embeds queries like texts);
+- a sync-only inner model keeps its batching on the async path and never blocks the loop.
+
+It calls the inner model's private ``_get_*`` / ``_aget_*`` methods, so LlamaIndex emits one
+set of embedding events and spans per call (the wrapper's), not two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import PrivateAttr
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.embedding_service import (
+    AdmissionGateLike,
+    EmbeddingService,
+    EmbeddingStore,
+    RetryPolicyLike,
+)
+
+__all__ = ["PerfEmbedding", "inner_identity"]
+
+# LlamaIndex pre-chunks texts by embed_batch_size before calling _get_text_embeddings; the
+# largest value it allows, so the service's micro-batcher decides the provider batches.
+_LLAMA_MAX_BATCH = 2048
+
+# Fields of an embedding model that do not change its vectors: left out of the identity (and
+# of to_dict(), which is part of IngestionCache keys), so a new API key, timeout or retry
+# count neither invalidates caches nor leaks a secret into a key or a log.
+_NON_IDENTITY_FIELDS = frozenset(
+    {
+        "api_key",
+        "callback_manager",
+        "default_headers",
+        "embed_batch_size",
+        "embeddings_cache",
+        "max_retries",
+        "num_workers",
+        "rate_limiter",
+        "reuse_client",
+        "timeout",
+    }
+)
+# LlamaIndex's IngestionCache strips these from to_dict() strings too.
+_UNSTABLE = re.compile(r"<[\w\s_\. ]+ at 0x[a-z0-9]+>")
+
+
+def inner_identity(model: BaseEmbedding) -> dict[str, Any]:
+    """The fields of ``model`` that decide its vectors, as a JSON-safe, stable dict.
+
+    Example::
+
+        inner_identity(OpenAIEmbedding(model="text-embedding-3-small", api_key="sk-..."))
+        # {'api_base': 'https://api.openai.com/v1', 'api_version': '', 'additional_kwargs': {},
+        #  'class_name': 'OpenAIEmbedding', 'dimensions': None,
+        #  'model_name': 'text-embedding-3-small'}
+
+    Secrets and transport settings (API key, headers, timeout, retries, batch size, workers)
+    are left out. Objects that are not JSON values are replaced by their type name.
+    """
+    raw = model.to_dict()
+    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS}
+    kept["class_name"] = model.class_name()
+    text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
+    loaded: dict[str, Any] = json.loads(_UNSTABLE.sub("", text))
+    return loaded
+
+
+def _dimensions(model: BaseEmbedding) -> int | None:
+    for name in ("dimensions", "embed_dim"):
+        value = getattr(model, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _is_symmetric(model: BaseEmbedding) -> bool:
+    """Whether ``model`` embeds a query exactly as it embeds a text (safe to batch together).
+
+    Known for OpenAIEmbedding (same engine for both roles) and LlamaIndex's MockEmbedding;
+    any other model is treated as asymmetric: only identical queries are coalesced.
+    """
+    query_engine = getattr(model, "_query_engine", None)
+    if query_engine is not None:
+        return bool(query_engine == getattr(model, "_text_engine", None))
+    return model.class_name() == "MockEmbedding"
+
+
+def _overrides(model: BaseEmbedding, name: str) -> bool:
+    return getattr(type(model), name) is not getattr(BaseEmbedding, name)
+
+
+class PerfEmbedding(BaseEmbedding):
+    """A ``BaseEmbedding`` that caches, coalesces, batches, gates and tracks its inner model.
+
+    Example::
+
+        embed_model = PerfEmbedding(
+            OpenAIEmbedding(api_base="http://127.0.0.1:8600/v1", max_retries=0),
+            PerformanceConfig(batch_size=64, cache_dir="/tmp/rag-cache"),
+        )
+        await asyncio.gather(*(embed_model.aget_query_embedding("what is rag?")
+                               for _ in range(100)))      # one provider request
+
+    Per-call cache control goes through the core's ``cache_control(...)`` context manager,
+    or the ``rag_perf={...}`` keyword of ``get_text_embedding_batch`` /
+    ``aget_text_embedding_batch`` (which LlamaIndex passes through from ``IngestionPipeline.run``
+    and ``__call__``).
+
+    Args:
+        inner: The embedding model that makes the provider calls. Build it with
+            ``max_retries=0`` (or use :func:`pooled_openai_embedding`): our retry policy is
+            the only retry owner. Its own ``embeddings_cache`` and ``rate_limiter`` are
+            bypassed (we call its private methods).
+        config: Batch size and wait (milliseconds), token caps, cache switches and TTL
+            (seconds), concurrency and rate limits; ``None`` means
+            ``PerformanceConfig.load()`` (environment and defaults).
+        store: Per-text vector store; ``None`` builds the core cache's embedding store from
+            ``config`` (no cache when ``enable_caching`` is off).
+        gate: Admission gate for provider calls; ``None`` builds the core's gate for this
+            model from ``config``.
+        retry: Retry policy for provider calls; ``None`` builds the core's from ``config``.
+        symmetric: Whether queries are embedded exactly like texts, so distinct queries may
+            share a provider batch; ``None`` decides from the inner model (OpenAI: yes;
+            unknown models: no, only identical queries coalesce).
+        batching: ``False`` turns the cross-caller micro-batcher off.
+        tracker: Statistics sink; ``None`` means the process tracker when metrics are on.
+
+    Raises:
+        TypeError: ``inner`` is not a LlamaIndex ``BaseEmbedding``, or is a ``PerfEmbedding``.
+
+    Not done: ``from_dict()`` cannot rebuild the inner model (it holds clients); pickling for
+    ``IngestionPipeline.run(num_workers=...)`` sends the wrapper without its service. The
+    ``embed_batch_size`` of the wrapper is 2048 on purpose; provider batches come from
+    ``config.batch_size`` and the token cap. ``num_workers`` is left unset: in-flight calls
+    are bounded by the admission gate, not by LlamaIndex's worker count.
+    """
+
+    _inner: BaseEmbedding = PrivateAttr()
+    _service: EmbeddingService = PrivateAttr()
+    _config: PerformanceConfig = PrivateAttr()
+    _identity: dict[str, Any] = PrivateAttr()
+
+    def __init__(
+        self,
+        inner: BaseEmbedding,
+        config: PerformanceConfig | None = None,
+        *,
+        store: EmbeddingStore | None = None,
+        gate: AdmissionGateLike | None = None,
+        retry: RetryPolicyLike | None = None,
+        symmetric: bool | None = None,
+        batching: bool = True,
+        tracker: Any = None,
+    ) -> None:
+        if isinstance(inner, PerfEmbedding):
+            msg = "inner is already a PerfEmbedding; wrap the model it wraps (inner.inner)"
+            raise TypeError(msg)
+        if not isinstance(inner, BaseEmbedding):
+            msg = f"inner must be a LlamaIndex BaseEmbedding, got {type(inner).__name__}"
+            raise TypeError(msg)
+        if config is not None and not isinstance(config, PerformanceConfig):
+            msg = f"config must be a PerformanceConfig or None, got {type(config).__name__}"
+            raise TypeError(msg)
+        super().__init__(
+            model_name=inner.model_name,
+            embed_batch_size=_LLAMA_MAX_BATCH,
+            num_workers=None,
+            callback_manager=inner.callback_manager,
+        )
+        config = config if config is not None else PerformanceConfig.load()
+        identity = inner_identity(inner)
+        self._inner = inner
+        self._config = config
+        self._identity = identity
+        self._service = _build_service(
+            inner,
+            identity,
+            config,
+            store=store,
+            gate=gate,
+            retry=retry,
+            symmetric=_is_symmetric(inner) if symmetric is None else symmetric,
+            batching=batching,
+            tracker=tracker,
+        )
+
+    # --- what LlamaIndex asks of a BaseEmbedding -------------------------------------
+    @classmethod
+    def class_name(cls) -> str:
+        """Stable serialization name."""
+        return "PerfEmbedding"
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """A stable dict naming the wrapper and the inner model's identity.
+
+        LlamaIndex's ``IngestionCache`` hashes this into its keys, so it holds what decides
+        the vectors (the inner model's identity) and nothing that changes between runs or
+        processes (our config, clients, API keys).
+        """
+        return {
+            "class_name": self.class_name(),
+            "model_name": self.model_name,
+            "inner": dict(self._identity),
+        }
+
+    def to_payload(self) -> dict[str, Any]:
+        """Non-sensitive description for LlamaIndex's events (no vectors, no secrets)."""
+        payload = super().to_payload()
+        payload["inner_class_name"] = self._inner.class_name()
+        return payload
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._service.embed_query(query)
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await self._service.aembed_query(query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._service.embed_documents([text])[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await self._service.aembed_documents([text]))[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._service.embed_documents(texts)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await self._service.aembed_documents(texts)
+
+    # --- ours -------------------------------------------------------------------------
+    @property
+    def inner(self) -> BaseEmbedding:
+        """The wrapped model."""
+        return self._inner
+
+    @property
+    def config(self) -> PerformanceConfig:
+        """The config the wrapper was built with."""
+        return self._config
+
+    @property
+    def service(self) -> EmbeddingService:
+        """The core service doing the work (its ``provider_calls`` counts real requests)."""
+        return self._service
+
+    def close(self) -> None:
+        """Flush the sync micro-batcher (idempotent)."""
+        self._service.close()
+
+    async def aclose(self) -> None:
+        """Flush this event loop's micro-batcher, then the sync one."""
+        await self._service.aclose()
+
+    def __repr__(self) -> str:
+        return f"<PerfEmbedding {self._inner.class_name()}/{self.model_name} {self._service!r}>"
+
+    __str__ = __repr__
+
+
+def _fingerprint(identity: dict[str, Any]) -> str:
+    # Everything that decides vectors except model name and dimensions (their own key fields).
+    rest = {k: v for k, v in identity.items() if k not in ("model_name", "dimensions")}
+    digest = hashlib.blake2b(json.dumps(rest, sort_keys=True).encode(), digest_size=8)
+    return digest.hexdigest()
+
+
+def _build_service(
+    inner: BaseEmbedding,
+    identity: dict[str, Any],
+    config: PerformanceConfig,
+    *,
+    store: EmbeddingStore | None,
+    gate: AdmissionGateLike | None,
+    retry: RetryPolicyLike | None,
+    symmetric: bool,
+    batching: bool,
+    tracker: Any,
+) -> EmbeddingService:
+    """Translate the inner model's private methods into the service's provider callables."""
+
+    def embed_many(texts: list[str]) -> Sequence[Sequence[float]]:
+        return inner._get_text_embeddings(texts)
+
+    async def aembed_native(texts: list[str]) -> Sequence[Sequence[float]]:
+        return await inner._aget_text_embeddings(texts)
+
+    def embed_query(text: str) -> Sequence[float]:
+        return inner._get_query_embedding(text)
+
+    async def aembed_query(text: str) -> Sequence[float]:
+        return await inner._aget_query_embedding(text)
+
+    # A model with a native async batch (or native async single calls and no sync batch)
+    # is awaited; a sync-only one (LlamaIndex's default async methods just call the sync
+    # ones on the loop) is left to the service, which runs its sync batch in a thread.
+    native_async = _overrides(inner, "_aget_text_embeddings") or (
+        _overrides(inner, "_aget_text_embedding") and not _overrides(inner, "_get_text_embeddings")
+    )
+    return EmbeddingService(
+        embed_many,
+        aembed_many=aembed_native if native_async else None,
+        embed_query=None if symmetric else embed_query,
+        aembed_query=None if symmetric else aembed_query,
+        provider=f"llama_index/{inner.class_name()}/{_fingerprint(identity)}",
+        model=inner.model_name or "unknown",
+        dimensions=_dimensions(inner),
+        symmetric=symmetric,
+        config=config,
+        store=store if store is not None else _default_store(config),
+        gate=gate if gate is not None else _default_gate(inner, config),
+        retry=retry if retry is not None else _default_retry(config),
+        tracker=tracker,
+        batching=batching,
+    )
+
+
+def _default_store(config: PerformanceConfig) -> EmbeddingStore | None:
+    return None
+
+
+def _default_gate(inner: BaseEmbedding, config: PerformanceConfig) -> AdmissionGateLike | None:
+    return None
+
+
+def _default_retry(config: PerformanceConfig) -> RetryPolicyLike | None:
+    return None
