@@ -1,0 +1,975 @@
+"""AdmissionGate: one in-flight cap, request budget and token budget per provider key.
+
+Example::
+
+    gate = get_gate("openai", "gpt-4o-mini", api_key)       # one gate per key, process-wide
+    async with gate.acquire(tokens=estimate_tokens(prompt)) as ticket:
+        reply = await client.chat.completions.create(...)
+        ticket.reconcile(reply.usage.total_tokens)           # refund or debit the difference
+
+    with gate.acquire_sync(tokens=300) as ticket:            # the same budget, from a thread
+        ...
+
+A caller first takes an in-flight slot (``max_concurrent_requests``, first come first
+served), then reserves its requests and tokens from the key's rate budget
+(``requests_per_minute``, ``tokens_per_minute``, with ``rate_burst_seconds`` of burst) and
+sleeps until the budget allows it to send. Slot first, budget second: the budget is then
+spent at the moment the request leaves, so the provider never sees more than the budget in
+any window, even when slow calls held every slot for a while.
+
+The budget is a GCRA ("virtual scheduling") bucket per dimension, kept by a
+:class:`BudgetStore`. Reserving moves the bucket's theoretical arrival time forward, so
+each caller learns at once the exact time it may send: waits are FIFO (a request for many
+tokens is scheduled in arrival order, never starved by small ones), a request larger than
+the whole burst waits for an empty bucket and leaves it in debt, and a caller whose wait
+would pass ``max_queue_wait`` (or its deadline) is refused before it waits. A
+:class:`LocalBudgetStore` (the default, one per process) is shared by every event loop and
+thread; a Redis store for many processes can implement the same protocol.
+
+Why not aiolimiter for the budget: an ``AsyncLimiter`` belongs to one event loop and wakes
+waiters with that loop's timers, refuses ``acquire(amount)`` above ``max_rate``, has no
+refunds, and wakes the smallest waiter first. One shared budget across loops and threads,
+FIFO order, large requests and refunds are exactly what the gate needs, so the bucket
+arithmetic here is our own (about forty lines, in :class:`LocalBudgetStore`), and waiting
+is a plain ``sleep`` on the caller's own loop or thread.
+
+Not done here: estimating tokens (use :func:`rag_perf_plugins.tokens.estimate_tokens`),
+retrying (use :class:`rag_perf_plugins.retry.RetryPolicy`, which can run the gate inside
+each attempt), priorities, or sharing the budget between processes (that is the Redis
+store's job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import importlib
+import math
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+from ._clock import AsyncSleep, Clock, Sleep, monotonic
+from .config import PerformanceConfig
+from .errors import ConfigError, DeadlineExceeded, Overloaded
+from .retry import parse_retry_after
+
+__all__ = [
+    "AdmissionGate",
+    "BudgetStore",
+    "LocalBudgetStore",
+    "RateLimits",
+    "Ticket",
+    "get_gate",
+    "key_fingerprint",
+    "parse_reset",
+]
+
+# How many recent queue waits the p50/p95 stats are computed over.
+_RECENT_WAITS = 2048
+# Weight of the newest call in the moving average of how long a slot is held.
+_HOLD_EWMA = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """The rate budget of one key.
+
+    Example: ``RateLimits(requests_per_minute=600, tokens_per_minute=200_000)``.
+
+    Attributes:
+        requests_per_minute: Request budget; ``None`` means unlimited.
+        tokens_per_minute: Token budget; ``None`` means unlimited.
+        burst_seconds: Largest burst, as seconds of budget (at least one request's worth).
+    """
+
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    burst_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                msg = f"{name} must be > 0 (per minute) or None, got {value!r}"
+                raise ValueError(msg)
+        if not self.burst_seconds > 0:
+            msg = f"burst_seconds must be > 0 (seconds), got {self.burst_seconds!r}"
+            raise ValueError(msg)
+
+    @classmethod
+    def from_config(cls, config: PerformanceConfig) -> RateLimits:
+        """The limits in ``requests_per_minute``, ``tokens_per_minute``, ``rate_burst_seconds``."""
+        return cls(config.requests_per_minute, config.tokens_per_minute, config.rate_burst_seconds)
+
+    @property
+    def unlimited(self) -> bool:
+        """True when neither requests nor tokens are limited."""
+        return self.requests_per_minute is None and self.tokens_per_minute is None
+
+
+class BudgetStore(Protocol):
+    """Where the rate budgets of keys live: this process, or (later) Redis.
+
+    Every method is atomic per key and thread-safe. ``now`` is the caller's clock in
+    seconds; a store with its own clock (Redis ``TIME``) may ignore it, which is why waits
+    are returned as relative seconds. Amounts are requests and tokens; negative amounts in
+    :meth:`adjust` refund.
+    """
+
+    def try_reserve(
+        self,
+        key: str,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now: float,
+        max_wait: float,
+    ) -> float:
+        """Seconds until the amounts may be sent; debited only when that is ``<= max_wait``."""
+        ...
+
+    def peek(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> float:
+        """Seconds until the amounts could be sent, debiting nothing."""
+        ...
+
+    def adjust(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> None:
+        """Debit (positive) or refund (negative) amounts, without waiting."""
+        ...
+
+    def pause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
+        """Send nothing on ``key`` for ``seconds``; afterwards resume at the rate, no burst."""
+        ...
+
+    def paused_for(self, key: str, *, now: float) -> float:
+        """Seconds left of a pause on ``key`` (0.0 when not paused)."""
+        ...
+
+    def clamp(
+        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
+    ) -> None:
+        """Let at most ``requests``/``tokens`` leave now (the provider's remaining budget)."""
+        ...
+
+
+class _KeyState:
+    __slots__ = ("paused_until", "tat_requests", "tat_tokens")
+
+    def __init__(self) -> None:
+        # Theoretical arrival times: the clock time at which each bucket is empty again.
+        self.tat_requests = -math.inf
+        self.tat_tokens = -math.inf
+        self.paused_until = -math.inf
+
+
+def _interval(per_minute: float | None) -> float:
+    """Seconds of budget one unit costs (0.0 when unlimited)."""
+    return 0.0 if per_minute is None else 60.0 / per_minute
+
+
+def _grant(tat: float, amount: int, interval: float, burst_s: float, now: float) -> float:
+    """Earliest time ``amount`` fits in a GCRA bucket whose theoretical arrival time is ``tat``."""
+    if interval == 0.0 or amount <= 0:
+        return now
+    # Tolerance: the burst, but at least one unit, or a slow limit could admit nothing.
+    tolerance = max(burst_s, interval)
+    # A request larger than the whole burst waits for an empty bucket and leaves it in debt.
+    return max(now, tat - max(0.0, tolerance - amount * interval))
+
+
+class LocalBudgetStore:
+    """The in-process :class:`BudgetStore`: one GCRA bucket pair per key, behind one lock.
+
+    Example::
+
+        store = LocalBudgetStore()
+        limits = RateLimits(requests_per_minute=60)              # one per second, burst 1 s
+        store.try_reserve("k", limits, requests=1, tokens=0, now=0.0, max_wait=10)   # 0.0
+        store.try_reserve("k", limits, requests=1, tokens=0, now=0.0, max_wait=10)   # 1.0
+
+    A fresh key starts with a full burst (``burst_seconds`` of budget), never a minute's.
+    Memory grows with the number of keys only. Not shared between processes.
+    """
+
+    __slots__ = ("_keys", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, _KeyState] = {}
+
+    def _state(self, key: str) -> _KeyState:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        return state
+
+    @staticmethod
+    def _when(
+        state: _KeyState, limits: RateLimits, requests: int, tokens: int, now: float
+    ) -> float:
+        burst = limits.burst_seconds
+        return max(
+            now,
+            state.paused_until,
+            _grant(state.tat_requests, requests, _interval(limits.requests_per_minute), burst, now),
+            _grant(state.tat_tokens, tokens, _interval(limits.tokens_per_minute), burst, now),
+        )
+
+    def try_reserve(
+        self,
+        key: str,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now: float,
+        max_wait: float,
+    ) -> float:
+        """Seconds until the amounts may be sent; debited only when that is ``<= max_wait``."""
+        with self._lock:
+            state = self._state(key)
+            at = self._when(state, limits, requests, tokens, now)
+            wait = at - now
+            if wait <= max_wait:
+                state.tat_requests = max(state.tat_requests, at) + requests * _interval(
+                    limits.requests_per_minute
+                )
+                state.tat_tokens = max(state.tat_tokens, at) + tokens * _interval(
+                    limits.tokens_per_minute
+                )
+            return wait
+
+    def peek(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> float:
+        """Seconds until the amounts could be sent, debiting nothing."""
+        with self._lock:
+            return self._when(self._state(key), limits, requests, tokens, now) - now
+
+    def adjust(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> None:
+        """Debit (positive) or refund (negative) amounts, without waiting."""
+        with self._lock:
+            state = self._state(key)
+            # A debit starts from now at the earliest (an idle bucket holds no credit); a
+            # refund may take the arrival time into the past, which reads as an empty bucket.
+            if requests:
+                base = max(state.tat_requests, now) if requests > 0 else state.tat_requests
+                state.tat_requests = base + requests * _interval(limits.requests_per_minute)
+            if tokens:
+                base = max(state.tat_tokens, now) if tokens > 0 else state.tat_tokens
+                state.tat_tokens = base + tokens * _interval(limits.tokens_per_minute)
+
+    def pause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
+        """Send nothing on ``key`` for ``seconds``; afterwards resume at the rate, no burst."""
+        with self._lock:
+            state = self._state(key)
+            state.paused_until = max(state.paused_until, now + seconds)
+            interval = _interval(limits.requests_per_minute)
+            if interval:
+                # A full request bucket at the end of the pause: one request then, the next
+                # one interval later, instead of the whole burst at once.
+                tolerance = max(limits.burst_seconds, interval)
+                state.tat_requests = max(
+                    state.tat_requests, state.paused_until + tolerance - interval
+                )
+            state.tat_tokens = max(state.tat_tokens, state.paused_until)
+
+    def paused_for(self, key: str, *, now: float) -> float:
+        """Seconds left of a pause on ``key`` (0.0 when not paused)."""
+        with self._lock:
+            state = self._keys.get(key)
+            return 0.0 if state is None else max(0.0, state.paused_until - now)
+
+    def clamp(
+        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
+    ) -> None:
+        """Let at most ``requests``/``tokens`` leave now (the provider's remaining budget)."""
+        with self._lock:
+            state = self._state(key)
+            for remaining, per_minute, attr in (
+                (requests, limits.requests_per_minute, "tat_requests"),
+                (tokens, limits.tokens_per_minute, "tat_tokens"),
+            ):
+                if remaining is None or per_minute is None:
+                    continue
+                interval = _interval(per_minute)
+                tolerance = max(limits.burst_seconds, interval)
+                # At most `remaining` units fit below the tolerance from now on.
+                floor = now + tolerance - max(0, remaining) * interval
+                setattr(state, attr, max(getattr(state, attr), floor))
+
+    def __repr__(self) -> str:
+        return f"<LocalBudgetStore keys={len(self._keys)}>"
+
+
+_DEFAULT_STORE = LocalBudgetStore()
+
+
+def key_fingerprint(api_key: str | None) -> str:
+    """A short, stable, one-way fingerprint of an API key: ``"k-3f9a0c1b22de"``, never the key.
+
+    ``None`` or ``""`` gives ``"nokey"``. Twelve hex digits of BLAKE2b: enough to tell keys
+    apart in one process, far too few to recover the key.
+    """
+    if not api_key:
+        return "nokey"
+    return "k-" + hashlib.blake2b(api_key.encode(), digest_size=6).hexdigest()
+
+
+class _Tracker(Protocol):
+    def record(
+        self,
+        operation: str,
+        latency_s: float,
+        *,
+        error: bool = ...,
+        queue_wait_s: float | None = ...,
+    ) -> None: ...
+
+    def incr(self, counter: str, n: int = ..., *, operation: str | None = ...) -> None: ...
+
+
+def _default_tracker() -> _Tracker | None:
+    # Imported by name at first use: the tracker module is optional for the gate, and the
+    # gate must keep working when metrics are off or the tracker cannot be built.
+    try:
+        module: Any = importlib.import_module("rag_perf_plugins.tracking")
+        tracker: _Tracker = module.get_performance_tracker()
+    except (ImportError, AttributeError):
+        return None
+    return tracker
+
+
+class _Waiter:
+    """One caller waiting for an in-flight slot, on an event loop or a thread."""
+
+    __slots__ = ("event", "future", "granted", "loop", "tokens")
+
+    def __init__(
+        self,
+        tokens: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.loop = loop
+        self.future = future
+        self.event = threading.Event() if future is None else None
+        self.granted = False
+
+    def wake(self) -> bool:
+        """Hand the slot over; False when the waiter's loop is gone (the slot is not taken)."""
+        if self.event is not None:
+            self.event.set()
+            return True
+        assert self.loop is not None and self.future is not None
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # the loop was closed: nobody will ever take this slot
+            return False
+        return True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+Rejection = Literal["queue_full", "wait_too_long", "deadline"]
+
+
+class Ticket:
+    """Proof of admission, yielded by :meth:`AdmissionGate.acquire`.
+
+    Example: ``ticket.reconcile(response.usage.total_tokens)`` refunds the tokens reserved
+    but not used (or debits the extra) on the key's budget.
+
+    Attributes:
+        tokens: Tokens currently charged for this call.
+        queue_wait_s: Seconds spent waiting for a slot and for the budget (clock seconds).
+    """
+
+    __slots__ = ("_gate", "admitted_at", "queue_wait_s", "tokens")
+
+    def __init__(self, gate: AdmissionGate, tokens: int, queue_wait_s: float, admitted_at: float):
+        self._gate = gate
+        self.tokens = tokens
+        self.queue_wait_s = queue_wait_s
+        self.admitted_at = admitted_at
+
+    def reconcile(self, actual_tokens: int) -> None:
+        """Charge ``actual_tokens`` instead of the estimate (refund or debit the difference)."""
+        if actual_tokens < 0:
+            msg = f"actual_tokens must be >= 0 (tokens), got {actual_tokens}"
+            raise ValueError(msg)
+        delta = actual_tokens - self.tokens
+        if delta:
+            gate = self._gate
+            gate._store.adjust(gate.key, gate.limits, requests=0, tokens=delta, now=gate._clock())
+            self.tokens = actual_tokens
+
+    def __repr__(self) -> str:
+        return f"<Ticket {self._gate.key} tokens={self.tokens} waited={self.queue_wait_s:.6f}s>"
+
+
+class AdmissionGate:
+    """In-flight cap, request rate and token rate for one provider key, FIFO, bounded queue.
+
+    Example::
+
+        gate = AdmissionGate(PerformanceConfig(requests_per_minute=600, tokens_per_minute=90_000))
+        async with gate.acquire(tokens=1200) as ticket:
+            reply = await call_provider()
+            ticket.reconcile(reply.usage.total_tokens)
+        gate.stats()["queue_wait_p95_s"]
+
+    Admission: a caller takes an in-flight slot (at most ``max_concurrent_requests``
+    held), then reserves one request and ``tokens`` tokens and sleeps until the budget
+    lets it send. Both waits are first come, first served. A caller is refused with
+    :class:`~rag_perf_plugins.errors.Overloaded` *before* waiting when ``max_queue``
+    callers already wait, or when its expected wait passes ``max_queue_wait`` seconds; the
+    expected wait is exact for the budget and estimated for slots (callers ahead divided by
+    the cap, times the average time a slot is held). If a slot wait still runs past
+    ``max_queue_wait`` the caller gets ``Overloaded`` then. With ``timeout=`` (seconds), a
+    caller whose wait would pass it gets
+    :class:`~rag_perf_plugins.errors.DeadlineExceeded`, at once when the wait is known, or
+    when the time is up while waiting for a slot.
+
+    :meth:`pause` (and :meth:`observe_response` on a 429 with ``Retry-After``) stops every
+    caller on the key, including those already scheduled; afterwards the key resumes at the
+    configured rate without a burst. ``x-ratelimit-remaining-*`` headers lower the local
+    budget to what the provider says is left.
+
+    Args:
+        config: Limits and queue bounds (``max_concurrent_requests``,
+            ``requests_per_minute``, ``tokens_per_minute``, ``rate_burst_seconds``,
+            ``max_queue``, ``max_queue_wait``, ``retry_after_cap``, ``enable_metrics``).
+        key: The budget key, e.g. ``"openai/gpt-4o-mini/k-3f9a0c1b22de"``; gates with the
+            same key and store share one budget (slots are per gate: use :func:`get_gate`).
+        store: Where budgets live; defaults to the process-wide :class:`LocalBudgetStore`.
+        clock: Seconds, monotonic. ``sleep``/``async_sleep``: how budget waits and slot
+            timeouts wait (a thread's slot wait uses real time).
+        tracker: Where admissions are recorded (queue wait separate from hold time);
+            defaults to the process-wide tracker when ``enable_metrics``.
+        operation: Operation name in the tracker; ``None`` records nothing.
+        **overrides: Config keys that replace those of ``config``.
+
+    Does not: retry, estimate tokens, or order callers by priority. The slot cap is per
+    gate object, the rate budget per key and store.
+    """
+
+    __slots__ = (
+        "_admitted",
+        "_ahead_tokens",
+        "_async_sleep",
+        "_clock",
+        "_hold_avg",
+        "_in_use",
+        "_lock",
+        "_max_in_flight",
+        "_max_queue",
+        "_max_queue_wait",
+        "_operation",
+        "_pauses",
+        "_queued",
+        "_recent_waits",
+        "_rejected",
+        "_retry_after_cap",
+        "_sleep",
+        "_store",
+        "_tracker",
+        "_tracker_resolved",
+        "_waiters",
+        "config",
+        "key",
+        "limits",
+    )
+
+    def __init__(
+        self,
+        config: PerformanceConfig | None = None,
+        *,
+        key: str = "default",
+        store: BudgetStore | None = None,
+        clock: Clock = monotonic,
+        sleep: Sleep = time.sleep,
+        async_sleep: AsyncSleep = asyncio.sleep,
+        tracker: _Tracker | None = None,
+        operation: str | None = "admission",
+        **overrides: Any,
+    ) -> None:
+        config = config if config is not None else PerformanceConfig()
+        if overrides:
+            config = config.replace(**overrides)
+        if not isinstance(key, str) or not key:
+            msg = f"key must be a non-empty string, got {key!r}"
+            raise ValueError(msg)
+        self.config = config
+        self.key = key
+        self.limits = RateLimits.from_config(config)
+        self._store: BudgetStore = store if store is not None else _DEFAULT_STORE
+        self._clock = clock
+        self._sleep = sleep
+        self._async_sleep = async_sleep
+        self._operation = operation
+        self._tracker = tracker
+        self._tracker_resolved = tracker is not None or not config.enable_metrics
+        self._max_in_flight = config.max_concurrent_requests
+        self._max_queue = config.max_queue
+        self._max_queue_wait = config.max_queue_wait
+        self._retry_after_cap = config.retry_after_cap
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._ahead_tokens = 0
+        self._queued = 0
+        self._admitted = 0
+        self._rejected: dict[Rejection, int] = {"queue_full": 0, "wait_too_long": 0, "deadline": 0}
+        self._pauses = 0
+        self._hold_avg = 0.0
+        self._recent_waits: collections.deque[float] = collections.deque(maxlen=_RECENT_WAITS)
+
+    # --- public API -------------------------------------------------------------------
+    def acquire(self, *, tokens: int = 0, timeout: float | None = None) -> _AsyncAdmission:
+        """``async with gate.acquire(tokens=n) as ticket:``: wait for a slot and the budget.
+
+        Args:
+            tokens: Estimated tokens of the call (prompt plus expected completion).
+            timeout: Seconds this caller may wait at most; past it
+                :class:`~rag_perf_plugins.errors.DeadlineExceeded`. ``None``: only
+                ``max_queue_wait`` bounds the wait.
+
+        Raises:
+            Overloaded: The queue is full or the expected wait is too long (at once).
+            DeadlineExceeded: The wait would pass ``timeout``.
+        """
+        return _AsyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout))
+
+    def acquire_sync(self, *, tokens: int = 0, timeout: float | None = None) -> _SyncAdmission:
+        """``with gate.acquire_sync(tokens=n) as ticket:``: the blocking twin of :meth:`acquire`."""
+        return _SyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout))
+
+    def pause(self, seconds: float) -> None:
+        """Stop every caller on this key for ``seconds`` (capped by ``retry_after_cap``)."""
+        if not seconds > 0:
+            return
+        self._pauses += 1
+        seconds = min(seconds, self._retry_after_cap)
+        self._store.pause(self.key, self.limits, seconds=seconds, now=self._clock())
+
+    def observe_response(self, status: int, headers: Mapping[str, str] | None) -> None:
+        """Learn from a provider answer: pause on 429 + Retry-After, follow remaining budgets.
+
+        Reads ``retry-after`` / ``retry-after-ms`` on a 429, and
+        ``x-ratelimit-remaining-{requests,tokens}`` with ``x-ratelimit-reset-{requests,tokens}``
+        on any answer: a remaining budget of 0 pauses the key until the reset, a positive
+        one caps how much the key may send right now. Unknown or malformed headers are
+        ignored.
+        """
+        lowered = {k.lower(): v for k, v in headers.items()} if headers else {}
+        if status == 429:
+            retry_after = parse_retry_after(lowered)
+            if retry_after is not None:
+                self.pause(retry_after)
+        remaining: dict[str, int | None] = {"requests": None, "tokens": None}
+        for dimension in ("requests", "tokens"):
+            raw = lowered.get(f"x-ratelimit-remaining-{dimension}")
+            if raw is None:
+                continue
+            try:
+                left = int(float(raw))
+            except ValueError:
+                continue
+            if left <= 0:
+                reset = parse_reset(lowered.get(f"x-ratelimit-reset-{dimension}", ""))
+                if reset:
+                    self.pause(reset)
+            else:
+                remaining[dimension] = left
+        if remaining["requests"] is not None or remaining["tokens"] is not None:
+            self._store.clamp(
+                self.key,
+                self.limits,
+                requests=remaining["requests"],
+                tokens=remaining["tokens"],
+                now=self._clock(),
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and queue-wait percentiles (seconds, over the last 2,048 admissions)."""
+        with self._lock:
+            waits = sorted(self._recent_waits)
+            rejected = dict(self._rejected)
+            snapshot: dict[str, Any] = {
+                "key": self.key,
+                "admitted": self._admitted,
+                "rejected": sum(rejected.values()),
+                "rejected_by_reason": rejected,
+                "queued_now": self._queued,
+                "in_flight": self._in_use,
+                "pauses": self._pauses,
+            }
+        snapshot["queue_wait_p50_s"] = _quantile(waits, 0.50)
+        snapshot["queue_wait_p95_s"] = _quantile(waits, 0.95)
+        snapshot["paused_for_s"] = self._store.paused_for(self.key, now=self._clock())
+        return snapshot
+
+    def __repr__(self) -> str:
+        rpm, tpm = self.limits.requests_per_minute, self.limits.tokens_per_minute
+        return (
+            f"<AdmissionGate {self.key} [in flight: {self._in_use}/{self._max_in_flight}, "
+            f"queued: {self._queued}/{self._max_queue} | admitted: {self._admitted}, "
+            f"rejected: {sum(self._rejected.values())} | rpm={_num(rpm)} tpm={_num(tpm)} "
+            f"burst={self.limits.burst_seconds:g}s]>"
+        )
+
+    # --- the pure core shared by both twins (bookkeeping only, no waiting) -------------
+    def _enter(
+        self,
+        tokens: int,
+        deadline_at: float | None,
+        now: float,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> _Waiter | None:
+        """Take a free slot (returns None) or join the slot queue; refuse at once if needed."""
+        with self._lock:
+            slot_free = self._in_use < self._max_in_flight and not self._waiters
+            ahead = len(self._waiters)
+            expected = self._store.peek(
+                self.key,
+                self.limits,
+                requests=1 + ahead,
+                tokens=tokens + self._ahead_tokens,
+                now=now,
+            )
+            if not slot_free:
+                # Little's law: callers ahead leave at about cap / (average hold time).
+                expected = max(expected, (ahead + 1) / self._max_in_flight * self._hold_avg)
+            if (not slot_free or expected > 0) and self._queued >= self._max_queue:
+                self._reject("queue_full")
+            if expected > self._max_queue_wait:
+                self._reject("wait_too_long", expected)
+            if deadline_at is not None and now + expected > deadline_at:
+                self._reject("deadline", expected)
+            if slot_free:
+                self._in_use += 1
+                return None
+            waiter = _Waiter(tokens, loop, None if loop is None else loop.create_future())
+            self._waiters.append(waiter)
+            self._queued += 1
+            self._ahead_tokens += tokens
+            return waiter
+
+    def _slot_limit(
+        self, start: float, deadline_at: float | None, now: float
+    ) -> tuple[float, bool]:
+        """Seconds a slot waiter may still wait, and whether the deadline is the bound."""
+        queue_left = self._max_queue_wait - (now - start)
+        if deadline_at is not None and deadline_at - now <= queue_left:
+            return max(0.0, deadline_at - now), True
+        return max(0.0, queue_left), False
+
+    def _give_up(self, waiter: _Waiter) -> bool:
+        """A slot waiter stops waiting: leave the queue (False), or learn it got the slot (True)."""
+        with self._lock:
+            if waiter.granted:
+                return True
+            self._waiters.remove(waiter)
+            self._queued -= 1
+            self._ahead_tokens -= waiter.tokens
+            return False
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A slot waiter is cancelled: leave the queue, or pass on a slot it was just given."""
+        if self._give_up(waiter):
+            self._release_slot()
+
+    def _slot_timed_out(self, by_deadline: bool) -> None:
+        with self._lock:
+            self._reject("deadline" if by_deadline else "wait_too_long")
+
+    def _reserve(self, tokens: int, start: float, deadline_at: float | None, now: float) -> float:
+        """Reserve the budget (slot held) and return the wait; refuse, freeing the slot, if long."""
+        limit = self._max_queue_wait - (now - start)
+        by_deadline = deadline_at is not None and deadline_at - now < limit
+        if deadline_at is not None:
+            limit = min(limit, deadline_at - now)
+        wait = self._store.try_reserve(
+            self.key, self.limits, requests=1, tokens=tokens, now=now, max_wait=max(0.0, limit)
+        )
+        if wait > max(0.0, limit):
+            self._release_slot()
+            with self._lock:
+                self._reject("deadline" if by_deadline else "wait_too_long", wait)
+        return wait
+
+    def _unreserve(self, tokens: int) -> None:
+        self._store.adjust(self.key, self.limits, requests=-1, tokens=-tokens, now=self._clock())
+
+    def _budget_wait_begins(self) -> None:
+        with self._lock:
+            self._queued += 1
+
+    def _budget_wait_ends(self) -> None:
+        with self._lock:
+            self._queued -= 1
+
+    def _admit(self, tokens: int, start: float) -> Ticket:
+        now = self._clock()
+        wait = now - start
+        with self._lock:
+            self._admitted += 1
+            self._recent_waits.append(wait)
+        return Ticket(self, tokens, wait, now)
+
+    def _leave(self, ticket: Ticket, error: bool) -> None:
+        held = self._clock() - ticket.admitted_at
+        self._release_slot(held)
+        tracker = self._get_tracker()
+        if tracker is not None and self._operation is not None:
+            tracker.record(self._operation, held, error=error, queue_wait_s=ticket.queue_wait_s)
+
+    def _release_slot(self, held: float | None = None) -> None:
+        with self._lock:
+            if held is not None:
+                self._hold_avg += _HOLD_EWMA * (held - self._hold_avg)
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                self._queued -= 1
+                self._ahead_tokens -= waiter.tokens
+                waiter.granted = True
+                if waiter.wake():
+                    return  # the slot passes straight to the next caller in line
+            self._in_use -= 1
+
+    def _reject(self, reason: Rejection, expected: float | None = None) -> Any:
+        """Count a refusal and raise it (called with the lock held)."""
+        self._rejected[reason] += 1
+        tracker = self._get_tracker()
+        if tracker is not None and self._operation is not None:
+            tracker.incr("admission.rejected", operation=self._operation)
+        wait = "" if expected is None else f" (expected wait {expected:.3f}s)"
+        if reason == "deadline":
+            raise DeadlineExceeded(f"{self.key}: the deadline passes before admission{wait}")
+        if reason == "queue_full":
+            raise Overloaded(f"{self.key}: {self._max_queue} callers already queued (max_queue)")
+        raise Overloaded(
+            f"{self.key}: admission would take longer than max_queue_wait="
+            f"{self._max_queue_wait:g}s{wait}"
+        )
+
+    def _get_tracker(self) -> _Tracker | None:
+        if not self._tracker_resolved:
+            self._tracker = _default_tracker()
+            self._tracker_resolved = True
+        return self._tracker
+
+    # --- the shells ---------------------------------------------------------------------
+    async def _aenter(self, tokens: int, timeout: float | None) -> Ticket:
+        start = self._clock()
+        deadline_at = None if timeout is None else start + timeout
+        waiter = self._enter(tokens, deadline_at, start, asyncio.get_running_loop())
+        if waiter is not None:
+            assert waiter.future is not None
+            limit, by_deadline = self._slot_limit(start, deadline_at, start)
+            timer = asyncio.ensure_future(self._async_sleep(limit))
+            try:
+                await asyncio.wait((waiter.future, timer), return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                self._abandon(waiter)
+                raise
+            finally:
+                timer.cancel()
+            if not waiter.future.done() and not self._give_up(waiter):
+                self._slot_timed_out(by_deadline)
+        while True:
+            wait = self._reserve(tokens, start, deadline_at, self._clock())
+            if wait <= 0:
+                break
+            self._budget_wait_begins()
+            try:
+                await self._async_sleep(wait)
+            except BaseException:
+                self._unreserve(tokens)
+                self._release_slot()
+                raise
+            finally:
+                self._budget_wait_ends()
+            # A pause that began while we slept covers us too: give the budget back and
+            # take a new place behind it.
+            if self._store.paused_for(self.key, now=self._clock()) <= 0:
+                break
+            self._unreserve(tokens)
+        return self._admit(tokens, start)
+
+    def _enter_sync(self, tokens: int, timeout: float | None) -> Ticket:
+        start = self._clock()
+        deadline_at = None if timeout is None else start + timeout
+        waiter = self._enter(tokens, deadline_at, start, None)
+        if waiter is not None:
+            assert waiter.event is not None
+            limit, by_deadline = self._slot_limit(start, deadline_at, start)
+            try:
+                woken = waiter.event.wait(limit)
+            except BaseException:
+                self._abandon(waiter)
+                raise
+            if not woken and not self._give_up(waiter):
+                self._slot_timed_out(by_deadline)
+        while True:
+            wait = self._reserve(tokens, start, deadline_at, self._clock())
+            if wait <= 0:
+                break
+            self._budget_wait_begins()
+            try:
+                self._sleep(wait)
+            except BaseException:
+                self._unreserve(tokens)
+                self._release_slot()
+                raise
+            finally:
+                self._budget_wait_ends()
+            if self._store.paused_for(self.key, now=self._clock()) <= 0:
+                break
+            self._unreserve(tokens)
+        return self._admit(tokens, start)
+
+
+class _AsyncAdmission:
+    __slots__ = ("_gate", "_ticket", "_timeout", "_tokens")
+
+    def __init__(self, gate: AdmissionGate, tokens: int, timeout: float | None) -> None:
+        self._gate = gate
+        self._tokens = tokens
+        self._timeout = timeout
+        self._ticket: Ticket | None = None
+
+    async def __aenter__(self) -> Ticket:
+        self._ticket = await self._gate._aenter(self._tokens, self._timeout)
+        return self._ticket
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._ticket is not None
+        self._gate._leave(self._ticket, exc_type is not None)
+
+
+class _SyncAdmission:
+    __slots__ = ("_gate", "_ticket", "_timeout", "_tokens")
+
+    def __init__(self, gate: AdmissionGate, tokens: int, timeout: float | None) -> None:
+        self._gate = gate
+        self._tokens = tokens
+        self._timeout = timeout
+        self._ticket: Ticket | None = None
+
+    def __enter__(self) -> Ticket:
+        self._ticket = self._gate._enter_sync(self._tokens, self._timeout)
+        return self._ticket
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._ticket is not None
+        self._gate._leave(self._ticket, exc_type is not None)
+
+
+def _check_tokens(tokens: int) -> int:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        msg = f"tokens must be an integer >= 0 (estimated tokens), got {tokens!r}"
+        raise ValueError(msg)
+    return tokens
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not timeout >= 0:
+        msg = f"timeout must be >= 0 (seconds) or None, got {timeout!r}"
+        raise ValueError(msg)
+    return timeout
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def _num(x: float | None) -> str:
+    return "None" if x is None else f"{x:g}"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_reset(text: str) -> float | None:
+    """Seconds in an ``x-ratelimit-reset-*`` value: ``"20ms"``, ``"1.5s"``, ``"6m0s"``, ``"2"``.
+
+    Returns ``None`` for an empty or malformed value.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _DURATION_SECONDS[u] for n, u in parts)
+
+
+_GATES: dict[str, AdmissionGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def get_gate(
+    provider: str,
+    model: str,
+    api_key: str | None = None,
+    *,
+    config: PerformanceConfig | None = None,
+    store: BudgetStore | None = None,
+) -> AdmissionGate:
+    """The process-wide gate of (provider, model, API-key fingerprint), made on first use.
+
+    Example: ``get_gate("openai", "text-embedding-3-small", os.environ["OPENAI_API_KEY"])``.
+
+    The key holds a fingerprint of ``api_key`` (see :func:`key_fingerprint`), never the key.
+    The first call's ``config`` and ``store`` make the gate; a later call that passes a
+    different config for the same key raises :class:`~rag_perf_plugins.errors.ConfigError`
+    rather than silently keep the old limits.
+    """
+    if not provider or not model:
+        msg = f"provider and model must be non-empty strings, got {provider!r}, {model!r}"
+        raise ValueError(msg)
+    key = f"{provider}/{model}/{key_fingerprint(api_key)}"
+    with _GATES_LOCK:
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = AdmissionGate(config, key=key, store=store)
+        elif config is not None and config != gate.config:
+            msg = f"get_gate({key!r}): this key's gate already exists with another config"
+            raise ConfigError(msg, key="config")
+        return gate
