@@ -11,6 +11,8 @@ import pytest
 
 from rag_perf_plugins._clock import FakeClock
 
+pytest_plugins = ["rag_perf_plugins.simulator.testing"]
+
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REQUIRE_REDIS = os.environ.get("RAG_PERF_REQUIRE_REDIS", "") not in ("", "0", "false")
 
