@@ -1,0 +1,349 @@
+"""Cache keys: a versioned hash of the canonical form of the effective request.
+
+Example::
+
+    key = embedding_key(provider="openai", model="text-embedding-3-small",
+                        dimensions=384, role="query", text="What is RAG?")
+    # "emb:v1:6f0c..." (40 hex digits of blake2b)
+    print(explain_key("emb", embedding_fields(...)).canonical)   # what went in
+
+Canonical form: JSON with sorted keys and no whitespace, built only from None, bool, int,
+float, str, lists and str-keyed dicts; integral floats are written as ints (``1.0`` and
+``1`` give one key); NaN, infinities, bytes, sets and arbitrary objects are refused with a
+``TypeError`` naming the path of the bad field. There is no ``default=str``: an object whose
+``str()`` hides what changes the output must not be hashed into a key.
+
+LLM keys take every parameter given except those in :data:`NON_OUTPUT_PARAMS` (timeouts,
+retry counts, credentials, transport): an unknown parameter is kept, so a new sampling
+option makes keys differ rather than collide. :func:`assert_key_complete` is the helper
+tests use to prove that each output-affecting field changes the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+__all__ = [
+    "KEY_VERSION",
+    "NON_OUTPUT_PARAMS",
+    "KeyExplanation",
+    "assert_key_complete",
+    "assert_key_ignores",
+    "canonical_json",
+    "embedding_fields",
+    "embedding_key",
+    "explain_key",
+    "is_sampled",
+    "llm_fields",
+    "llm_key",
+    "make_key",
+    "query_key",
+    "retrieval_key",
+]
+
+KEY_VERSION: Final = 1
+
+# Parameters that do not change what the provider returns. Everything else a caller passes
+# goes into an LLM key. "stream" is here because only complete answers are stored.
+NON_OUTPUT_PARAMS: Final = frozenset(
+    {
+        "timeout",
+        "request_timeout",
+        "max_retries",
+        "retries",
+        "stream",
+        "streaming",
+        "stream_options",
+        "api_key",
+        "openai_api_key",
+        "base_url",
+        "openai_api_base",
+        "api_base",
+        "organization",
+        "openai_organization",
+        "http_client",
+        "http_async_client",
+        "default_headers",
+        "extra_headers",
+        "callbacks",
+        "tags",
+        "metadata",
+        "verbose",
+        "user",
+    }
+)
+
+Role = Literal["query", "document"]
+
+
+def _normalize(value: Any, path: str) -> Any:
+    # bool before int: bool is an int subclass, and True must not equal 1 in a key.
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            msg = f"{path}: {value!r} cannot be part of a cache key"
+            raise TypeError(msg)
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                msg = f"{path}: dict keys must be str, got {type(k).__name__}"
+                raise TypeError(msg)
+            out[k] = _normalize(v, f"{path}.{k}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_normalize(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    msg = (
+        f"{path}: a {type(value).__name__} cannot be part of a cache key "
+        "(allowed: None, bool, int, float, str, list, tuple, dict with str keys)"
+    )
+    raise TypeError(msg)
+
+
+def canonical_json(value: Any, *, path: str = "key") -> str:
+    """The canonical JSON text of ``value``.
+
+    Example: ``canonical_json({"b": 1, "a": 2.0})`` is ``{"a":2,"b":1}``.
+    """
+    return json.dumps(
+        _normalize(value, path),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+
+
+def make_key(kind: str, fields: Mapping[str, Any]) -> str:
+    """``f"{kind}:v{KEY_VERSION}:{blake2b-160 hex}"`` of the canonical fields."""
+    digest = hashlib.blake2b(
+        canonical_json(fields).encode("utf-8"), digest_size=20, person=b"rag-perf-key"
+    )
+    return f"{kind}:v{KEY_VERSION}:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class KeyExplanation:
+    """What went into a key: the fields, their canonical text, what was left out."""
+
+    key: str
+    kind: str
+    fields: dict[str, Any]
+    canonical: str
+    excluded: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [f"{self.key}  ({self.kind}, key version {KEY_VERSION})"]
+        lines += [
+            f"  {name} = {json.dumps(v, ensure_ascii=False)}"
+            for name, v in sorted(self.fields.items())
+        ]
+        if self.excluded:
+            lines.append(f"  excluded (do not change output): {', '.join(self.excluded)}")
+        return "\n".join(lines)
+
+
+def explain_key(
+    kind: str, fields: Mapping[str, Any], *, excluded: Iterable[str] = ()
+) -> KeyExplanation:
+    """Show the inputs of a key.
+
+    Example: ``print(explain_key("emb", embedding_fields(provider="p", model="m", ...)))``.
+    """
+    normalized = _normalize(fields, "key")
+    return KeyExplanation(
+        key=make_key(kind, fields),
+        kind=kind,
+        fields=normalized,
+        canonical=canonical_json(fields),
+        excluded=tuple(sorted(excluded)),
+    )
+
+
+# --- embeddings ---------------------------------------------------------------------------
+def embedding_fields(
+    *, provider: str, model: str, dimensions: int | None, role: Role, text: str
+) -> dict[str, Any]:
+    """The fields of an embedding key; ``role`` is ``"query"`` or ``"document"``."""
+    if role not in ("query", "document"):
+        msg = f"role must be 'query' or 'document', got {role!r}"
+        raise ValueError(msg)
+    if not isinstance(text, str):
+        msg = f"text must be str, got {type(text).__name__}"
+        raise TypeError(msg)
+    return {
+        "provider": provider,
+        "model": model,
+        "dimensions": dimensions,
+        "role": role,
+        "text": text,
+    }
+
+
+def embedding_key(
+    *, provider: str, model: str, dimensions: int | None, role: Role, text: str
+) -> str:
+    """Key of one embedded text.
+
+    Example: ``embedding_key(provider="openai", model="m", dimensions=384, role="document",
+    text="hi")``.
+
+    ``dimensions`` is the requested output size (``None`` for the model's native size).
+    """
+    return make_key(
+        "emb",
+        embedding_fields(
+            provider=provider, model=model, dimensions=dimensions, role=role, text=text
+        ),
+    )
+
+
+# --- LLM ----------------------------------------------------------------------------------
+def llm_fields(
+    *,
+    model: str,
+    messages: Any,
+    provider: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tools: Any = None,
+    tool_choice: Any = None,
+    response_format: Any = None,
+    seed: int | None = None,
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The fields of an LLM key and the parameter names left out as non-output-affecting."""
+    params = dict(params or {})
+    excluded = tuple(sorted(k for k in params if k in NON_OUTPUT_PARAMS))
+    kept = {k: v for k, v in params.items() if k not in NON_OUTPUT_PARAMS}
+    # Explicit keyword arguments win over the same names in params.
+    for name, value in (
+        ("tools", tools),
+        ("tool_choice", tool_choice),
+        ("response_format", response_format),
+        ("seed", seed),
+    ):
+        if value is not None or name not in kept:
+            kept[name] = value
+    fields = {"provider": provider, "model": model, "messages": messages, "params": kept}
+    return fields, excluded
+
+
+def llm_key(
+    *,
+    model: str,
+    messages: Any,
+    provider: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tools: Any = None,
+    tool_choice: Any = None,
+    response_format: Any = None,
+    seed: int | None = None,
+) -> str:
+    """Key of one LLM call: model, messages and every output-affecting parameter.
+
+    Example: ``llm_key(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+    params={"temperature": 0.0, "max_tokens": 256, "timeout": 30})`` (``timeout`` is left
+    out; see :data:`NON_OUTPUT_PARAMS`). Messages and tools must already be plain data
+    (dicts/lists/str); adapters convert framework objects first.
+    """
+    fields, _ = llm_fields(
+        model=model,
+        messages=messages,
+        provider=provider,
+        params=params,
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=response_format,
+        seed=seed,
+    )
+    return make_key("llm", fields)
+
+
+def is_sampled(params: Mapping[str, Any]) -> bool:
+    """True for a call that samples: temperature above 0 (or unset) and no seed.
+
+    An unset temperature counts as sampled because providers default to 1.0. Used with
+    ``cache_skip_sampled``.
+    """
+    temperature = params.get("temperature", 1.0)
+    return (temperature is None or float(temperature) > 0.0) and params.get("seed") is None
+
+
+# --- retrieval and query ------------------------------------------------------------------
+def retrieval_key(
+    *, store: str, query: str, k: int, filters: Any = None, store_version: Any = None, **params: Any
+) -> str:
+    """Key of a retrieval: store identity and write version, query, k, filters, extra params."""
+    return make_key(
+        "ret",
+        {
+            "store": store,
+            "store_version": store_version,
+            "query": query,
+            "k": k,
+            "filters": filters,
+            "params": params,
+        },
+    )
+
+
+def query_key(*, pipeline: str, query: str, **params: Any) -> str:
+    """Key of a whole RAG query result: pipeline identity (include its version), query, params."""
+    return make_key("qry", {"pipeline": pipeline, "query": query, "params": params})
+
+
+# --- test helpers -------------------------------------------------------------------------
+def assert_key_complete(
+    key_fn: Callable[..., str], base: Mapping[str, Any], variations: Mapping[str, Sequence[Any]]
+) -> None:
+    """Fail when changing any listed field leaves the key unchanged.
+
+    Example (a must-miss test)::
+
+        assert_key_complete(embedding_key, base, {"model": ["other"], "dimensions": [256],
+                                                  "role": ["query"]})
+
+    ``variations`` maps a keyword of ``key_fn`` to other values it can take; a dotted name
+    (``"params.temperature"``) changes an entry inside a dict argument. Raises
+    ``AssertionError`` naming the field and value that did not change the key.
+    """
+    reference = key_fn(**base)
+    for field_name, values in variations.items():
+        for value in values:
+            changed = _with_field(base, field_name, value)
+            if key_fn(**changed) == reference:
+                msg = (
+                    f"key ignores output-affecting field {field_name!r} "
+                    f"(value {value!r} gave the same key)"
+                )
+                raise AssertionError(msg)
+
+
+def assert_key_ignores(
+    key_fn: Callable[..., str], base: Mapping[str, Any], variations: Mapping[str, Sequence[Any]]
+) -> None:
+    """Fail when changing a listed field that must NOT matter (e.g. a timeout) changes the key."""
+    reference = key_fn(**base)
+    for field_name, values in variations.items():
+        for value in values:
+            if key_fn(**_with_field(base, field_name, value)) != reference:
+                msg = f"key depends on non-output field {field_name!r} (value {value!r})"
+                raise AssertionError(msg)
+
+
+def _with_field(base: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    head, _, rest = dotted.partition(".")
+    out = dict(base)
+    if rest:
+        out[head] = _with_field(dict(base.get(head) or {}), rest, value)
+    else:
+        out[head] = value
+    return out

@@ -1,0 +1,871 @@
+"""The cache manager: namespaces, tiers, envelopes, expiry, single-flight, stats, degradation.
+
+Example (the seed API)::
+
+    from rag_perf_plugins.cache import get_cache_manager
+
+    cache = get_cache_manager()                 # memory LRU in front of a diskcache directory
+    cache.set("key", "value", ttl=3600.0)
+    cache.get("key")                            # "value", also in the next process
+    cache.get_many(["a", "b"], namespace="embeddings")   # one SQL query per shard
+    answer = cache.get_or_compute(key, lambda: call_llm(prompt), namespace="llm", model="m")
+    await cache.aget("key")                     # memory hits inline; disk in a small thread pool
+    cache.get_stats()["hit_rate"]
+
+Lookups walk the tiers in order (memory, then disk; a Redis tier slots in where it is
+put); a hit in a later tier is copied into the earlier ones. Writes go to every tier.
+
+What it guarantees:
+
+- Nothing stored is ever unpickled; a corrupt, foreign or planted entry reads as a miss,
+  is counted under ``errors_by_kind["corrupt"]`` and deleted.
+- Expiry is checked here, against ``clock`` (seconds, default ``time.time``: wall time,
+  because entries outlive processes).
+- A storage fault (full disk, lock timeout, I/O error) never fails a call: that call goes
+  on uncached, ``errors`` rises, and one warning per tier and fault kind is logged.
+- ``fork()``-safe: a child gets a fresh thread pool, locks and flights; diskcache
+  reopens its SQLite connections.
+
+Namespaces (``llm``, ``embeddings``, ``retrieval``, ``query``, ``default`` or any name
+of letters, digits, ``_``, ``-``, ``.``) are cleared one at a time, and bumping a
+namespace's version (:meth:`CacheManager.bump_namespace`) invalidates it for every
+process sharing the directory: the version is stored in the persistent tiers and re-read
+at most every :attr:`CacheManager.NAMESPACE_REFRESH_S` seconds.
+
+Not done: stale-while-revalidate serving, entry signing, cross-process single-flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import diskcache
+
+from ..config import PerformanceConfig
+from ..errors import CacheError
+from .control import current_control
+from .keys import is_sampled
+from .serialize import CorruptEntry, decode, encode, encode_vector, round_vector
+from .singleflight import SingleFlight
+from .tiers import CORRUPT, DiskTier, MemoryTier, Tier
+
+__all__ = [
+    "NAMESPACES",
+    "CacheManager",
+    "default_cache_dir",
+    "get_cache_manager",
+    "set_cache_manager",
+]
+
+log = logging.getLogger("rag_perf_plugins.cache")
+
+T = TypeVar("T")
+NAMESPACES: Final = ("llm", "embeddings", "retrieval", "query", "default")
+_NS_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_MISSING: Final[Any] = object()
+_VERSION_KEY: Final = "__ns__:{}"
+
+
+def default_cache_dir() -> Path:
+    """The user's cache directory (platformdirs), e.g. ``~/.cache/rag-perf-plugins``."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("rag-perf-plugins", appauthor=False))
+
+
+def _fault_kind(exc: BaseException) -> str:
+    if isinstance(exc, diskcache.Timeout | TimeoutError):
+        return "timeout"
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "timeout"
+    if "full" in text or "no space" in text:
+        return "full"
+    if isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
+        return "corrupt"
+    return "io"
+
+
+class CacheManager:
+    """Tiered, persistent, pickle-free cache with namespaces, TTL and single-flight.
+
+    Args:
+        config: Settings (``enable_caching``, ``cache_size``, ``cache_memory_max_bytes``,
+            ``cache_ttl`` (seconds), ``cache_dir``, ``cache_disk_enabled``,
+            ``cache_max_bytes``, ``cache_shards``, ``cache_disk_timeout`` (seconds),
+            ``cache_vector_dtype``, ``cache_skip_sampled``, ``enable_metrics``); defaults to
+            ``PerformanceConfig.load()``.
+        clock: Seconds for created/expires times; inject a ``FakeClock`` in tests.
+        tiers: The tiers in lookup order; default built from ``config`` (memory tier when
+            ``cache_size > 0``, disk tier when ``cache_disk_enabled``).
+        executor_threads: Threads that run blocking tier I/O for the ``a*`` methods.
+        tracker: A ``PerformanceTracker`` to feed counters to; default the process-wide
+            one when ``enable_metrics`` is on.
+    """
+
+    NAMESPACE_REFRESH_S: Final = 1.0
+
+    def __init__(
+        self,
+        config: PerformanceConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        tiers: Sequence[Tier] | None = None,
+        executor_threads: int = 2,
+        tracker: Any = None,
+    ) -> None:
+        if executor_threads < 1:
+            msg = f"executor_threads must be >= 1, got {executor_threads}"
+            raise ValueError(msg)
+        self.config = config if config is not None else PerformanceConfig.load()
+        self.clock = clock
+        self.enabled = self.config.enable_caching
+        self._executor_threads = executor_threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._warned: set[tuple[str, str]] = set()
+        self._flight = SingleFlight()
+        self._ns_versions: dict[str, tuple[int, float]] = {}
+        self._closed = False
+        self._counts: dict[tuple[str, ...], int] = {}
+        self._tracker = tracker
+        if tiers is None:
+            tiers = self._default_tiers()
+        self.tiers: list[Tier] = list(tiers)
+        _MANAGERS.add(self)
+
+    # --- construction ---------------------------------------------------------------------
+    def _default_tiers(self) -> list[Tier]:
+        cfg = self.config
+        tiers: list[Tier] = []
+        if cfg.cache_size > 0 and cfg.cache_memory_max_bytes > 0:
+            tiers.append(MemoryTier(max_items=cfg.cache_size, max_bytes=cfg.cache_memory_max_bytes))
+        if cfg.cache_disk_enabled and self.enabled:
+            directory = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+            try:
+                tiers.append(
+                    DiskTier(
+                        directory,
+                        shards=cfg.cache_shards,
+                        timeout=cfg.cache_disk_timeout,
+                        size_limit=cfg.cache_max_bytes,
+                    )
+                )
+            except Exception as exc:  # unwritable or broken directory: run memory-only
+                self._fault("disk", "open", exc)
+        return tiers
+
+    @property
+    def tracker(self) -> Any:
+        """The tracker counters go to, or ``None`` when metrics are off."""
+        if self._tracker is None and self.config.enable_metrics:
+            from ..tracking import get_performance_tracker
+
+            self._tracker = get_performance_tracker()
+        return self._tracker
+
+    def _count(self, *key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + n
+
+    def _emit(self, counter: str, n: int) -> None:
+        if n and self.config.enable_metrics:
+            tracker = self.tracker
+            if tracker is not None:
+                tracker.incr(counter, n)
+
+    def _fault(self, tier: str, op: str, exc: BaseException, *, kind: str | None = None) -> None:
+        kind = kind or _fault_kind(exc)
+        self._count("error", tier, kind)
+        self._emit("cache.errors", 1)
+        with self._lock:
+            first = (tier, kind) not in self._warned
+            self._warned.add((tier, kind))
+        if first:
+            # Logged, not warnings.warn: a cache fault must never become an exception
+            # under -W error, and it is reported once per tier and kind, not per call.
+            log.warning(
+                "cache %s tier failed during %s (%s: %s); continuing without it for this "
+                "call. Further %s faults of this tier are counted in get_stats() only.",
+                tier,
+                op,
+                type(exc).__name__,
+                exc,
+                kind,
+            )
+
+    def _pool(self) -> ThreadPoolExecutor:
+        pool = self._executor
+        if pool is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        self._executor_threads, thread_name_prefix="rag-perf-cache"
+                    )
+                pool = self._executor
+        return pool
+
+    # --- namespaces -----------------------------------------------------------------------
+    @staticmethod
+    def _check_ns(namespace: str) -> str:
+        if not isinstance(namespace, str) or not _NS_RE.match(namespace):
+            msg = (
+                f"namespace must be 1-64 letters, digits, '_', '-' or '.', got {namespace!r} "
+                f"(built in: {', '.join(NAMESPACES)})"
+            )
+            raise ValueError(msg)
+        return namespace
+
+    def _shared_tiers(self) -> list[Tier]:
+        return [t for t in self.tiers if t.blocking]
+
+    def _cached_version(self, namespace: str) -> int | None:
+        entry = self._ns_versions.get(namespace)
+        if entry is not None and time.monotonic() - entry[1] < self.NAMESPACE_REFRESH_S:
+            return entry[0]
+        if not self._shared_tiers():
+            return entry[0] if entry else 1
+        return None
+
+    def _load_version(self, namespace: str) -> int:
+        version = 1
+        key = _VERSION_KEY.format(namespace)
+        for tier in self._shared_tiers():
+            try:
+                blob = tier.get_many([key]).get(key)
+                if blob:
+                    version = max(version, int(decode(blob).value))
+            except (CorruptEntry, ValueError, TypeError) as exc:
+                self._fault(tier.name, "namespace version", exc, kind="corrupt")
+            except Exception as exc:
+                self._fault(tier.name, "namespace version", exc)
+        self._ns_versions[namespace] = (version, time.monotonic())
+        return version
+
+    def _prefix(self, namespace: str) -> str:
+        version = self._cached_version(self._check_ns(namespace))
+        if version is None:
+            version = self._load_version(namespace)
+        return f"{namespace}:{version}:"
+
+    async def _aprefix(self, namespace: str) -> str:
+        version = self._cached_version(self._check_ns(namespace))
+        if version is None:
+            loop = asyncio.get_running_loop()
+            version = await loop.run_in_executor(self._pool(), self._load_version, namespace)
+        return f"{namespace}:{version}:"
+
+    def namespace_version(self, namespace: str) -> int:
+        """The current version of ``namespace`` (starts at 1)."""
+        return self._load_version(self._check_ns(namespace))
+
+    def bump_namespace(self, namespace: str) -> int:
+        """Invalidate every entry of ``namespace`` at once by moving to a new version.
+
+        Old entries stay on disk until evicted or cleared. Other processes see the bump
+        within ``NAMESPACE_REFRESH_S`` seconds. Returns the new version.
+        """
+        version = self._load_version(self._check_ns(namespace)) + 1
+        blob = encode(version, created_at=self.clock(), expires_at=None)
+        key = _VERSION_KEY.format(namespace)
+        for tier in self._shared_tiers():
+            try:
+                tier.set_many({key: blob})
+            except Exception as exc:
+                self._fault(tier.name, "bump namespace", exc)
+        self._ns_versions[namespace] = (version, time.monotonic())
+        return version
+
+    # --- the pure core --------------------------------------------------------------------
+    def _expires_at(self, ttl: float | None, now: float) -> float | None:
+        control_ttl = current_control().ttl
+        if control_ttl is not None:
+            ttl = control_ttl
+        elif ttl is None:
+            ttl = self.config.cache_ttl
+        if ttl is None or ttl == math.inf:
+            return None
+        if not ttl > 0:
+            msg = f"ttl must be > 0 seconds (or None for the default), got {ttl!r}"
+            raise ValueError(msg)
+        return now + ttl
+
+    def _accept(
+        self, tier: Tier, blobs: Mapping[str, bytes], now: float
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Decode blobs from one tier: (storage key -> value, keys to delete). No I/O."""
+        values: dict[str, Any] = {}
+        doomed: list[str] = []
+        for skey, blob in blobs.items():
+            if blob is CORRUPT or not blob:
+                self._fault(tier.name, "read", CorruptEntry("refused row"), kind="corrupt")
+                doomed.append(skey)
+                continue
+            try:
+                entry = decode(blob)
+            except CorruptEntry as exc:
+                self._fault(tier.name, "read", exc, kind="corrupt")
+                doomed.append(skey)
+                continue
+            if entry.expired(now):
+                doomed.append(skey)
+                continue
+            values[skey] = entry.value
+        return values, doomed
+
+    def _account(self, namespace: str, hits_by_tier: Mapping[str, int], misses: int) -> None:
+        total = 0
+        for tier, n in hits_by_tier.items():
+            if n:
+                self._count("hit", tier, namespace, n=n)
+                total += n
+        if misses:
+            self._count("miss", namespace, n=misses)
+        self._emit("cache.hits", total)
+        self._emit("cache.misses", misses)
+
+    def _encode_many(
+        self, items: Mapping[str, Any], ttl: float | None, *, vector: bool
+    ) -> dict[str, bytes]:
+        now = self.clock()
+        expires_at = self._expires_at(ttl, now)
+        try:
+            if vector:
+                dtype = self.config.cache_vector_dtype
+                return {
+                    k: encode_vector(v, created_at=now, expires_at=expires_at, dtype=dtype)
+                    for k, v in items.items()
+                }
+            return {k: encode(v, created_at=now, expires_at=expires_at) for k, v in items.items()}
+        except (TypeError, ValueError) as exc:
+            raise CacheError(str(exc)) from exc
+
+    # --- sync shell -----------------------------------------------------------------------
+    def _lookup(self, namespace: str, keys: Sequence[str]) -> dict[str, Any]:
+        if not self.enabled or not keys or not current_control().read:
+            if self.enabled and keys:
+                self._count("bypass", namespace, n=len(keys))
+            return {}
+        prefix = self._prefix(namespace)
+        pending = [prefix + k for k in keys]
+        found: dict[str, Any] = {}
+        hits: dict[str, int] = {}
+        now = self.clock()
+        for i, tier in enumerate(self.tiers):
+            if not pending:
+                break
+            try:
+                blobs = tier.get_many(pending)
+            except Exception as exc:
+                self._fault(tier.name, "get", exc)
+                continue
+            values, doomed = self._accept(tier, blobs, now)
+            if doomed:
+                self._delete_quietly(tier, doomed)
+            if values:
+                hits[tier.name] = len(values)
+                found.update(values)
+                self._promote(i, {k: blobs[k] for k in values})
+                pending = [k for k in pending if k not in values]
+        self._account(namespace, hits, len(pending))
+        cut = len(prefix)
+        return {k[cut:]: v for k, v in found.items()}
+
+    def _promote(self, index: int, blobs: dict[str, bytes]) -> None:
+        for tier in self.tiers[:index]:
+            try:
+                tier.set_many(blobs)
+            except Exception as exc:
+                self._fault(tier.name, "promote", exc)
+
+    def _delete_quietly(self, tier: Tier, keys: Sequence[str]) -> None:
+        try:
+            tier.delete_many(keys)
+        except Exception as exc:
+            self._fault(tier.name, "delete", exc)
+
+    def _store(
+        self, namespace: str, blobs: dict[str, bytes], ttl: float | None, model: str | None
+    ) -> None:
+        prefix = self._prefix(namespace)
+        stored = {prefix + k: b for k, b in blobs.items()}
+        for tier in self.tiers:
+            try:
+                tier.set_many(stored, ttl=ttl, tag=model)
+            except Exception as exc:
+                self._fault(tier.name, "set", exc)
+        self._count("set", namespace, n=len(blobs))
+        self._emit("cache.sets", len(blobs))
+
+    def get(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
+        """The value stored under ``key``, or ``default`` on a miss or an expired entry."""
+        return self._lookup(namespace, [key]).get(key, default)
+
+    def get_many(self, keys: Iterable[str], *, namespace: str = "default") -> dict[str, Any]:
+        """The values found, by key (misses are left out); one batched read per tier."""
+        return self._lookup(namespace, list(dict.fromkeys(keys)))
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        *,
+        namespace: str = "default",
+        model: str | None = None,
+    ) -> None:
+        """Store ``value`` for ``ttl`` seconds (``None``: ``cache_ttl``; ``math.inf``: never).
+
+        ``model`` tags the entry for :meth:`purge_model`. Raises :class:`CacheError` for a
+        value msgpack cannot store; storage faults are absorbed and counted.
+        """
+        self.set_many({key: value}, ttl, namespace=namespace, model=model)
+
+    def set_many(
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None = None,
+        *,
+        namespace: str = "default",
+        model: str | None = None,
+    ) -> None:
+        """Store several values in one transaction per disk shard."""
+        if not self.enabled or not items or not current_control().write:
+            return
+        self._store(namespace, self._encode_many(items, ttl, vector=False), ttl, model)
+
+    def get_vectors(
+        self, keys: Iterable[str], *, namespace: str = "embeddings"
+    ) -> dict[str, list[float]]:
+        """Cached vectors by key (misses left out), exactly as :meth:`set_vectors` returned them."""
+        return self.get_many(keys, namespace=namespace)
+
+    def set_vectors(
+        self,
+        items: Mapping[str, Sequence[float]],
+        ttl: float | None = None,
+        *,
+        namespace: str = "embeddings",
+        model: str | None = None,
+    ) -> dict[str, list[float]]:
+        """Store vectors as raw ``cache_vector_dtype`` and return them rounded the same way.
+
+        Return the result to the caller on the miss path: it equals what a later hit gives.
+        Example: ``vecs = cache.set_vectors({key: [0.1, 0.2]}, model="m")``.
+        """
+        dtype = self.config.cache_vector_dtype
+        rounded = {k: round_vector(v, dtype) for k, v in items.items()}
+        if self.enabled and rounded and current_control().write:
+            self._store(namespace, self._encode_many(rounded, ttl, vector=True), ttl, model)
+        return rounded
+
+    def delete(self, key: str, *, namespace: str = "default") -> bool:
+        """Remove ``key`` from every tier; True when some tier had it."""
+        skey = self._prefix(namespace) + key
+        found = False
+        for tier in self.tiers:
+            try:
+                found = bool(tier.delete_many([skey])) or found
+            except Exception as exc:
+                self._fault(tier.name, "delete", exc)
+        return found
+
+    def clear(self, namespace: str | None = None) -> int:
+        """Delete everything, or one namespace (all its versions); returns entries removed."""
+        prefix = None if namespace is None else self._check_ns(namespace) + ":"
+        removed = 0
+        for tier in self.tiers:
+            try:
+                removed += tier.clear(prefix)
+            except Exception as exc:
+                self._fault(tier.name, "clear", exc)
+        if namespace is None:
+            self._ns_versions.clear()
+        return removed
+
+    def purge_model(self, model: str) -> int:
+        """Delete every entry stored with ``model=model``, in every namespace and tier."""
+        removed = 0
+        for tier in self.tiers:
+            try:
+                removed += tier.purge_tag(model)
+            except Exception as exc:
+                self._fault(tier.name, "purge", exc)
+        return removed
+
+    def should_cache_llm(self, params: Mapping[str, Any]) -> bool:
+        """Policy for LLM calls: cache all, unless ``cache_skip_sampled`` and the call samples."""
+        return self.enabled and not (self.config.cache_skip_sampled and is_sampled(params))
+
+    def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[], T],
+        ttl: float | None = None,
+        *,
+        namespace: str = "default",
+        model: str | None = None,
+    ) -> T:
+        """The cached value, or ``fn()`` computed once for concurrent callers and stored.
+
+        The returned value on a miss is the stored form (msgpack round trip: tuples become
+        lists), so a later hit returns an equal value. ``fn``'s errors propagate to the
+        callers waiting at that moment and are never cached.
+        """
+        control = current_control()
+        if not self.enabled or control.mode == "bypass":
+            return fn()
+        if control.read:
+            hit = self.get(key, _MISSING, namespace=namespace)
+            if hit is not _MISSING:
+                return hit  # type: ignore[no-any-return]
+
+        def compute() -> T:
+            value = fn()
+            return self._store_computed(key, value, ttl, namespace, model, write=control.write)
+
+        return self._flight.do(f"{namespace}\x00{key}", compute)
+
+    def _store_computed(
+        self,
+        key: str,
+        value: T,
+        ttl: float | None,
+        namespace: str,
+        model: str | None,
+        *,
+        write: bool,
+    ) -> T:
+        try:
+            blobs = self._encode_many({key: value}, ttl, vector=False)
+        except CacheError as exc:
+            self._fault("encode", "set", exc, kind="unserializable")
+            return value
+        if write:
+            self._store(namespace, blobs, ttl, model)
+        return decode(blobs[key]).value  # type: ignore[no-any-return]
+
+    # --- async shell ----------------------------------------------------------------------
+    async def _alookup(self, namespace: str, keys: Sequence[str]) -> dict[str, Any]:
+        if not self.enabled or not keys or not current_control().read:
+            if self.enabled and keys:
+                self._count("bypass", namespace, n=len(keys))
+            return {}
+        prefix = await self._aprefix(namespace)
+        pending = [prefix + k for k in keys]
+        found: dict[str, Any] = {}
+        hits: dict[str, int] = {}
+        now = self.clock()
+        loop = asyncio.get_running_loop()
+        for i, tier in enumerate(self.tiers):
+            if not pending:
+                break
+            try:
+                if tier.blocking:
+                    blobs = await loop.run_in_executor(self._pool(), tier.get_many, pending)
+                else:
+                    blobs = tier.get_many(pending)  # memory: answered inline, no thread hop
+            except Exception as exc:
+                self._fault(tier.name, "get", exc)
+                continue
+            values, doomed = self._accept(tier, blobs, now)
+            if doomed:
+                await self._arun(tier, self._delete_quietly, tier, doomed)
+            if values:
+                hits[tier.name] = len(values)
+                found.update(values)
+                promoted = {k: blobs[k] for k in values}
+                for earlier in self.tiers[:i]:
+                    await self._arun(earlier, self._promote_one, earlier, promoted)
+                pending = [k for k in pending if k not in values]
+        self._account(namespace, hits, len(pending))
+        cut = len(prefix)
+        return {k[cut:]: v for k, v in found.items()}
+
+    def _promote_one(self, tier: Tier, blobs: dict[str, bytes]) -> None:
+        try:
+            tier.set_many(blobs)
+        except Exception as exc:
+            self._fault(tier.name, "promote", exc)
+
+    async def _arun(self, tier: Tier, fn: Callable[..., Any], *args: Any) -> Any:
+        if tier.blocking:
+            return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+        return fn(*args)
+
+    def _store_tier(
+        self, tier: Tier, stored: dict[str, bytes], ttl: float | None, model: str | None
+    ) -> None:
+        try:
+            tier.set_many(stored, ttl=ttl, tag=model)
+        except Exception as exc:
+            self._fault(tier.name, "set", exc)
+
+    async def _astore(
+        self, namespace: str, blobs: dict[str, bytes], ttl: float | None, model: str | None
+    ) -> None:
+        prefix = await self._aprefix(namespace)
+        stored = {prefix + k: b for k, b in blobs.items()}
+        for tier in self.tiers:
+            await self._arun(tier, self._store_tier, tier, stored, ttl, model)
+        self._count("set", namespace, n=len(blobs))
+        self._emit("cache.sets", len(blobs))
+
+    async def aget(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
+        """Async :meth:`get`: memory hits inline, disk reads in the cache's thread pool."""
+        return (await self._alookup(namespace, [key])).get(key, default)
+
+    async def aget_many(self, keys: Iterable[str], *, namespace: str = "default") -> dict[str, Any]:
+        """Async :meth:`get_many`."""
+        return await self._alookup(namespace, list(dict.fromkeys(keys)))
+
+    async def aset(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        *,
+        namespace: str = "default",
+        model: str | None = None,
+    ) -> None:
+        """Async :meth:`set`; returns once every tier has the value."""
+        await self.aset_many({key: value}, ttl, namespace=namespace, model=model)
+
+    async def aset_many(
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None = None,
+        *,
+        namespace: str = "default",
+        model: str | None = None,
+    ) -> None:
+        """Async :meth:`set_many`."""
+        if not self.enabled or not items or not current_control().write:
+            return
+        await self._astore(namespace, self._encode_many(items, ttl, vector=False), ttl, model)
+
+    async def aget_vectors(
+        self, keys: Iterable[str], *, namespace: str = "embeddings"
+    ) -> dict[str, list[float]]:
+        """Async :meth:`get_vectors`."""
+        return await self.aget_many(keys, namespace=namespace)
+
+    async def aset_vectors(
+        self,
+        items: Mapping[str, Sequence[float]],
+        ttl: float | None = None,
+        *,
+        namespace: str = "embeddings",
+        model: str | None = None,
+    ) -> dict[str, list[float]]:
+        """Async :meth:`set_vectors`."""
+        dtype = self.config.cache_vector_dtype
+        rounded = {k: round_vector(v, dtype) for k, v in items.items()}
+        if self.enabled and rounded and current_control().write:
+            await self._astore(namespace, self._encode_many(rounded, ttl, vector=True), ttl, model)
+        return rounded
+
+    async def adelete(self, key: str, *, namespace: str = "default") -> bool:
+        """Async :meth:`delete`."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool(), lambda: self.delete(key, namespace=namespace)
+        )
+
+    async def aclear(self, namespace: str | None = None) -> int:
+        """Async :meth:`clear`."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.clear, namespace)
+
+    async def aget_or_compute(
+        self,
+        key: str,
+        fn: Callable[[], Awaitable[T]],
+        ttl: float | None = None,
+        *,
+        namespace: str = "default",
+        model: str | None = None,
+    ) -> T:
+        """Async :meth:`get_or_compute`; the computation is shielded from callers' cancellation."""
+        control = current_control()
+        if not self.enabled or control.mode == "bypass":
+            return await fn()
+        if control.read:
+            hit = await self.aget(key, _MISSING, namespace=namespace)
+            if hit is not _MISSING:
+                return hit  # type: ignore[no-any-return]
+
+        async def compute() -> T:
+            value = await fn()
+            try:
+                blobs = self._encode_many({key: value}, ttl, vector=False)
+            except CacheError as exc:
+                self._fault("encode", "set", exc, kind="unserializable")
+                return value
+            if control.write:
+                await self._astore(namespace, blobs, ttl, model)
+            return decode(blobs[key]).value  # type: ignore[no-any-return]
+
+        return await self._flight.ado(f"{namespace}\x00{key}", compute)
+
+    # --- stats and lifecycle --------------------------------------------------------------
+    def get_stats(self) -> dict[str, Any]:
+        """Hits and misses per tier and namespace, hit rate, sets, evictions, errors, sizes.
+
+        Example: ``cache.get_stats()["namespaces"]["embeddings"]["hit_rate"]``.
+        """
+        with self._lock:
+            counts = dict(self._counts)
+        namespaces: dict[str, dict[str, Any]] = {}
+        tiers: dict[str, dict[str, Any]] = {}
+        errors_by_kind: dict[str, int] = {}
+        for key, n in counts.items():
+            what = key[0]
+            if what == "hit":
+                _, tier, ns = key
+                entry = namespaces.setdefault(
+                    ns, {"hits": {}, "misses": 0, "sets": 0, "bypassed": 0}
+                )
+                entry["hits"][tier] = entry["hits"].get(tier, 0) + n
+                tiers.setdefault(tier, {"hits": 0})["hits"] = (
+                    tiers.setdefault(tier, {"hits": 0}).get("hits", 0) + n
+                )
+            elif what in ("miss", "set", "bypass"):
+                entry = namespaces.setdefault(
+                    key[1], {"hits": {}, "misses": 0, "sets": 0, "bypassed": 0}
+                )
+                entry[{"miss": "misses", "set": "sets", "bypass": "bypassed"}[what]] += n
+            elif what == "error":
+                _, tier, kind = key
+                errors_by_kind[kind] = errors_by_kind.get(kind, 0) + n
+                slot = tiers.setdefault(tier, {"hits": 0})
+                slot["errors"] = slot.get("errors", 0) + n
+        for tier_obj in self.tiers:
+            slot = tiers.setdefault(tier_obj.name, {"hits": 0})
+            slot.setdefault("errors", 0)
+            try:
+                slot.update(tier_obj.stats())
+            except Exception as exc:
+                self._fault(tier_obj.name, "stats", exc)
+        hits = misses = sets = 0
+        for entry in namespaces.values():
+            h = sum(entry["hits"].values())
+            entry["hit_rate"] = h / (h + entry["misses"]) if h + entry["misses"] else 0.0
+            hits += h
+            misses += entry["misses"]
+            sets += entry["sets"]
+        return {
+            "enabled": self.enabled,
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+            "sets": sets,
+            "errors": sum(errors_by_kind.values()),
+            "errors_by_kind": errors_by_kind,
+            "evictions": {
+                name: int(t.get("evictions", 0)) for name, t in tiers.items() if "evictions" in t
+            },
+            "tiers": tiers,
+            "namespaces": namespaces,
+            "single_flight": {
+                "computed": self._flight.computed,
+                "coalesced": self._flight.coalesced,
+            },
+        }
+
+    def close(self) -> None:
+        """Stop the thread pool and close every tier; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        pool, self._executor = self._executor, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for tier in self.tiers:
+            try:
+                tier.close()
+            except Exception as exc:
+                self._fault(tier.name, "close", exc)
+
+    async def aclose(self) -> None:
+        """Async :meth:`close` (the pool shuts down in a thread, off the loop)."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> CacheManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's pool threads, locks held by other threads and in-flight
+        # computations do not exist here; start clean. diskcache reopens SQLite itself.
+        self._executor = None
+        self._lock = threading.Lock()
+        self._flight.reset()
+        for tier in self.tiers:
+            reset = getattr(tier, "reset_lock", None)
+            if reset is not None:
+                reset()
+
+    def __repr__(self) -> str:
+        with self._lock:
+            hits = sum(n for k, n in self._counts.items() if k[0] == "hit")
+            misses = sum(n for k, n in self._counts.items() if k[0] == "miss")
+            errors = sum(n for k, n in self._counts.items() if k[0] == "error")
+        names = "+".join(t.name for t in self.tiers) or "none"
+        return (
+            f"CacheManager(tiers={names}, enabled={self.enabled}, hits={hits}, "
+            f"misses={misses}, errors={errors})"
+        )
+
+
+# --- process-wide default and fork safety ---------------------------------------------------
+_MANAGERS: weakref.WeakSet[CacheManager] = weakref.WeakSet()
+_DEFAULT: CacheManager | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def get_cache_manager() -> CacheManager:
+    """The process-wide manager, built on first use from ``PerformanceConfig.load()``.
+
+    ``RAG_PERF_CACHE_DIR`` (or ``cache_dir`` in the config) moves the disk tier. Replace it
+    with :func:`set_cache_manager`.
+    """
+    global _DEFAULT
+    manager = _DEFAULT
+    if manager is None:
+        with _DEFAULT_LOCK:
+            if _DEFAULT is None:
+                _DEFAULT = CacheManager(PerformanceConfig.load())
+            manager = _DEFAULT
+    return manager
+
+
+def set_cache_manager(manager: CacheManager | None) -> CacheManager | None:
+    """Install ``manager`` process-wide (``None``: rebuild on next use); returns the old one."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        old, _DEFAULT = _DEFAULT, manager
+    return old
+
+
+def _after_fork_in_child() -> None:
+    global _DEFAULT_LOCK
+    _DEFAULT_LOCK = threading.Lock()
+    for manager in list(_MANAGERS):
+        manager._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,223 @@
+"""The stored form of a cache entry: a binary envelope, and a diskcache ``Disk`` without pickle.
+
+Every value the cache stores is one ``bytes`` blob::
+
+    blob = encode(["a", 1], created_at=clock(), expires_at=clock() + 60.0)
+    entry = decode(blob)          # Entry(kind="msgpack", value=["a", 1], ...)
+    entry.expired(now=clock())    # False
+
+Layout (little-endian), 22 bytes of header then the payload:
+
+==========  ======  =====================================================
+magic       3 B     ``b"RPC"``
+schema      1 B     :data:`SCHEMA_VERSION`; another version reads as a miss
+kind        1 B     1 msgpack structure, 2 float32 vector, 3 float64 vector
+reserved    1 B     0
+created_at  8 B     float64 seconds, on the cache's clock
+expires_at  8 B     float64 seconds, ``+inf`` for never
+payload     rest    msgpack, or raw little-endian float32/float64
+==========  ======  =====================================================
+
+Nothing here ever unpickles. :class:`SafeDisk` is the diskcache ``Disk`` of our disk tier:
+it stores only ``bytes`` values under ``str``/``bytes`` keys, and refuses to read any row
+it could not have written (pickled keys or values, text files, integers), so a pickle
+planted in the cache directory is never loaded (diskcache's own ``JSONDisk`` still
+unpickles such rows).
+
+Not done here: signing (HMAC) of entries. The envelope guards against pickle and torn or
+foreign rows, not against a writer that can already write valid msgpack to the directory.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import diskcache
+import msgpack
+import numpy as np
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CorruptEntry",
+    "Entry",
+    "SafeDisk",
+    "UnsafeRow",
+    "decode",
+    "encode",
+    "encode_vector",
+    "round_vector",
+]
+
+SCHEMA_VERSION: Final = 1
+MAGIC: Final = b"RPC"
+_HEADER = struct.Struct("<3sBBBdd")
+HEADER_SIZE: Final = _HEADER.size  # 22 bytes
+
+KIND_MSGPACK: Final = 1
+KIND_F32: Final = 2
+KIND_F64: Final = 3
+_KIND_NAMES: Final = {KIND_MSGPACK: "msgpack", KIND_F32: "float32", KIND_F64: "float64"}
+_DTYPES: Final[dict[int, np.dtype[Any]]] = {KIND_F32: np.dtype("<f4"), KIND_F64: np.dtype("<f8")}
+
+VectorDtype = Literal["float32", "float64"]
+
+
+class CorruptEntry(ValueError):
+    """A stored blob is not a valid envelope of this schema (torn, foreign or garbage)."""
+
+
+class UnsafeRow(CorruptEntry):
+    """A disk row was not written by :class:`SafeDisk` (for example a pickle); never read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decoded envelope: ``value`` plus its kind and times (seconds on the cache clock)."""
+
+    kind: str
+    value: Any
+    created_at: float
+    expires_at: float
+
+    def expired(self, now: float) -> bool:
+        """True when ``now`` (seconds) is at or past the entry's expiry."""
+        return now >= self.expires_at
+
+
+def _header(kind: int, created_at: float, expires_at: float | None) -> bytes:
+    return _HEADER.pack(
+        MAGIC, SCHEMA_VERSION, kind, 0, created_at, math.inf if expires_at is None else expires_at
+    )
+
+
+def encode(value: Any, *, created_at: float, expires_at: float | None) -> bytes:
+    """Envelope a structure (msgpack): ``encode({"a": 1}, created_at=0.0, expires_at=None)``.
+
+    Accepts what msgpack does: None, bool, int, float, str, bytes, lists, tuples (read back
+    as lists) and dicts. Raises ``TypeError`` for anything else (no ``default=str``: a value
+    that would not round-trip is refused, not silently changed).
+    """
+    try:
+        payload = msgpack.packb(value, use_bin_type=True, strict_types=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        msg = f"cannot store a value of type {type(value).__name__} in the cache: {exc}"
+        raise TypeError(msg) from exc
+    return _header(KIND_MSGPACK, created_at, expires_at) + payload
+
+
+def encode_vector(
+    vector: Sequence[float] | np.ndarray[Any, Any],
+    *,
+    created_at: float,
+    expires_at: float | None,
+    dtype: VectorDtype = "float32",
+) -> bytes:
+    """Envelope one vector as raw little-endian float32 (4 bytes per dimension) or float64."""
+    kind = KIND_F32 if dtype == "float32" else KIND_F64
+    array = np.asarray(vector, dtype=_DTYPES[kind])
+    if array.ndim != 1:
+        msg = f"a vector must be one-dimensional, got shape {array.shape}"
+        raise ValueError(msg)
+    return _header(kind, created_at, expires_at) + bytes(array.tobytes())
+
+
+def round_vector(
+    vector: Sequence[float] | np.ndarray[Any, Any], dtype: VectorDtype = "float32"
+) -> list[float]:
+    """The vector exactly as a later cache hit will return it: ``round_vector([0.1])``.
+
+    With float32 storage, ``0.1`` becomes ``0.10000000149011612``; the miss path returns this
+    rounded list too, so a cold call and a warm call give identical vectors.
+    """
+    array = np.asarray(vector, dtype=_DTYPES[KIND_F32 if dtype == "float32" else KIND_F64])
+    rounded: list[float] = array.astype(np.float64).tolist()
+    return rounded
+
+
+def decode(blob: bytes) -> Entry:
+    """Read an envelope; raises :class:`CorruptEntry` when it is not one of ours."""
+    if len(blob) < HEADER_SIZE:
+        msg = f"entry too short ({len(blob)} bytes)"
+        raise CorruptEntry(msg)
+    magic, schema, kind, _reserved, created_at, expires_at = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise CorruptEntry("not a rag-perf cache entry (bad magic)")
+    if schema != SCHEMA_VERSION:
+        msg = f"entry schema {schema}, this code reads {SCHEMA_VERSION}"
+        raise CorruptEntry(msg)
+    payload = memoryview(blob)[HEADER_SIZE:]
+    if kind == KIND_MSGPACK:
+        try:
+            value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            msg = f"undecodable msgpack payload: {exc}"
+            raise CorruptEntry(msg) from exc
+    elif kind in _DTYPES:
+        dtype = _DTYPES[kind]
+        if len(payload) % dtype.itemsize:
+            raise CorruptEntry("vector payload is not a whole number of elements (torn write?)")
+        value = np.frombuffer(payload, dtype=dtype).astype(np.float64).tolist()
+    else:
+        msg = f"unknown entry kind {kind}"
+        raise CorruptEntry(msg)
+    return Entry(_KIND_NAMES[kind], value, created_at, expires_at)
+
+
+def peek_expires_at(blob: bytes) -> float:
+    """Expiry (seconds) of an envelope without decoding its payload; raises CorruptEntry."""
+    if len(blob) < HEADER_SIZE or blob[:3] != MAGIC:
+        raise CorruptEntry("not a rag-perf cache entry")
+    return float(_HEADER.unpack_from(blob)[5])
+
+
+class SafeDisk(diskcache.Disk):  # type: ignore[misc]
+    """A diskcache ``Disk`` that stores our envelopes and never unpickles.
+
+    Keys must be ``str`` or ``bytes`` and values ``bytes``; anything else raises
+    ``TypeError`` on write. On read, only rows in the two modes this class writes (raw
+    bytes inline, or a binary file) are returned; any other row raises :class:`UnsafeRow`,
+    which the tier reads as a corrupt entry (a miss).
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        """Database key of ``key``: str or bytes only (no pickled keys)."""
+        if type(key) is str:
+            return key, True
+        if type(key) is bytes:
+            return sqlite3.Binary(key), True
+        msg = f"cache keys must be str or bytes, got {type(key).__name__}"
+        raise TypeError(msg)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        """Python key of a row; refuses pickled keys."""
+        if not raw:
+            raise UnsafeRow("refusing a pickled key")
+        return bytes(key) if type(key) is sqlite3.Binary else key
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        """Row fields of a bytes value (inline below ``min_file_size``, else a file)."""
+        if type(value) is not bytes:
+            msg = f"SafeDisk stores bytes only, got {type(value).__name__}"
+            raise TypeError(msg)
+        return super().store(value, False, key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        """Bytes of a row we wrote; raises :class:`UnsafeRow` for any other mode."""
+        return fetch_row(self, mode, filename, value)
+
+
+def fetch_row(disk: diskcache.Disk, mode: int, filename: str | None, value: Any) -> bytes:
+    """The bytes of one Cache-table row, or :class:`UnsafeRow` for a mode we never write."""
+    if mode == diskcache.core.MODE_RAW and isinstance(value, bytes | memoryview):
+        return bytes(value)
+    if mode == diskcache.core.MODE_BINARY and filename is not None and value is None:
+        path = disk._directory + "/" + filename
+        with open(path, "rb") as reader:
+            return reader.read()
+    msg = f"refusing a row in mode {mode} (only raw bytes and binary files are ours)"
+    raise UnsafeRow(msg)

@@ -1,0 +1,403 @@
+"""Cache tiers: where envelope bytes live. The manager owns all policy; a tier only stores.
+
+The seam (:class:`Tier`) is small so the Redis tier plugs in without touching the manager::
+
+    class RedisTier:                      # satisfies Tier
+        name = "redis"
+        def get_many(self, keys): ...     # -> {key: blob} for the keys found
+        def set_many(self, items, *, ttl=None, tag=None): ...
+        def delete_many(self, keys): ...
+        def clear(self, prefix=None): ...
+        def purge_tag(self, tag): ...
+        def stats(self): ...
+        def close(self): ...
+
+    CacheManager(config, tiers=[MemoryTier(...), RedisTier(...), DiskTier(...)])
+
+Contract of a tier:
+
+- Keys are ``str``; values are opaque envelope ``bytes`` (see :mod:`.serialize`). A tier
+  never interprets them, except that it may return :data:`CORRUPT` for a stored row it
+  refuses to read (e.g. a planted pickle); the manager counts it and deletes the key.
+- Expiry is the manager's job (it reads ``expires_at`` from the envelope against its
+  injectable clock); ``ttl`` is passed only so a tier can clean up on its own schedule.
+- ``tag`` is the model name (or ``None``) so :meth:`Tier.purge_tag` can drop one model.
+- Methods may raise on storage faults (full disk, lock timeout, connection refused): the
+  manager catches, counts, warns once and carries on uncached. Tiers do not swallow errors.
+- A tier is thread-safe. The manager calls a tier flagged ``blocking = True`` from its
+  small executor in async code, and a non-blocking one (memory) inline on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+import diskcache
+
+from .serialize import SafeDisk, UnsafeRow, fetch_row
+
+__all__ = ["CORRUPT", "DiskTier", "MemoryTier", "Tier"]
+
+CORRUPT: Final = b""
+"""Returned by a tier for a stored row it will not read; never a valid envelope."""
+
+# SQLite allows 32766 bound parameters in the version bundled here, 999 in old builds.
+_SQL_CHUNK: Final = 500
+
+
+@runtime_checkable
+class Tier(Protocol):
+    """Storage of envelope bytes by string key. See the module docstring for the contract."""
+
+    name: str
+    blocking: bool
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The stored blobs of the keys found (absent keys are left out)."""
+        ...
+
+    def set_many(
+        self, items: Mapping[str, bytes], *, ttl: float | None = None, tag: str | None = None
+    ) -> None:
+        """Store every item; ``ttl`` in seconds is a clean-up hint only."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete keys; returns how many existed."""
+        ...
+
+    def clear(self, prefix: str | None = None) -> int:
+        """Delete every key, or those starting with ``prefix``; returns how many."""
+        ...
+
+    def purge_tag(self, tag: str) -> int:
+        """Delete every key stored with ``tag``; returns how many."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """At least ``items``, ``bytes`` and ``evictions``."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections; idempotent."""
+        ...
+
+
+class MemoryTier:
+    """An LRU of envelope bytes bounded by item count and by bytes.
+
+    Example: ``MemoryTier(max_items=10_000, max_bytes=64 * 2**20)``. ``bytes`` counts each
+    blob, its key and :data:`ENTRY_OVERHEAD` bytes of bookkeeping (the measured per-item
+    cost of the dict slot, tuple and object headers), so ``max_bytes`` bounds real memory.
+    Evictions (least recently used first) are counted. Not shared between processes.
+    """
+
+    ENTRY_OVERHEAD: Final = 240  # bytes; measured with tracemalloc, see bench "cache"
+
+    __slots__ = ("_bytes", "_data", "_lock", "evictions", "max_bytes", "max_items")
+
+    name = "memory"
+    blocking = False
+
+    def __init__(self, *, max_items: int, max_bytes: int) -> None:
+        if max_items < 1:
+            msg = f"max_items must be >= 1, got {max_items}"
+            raise ValueError(msg)
+        if max_bytes < 1:
+            msg = f"max_bytes must be >= 1, got {max_bytes}"
+            raise ValueError(msg)
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[str, tuple[bytes, str | None]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.evictions = 0
+
+    def _cost(self, key: str, blob: bytes) -> int:
+        return len(blob) + len(key) + self.ENTRY_OVERHEAD
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Blobs of the keys present; each found key becomes most recently used."""
+        found: dict[str, bytes] = {}
+        data = self._data
+        with self._lock:
+            for key in keys:
+                item = data.get(key)
+                if item is not None:
+                    data.move_to_end(key)
+                    found[key] = item[0]
+        return found
+
+    def set_many(
+        self, items: Mapping[str, bytes], *, ttl: float | None = None, tag: str | None = None
+    ) -> None:
+        """Store items, evicting least recently used ones past either bound."""
+        data = self._data
+        with self._lock:
+            for key, blob in items.items():
+                old = data.pop(key, None)
+                if old is not None:
+                    self._bytes -= self._cost(key, old[0])
+                cost = self._cost(key, blob)
+                if cost > self.max_bytes:
+                    continue  # larger than the whole tier: keep it on disk only
+                data[key] = (blob, tag)
+                self._bytes += cost
+            while data and (len(data) > self.max_items or self._bytes > self.max_bytes):
+                old_key, (old_blob, _) = data.popitem(last=False)
+                self._bytes -= self._cost(old_key, old_blob)
+                self.evictions += 1
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Drop keys; returns how many were present."""
+        n = 0
+        with self._lock:
+            for key in keys:
+                old = self._data.pop(key, None)
+                if old is not None:
+                    self._bytes -= self._cost(key, old[0])
+                    n += 1
+        return n
+
+    def _drop_where(self, match: Any) -> int:
+        with self._lock:
+            doomed = [k for k, (_, tag) in self._data.items() if match(k, tag)]
+            for key in doomed:
+                blob, _ = self._data.pop(key)
+                self._bytes -= self._cost(key, blob)
+        return len(doomed)
+
+    def clear(self, prefix: str | None = None) -> int:
+        """Drop everything, or the keys starting with ``prefix``."""
+        if prefix is None:
+            with self._lock:
+                n = len(self._data)
+                self._data.clear()
+                self._bytes = 0
+            return n
+        return self._drop_where(lambda key, _tag: key.startswith(prefix))
+
+    def purge_tag(self, tag: str) -> int:
+        """Drop the keys stored with ``tag`` (a scan; purges are rare)."""
+        return self._drop_where(lambda _key, t: t == tag)
+
+    def stats(self) -> dict[str, Any]:
+        """Items, bytes (payload, keys and bookkeeping) and evictions."""
+        return {"items": len(self._data), "bytes": self._bytes, "evictions": self.evictions}
+
+    def close(self) -> None:
+        """Drop all entries."""
+        self.clear()
+
+    def reset_lock(self) -> None:
+        """Replace the lock (after ``fork()``, another thread may have held it)."""
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryTier(items={len(self._data)}/{self.max_items}, "
+            f"bytes={self._bytes}/{self.max_bytes}, evictions={self.evictions})"
+        )
+
+
+class DiskTier:
+    """A persistent tier on ``diskcache.FanoutCache`` with :class:`SafeDisk` (no pickle).
+
+    Example::
+
+        tier = DiskTier("/var/cache/app", shards=8, timeout=0.1, size_limit=2**30)
+        tier.set_many({"k": blob}, ttl=60.0, tag="text-embedding-3-small")
+        tier.get_many(["k", "other"])      # {"k": blob}: one SQL query per shard touched
+
+    ``directory`` is created owner-only (0o700). ``size_limit`` (bytes) is split evenly over
+    the shards, as diskcache does; past it diskcache evicts least recently stored entries,
+    which this tier counts. ``timeout`` (seconds) is SQLite's lock wait: past it a write
+    raises ``diskcache.Timeout`` instead of blocking.
+
+    Reads go straight to each shard's SQLite table with one ``SELECT ... WHERE key IN (...)``
+    per shard (diskcache offers no batched get; per-key ``get`` costs ~14 µs here) and skip
+    diskcache's own expiry and statistics: expiry is the manager's, and a read never writes.
+    This uses diskcache internals (``_shards``, ``_sql``, ``_transact``, the ``Cache`` table),
+    stable in 5.x, which is effectively frozen. Safe across ``fork()``: diskcache reopens
+    its SQLite connection when the process id changes.
+
+    Not done: locking across hosts (do not put the directory on NFS).
+    """
+
+    __slots__ = ("_cache", "_count", "_evictions", "_lock", "_shards", "directory")
+
+    name = "disk"
+    blocking = True
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        shards: int = 8,
+        timeout: float = 0.1,
+        size_limit: int = 2**30,
+    ) -> None:
+        if shards < 1:
+            msg = f"shards must be >= 1, got {shards}"
+            raise ValueError(msg)
+        if timeout <= 0:
+            msg = f"timeout must be > 0 seconds, got {timeout}"
+            raise ValueError(msg)
+        path = Path(directory).expanduser()
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            path.chmod(0o700)  # mkdir's mode is masked by the umask, and the dir may pre-exist
+        self.directory = str(path)
+        self._cache = diskcache.FanoutCache(
+            self.directory,
+            shards=shards,
+            timeout=timeout,
+            disk=SafeDisk,
+            size_limit=size_limit,
+            eviction_policy="least-recently-stored",
+            tag_index=True,
+            statistics=False,
+        )
+        self._shards: tuple[diskcache.Cache, ...] = self._cache._shards
+        self._count = len(self._shards)
+        self._lock = threading.Lock()
+        self._evictions = 0
+
+    # --- reads ----------------------------------------------------------------------------
+    def _by_shard(self, keys: Sequence[str]) -> dict[int, list[str]]:
+        groups: dict[int, list[str]] = {}
+        hash_ = self._cache._hash
+        count = self._count
+        for key in keys:
+            groups.setdefault(hash_(key) % count, []).append(key)
+        return groups
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """One SELECT per shard (per 500 keys); refused rows come back as :data:`CORRUPT`."""
+        found: dict[str, bytes] = {}
+        for index, group in self._by_shard(keys).items():
+            shard = self._shards[index]
+            sql = shard._sql
+            disk = shard._disk
+            for start in range(0, len(group), _SQL_CHUNK):
+                chunk = group[start : start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = sql(
+                    "SELECT key, mode, filename, value FROM Cache"
+                    f" WHERE raw = 1 AND key IN ({marks})",
+                    chunk,
+                ).fetchall()
+                for key, mode, filename, value in rows:
+                    try:
+                        found[key] = fetch_row(disk, mode, filename, value)
+                    except (UnsafeRow, OSError):
+                        # Refused (not ours) or its file vanished mid-read: corrupt to us.
+                        found[key] = CORRUPT
+        return found
+
+    # --- writes ---------------------------------------------------------------------------
+    def set_many(
+        self, items: Mapping[str, bytes], *, ttl: float | None = None, tag: str | None = None
+    ) -> None:
+        """One transaction per shard; counts the entries diskcache culls to stay in size."""
+        groups = self._by_shard(list(items))
+        evicted = 0
+        for index, group in groups.items():
+            shard = self._shards[index]
+            with shard._transact(retry=False) as (sql, _cleanup):
+                before = _settings_count(sql)
+                marks = ",".join("?" * len(group))
+                (present,) = sql(
+                    f"SELECT COUNT(*) FROM Cache WHERE raw = 1 AND key IN ({marks})", group
+                ).fetchone()
+                for key in group:
+                    shard.set(key, items[key], expire=ttl, tag=tag, retry=False)
+                after = _settings_count(sql)
+            # Rows that vanished beyond the ones we replaced were culled by diskcache
+            # (expired ones first, then least recently stored past size_limit).
+            evicted += max(0, before + (len(group) - present) - after)
+        if evicted:
+            with self._lock:
+                self._evictions += evicted
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete keys (their files too); returns how many existed."""
+        n = 0
+        for index, group in self._by_shard(keys).items():
+            shard = self._shards[index]
+            with shard._transact(retry=False):
+                for key in group:
+                    n += bool(shard.delete(key, retry=False))
+        return n
+
+    def _delete_where(self, where: str, params: Sequence[Any]) -> int:
+        n = 0
+        for shard in self._shards:
+            with shard._transact(retry=False) as (sql, cleanup):
+                rows = sql(f"SELECT rowid, filename FROM Cache WHERE {where}", params).fetchall()
+                for start in range(0, len(rows), _SQL_CHUNK):
+                    chunk = rows[start : start + _SQL_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    sql(f"DELETE FROM Cache WHERE rowid IN ({marks})", [r[0] for r in chunk])
+                    for _rowid, filename in chunk:
+                        cleanup(filename)  # files are removed after the commit
+                n += len(rows)
+        return n
+
+    def clear(self, prefix: str | None = None) -> int:
+        """Delete everything, or the keys starting with ``prefix`` (an index range scan)."""
+        if prefix is None:
+            return self._delete_where("1", ())
+        if not prefix:
+            return self.clear()
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        return self._delete_where("key >= ? AND key < ?", (prefix, upper))
+
+    def purge_tag(self, tag: str) -> int:
+        """Delete every entry stored with ``tag`` (indexed)."""
+        return self._delete_where("tag = ?", (tag,))
+
+    # --- inspection -----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Items and bytes on disk (diskcache's counters, all processes) and our evictions."""
+        return {
+            "items": sum(len(s) for s in self._shards),
+            "bytes": int(self._cache.volume()),
+            "evictions": self._evictions,
+            "shards": self._count,
+            "directory": self.directory,
+        }
+
+    def iter_rows(
+        self,
+    ) -> Iterator[tuple[str | bytes, bool, int, str | None, bytes | None, str | None]]:
+        """Every stored row as ``(key, raw, mode, filename, value, tag)``, for ``cache verify``."""
+        for shard in self._shards:
+            yield from shard._sql(
+                "SELECT key, raw, mode, filename, value, tag FROM Cache ORDER BY rowid"
+            ).fetchall()
+
+    def read_row(self, mode: int, filename: str | None, value: Any) -> bytes:
+        """The bytes of a row from :meth:`iter_rows`; raises ``UnsafeRow``/``OSError``."""
+        return fetch_row(self._shards[0]._disk, mode, filename, value)
+
+    def close(self) -> None:
+        """Close every shard's SQLite connection of this thread; idempotent."""
+        self._cache.close()
+
+    def __repr__(self) -> str:
+        return f"DiskTier({self.directory!r}, shards={self._count}, evictions={self._evictions})"
+
+
+def _settings_count(sql: Any) -> int:
+    row = sql("SELECT value FROM Settings WHERE key = 'count'").fetchone()
+    return int(row[0]) if row else 0
