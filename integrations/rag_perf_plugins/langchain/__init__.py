@@ -15,4 +15,11 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     msg = "rag_perf_plugins.langchain needs LangChain: pip install 'rag-perf-plugins[langchain]'"
     raise ImportError(msg) from exc
 
-__all__: list[str] = []
+from .embeddings import PerfEmbeddings
+from .factories import pooled_chat_openai, pooled_openai_embeddings
+
+__all__ = [
+    "PerfEmbeddings",
+    "pooled_chat_openai",
+    "pooled_openai_embeddings",
+]
