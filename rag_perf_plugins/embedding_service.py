@@ -58,12 +58,14 @@ import numpy as np
 
 from ._clock import Clock, monotonic
 from .batching import AsyncBatchProcessor, BatchProcessor
+from .cache import CacheManager, current_control, embedding_key, get_cache_manager
 from .config import PerformanceConfig
 from .tokens import estimate_tokens
 from .tracking import PerformanceTracker, get_performance_tracker
 
 __all__ = [
     "AdmissionGateLike",
+    "CacheEmbeddingStore",
     "EmbeddingIdentity",
     "EmbeddingService",
     "EmbeddingStore",
@@ -119,6 +121,78 @@ class EmbeddingStore(Protocol):
     async def aset_many(self, items: Mapping[str, Vector], *, ttl: float | None = None) -> None:
         """Async twin of :meth:`set_many`; must not block the event loop."""
         ...
+
+
+class CacheEmbeddingStore:
+    """The cache package's embeddings namespace seen as an :class:`EmbeddingStore`.
+
+    Example::
+
+        store = CacheEmbeddingStore()                 # the process-wide CacheManager
+        service = EmbeddingService(embed, provider="openai", model="m", symmetric=True,
+                                   store=store)
+
+    Keys come from :func:`rag_perf_plugins.cache.embedding_key` (provider, model,
+    dimensions, role, text); vectors are stored as the manager's ``cache_vector_dtype``
+    (raw little-endian float32 by default), looked up with one ``get_vectors`` call and
+    written with one ``set_vectors`` call. Failures are absorbed and counted by the manager.
+
+    Args:
+        cache: The manager; ``None`` means :func:`~rag_perf_plugins.cache.get_cache_manager`.
+        namespace: Cache namespace (``"embeddings"``), clearable and versioned on its own.
+        model: Tag written with each entry, for ``CacheManager.purge_model``.
+    """
+
+    __slots__ = ("cache", "model", "namespace")
+
+    def __init__(
+        self,
+        cache: CacheManager | None = None,
+        *,
+        namespace: str = "embeddings",
+        model: str | None = None,
+    ) -> None:
+        self.cache = cache if cache is not None else get_cache_manager()
+        self.namespace = namespace
+        self.model = model
+
+    @property
+    def dtype(self) -> str:
+        """How the manager stores vectors (``cache_vector_dtype``)."""
+        return self.cache.config.cache_vector_dtype
+
+    def embedding_key(
+        self, provider: str, model: str, dimensions: int | None, role: str, text: str
+    ) -> str:
+        """:func:`rag_perf_plugins.cache.embedding_key` of one text."""
+        return embedding_key(
+            provider=provider,
+            model=model,
+            dimensions=dimensions,
+            role=cast(Role, role),
+            text=text,
+        )
+
+    def get_many(self, keys: Sequence[str]) -> list[Vector | None]:
+        """One batched read; ``None`` where missing."""
+        found = self.cache.get_vectors(keys, namespace=self.namespace)
+        return [found.get(k) for k in keys]
+
+    def set_many(self, items: Mapping[str, Vector], *, ttl: float | None = None) -> None:
+        """Store vectors (``ttl`` seconds; ``None``: the manager's ``cache_ttl``)."""
+        self.cache.set_vectors(items, ttl, namespace=self.namespace, model=self.model)
+
+    async def aget_many(self, keys: Sequence[str]) -> list[Vector | None]:
+        """Async :meth:`get_many`; disk I/O runs on the manager's executor."""
+        found = await self.cache.aget_vectors(keys, namespace=self.namespace)
+        return [found.get(k) for k in keys]
+
+    async def aset_many(self, items: Mapping[str, Vector], *, ttl: float | None = None) -> None:
+        """Async :meth:`set_many`."""
+        await self.cache.aset_vectors(items, ttl, namespace=self.namespace, model=self.model)
+
+    def __repr__(self) -> str:
+        return f"<CacheEmbeddingStore namespace={self.namespace!r} dtype={self.dtype}>"
 
 
 class AdmissionGateLike(Protocol):
@@ -519,7 +593,7 @@ class EmbeddingService:
 
     def _lookup(self, keys: list[str]) -> dict[str, Vector]:
         store = self._store
-        if store is None or not keys:
+        if store is None or not keys or not current_control().read:
             return {}
         try:
             values = store.get_many(keys)
@@ -530,10 +604,11 @@ class EmbeddingService:
 
     def _save(self, results: Mapping[str, Vector]) -> None:
         store = self._store
-        if store is None or not results:
+        control = current_control()
+        if store is None or not results or not control.write:
             return
         try:
-            store.set_many(results, ttl=self.config.cache_ttl)
+            store.set_many(results, ttl=control.ttl or self.config.cache_ttl)
         except Exception as exc:
             self._store_error(exc)
 
@@ -632,7 +707,7 @@ class EmbeddingService:
 
     async def _alookup(self, keys: list[str]) -> dict[str, Vector]:
         store = self._store
-        if store is None or not keys:
+        if store is None or not keys or not current_control().read:
             return {}
         try:
             values = await store.aget_many(keys)
@@ -643,10 +718,11 @@ class EmbeddingService:
 
     async def _asave(self, results: Mapping[str, Vector]) -> None:
         store = self._store
-        if store is None or not results:
+        control = current_control()
+        if store is None or not results or not control.write:
             return
         try:
-            await store.aset_many(results, ttl=self.config.cache_ttl)
+            await store.aset_many(results, ttl=control.ttl or self.config.cache_ttl)
         except Exception as exc:
             self._store_error(exc)
 

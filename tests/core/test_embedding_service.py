@@ -14,8 +14,15 @@ import diskcache
 import numpy as np
 import pytest
 
+from rag_perf_plugins.cache import CacheManager, cache_control
+from rag_perf_plugins.cache.control import CacheMode
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import EmbeddingService, EmbeddingStore, round_vectors
+from rag_perf_plugins.embedding_service import (
+    CacheEmbeddingStore,
+    EmbeddingService,
+    EmbeddingStore,
+    round_vectors,
+)
 from rag_perf_plugins.tracking import PerformanceTracker
 
 
@@ -323,3 +330,63 @@ def test_repr_shows_live_state() -> None:
     service = make(Provider())
     service.embed_documents(["a"])
     assert "provider calls: 1" in repr(service) and "test/m" in repr(service)
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[CacheManager]:
+    cache = CacheManager(PerformanceConfig(cache_dir=str(tmp_path / "cm"), enable_metrics=False))
+    yield cache
+    cache.close()
+
+
+def test_cache_manager_store_cold_equals_warm_across_managers(
+    manager: CacheManager, tmp_path: Path
+) -> None:
+    provider = Provider()
+    cold = make(provider, store=CacheEmbeddingStore(manager)).embed_documents(["p", "q"])
+    fresh = CacheManager(PerformanceConfig(cache_dir=str(tmp_path / "cm"), cache_size=0))
+    try:
+        warm_service = make(provider, store=CacheEmbeddingStore(fresh))
+        assert warm_service.embed_documents(["q", "p"]) == [cold[1], cold[0]]
+        assert warm_service.provider_calls == 0
+    finally:
+        fresh.close()
+
+
+async def test_cache_manager_store_async_path(manager: CacheManager) -> None:
+    provider = Provider()
+    service = make(provider, store=CacheEmbeddingStore(manager))
+    cold = await service.aembed_documents(["r"])
+    assert await service.aembed_documents(["r"]) == cold
+    assert service.provider_calls == 1
+    await service.aclose()
+
+
+@pytest.mark.parametrize(
+    ("mode", "calls_after_second", "stored"),
+    [("bypass", 2, False), ("refresh", 2, True), ("no-store", 1, False)],
+)
+def test_cache_control_modes(
+    store: DiskStore, mode: CacheMode, calls_after_second: int, stored: bool
+) -> None:
+    provider = Provider()
+    service = make(provider, store=store)
+    if mode == "no-store":
+        with cache_control(mode):
+            service.embed_documents(["new"])  # a miss computed but not written
+        assert len(provider.calls) == 1
+        service.embed_documents(["new"])
+        assert len(provider.calls) == 2
+        service.embed_documents(["warm"])
+        with cache_control(mode):
+            service.embed_documents(["warm"])  # read still allowed
+        assert len(provider.calls) == 3
+        return
+    service.embed_documents(["x"])
+    with cache_control(mode):
+        service.embed_documents(["x"])
+    assert len(provider.calls) == calls_after_second
+    key = store.embedding_key("test", "m", 8, "document", "y")
+    with cache_control(mode):
+        service.embed_documents(["y"])
+    assert (store.get_many([key])[0] is not None) is stored

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from rag_perf_plugins.admission import AdmissionGate, get_gate
+from rag_perf_plugins.cache import get_cache_manager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import EmbeddingStore
+from rag_perf_plugins.embedding_service import CacheEmbeddingStore, EmbeddingStore
 from rag_perf_plugins.retry import RetryPolicy
 
 __all__ = ["api_key_of", "default_gate", "default_retry", "default_store"]
@@ -45,11 +46,12 @@ def default_retry(config: PerformanceConfig) -> RetryPolicy:
 
 
 def default_store(config: PerformanceConfig) -> EmbeddingStore | None:
-    """The core cache's per-text vector store, or ``None`` (uncached).
+    """The process-wide cache's embeddings namespace, or ``None`` when caching is off.
 
-    The cache package (``rag_perf_plugins.cache``) does not offer an embedding store yet;
-    until it does, wrappers built without ``store=`` do not cache vectors.
+    The process-wide :class:`~rag_perf_plugins.cache.CacheManager` is built from
+    ``PerformanceConfig.load()`` (file/env), not from the wrapper's ``config``: pass
+    ``store=CacheEmbeddingStore(CacheManager(config))`` for a cache with other settings.
     """
     if not config.enable_caching:
         return None
-    return None
+    return CacheEmbeddingStore(get_cache_manager())

@@ -14,6 +14,7 @@ import pytest
 from langchain_openai import OpenAIEmbeddings
 from rag_perf_plugins.langchain import pooled_openai_embeddings
 
+from rag_perf_plugins.cache import set_cache_manager
 from rag_perf_plugins.http import close_http_clients
 from rag_perf_plugins.simulator import Simulator
 
@@ -59,9 +60,13 @@ class DiskVectorStore:
 
 
 @pytest.fixture(autouse=True)
-def _close_pooled_clients() -> Iterator[None]:
-    """Each test's simulator has its own port: close the registry's clients after it."""
+def _fresh_process_state() -> Iterator[None]:
+    """Each test gets its own process-wide cache (in its tmp dir) and pooled clients."""
+    previous = set_cache_manager(None)
     yield
+    manager = set_cache_manager(previous)
+    if manager is not None:
+        manager.close()
     close_http_clients()
 
 

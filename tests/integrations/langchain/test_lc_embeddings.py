@@ -163,3 +163,13 @@ def test_bad_inner_is_refused() -> None:
     wrapped = PerfEmbeddings(DeterministicFakeEmbedding(size=4), tracker=PerformanceTracker())
     with pytest.raises(TypeError, match="already a PerfEmbeddings"):
         PerfEmbeddings(wrapped)
+
+
+async def test_default_store_is_the_process_cache(
+    simulator: Simulator, openai_embeddings: MakeEmbeddings, embedding_requests: CountRequests
+) -> None:
+    first = PerfEmbeddings(openai_embeddings(simulator), tracker=PerformanceTracker())
+    cold = await first.aembed_documents(["alpha", "beta"])
+    second = PerfEmbeddings(openai_embeddings(simulator), tracker=PerformanceTracker())
+    assert await second.aembed_documents(["beta", "alpha"]) == [cold[1], cold[0]]
+    assert embedding_requests(simulator) == 1
