@@ -50,8 +50,9 @@ AsyncSleep = Callable[[float], Awaitable[None]]
 
 _CHAT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-3.5-turbo")
 _JSON = "application/json"
-# How long stop() lets in-flight requests finish before they are cancelled.
-_SHUTDOWN_TIMEOUT_S = 1.0
+# How long stop() lets in-flight requests finish; aiohttp waits this twice (graceful, then
+# after cancelling the request), so the grace is at most half a second in all.
+_SHUTDOWN_TIMEOUT_S = 0.25
 _EMBEDDINGS = "/v1/embeddings"
 _CHAT = "/v1/chat/completions"
 _MODELS = "/v1/models"
@@ -190,7 +191,7 @@ class Simulator:
         return self
 
     async def stop(self) -> None:
-        """Stop listening and close every connection (in-flight requests get one second)."""
+        """Stop listening and close every connection (in-flight requests get up to 0.5 s)."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
