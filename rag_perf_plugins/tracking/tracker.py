@@ -1,0 +1,561 @@
+"""Per-operation statistics: the :class:`PerformanceTracker` and its snapshots.
+
+Example::
+
+    tracker = get_performance_tracker()
+    tracker.record("embed", 0.042, tokens_in=120, batch_size=16)
+    tracker.incr("cache.errors")
+    tracker.get_operation_stats("embed").latency_p95_s
+
+Components (cache, admission gate, batcher, adapters) call :meth:`PerformanceTracker.record`
+once per finished call and :meth:`PerformanceTracker.incr` for named events. Reading is
+done from snapshots (:class:`OperationStats`), never from live state.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .histogram import LogHistogram
+
+if TYPE_CHECKING:
+    from ..config import PerformanceConfig
+
+__all__ = [
+    "STATS_SCHEMA",
+    "OperationStats",
+    "PerformanceTracker",
+    "get_performance_tracker",
+    "set_performance_tracker",
+]
+
+STATS_SCHEMA = "rag-perf-stats/1"
+
+# Throughput is counted in this many slots across the sliding window: memory stays fixed
+# and the estimate is off by at most one slot (1/60 of the window) at the window's edge.
+_WINDOW_SLOTS = 60
+
+
+class _Window:
+    """Event counts in a ring of time slots covering the last ``window_s`` seconds."""
+
+    __slots__ = ("_counts", "_ids", "_slot_s", "window_s")
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._slot_s = window_s / _WINDOW_SLOTS
+        self._ids = [-1] * _WINDOW_SLOTS
+        self._counts = [0] * _WINDOW_SLOTS
+
+    def add(self, now: float) -> None:
+        slot = int(now / self._slot_s)
+        i = slot % _WINDOW_SLOTS
+        if self._ids[i] != slot:
+            self._ids[i] = slot
+            self._counts[i] = 0
+        self._counts[i] += 1
+
+    def rate(self, now: float, since: float) -> float:
+        """Events per second over the window (or since ``since`` when that is shorter)."""
+        current = int(now / self._slot_s)
+        oldest = current - _WINDOW_SLOTS + 1
+        total = sum(
+            c for s, c in zip(self._ids, self._counts, strict=True) if oldest <= s <= current
+        )
+        span = min(self.window_s, max(now - since, self._slot_s))
+        return total / span
+
+
+class _OpState:
+    """Live, mutable statistics of one operation; every field is guarded by ``lock``."""
+
+    __slots__ = (
+        "abandoned",
+        "batch",
+        "cache_hits",
+        "cache_misses",
+        "count",
+        "counters",
+        "errors",
+        "first_seen",
+        "latency",
+        "lock",
+        "queue_wait",
+        "retries",
+        "tokens_in",
+        "tokens_out",
+        "tokens_saved",
+        "ttft",
+        "window",
+    )
+
+    def __init__(self, window_s: float, now: float) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.errors = 0
+        self.abandoned = 0
+        self.latency = LogHistogram()
+        self.queue_wait = LogHistogram()
+        self.ttft = LogHistogram()
+        self.batch = LogHistogram(min_value=1.0)
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.tokens_saved = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.retries = 0
+        self.counters: dict[str, int] = {}
+        self.window = _Window(window_s)
+        self.first_seen = now
+
+
+@dataclass(frozen=True)
+class OperationStats:
+    """A consistent snapshot of one operation's statistics (times in seconds).
+
+    Example: ``stats = tracker.get_operation_stats("llm"); stats.latency_p99_s``.
+
+    Percentiles are NaN when nothing was recorded for them (``to_dict`` turns NaN into
+    ``None``). ``cache_hit_rate`` counts only calls that reported a hit or a miss.
+    """
+
+    operation: str
+    count: int
+    errors: int
+    success_rate: float
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_p99_s: float
+    latency_max_s: float
+    latency_mean_s: float
+    throughput_per_s: float
+    tokens_in: int
+    tokens_out: int
+    cache_hits: int
+    cache_misses: int
+    cache_hit_rate: float
+    tokens_saved: int
+    queue_wait_p50_s: float
+    queue_wait_p95_s: float
+    retries: int
+    batches: int
+    batch_size_mean: float
+    batch_size_max: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    streams_abandoned: int
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN and infinities become ``None``."""
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def _json_number(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+class PerformanceTracker:
+    """Thread- and task-safe statistics per operation name, cheap enough for every call.
+
+    Example::
+
+        tracker = PerformanceTracker(window_s=60.0)
+        tracker.record("llm", 0.84, tokens_in=900, tokens_out=120, cache_hit=False)
+        with tracker.track("retrieve") as call:
+            call.cache_hit = True
+        tracker.get_metrics("llm")["latency_p95_s"]
+
+    ``record`` takes one lock per operation (never a global one) and does O(1) work without
+    I/O, so it is safe to call from event-loop code. Latencies, queue waits, batch sizes
+    and time-to-first-token go into :class:`LogHistogram` s (±0.5 % on any percentile,
+    memory bounded by the value range, not the call count).
+
+    Args:
+        enabled: When ``False``, ``record``/``incr`` return at once and decorators call
+            straight through (``enable_metrics`` in the config).
+        window_s: Sliding window for throughput, in seconds (``metrics_window_seconds``).
+        clock: Seconds, monotonic; used by ``track``/``track_performance`` to time calls
+            and for the throughput window. Tests pass a ``FakeClock``.
+
+    Does not: persist anything, aggregate across processes (export and merge the JSON
+    histograms for that), or sample; every call is counted.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_counters",
+        "_lock",
+        "_ops",
+        "_process",
+        "_sinks",
+        "_started",
+        "enabled",
+        "window_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not (isinstance(window_s, (int, float)) and window_s > 0):
+            msg = f"window_s must be a number of seconds > 0, got {window_s!r}"
+            raise ValueError(msg)
+        self.enabled = bool(enabled)
+        self.window_s = float(window_s)
+        self._clock = clock
+        self._lock = threading.Lock()  # guards creating operations and the global counters
+        self._ops: dict[str, _OpState] = {}
+        self._counters: dict[str, int] = {}
+        self._sinks: tuple[Callable[..., None], ...] = ()
+        self._process: Any = None
+        self._started = clock()
+
+    @classmethod
+    def from_config(
+        cls, config: PerformanceConfig, *, clock: Callable[[], float] = time.perf_counter
+    ) -> PerformanceTracker:
+        """Use ``enable_metrics`` and ``metrics_window_seconds`` from a config."""
+        return cls(
+            enabled=config.enable_metrics, window_s=config.metrics_window_seconds, clock=clock
+        )
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock (seconds) that times tracked calls."""
+        return self._clock
+
+    # --- recording (hot path) ---------------------------------------------------------
+    def _state(self, operation: str) -> _OpState:
+        state = self._ops.get(operation)
+        if state is None:
+            if not isinstance(operation, str) or not operation:
+                msg = f"operation must be a non-empty str, got {operation!r}"
+                raise ValueError(msg)
+            with self._lock:
+                state = self._ops.get(operation)
+                if state is None:
+                    state = self._ops[operation] = _OpState(self.window_s, self._clock())
+        return state
+
+    def record(
+        self,
+        operation: str,
+        latency_s: float,
+        *,
+        error: bool = False,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cache_hit: bool | None = None,
+        queue_wait_s: float | None = None,
+        batch_size: int | None = None,
+        retries: int = 0,
+        tokens_saved: int = 0,
+        ttft_s: float | None = None,
+        abandoned: bool = False,
+    ) -> None:
+        """Record one finished call of ``operation`` that took ``latency_s`` seconds.
+
+        Example: ``tracker.record("embed", 0.031, tokens_in=512, batch_size=32)``.
+
+        Args:
+            operation: Name of the operation, e.g. ``"llm.chat"`` or ``"cache.get"``.
+            latency_s: Wall time of the call, in seconds.
+            error: The call raised or failed.
+            tokens_in: Prompt/input tokens sent to the provider.
+            tokens_out: Completion/output tokens received.
+            cache_hit: ``True``/``False`` when the call consulted a cache, else ``None``.
+            queue_wait_s: Seconds spent waiting for admission, a pool slot or a batch.
+            batch_size: Items in the batch this call sent, if it batched.
+            retries: Extra attempts made after the first.
+            tokens_saved: Provider tokens not spent thanks to a cache hit or de-duplication.
+            ttft_s: Time to first token/chunk of a stream, in seconds.
+            abandoned: A stream the consumer stopped reading before its end.
+        """
+        if not self.enabled:
+            return
+        state = self._ops.get(operation) or self._state(operation)
+        now = self._clock()
+        sinks = self._sinks
+        with state.lock:
+            state.count += 1
+            state.latency.add(latency_s)
+            state.window.add(now)
+            if error:
+                state.errors += 1
+            if tokens_in:
+                state.tokens_in += tokens_in
+            if tokens_out:
+                state.tokens_out += tokens_out
+            if cache_hit is not None:
+                if cache_hit:
+                    state.cache_hits += 1
+                else:
+                    state.cache_misses += 1
+            if queue_wait_s is not None:
+                state.queue_wait.add(queue_wait_s)
+            if batch_size is not None:
+                state.batch.add(batch_size)
+            if retries:
+                state.retries += retries
+            if tokens_saved:
+                state.tokens_saved += tokens_saved
+            if ttft_s is not None:
+                state.ttft.add(ttft_s)
+            if abandoned:
+                state.abandoned += 1
+        if sinks:
+            # Outside the lock: a sink (e.g. OpenTelemetry) may be slow or take its own locks.
+            for sink in sinks:
+                sink(operation, latency_s, error, tokens_in, tokens_out, ttft_s)
+
+    def incr(self, counter: str, n: int = 1, *, operation: str | None = None) -> None:
+        """Add ``n`` to a named counter, e.g. ``tracker.incr("cache.errors")``.
+
+        With ``operation`` the counter belongs to that operation's stats; without, it is
+        process-wide (``get_metrics()["counters"]``).
+        """
+        if not self.enabled:
+            return
+        if operation is None:
+            with self._lock:
+                self._counters[counter] = self._counters.get(counter, 0) + n
+            return
+        state = self._ops.get(operation) or self._state(operation)
+        with state.lock:
+            state.counters[counter] = state.counters.get(counter, 0) + n
+
+    def track(self, operation: str) -> TrackedCall:
+        """Time a block: ``with tracker.track("op") as call:`` (or ``async with``).
+
+        The handle takes per-call details before the block ends::
+
+            async with tracker.track("llm") as call:
+                reply = await client.chat(...)
+                call.tokens_in, call.tokens_out = reply.usage.prompt, reply.usage.completion
+                call.cache_hit = False
+
+        An exception leaving the block records the call as an error and propagates.
+        """
+        from .decorators import TrackedCall
+
+        return TrackedCall(self, operation)
+
+    def add_sink(self, sink: Callable[..., None]) -> None:
+        """Also send every recorded call to ``sink``.
+
+        The sink is called as ``sink(op, latency_s, error, tokens_in, tokens_out, ttft_s)``.
+        Used by the OpenTelemetry exporter; a sink runs on the recording thread, outside
+        the tracker's locks, so keep it fast.
+        """
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+
+    def remove_sink(self, sink: Callable[..., None]) -> None:
+        """Stop sending calls to ``sink`` (no error if it was not added)."""
+        with self._lock:
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
+
+    # --- reading ----------------------------------------------------------------------
+    @property
+    def operations(self) -> list[str]:
+        """Names of operations recorded so far, sorted."""
+        return sorted(self._ops)
+
+    def get_operation_stats(self, operation: str) -> OperationStats:
+        """A snapshot of ``operation`` (all zeros and NaN when it was never recorded)."""
+        state = self._ops.get(operation)
+        now = self._clock()
+        if state is None:
+            return _snapshot(operation, _OpState(self.window_s, now), now)
+        with state.lock:
+            frozen = _copy_state(state)
+        return _snapshot(operation, frozen, now)
+
+    def get_metrics(self, operation: str | None = None) -> dict[str, Any]:
+        """Plain-dict statistics: one operation's, or everything when ``operation`` is None.
+
+        Everything means ``{"operations": {name: stats}, "counters": {...},
+        "process": {"rss_bytes", "cpu_percent", "cpu_user_s", "cpu_system_s", ...},
+        "uptime_s", "enabled", "window_s"}``.
+        """
+        if operation is not None:
+            return self.get_operation_stats(operation).to_dict()
+        return self.to_dict(histograms=False)
+
+    def counters(self) -> dict[str, int]:
+        """Process-wide named counters (a copy)."""
+        with self._lock:
+            return dict(self._counters)
+
+    def histograms(self, operation: str) -> dict[str, LogHistogram]:
+        """Copies of ``operation``'s histograms: latency, queue_wait, ttft, batch_size."""
+        state = self._ops.get(operation)
+        if state is None:
+            return {}
+        with state.lock:
+            return {
+                "latency": state.latency.copy(),
+                "queue_wait": state.queue_wait.copy(),
+                "ttft": state.ttft.copy(),
+                "batch_size": state.batch.copy(),
+            }
+
+    def process_stats(self) -> dict[str, Any]:
+        """This process's resource use via psutil: RSS bytes, CPU % since last call, CPU s."""
+        import psutil
+
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(interval=None)  # primes the "since last call" reading
+        proc = self._process
+        with proc.oneshot():
+            times = proc.cpu_times()
+            return {
+                "pid": proc.pid,
+                "rss_bytes": proc.memory_info().rss,
+                "cpu_percent": proc.cpu_percent(interval=None),
+                "cpu_user_s": times.user,
+                "cpu_system_s": times.system,
+                "num_threads": proc.num_threads(),
+            }
+
+    def to_dict(self, *, histograms: bool = True) -> dict[str, Any]:
+        """JSON-ready export (schema ``rag-perf-stats/1``, read by ``rag-perf stats FILE``).
+
+        With ``histograms`` each operation also carries its raw histograms, so exports from
+        several processes can be merged with :meth:`LogHistogram.from_dict` / ``merge``.
+        """
+        operations: dict[str, Any] = {}
+        for name in self.operations:
+            entry = self.get_operation_stats(name).to_dict()
+            if histograms:
+                entry["histograms"] = {k: h.to_dict() for k, h in self.histograms(name).items()}
+            operations[name] = entry
+        return {
+            "schema": STATS_SCHEMA,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "enabled": self.enabled,
+            "window_s": self.window_s,
+            "uptime_s": self._clock() - self._started,
+            "operations": operations,
+            "counters": self.counters(),
+            "process": self.process_stats(),
+        }
+
+    def to_prometheus(self) -> str:
+        """Prometheus text exposition format (see :mod:`rag_perf_plugins.tracking.exporters`)."""
+        from .exporters import to_prometheus
+
+        return to_prometheus(self.to_dict(histograms=False))
+
+    def reset(self) -> None:
+        """Forget every operation and counter (sinks stay attached)."""
+        with self._lock:
+            self._ops = {}
+            self._counters = {}
+            self._started = self._clock()
+
+    def __repr__(self) -> str:
+        calls = sum(s.count for s in list(self._ops.values()))
+        state = "enabled" if self.enabled else "disabled"
+        return (
+            f"<PerformanceTracker [{state}, operations: {len(self._ops)}, calls: {calls}, "
+            f"counters: {len(self._counters)} | window_s={self.window_s:g}]>"
+        )
+
+
+def _copy_state(state: _OpState) -> _OpState:
+    """A detached copy taken under the lock, so percentiles are computed outside it."""
+    copy = _OpState.__new__(_OpState)
+    for name in _OpState.__slots__:
+        setattr(copy, name, getattr(state, name))
+    copy.latency = state.latency.copy()
+    copy.queue_wait = state.queue_wait.copy()
+    copy.ttft = state.ttft.copy()
+    copy.batch = state.batch.copy()
+    copy.counters = dict(state.counters)
+    window = _Window(state.window.window_s)
+    window._ids = list(state.window._ids)
+    window._counts = list(state.window._counts)
+    copy.window = window
+    return copy
+
+
+def _snapshot(operation: str, s: _OpState, now: float) -> OperationStats:
+    looked_up = s.cache_hits + s.cache_misses
+    return OperationStats(
+        operation=operation,
+        count=s.count,
+        errors=s.errors,
+        success_rate=(s.count - s.errors) / s.count if s.count else math.nan,
+        latency_p50_s=s.latency.quantile(0.5),
+        latency_p95_s=s.latency.quantile(0.95),
+        latency_p99_s=s.latency.quantile(0.99),
+        latency_max_s=s.latency.max if s.count else math.nan,
+        latency_mean_s=s.latency.mean,
+        throughput_per_s=s.window.rate(now, s.first_seen) if s.count else 0.0,
+        tokens_in=s.tokens_in,
+        tokens_out=s.tokens_out,
+        cache_hits=s.cache_hits,
+        cache_misses=s.cache_misses,
+        cache_hit_rate=s.cache_hits / looked_up if looked_up else math.nan,
+        tokens_saved=s.tokens_saved,
+        queue_wait_p50_s=s.queue_wait.quantile(0.5),
+        queue_wait_p95_s=s.queue_wait.quantile(0.95),
+        retries=s.retries,
+        batches=s.batch.count,
+        batch_size_mean=s.batch.mean,
+        batch_size_max=s.batch.max if s.batch.count else math.nan,
+        ttft_p50_s=s.ttft.quantile(0.5),
+        ttft_p95_s=s.ttft.quantile(0.95),
+        streams_abandoned=s.abandoned,
+        counters=dict(s.counters),
+    )
+
+
+_GLOBAL: PerformanceTracker | None = None
+_GLOBAL_LOCK = threading.Lock()
+
+
+def get_performance_tracker() -> PerformanceTracker:
+    """The process-wide tracker, created on first use with default settings.
+
+    Example: ``get_performance_tracker().get_metrics()``. Replace it with
+    :func:`set_performance_tracker` (e.g. one built with ``PerformanceTracker.from_config``).
+    """
+    global _GLOBAL
+    tracker = _GLOBAL
+    if tracker is None:
+        with _GLOBAL_LOCK:
+            if _GLOBAL is None:
+                _GLOBAL = PerformanceTracker()
+            tracker = _GLOBAL
+    return tracker
+
+
+def set_performance_tracker(tracker: PerformanceTracker) -> PerformanceTracker:
+    """Make ``tracker`` the process-wide one; returns the previous one (for tests to restore)."""
+    global _GLOBAL
+    if not isinstance(tracker, PerformanceTracker):
+        msg = f"tracker must be a PerformanceTracker, got {type(tracker).__name__}"
+        raise TypeError(msg)
+    with _GLOBAL_LOCK:
+        previous = _GLOBAL if _GLOBAL is not None else PerformanceTracker()
+        _GLOBAL = tracker
+    return previous
+
+
+if TYPE_CHECKING:
+    from .decorators import TrackedCall
