@@ -24,7 +24,10 @@ from .errors import ConfigError
 __all__ = ["main"]
 
 # subcommand -> module providing register(subparsers); one line per subcommand.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "bench": "rag_perf_plugins.bench.cli",
+    "stats": "rag_perf_plugins.tracking_cli",
+}
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,7 @@ __all__ = [
     "Result",
     "Target",
     "benchmark",
+    "curve",
     "load_all",
 ]
 
@@ -116,6 +117,8 @@ class Result:
     target: Target | None = None
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set by the runner when the benchmark raised: the row reports the error, never a figure.
+    error: str | None = None
 
     @classmethod
     def compare(
@@ -159,11 +162,17 @@ class Result:
 
     @property
     def passed(self) -> bool | None:
-        """Whether the target is met; ``None`` when there is no target."""
+        """Whether the target is met; ``None`` when there is no target; ``False`` on error."""
+        if self.error is not None:
+            return False
         return None if self.target is None else self.target.met(self.value, self.ratio)
 
     def to_json(self) -> dict[str, Any]:
-        """The documented schema: category, name, value, unit, baseline, ratio, target, passed."""
+        """One row of the documented schema (see docs/benchmarks.md).
+
+        Keys: category, name, value, unit, baseline, ratio, better, target, passed, notes,
+        extra, error.
+        """
         ratio = self.ratio
         return {
             "category": self.category,
@@ -181,7 +190,39 @@ class Result:
             "passed": self.passed,
             "notes": self.notes,
             "extra": self.extra,
+            "error": self.error,
         }
+
+
+def curve(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    *,
+    x_label: str,
+    y_label: str,
+    log_x: bool = False,
+    log_y: bool = False,
+) -> dict[str, Any]:
+    """Curve data for ``Result.compare(..., curve=curve(...))``; ``--plots`` draws it.
+
+    Example: ``curve([1, 10, 100], {"ours": [2.0, 2.1, 2.3]}, x_label="names",
+    y_label="µs")``. Every series must have one y per x.
+    """
+    xs = [float(v) for v in x]
+    out: dict[str, list[float]] = {}
+    for label, ys in series.items():
+        if len(ys) != len(xs):
+            msg = f"curve series {label!r} has {len(ys)} points for {len(xs)} x values"
+            raise ValueError(msg)
+        out[str(label)] = [float(v) for v in ys]
+    return {
+        "x": xs,
+        "series": out,
+        "x_label": x_label,
+        "y_label": y_label,
+        "log_x": log_x,
+        "log_y": log_y,
+    }
 
 
 def _finite(x: float | None) -> float | None:

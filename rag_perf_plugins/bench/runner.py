@@ -1,0 +1,427 @@
+"""Run registered benchmarks and build the results document (schema ``rag-perf-bench/1``).
+
+Example::
+
+    benchmarks, import_errors = load_benchmarks()
+    chosen = select(benchmarks, only=["tracker"])
+    results = run(chosen, BenchContext(config, quick=True, workdir=tmp))
+    document = build_document(results, meta=collect_meta(config, quick=True))
+    assert validate_document(document) == []
+
+The schema is documented in ``docs/benchmarks.md`` and checked by
+:func:`validate_document` (plain Python, no JSON-Schema dependency). A benchmark that raises
+becomes one error row (``value`` null, ``passed`` false, ``error`` set) and the run goes on.
+Does not: time anything itself (each benchmark measures and reports its own figures), or
+run benchmarks in parallel (they would disturb each other's timings).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import pkgutil
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from ..config import PerformanceConfig
+from .registry import BENCHMARKS, BenchContext, Benchmark, Result
+
+__all__ = [
+    "BENCH_SCHEMA",
+    "UnknownCategoryError",
+    "build_document",
+    "collect_meta",
+    "compare_documents",
+    "load_benchmarks",
+    "plot_curves",
+    "run",
+    "select",
+    "validate_document",
+]
+
+BENCH_SCHEMA = "rag-perf-bench/1"
+SUITE_PACKAGES = ("rag_perf_plugins.bench.suites", "rag_perf_plugins.bench.peers")
+# Versions recorded in meta: what the figures depend on.
+_VERSIONED = (
+    "rag-perf-plugins",
+    "numpy",
+    "httpx",
+    "aiohttp",
+    "diskcache",
+    "aiolimiter",
+    "redis",
+    "openai",
+    "langchain-core",
+    "langchain-openai",
+    "langchain-classic",
+    "langchain-community",
+    "llama-index-core",
+    "psutil",
+)
+
+
+class UnknownCategoryError(ValueError):
+    """``--only`` named a category no benchmark registered."""
+
+
+def load_benchmarks(
+    packages: Sequence[str] = SUITE_PACKAGES,
+) -> tuple[list[Benchmark], list[tuple[str, str]]]:
+    """Import every suite module so it registers; returns (registry, import failures).
+
+    A module that fails to import is reported as ``(module, error)`` instead of stopping
+    the run: one broken suite must not hide every other figure.
+    """
+    failures: list[tuple[str, str]] = []
+    for package_name in packages:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__, package_name + "."):
+            try:
+                importlib.import_module(info.name)
+            except Exception as exc:
+                failures.append((info.name, f"{type(exc).__name__}: {exc}"))
+    return list(BENCHMARKS), failures
+
+
+def categories(benchmarks: Iterable[Benchmark]) -> list[str]:
+    """Registered category names, sorted, without duplicates."""
+    return sorted({b.category for b in benchmarks})
+
+
+def select(benchmarks: Sequence[Benchmark], only: Sequence[str] | None) -> list[Benchmark]:
+    """The benchmarks in ``only`` (all when empty), in registration order.
+
+    Raises:
+        UnknownCategoryError: a name in ``only`` is not a registered category (the
+            message lists the ones that are).
+    """
+    if not only:
+        return list(benchmarks)
+    known = categories(benchmarks)
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        msg = (
+            f"unknown benchmark categor{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(repr(u) for u in unknown)}; available: {', '.join(known) or '(none)'}"
+        )
+        raise UnknownCategoryError(msg)
+    wanted = set(only)
+    return [b for b in benchmarks if b.category in wanted]
+
+
+def run(
+    benchmarks: Sequence[Benchmark],
+    ctx: BenchContext,
+    *,
+    on_start: Callable[[Benchmark], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Run each benchmark in turn; an exception becomes an error row and the run goes on.
+
+    ``KeyboardInterrupt`` is not caught: Ctrl-C stops the run.
+    """
+    results: list[Result] = []
+    for bench in benchmarks:
+        if on_start is not None:
+            on_start(bench)
+        try:
+            for result in bench.fn(ctx):
+                result.category = result.category or bench.category
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+        except Exception as exc:
+            row = Result(
+                name=bench.title,
+                value=math.nan,
+                unit="",
+                category=bench.category,
+                notes="".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:],
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            results.append(row)
+            if on_result is not None:
+                on_result(row)
+    return results
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def collect_meta(
+    config: PerformanceConfig,
+    *,
+    quick: bool,
+    only: Sequence[str] = (),
+    preset: str | None = None,
+    config_file: str | None = None,
+    started_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The ``meta`` object: versions, Python, CPU count, config and when the run started."""
+    started = started_at or datetime.now(timezone.utc)
+    return {
+        "schema": BENCH_SCHEMA,
+        "started_at": started.isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": {dist: _version(dist) for dist in _VERSIONED},
+        "git_commit": _git_commit(),
+        "quick": quick,
+        "only": list(only),
+        "preset": preset,
+        "config_file": config_file,
+        "config": config.to_dict(),
+        "argv": list(sys.argv),
+    }
+
+
+def build_document(
+    results: Sequence[Result],
+    *,
+    meta: Mapping[str, Any],
+    started: float | None = None,
+) -> dict[str, Any]:
+    """``{"meta": {...}, "results": [...]}`` with totals and the finish time added to meta."""
+    rows = [r.to_json() for r in results]
+    full_meta = dict(meta)
+    full_meta["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if started is not None:
+        full_meta["duration_s"] = round(time.monotonic() - started, 3)
+    full_meta["totals"] = {
+        "results": len(rows),
+        "passed": sum(1 for r in rows if r["passed"] is True),
+        "failed": sum(1 for r in rows if r["passed"] is False and r["error"] is None),
+        "errors": sum(1 for r in rows if r["error"] is not None),
+    }
+    return {"meta": full_meta, "results": rows}
+
+
+# --- schema -------------------------------------------------------------------------------
+_META_REQUIRED: dict[str, tuple[type, ...]] = {
+    "schema": (str,),
+    "started_at": (str,),
+    "python": (str,),
+    "cpu_count": (int, type(None)),
+    "versions": (dict,),
+    "config": (dict,),
+    "quick": (bool,),
+}
+_RESULT_REQUIRED: dict[str, tuple[type, ...]] = {
+    "category": (str,),
+    "name": (str,),
+    "value": (int, float, type(None)),
+    "unit": (str,),
+    "baseline": (dict, type(None)),
+    "ratio": (int, float, type(None)),
+    "target": (str, type(None)),
+    "passed": (bool, type(None)),
+}
+_RESULT_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "better": (str,),
+    "notes": (str,),
+    "extra": (dict,),
+    "error": (str, type(None)),
+}
+
+
+def _check(
+    where: str,
+    obj: Mapping[str, Any],
+    required: Mapping[str, tuple[type, ...]],
+    optional: Mapping[str, tuple[type, ...]],
+    problems: list[str],
+) -> None:
+    for key, types in (*required.items(), *optional.items()):
+        if key not in obj:
+            if key in required:
+                problems.append(f"{where}: missing {key!r}")
+            continue
+        value = obj[key]
+        # bool is an int in Python; only accept it where bool is listed.
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            problems.append(f"{where}.{key}: expected {allowed}, got {type(value).__name__}")
+
+
+def validate_document(doc: Any) -> list[str]:
+    """Problems with a results document against schema ``rag-perf-bench/1`` (empty: valid)."""
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        return [f"document: expected an object, got {type(doc).__name__}"]
+    for key in ("meta", "results"):
+        if key not in doc:
+            problems.append(f"document: missing {key!r}")
+    meta, results = doc.get("meta"), doc.get("results")
+    if isinstance(meta, dict):
+        _check("meta", meta, _META_REQUIRED, {}, problems)
+        if meta.get("schema") not in (None, BENCH_SCHEMA):
+            problems.append(f"meta.schema: expected {BENCH_SCHEMA!r}, got {meta['schema']!r}")
+    elif meta is not None:
+        problems.append("meta: expected an object")
+    if not isinstance(results, list):
+        if results is not None:
+            problems.append("results: expected an array")
+        return problems
+    for i, row in enumerate(results):
+        where = f"results[{i}]"
+        if not isinstance(row, dict):
+            problems.append(f"{where}: expected an object")
+            continue
+        _check(where, row, _RESULT_REQUIRED, _RESULT_OPTIONAL, problems)
+        baseline = row.get("baseline")
+        if isinstance(baseline, dict):
+            _check(
+                f"{where}.baseline",
+                baseline,
+                {"name": (str,), "value": (int, float, type(None))},
+                {},
+                problems,
+            )
+        elif row.get("ratio") is not None:
+            problems.append(f"{where}.ratio: set without a baseline (ratios are same-run only)")
+        if row.get("better") not in (None, "lower", "higher"):
+            problems.append(f"{where}.better: expected 'lower' or 'higher'")
+        if row.get("error") is not None and row.get("passed") is not False:
+            problems.append(f"{where}.passed: an error row must have passed=false")
+        if row.get("target") is None and row.get("passed") is True:
+            problems.append(f"{where}.passed: true without a target")
+    return problems
+
+
+# --- comparison with an earlier run -------------------------------------------------------
+def compare_documents(
+    new: Mapping[str, Any], old: Mapping[str, Any]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """For each (category, name) in both runs: old value, new value and oriented change.
+
+    ``change`` is the relative change of ``value`` (new/old - 1); ``improved`` orients it
+    with the row's ``better`` (a lower latency is an improvement). Rows missing or null in
+    either run are left out.
+    """
+    old_rows = {(r["category"], r["name"]): r for r in old.get("results", [])}
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in new.get("results", []):
+        key = (row["category"], row["name"])
+        before = old_rows.get(key)
+        if before is None or before.get("value") in (None, 0) or row.get("value") is None:
+            continue
+        change = row["value"] / before["value"] - 1.0
+        better = row.get("better", "lower")
+        improved = change < 0 if better == "lower" else change > 0
+        out[key] = {
+            "old": before["value"],
+            "new": row["value"],
+            "change": change,
+            "improved": improved if change != 0 else None,
+        }
+    return out
+
+
+# --- plots --------------------------------------------------------------------------------
+def _curve_series(
+    data: Any,
+) -> list[tuple[str, str, list[float], dict[str, list[float]], bool, bool]]:
+    """Normalise ``extra["curve"]`` into panels: (x_label, y_label, x, series, log_x, log_y).
+
+    Two shapes are accepted: the dict from :func:`registry.curve`, and a list of records
+    (``[{"concurrency": 1, "p95_ms": 52.0, ...}, ...]``: the first numeric key is x and
+    every other numeric key gets its own panel).
+    """
+    if isinstance(data, dict) and "x" in data and "series" in data:
+        return [
+            (
+                str(data.get("x_label", "x")),
+                str(data.get("y_label", "")),
+                [float(v) for v in data["x"]],
+                {str(k): [float(v) for v in ys] for k, ys in data["series"].items()},
+                bool(data.get("log_x", False)),
+                bool(data.get("log_y", False)),
+            )
+        ]
+    if isinstance(data, list) and len(data) >= 2 and all(isinstance(p, dict) for p in data):
+        numeric = [
+            k
+            for k, v in data[0].items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and all(isinstance(p.get(k), (int, float)) for p in data)
+        ]
+        if len(numeric) < 2:
+            return []
+        x_key, xs = numeric[0], [float(p[numeric[0]]) for p in data]
+        spread = max(xs) / min(xs) if min(xs) > 0 else 0.0
+        return [
+            (x_key, k, xs, {k: [float(p[k]) for p in data]}, spread >= 100, False)
+            for k in numeric[1:]
+        ]
+    return []
+
+
+def plot_curves(results: Iterable[Result], directory: Path) -> list[Path]:
+    """Write one PNG per result that carries ``extra["curve"]``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for result in results:
+        panels = _curve_series(result.extra.get("curve"))[:8]
+        if not panels:
+            continue
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3.2 * len(panels)), squeeze=False)
+        for ax, (x_label, y_label, xs, series, log_x, log_y) in zip(
+            axes[:, 0], panels, strict=True
+        ):
+            for label, ys in series.items():
+                ax.plot(xs, ys, marker="o", label=label)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(y_label)
+            if log_x:
+                ax.set_xscale("log")
+            if log_y:
+                ax.set_yscale("log")
+            ax.grid(True, alpha=0.3)
+            if len(series) > 1:
+                ax.legend()
+        fig.suptitle(f"{result.category}: {result.name}")
+        fig.tight_layout()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in result.name)
+        path = directory / f"{result.category}__{safe}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
