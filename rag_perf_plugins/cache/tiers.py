@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -308,23 +309,56 @@ class DiskTier:
     def set_many(
         self, items: Mapping[str, bytes], *, ttl: float | None = None, tag: str | None = None
     ) -> None:
-        """One transaction per shard; counts the entries diskcache culls to stay in size."""
+        """One transaction per shard; counts the entries diskcache culls to stay in size.
+
+        This is diskcache's ``Cache.set`` body, batched: values are written (files first),
+        then rows are inserted or updated in one ``BEGIN IMMEDIATE`` transaction, and the
+        files of replaced or culled rows are removed only after the commit. (Calling
+        ``Cache.set`` inside our own transaction would delete a replaced value's file
+        before our commit, so a writer killed at that moment leaves a row without a file.)
+        """
         groups = self._by_shard(list(items))
         evicted = 0
+        now = time.time()
+        expire_time = None if ttl is None or ttl == float("inf") else now + ttl
         for index, group in groups.items():
             shard = self._shards[index]
-            with shard._transact(retry=False) as (sql, _cleanup):
-                before = _settings_count(sql)
-                marks = ",".join("?" * len(group))
-                (present,) = sql(
-                    f"SELECT COUNT(*) FROM Cache WHERE raw = 1 AND key IN ({marks})", group
-                ).fetchone()
+            disk = shard._disk
+            prepared = []
+            try:
                 for key in group:
-                    shard.set(key, items[key], expire=ttl, tag=tag, retry=False)
-                after = _settings_count(sql)
+                    db_key, raw = disk.put(key)
+                    size, mode, filename, db_value = disk.store(items[key], False, key=key)
+                    prepared.append(
+                        (db_key, raw, (expire_time, tag, size, mode, filename, db_value))
+                    )
+                with shard._transact(retry=False) as (sql, cleanup):
+                    before = _settings_count(sql)
+                    replaced = 0
+                    for db_key, raw, columns in prepared:
+                        rows = sql(
+                            "SELECT rowid, filename FROM Cache WHERE key = ? AND raw = ?",
+                            (db_key, raw),
+                        ).fetchall()
+                        if rows:
+                            ((rowid, old_filename),) = rows
+                            cleanup(old_filename)
+                            shard._row_update(rowid, now, columns)
+                            replaced += 1
+                        else:
+                            shard._row_insert(db_key, raw, now, columns)
+                    # diskcache culls up to cull_limit (10) rows per set; a batch culls as
+                    # many as it added, plus that slack.
+                    shard._cull(now, sql, cleanup, limit=len(prepared) + 10)
+                    after = _settings_count(sql)
+            except BaseException:
+                for _db_key, _raw, columns in prepared:
+                    if columns[4] is not None:
+                        disk.remove(columns[4])  # rolled back: its new files are orphans
+                raise
             # Rows that vanished beyond the ones we replaced were culled by diskcache
             # (expired ones first, then least recently stored past size_limit).
-            evicted += max(0, before + (len(group) - present) - after)
+            evicted += max(0, before + (len(prepared) - replaced) - after)
         if evicted:
             with self._lock:
                 self._evictions += evicted
@@ -377,18 +411,17 @@ class DiskTier:
             "directory": self.directory,
         }
 
-    def iter_rows(
-        self,
-    ) -> Iterator[tuple[str | bytes, bool, int, str | None, bytes | None, str | None]]:
-        """Every stored row as ``(key, raw, mode, filename, value, tag)``, for ``cache verify``."""
-        for shard in self._shards:
-            yield from shard._sql(
+    def iter_rows(self) -> Iterator[tuple[Any, ...]]:
+        """Every stored row as ``(shard, key, raw, mode, filename, value, tag)``, for verify."""
+        for index, shard in enumerate(self._shards):
+            for row in shard._sql(
                 "SELECT key, raw, mode, filename, value, tag FROM Cache ORDER BY rowid"
-            ).fetchall()
+            ).fetchall():
+                yield (index, *row)
 
-    def read_row(self, mode: int, filename: str | None, value: Any) -> bytes:
-        """The bytes of a row from :meth:`iter_rows`; raises ``UnsafeRow``/``OSError``."""
-        return fetch_row(self._shards[0]._disk, mode, filename, value)
+    def read_row(self, shard: int, mode: int, filename: str | None, value: Any) -> bytes:
+        """The bytes of a row from :meth:`iter_rows`; raises ``UnsafeRow`` or ``OSError``."""
+        return fetch_row(self._shards[shard]._disk, mode, filename, value)
 
     def close(self) -> None:
         """Close every shard's SQLite connection of this thread; idempotent."""

@@ -211,7 +211,9 @@ def test_failing_disk_degrades_with_one_warning(
     def full(*_args: Any, **_kwargs: Any) -> Any:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(diskcache.Cache, "set", full)
+    # The storage boundary: the row write inside diskcache's SQLite transaction.
+    monkeypatch.setattr(diskcache.Cache, "_row_insert", full)
+    monkeypatch.setattr(diskcache.Cache, "_row_update", full)
     with caplog.at_level(logging.WARNING, logger="rag_perf_plugins.cache"):
         cache.set("a", 1)
         cache.set("b", 2)

@@ -1,0 +1,153 @@
+"""Single-flight through the manager: 100 threads and 100 tasks compute once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rag_perf_plugins.cache import CacheManager, SingleFlight
+from rag_perf_plugins.config import PerformanceConfig
+
+
+@pytest.fixture
+def cache(cache_dir: Path) -> CacheManager:
+    return CacheManager(PerformanceConfig(cache_dir=str(cache_dir)), tracker=None)
+
+
+def _wait_for(predicate: object, what: str) -> None:
+    # Waits for other threads to reach a state; a count, not a timing assertion.
+    deadline = time.monotonic() + 30.0
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    # Lets the other tasks run until they reach a state; counts loop turns, not time.
+    for _ in range(100_000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("tasks never reached the expected state")
+
+
+def test_hundred_threads_compute_once(cache: CacheManager) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+    results: list[object] = []
+
+    def compute() -> dict[str, int]:
+        calls.append(1)
+        release.wait()
+        return {"value": 7}
+
+    def worker() -> None:
+        results.append(cache.get_or_compute("k", compute, namespace="llm"))
+
+    threads = [threading.Thread(target=worker) for _ in range(100)]
+    for t in threads:
+        t.start()
+    # Every thread either waits on the leader or has already read the leader's result.
+    _wait_for(lambda: cache._flight.coalesced + len(calls) >= 100, "100 callers to join")
+    release.set()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert results == [{"value": 7}] * 100
+    assert cache.get("k", namespace="llm") == {"value": 7}
+    cache.close()
+
+
+async def test_hundred_tasks_compute_once(cache: CacheManager) -> None:
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def compute() -> list[float]:
+        calls.append(1)
+        await release.wait()
+        return [1.5, 2.5]
+
+    tasks = [asyncio.create_task(cache.aget_or_compute("k", compute)) for _ in range(100)]
+    await _until(lambda: cache._flight.coalesced >= 99)
+    release.set()
+    assert await asyncio.gather(*tasks) == [[1.5, 2.5]] * 100
+    assert calls == [1]
+    assert await cache.aget("k") == [1.5, 2.5]
+    await cache.aclose()
+
+
+async def test_leader_cancellation_does_not_cancel_followers() -> None:
+    flight = SingleFlight()
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def compute() -> str:
+        calls.append(1)
+        await release.wait()
+        return "done"
+
+    leader = asyncio.create_task(flight.ado("k", compute))
+    await asyncio.sleep(0)
+    followers = [asyncio.create_task(flight.ado("k", compute)) for _ in range(5)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*followers) == ["done"] * 5
+    assert leader.cancelled()
+    assert calls == [1]
+
+
+async def test_errors_reach_current_waiters_and_are_not_cached(cache: CacheManager) -> None:
+    release = asyncio.Event()
+    attempts: list[int] = []
+
+    async def failing() -> str:
+        attempts.append(1)
+        await release.wait()
+        raise RuntimeError("provider down")
+
+    tasks = [asyncio.create_task(cache.aget_or_compute("k", failing)) for _ in range(10)]
+    await _until(lambda: cache._flight.coalesced >= 9)
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert attempts == [1]
+
+    async def working() -> str:
+        return "ok"
+
+    assert await cache.aget_or_compute("k", working) == "ok"  # the error was not cached
+    await cache.aclose()
+
+
+def test_thread_errors_reach_waiters() -> None:
+    flight = SingleFlight()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def failing() -> int:
+        release.wait()
+        raise ValueError("boom")
+
+    def worker() -> None:
+        try:
+            flight.do("k", failing)
+        except ValueError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(10)]
+    for t in threads:
+        t.start()
+    _wait_for(lambda: flight.coalesced >= 9, "9 followers")
+    release.set()
+    for t in threads:
+        t.join()
+    assert len(errors) == 10 and flight.computed == 1
+    assert flight.do("k", lambda: 3) == 3
