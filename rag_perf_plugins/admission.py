@@ -72,6 +72,8 @@ __all__ = [
 
 # How many recent queue waits the p50/p95 stats are computed over.
 _RECENT_WAITS = 2048
+# Waits shorter than this are rounding noise in the interval sums (seconds).
+_EPSILON = 1e-9
 # Weight of the newest call in the moving average of how long a slot is held.
 _HOLD_EWMA = 0.1
 
@@ -184,7 +186,9 @@ def _grant(tat: float, amount: int, interval: float, burst_s: float, now: float)
     # Tolerance: the burst, but at least one unit, or a slow limit could admit nothing.
     tolerance = max(burst_s, interval)
     # A request larger than the whole burst waits for an empty bucket and leaves it in debt.
-    return max(now, tat - max(0.0, tolerance - amount * interval))
+    at = tat - max(0.0, tolerance - amount * interval)
+    # Sums of float intervals drift by ulps; a nanosecond of "wait" is no wait.
+    return now if at - now <= _EPSILON else at
 
 
 class LocalBudgetStore:
