@@ -15,11 +15,26 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     msg = "rag_perf_plugins.langchain needs LangChain: pip install 'rag-perf-plugins[langchain]'"
     raise ImportError(msg) from exc
 
+from .caches import PerfLLMCache
+from .callbacks import PerfCallbackHandler, install_callback_handler, uninstall_callback_handler
+from .control import cache_control, control_from_config
 from .embeddings import PerfEmbeddings
 from .factories import pooled_chat_openai, pooled_openai_embeddings
+from .rate_limiters import PerfRateLimiter
 
 __all__ = [
+    # wrappers
     "PerfEmbeddings",
+    "PerfLLMCache",
+    "PerfRateLimiter",
+    # statistics
+    "PerfCallbackHandler",
+    "install_callback_handler",
+    "uninstall_callback_handler",
+    # per-call control
+    "cache_control",
+    "control_from_config",
+    # factories
     "pooled_chat_openai",
     "pooled_openai_embeddings",
 ]
