@@ -27,6 +27,7 @@ __all__ = ["main"]
 COMMANDS: dict[str, str] = {
     "bench": "rag_perf_plugins.bench.cli",
     "stats": "rag_perf_plugins.tracking_cli",
+    "cache": "rag_perf_plugins.cache.cli",
 }
 
 

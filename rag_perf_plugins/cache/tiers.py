@@ -423,6 +423,13 @@ class DiskTier:
         """The bytes of a row from :meth:`iter_rows`; raises ``UnsafeRow`` or ``OSError``."""
         return fetch_row(self._shards[shard]._disk, mode, filename, value)
 
+    def delete_row(self, shard: int, key: str) -> bool:
+        """Delete ``key`` from one shard, where :meth:`iter_rows` found it.
+
+        A row written by something else may sit in a shard its key does not hash to.
+        """
+        return bool(self._shards[shard].delete(key, retry=False))
+
     def close(self) -> None:
         """Close every shard's SQLite connection of this thread; idempotent."""
         self._cache.close()
