@@ -37,6 +37,9 @@ __all__ = [
 
 STATS_SCHEMA = "rag-perf-stats/1"
 
+_ceil, _log = math.ceil, math.log
+_ZERO: Any = object()  # bucket marker for latencies <= 0
+
 # Throughput is counted in this many slots across the sliding window: memory stays fixed
 # and the estimate is off by at most one slot (1/60 of the window) at the window's edge.
 _WINDOW_SLOTS = 60
@@ -286,12 +289,39 @@ class PerformanceTracker:
         if not self.enabled:
             return
         state = self._ops.get(operation) or self._state(operation)
-        now = self._clock()
+        # The two updates every call makes (LogHistogram.add and _Window.add) are inlined
+        # here: in CPython 3.11 the two method calls were about a third of record()'s
+        # cost. Bucket and slot are computed before taking the lock, to keep it short.
+        lat = state.latency
+        if latency_s > 0.0:
+            index = _ceil(_log(latency_s) * lat._inv_log_gamma)
+            if index < lat._min_index:
+                index = lat._min_index
+            elif index > lat._max_index:
+                index = lat._max_index
+        else:
+            index = _ZERO
+        window = state.window
+        slot = int(self._clock() / window._slot_s)
+        ring = slot % _WINDOW_SLOTS
         sinks = self._sinks
         with state.lock:
             state.count += 1
-            state.latency.add(latency_s)
-            state.window.add(now)
+            lat.count += 1
+            lat.sum += latency_s
+            if latency_s < lat.min:
+                lat.min = latency_s
+            if latency_s > lat.max:
+                lat.max = latency_s
+            if index is _ZERO:
+                lat.zero_count += 1
+            else:
+                lat._counts[index] = lat._counts.get(index, 0) + 1
+            if window._ids[ring] != slot:
+                window._ids[ring] = slot
+                window._counts[ring] = 1
+            else:
+                window._counts[ring] += 1
             if error:
                 state.errors += 1
             if tokens_in:
