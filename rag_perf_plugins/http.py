@@ -1,0 +1,720 @@
+"""Shared, pooled httpx clients per origin, safe across event loops, with real pool stats.
+
+Framework classes (LangChain ``ChatOpenAI``, LlamaIndex ``OpenAI``) build their SDK client
+once and keep it. If that client's connections belong to the event loop of the first
+``asyncio.run()``, the second run fails with "Event loop is closed", and the SDK may then
+silently re-send the request. The async clients here route every request to a connection
+pool owned by the *running* loop (:class:`LoopRoutingTransport`), and close a loop's pool
+while that loop shuts down::
+
+    from rag_perf_plugins.http import async_openai_client, get_async_http_client
+
+    client = get_async_http_client("http://127.0.0.1:8000/v1")     # one per origin
+    llm = ChatOpenAI(base_url=url, http_async_client=client, max_retries=0)
+    asyncio.run(llm.ainvoke("hi"))
+    asyncio.run(llm.ainvoke("hi again"))       # a new loop: a new pool, no error
+
+    sdk = async_openai_client(base_url=url, api_key="...")   # openai.AsyncOpenAI on it
+    http_pool_stats()      # {"async http://127.0.0.1:8000": HttpPoolStats(...), ...}
+
+Limits come from :class:`~rag_perf_plugins.config.PerformanceConfig`: at most
+``connection_pool_size`` connections per client *and event loop*, idle ones kept for
+``keepalive_expiry`` seconds, ``connection_timeout`` seconds to connect and to wait for a
+free connection, ``request_deadline`` seconds for the rest of a request. With
+``enable_connection_pooling=False`` every ``get_*`` call returns a fresh, unshared client
+without keep-alive (the baseline: one connection per request), which the caller closes.
+
+What the adapters pass to the SDK clients: LangChain ``ChatOpenAI``/``OpenAIEmbeddings``
+take ``http_client=get_http_client(url)``, ``http_async_client=get_async_http_client(url)``
+and ``max_retries=0``; LlamaIndex ``OpenAI``/``OpenAIEmbedding`` take ``http_client=`` and
+``async_http_client=`` and ``max_retries=0``. Retries stay off in the SDK because our
+retry policy is the single retry owner (SDK retries multiply 429 storms).
+
+Shared clients belong to the registry: their ``close()``/``aclose()`` (also called by
+``OpenAI.close()`` and ``async with AsyncOpenAI(...)``) do nothing, so one user cannot
+close a client that others hold. :func:`close_http_clients` / :func:`aclose_http_clients`
+close them for real.
+
+Limitations: a loop closed *without* ``shutdown_asyncgens()`` (``asyncio.run``,
+``asyncio.Runner`` and pytest-asyncio all call it; a bare ``loop.close()`` does not) has
+its pool dropped on the next request from another loop, unclosed, and its sockets are
+left to the garbage collector. Proxies come only from ``proxy=``; environment proxy
+variables are not read (``trust_env=False``), so every request goes through the counted
+pools. HTTP/2 is not enabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .config import PerformanceConfig
+
+if TYPE_CHECKING:  # openai is not a core dependency: imported lazily by the helpers
+    import openai
+
+__all__ = [
+    "HttpClientRegistry",
+    "HttpPoolStats",
+    "LoopRoutingTransport",
+    "aclose_http_clients",
+    "async_openai_client",
+    "close_http_clients",
+    "get_async_http_client",
+    "get_http_client",
+    "http_limits",
+    "http_pool_stats",
+    "http_timeout",
+    "openai_client",
+]
+
+
+# --- settings from the config --------------------------------------------------------
+def http_limits(config: PerformanceConfig) -> httpx.Limits:
+    """``httpx.Limits`` for one pool: ``connection_pool_size`` and ``keepalive_expiry``.
+
+    Example: ``http_limits(PerformanceConfig(connection_pool_size=5)).max_connections == 5``.
+    Without pooling (``enable_connection_pooling=False``) no connection is kept alive.
+    """
+    size = config.connection_pool_size
+    keep = size if config.enable_connection_pooling else 0
+    return httpx.Limits(
+        max_connections=size,
+        max_keepalive_connections=keep,
+        keepalive_expiry=config.keepalive_expiry,
+    )
+
+
+def http_timeout(config: PerformanceConfig) -> httpx.Timeout:
+    """``httpx.Timeout`` from the config, in seconds.
+
+    ``connection_timeout`` to connect and to wait for a pooled connection;
+    ``request_deadline`` (``None``: no limit) to read and to write.
+
+    Example: ``http_timeout(PerformanceConfig(connection_timeout=5.0)).connect == 5.0``.
+    """
+    return httpx.Timeout(
+        config.request_deadline,
+        connect=config.connection_timeout,
+        pool=config.connection_timeout,
+    )
+
+
+def _origin(base_url: str) -> str:
+    url = httpx.URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        msg = f"base_url must be an absolute http(s) URL, got {base_url!r}"
+        raise ValueError(msg)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{url.scheme}://{url.host}:{port}"
+
+
+# --- statistics ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HttpPoolStats:
+    """A snapshot of one shared client's connection pools (all its event loops together).
+
+    Attributes:
+        requests: Requests that got a response (status line and headers).
+        connections_opened: TCP connections opened, counted from the network streams
+            httpcore hands back with each response.
+        reuse_ratio: ``1 - connections_opened / requests`` (0.0 before any request): the
+            share of requests that did not open a connection. The seed's
+            "connection reuse rate" target (> 70 %) is on this number.
+        active: Connections carrying a request right now.
+        idle: Connections kept alive, waiting for a request.
+        pool_timeouts: Requests that gave up waiting for a free connection
+            (``httpx.PoolTimeout``).
+        errors: Requests that failed with any other transport error.
+        loops: Event loops with a live pool (always 1 for a sync client).
+    """
+
+    requests: int
+    connections_opened: int
+    reuse_ratio: float
+    active: int
+    idle: int
+    pool_timeouts: int
+    errors: int
+    loops: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class _Meter:
+    """Counters shared by every pool of one client. Increments come from many threads."""
+
+    __slots__ = ("_lock", "_streams", "errors", "opened", "pool_timeouts", "requests")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # One network stream per TCP connection: a stream not seen before is a new one.
+        self._streams: weakref.WeakSet[object] = weakref.WeakSet()
+        self.requests = self.opened = self.pool_timeouts = self.errors = 0
+
+    def served(self, response: httpx.Response) -> None:
+        stream = response.extensions.get("network_stream")
+        with self._lock:
+            self.requests += 1
+            if stream is not None and stream not in self._streams:
+                self._streams.add(stream)
+                self.opened += 1
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            if isinstance(exc, httpx.PoolTimeout):
+                self.pool_timeouts += 1
+            else:
+                self.errors += 1
+
+    def snapshot(self, pools: list[Any]) -> HttpPoolStats:
+        active = idle = 0
+        for pool in pools:
+            for conn in pool.connections:
+                if conn.is_closed():
+                    continue
+                if conn.is_idle():
+                    idle += 1
+                else:
+                    active += 1
+        with self._lock:
+            requests, opened = self.requests, self.opened
+            return HttpPoolStats(
+                requests=requests,
+                connections_opened=opened,
+                reuse_ratio=max(0.0, 1.0 - opened / requests) if requests else 0.0,
+                active=active,
+                idle=idle,
+                pool_timeouts=self.pool_timeouts,
+                errors=self.errors,
+                loops=len(pools),
+            )
+
+
+def _httpcore_pool(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> Any:
+    # httpx keeps its httpcore pool in `_pool`; `connections` on it is public httpcore
+    # API. tests/core/pool/test_http_registry.py fails if httpx renames the attribute.
+    return transport._pool
+
+
+# --- the sync transport --------------------------------------------------------------
+class _GatedStream(httpx.SyncByteStream):
+    """A response body that frees its request slot when closed (once)."""
+
+    __slots__ = ("_inner", "_release")
+
+    def __init__(self, inner: httpx.SyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _CountingTransport(httpx.BaseTransport):
+    """``httpx.HTTPTransport`` plus the meter; at most ``max_connections`` requests inside.
+
+    Why the gate: httpcore 1.0.9's sync pool, shared by more threads than connections,
+    can close a connection it has already handed to a queued request (encode/httpcore
+    #1110); 16 threads on 4 connections saw ``ReadError: [Errno 9] Bad file descriptor``
+    on about 2 % of requests here. Queueing in front of httpcore, with a slot held until
+    the response body is closed, means httpcore never queues, and the race cannot occur.
+    The wait is bounded by the request's ``pool`` timeout, as httpcore's own would be.
+    """
+
+    def __init__(self, meter: _Meter, *, limits: httpx.Limits, **options: Any) -> None:
+        self._meter = meter
+        self._inner = httpx.HTTPTransport(limits=limits, **options)
+        slots = limits.max_connections
+        self._slots = threading.BoundedSemaphore(slots) if slots else None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        release = self._acquire(request)
+        try:
+            response = self._inner.handle_request(request)
+        except httpx.TransportError as exc:
+            release()
+            self._meter.failed(exc)
+            raise
+        except BaseException:
+            release()
+            raise
+        self._meter.served(response)
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        response.stream = _GatedStream(response.stream, release)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def stats(self) -> HttpPoolStats:
+        return self._meter.snapshot([_httpcore_pool(self._inner)])
+
+    def _acquire(self, request: httpx.Request) -> Callable[[], None]:
+        slots = self._slots
+        if slots is None:
+            return lambda: None
+        timeout = request.extensions.get("timeout", {}).get("pool")
+        if not slots.acquire(timeout=timeout):
+            exc = httpx.PoolTimeout(f"no connection free within the pool timeout ({timeout} s)")
+            self._meter.failed(exc)
+            raise exc
+        return slots.release
+
+
+# --- the async, loop-routing transport -----------------------------------------------
+class _LoopPool:
+    """One event loop's transport, and the async generator that closes it at shutdown."""
+
+    __slots__ = ("loop", "sentinel", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: httpx.AsyncHTTPTransport):
+        self.loop = loop
+        self.transport = transport
+        self.sentinel: AsyncIterator[None] | None = None
+
+
+class LoopRoutingTransport(httpx.AsyncBaseTransport):
+    """An async transport that sends each request through the running loop's own pool.
+
+    Each event loop that uses it gets its own ``httpx.AsyncHTTPTransport`` (its own
+    httpcore pool, at most ``limits.max_connections`` connections). A loop's pool is
+    closed while the loop shuts down: at first use we start a tiny async generator on
+    that loop, and ``loop.shutdown_asyncgens()`` (run by ``asyncio.run`` before it closes
+    the loop) finalises it, which closes the pool's connections on their own loop::
+
+        transport = LoopRoutingTransport(limits=httpx.Limits(max_connections=20))
+        client = httpx.AsyncClient(transport=transport)
+        asyncio.run(client.get(url))        # pool 1, closed when this run ends
+        asyncio.run(client.get(url))        # pool 2
+        transport.stats().connections_opened      # 2
+
+    Args:
+        limits: Connection limits of each loop's pool.
+        proxy: Proxy URL for every request, or ``None``.
+        verify: TLS verification, as for ``httpx.AsyncHTTPTransport``.
+
+    Not done: moving connections between loops (impossible: a socket's transport
+    belongs to one loop); retries (``retries=0``: a failed request is never re-sent).
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits,
+        proxy: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "limits": limits,
+            "proxy": proxy,
+            "verify": verify,
+            "trust_env": False,
+            "retries": 0,
+        }
+        # A plain dict, not a WeakKeyDictionary: a pool's connections refer to their
+        # loop anyway, so entries leave only through the sentinel or _forget().
+        self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
+        self._lock = threading.Lock()  # loops in several threads share this transport
+        self._meter = _Meter()
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the running loop's pool."""
+        pool = self._pools.get(asyncio.get_running_loop())
+        if pool is None:
+            pool = await self._open_pool()
+        try:
+            response = await pool.transport.handle_async_request(request)
+        except httpx.TransportError as exc:
+            self._meter.failed(exc)
+            raise
+        self._meter.served(response)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the running loop's pool now; other loops' pools close with their loops.
+
+        A pool of a loop running in another thread is closed on that loop; one of a loop
+        that is already closed is dropped.
+        """
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            if pool.loop is loop:
+                await self._finish(pool)
+            else:
+                self._close_elsewhere(pool)
+
+    def close_from_sync(self, timeout: float = 5.0) -> None:
+        """Close every loop's pool from code with no running loop (e.g. at exit).
+
+        Pools of loops running in other threads are closed on those loops (waiting up to
+        ``timeout`` seconds each); pools of closed loops are dropped. A pool of a loop
+        that is neither running nor closed is closed when that loop shuts down.
+        """
+        self._closed = True
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            future = self._close_elsewhere(pool)
+            if future is not None:
+                with contextlib.suppress(Exception):
+                    future.result(timeout)
+
+    def stats(self) -> HttpPoolStats:
+        """Requests, connections opened, reuse ratio, active/idle connections, timeouts."""
+        with self._lock:
+            pools = [_httpcore_pool(p.transport) for p in self._pools.values()]
+        return self._meter.snapshot(pools)
+
+    def __repr__(self) -> str:
+        stats = self.stats()
+        return (
+            f"<LoopRoutingTransport [loops: {stats.loops}, active: {stats.active}, "
+            f"idle: {stats.idle} | requests: {stats.requests}, "
+            f"opened: {stats.connections_opened}]>"
+        )
+
+    # --- internals ---------------------------------------------------------------------
+    async def _open_pool(self) -> _LoopPool:
+        if self._closed:
+            msg = "the HTTP transport is closed"
+            raise RuntimeError(msg)
+        loop = asyncio.get_running_loop()
+        self._drop_dead_loops()
+        pool = _LoopPool(loop, httpx.AsyncHTTPTransport(**self._options))
+        with self._lock:
+            existing = self._pools.setdefault(loop, pool)
+        if existing is not pool:  # pragma: no cover - another task of this loop won
+            return existing
+        sentinel = self._sentinel(pool)
+        pool.sentinel = sentinel
+        # The first step registers the generator with this loop (its asyncgen hooks),
+        # so shutdown_asyncgens() will run the generator's `finally` on this loop.
+        await sentinel.__anext__()
+        return pool
+
+    async def _sentinel(self, pool: _LoopPool) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._pools.get(pool.loop) is pool:
+                    del self._pools[pool.loop]
+            if not pool.loop.is_closed():
+                await pool.transport.aclose()
+
+    async def _finish(self, pool: _LoopPool) -> None:
+        if pool.sentinel is not None:
+            await pool.sentinel.aclose()  # type: ignore[attr-defined]
+
+    def _close_elsewhere(self, pool: _LoopPool) -> Any:
+        if pool.loop.is_closed():
+            self._forget(pool)
+            return None
+        if pool.loop.is_running() and pool.sentinel is not None:
+            return asyncio.run_coroutine_threadsafe(self._finish(pool), pool.loop)
+        return None
+
+    def _drop_dead_loops(self) -> None:
+        with self._lock:
+            dead = [p for p in self._pools.values() if p.loop.is_closed()]
+        for pool in dead:
+            self._forget(pool)
+
+    def _forget(self, pool: _LoopPool) -> None:
+        # The loop was closed without shutdown_asyncgens(): its sockets cannot be closed
+        # on it any more. Finish the sentinel by hand (its `finally` skips the await on a
+        # closed loop), so its finaliser does not try to schedule work on a closed loop.
+        sentinel, pool.sentinel = pool.sentinel, None
+        with self._lock:
+            if self._pools.get(pool.loop) is pool:
+                del self._pools[pool.loop]
+        if sentinel is not None:
+            closing = sentinel.aclose()  # type: ignore[attr-defined]
+            with contextlib.suppress(StopIteration, RuntimeError):
+                closing.send(None)
+            closing.close()
+
+
+# --- shared clients ------------------------------------------------------------------
+class _SharedClient(httpx.Client):
+    """A registry-owned client: ``close()`` and ``with`` leave it open for other users."""
+
+    def close(self) -> None:
+        """Does nothing: the registry closes shared clients (``close_http_clients()``)."""
+
+    def __enter__(self) -> _SharedClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def _close_for_real(self) -> None:
+        super().close()
+
+
+class _SharedAsyncClient(httpx.AsyncClient):
+    """A registry-owned async client: ``aclose()`` and ``async with`` leave it open."""
+
+    async def aclose(self) -> None:
+        """Does nothing: the registry closes shared clients (``aclose_http_clients()``)."""
+
+    async def __aenter__(self) -> _SharedAsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def _aclose_for_real(self) -> None:
+        await super().aclose()
+
+
+# (kind, origin, proxy, (max connections, keep-alive connections, expiry), timeouts)
+Key = tuple[str, str, str | None, tuple[int | None, int | None, float | None], str]
+
+
+class HttpClientRegistry:
+    """Shared httpx clients, one per (sync or async, origin, proxy, limits, timeouts).
+
+    Most code uses the process-wide registry through :func:`get_http_client` and
+    :func:`get_async_http_client`; a registry of your own keeps clients apart (tests)::
+
+        registry = HttpClientRegistry()
+        client = registry.get_async_client("http://127.0.0.1:8000/v1")
+        assert registry.get_async_client("http://127.0.0.1:8000/v2") is client  # same origin
+        registry.stats()           # {"async http://127.0.0.1:8000": HttpPoolStats(...)}
+        await registry.aclose()
+
+    Thread-safe. Clients are created lazily, never evicted, and closed by
+    :meth:`close` / :meth:`aclose`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sync: dict[Key, _SharedClient] = {}
+        self._async: dict[Key, tuple[_SharedAsyncClient, LoopRoutingTransport]] = {}
+        self._sync_transports: dict[Key, _CountingTransport] = {}
+
+    def get_client(
+        self, base_url: str, *, config: PerformanceConfig | None = None, proxy: str | None = None
+    ) -> httpx.Client:
+        """The shared ``httpx.Client`` for ``base_url``'s origin (fresh without pooling).
+
+        Raises:
+            ValueError: ``base_url`` is not an absolute http(s) URL.
+        """
+        config = config or PerformanceConfig()
+        key = self._key("sync", base_url, config, proxy)
+        if not config.enable_connection_pooling:
+            return httpx.Client(
+                limits=http_limits(config), timeout=http_timeout(config), proxy=proxy
+            )
+        with self._lock:
+            client = self._sync.get(key)
+            if client is None:
+                transport = _CountingTransport(
+                    _Meter(), limits=http_limits(config), proxy=proxy, trust_env=False
+                )
+                client = _SharedClient(
+                    transport=transport, timeout=http_timeout(config), trust_env=False
+                )
+                self._sync[key] = client
+                self._sync_transports[key] = transport
+            return client
+
+    def get_async_client(
+        self, base_url: str, *, config: PerformanceConfig | None = None, proxy: str | None = None
+    ) -> httpx.AsyncClient:
+        """The shared, loop-safe ``httpx.AsyncClient`` for ``base_url``'s origin.
+
+        Without pooling: a fresh ``httpx.AsyncClient`` (no keep-alive) that the caller
+        must close.
+
+        Raises:
+            ValueError: ``base_url`` is not an absolute http(s) URL.
+        """
+        config = config or PerformanceConfig()
+        key = self._key("async", base_url, config, proxy)
+        if not config.enable_connection_pooling:
+            return httpx.AsyncClient(
+                limits=http_limits(config), timeout=http_timeout(config), proxy=proxy
+            )
+        with self._lock:
+            entry = self._async.get(key)
+            if entry is None:
+                transport = LoopRoutingTransport(limits=http_limits(config), proxy=proxy)
+                client = _SharedAsyncClient(
+                    transport=transport, timeout=http_timeout(config), trust_env=False
+                )
+                entry = self._async[key] = (client, transport)
+            return entry[0]
+
+    def stats(self) -> dict[str, HttpPoolStats]:
+        """Pool statistics per shared client, keyed ``"<sync|async> <origin>"``.
+
+        Clients of the same origin with different proxies or limits add a suffix.
+        """
+        with self._lock:
+            transports: list[tuple[Key, _CountingTransport | LoopRoutingTransport]] = [
+                *self._sync_transports.items(),
+                *((key, entry[1]) for key, entry in self._async.items()),
+            ]
+        result: dict[str, HttpPoolStats] = {}
+        for key, transport in transports:
+            name = f"{key[0]} {key[1]}"
+            if name in result:
+                name = f"{name} (proxy={key[2]}, limits={key[3]}, timeout={key[4]})"
+            result[name] = transport.stats()
+        return result
+
+    def close(self) -> None:
+        """Close every shared client from sync code.
+
+        Async clients' pools close as :meth:`LoopRoutingTransport.close_from_sync` says.
+        """
+        with self._lock:
+            sync_clients = list(self._sync.values())
+            async_entries = list(self._async.values())
+            self._sync.clear()
+            self._sync_transports.clear()
+            self._async.clear()
+        for client in sync_clients:
+            client._close_for_real()
+        for _client, transport in async_entries:
+            transport.close_from_sync()
+
+    async def aclose(self) -> None:
+        """Close every shared client; async pools of the running loop close now."""
+        with self._lock:
+            sync_clients = list(self._sync.values())
+            async_entries = list(self._async.values())
+            self._sync.clear()
+            self._sync_transports.clear()
+            self._async.clear()
+        for client in sync_clients:
+            client._close_for_real()
+        for async_client, _transport in async_entries:
+            await async_client._aclose_for_real()
+
+    def __repr__(self) -> str:
+        return f"<HttpClientRegistry [sync: {len(self._sync)}, async: {len(self._async)}]>"
+
+    @staticmethod
+    def _key(kind: str, base_url: str, config: PerformanceConfig, proxy: str | None) -> Key:
+        limits = http_limits(config)
+        return (
+            kind,
+            _origin(base_url),
+            proxy,
+            (limits.max_connections, limits.max_keepalive_connections, limits.keepalive_expiry),
+            repr(http_timeout(config)),
+        )
+
+
+_registry = HttpClientRegistry()
+
+
+def get_http_client(
+    base_url: str, *, config: PerformanceConfig | None = None, proxy: str | None = None
+) -> httpx.Client:
+    """The process-wide shared ``httpx.Client`` for ``base_url``'s origin.
+
+    Example: ``OpenAI(base_url=url, http_client=get_http_client(url), max_retries=0)``.
+    With ``enable_connection_pooling=False``: a fresh client the caller closes.
+    """
+    return _registry.get_client(base_url, config=config, proxy=proxy)
+
+
+def get_async_http_client(
+    base_url: str, *, config: PerformanceConfig | None = None, proxy: str | None = None
+) -> httpx.AsyncClient:
+    """The process-wide shared, loop-safe ``httpx.AsyncClient`` for ``base_url``'s origin.
+
+    Example: ``ChatOpenAI(base_url=url, http_async_client=get_async_http_client(url))``.
+    Usable from any event loop in any thread; each loop gets its own pool.
+    """
+    return _registry.get_async_client(base_url, config=config, proxy=proxy)
+
+
+def http_pool_stats() -> dict[str, HttpPoolStats]:
+    """Statistics of the process-wide registry's clients (see :meth:`HttpClientRegistry.stats`)."""
+    return _registry.stats()
+
+
+def close_http_clients() -> None:
+    """Close the process-wide registry's clients from sync code; later calls make new ones."""
+    _registry.close()
+
+
+async def aclose_http_clients() -> None:
+    """Close the process-wide registry's clients from async code."""
+    await _registry.aclose()
+
+
+# --- OpenAI SDK clients on the shared pools ---------------------------------------------
+def openai_client(
+    *,
+    base_url: str,
+    api_key: str | None = None,
+    config: PerformanceConfig | None = None,
+    proxy: str | None = None,
+    **options: Any,
+) -> openai.OpenAI:
+    """An ``openai.OpenAI`` on the shared pooled client, with SDK retries off.
+
+    Example: ``openai_client(base_url=sim.base_url, api_key="sk-...").embeddings.create(...)``.
+    ``options`` go to ``openai.OpenAI`` (``organization=``, ``default_headers=``, ...).
+    Needs the ``openai`` package (not a core dependency).
+    """
+    import openai
+
+    config = config or PerformanceConfig()
+    options.setdefault("max_retries", 0)
+    options.setdefault("timeout", http_timeout(config))
+    http_client = get_http_client(base_url, config=config, proxy=proxy)
+    return openai.OpenAI(base_url=base_url, api_key=api_key, http_client=http_client, **options)
+
+
+def async_openai_client(
+    *,
+    base_url: str,
+    api_key: str | None = None,
+    config: PerformanceConfig | None = None,
+    proxy: str | None = None,
+    **options: Any,
+) -> openai.AsyncOpenAI:
+    """An ``openai.AsyncOpenAI`` on the shared loop-safe client, with SDK retries off.
+
+    Example: ``await async_openai_client(base_url=url, api_key=key).chat.completions.create(...)``;
+    the same object works across ``asyncio.run()`` calls and threads.
+    """
+    import openai
+
+    config = config or PerformanceConfig()
+    options.setdefault("max_retries", 0)
+    options.setdefault("timeout", http_timeout(config))
+    http_client = get_async_http_client(base_url, config=config, proxy=proxy)
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key, http_client=http_client, **options
+    )
