@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "bench": "rag_perf_plugins.bench.cli",
     "stats": "rag_perf_plugins.tracking_cli",
     "cache": "rag_perf_plugins.cache.cli",
+    "simulate": "rag_perf_plugins.simulator.cli",
 }
 
 

@@ -42,6 +42,7 @@ Token counts are :mod:`rag_perf_plugins.tokens` estimates. Not done: images and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -49,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..tokens import estimate_messages_tokens, estimate_tokens
+from ..tokens import estimate_tokens
 from .embeddings import content_words
 from .schema import example_for_schema
 
@@ -76,8 +77,14 @@ _LABEL = re.compile(r"^\s*(?:question|query|answer|context)\s*:\s*", re.IGNORECA
 _RULE = re.compile(r"^\s*[-=*#_~]{3,}\s*$", re.MULTILINE)
 _BLANK = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_PIECE = re.compile(r"\s*\S+")
+_PIECE = re.compile(r"\s*\S+(?:\s+$)?")  # trailing whitespace joins the last piece
 _MAX_QUOTE_WORDS = 80
+# Message framing of the chat format, as rag_perf_plugins.tokens.estimate_messages_tokens.
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_REPLY = 3
+
+# Words, roles and system prompts repeat from request to request: estimate each once.
+_tokens = functools.lru_cache(maxsize=65_536)(estimate_tokens)
 
 
 class ChatInputError(ValueError):
@@ -209,9 +216,12 @@ class ChatRequest:
 
     def prompt_tokens(self) -> int:
         """Estimated prompt tokens: messages with their framing, plus tool definitions."""
-        total = estimate_messages_tokens((m.role, m.text) for m in self.messages)
+        # Same sum as estimate_messages_tokens, through the cache.
+        total = _TOKENS_PER_REPLY
+        for m in self.messages:
+            total += _TOKENS_PER_MESSAGE + _tokens(m.role) + _tokens(m.text)
         if self.tools:
-            total += estimate_tokens(json.dumps(list(self.tools), separators=(",", ":")))
+            total += _tokens(json.dumps(list(self.tools), separators=(",", ":")))
         return total
 
 
@@ -252,11 +262,12 @@ class ChatPlan:
     stream: bool = False
     include_usage: bool = False
     pieces: tuple[tuple[str, ...], ...] = field(default=())
+    completion_tokens: int = field(init=False)  # generated tokens over all choices
 
-    @property
-    def completion_tokens(self) -> int:
-        """Generated tokens over all choices."""
-        return sum(c.completion_tokens for c in self.choices)
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "completion_tokens", sum(c.completion_tokens for c in self.choices)
+        )
 
     @property
     def total_tokens(self) -> int:
@@ -274,10 +285,7 @@ class ChatPlan:
 
 def text_pieces(text: str) -> list[str]:
     """``text`` cut into stream pieces: each word with the whitespace before it."""
-    pieces = _PIECE.findall(text)
-    tail = text[sum(len(p) for p in pieces) :]
-    if tail and pieces:
-        pieces[-1] += tail
+    pieces: list[str] = _PIECE.findall(text)
     return pieces or ([text] if text else [])
 
 
@@ -367,7 +375,7 @@ def _cut(text: str, request: ChatRequest) -> tuple[str, str, list[str]]:
         kept: list[str] = []
         used = 0
         for piece in pieces:
-            cost = estimate_tokens(piece)
+            cost = _tokens(piece)
             if used + cost > request.max_tokens:
                 finish = "length"
                 break
@@ -419,13 +427,13 @@ def plan_chat(request: ChatRequest, *, sample: int) -> ChatPlan:
                 ).hexdigest()
             )
             call = ToolCall(call_id, str(function.get("name", "")), arguments)
-            choices.append(Choice(None, (call,), "tool_calls", estimate_tokens(arguments) + 3))
+            choices.append(Choice(None, (call,), "tool_calls", _tokens(arguments) + 3))
             all_pieces.append(())
             continue
         answer = grounded_answer(request.messages, _opening(request, sample + index))
         answer = _format(answer, request.response_format)
         text, finish, pieces = _cut(answer, request)
-        choices.append(Choice(text, (), finish, sum(estimate_tokens(p) for p in pieces)))
+        choices.append(Choice(text, (), finish, sum(map(_tokens, pieces))))
         all_pieces.append(tuple(pieces))
     return ChatPlan(
         model=request.model,
@@ -526,7 +534,7 @@ def stream_events(plan: ChatPlan, completion_id: str, *, created: int) -> list[t
                 events.append(
                     (
                         _chunk(plan, completion_id, created, [_delta(index, delta)]),
-                        estimate_tokens(piece),
+                        _tokens(piece),
                     )
                 )
         last = _delta(index, {}, finish_reason=choice.finish_reason)

@@ -20,8 +20,10 @@ Not done: meaning. Synonyms are as far apart as unrelated words; only shared wor
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -111,6 +113,29 @@ def _weighted_words(text: str) -> tuple[list[int], list[float]]:
     return rows, weights
 
 
+class _Entry:
+    """A computed vector, its input tokens, and its JSON encodings once asked for."""
+
+    __slots__ = ("_base64", "_floats", "tokens", "vector")
+
+    def __init__(self, vector: Vector, tokens: int) -> None:
+        self.vector = vector
+        self.tokens = tokens
+        self._base64: bytes | None = None
+        self._floats: bytes | None = None
+
+    def base64_json(self) -> bytes:
+        if self._base64 is None:
+            raw = self.vector.astype("<f4", copy=False).tobytes()
+            self._base64 = b'"' + base64.b64encode(raw) + b'"'
+        return self._base64
+
+    def float_json(self) -> bytes:
+        if self._floats is None:
+            self._floats = json.dumps(self.vector.tolist(), separators=(",", ":")).encode()
+        return self._floats
+
+
 class Embedder:
     """Computes (and remembers recent) embedding vectors; pure CPU, no I/O.
 
@@ -121,17 +146,17 @@ class Embedder:
         embedder.dimension_for("text-embedding-3-large", 256)   # 256
         vectors, tokens = embedder.embed_with_usage("text-embedding-3-small", ["hi"])
 
-    Remembers the last ``cache_size`` vectors by (model, dimension, text), so a benchmark
-    that embeds the same texts again does not measure the simulator. Not thread-safe: the
-    simulator calls it from its event-loop thread.
+    Remembers the last ``cache_size`` vectors (and their JSON forms) by (model, dimension,
+    input), so a benchmark that embeds the same texts again does not measure the simulator.
+    Not thread-safe: the simulator calls it from its event-loop thread.
     """
 
     __slots__ = ("_cache", "_cache_size", "default_dim")
 
-    def __init__(self, *, default_dim: int = 1536, cache_size: int = 4096) -> None:
+    def __init__(self, *, default_dim: int = 1536, cache_size: int = 2048) -> None:
         self.default_dim = default_dim
         self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, int, str], tuple[Vector, int]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, str | tuple[int, ...]], _Entry] = OrderedDict()
 
     def dimension_for(self, model: str, dimensions: int | None) -> int:
         """The output size for ``model`` given the request's ``dimensions`` (or ``None``).
@@ -168,27 +193,44 @@ class Embedder:
         An input is a text (tokens estimated with :func:`~rag_perf_plugins.tokens.estimate_tokens`)
         or a list of token ids (each id one token, one pseudo-word).
         """
+        entries = self._entries(model, inputs, dimensions)
+        out = np.empty((len(entries), self.dimension_for(model, dimensions)), dtype=np.float32)
+        for i, entry in enumerate(entries):
+            out[i] = entry.vector
+        return out, sum(e.tokens for e in entries)
+
+    def embed_json(
+        self,
+        model: str,
+        inputs: Sequence[str | Sequence[int]],
+        dimensions: int | None,
+        encoding: str,
+    ) -> tuple[list[bytes], int]:
+        """Each vector as the JSON value of an ``embedding`` field, and the input tokens.
+
+        ``encoding`` is ``"float"`` (a JSON array) or ``"base64"`` (a JSON string of
+        little-endian float32 bytes). Encodings are remembered with the vectors: the float
+        form of a 1536-d vector takes about a millisecond to write.
+        """
+        entries = self._entries(model, inputs, dimensions)
+        values = [e.base64_json() if encoding == "base64" else e.float_json() for e in entries]
+        return values, sum(e.tokens for e in entries)
+
+    def _entries(
+        self, model: str, inputs: Sequence[str | Sequence[int]], dimensions: int | None
+    ) -> list[_Entry]:
         dim = self.dimension_for(model, dimensions)
         native = KNOWN_MODELS.get(model, (self.default_dim, True))[0]
-        out = np.empty((len(inputs), dim), dtype=np.float32)
-        tokens = 0
-        for i, item in enumerate(inputs):
-            if isinstance(item, str):
-                vector, n = self._one(model, native, dim, item, None)
-            else:
-                vector, n = self._one(model, native, dim, token_ids_as_text(item), len(item))
-            out[i] = vector
-            tokens += n
-        return out, tokens
+        return [self._one(model, native, dim, item) for item in inputs]
 
-    def _one(
-        self, model: str, native: int, dim: int, text: str, n_tokens: int | None
-    ) -> tuple[Vector, int]:
-        key = (model, dim, text)
+    def _one(self, model: str, native: int, dim: int, item: str | Sequence[int]) -> _Entry:
+        is_text = isinstance(item, str)
+        key = (model, dim, item if isinstance(item, str) else tuple(item))
         hit = self._cache.get(key)
-        if hit is not None and (n_tokens is None or hit[1] == n_tokens):
+        if hit is not None:
             self._cache.move_to_end(key)
             return hit
+        text = item if isinstance(item, str) else token_ids_as_text(item)
         rows, weights = _weighted_words(text)
         gathered = _table(model, native)[rows, :dim]
         vector: Vector = np.asarray(weights, dtype=np.float32) @ gathered
@@ -197,7 +239,7 @@ class Embedder:
             vector = gathered[0].copy()
             norm = float(np.linalg.norm(vector))
         vector /= norm
-        entry = (vector, estimate_tokens(text) if n_tokens is None else n_tokens)
+        entry = _Entry(vector, estimate_tokens(text) if is_text else len(item))
         self._cache[key] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

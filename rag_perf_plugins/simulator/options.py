@@ -27,7 +27,7 @@ OPTION_DOCS: dict[str, str] = {
     "jitter_ms": "seeded uniform jitter in [0, jitter_ms) added to the base latency, ms",
     "chunk_latency_ms": "pause before each streamed content chunk after the first, ms",
     "rpm": "requests per minute (token bucket); None = unlimited",
-    "tpm": "tokens per minute (token bucket over prompt + max output tokens); None = unlimited",
+    "tpm": "tokens per minute (token bucket over each answer's total tokens); None = unlimited",
     "burst_seconds": "bucket capacity, in seconds of the RPM/TPM rate",
     "max_concurrency": "requests handled at once; more get 429 at once; None = unlimited",
     "error_rate": "share of requests answered 500 or 503 (seeded), 0..1",
@@ -66,7 +66,9 @@ class SimulatorOptions:
     takes ``latency_per_token_ms`` per generated token and ``chunk_latency_ms`` per streamed
     chunk after the first; a non-streaming answer waits for the whole sum before replying.
     Limits: ``rpm`` and ``tpm`` are token buckets refilled continuously at rate/60 per
-    second holding at most ``burst_seconds`` of budget (they start full). Rates (``*_rate``)
+    second holding at most ``burst_seconds`` of budget (they start full). A request costs
+    one request and its answer's total tokens (prompt + completion for chat, input for
+    embeddings; the simulator knows the answer before it admits the request). Rates (``*_rate``)
     are probabilities in [0, 1] drawn from one generator seeded with ``seed``, in the order
     requests arrive. The options do not model per-key or per-organisation limits: every
     client shares one budget.

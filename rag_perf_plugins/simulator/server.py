@@ -27,7 +27,6 @@ of TCP connections accepted.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import threading
@@ -438,31 +437,25 @@ class Simulator:
     ) -> web.StreamResponse | None:
         model, inputs, dimensions, encoding = self._embedding_request(payload)
         try:
-            vectors, tokens = self._embedder.embed_with_usage(model, inputs, dimensions)
+            values, tokens = self._embedder.embed_json(model, inputs, dimensions, encoding)
         except EmbeddingInputError as exc:
             raise _Refused(400, _error_body(str(exc), "invalid_request_error")) from None
         self._admit_budget(tokens)
         self._fail_injected(roll)
         delay = self._base_delay(roll) + tokens * self.options.embedding_latency_per_token_ms / 1e3
         await self._delay(delay)
-        if encoding == "base64":
-            data = [
-                {"object": "embedding", "index": i, "embedding": base64.b64encode(v).decode()}
-                for i, v in enumerate(vectors)
-            ]
-        else:
-            data = [
-                {"object": "embedding", "index": i, "embedding": v}
-                for i, v in enumerate(vectors.tolist())
-            ]
-        body = {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        # Assembled from pre-encoded pieces: json.dumps would rescan every vector's text.
+        items = b",".join(
+            b'{"object":"embedding","index":%d,"embedding":%s}' % (i, value)
+            for i, value in enumerate(values)
+        )
+        body = b'{"object":"list","data":[%s],"model":%s,"usage":%s}' % (
+            items,
+            json.dumps(model).encode(),
+            b'{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens),
+        )
         self._stats.tokens(embedding=tokens, inputs=len(inputs))
-        return await self._send_json(request, json.dumps(body).encode(), roll)
+        return await self._send_json(request, body, roll)
 
     @staticmethod
     def _embedding_request(payload: Any) -> tuple[str, list[Any], int | None, str]:
