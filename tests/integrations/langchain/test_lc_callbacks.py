@@ -9,7 +9,7 @@ from uuid import UUID
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.language_models import FakeListChatModel
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.tools import tool
 from langchain_core.vectorstores import InMemoryVectorStore
 from rag_perf_plugins.langchain import (
@@ -29,7 +29,9 @@ def tracker() -> PerformanceTracker:
 
 def test_chat_model_and_chain_runs(tracker: PerformanceTracker) -> None:
     handler = PerfCallbackHandler(tracker)
-    chain = RunnableLambda(lambda q: f"question: {q}") | FakeListChatModel(responses=["a"])
+    chain: Runnable[str, Any] = RunnableLambda(lambda q: f"question: {q}") | FakeListChatModel(
+        responses=["a"]
+    )
     chain.invoke("hi", config={"callbacks": [handler]})
     assert tracker.get_operation_stats("langchain.chat_model").count == 1
     assert tracker.get_operation_stats("langchain.chain").count >= 1
