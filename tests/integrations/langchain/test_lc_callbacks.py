@@ -29,9 +29,11 @@ def tracker() -> PerformanceTracker:
 
 def test_chat_model_and_chain_runs(tracker: PerformanceTracker) -> None:
     handler = PerfCallbackHandler(tracker)
-    chain: Runnable[str, Any] = RunnableLambda(lambda q: f"question: {q}") | FakeListChatModel(
-        responses=["a"]
-    )
+
+    def ask(question: str) -> str:
+        return f"question: {question}"
+
+    chain: Runnable[str, Any] = RunnableLambda(ask) | FakeListChatModel(responses=["a"])
     chain.invoke("hi", config={"callbacks": [handler]})
     assert tracker.get_operation_stats("langchain.chat_model").count == 1
     assert tracker.get_operation_stats("langchain.chain").count >= 1
