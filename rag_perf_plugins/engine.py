@@ -321,7 +321,6 @@ class _Plan:
         "shed",
         "stale_keys",
         "started",
-        "tokens",
         "top_k",
     )
 
@@ -336,7 +335,6 @@ class _Plan:
         self.deadline_at: float | None = None
         self.key = ""
         self.stale_keys: list[str] = []
-        self.tokens = 0
 
 
 class _EngineCore:
@@ -411,9 +409,14 @@ class _EngineCore:
                 plan.degraded.append("top_k")
                 stats.top_k_reduced += 1
                 self._incr("rag.degrade.top_k")
-        plan.key = self.key(query, plan.top_k)
-        plan.stale_keys = [self.stale_key(query, k) for k in dict.fromkeys((top_k, plan.top_k))]
-        plan.tokens = estimate_tokens(query)
+        return plan
+
+    def with_keys(self, plan: _Plan) -> _Plan:
+        """Fill in the cache keys (only engines with a cache pay for hashing)."""
+        plan.key = self.key(plan.query, plan.top_k)
+        plan.stale_keys = [
+            self.stale_key(plan.query, k) for k in dict.fromkeys((plan.requested_top_k, plan.top_k))
+        ]
         return plan
 
     def key(self, query: str, top_k: int) -> str:
@@ -722,6 +725,7 @@ class AsyncRAGEngine:
     async def _answer(self, plan: _Plan) -> QueryResult:
         if self._cache is None:
             return self._core.result(plan, await self._compute(plan), cached=False)
+        self._core.with_keys(plan)
         computed = False
 
         async def compute() -> dict[str, Any]:
@@ -755,23 +759,20 @@ class AsyncRAGEngine:
     def _admission(self, plan: _Plan) -> contextlib.AbstractAsyncContextManager[Any]:
         if self._gate is None:
             return contextlib.nullcontext()
-        return self._gate.acquire(tokens=plan.tokens, timeout=self._core.remaining(plan))
+        tokens = estimate_tokens(plan.query)
+        return self._gate.acquire(tokens=tokens, timeout=self._core.remaining(plan))
 
     async def _call(self, plan: _Plan, fn: Callable[[], Awaitable[T]]) -> T:
+        # The retry policy enforces the deadline inside attempts; without one, the deadline
+        # is checked between steps (no per-step timer task: it cost more than the step).
         remaining = self._core.remaining(plan)
         if self._retry is None:
-            if remaining is None:
-                return await fn()
-            try:
-                return await asyncio.wait_for(fn(), remaining)
-            except asyncio.TimeoutError:
-                msg = f"query deadline of {self.config.request_deadline:g} s passed"
-                raise DeadlineExceeded(msg) from None
+            return await fn()
         return await self._retry.acall(fn, deadline=remaining)
 
     async def _fallback(self, plan: _Plan, exc: Exception) -> QueryResult:
         if self._cache is not None and self._core.can_serve_stale(exc):
-            for key in plan.stale_keys:
+            for key in self._core.with_keys(plan).stale_keys:
                 payload = await self._cache_get(key)
                 if payload is not None:
                     return self._core.result(
@@ -896,6 +897,7 @@ class RAGEngine:
     def _answer(self, plan: _Plan) -> QueryResult:
         if self._cache is None:
             return self._core.result(plan, self._compute(plan), cached=False)
+        self._core.with_keys(plan)
         computed = False
 
         def compute() -> dict[str, Any]:
@@ -922,7 +924,9 @@ class RAGEngine:
         gate = (
             contextlib.nullcontext()
             if self._gate is None
-            else self._gate.acquire_sync(tokens=plan.tokens, timeout=core.remaining(plan))
+            else self._gate.acquire_sync(
+                tokens=estimate_tokens(plan.query), timeout=core.remaining(plan)
+            )
         )
         with gate:
             t1 = self._clock()
@@ -941,7 +945,7 @@ class RAGEngine:
 
     def _fallback(self, plan: _Plan, exc: Exception) -> QueryResult:
         if self._cache is not None and self._core.can_serve_stale(exc):
-            for key in plan.stale_keys:
+            for key in self._core.with_keys(plan).stale_keys:
                 try:
                     payload = self._cache.get(key, namespace=_NAMESPACE)
                 except Exception:

@@ -1,0 +1,99 @@
+"""The engine over real HTTP to the simulator: what the provider saw, counted by the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from rag_perf_plugins.bench.suites.concurrency import SimulatorPipeline
+from rag_perf_plugins.cache import CacheManager
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.engine import AsyncRAGEngine, QueryResult, process_queries_concurrently
+from rag_perf_plugins.simulator import Simulator
+from rag_perf_plugins.simulator.testing import SimulatorFactory
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def cache(cache_dir: Path) -> Iterator[CacheManager]:
+    manager = CacheManager(
+        PerformanceConfig(cache_dir=str(cache_dir), cache_shards=1, enable_metrics=False)
+    )
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+async def pipe(simulator: Simulator) -> AsyncIterator[SimulatorPipeline]:
+    pipeline = SimulatorPipeline(simulator.base_url)
+    yield pipeline
+    await pipeline.aclose()
+
+
+def _config(**overrides: object) -> PerformanceConfig:
+    return PerformanceConfig(enable_metrics=False, **overrides)  # type: ignore[arg-type]
+
+
+async def test_answers_are_grounded_and_identical_queries_reach_the_provider_once(
+    simulator: Simulator, pipe: SimulatorPipeline, cache: CacheManager
+) -> None:
+    async with AsyncRAGEngine(
+        _config(), retriever=pipe.aretrieve, generator=pipe.agenerate, cache=cache, top_k=2
+    ) as engine:
+        results = await asyncio.gather(
+            *(engine.query("What is the capital of France?") for _ in range(20))
+        )
+        again = await engine.query("What is the capital of France?")
+    assert "Paris is the capital of France" in results[0].answer
+    assert results[0].sources[0] == "Paris is the capital of France."
+    assert {r.answer for r in results} == {again.answer}
+    assert again.cached
+    assert simulator.stats()["requests_by_endpoint"].get(CHAT) == 1
+
+
+async def test_process_queries_concurrently_bounds_what_the_provider_sees(
+    simulator_factory: SimulatorFactory,
+) -> None:
+    sim = simulator_factory(latency_ms=20.0)
+    pipeline = SimulatorPipeline(sim.base_url)
+    queries = [f"What does question {i} say about rate limits?" for i in range(24)]
+    try:
+        async with AsyncRAGEngine(
+            _config(enable_caching=False),
+            retriever=pipeline.aretrieve,
+            generator=pipeline.agenerate,
+        ) as engine:
+            results = await process_queries_concurrently(engine, queries, max_concurrent=4)
+    finally:
+        await pipeline.aclose()
+    stats = sim.stats()
+    assert stats["requests_by_endpoint"].get(CHAT) == 24
+    assert stats["peak_inflight"] <= 4
+    assert all(isinstance(r, QueryResult) and r.ok for r in results)
+    assert [r.query for r in results] == queries
+
+
+async def test_provider_errors_fall_back_to_a_stale_answer(
+    simulator_factory: SimulatorFactory, cache: CacheManager
+) -> None:
+    healthy = simulator_factory()
+    broken = simulator_factory(error_rate=1.0)
+    pipeline = SimulatorPipeline(healthy.base_url)
+    config = _config(cache_ttl=0.05, retry_max_attempts=2, retry_initial_backoff=0.0)
+    try:
+        async with AsyncRAGEngine(
+            config, retriever=pipeline.aretrieve, generator=pipeline.agenerate, cache=cache
+        ) as engine:
+            fresh = await engine.query("How do rate limits work?")
+            pipeline.base_url = broken.base_url.rstrip("/")
+                await asyncio.sleep(0.1)  # the fresh entry (ttl 50 ms) expires on the wall clock
+            stale = await engine.query("How do rate limits work?")
+    finally:
+        await pipeline.aclose()
+    assert not fresh.stale and stale.stale and stale.answer == fresh.answer
+    assert broken.stats()["errors_injected_total"] == 2  # one call, retried once
+    assert engine.stats.stale_served == 1
