@@ -21,12 +21,14 @@ from .control import cache_control, control_from_config
 from .embeddings import PerfEmbeddings
 from .factories import pooled_chat_openai, pooled_openai_embeddings
 from .rate_limiters import PerfRateLimiter
+from .vectorstores import PerfVectorStore
 
 __all__ = [
     # wrappers
     "PerfEmbeddings",
     "PerfLLMCache",
     "PerfRateLimiter",
+    "PerfVectorStore",
     # statistics
     "PerfCallbackHandler",
     "install_callback_handler",

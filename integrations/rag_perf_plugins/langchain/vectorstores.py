@@ -1,0 +1,507 @@
+"""PerfVectorStore: a LangChain ``VectorStore`` whose searches are cached until the next write.
+
+Example::
+
+    store = PerfVectorStore(InMemoryVectorStore(embeddings), name="docs")
+    store.add_texts(["RAG pairs retrieval with generation."])
+    store.similarity_search("what is rag?", k=2)        # searched, then cached
+    store.similarity_search("what is rag?", k=2)        # from the cache: no embedding call
+    store.add_texts(["another text"])                    # bumps the version: cache invalid
+    retriever = store.as_retriever(search_kwargs={"k": 2})
+
+Cached: ``similarity_search``, ``similarity_search_with_score``,
+``similarity_search_by_vector``, ``max_marginal_relevance_search`` and their async twins
+(and, through them, the retriever and ``similarity_search_with_relevance_scores``). The key
+holds the operation, the query (or a hash of the float32 query vector), ``k``, ``filter``,
+every other search parameter, the store's name and its write version.
+
+The write version lives in the cache's shared tier (a namespace of its own, versioned by
+:meth:`CacheManager.bump_namespace`), and every search reads it there, so a write through
+any ``PerfVectorStore`` with the same ``name`` and cache directory, in any process,
+invalidates the cached searches of all of them at once. ``add_texts``,
+``add_documents``, ``delete`` and their async twins bump it.
+
+Per-call control: ``cache_control(...)`` around any call, or LangChain config metadata
+``{"rag_perf": {"cache": "bypass"}}`` for the retriever from :meth:`as_retriever`.
+
+Not done here: writes that bypass the wrapper (straight to the inner store or its
+database) are invisible; search parameters that cannot be keyed (arbitrary objects) make
+that call uncached; two processes bumping at the same instant may both write the same
+version (their searches stay correct only once each write is done).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import InMemoryVectorStore, VectorStore, VectorStoreRetriever
+from typing_extensions import override
+
+from rag_perf_plugins._clock import Clock, monotonic
+from rag_perf_plugins.cache import CacheManager, get_cache_manager, retrieval_key
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.errors import CacheError
+from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
+
+from .control import applied, control_from_metadata
+
+__all__ = ["PerfVectorStore"]
+
+NAMESPACE = "retrieval"
+R = TypeVar("R")
+VST = TypeVar("VST", bound="PerfVectorStore")
+
+
+def _doc_out(doc: Document) -> dict[str, Any]:
+    return {"c": doc.page_content, "m": doc.metadata, "i": doc.id}
+
+
+def _doc_in(data: dict[str, Any]) -> Document:
+    return Document(page_content=data["c"], metadata=data["m"] or {}, id=data.get("i"))
+
+
+def _docs_out(docs: list[Document]) -> list[Any]:
+    return [_doc_out(d) for d in docs]
+
+
+def _docs_in(data: list[Any]) -> list[Document]:
+    return [_doc_in(d) for d in data]
+
+
+def _scored_out(pairs: list[tuple[Document, float]]) -> list[Any]:
+    return [[_doc_out(d), float(s)] for d, s in pairs]
+
+
+def _scored_in(data: list[Any]) -> list[tuple[Document, float]]:
+    return [(_doc_in(d), float(s)) for d, s in data]
+
+
+def _vector_digest(embedding: Sequence[float]) -> str:
+    raw = np.asarray(embedding, dtype="<f4").tobytes()
+    return "vec:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+class PerfVectorStore(VectorStore):
+    """Wrap a LangChain vector store: cached searches, version-based invalidation, stats.
+
+    Example: ``PerfVectorStore(Chroma(...), name="kb-prod")``.
+
+    Args:
+        inner: The vector store that really searches.
+        config: ``enable_caching``, ``cache_ttl`` (seconds), ``enable_metrics``.
+        cache: The cache manager; ``None`` uses the process-wide one.
+        name: The store's identity in keys and in the shared version. Give the same name
+            to wrappers of the same data in other processes so their writes invalidate
+            each other's searches. ``None``: a fresh random name, so this wrapper never
+            serves another store's results (right for in-memory stores).
+        ttl: Seconds a cached search lives (``None``: ``cache_ttl``).
+        tracker: Statistics sink (``vectorstore.<operation>``); defaults to the process
+            tracker when metrics are on.
+        clock: Seconds, monotonic, for latency statistics.
+    """
+
+    def __init__(
+        self,
+        inner: VectorStore,
+        config: PerformanceConfig | None = None,
+        *,
+        cache: CacheManager | None = None,
+        name: str | None = None,
+        ttl: float | None = None,
+        tracker: PerformanceTracker | None = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        if not isinstance(inner, VectorStore):
+            msg = f"inner must be a LangChain VectorStore, got {type(inner).__name__}"
+            raise TypeError(msg)
+        if isinstance(inner, PerfVectorStore):
+            msg = "inner is already a PerfVectorStore; wrap the underlying store once"
+            raise TypeError(msg)
+        if ttl is not None and not ttl > 0:
+            msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
+            raise ValueError(msg)
+        if name is not None and (not isinstance(name, str) or not name):
+            msg = f"name must be a non-empty str or None, got {name!r}"
+            raise ValueError(msg)
+        self.inner = inner
+        self.config = config if config is not None else PerformanceConfig()
+        self.cache = cache if cache is not None else get_cache_manager()
+        self.name = name if name is not None else f"{type(inner).__name__}/{uuid.uuid4().hex}"
+        # The version namespace: short, and only characters the manager accepts.
+        digest = hashlib.blake2b(self.name.encode(), digest_size=10).hexdigest()
+        self._version_ns = f"vs.{digest}"
+        self.ttl = ttl
+        self._enabled = self.config.enable_caching
+        if tracker is None and self.config.enable_metrics:
+            tracker = get_performance_tracker()
+        self._tracker = tracker
+        self._clock = clock
+
+    # --- identity and delegation ----------------------------------------------------
+    @property
+    @override
+    def embeddings(self) -> Embeddings | None:
+        return self.inner.embeddings
+
+    @override
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        return self.inner._select_relevance_score_fn()
+
+    @override
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        return self.inner.get_by_ids(ids)
+
+    @override
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        return await self.inner.aget_by_ids(ids)
+
+    @property
+    def version(self) -> int:
+        """The store's write version, read from the shared tier."""
+        return self.cache.namespace_version(self._version_ns)
+
+    def invalidate(self) -> int:
+        """Bump the write version (as a write does); returns the new version."""
+        return self.cache.bump_namespace(self._version_ns)
+
+    # --- writes: delegate, then bump ------------------------------------------------
+    @override
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[Any, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        try:
+            return self.inner.add_texts(texts, metadatas, ids=ids, **kwargs)
+        finally:
+            self.invalidate()  # even a failed write may have written part of the batch
+
+    @override
+    async def aadd_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[Any, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        try:
+            return await self.inner.aadd_texts(texts, metadatas, ids=ids, **kwargs)
+        finally:
+            self.invalidate()
+
+    @override
+    def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        try:
+            return self.inner.add_documents(documents, **kwargs)
+        finally:
+            self.invalidate()
+
+    @override
+    async def aadd_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        try:
+            return await self.inner.aadd_documents(documents, **kwargs)
+        finally:
+            self.invalidate()
+
+    @override
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        try:
+            return self.inner.delete(ids, **kwargs)
+        finally:
+            self.invalidate()
+
+    @override
+    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        try:
+            return await self.inner.adelete(ids, **kwargs)
+        finally:
+            self.invalidate()
+
+    # --- the shared core of every cached search --------------------------------------
+    def _key(self, operation: str, query: str, k: int, kwargs: dict[str, Any]) -> str | None:
+        if not self._enabled:
+            return None
+        params = dict(kwargs)
+        filters = params.pop("filter", None)
+        try:
+            return retrieval_key(
+                store=self.name,
+                query=query,
+                k=k,
+                filters=filters,
+                store_version=self.version,
+                operation=operation,
+                **params,
+            )
+        except (CacheError, TypeError, ValueError):
+            if self._tracker is not None:
+                self._tracker.incr("cache.unkeyable", operation=f"vectorstore.{operation}")
+            return None
+
+    def _record(self, operation: str, started: float, hit: bool | None, error: bool) -> None:
+        if self._tracker is not None:
+            self._tracker.record(
+                f"vectorstore.{operation}", self._clock() - started, cache_hit=hit, error=error
+            )
+
+    def _cached(
+        self,
+        operation: str,
+        query: str,
+        k: int,
+        kwargs: dict[str, Any],
+        search: Callable[[], R],
+        dump: Callable[[R], Any],
+        load: Callable[[Any], R],
+    ) -> R:
+        started = self._clock()
+        key = self._key(operation, query, k, kwargs)
+        if key is not None:
+            data = self.cache.get(key, namespace=NAMESPACE)
+            if data is not None:
+                self._record(operation, started, True, False)
+                return load(data)
+        try:
+            result = search()
+        except BaseException:
+            self._record(operation, started, None if key is None else False, True)
+            raise
+        if key is not None:
+            self._store(key, result, dump)
+        self._record(operation, started, None if key is None else False, False)
+        return result
+
+    async def _acached(
+        self,
+        operation: str,
+        query: str,
+        k: int,
+        kwargs: dict[str, Any],
+        search: Callable[[], Awaitable[R]],
+        dump: Callable[[R], Any],
+        load: Callable[[Any], R],
+    ) -> R:
+        started = self._clock()
+        key = self._key(operation, query, k, kwargs)
+        if key is not None:
+            data = await self.cache.aget(key, namespace=NAMESPACE)
+            if data is not None:
+                self._record(operation, started, True, False)
+                return load(data)
+        try:
+            result = await search()
+        except BaseException:
+            self._record(operation, started, None if key is None else False, True)
+            raise
+        if key is not None:
+            try:
+                await self.cache.aset(key, dump(result), self.ttl, namespace=NAMESPACE)
+            except CacheError:  # metadata msgpack cannot store: this answer stays uncached
+                self._count_unstorable(operation)
+        self._record(operation, started, None if key is None else False, False)
+        return result
+
+    def _store(self, key: str, result: R, dump: Callable[[R], Any]) -> None:
+        try:
+            self.cache.set(key, dump(result), self.ttl, namespace=NAMESPACE)
+        except CacheError:
+            self._count_unstorable("search")
+
+    def _count_unstorable(self, operation: str) -> None:
+        if self._tracker is not None:
+            self._tracker.incr("cache.unstorable", operation=f"vectorstore.{operation}")
+
+    # --- cached searches ------------------------------------------------------------
+    @override
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return self._cached(
+            "similarity_search",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.similarity_search(query, k=k, **kwargs),
+            _docs_out,
+            _docs_in,
+        )
+
+    @override
+    async def asimilarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return await self._acached(
+            "similarity_search",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.asimilarity_search(query, k=k, **kwargs),
+            _docs_out,
+            _docs_in,
+        )
+
+    @override
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self._cached(
+            "similarity_search_with_score",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.similarity_search_with_score(query, k=k, **kwargs),
+            _scored_out,
+            _scored_in,
+        )
+
+    @override
+    async def asimilarity_search_with_score(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return await self._acached(
+            "similarity_search_with_score",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.asimilarity_search_with_score(query, k=k, **kwargs),
+            _scored_out,
+            _scored_in,
+        )
+
+    @override
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, **kwargs: Any
+    ) -> list[Document]:
+        return self._cached(
+            "similarity_search_by_vector",
+            _vector_digest(embedding),
+            k,
+            kwargs,
+            lambda: self.inner.similarity_search_by_vector(embedding, k=k, **kwargs),
+            _docs_out,
+            _docs_in,
+        )
+
+    @override
+    async def asimilarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, **kwargs: Any
+    ) -> list[Document]:
+        return await self._acached(
+            "similarity_search_by_vector",
+            _vector_digest(embedding),
+            k,
+            kwargs,
+            lambda: self.inner.asimilarity_search_by_vector(embedding, k=k, **kwargs),
+            _docs_out,
+            _docs_in,
+        )
+
+    @override
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        params = {"fetch_k": fetch_k, "lambda_mult": lambda_mult, **kwargs}
+        return self._cached(
+            "max_marginal_relevance_search",
+            query,
+            k,
+            params,
+            lambda: self.inner.max_marginal_relevance_search(
+                query, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            ),
+            _docs_out,
+            _docs_in,
+        )
+
+    @override
+    async def amax_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        params = {"fetch_k": fetch_k, "lambda_mult": lambda_mult, **kwargs}
+        return await self._acached(
+            "max_marginal_relevance_search",
+            query,
+            k,
+            params,
+            lambda: self.inner.amax_marginal_relevance_search(
+                query, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            ),
+            _docs_out,
+            _docs_in,
+        )
+
+    # --- retriever and construction -------------------------------------------------
+    @override
+    def as_retriever(self, **kwargs: Any) -> VectorStoreRetriever:
+        """A retriever over the cached searches; honours ``rag_perf`` config metadata."""
+        tags = kwargs.pop("tags", None) or [*self._get_retriever_tags()]
+        return _PerfRetriever(vectorstore=self, tags=tags, **kwargs)
+
+    @override
+    def _get_retriever_tags(self) -> list[str]:
+        return [type(self).__name__, *self.inner._get_retriever_tags()]
+
+    @classmethod
+    @override
+    def from_texts(
+        cls: type[VST],
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[Any, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> VST:
+        """Build an ``InMemoryVectorStore`` (or ``inner_cls=``) from texts and wrap it.
+
+        Example: ``PerfVectorStore.from_texts(texts, embeddings, name="kb")``. Keyword
+        arguments ``config``, ``cache``, ``name``, ``ttl`` go to the wrapper, the rest to
+        ``inner_cls.from_texts``.
+        """
+        wrapper_kwargs = {
+            name: kwargs.pop(name) for name in ("config", "cache", "name", "ttl") if name in kwargs
+        }
+        inner_cls: type[VectorStore] = kwargs.pop("inner_cls", InMemoryVectorStore)
+        inner = inner_cls.from_texts(texts, embedding, metadatas, ids=ids, **kwargs)
+        return cls(inner, **wrapper_kwargs)
+
+    def __repr__(self) -> str:
+        return f"<PerfVectorStore name={self.name!r} inner={type(self.inner).__name__}>"
+
+
+class _PerfRetriever(VectorStoreRetriever):
+    """``VectorStoreRetriever`` that applies ``{"rag_perf": {...}}`` run metadata."""
+
+    @override
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        with applied(control_from_metadata(run_manager.metadata)):
+            return super()._get_relevant_documents(query, run_manager=run_manager, **kwargs)
+
+    @override
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        with applied(control_from_metadata(run_manager.metadata)):
+            return await super()._aget_relevant_documents(query, run_manager=run_manager, **kwargs)
