@@ -8,10 +8,11 @@ The bookkeeping is the same :class:`~rag_perf_plugins._pool_core.PoolCore` the b
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Generic, TypeVar, cast
 
 from .._clock import Clock
@@ -35,6 +36,15 @@ T = TypeVar("T")
 #: ``asyncio.CancelledError``, because a task cancelled mid-exchange leaves the
 #: connection with a half-sent request or an unread answer.
 DEFAULT_ABROKEN_ON: tuple[type[BaseException], ...] = (OSError, EOFError, asyncio.CancelledError)
+
+
+def _no_wake() -> None:
+    """Wake-up of a borrower that never queued (replaced when it does)."""
+
+
+def _resolve_future(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a cancelled borrower's future is done already
+        future.set_result(None)
 
 
 async def _resolve(value: object) -> object:
@@ -154,19 +164,16 @@ class AsyncConnectionPool(Generic[T]):
         if not self._filled:
             await self.open()
         limit = self._core.config.connection_timeout if timeout is None else timeout
-        future: asyncio.Future[None] | None = None
-
-        def wake() -> None:
-            if future is not None and not future.done():
-                future.set_result(None)
-
-        waiter: Waiter[T] = Waiter(self.clock(), wake)
+        waiter: Waiter[T] = Waiter(self.clock(), _no_wake)
         grant, to_close = self._core.borrow(waiter.since, waiter)
-        await self._close_all(to_close)
+        future = None
         if grant is None:
+            # Made only when queued, before any await, so no grant can come before it.
             future = asyncio.get_running_loop().create_future()
-            if waiter.grant is not None:  # granted while expired connections were closed
-                future.set_result(None)
+            waiter.wake = functools.partial(_resolve_future, future)
+        if to_close:
+            await self._close_all(to_close)
+        if future is not None:
             grant = await self._wait(future, waiter, limit)
         while True:
             if grant is CREATE:
@@ -185,29 +192,23 @@ class AsyncConnectionPool(Generic[T]):
             PoolError: ``conn`` is not checked out from this pool (returned twice, or
                 borrowed from another pool).
         """
+        await self._close_all(self._release(conn, broken=broken))
+
+    def _release(self, conn: T, *, broken: bool) -> list[T]:
+        # Bookkeeping and wake-up only; the caller closes what comes back.
         waiter, to_close = self._core.release(conn, now=self.clock(), broken=broken)
         if waiter is not None:
             waiter.wake()
-        await self._close_all(to_close)
+        return to_close
 
-    @asynccontextmanager
-    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[T]:
+    def acquire(self, *, timeout: float | None = None) -> _Lease[T]:
         """``async with pool.acquire() as conn:`` borrows and returns ``conn``.
 
         An exception of a ``broken_on`` type inside the block (by default also
         cancellation) marks the connection broken: it is closed and replaced. Other
         exceptions return it healthy. The exception propagates either way.
         """
-        conn = await self.get_connection(timeout=timeout)
-        broken = False
-        try:
-            yield conn
-        except self._broken_on:
-            broken = True
-            raise
-        finally:
-            # Shielded: a second cancellation must not leak the connection's slot.
-            await asyncio.shield(self.return_connection(conn, broken=broken))
+        return _Lease(self, timeout)
 
     async def aclose(self) -> None:
         """Close idle connections now, and in-use ones as they are returned.
@@ -298,3 +299,33 @@ class AsyncConnectionPool(Generic[T]):
     async def _close_all(self, conns: list[T]) -> None:
         for conn in conns:
             await _aclose_quietly(conn, self._close)  # type: ignore[arg-type]
+
+
+class _Lease(Generic[T]):
+    """What ``pool.acquire()`` returns: borrows on enter, returns on exit.
+
+    A class rather than ``@asynccontextmanager``: this is the hot path, and the return is
+    synchronous bookkeeping unless something must be closed (only then is a shielded
+    await needed, so a second cancellation cannot skip the close).
+    """
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: AsyncConnectionPool[T], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    async def __aenter__(self) -> T:
+        self._conn = await self._pool.get_connection(timeout=self._timeout)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        broken = exc is not None and isinstance(exc, self._pool._broken_on)
+        to_close = self._pool._release(self._conn, broken=broken)
+        if to_close:
+            await asyncio.shield(self._pool._close_all(to_close))

@@ -42,6 +42,10 @@ def _close_quietly(conn: object, close: Callable[[object], object] | None) -> No
         pass
 
 
+def _no_wake() -> None:
+    """Wake-up of a borrower that never queued (replaced when it does)."""
+
+
 class ConnectionPool(Generic[T]):
     """A bounded, thread-safe pool of connections made by ``factory``.
 
@@ -120,14 +124,20 @@ class ConnectionPool(Generic[T]):
             Exception: whatever ``factory`` raised (the slot is freed first).
         """
         limit = self._core.config.connection_timeout if timeout is None else timeout
-        # One Event per borrower (not one shared Condition) so a return wakes exactly
-        # the waiter it was handed to, in FIFO order.
-        event = threading.Event()
-        waiter: Waiter[T] = Waiter(self.clock(), event.set)
+        waiter: Waiter[T] = Waiter(self.clock(), _no_wake)
+        event = None
         with self._lock:
             grant, to_close = self._core.borrow(waiter.since, waiter)
-        self._close_all(to_close)
-        if grant is None:
+            if grant is None:
+                # One Event per queued borrower (not one shared Condition), so a return
+                # wakes exactly the waiter it was handed to, in FIFO order. Made only
+                # when needed, under the lock (no grant can come before it exists):
+                # an Event costs more than the whole uncontended borrow.
+                event = threading.Event()
+                waiter.wake = event.set
+        if to_close:
+            self._close_all(to_close)
+        if event is not None:
             grant = self._wait(event, waiter, limit)
         while True:
             if grant is CREATE:
@@ -150,7 +160,8 @@ class ConnectionPool(Generic[T]):
         """
         with self._lock:
             waiter, to_close = self._core.release(conn, now=self.clock(), broken=broken)
-        self._close_all(to_close)
+        if to_close:
+            self._close_all(to_close)
         if waiter is not None:
             waiter.wake()
 
