@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.bench.suites.concurrency import SimulatorPipeline
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
@@ -19,9 +20,10 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
-def cache(cache_dir: Path) -> Iterator[CacheManager]:
+def cache(cache_dir: Path, fake_clock: FakeClock) -> Iterator[CacheManager]:
     manager = CacheManager(
-        PerformanceConfig(cache_dir=str(cache_dir), cache_shards=1, enable_metrics=False)
+        PerformanceConfig(cache_dir=str(cache_dir), cache_shards=1, enable_metrics=False),
+        clock=fake_clock,
     )
     yield manager
     manager.close()
@@ -78,19 +80,19 @@ async def test_process_queries_concurrently_bounds_what_the_provider_sees(
 
 
 async def test_provider_errors_fall_back_to_a_stale_answer(
-    simulator_factory: SimulatorFactory, cache: CacheManager
+    simulator_factory: SimulatorFactory, cache: CacheManager, fake_clock: FakeClock
 ) -> None:
     healthy = simulator_factory()
     broken = simulator_factory(error_rate=1.0)
     pipeline = SimulatorPipeline(healthy.base_url)
-    config = _config(cache_ttl=0.05, retry_max_attempts=2, retry_initial_backoff=0.0)
+    config = _config(cache_ttl=60.0, retry_max_attempts=2, retry_initial_backoff=0.0)
     try:
         async with AsyncRAGEngine(
             config, retriever=pipeline.aretrieve, generator=pipeline.agenerate, cache=cache
         ) as engine:
             fresh = await engine.query("How do rate limits work?")
             pipeline.base_url = broken.base_url.rstrip("/")
-                await asyncio.sleep(0.1)  # the fresh entry (ttl 50 ms) expires on the wall clock
+            fake_clock.advance(61.0)  # the fresh entry expired; its stale copy lives on
             stale = await engine.query("How do rate limits work?")
     finally:
         await pipeline.aclose()
