@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -65,6 +66,7 @@ _KIND_NAMES: Final = {KIND_MSGPACK: "msgpack", KIND_F32: "float32", KIND_F64: "f
 _DTYPES: Final[dict[int, np.dtype[Any]]] = {KIND_F32: np.dtype("<f4"), KIND_F64: np.dtype("<f8")}
 
 VectorDtype = Literal["float32", "float64"]
+_LITTLE_ENDIAN: Final = sys.byteorder == "little"
 
 
 class CorruptEntry(ValueError):
@@ -161,7 +163,12 @@ def decode(blob: bytes) -> Entry:
         dtype = _DTYPES[kind]
         if len(payload) % dtype.itemsize:
             raise CorruptEntry("vector payload is not a whole number of elements (torn write?)")
-        value = np.frombuffer(payload, dtype=dtype).astype(np.float64).tolist()
+        if _LITTLE_ENDIAN:
+            # memoryview.cast + tolist is ~1.5x faster than numpy for one 384-d vector,
+            # and gives the same Python floats (float32 widened exactly to float64).
+            value = payload.cast("f" if kind == KIND_F32 else "d").tolist()
+        else:
+            value = np.frombuffer(payload, dtype=dtype).astype(np.float64).tolist()
     else:
         msg = f"unknown entry kind {kind}"
         raise CorruptEntry(msg)
