@@ -80,7 +80,7 @@ async def _drive(
 def connection_reuse(ctx: BenchContext) -> Iterator[Result]:
     """Reuse rate and throughput, with the client-per-call baseline in the same run."""
     requests = ctx.scale(10_000, quick=2_000)
-    baseline_requests = ctx.scale(1_000, quick=200)
+    baseline_requests = ctx.scale(500, quick=200)
     config = ctx.config.replace(enable_connection_pooling=True)
     unpooled = config.replace(enable_connection_pooling=False)
     with simulator_process() as base_url:
