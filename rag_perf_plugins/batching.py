@@ -37,12 +37,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from ._clock import Clock, monotonic
 from .config import PerformanceConfig
 from .errors import RagPerfError
 from .tokens import estimate_tokens
+from .tracking import PerformanceTracker, get_performance_tracker
 
 __all__ = [
     "PROFILES",
@@ -353,17 +354,9 @@ class _BatchCore(Generic[T, W]):
         return (type(item), item)
 
 
-class _Tracker(Protocol):
-    def record(self, operation: str, latency_s: float, **kwargs: Any) -> None: ...
-    def incr(self, counter: str, n: int = 1, *, operation: str | None = None) -> None: ...
-
-
-def _default_tracker() -> _Tracker | None:
-    try:
-        from .tracking import get_performance_tracker
-    except ImportError:  # pragma: no cover - the tracker ships with the package
-        return None
-    return cast(_Tracker, get_performance_tracker())
+def _default_tracker() -> PerformanceTracker | None:
+    tracker = get_performance_tracker()
+    return tracker if tracker.enabled else None
 
 
 class _Shell(Generic[T, W]):
@@ -380,7 +373,7 @@ class _Shell(Generic[T, W]):
         key: Callable[[T], Hashable] | None,
         split_when: Callable[[BaseException], bool] | None,
         operation: str,
-        tracker: _Tracker | None,
+        tracker: PerformanceTracker | None,
         clock: Clock,
         live: Callable[[W], bool],
     ) -> None:
@@ -565,7 +558,7 @@ class BatchProcessor(_Shell[T, _Slot], Generic[T, R]):
         key: Callable[[T], Hashable] | None = None,
         split_when: Callable[[BaseException], bool] | None = None,
         operation: str = "batch",
-        tracker: _Tracker | None = None,
+        tracker: PerformanceTracker | None = None,
         clock: Clock = monotonic,
     ) -> None:
         if not callable(processor_func):
@@ -771,7 +764,7 @@ class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]"], Generic[T, R]):
         key: Callable[[T], Hashable] | None = None,
         split_when: Callable[[BaseException], bool] | None = None,
         operation: str = "batch",
-        tracker: _Tracker | None = None,
+        tracker: PerformanceTracker | None = None,
         clock: Clock = monotonic,
     ) -> None:
         if not callable(processor_func):

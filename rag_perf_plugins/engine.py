@@ -62,6 +62,7 @@ from .errors import (
     RetryBudgetExhausted,
 )
 from .tokens import estimate_tokens
+from .tracking import PerformanceTracker, get_performance_tracker
 
 __all__ = [
     "AsyncRAGEngine",
@@ -160,11 +161,6 @@ class Retry(Protocol):
     async def acall(self, fn: Callable[[], Awaitable[R]], *, deadline: float | None = None) -> R:
         """Await ``fn()`` with retries, within ``deadline`` seconds."""
         ...
-
-
-class _Tracker(Protocol):
-    def record(self, operation: str, latency_s: float, **kwargs: Any) -> None: ...
-    def incr(self, counter: str, n: int = 1, *, operation: str | None = None) -> None: ...
 
 
 def is_provider_failure(exc: BaseException) -> bool:
@@ -359,7 +355,7 @@ class _EngineCore:
         top_k: int,
         engine_id: str,
         stale_ttl: float,
-        tracker: _Tracker | None,
+        tracker: PerformanceTracker | None,
         clock: Clock,
     ) -> None:
         _check_options(top_k, stale_ttl)
@@ -529,12 +525,10 @@ def _engine_id(retriever: Callable[..., Any], generator: Callable[..., Any]) -> 
     return f"{name(retriever)}|{name(generator)}"
 
 
-def _default_tracker(config: PerformanceConfig) -> _Tracker | None:
+def _default_tracker(config: PerformanceConfig) -> PerformanceTracker | None:
     if not config.enable_metrics:
         return None
-    from .tracking import get_performance_tracker
-
-    return cast(_Tracker, get_performance_tracker())
+    return get_performance_tracker()
 
 
 def _default_cache(config: PerformanceConfig) -> QueryCache | None:
@@ -564,8 +558,10 @@ def _resolve(
     cache: QueryCache | bool | None,
     gate: Gate | bool | None,
     retry: Retry | bool | None,
-    tracker: _Tracker | bool | None,
-) -> tuple[PerformanceConfig, QueryCache | None, Gate | None, Retry | None, _Tracker | None]:
+    tracker: PerformanceTracker | bool | None,
+) -> tuple[
+    PerformanceConfig, QueryCache | None, Gate | None, Retry | None, PerformanceTracker | None
+]:
     """Resolve the collaborator arguments shared by both engines (True means "the default")."""
     config = config if config is not None else PerformanceConfig()
     if not isinstance(config, PerformanceConfig):
@@ -638,7 +634,7 @@ class AsyncRAGEngine:
         cache: QueryCache | bool | None = True,
         gate: Gate | bool | None = True,
         retry: Retry | bool | None = True,
-        tracker: _Tracker | bool | None = True,
+        tracker: PerformanceTracker | bool | None = True,
         top_k: int = 4,
         engine_id: str | None = None,
         stale_ttl: float = 86_400.0,
@@ -824,7 +820,7 @@ class RAGEngine:
         cache: QueryCache | bool | None = True,
         gate: Gate | bool | None = True,
         retry: Retry | bool | None = True,
-        tracker: _Tracker | bool | None = True,
+        tracker: PerformanceTracker | bool | None = True,
         top_k: int = 4,
         engine_id: str | None = None,
         stale_ttl: float = 86_400.0,

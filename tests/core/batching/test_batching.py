@@ -23,6 +23,7 @@ from rag_perf_plugins.batching import (
 )
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.errors import ProviderError
+from rag_perf_plugins.tracking import PerformanceTracker
 
 
 class Recorder:
@@ -46,18 +47,6 @@ class AsyncRecorder(Recorder):
         return self(items)
 
 
-class RecordingTracker:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, float, dict[str, Any]]] = []
-        self.counters: dict[str, int] = {}
-
-    def record(self, operation: str, latency_s: float, **kwargs: Any) -> None:
-        self.records.append((operation, latency_s, kwargs))
-
-    def incr(self, counter: str, n: int = 1, *, operation: str | None = None) -> None:
-        self.counters[counter] = self.counters.get(counter, 0) + n
-
-
 # --- async -------------------------------------------------------------------------------
 
 
@@ -75,15 +64,16 @@ async def test_100_concurrent_submits_make_at_most_ceil_plus_one_batches() -> No
 
 async def test_100_identical_items_are_sent_as_one() -> None:
     rec = AsyncRecorder()
-    tracker = RecordingTracker()
+    tracker = PerformanceTracker()
     batcher: AsyncBatchProcessor[str, Any] = AsyncBatchProcessor(10, 0.01, rec.run, tracker=tracker)
     results = await asyncio.gather(*(batcher.submit("same") for _ in range(100)))
     await batcher.aclose()
     assert rec.batches == [["same"]]
     assert results == [("out", "same")] * 100
     assert batcher.stats.dedup_saved == 99
-    assert tracker.counters["batch.dedup_saved"] == 99
-    assert [r[2]["batch_size"] for r in tracker.records] == [1]
+    stats = tracker.get_operation_stats("batch")
+    assert stats.counters == {"batch.dedup_saved": 99}
+    assert (stats.batches, stats.batch_size_max) == (1, 1)
 
 
 async def test_equal_but_differently_typed_items_are_not_merged() -> None:
@@ -459,9 +449,9 @@ def test_profiles_and_from_config() -> None:
     processor.close()
 
 
-def test_stats_snapshot() -> None:
+def test_stats_snapshot_and_the_real_tracker() -> None:
     rec = Recorder()
-    tracker = RecordingTracker()
+    tracker = PerformanceTracker()
     with BatchProcessor(3, 0.01, rec, tracker=tracker, operation="embed") as p:
         p.submit_many(["a", "b", "a", "c", "d"])
     snap = p.stats.as_dict()
@@ -469,4 +459,6 @@ def test_stats_snapshot() -> None:
     assert snap["items_sent"] == 4
     assert snap["dedup_saved"] == 1
     assert snap["batch_sizes"] == {1: 1, 3: 1}
-    assert [r[0] for r in tracker.records] == ["embed", "embed"]
+    stats = tracker.get_operation_stats("embed")
+    assert stats.count == 2 and stats.batches == 2 and stats.batch_size_max == 3
+    assert stats.counters == {"batch.dedup_saved": 1}

@@ -21,6 +21,7 @@ from rag_perf_plugins.engine import (
 )
 from rag_perf_plugins.errors import Overloaded, ProviderError
 from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.tracking import PerformanceTracker
 
 
 @pytest.fixture
@@ -264,19 +265,8 @@ async def test_sources_codec_round_trips(fake_clock: FakeClock, cache: CacheMana
 async def test_tracker_sees_queries_and_degradation(
     fake_clock: FakeClock, cache: CacheManager
 ) -> None:
-    class Tracker:
-        def __init__(self) -> None:
-            self.ops: list[tuple[str, dict[str, Any]]] = []
-            self.counters: list[str] = []
-
-        def record(self, operation: str, latency_s: float, **kw: Any) -> None:
-            self.ops.append((operation, kw))
-
-        def incr(self, counter: str, n: int = 1, *, operation: str | None = None) -> None:
-            self.counters.append(counter)
-
     pipe = Pipeline()
-    tracker = Tracker()
+    tracker = PerformanceTracker()
     cfg = PerformanceConfig(cache_ttl=60.0, retry_max_attempts=1)
     engine = AsyncRAGEngine(
         cfg,
@@ -293,8 +283,9 @@ async def test_tracker_sees_queries_and_degradation(
     fake_clock.advance(61)
     pipe.fail_with = ProviderError("down", status_code=502)
     await engine.query("q")
-    assert [kw["cache_hit"] for _, kw in tracker.ops] == [False, True, True]
-    assert tracker.counters == ["rag.degrade.stale"]
+    stats = tracker.get_operation_stats("rag.query")
+    assert (stats.count, stats.cache_hits, stats.cache_misses) == (3, 2, 1)
+    assert stats.counters == {"rag.degrade.stale": 1}
 
 
 async def test_without_cache_every_query_computes(
