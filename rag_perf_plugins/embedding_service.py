@@ -49,12 +49,11 @@ import concurrent.futures
 import logging
 import threading
 import weakref
+from array import array
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
-
-import numpy as np
 
 from ._clock import Clock, monotonic
 from .batching import AsyncBatchProcessor, BatchProcessor
@@ -245,7 +244,8 @@ def round_vectors(vectors: Sequence[Sequence[float]], dtype: str) -> list[Vector
     if dtype != "float32":
         msg = f"dtype must be 'float32' or 'float64', got {dtype!r}"
         raise ValueError(msg)
-    return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+    # array('f') rounds to IEEE float32 exactly as numpy does, and is cheaper per vector.
+    return [array("f", v).tolist() for v in vectors]
 
 
 class _Flights:
