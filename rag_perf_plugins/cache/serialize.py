@@ -30,6 +30,7 @@ foreign rows, not against a writer that can already write valid msgpack to the d
 
 from __future__ import annotations
 
+import array
 import math
 import sqlite3
 import struct
@@ -164,9 +165,11 @@ def decode(blob: bytes) -> Entry:
         if len(payload) % dtype.itemsize:
             raise CorruptEntry("vector payload is not a whole number of elements (torn write?)")
         if _LITTLE_ENDIAN:
-            # memoryview.cast + tolist is ~1.5x faster than numpy for one 384-d vector,
+            # array.frombytes + tolist is ~1.5x faster than numpy for one 384-d vector
             # and gives the same Python floats (float32 widened exactly to float64).
-            value = payload.cast("f" if kind == KIND_F32 else "d").tolist()
+            items = array.array("f" if kind == KIND_F32 else "d")
+            items.frombytes(payload)
+            value = items.tolist()
         else:
             value = np.frombuffer(payload, dtype=dtype).astype(np.float64).tolist()
     else:
