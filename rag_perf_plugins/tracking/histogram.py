@@ -24,6 +24,7 @@ the tracker holds a per-operation lock around :meth:`add`.
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 __all__ = ["LogHistogram"]
@@ -51,6 +52,7 @@ class LogHistogram:
         "_inv_log_gamma",
         "_max_index",
         "_min_index",
+        "_offset",
         "count",
         "max",
         "min",
@@ -79,9 +81,12 @@ class LogHistogram:
         self._inv_log_gamma = 1.0 / math.log(self._gamma)
         self._min_index = math.ceil(math.log(min_value) * self._inv_log_gamma)
         self._max_index = math.ceil(math.log(max_value) * self._inv_log_gamma)
-        # index -> count. A dict, not a preallocated list: typical latencies touch a few
-        # hundred buckets, and the index range bounds the dict's size anyway.
-        self._counts: dict[int, int] = {}
+        # Counts of buckets _offset, _offset + 1, ... as raw 64-bit integers. An array, not a
+        # dict of ints: a count above 256 is a heap object in CPython, so a dict would keep
+        # allocating (one int per bucket) long after the buckets are known. The array spans
+        # only the indices seen so far and grows when a new extreme value arrives.
+        self._counts = array("q")
+        self._offset = 0
         self.zero_count = 0
         self.count = 0
         self.sum = 0.0
@@ -104,8 +109,29 @@ class LogHistogram:
             index = self._min_index
         elif index > self._max_index:
             index = self._max_index
+        pos = index - self._offset
+        if 0 <= pos < len(self._counts):
+            self._counts[pos] += 1
+        else:
+            self._count_new(index, 1)
+
+    def _count_new(self, index: int, n: int) -> None:
+        """Add ``n`` at bucket ``index``, widening the array to reach it first."""
         counts = self._counts
-        counts[index] = counts.get(index, 0) + 1
+        if not counts:
+            self._offset = index
+            counts.append(0)
+        elif index < self._offset:
+            counts[0:0] = array("q", bytes(8 * (self._offset - index)))
+            self._offset = index
+        elif index >= self._offset + len(counts):
+            counts.extend(array("q", bytes(8 * (index - self._offset - len(counts) + 1))))
+        counts[index - self._offset] += n
+
+    def _buckets(self) -> list[tuple[int, int]]:
+        """(index, count) of every non-empty bucket, in increasing index order."""
+        offset = self._offset
+        return [(offset + pos, n) for pos, n in enumerate(self._counts) if n]
 
     def quantile(self, q: float) -> float:
         """The value at quantile ``q`` in [0, 1] (NaN when empty).
@@ -127,8 +153,8 @@ class LogHistogram:
         if rank < self.zero_count:
             return 0.0 if self.min >= 0.0 else self.min
         seen = self.zero_count
-        for index in sorted(self._counts):
-            seen += self._counts[index]
+        for index, n in self._buckets():
+            seen += n
             if seen > rank:
                 estimate = 2.0 * self._gamma**index / (self._gamma + 1.0)
                 # Clamping can only make the estimate worse; the exact extremes are known.
@@ -143,7 +169,12 @@ class LogHistogram:
     @property
     def bucket_count(self) -> int:
         """How many buckets hold at least one value (the memory in use)."""
-        return len(self._counts) + (1 if self.zero_count else 0)
+        return sum(1 for n in self._counts if n) + (1 if self.zero_count else 0)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the bucket counts (8 per bucket between the extremes seen)."""
+        return self._counts.itemsize * len(self._counts)
 
     def merge(self, other: LogHistogram) -> None:
         """Add ``other``'s counts into this histogram (same relative accuracy required)."""
@@ -153,8 +184,8 @@ class LogHistogram:
                 f"{self.relative_accuracy} and {other.relative_accuracy}"
             )
             raise ValueError(msg)
-        for index, n in other._counts.items():
-            self._counts[index] = self._counts.get(index, 0) + n
+        for index, n in other._buckets():
+            self._count_new(index, n)
         self.zero_count += other.zero_count
         self.count += other.count
         self.sum += other.sum
@@ -166,7 +197,7 @@ class LogHistogram:
         new = LogHistogram.__new__(LogHistogram)
         for name in LogHistogram.__slots__:
             setattr(new, name, getattr(self, name))
-        new._counts = dict(self._counts)
+        new._counts = array("q", self._counts)
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,7 +209,7 @@ class LogHistogram:
             "min": None if self.count == 0 else self.min,
             "max": None if self.count == 0 else self.max,
             "zero_count": self.zero_count,
-            "buckets": {str(k): v for k, v in sorted(self._counts.items())},
+            "buckets": {str(k): v for k, v in self._buckets()},
         }
 
     @classmethod
@@ -190,7 +221,8 @@ class LogHistogram:
         h.min = math.inf if data["min"] is None else float(data["min"])
         h.max = -math.inf if data["max"] is None else float(data["max"])
         h.zero_count = int(data["zero_count"])
-        h._counts = {int(k): int(v) for k, v in data["buckets"].items()}
+        for index, n in sorted((int(k), int(v)) for k, v in data["buckets"].items()):
+            h._count_new(index, n)
         return h
 
     def __repr__(self) -> str:

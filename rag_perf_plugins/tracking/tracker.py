@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -53,8 +54,10 @@ class _Window:
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._slot_s = window_s / _WINDOW_SLOTS
-        self._ids = [-1] * _WINDOW_SLOTS
-        self._counts = [0] * _WINDOW_SLOTS
+        # Raw integer arrays: the ring is rewritten for ever, and list slots would hold a
+        # fresh heap int per slot id and per count above 256.
+        self._ids = array("q", [-1] * _WINDOW_SLOTS)
+        self._counts = array("q", bytes(8 * _WINDOW_SLOTS))
 
     def add(self, now: float) -> None:
         slot = int(now / self._slot_s)
@@ -316,7 +319,11 @@ class PerformanceTracker:
             if index is _ZERO:
                 lat.zero_count += 1
             else:
-                lat._counts[index] = lat._counts.get(index, 0) + 1
+                pos = index - lat._offset
+                if 0 <= pos < len(lat._counts):
+                    lat._counts[pos] += 1
+                else:
+                    lat._count_new(index, 1)
             if window._ids[ring] != slot:
                 window._ids[ring] = slot
                 window._counts[ring] = 1
@@ -517,8 +524,8 @@ def _copy_state(state: _OpState) -> _OpState:
     copy.batch = state.batch.copy()
     copy.counters = dict(state.counters)
     window = _Window(state.window.window_s)
-    window._ids = list(state.window._ids)
-    window._counts = list(state.window._counts)
+    window._ids = array("q", state.window._ids)
+    window._counts = array("q", state.window._counts)
     copy.window = window
     return copy
 

@@ -508,3 +508,55 @@ def test_opentelemetry_exporter_uses_genai_names(fake_clock: FakeClock) -> None:
         provider.shutdown()
     tracker.record("chat", 0.1)  # no longer forwarded; must not fail after shutdown
     assert "closed" in repr(exporter)
+
+
+# --- memory -------------------------------------------------------------------------------
+def _record_many(tracker: PerformanceTracker, start: int, stop: int) -> None:
+    import random
+
+    rng = random.Random(1)
+    latencies = [rng.lognormvariate(-4.0, 1.5) for _ in range(4096)]
+    names = ["llm", "embed", "retrieve", "cache.get"]
+    record = tracker.record
+    for i in range(start, stop):
+        record(
+            names[i & 3],
+            latencies[i & 4095],
+            tokens_in=i & 255,
+            cache_hit=(i & 7) == 0,
+            queue_wait_s=latencies[(i * 7) & 4095],
+            ttft_s=latencies[(i * 13) & 4095] if (i & 3) == 0 else None,
+        )
+
+
+def test_traced_memory_does_not_grow_per_call() -> None:
+    # The 100,000 -> 1,000,000 figure is `rag-perf bench --only tracker` (tracemalloc makes
+    # each call ~50x slower); here the same loop over a shorter stretch. Any per-call
+    # allocation that survives (even 1 byte) would show up as >= 20 KB.
+    import tracemalloc
+
+    tracker = PerformanceTracker()
+    tracemalloc.start()
+    try:
+        _record_many(tracker, 0, 5_000)
+        gc.collect()
+        before, _ = tracemalloc.get_traced_memory()
+        _record_many(tracker, 5_000, 25_000)
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 4 * 1024
+
+
+def test_histogram_storage_is_fixed_after_warm_up() -> None:
+    tracker = PerformanceTracker()
+    _record_many(tracker, 0, 20_000)
+
+    def storage() -> list[int]:
+        return [h.nbytes for op in tracker.operations for h in tracker.histograms(op).values()]
+
+    warm = storage()
+    _record_many(tracker, 20_000, 300_000)
+    assert storage() == warm
+    assert sum(tracker.get_operation_stats(op).count for op in tracker.operations) == 300_000
