@@ -305,3 +305,10 @@ def test_tracker_suite_quick_produces_its_figures(tmp_path: Path) -> None:
     assert results[-1].extra["curve"]["x"] == [1.0, 10.0, 100.0, 1000.0]
     doc = build_document(results, meta=collect_meta(PerformanceConfig(), quick=True))
     assert validate_document(doc) == []
+
+
+def test_docs_describe_every_result_key() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
+    assert BENCH_SCHEMA in doc
+    for key in Result.compare("n", 1.0, "s").to_json():
+        assert f"| `{key}` |" in doc, key
