@@ -33,7 +33,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-__all__ = ["CacheControl", "CacheMode", "cache_control", "current_control", "parse_control"]
+__all__ = [
+    "CacheControl",
+    "CacheMode",
+    "applied",
+    "cache_control",
+    "current_control",
+    "parse_control",
+]
 
 CacheMode = Literal["default", "bypass", "refresh", "no-store"]
 _MODES: Final = ("default", "bypass", "refresh", "no-store")
