@@ -24,6 +24,7 @@ import base64
 import functools
 import hashlib
 import json
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -98,18 +99,21 @@ def _slots(word: str) -> tuple[int, int, float, float]:
     return row1, row2, sign1, sign2
 
 
+@functools.lru_cache(maxsize=65_536)
+def _word_terms(raw: str) -> tuple[int, int, float, float]:
+    # A lower-cased word's two rows and signed weights, stop-word weight and stem applied.
+    weight = _STOP_WEIGHT if raw in STOP_WORDS else 1.0
+    row1, row2, sign1, sign2 = _slots(_stem(raw))
+    return row1, row2, sign1 * weight, sign2 * weight
+
+
 def _weighted_words(text: str) -> tuple[list[int], list[float]]:
-    rows: list[int] = []
-    weights: list[float] = []
-    for raw in _WORD.findall(text.lower()):
-        weight = _STOP_WEIGHT if raw in STOP_WORDS else 1.0
-        row1, row2, sign1, sign2 = _slots(_stem(raw))
-        rows += (row1, row2)
-        weights += (sign1 * weight, sign2 * weight)
-    if not rows:
+    terms = [_word_terms(raw) for raw in _WORD.findall(text.lower())]
+    if not terms:
         # No word at all ("", "!!!"): still a fixed, distinct unit vector per text.
-        row1, row2, sign1, sign2 = _slots("\x00" + text)
-        rows, weights = [row1, row2], [sign1, sign2]
+        terms = [_slots("\x00" + text)]
+    rows = [r for t in terms for r in t[:2]]
+    weights = [w for t in terms for w in t[2:]]
     return rows, weights
 
 
@@ -232,12 +236,14 @@ class Embedder:
             return hit
         text = item if isinstance(item, str) else token_ids_as_text(item)
         rows, weights = _weighted_words(text)
-        gathered = _table(model, native)[rows, :dim]
+        gathered = _table(model, native)[rows]
         vector: Vector = np.asarray(weights, dtype=np.float32) @ gathered
-        norm = float(np.linalg.norm(vector))
+        if dim < native:
+            vector = vector[:dim].copy()
+        norm = math.sqrt(float(vector @ vector))
         if norm == 0.0:  # words that cancel out exactly: fall back to the first row
-            vector = gathered[0].copy()
-            norm = float(np.linalg.norm(vector))
+            vector = gathered[0, :dim].copy()
+            norm = math.sqrt(float(vector @ vector))
         vector /= norm
         entry = _Entry(vector, estimate_tokens(text) if is_text else len(item))
         self._cache[key] = entry

@@ -2,14 +2,15 @@
 
 Example::
 
-    result = run_load("http://127.0.0.1:8600/v1/embeddings",
-                      {"model": "text-embedding-3-small", "input": "hi"},
+    bodies = [{"model": "text-embedding-3-small", "input": f"text {i}"} for i in range(5000)]
+    result = run_load("http://127.0.0.1:8600/v1/embeddings", bodies,
                       seconds=3.0, concurrency=32)
     result["requests_per_s"], result["errors"]
 
 It starts ``python -m rag_perf_plugins.simulator.loadgen`` (so the client does not share
-the server's interpreter lock), which posts the same JSON body over ``concurrency``
-keep-alive connections, one request at a time on each, for a warm-up and then for
+the server's interpreter lock), which posts the JSON bodies in turn (cycling through the
+list, so a server-side cache sees as many distinct requests as you give) over
+``concurrency`` keep-alive connections, one request at a time on each, for a warm-up and then for
 ``seconds``, and prints one JSON line: ``requests`` (answered in the measured window),
 ``errors`` (non-200 answers or failures), ``elapsed_s`` and ``requests_per_s``. It
 measures the server and this client together on the same machine, so the figure is a
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +35,7 @@ __all__ = ["run_load"]
 
 def run_load(
     url: str,
-    body: dict[str, Any],
+    bodies: Sequence[dict[str, Any]],
     *,
     seconds: float,
     concurrency: int = 32,
@@ -50,18 +53,24 @@ def run_load(
     if concurrency < 1:
         msg = f"concurrency must be >= 1, got {concurrency!r}"
         raise ValueError(msg)
+    if not bodies:
+        raise ValueError("bodies must hold at least one JSON body")
     command = [
         sys.executable,
         "-m",
         "rag_perf_plugins.simulator.loadgen",
         url,
-        json.dumps(body),
         f"--seconds={seconds}",
         f"--concurrency={concurrency}",
         f"--warmup={warmup_s}",
     ]
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=seconds + warmup_s + 60, check=False
+        command,
+        input=json.dumps(list(bodies)),  # on stdin: one argument may hold only 128 KiB
+        capture_output=True,
+        text=True,
+        timeout=seconds + warmup_s + 60,
+        check=False,
     )
     if done.returncode != 0:
         msg = f"load generator failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
@@ -78,8 +87,9 @@ class _KeepAliveClient(asyncio.Protocol):
     more than the server and, on a two-core machine, the figure would measure the client.
     """
 
-    def __init__(self, request: bytes, state: _LoadState) -> None:
-        self._request = request
+    def __init__(self, requests: Sequence[bytes], state: _LoadState) -> None:
+        self._requests = requests
+        self._next = 0
         self._state = state
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
@@ -92,7 +102,8 @@ class _KeepAliveClient(asyncio.Protocol):
     def _send(self) -> None:
         assert self._transport is not None
         if self._state.running():
-            self._transport.write(self._request)
+            self._transport.write(self._requests[self._next])
+            self._next = (self._next + 1) % len(self._requests)
         else:
             self._transport.close()
 
@@ -144,21 +155,29 @@ class _LoadState:
 
 
 async def _drive(
-    url: str, payload: bytes, *, seconds: float, concurrency: int, warmup_s: float
+    url: str, payloads: Sequence[bytes], *, seconds: float, concurrency: int, warmup_s: float
 ) -> dict[str, float]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = (
-        f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nAuthorization: Bearer sk-load\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
+    requests = [
+        (
+            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nAuthorization: Bearer sk-load\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        + payload
+        for payload in payloads
+    ]
     loop = asyncio.get_running_loop()
     state = _LoadState(loop, loop.time() + warmup_s + seconds)
     clients: list[_KeepAliveClient] = []
-    for _ in range(concurrency):
+    for k in range(concurrency):
+        # Connections start evenly spread over the list, so a body comes round again only
+        # after about len(bodies) requests in all.
+        offset = k * len(requests) // concurrency
+        mine = requests[offset:] + requests[:offset]
         _, protocol = await loop.create_connection(
-            lambda: _KeepAliveClient(request, state), host, port
+            functools.partial(_KeepAliveClient, mine, state), host, port
         )
         clients.append(protocol)
     await asyncio.sleep(warmup_s)
@@ -176,9 +195,10 @@ async def _drive(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry of the load process; prints one JSON line."""
-    parser = argparse.ArgumentParser(description="POST one JSON body as fast as possible.")
+    parser = argparse.ArgumentParser(
+        description="POST JSON bodies (a JSON list on stdin) as fast as possible."
+    )
     parser.add_argument("url")
-    parser.add_argument("body", help="the JSON body to POST")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=float, default=0.5)
@@ -186,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(
         _drive(
             args.url,
-            args.body.encode(),
+            [json.dumps(body).encode() for body in json.load(sys.stdin)],
             seconds=args.seconds,
             concurrency=args.concurrency,
             warmup_s=args.warmup,
