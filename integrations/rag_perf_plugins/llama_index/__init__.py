@@ -20,13 +20,17 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     )
     raise ImportError(msg) from exc
 
-from .embeddings import PerfEmbedding, inner_identity
+from .embeddings import CACHE_KWARG, PerfEmbedding, inner_identity
+from .factories import pooled_openai_embedding
 from .settings import SettingsState, configure_settings, restore_settings
 
 __all__ = [
     # embeddings
+    "CACHE_KWARG",
     "PerfEmbedding",
     "inner_identity",
+    # factories
+    "pooled_openai_embedding",
     # global Settings
     "SettingsState",
     "configure_settings",

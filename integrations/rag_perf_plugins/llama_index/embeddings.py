@@ -30,20 +30,30 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
+from rag_perf_plugins.admission import AdmissionGate, get_gate
+from rag_perf_plugins.cache import CacheManager, get_cache_manager
+from rag_perf_plugins.cache.control import applied, parse_control
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.embedding_service import (
     AdmissionGateLike,
+    CacheEmbeddingStore,
     EmbeddingService,
     EmbeddingStore,
     RetryPolicyLike,
 )
+from rag_perf_plugins.retry import RetryPolicy
 
-__all__ = ["PerfEmbedding", "inner_identity"]
+__all__ = ["CACHE_KWARG", "PerfEmbedding", "inner_identity"]
+
+# The LlamaIndex keyword argument carrying a per-call cache control ("bypass", "refresh",
+# "no-store", or {"mode": ..., "ttl": seconds}); see rag_perf_plugins.cache.control.
+CACHE_KWARG = "rag_perf_cache"
 
 # LlamaIndex pre-chunks texts by embed_batch_size before calling _get_text_embeddings; the
 # largest value it allows, so the service's micro-batcher decides the provider batches.
@@ -127,10 +137,10 @@ class PerfEmbedding(BaseEmbedding):
         await asyncio.gather(*(embed_model.aget_query_embedding("what is rag?")
                                for _ in range(100)))      # one provider request
 
-    Per-call cache control goes through the core's ``cache_control(...)`` context manager,
-    or the ``rag_perf={...}`` keyword of ``get_text_embedding_batch`` /
-    ``aget_text_embedding_batch`` (which LlamaIndex passes through from ``IngestionPipeline.run``
-    and ``__call__``).
+    Per-call cache control goes through the core's ``cache_control(...)`` context manager
+    (every method), or the ``rag_perf_cache="bypass"`` / ``{"mode": "refresh", "ttl": 60}``
+    keyword of ``get_text_embedding_batch`` / ``aget_text_embedding_batch``, which LlamaIndex
+    passes through from ``embed_model(nodes, ...)`` and ``IngestionPipeline.run(...)``.
 
     Args:
         inner: The embedding model that makes the provider calls. Build it with
@@ -253,6 +263,24 @@ class PerfEmbedding(BaseEmbedding):
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await self._service.aembed_documents(texts)
 
+    def get_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """LlamaIndex's batch call, plus ``rag_perf_cache="bypass"`` (or ``{"mode", "ttl"}``).
+
+        ``IngestionPipeline.run(rag_perf_cache=...)`` and ``embed_model(nodes, ...)`` pass
+        their keyword arguments down to here; the control applies to this call only.
+        """
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            return super().get_text_embedding_batch(texts, show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Async twin of :meth:`get_text_embedding_batch`, same ``rag_perf_cache`` keyword."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            return await super().aget_text_embedding_batch(texts, show_progress, **kwargs)
+
     # --- ours -------------------------------------------------------------------------
     @property
     def inner(self) -> BaseEmbedding:
@@ -322,31 +350,60 @@ def _build_service(
     native_async = _overrides(inner, "_aget_text_embeddings") or (
         _overrides(inner, "_aget_text_embedding") and not _overrides(inner, "_get_text_embeddings")
     )
+    provider = f"llama_index/{inner.class_name()}/{_fingerprint(identity)}"
     return EmbeddingService(
         embed_many,
         aembed_many=aembed_native if native_async else None,
         embed_query=None if symmetric else embed_query,
         aembed_query=None if symmetric else aembed_query,
-        provider=f"llama_index/{inner.class_name()}/{_fingerprint(identity)}",
+        provider=provider,
         model=inner.model_name or "unknown",
         dimensions=_dimensions(inner),
         symmetric=symmetric,
         config=config,
         store=store if store is not None else _default_store(config),
-        gate=gate if gate is not None else _default_gate(inner, config),
-        retry=retry if retry is not None else _default_retry(config),
+        gate=gate if gate is not None else _default_gate(inner, provider, config),
+        retry=retry if retry is not None else RetryPolicy(config),
         tracker=tracker,
         batching=batching,
     )
 
 
+def _api_key(inner: BaseEmbedding) -> str | None:
+    value = getattr(inner, "api_key", None)
+    return value if isinstance(value, str) and value else None
+
+
+_managers: dict[PerformanceConfig, CacheManager] = {}
+_managers_lock = threading.Lock()
+
+
 def _default_store(config: PerformanceConfig) -> EmbeddingStore | None:
-    return None
+    """The core cache's embeddings namespace for ``config``; ``None`` when caching is off.
+
+    The process-wide ``CacheManager`` serves when its config equals ``config``; another
+    config (its own ``cache_dir``, TTL, dtype, tiers) gets a manager of its own, shared by
+    every wrapper built with an equal config, so the wrapper's cache settings are honoured.
+    """
+    if not config.enable_caching:
+        return None
+    manager = get_cache_manager()
+    if manager.config != config:
+        with _managers_lock:
+            manager = _managers.get(config) or _managers.setdefault(config, CacheManager(config))
+    return CacheEmbeddingStore(manager)
 
 
-def _default_gate(inner: BaseEmbedding, config: PerformanceConfig) -> AdmissionGateLike | None:
-    return None
+def _default_gate(
+    inner: BaseEmbedding, provider: str, config: PerformanceConfig
+) -> AdmissionGateLike:
+    """The process-wide gate of (provider, model, API-key fingerprint) for ``inner``.
 
-
-def _default_retry(config: PerformanceConfig) -> RetryPolicyLike | None:
-    return None
+    When that key's gate already exists with another config, this wrapper gets a private
+    gate with its own config rather than silently inherit other limits.
+    """
+    model = inner.model_name or "unknown"
+    try:
+        return get_gate(provider, model, _api_key(inner), config=config)
+    except ValueError:
+        return AdmissionGate(config, key=f"{provider}/{model}/private")

@@ -1,0 +1,89 @@
+"""LlamaIndex OpenAI models built on our pooled, loop-safe HTTP clients, SDK retries off.
+
+Example::
+
+    from rag_perf_plugins.llama_index import PerfEmbedding, pooled_openai_embedding
+
+    inner = pooled_openai_embedding(api_base="http://127.0.0.1:8600/v1", api_key="sk-...")
+    embed_model = PerfEmbedding(inner)        # our retry policy is the only retry owner
+
+The LLM factory (``pooled_openai_llm``) comes with the second LlamaIndex part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
+from llama_index.embeddings.openai.utils import resolve_openai_credentials  # type: ignore[import-untyped]
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.http import get_async_http_client, get_http_client
+
+__all__ = ["pooled_openai_embedding"]
+
+
+def pooled_openai_embedding(
+    *,
+    model: str = "text-embedding-3-small",
+    api_base: str | None = None,
+    api_key: str | None = None,
+    dimensions: int | None = None,
+    config: PerformanceConfig | None = None,
+    proxy: str | None = None,
+    **kwargs: Any,
+) -> OpenAIEmbedding:
+    """LlamaIndex's ``OpenAIEmbedding`` on the registry's shared HTTP clients.
+
+    Example::
+
+        inner = pooled_openai_embedding(api_base=sim.base_url, api_key="sk-test", dimensions=256)
+        inner.max_retries            # 0: neither the SDK nor LlamaIndex's tenacity retries
+
+    The sync and async SDK clients share one ``httpx`` pool per origin (at most
+    ``connection_pool_size`` connections per event loop, ``keepalive_expiry`` seconds of
+    keep-alive, ``connection_timeout`` seconds to connect); the async one routes each
+    request to a pool owned by the running loop, so the model works across
+    ``asyncio.run()`` calls. The per-request timeout is ``request_deadline`` seconds.
+
+    Args:
+        model: Embedding model name.
+        api_base: Base URL ending in ``/v1``; ``None`` reads ``OPENAI_API_BASE`` or uses
+            OpenAI's.
+        api_key: API key; ``None`` reads ``OPENAI_API_KEY``.
+        dimensions: Output dimensions (v3 models), or ``None`` for the model's default.
+        config: Pool sizes and timeouts; ``None`` means ``PerformanceConfig.load()``.
+        proxy: Proxy URL for the shared clients (environment proxies are not read).
+        **kwargs: Other ``OpenAIEmbedding`` options (``mode``, ``additional_kwargs``, ...).
+
+    Raises:
+        ValueError: ``max_retries`` or ``http_client``/``async_http_client`` were passed
+            (retries belong to our retry policy, clients to the registry), or ``api_base``
+            is not an absolute http(s) URL.
+
+    Not done: wrapping. Pass the result to :class:`PerfEmbedding` for caching, batching,
+    admission and retries; on its own it makes exactly one attempt per request. With
+    ``enable_connection_pooling=False`` it gets fresh, unshared clients.
+    """
+    for name in ("max_retries", "http_client", "async_http_client"):
+        if name in kwargs:
+            msg = (
+                f"pooled_openai_embedding() sets {name} itself (retries off, shared clients); "
+                "do not pass it"
+            )
+            raise ValueError(msg)
+    config = config if config is not None else PerformanceConfig.load()
+    api_key, api_base, api_version = resolve_openai_credentials(api_key, api_base, None)
+    kwargs.setdefault("api_version", api_version)
+    kwargs.setdefault(
+        "timeout", config.request_deadline if config.request_deadline is not None else 600.0
+    )
+    return OpenAIEmbedding(
+        model=model,
+        dimensions=dimensions,
+        api_key=api_key,
+        api_base=api_base,
+        max_retries=0,
+        http_client=get_http_client(api_base, config=config, proxy=proxy),
+        async_http_client=get_async_http_client(api_base, config=config, proxy=proxy),
+        **kwargs,
+    )
