@@ -354,6 +354,13 @@ class _BatchCore(Generic[T, W]):
         return (type(item), item)
 
 
+def _tracker_option(
+    config: PerformanceConfig, tracker: PerformanceTracker | bool | None
+) -> PerformanceTracker | bool | None:
+    # from_config: no tracker at all when the config turns metrics off.
+    return False if tracker is None and not config.enable_metrics else tracker
+
+
 def _default_tracker() -> PerformanceTracker | None:
     tracker = get_performance_tracker()
     return tracker if tracker.enabled else None
@@ -373,7 +380,7 @@ class _Shell(Generic[T, W]):
         key: Callable[[T], Hashable] | None,
         split_when: Callable[[BaseException], bool] | None,
         operation: str,
-        tracker: PerformanceTracker | None,
+        tracker: PerformanceTracker | bool | None,
         clock: Clock,
         live: Callable[[W], bool],
     ) -> None:
@@ -412,7 +419,13 @@ class _Shell(Generic[T, W]):
         self._token_counter = token_counter
         self._split_when = split_when
         self._operation = operation
-        self._tracker = tracker if tracker is not None else _default_tracker()
+        self._tracker = (
+            _default_tracker()
+            if tracker is None or tracker is True
+            else None
+            if tracker is False
+            else tracker
+        )
         self._clock = clock
         self._core: _BatchCore[T, W] = _BatchCore(
             max_items=max_items, max_tokens=max_tokens, key=key, live=live
@@ -539,7 +552,9 @@ class BatchProcessor(_Shell[T, _Slot], Generic[T, R]):
         split_when: Predicate on a processor error; when true the batch is split in half
             and each half retried (e.g. :func:`is_batch_too_large`).
         operation: Operation name in the tracker.
-        tracker: Where to record batch latency/size/wait; defaults to the process tracker.
+        tracker: Where to record batch latency/size/wait; ``None`` (default): the process
+            tracker; ``False``: none. ``from_config`` passes ``False`` when
+            ``enable_metrics`` is off.
         clock: Time source for the wait and latency statistics (seconds).
 
     Raises:
@@ -558,7 +573,7 @@ class BatchProcessor(_Shell[T, _Slot], Generic[T, R]):
         key: Callable[[T], Hashable] | None = None,
         split_when: Callable[[BaseException], bool] | None = None,
         operation: str = "batch",
-        tracker: PerformanceTracker | None = None,
+        tracker: PerformanceTracker | bool | None = None,
         clock: Clock = monotonic,
     ) -> None:
         if not callable(processor_func):
@@ -590,13 +605,17 @@ class BatchProcessor(_Shell[T, _Slot], Generic[T, R]):
         processor_func: Callable[[list[T]], Sequence[R]],
         **options: Any,
     ) -> BatchProcessor[T, R]:
-        """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``."""
+        """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``.
+
+        Also ``enable_metrics``; other keyword ``options`` go to the constructor.
+        """
         return cls(
             config.batch_size,
             config.batch_max_wait_ms / 1000.0,
             processor_func,
             max_batch_tokens=options.pop("max_batch_tokens", config.batch_max_tokens),
             profile=options.pop("profile", config.provider_profile),
+            tracker=_tracker_option(config, options.pop("tracker", None)),
             **options,
         )
 
@@ -764,7 +783,7 @@ class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]"], Generic[T, R]):
         key: Callable[[T], Hashable] | None = None,
         split_when: Callable[[BaseException], bool] | None = None,
         operation: str = "batch",
-        tracker: PerformanceTracker | None = None,
+        tracker: PerformanceTracker | bool | None = None,
         clock: Clock = monotonic,
     ) -> None:
         if not callable(processor_func):
@@ -800,13 +819,17 @@ class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]"], Generic[T, R]):
         processor_func: Callable[[list[T]], Sequence[R] | Awaitable[Sequence[R]]],
         **options: Any,
     ) -> AsyncBatchProcessor[T, R]:
-        """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``."""
+        """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``.
+
+        Also ``enable_metrics``; other keyword ``options`` go to the constructor.
+        """
         return cls(
             config.batch_size,
             config.batch_max_wait_ms / 1000.0,
             processor_func,
             max_batch_tokens=options.pop("max_batch_tokens", config.batch_max_tokens),
             profile=options.pop("profile", config.provider_profile),
+            tracker=_tracker_option(config, options.pop("tracker", None)),
             **options,
         )
 

@@ -23,7 +23,7 @@ from rag_perf_plugins.batching import (
 )
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.errors import ProviderError
-from rag_perf_plugins.tracking import PerformanceTracker
+from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
 
 
 class Recorder:
@@ -447,6 +447,22 @@ def test_profiles_and_from_config() -> None:
     assert (processor.batch_size, processor.max_wait_time) == (96, 0.007)
     assert processor.max_batch_tokens == config.batch_max_tokens
     processor.close()
+
+
+def test_from_config_records_nothing_when_metrics_are_off() -> None:
+    quiet = BatchProcessor.from_config(
+        PerformanceConfig(enable_metrics=False), Recorder(), operation="quiet-batch"
+    )
+    quiet.submit_many(["a", "b"])
+    quiet.close()
+    assert get_performance_tracker().get_operation_stats("quiet-batch").count == 0
+    tracker = PerformanceTracker()
+    chosen = BatchProcessor.from_config(
+        PerformanceConfig(enable_metrics=False), Recorder(), operation="mine", tracker=tracker
+    )
+    chosen.submit_many(["a"])
+    chosen.close()
+    assert tracker.get_operation_stats("mine").count == 1
 
 
 def test_stats_snapshot_and_the_real_tracker() -> None:
