@@ -312,7 +312,8 @@ def _in_threads(n: int, fn: Any) -> list[Any]:
 
 def test_sync_100_concurrent_submits_make_at_most_ceil_plus_one_batches() -> None:
     rec = Recorder()
-    processor: BatchProcessor[int, Any] = BatchProcessor(10, 0.5, rec)
+    # 100 distinct items fill ten batches by size; the long wait only guards stragglers.
+    processor: BatchProcessor[int, Any] = BatchProcessor(10, 5.0, rec)
     results = _in_threads(100, processor.submit)
     processor.close()
     assert results == [("out", i) for i in range(100)]
@@ -322,14 +323,16 @@ def test_sync_100_concurrent_submits_make_at_most_ceil_plus_one_batches() -> Non
 
 def test_sync_100_identical_items_are_sent_as_one() -> None:
     rec = Recorder()
-    processor: BatchProcessor[str, Any] = BatchProcessor(10, 0.5, rec)
-    results = _in_threads(100, lambda _i: processor.submit("same"))
-    processor.close()
+    processor: BatchProcessor[str, Any] = BatchProcessor(10, 3600.0, rec)
+    with ThreadPoolExecutor(100) as pool:
+        futures = [pool.submit(processor.submit, "same") for _ in range(100)]
+        while processor.pending < 100:  # every caller has joined the one open batch
+            threading.Event().wait(0.001)
+        processor.close()
+        results = [f.result(timeout=10) for f in futures]
     assert results == [("out", "same")] * 100
-    # Threads released together still trickle in; at most a straggler batch or two.
-    assert sum(len(b) for b in rec.batches) == len(rec.batches)
-    assert len(rec.batches) <= 2
-    assert processor.stats.dedup_saved == 100 - len(rec.batches)
+    assert rec.batches == [["same"]]
+    assert processor.stats.dedup_saved == 99
 
 
 def test_sync_seed_api_single_caller_waits_for_max_wait() -> None:
@@ -348,18 +351,15 @@ def test_sync_errors_reach_exactly_the_batch_callers() -> None:
             raise ValueError("odd")
         return list(items)
 
-    processor: BatchProcessor[int, int] = BatchProcessor(
-        100, 0.5, fail_on_odd_batch, key=lambda i: i % 2
-    )
-    # key groups items by parity: all evens share one result, all odds another.
-    with ThreadPoolExecutor(2) as pool:
-        even = pool.submit(processor.submit, 2)
-        processor.close()
-        assert even.result() == 2
-    processor2: BatchProcessor[int, int] = BatchProcessor(2, 10.0, fail_on_odd_batch)
-    outcomes = _in_threads(2, lambda i: _outcome(processor2.submit, i + 1))
-    processor2.close()
-    assert all(isinstance(o, ValueError) for o in outcomes)
+    processor: BatchProcessor[int, int] = BatchProcessor(2, 10.0, fail_on_odd_batch)
+    evens = [2, 4]
+    mixed = [6, 7]
+    assert _in_threads(2, lambda i: _outcome(processor.submit, evens[i])) == [2, 4]
+    failed = _in_threads(2, lambda i: _outcome(processor.submit, mixed[i]))
+    assert all(isinstance(o, ValueError) for o in failed)
+    assert _in_threads(2, lambda i: _outcome(processor.submit, evens[i] + 10)) == [12, 14]
+    processor.close()
+    assert processor.stats.errors == 1
 
 
 def _outcome(fn: Any, arg: Any) -> Any:
