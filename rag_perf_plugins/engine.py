@@ -39,7 +39,15 @@ Each step is counted in :attr:`AsyncRAGEngine.stats` and in the tracker
 
 Stale answers: each computed answer is stored twice, fresh under ``cache_ttl`` and as a
 stale copy that lives ``stale_ttl`` seconds longer; the stale copy is read only when the
-fresh path fails. Not done here: streaming answers, reranking, and model fallback.
+fresh path fails. Cached answers and passages must be msgpack/JSON structures (strings,
+numbers, lists, dicts); pass ``encode_sources``/``decode_sources`` for richer passages,
+otherwise the cache counts an "unserializable" fault and the answer simply goes uncached.
+
+``request_deadline`` covers the gate wait and both steps; the retry policy enforces it
+inside attempts, and without one it is checked between steps. Keep one retry owner: when
+the components already retry (the adapters' provider calls do), pass ``retry=False``.
+
+Not done here: streaming answers, reranking, and model fallback.
 """
 
 from __future__ import annotations
