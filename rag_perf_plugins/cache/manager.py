@@ -592,7 +592,11 @@ class CacheManager:
             if self.enabled and keys:
                 self._count("bypass", namespace, n=len(keys))
             return {}
-        prefix = await self._aprefix(namespace)
+        # Fast path without a coroutine frame: the version is cached nearly always.
+        version = self._cached_version(self._check_ns(namespace))
+        prefix = (
+            f"{namespace}:{version}:" if version is not None else await self._aprefix(namespace)
+        )
         pending = [prefix + k for k in keys]
         now = self.clock()
         # Leading non-blocking tiers (memory) answer inline, without a thread hop.
