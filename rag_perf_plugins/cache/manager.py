@@ -116,6 +116,7 @@ class CacheManager:
     """
 
     NAMESPACE_REFRESH_S: Final = 1.0
+    GIL_SHARE_EVERY: Final = 16
 
     def __init__(
         self,
@@ -144,9 +145,13 @@ class CacheManager:
         self._readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BatchedReader] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_reader: _BatchedReader | None = None
         if tiers is None:
             tiers = self._default_tiers()
         self.tiers: list[Tier] = list(tiers)
+        self._first_blocking = next(
+            (i for i, t in enumerate(self.tiers) if t.blocking), len(self.tiers)
+        )
         _MANAGERS.add(self)
 
     # --- construction ---------------------------------------------------------------------
@@ -223,6 +228,8 @@ class CacheManager:
     # --- namespaces -----------------------------------------------------------------------
     @staticmethod
     def _check_ns(namespace: str) -> str:
+        if namespace in NAMESPACES:
+            return namespace
         if not isinstance(namespace, str) or not _NS_RE.match(namespace):
             msg = (
                 f"namespace must be 1-64 letters, digits, '_', '-' or '.', got {namespace!r} "
@@ -311,12 +318,20 @@ class CacheManager:
         return now + ttl
 
     def _accept(
-        self, tier: Tier, blobs: Mapping[str, bytes], now: float
+        self, tier: Tier, blobs: Mapping[str, bytes], now: float, *, share_gil: bool = False
     ) -> tuple[dict[str, Any], list[str]]:
-        """Decode blobs from one tier: (storage key -> value, keys to delete). No I/O."""
+        """Decode blobs from one tier: (storage key -> value, keys to delete). No I/O.
+
+        With ``share_gil`` (pool threads serving the event loop), the GIL is offered to
+        other threads every :attr:`GIL_SHARE_EVERY` entries: decoding a thousand vectors
+        is pure Python work, and otherwise the loop thread waits for the interpreter's
+        5 ms switch interval at a time.
+        """
         values: dict[str, Any] = {}
         doomed: list[str] = []
-        for skey, blob in blobs.items():
+        for n, (skey, blob) in enumerate(blobs.items(), 1):
+            if share_gil and n % self.GIL_SHARE_EVERY == 0:
+                time.sleep(0)
             if blob is CORRUPT or not blob:
                 self._fault(tier.name, "read", CorruptEntry("refused row"), kind="corrupt")
                 doomed.append(skey)
@@ -362,7 +377,7 @@ class CacheManager:
 
     # --- sync shell -----------------------------------------------------------------------
     def _walk(
-        self, start: int, stop: int, pending: list[str], now: float
+        self, start: int, stop: int, pending: list[str], now: float, share_gil: bool = False
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """Look ``pending`` up in tiers[start:stop]: (storage key -> value, -> tier name).
 
@@ -380,7 +395,7 @@ class CacheManager:
             except Exception as exc:
                 self._fault(tier.name, "get", exc)
                 continue
-            values, doomed = self._accept(tier, blobs, now)
+            values, doomed = self._accept(tier, blobs, now, share_gil=share_gil)
             if doomed:
                 self._delete_quietly(tier, doomed)
             if values:
@@ -600,8 +615,11 @@ class CacheManager:
         pending = [prefix + k for k in keys]
         now = self.clock()
         # Leading non-blocking tiers (memory) answer inline, without a thread hop.
-        first_blocking = next((i for i, t in enumerate(self.tiers) if t.blocking), len(self.tiers))
-        found, where = self._walk(0, first_blocking, pending, now)
+        first_blocking = self._first_blocking
+        if first_blocking:
+            found, where = self._walk(0, first_blocking, pending, now)
+        else:
+            found, where = {}, {}
         if len(found) < len(pending) and first_blocking < len(self.tiers):
             rest = [k for k in pending if k not in found]
             more, more_where = await self._reader().read(rest, first_blocking, now)
@@ -611,9 +629,13 @@ class CacheManager:
 
     def _reader(self) -> _BatchedReader:
         loop = asyncio.get_running_loop()
+        last = self._last_reader
+        if last is not None and last._loop is loop:
+            return last
         reader = self._readers.get(loop)
         if reader is None:
             reader = self._readers[loop] = _BatchedReader(self, loop)
+        self._last_reader = reader
         return reader
 
     async def _arun(self, tier: Tier, fn: Callable[..., Any], *args: Any) -> Any:
@@ -829,6 +851,7 @@ class CacheManager:
         self._executor = None
         self._lock = threading.Lock()
         self._readers = weakref.WeakKeyDictionary()
+        self._last_reader = None
         self._flight.reset()
         for tier in self.tiers:
             reset = getattr(tier, "reset_lock", None)
@@ -885,7 +908,7 @@ class _BatchedReader:
         now = max(b[2] for b in batch)
         keys = list(dict.fromkeys(k for b in batch for k in b[0]))
         job = self._loop.run_in_executor(
-            manager._pool(), manager._walk, start, len(manager.tiers), keys, now
+            manager._pool(), manager._walk, start, len(manager.tiers), keys, now, True
         )
         job.add_done_callback(lambda done: self._deliver(done, batch, 0))
 
