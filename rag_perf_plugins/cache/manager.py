@@ -57,7 +57,15 @@ from ..config import PerformanceConfig
 from ..errors import CacheError
 from .control import current_control
 from .keys import is_sampled
-from .serialize import CorruptEntry, decode, encode, encode_vector, round_vector
+from .serialize import (
+    EXPIRED,
+    CorruptEntry,
+    decode,
+    decode_live,
+    encode,
+    encode_vector,
+    round_vector,
+)
 from .singleflight import SingleFlight
 from .tiers import CORRUPT, DiskTier, MemoryTier, Tier
 
@@ -337,15 +345,15 @@ class CacheManager:
                 doomed.append(skey)
                 continue
             try:
-                entry = decode(blob)
+                value = decode_live(blob, now)
             except CorruptEntry as exc:
                 self._fault(tier.name, "read", exc, kind="corrupt")
                 doomed.append(skey)
                 continue
-            if entry.expired(now):
+            if value is EXPIRED:
                 doomed.append(skey)
                 continue
-            values[skey] = entry.value
+            values[skey] = value
         return values, doomed
 
     def _account(self, namespace: str, hits_by_tier: Mapping[str, int], misses: int) -> None:

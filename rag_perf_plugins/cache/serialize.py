@@ -144,6 +144,26 @@ def round_vector(
 
 def decode(blob: bytes) -> Entry:
     """Read an envelope; raises :class:`CorruptEntry` when it is not one of ours."""
+    kind, created_at, expires_at = _check_header(blob)
+    return Entry(_KIND_NAMES[kind], _payload(blob, kind), created_at, expires_at)
+
+
+EXPIRED: Final[Any] = object()
+"""Returned by :func:`decode_live` for an expired entry."""
+
+
+def decode_live(blob: bytes, now: float) -> Any:
+    """The value of an envelope, or :data:`EXPIRED` (payload left undecoded) past its expiry.
+
+    The hot path of a lookup: no :class:`Entry` object. Raises :class:`CorruptEntry`.
+    """
+    kind, _created_at, expires_at = _check_header(blob)
+    if now >= expires_at:
+        return EXPIRED
+    return _payload(blob, kind)
+
+
+def _check_header(blob: bytes) -> tuple[int, float, float]:
     if len(blob) < HEADER_SIZE:
         msg = f"entry too short ({len(blob)} bytes)"
         raise CorruptEntry(msg)
@@ -153,29 +173,30 @@ def decode(blob: bytes) -> Entry:
     if schema != SCHEMA_VERSION:
         msg = f"entry schema {schema}, this code reads {SCHEMA_VERSION}"
         raise CorruptEntry(msg)
+    if kind not in _KIND_NAMES:
+        msg = f"unknown entry kind {kind}"
+        raise CorruptEntry(msg)
+    return kind, created_at, expires_at
+
+
+def _payload(blob: bytes, kind: int) -> Any:
     payload = memoryview(blob)[HEADER_SIZE:]
     if kind == KIND_MSGPACK:
         try:
-            value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             msg = f"undecodable msgpack payload: {exc}"
             raise CorruptEntry(msg) from exc
-    elif kind in _DTYPES:
-        dtype = _DTYPES[kind]
-        if len(payload) % dtype.itemsize:
-            raise CorruptEntry("vector payload is not a whole number of elements (torn write?)")
-        if _LITTLE_ENDIAN:
-            # array.frombytes + tolist is ~1.5x faster than numpy for one 384-d vector
-            # and gives the same Python floats (float32 widened exactly to float64).
-            items = array.array("f" if kind == KIND_F32 else "d")
-            items.frombytes(payload)
-            value = items.tolist()
-        else:
-            value = np.frombuffer(payload, dtype=dtype).astype(np.float64).tolist()
-    else:
-        msg = f"unknown entry kind {kind}"
-        raise CorruptEntry(msg)
-    return Entry(_KIND_NAMES[kind], value, created_at, expires_at)
+    dtype = _DTYPES[kind]
+    if len(payload) % dtype.itemsize:
+        raise CorruptEntry("vector payload is not a whole number of elements (torn write?)")
+    if _LITTLE_ENDIAN:
+        # array.frombytes + tolist is ~1.5x faster than numpy for one 384-d vector
+        # and gives the same Python floats (float32 widened exactly to float64).
+        items = array.array("f" if kind == KIND_F32 else "d")
+        items.frombytes(payload)
+        return items.tolist()
+    return np.frombuffer(payload, dtype=dtype).astype(np.float64).tolist()
 
 
 def peek_expires_at(blob: bytes) -> float:
