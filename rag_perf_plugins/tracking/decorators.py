@@ -190,7 +190,7 @@ def _wrap_sync(
         tracker = fixed or get_performance_tracker()
         if not tracker.enabled:
             return fn(*args, **kwargs)
-        clock = tracker.clock
+        clock = tracker._clock  # the attribute, not the property: this is the hot path
         start = clock()
         try:
             result = fn(*args, **kwargs)
@@ -211,7 +211,7 @@ def _wrap_async(
         tracker = fixed or get_performance_tracker()
         if not tracker.enabled:
             return await fn(*args, **kwargs)
-        clock = tracker.clock
+        clock = tracker._clock  # the attribute, not the property: this is the hot path
         start = clock()
         try:
             result = await fn(*args, **kwargs)
