@@ -144,3 +144,11 @@ async def test_concurrent_identical_queries_make_one_call() -> None:
     results = await asyncio.gather(*(wrapped.aget_query_embedding("same") for _ in range(100)))
     assert inner.total_calls == 1
     assert all(r == results[0] for r in results)
+
+
+def test_no_second_span_around_the_inner_call(counting: CountingEmbedding) -> None:
+    # LlamaIndex's mixin spans every implementation of an abstract method; the inner model's
+    # already has one, so the wrapper's own implementations must stay plain functions.
+    for name in ("_get_query_embedding", "_aget_query_embedding", "_get_text_embedding"):
+        assert not hasattr(PerfEmbedding.__dict__[name], "__wrapped__"), name
+    assert hasattr(type(counting).__dict__["_get_query_embedding"], "__wrapped__")
