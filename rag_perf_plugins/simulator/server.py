@@ -307,9 +307,7 @@ class Simulator:
         except _Refused as refused:
             headers = self._limit_headers()
             headers.update(refused.headers)
-            return web.Response(
-                status=refused.status, body=refused.body, content_type=_JSON, headers=headers
-            )
+            return web.Response(status=refused.status, body=refused.body, headers=headers)
 
     @staticmethod
     def _decode(body: bytes) -> Any:
@@ -362,7 +360,8 @@ class Simulator:
         }
 
     def _limit_headers(self) -> dict[str, str]:
-        headers: dict[str, str] = {"x-request-id": f"req_sim_{next(self._ids):x}"}
+        # Content-Type set here, not through content_type=: aiohttp parses that argument.
+        headers = {"Content-Type": _JSON, "x-request-id": f"req_sim_{next(self._ids):x}"}
         if self._rpm is not None:
             headers["x-ratelimit-limit-requests"] = f"{self.options.rpm:g}"
             headers["x-ratelimit-remaining-requests"] = str(self._rpm.remaining())
@@ -382,10 +381,6 @@ class Simulator:
                 else "The engine is currently overloaded (injected)."
             )
             raise _Refused(roll.error, _error_body(message, "server_error"))
-
-    async def _delay(self, seconds: float) -> None:
-        if seconds > 0.0:
-            await self._sleep(seconds)
 
     def _base_delay(self, roll: Roll) -> float:
         delay = self.options.latency_ms / 1000.0 + roll.jitter_s
@@ -407,11 +402,10 @@ class Simulator:
     ) -> web.StreamResponse | None:
         headers = self._limit_headers()
         if not roll.truncate:
-            return web.Response(body=body, content_type=_JSON, headers=headers)
+            return web.Response(body=body, headers=headers)
         # Truncated: promise the whole body, send half, then close the connection.
         self._stats.fault("truncate")
         response = web.StreamResponse(headers=headers)
-        response.content_type = _JSON
         response.content_length = len(body)
         try:
             await response.prepare(request)
@@ -426,7 +420,9 @@ class Simulator:
     ) -> web.StreamResponse | None:
         self._admit_budget(0)
         self._fail_injected(roll)
-        await self._delay(self._base_delay(roll))
+        delay = self._base_delay(roll)
+        if delay > 0.0:
+            await self._sleep(delay)
         if path == _MODELS:
             return await self._send_json(request, self._models_body, roll)
         model = path[len(_MODELS) + 1 :]
@@ -443,7 +439,8 @@ class Simulator:
         self._admit_budget(tokens)
         self._fail_injected(roll)
         delay = self._base_delay(roll) + tokens * self.options.embedding_latency_per_token_ms / 1e3
-        await self._delay(delay)
+        if delay > 0.0:
+            await self._sleep(delay)
         # Assembled from pre-encoded pieces: json.dumps would rescan every vector's text.
         items = b",".join(
             b'{"object":"embedding","index":%d,"embedding":%s}' % (i, value)
@@ -514,7 +511,8 @@ class Simulator:
             + plan.completion_tokens * o.latency_per_token_ms / 1e3
             + max(0, pieces - 1) * o.chunk_latency_ms / 1e3
         )
-        await self._delay(delay)
+        if delay > 0.0:
+            await self._sleep(delay)
         body = json.dumps(completion_body(plan, completion_id, created=created)).encode()
         return await self._send_json(request, body, roll)
 
@@ -527,11 +525,13 @@ class Simulator:
             # Stop midway: no finish reason, no usage, no [DONE]; then the connection closes.
             self._stats.fault("truncate")
             events = events[: max(1, (len(events) - 1) // 2)]
-        await self._delay(self._base_delay(roll))
+        delay = self._base_delay(roll)
+        if delay > 0.0:
+            await self._sleep(delay)
         headers = self._limit_headers()
+        headers["Content-Type"] = "text/event-stream"
         headers["Cache-Control"] = "no-cache"
         response = web.StreamResponse(headers=headers)
-        response.content_type = "text/event-stream"
         per_token_s = o.latency_per_token_ms / 1e3
         chunk_s = o.chunk_latency_ms / 1e3
         try:
@@ -544,7 +544,8 @@ class Simulator:
                 if pause > 0.0 and pending:
                     await response.write(b"".join(pending))
                     pending.clear()
-                await self._delay(pause)
+                if pause > 0.0:
+                    await self._sleep(pause)
                 pending.append(data)
             if roll.truncate:
                 if pending:
