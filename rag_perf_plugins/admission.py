@@ -468,6 +468,9 @@ class AdmissionGate:
         tracker: Where admissions are recorded (queue wait separate from hold time);
             defaults to the process-wide tracker when ``enable_metrics``.
         operation: Operation name in the tracker; ``None`` records nothing.
+        jitter_allowance: Seconds of burst held back (at most half the burst) so requests
+            that reach the provider later and closer together than they were admitted
+            still fit its bucket. The long-run rate is the configured one.
         **overrides: Config keys that replace those of ``config``.
 
     Does not: retry, estimate tokens, or order callers by priority. The slot cap is per
@@ -512,6 +515,7 @@ class AdmissionGate:
         async_sleep: AsyncSleep = asyncio.sleep,
         tracker: _Tracker | None = None,
         operation: str | None = "admission",
+        jitter_allowance: float = 0.05,
         **overrides: Any,
     ) -> None:
         config = config if config is not None else PerformanceConfig()
@@ -520,9 +524,16 @@ class AdmissionGate:
         if not isinstance(key, str) or not key:
             msg = f"key must be a non-empty string, got {key!r}"
             raise ValueError(msg)
+        if not jitter_allowance >= 0:
+            msg = f"jitter_allowance must be >= 0 (seconds), got {jitter_allowance!r}"
+            raise ValueError(msg)
         self.config = config
         self.key = key
-        self.limits = RateLimits.from_config(config)
+        burst = config.rate_burst_seconds
+        # Requests admitted on time can reach the provider late and bunched (a busy loop, a
+        # stalled thread); holding back this much burst absorbs that. The rate is unchanged.
+        burst -= min(jitter_allowance, burst / 2)
+        self.limits = RateLimits(config.requests_per_minute, config.tokens_per_minute, burst)
         self._store: BudgetStore = store if store is not None else _DEFAULT_STORE
         self._clock = clock
         self._sleep = sleep
@@ -569,7 +580,8 @@ class AdmissionGate:
         """Stop every caller on this key for ``seconds`` (capped by ``retry_after_cap``)."""
         if not seconds > 0:
             return
-        self._pauses += 1
+        with self._lock:
+            self._pauses += 1
         seconds = min(seconds, self._retry_after_cap)
         self._store.pause(self.key, self.limits, seconds=seconds, now=self._clock())
 
@@ -649,7 +661,11 @@ class AdmissionGate:
     ) -> _Waiter | None:
         """Take a free slot (returns None) or join the slot queue; refuse at once if needed."""
         with self._lock:
-            slot_free = self._in_use < self._max_in_flight and not self._waiters
+            if self._in_use < self._max_in_flight and not self._waiters:
+                # A free slot: the budget check, refusal included, happens atomically in
+                # _reserve (one store call on the fast path instead of two).
+                self._in_use += 1
+                return None
             ahead = len(self._waiters)
             expected = self._store.peek(
                 self.key,
@@ -658,18 +674,14 @@ class AdmissionGate:
                 tokens=tokens + self._ahead_tokens,
                 now=now,
             )
-            if not slot_free:
-                # Little's law: callers ahead leave at about cap / (average hold time).
-                expected = max(expected, (ahead + 1) / self._max_in_flight * self._hold_avg)
-            if (not slot_free or expected > 0) and self._queued >= self._max_queue:
+            # Little's law: callers ahead leave at about cap / (average hold time).
+            expected = max(expected, (ahead + 1) / self._max_in_flight * self._hold_avg)
+            if self._queued >= self._max_queue:
                 self._reject("queue_full")
             if expected > self._max_queue_wait:
                 self._reject("wait_too_long", expected)
             if deadline_at is not None and now + expected > deadline_at:
                 self._reject("deadline", expected)
-            if slot_free:
-                self._in_use += 1
-                return None
             waiter = _Waiter(tokens, loop, None if loop is None else loop.create_future())
             self._waiters.append(waiter)
             self._queued += 1
@@ -707,16 +719,19 @@ class AdmissionGate:
     def _reserve(self, tokens: int, start: float, deadline_at: float | None, now: float) -> float:
         """Reserve the budget (slot held) and return the wait; refuse, freeing the slot, if long."""
         limit = self._max_queue_wait - (now - start)
-        by_deadline = deadline_at is not None and deadline_at - now < limit
-        if deadline_at is not None:
-            limit = min(limit, deadline_at - now)
+        reason: Rejection = "wait_too_long"
+        if deadline_at is not None and deadline_at - now < limit:
+            limit, reason = deadline_at - now, "deadline"
+        if self._queued >= self._max_queue:  # a full queue: admitted only if no wait at all
+            limit, reason = 0.0, "queue_full"
+        limit = max(0.0, limit)
         wait = self._store.try_reserve(
-            self.key, self.limits, requests=1, tokens=tokens, now=now, max_wait=max(0.0, limit)
+            self.key, self.limits, requests=1, tokens=tokens, now=now, max_wait=limit
         )
-        if wait > max(0.0, limit):
+        if wait > limit:
             self._release_slot()
             with self._lock:
-                self._reject("deadline" if by_deadline else "wait_too_long", wait)
+                self._reject(reason, wait)
         return wait
 
     def _unreserve(self, tokens: int) -> None:

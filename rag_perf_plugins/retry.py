@@ -537,8 +537,13 @@ class RetryPolicy:
         deadline_at = state.deadline_at
         if deadline_at is None:
             return await fn()
+        remaining = max(0.0, deadline_at - self._clock())
         try:
-            return await asyncio.wait_for(fn(), max(0.0, deadline_at - self._clock()))
+            if sys.version_info >= (3, 11):
+                # A timer on the current task: no extra task per attempt (wait_for makes one).
+                async with asyncio.timeout(remaining):
+                    return await fn()
+            return await asyncio.wait_for(fn(), remaining)  # pragma: no cover - Python 3.10
         except asyncio.TimeoutError:
             if self._clock() < deadline_at - 1e-3:
                 raise  # the attempt's own timeout, not ours: a retryable timeout

@@ -37,6 +37,7 @@ class ManualSleep:
 
 def make_gate(clock: FakeClock, **options: Any) -> AdmissionGate:
     options.setdefault("operation", None)
+    options.setdefault("jitter_allowance", 0.0)  # exact burst arithmetic in these tests
     return AdmissionGate(
         key="test", store=LocalBudgetStore(), clock=clock, sleep=clock.sleep,
         async_sleep=clock.asleep, **options,
@@ -86,7 +87,7 @@ async def test_fifo_a_large_token_request_is_not_starved() -> None:
     sleeper = ManualSleep()
     gate = AdmissionGate(
         key="fifo", store=LocalBudgetStore(), clock=clock, async_sleep=sleeper,
-        tokens_per_minute=6000, rate_burst_seconds=1.0, operation=None,
+        tokens_per_minute=6000, rate_burst_seconds=1.0, operation=None, jitter_allowance=0.0,
     )  # fmt: skip
     order: list[str] = []
 
@@ -406,3 +407,18 @@ def test_get_gate_is_one_gate_per_provider_model_and_key() -> None:
         get_gate("openai", "gpt-x-test", "sk-secret-one", config=config.replace(max_queue=1))
     with pytest.raises(ValueError, match="provider and model"):
         get_gate("", "m")
+
+
+def test_jitter_allowance_holds_back_burst_but_keeps_the_rate(fake_clock: FakeClock) -> None:
+    gate = make_gate(
+        fake_clock, requests_per_minute=600, rate_burst_seconds=1.0, jitter_allowance=0.3
+    )
+    for _ in range(27):
+        with gate.acquire_sync():
+            pass
+    assert len(fake_clock.slept) == 20  # a burst of 7, not 10 ...
+    assert fake_clock.slept[1:] == pytest.approx([0.1] * 19)  # ... then exactly 10/s
+    assert gate.limits.burst_seconds == pytest.approx(0.7)
+    assert AdmissionGate(rate_burst_seconds=0.04).limits.burst_seconds == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="jitter_allowance"):
+        AdmissionGate(jitter_allowance=-1.0)
