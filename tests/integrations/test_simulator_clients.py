@@ -206,6 +206,22 @@ def test_langchain_tool_call_and_tool_result(simulator: Simulator, http: HttpCli
     )
 
 
+def test_langchain_streamed_tool_call_assembles(simulator: Simulator, http: HttpClients) -> None:
+    chat = lc_chat(simulator, http).bind_tools([get_weather])
+    chunks = list(chat.stream([HumanMessage("Weather in Oslo?")]))
+    merged = sum(chunks[1:], chunks[0])
+    assert isinstance(merged, AIMessageChunk)
+    assert merged.tool_calls == [
+        {
+            "name": "get_weather",
+            "args": {"city": "Weather in Oslo?", "days": 1},
+            "id": merged.tool_calls[0]["id"],
+            "type": "tool_call",
+        }
+    ]
+    assert merged.response_metadata["finish_reason"] == "tool_calls"
+
+
 class Answer(BaseModel):
     """An answer with its confidence."""
 
