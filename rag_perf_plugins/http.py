@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -288,7 +288,7 @@ class _LoopPool:
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: httpx.AsyncHTTPTransport):
         self.loop = loop
         self.transport = transport
-        self.sentinel: AsyncIterator[None] | None = None
+        self.sentinel: AsyncGenerator[None, None] | None = None
 
 
 class LoopRoutingTransport(httpx.AsyncBaseTransport):
@@ -414,7 +414,7 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
         await sentinel.__anext__()
         return pool
 
-    async def _sentinel(self, pool: _LoopPool) -> AsyncIterator[None]:
+    async def _sentinel(self, pool: _LoopPool) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
@@ -426,7 +426,7 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
 
     async def _finish(self, pool: _LoopPool) -> None:
         if pool.sentinel is not None:
-            await pool.sentinel.aclose()  # type: ignore[attr-defined]
+            await pool.sentinel.aclose()
 
     def _close_elsewhere(self, pool: _LoopPool) -> Any:
         if pool.loop.is_closed():
@@ -451,7 +451,7 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
             if self._pools.get(pool.loop) is pool:
                 del self._pools[pool.loop]
         if sentinel is not None:
-            closing = sentinel.aclose()  # type: ignore[attr-defined]
+            closing = sentinel.aclose()
             with contextlib.suppress(StopIteration, RuntimeError):
                 closing.send(None)
             closing.close()
