@@ -30,8 +30,9 @@ class SimulatorStats:
 
     Keys of :meth:`snapshot` (all counts since the last :meth:`reset`):
 
-    - ``requests_total``, ``requests_by_endpoint`` (path -> count; ``/stats`` itself is not
-      counted), ``responses_by_status`` (HTTP status -> count; dropped requests have none).
+    - ``requests_total``, ``requests_by_endpoint`` (``/v1/embeddings``,
+      ``/v1/chat/completions``, ``/v1/models`` or ``other`` -> count; ``/stats`` itself is
+      not counted), ``responses_by_status`` (HTTP status -> count; dropped requests have none).
     - ``connections_opened`` (TCP connections accepted), ``connections_closed``,
       ``connections_active`` (open now; not zeroed by a reset).
     - ``inflight`` (requests being handled now) and ``peak_inflight`` (most at once).
