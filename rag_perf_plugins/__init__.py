@@ -15,7 +15,19 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .admission import AdmissionGate, get_gate
+from .batching import AsyncBatchProcessor, BatchProcessor
+from .cache import (
+    CacheManager,
+    cache_control,
+    cached,
+    explain_key,
+    get_cache_manager,
+    set_cache_manager,
+)
 from .config import PerformanceConfig
+from .embedding_service import CacheEmbeddingStore, EmbeddingService
+from .engine import AsyncRAGEngine, QueryResult, RAGEngine, process_queries_concurrently
 from .errors import (
     CacheError,
     ConfigError,
@@ -26,6 +38,15 @@ from .errors import (
     ProviderError,
     RagPerfError,
     RetryBudgetExhausted,
+)
+from .pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig
+from .retry import RetryPolicy
+from .tracking import (
+    PerformanceTracker,
+    get_performance_tracker,
+    set_performance_tracker,
+    track,
+    track_performance,
 )
 
 # The integrations/ source root holds rag_perf_plugins.langchain and .llama_index; in an
@@ -40,6 +61,36 @@ except PackageNotFoundError:  # pragma: no cover - running from a checkout witho
 __all__ = [
     # config
     "PerformanceConfig",
+    # pooled clients
+    "AsyncConnectionPool",
+    "ConnectionPool",
+    "ConnectionPoolConfig",
+    # cache
+    "CacheManager",
+    "cache_control",
+    "cached",
+    "explain_key",
+    "get_cache_manager",
+    "set_cache_manager",
+    # admission, retry, batching
+    "AdmissionGate",
+    "get_gate",
+    "RetryPolicy",
+    "AsyncBatchProcessor",
+    "BatchProcessor",
+    # services and engine
+    "CacheEmbeddingStore",
+    "EmbeddingService",
+    "AsyncRAGEngine",
+    "QueryResult",
+    "RAGEngine",
+    "process_queries_concurrently",
+    # statistics
+    "PerformanceTracker",
+    "get_performance_tracker",
+    "set_performance_tracker",
+    "track",
+    "track_performance",
     # errors
     "CacheError",
     "ConfigError",
