@@ -97,6 +97,8 @@ def connection_reuse(ctx: BenchContext) -> Iterator[Result]:
         control.reset()
         ours_s = asyncio.run(_drive(shared, url, requests, own=False))
         ours = control.stats()
+        # The client's own view: connections it saw opened, failed requests.
+        (client_view,) = registry.stats().values()
         registry.close()
         control.reset()
         base_s = asyncio.run(_drive(fresh, url, baseline_requests, own=True))
@@ -121,6 +123,8 @@ def connection_reuse(ctx: BenchContext) -> Iterator[Result]:
         ),
         requests=ours["requests_total"],
         connections_opened=ours["connections_opened"],
+        client_connections_opened=client_view.connections_opened,
+        client_errors=client_view.errors,
         baseline_requests=base["requests_total"],
         baseline_connections_opened=base["connections_opened"],
     )
