@@ -79,7 +79,7 @@ async def _drive(
 @benchmark("pool", "HTTP connection reuse: shared loop-safe client vs a client per request")
 def connection_reuse(ctx: BenchContext) -> Iterator[Result]:
     """Reuse rate and throughput, with the client-per-call baseline in the same run."""
-    requests = ctx.scale(10_000, quick=2_000)
+    requests = ctx.scale(10_000, quick=4_000)
     baseline_requests = ctx.scale(500, quick=200)
     config = ctx.config.replace(enable_connection_pooling=True)
     unpooled = config.replace(enable_connection_pooling=False)
