@@ -39,7 +39,14 @@ from .errors import (
     RagPerfError,
     RetryBudgetExhausted,
 )
-from .pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig
+from .http import (
+    aclose_http_clients,
+    close_http_clients,
+    get_async_http_client,
+    get_http_client,
+    http_pool_stats,
+)
+from .pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig, PoolStats
 from .retry import RetryPolicy
 from .tracking import (
     PerformanceTracker,
@@ -65,6 +72,12 @@ __all__ = [
     "AsyncConnectionPool",
     "ConnectionPool",
     "ConnectionPoolConfig",
+    "PoolStats",
+    "aclose_http_clients",
+    "close_http_clients",
+    "get_async_http_client",
+    "get_http_client",
+    "http_pool_stats",
     # cache
     "CacheManager",
     "cache_control",
