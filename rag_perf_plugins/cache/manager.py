@@ -117,7 +117,8 @@ class CacheManager:
             ``PerformanceConfig.load()``.
         clock: Seconds for created/expires times; inject a ``FakeClock`` in tests.
         tiers: The tiers in lookup order; default built from ``config`` (memory tier when
-            ``cache_size > 0``, disk tier when ``cache_disk_enabled``).
+            ``cache_size > 0``, disk tier when ``cache_disk_enabled``, Redis tier when
+            ``redis_url`` is set, placed by ``redis_position``).
         executor_threads: Threads that run blocking tier I/O for the ``a*`` methods.
         tracker: A ``PerformanceTracker`` to feed counters to; default the process-wide
             one when ``enable_metrics`` is on.
@@ -168,7 +169,8 @@ class CacheManager:
         tiers: list[Tier] = []
         if cfg.cache_size > 0 and cfg.cache_memory_max_bytes > 0:
             tiers.append(MemoryTier(max_items=cfg.cache_size, max_bytes=cfg.cache_memory_max_bytes))
-        if cfg.cache_disk_enabled and self.enabled:
+        redis_only = bool(cfg.redis_url) and cfg.redis_position == "instead-of-disk"
+        if cfg.cache_disk_enabled and self.enabled and not redis_only:
             directory = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
             try:
                 tiers.append(
@@ -181,6 +183,16 @@ class CacheManager:
                 )
             except Exception as exc:  # unwritable or broken directory: run memory-only
                 self._fault("disk", "open", exc)
+        if cfg.redis_url and self.enabled:
+            from .redis_tier import RedisTier  # redis-py is an optional extra
+
+            # Behind memory; in front of the disk tier, behind it, or in its place.
+            shared = RedisTier.from_config(cfg)
+            disk = [i for i, t in enumerate(tiers) if isinstance(t, DiskTier)]
+            if disk and cfg.redis_position == "before-disk":
+                tiers.insert(disk[0], shared)
+            else:
+                tiers.append(shared)
         return tiers
 
     @property

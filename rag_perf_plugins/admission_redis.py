@@ -1,0 +1,456 @@
+"""RedisBudgetStore: one RPM/TPM budget per provider key, shared by every process through Redis.
+
+Example::
+
+    config = PerformanceConfig(redis_url="redis://127.0.0.1:6379/0", shared_rate_limit=True,
+                               requests_per_minute=3_000, worker_count=4)
+    gate = get_gate("openai", "gpt-4o-mini", api_key, config=config)   # uses this store
+    # or explicitly:
+    store = RedisBudgetStore("redis://127.0.0.1:6379/0", prefix="my-app", worker_count=4)
+    gate = AdmissionGate(config, key="openai/gpt-4o-mini/k-3f9a0c1b22de", store=store)
+
+The store implements :class:`~rag_perf_plugins.admission.BudgetStore` with the gate's own
+GCRA arithmetic, run as one Lua script per call, so a reservation is atomic across every
+process and host using the Redis. Time is Redis's ``TIME`` (seconds), not the caller's
+clock, so processes whose monotonic clocks disagree still share one schedule; waits are
+returned as relative seconds, which is all the gate needs. State lives in one small hash per
+key under ``{prefix}:rl:{gate key}`` (the gate key holds an API-key fingerprint, never the
+key) and expires once the bucket is idle and full again. The in-process
+:class:`~rag_perf_plugins.admission.AdmissionGate` stays in front: concurrency cap, FIFO
+order and the bounded queue are per process; only the rate budget is shared.
+
+Outages: calls have ``timeout`` seconds (``redis_timeout``) and no redis-py retries. A
+connection error or timeout opens a circuit breaker (one warning per store; later outages
+are logged at INFO) and, until Redis answers a probe ``retry_interval`` seconds later,
+the store falls back (``limiter_fallback``):
+
+- ``"local-share"``: a process-local budget of ``rate / worker_count`` (each of N workers
+  takes its share, so together they still stay under the limit);
+- ``"fail-closed"``: nothing is admitted (the gate refuses callers with ``Overloaded``).
+
+When Redis answers again, the shared budget is used again. A flushed Redis (state or
+script gone) is handled too: the script is reloaded and a missing bucket starts full.
+
+Cost and what it does not do: each reservation is one Redis round trip (about 0.1 ms on
+loopback), made synchronously, also from the gate's async path: at most ``timeout``
+seconds of the event loop per call while Redis is slow, then none while the breaker is
+open. Reservations made from the local share during an outage are not replayed into Redis
+when it returns. No Redis Cluster hash tags, no sentinel failover logic beyond the URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+from .admission import LocalBudgetStore, RateLimits
+from .cache.redis_tier import (
+    OUTAGE_ERRORS,
+    CircuitBreaker,
+    make_redis_client,
+    redact_url,
+)
+from .config import PerformanceConfig
+
+try:
+    import redis
+except ImportError as exc:  # pragma: no cover - the extra is installed in development
+    msg = "the shared rate limit needs redis-py: pip install 'rag-perf-plugins[redis]'"
+    raise ImportError(msg) from exc
+
+__all__ = ["RedisBudgetStore", "shared_budget_store"]
+
+log = logging.getLogger("rag_perf_plugins.redis")
+
+Fallback = Literal["local-share", "fail-closed"]
+
+# One script, one operation per call. Times are Redis TIME seconds; a missing field is 0,
+# which is "long ago" (an empty bucket, no pause). Numbers go back as strings: Redis turns
+# Lua numbers into integers.
+_SCRIPT: Final = r"""
+local key = KEYS[1]
+local op = ARGV[1]
+local ir = tonumber(ARGV[2])
+local it = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local req = tonumber(ARGV[5])
+local tok = tonumber(ARGV[6])
+local arg = tonumber(ARGV[7])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local s = redis.call('HMGET', key, 'tr', 'tt', 'pu')
+local tr = tonumber(s[1]) or 0
+local tt = tonumber(s[2]) or 0
+local pu = tonumber(s[3]) or 0
+
+local function grant(tat, amount, interval)
+  if interval == 0 or amount <= 0 then return now end
+  local tol = math.max(burst, interval)
+  local at = tat - math.max(0, tol - amount * interval)
+  if at - now <= 1e-9 then return now end
+  return at
+end
+
+local function when()
+  return math.max(now, pu, grant(tr, req, ir), grant(tt, tok, it))
+end
+
+local function save()
+  redis.call('HSET', key, 'tr', string.format('%.6f', tr), 'tt', string.format('%.6f', tt),
+             'pu', string.format('%.6f', pu))
+  local idle = math.max(tr, tt, pu) - now + burst + 60
+  redis.call('PEXPIRE', key, math.max(1000, math.ceil(idle * 1000)))
+end
+
+local function clamp(remaining, interval, tat)
+  if remaining < 0 or interval == 0 then return tat end
+  local floor = now + math.max(burst, interval) - remaining * interval
+  return math.max(tat, floor)
+end
+
+if op == 'reserve' then
+  local at = when()
+  local wait = at - now
+  if wait <= arg then
+    tr = math.max(tr, at) + req * ir
+    tt = math.max(tt, at) + tok * it
+    save()
+  end
+  return string.format('%.9f', wait)
+elseif op == 'peek' then
+  return string.format('%.9f', when() - now)
+elseif op == 'adjust' then
+  if req > 0 then tr = math.max(tr, now) + req * ir elseif req < 0 then tr = tr + req * ir end
+  if tok > 0 then tt = math.max(tt, now) + tok * it elseif tok < 0 then tt = tt + tok * it end
+  save()
+  return '0'
+elseif op == 'pause' then
+  pu = math.max(pu, now + arg)
+  if ir > 0 then tr = math.max(tr, pu + math.max(burst, ir) - ir) end
+  tt = math.max(tt, pu)
+  save()
+  return '0'
+elseif op == 'paused_for' then
+  return string.format('%.9f', math.max(0, pu - now))
+elseif op == 'clamp' then
+  tr = clamp(req, ir, tr)
+  tt = clamp(tok, it, tt)
+  save()
+  return '0'
+end
+return redis.error_reply('unknown op ' .. op)
+"""
+
+
+def _interval(per_minute: float | None) -> float:
+    return 0.0 if per_minute is None else 60.0 / per_minute
+
+
+class RedisBudgetStore:
+    """A :class:`~rag_perf_plugins.admission.BudgetStore` in Redis, shared by processes.
+
+    Example::
+
+        store = RedisBudgetStore("redis://127.0.0.1:6379/0", prefix="app", worker_count=4)
+        limits = RateLimits(requests_per_minute=600)
+        store.try_reserve("openai/gpt-4o-mini/k-1", limits, requests=1, tokens=0,
+                          now=time.monotonic(), max_wait=10.0)     # 0.0: send now
+        store.stats()["fallback_calls"]                              # 0 while Redis answers
+
+    Args:
+        url: ``redis://[:password@]host:port/db``.
+        prefix: Key prefix of this application or tenant (``cache_namespace_prefix``).
+        timeout: Seconds per connect and per reply (``redis_timeout``).
+        fallback: ``"local-share"`` (budget / ``worker_count`` in this process) or
+            ``"fail-closed"`` (admit nothing) while Redis is unreachable
+            (``limiter_fallback``).
+        worker_count: Processes sharing the budget (``worker_count``); sizes the share.
+        retry_interval: Seconds between probes of an unreachable Redis.
+        clock: Monotonic seconds of the circuit breaker (the budget uses Redis ``TIME``).
+        client: An existing redis-py client to use instead of building one from ``url``.
+
+    The ``now`` arguments of the protocol are used only by the local fallback.
+    """
+
+    __slots__ = (
+        "_client",
+        "_counts",
+        "_local",
+        "_lock",
+        "_owns_client",
+        "_script",
+        "_shares",
+        "_warned",
+        "breaker",
+        "fallback",
+        "prefix",
+        "url",
+        "worker_count",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "rag-perf",
+        timeout: float = 0.25,
+        fallback: Fallback = "local-share",
+        worker_count: int = 1,
+        retry_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if fallback not in ("local-share", "fail-closed"):
+            msg = f"fallback must be 'local-share' or 'fail-closed', got {fallback!r}"
+            raise ValueError(msg)
+        if isinstance(worker_count, bool) or not isinstance(worker_count, int) or worker_count < 1:
+            msg = f"worker_count must be an integer >= 1 (processes), got {worker_count!r}"
+            raise ValueError(msg)
+        if not isinstance(prefix, str) or not prefix:
+            msg = f"prefix must be a non-empty string, got {prefix!r}"
+            raise ValueError(msg)
+        self.url = url
+        self.prefix = prefix
+        self.fallback = fallback
+        self.worker_count = worker_count
+        self._client = client if client is not None else make_redis_client(url, timeout=timeout)
+        self._owns_client = client is None
+        self._script = self._client.register_script(_SCRIPT)
+        self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
+        self._local = LocalBudgetStore()
+        self._shares: dict[RateLimits, RateLimits] = {}
+        self._lock = threading.Lock()
+        self._warned = False
+        self._counts = {"redis_calls": 0, "fallback_calls": 0, "redis_errors": 0}
+
+    @classmethod
+    def from_config(cls, config: PerformanceConfig, **options: Any) -> RedisBudgetStore:
+        """The store of the config's Redis keys.
+
+        Reads ``redis_url``, ``cache_namespace_prefix``, ``redis_timeout``,
+        ``limiter_fallback`` and ``worker_count``.
+        """
+        if not config.redis_url:
+            msg = "RedisBudgetStore.from_config needs redis_url (e.g. redis://127.0.0.1:6379/0)"
+            raise ValueError(msg)
+        return cls(
+            config.redis_url,
+            prefix=config.cache_namespace_prefix,
+            timeout=config.redis_timeout,
+            fallback=config.limiter_fallback,
+            worker_count=config.worker_count,
+            **options,
+        )
+
+    # --- the one Redis call and the fallback ---------------------------------------------
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def _redis(
+        self,
+        op: str,
+        key: str,
+        limits: RateLimits | None,
+        requests: float = 0,
+        tokens: float = 0,
+        arg: float = 0.0,
+    ) -> float | None:
+        """Run ``op`` in Redis; ``None`` when Redis is unreachable (then the caller falls back)."""
+        if not self.breaker.allow():
+            self._count("fallback_calls")
+            return None
+        ir = it = 0.0
+        burst = 1.0
+        if limits is not None:
+            ir = _interval(limits.requests_per_minute)
+            it = _interval(limits.tokens_per_minute)
+            burst = limits.burst_seconds
+        try:
+            raw = self._script(
+                keys=[f"{self.prefix}:rl:{key}"],
+                args=[op, repr(ir), repr(it), repr(burst), requests, tokens, repr(arg)],
+            )
+        except OUTAGE_ERRORS as exc:
+            self._count("redis_errors")
+            self._count("fallback_calls")
+            if self.breaker.failure():
+                self._report_outage(exc)
+            return None
+        self._count("redis_calls")
+        if self.breaker.success():
+            log.info("shared rate limit: redis at %s answers again", redact_url(self.url))
+        return float(raw)
+
+    def _report_outage(self, exc: BaseException) -> None:
+        what = (
+            f"a local share of 1/{self.worker_count} of each budget"
+            if self.fallback == "local-share"
+            else "no admissions (fail-closed)"
+        )
+        message = (
+            "shared rate limit: redis at %s did not answer (%s: %s); using %s and probing "
+            "again every %g s"
+        )
+        args = (redact_url(self.url), type(exc).__name__, exc, what)
+        with self._lock:
+            first = not self._warned
+            self._warned = True
+        level = logging.WARNING if first else logging.INFO
+        log.log(level, message, *args, self.breaker.retry_interval)
+
+    def _share(self, limits: RateLimits) -> RateLimits:
+        share = self._shares.get(limits)
+        if share is None:
+            n = self.worker_count
+            rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+            share = RateLimits(
+                None if rpm is None else rpm / n,
+                None if tpm is None else tpm / n,
+                limits.burst_seconds,
+            )
+            self._shares[limits] = share
+        return share
+
+    # --- BudgetStore ----------------------------------------------------------------------
+    def try_reserve(
+        self,
+        key: str,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now: float,
+        max_wait: float,
+    ) -> float:
+        """Seconds until the amounts may be sent; debited only when that is ``<= max_wait``.
+
+        Fail-closed during an outage: ``math.inf`` (the gate refuses the caller).
+        """
+        wait = self._redis("reserve", key, limits, requests, tokens, max_wait)
+        if wait is not None:
+            return wait
+        if self.fallback == "fail-closed":
+            return math.inf
+        return self._local.try_reserve(
+            key, self._share(limits), requests=requests, tokens=tokens, now=now, max_wait=max_wait
+        )
+
+    def peek(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> float:
+        """Seconds until the amounts could be sent, debiting nothing."""
+        wait = self._redis("peek", key, limits, requests, tokens)
+        if wait is not None:
+            return wait
+        if self.fallback == "fail-closed":
+            return math.inf
+        return self._local.peek(key, self._share(limits), requests=requests, tokens=tokens, now=now)
+
+    def adjust(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> None:
+        """Debit (positive) or refund (negative) amounts, without waiting."""
+        if self._redis("adjust", key, limits, requests, tokens) is None:
+            self._local.adjust(key, self._share(limits), requests=requests, tokens=tokens, now=now)
+
+    def pause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
+        """Pause ``key`` for every process for ``seconds``; afterwards resume at the rate."""
+        # The local share pauses too, so a pause still holds if Redis goes away meanwhile.
+        self._local.pause(key, self._share(limits), seconds=seconds, now=now)
+        self._redis("pause", key, limits, arg=seconds)
+
+    def paused_for(self, key: str, *, now: float) -> float:
+        """Seconds left of a pause on ``key`` (0.0 when not paused)."""
+        left = self._redis("paused_for", key, None)
+        if left is not None:
+            return left
+        return self._local.paused_for(key, now=now)
+
+    def clamp(
+        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
+    ) -> None:
+        """Let at most ``requests``/``tokens`` leave now (the provider's remaining budget)."""
+        r = -1 if requests is None else max(0, requests)
+        t = -1 if tokens is None else max(0, tokens)
+        if self._redis("clamp", key, limits, r, t) is None:
+            self._local.clamp(key, self._share(limits), requests=requests, tokens=tokens, now=now)
+
+    # --- inspection and lifecycle ---------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Calls answered by Redis, calls served by the fallback, errors, breaker state."""
+        with self._lock:
+            counts = dict(self._counts)
+        return {
+            **counts,
+            "state": self.breaker.state,
+            "trips": self.breaker.trips,
+            "recoveries": self.breaker.recoveries,
+            "fallback": self.fallback,
+            "worker_count": self.worker_count,
+        }
+
+    def reset(self, key: str) -> None:
+        """Forget the shared state of ``key`` (a full bucket again, no pause)."""
+        self._client.delete(f"{self.prefix}:rl:{key}")
+
+    def reset_lock(self) -> None:
+        """Replace locks after ``fork()``; redis-py reconnects in a new process by itself."""
+        self._lock = threading.Lock()
+        self.breaker.reset_lock()
+
+    def close(self) -> None:
+        """Close the connection pool (when this store built the client); idempotent."""
+        if self._owns_client:
+            self._client.close()
+
+    def __repr__(self) -> str:
+        c = self._counts
+        return (
+            f"<RedisBudgetStore {redact_url(self.url)} prefix={self.prefix!r} "
+            f"[{self.breaker.state} | redis calls: {c['redis_calls']}, fallback calls: "
+            f"{c['fallback_calls']} | fallback={self.fallback}, workers={self.worker_count}]>"
+        )
+
+
+_STORES: dict[tuple[Any, ...], RedisBudgetStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def shared_budget_store(config: PerformanceConfig) -> RedisBudgetStore:
+    """The process-wide store for ``config``'s Redis settings, made on first use.
+
+    Example: ``AdmissionGate(config, key=k, store=shared_budget_store(config))``; the gate
+    does this itself when ``shared_rate_limit`` and ``redis_url`` are set.
+    """
+    if not config.redis_url:
+        msg = "shared_rate_limit needs redis_url (e.g. redis://127.0.0.1:6379/0)"
+        raise ValueError(msg)
+    ident = (
+        config.redis_url,
+        config.cache_namespace_prefix,
+        config.redis_timeout,
+        config.limiter_fallback,
+        config.worker_count,
+    )
+    with _STORES_LOCK:
+        store = _STORES.get(ident)
+        if store is None:
+            store = _STORES[ident] = RedisBudgetStore.from_config(config)
+        return store
+
+
+def _after_fork_in_child() -> None:
+    global _STORES_LOCK
+    _STORES_LOCK = threading.Lock()
+    for store in list(_STORES.values()):
+        store.reset_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

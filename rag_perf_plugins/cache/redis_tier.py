@@ -1,0 +1,476 @@
+"""The Redis tier: envelope bytes shared by every process and host that uses one Redis.
+
+Example::
+
+    tier = RedisTier("redis://127.0.0.1:6379/0", prefix="my-app", timeout=0.25)
+    cache = CacheManager(config, tiers=[MemoryTier(...), tier, DiskTier(...)])
+    # or simply: PerformanceConfig(redis_url="redis://127.0.0.1:6379/0",
+    #                              redis_position="before-disk")  -> CacheManager(config)
+
+It stores the same envelope bytes as the disk tier (see :mod:`.serialize`; nothing is
+pickled, nothing is interpreted here), under ``{prefix}:c:{key}``, so two applications
+with different ``cache_namespace_prefix`` values never see each other's entries. Redis
+drops an entry when its lifetime (``expires_at - created_at`` read from the envelope header,
+or the ``ttl`` hint for a blob that has none) has passed since it was written; the manager
+also checks ``expires_at`` on every read. Reads are one ``MGET`` per 500 keys, all in one
+pipelined round trip; writes are one pipeline.
+
+Outages: every call has a socket timeout (``timeout``, seconds, from ``redis_timeout``) and
+redis-py's own retries are off. A connection error or timeout opens a
+:class:`CircuitBreaker`: the failing call raises :class:`RedisUnavailable` (the manager
+counts it, warns once and carries on with its local tiers); for the next
+``retry_interval`` seconds reads are misses and writes are skipped without touching the
+network (counted as ``skipped``); then one call probes Redis and, if it answers, the tier
+is back (counted as ``recoveries``). Invalidations (delete, clear, purge) are never skipped
+silently: while the breaker is open they raise, so the manager reports them.
+
+Not done: an asyncio client. The manager runs blocking tiers (this one included) in its
+small thread pool, so the event loop never waits on Redis. Nor client-side caching
+(RESP3 tracking), cluster mode, or bounding Redis memory: set ``maxmemory`` and an
+eviction policy on the server; ``evictions`` in :meth:`RedisTier.stats` is the server's
+``evicted_keys`` counter (every application on that server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Literal, TypeVar
+
+from ..errors import CacheError
+from .serialize import _HEADER, HEADER_SIZE, MAGIC
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - the extra is installed in development
+    msg = "the Redis tier needs redis-py: pip install 'rag-perf-plugins[redis]'"
+    raise ImportError(msg) from exc
+
+__all__ = [
+    "CircuitBreaker",
+    "RedisTier",
+    "RedisUnavailable",
+    "make_redis_client",
+    "redact_url",
+]
+
+log = logging.getLogger("rag_perf_plugins.redis")
+
+T = TypeVar("T")
+
+_MGET_CHUNK: Final = 500
+# Errors that mean "Redis is not there or too slow", as opposed to a refused command.
+OUTAGE_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class RedisUnavailable(CacheError):
+    """Redis did not answer (refused, reset, timed out) or its circuit breaker is open."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password: ``redis://:***@host:6379/0``; logs never show secrets."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def make_redis_client(url: str, *, timeout: float, max_connections: int = 32) -> redis.Redis:
+    """A pooled redis-py client with ``timeout`` seconds per connect and per reply, no retries.
+
+    redis-py retries connection errors three times with back-off by default, which turns
+    one outage into seconds of waiting per call; here a slow or absent server costs one
+    ``timeout`` and the caller's circuit breaker takes over.
+    """
+    if not timeout > 0:
+        msg = f"timeout must be > 0 seconds, got {timeout!r}"
+        raise ValueError(msg)
+    if max_connections < 1:
+        msg = f"max_connections must be >= 1, got {max_connections}"
+        raise ValueError(msg)
+    client: redis.Redis = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+    )
+    return client
+
+
+class CircuitBreaker:
+    """Closed while calls succeed; open for ``retry_interval`` seconds after a failure.
+
+    Example::
+
+        breaker = CircuitBreaker(retry_interval=2.0, clock=fake_clock)
+        breaker.allow()       # True: closed
+        breaker.failure()     # True: this failure opened it (a trip)
+        breaker.allow()       # False until 2.0 s later, then True once (the probe)
+        breaker.success()     # True: it was open and is closed again (a recovery)
+
+    While open, :meth:`allow` lets one probe through every ``retry_interval`` seconds (on
+    ``clock``, seconds, monotonic); every other caller is refused at once. Thread-safe.
+    Does not: count successes or failures in a window (one failure opens it).
+    """
+
+    __slots__ = (
+        "_clock",
+        "_lock",
+        "_open_until",
+        "_probe_at",
+        "recoveries",
+        "retry_interval",
+        "trips",
+    )
+
+    def __init__(self, *, retry_interval: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        if not retry_interval > 0:
+            msg = f"retry_interval must be > 0 seconds, got {retry_interval!r}"
+            raise ValueError(msg)
+        self.retry_interval = retry_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_until: float | None = None  # None: closed
+        self._probe_at: float | None = None  # when the current probe was let through
+        self.recoveries = 0
+        self.trips = 0
+
+    @property
+    def state(self) -> Literal["closed", "open"]:
+        """``"closed"`` (calls go to Redis) or ``"open"`` (calls are skipped or fall back)."""
+        return "closed" if self._open_until is None else "open"
+
+    def allow(self) -> bool:
+        """True when a call may go to Redis now (closed, or this caller is the probe)."""
+        if self._open_until is None:
+            return True
+        with self._lock:
+            if self._open_until is None:
+                return True
+            now = self._clock()
+            if now < self._open_until:
+                return False
+            # One probe per interval; a probe that never reports back expires with it.
+            if self._probe_at is not None and now - self._probe_at < self.retry_interval:
+                return False
+            self._probe_at = now
+            return True
+
+    def success(self) -> bool:
+        """Record an answer; True when this closed an open breaker."""
+        if self._open_until is None:
+            return False
+        with self._lock:
+            if self._open_until is None:
+                return False
+            self._open_until = None
+            self._probe_at = None
+            self.recoveries += 1
+            return True
+
+    def failure(self) -> bool:
+        """Record an outage; True when this opened a closed breaker."""
+        with self._lock:
+            tripped = self._open_until is None
+            if tripped:
+                self.trips += 1
+            self._open_until = self._clock() + self.retry_interval
+            self._probe_at = None
+            return tripped
+
+    def reset_lock(self) -> None:
+        """Replace the lock (after ``fork()``, another thread may have held it)."""
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"<CircuitBreaker {self.state} | trips: {self.trips}, recoveries: "
+            f"{self.recoveries} | retry_interval={self.retry_interval:g}s>"
+        )
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+def _lifetime_ms(blob: bytes, ttl: float | None) -> int | None:
+    """Milliseconds Redis should keep ``blob``: its envelope lifetime, else ``ttl``; None: keep."""
+    seconds = ttl
+    if len(blob) >= HEADER_SIZE and blob[:3] == MAGIC:
+        _magic, _schema, _kind, _reserved, created_at, expires_at = _HEADER.unpack_from(blob)
+        seconds = None if math.isinf(expires_at) else expires_at - created_at
+    if seconds is None or math.isinf(seconds) or math.isnan(seconds):
+        return None
+    return max(1, math.ceil(seconds * 1000))
+
+
+class RedisTier:
+    """A :class:`~rag_perf_plugins.cache.tiers.Tier` in Redis, shared by processes and hosts.
+
+    Example::
+
+        tier = RedisTier("redis://127.0.0.1:6379/0", prefix="tenant-a", timeout=0.25)
+        tier.set_many({"llm:1:ab12": blob}, ttl=3600.0, tag="gpt-4o-mini")
+        tier.get_many(["llm:1:ab12", "llm:1:cd34"])      # {"llm:1:ab12": blob}, one round trip
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (also ``rediss://``, ``unix://``).
+        prefix: Key prefix of this application or tenant (``cache_namespace_prefix``).
+        timeout: Seconds per connect and per reply (``redis_timeout``).
+        retry_interval: Seconds the breaker stays open before one call probes Redis again.
+        clock: Monotonic seconds of the breaker; inject a ``FakeClock`` in tests.
+        max_connections: Size of redis-py's connection pool (per process).
+        client: An existing redis-py client to use instead of building one from ``url``.
+
+    Tags (model names, for :meth:`purge_tag`) are kept in one Redis set per tag, which
+    grows until the tag is purged or the tier cleared; a stale member costs a few bytes.
+    :meth:`stats` scans the prefix (``O(items)``): call it for reports, not per request.
+    Does not: sign entries, or shield them from a writer who can already write to Redis.
+    """
+
+    __slots__ = (
+        "_client",
+        "_lock",
+        "_owns_client",
+        "_value_prefix",
+        "breaker",
+        "errors",
+        "prefix",
+        "skipped",
+        "timeout",
+        "url",
+    )
+
+    name = "redis"
+    blocking = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "rag-perf",
+        timeout: float = 0.25,
+        retry_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_connections: int = 32,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " \r\n"):
+            msg = f"prefix must be a non-empty string without spaces, got {prefix!r}"
+            raise ValueError(msg)
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self._client = (
+            client
+            if client is not None
+            else make_redis_client(url, timeout=timeout, max_connections=max_connections)
+        )
+        self._owns_client = client is None
+        self._value_prefix = f"{prefix}:c:"
+        self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
+        self._lock = threading.Lock()
+        self.errors = 0
+        self.skipped = 0
+
+    @classmethod
+    def from_config(cls, config: Any, **options: Any) -> RedisTier:
+        """The tier of ``redis_url``, ``cache_namespace_prefix`` and ``redis_timeout``."""
+        if not config.redis_url:
+            msg = "from_config needs redis_url set (e.g. redis://127.0.0.1:6379/0)"
+            raise ValueError(msg)
+        return cls(
+            config.redis_url,
+            prefix=config.cache_namespace_prefix,
+            timeout=config.redis_timeout,
+            **options,
+        )
+
+    # --- the breaker around every call --------------------------------------------------
+    def _call(self, op: str, fn: Callable[[redis.Redis], T], skip: T | None = None) -> T:
+        """Run ``fn`` on the client; while the breaker is open return ``skip`` or raise."""
+        if not self.breaker.allow():
+            with self._lock:
+                self.skipped += 1
+            if skip is None:
+                msg = f"redis tier at {redact_url(self.url)} is unavailable; {op} not applied"
+                raise RedisUnavailable(msg)
+            return skip
+        try:
+            result = fn(self._client)
+        except OUTAGE_ERRORS as exc:
+            with self._lock:
+                self.errors += 1
+            self.breaker.failure()
+            msg = (
+                f"redis at {redact_url(self.url)} did not answer {op} ({type(exc).__name__}: "
+                f"{exc}); skipping it for {self.breaker.retry_interval:g} s at a time"
+            )
+            raise RedisUnavailable(msg) from exc
+        if self.breaker.success():
+            log.info("redis tier at %s answers again; using it", redact_url(self.url))
+        return result
+
+    # --- reads ----------------------------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Blobs of the keys found: one pipelined round trip of ``MGET`` per 500 keys."""
+        if not keys:
+            return {}
+        vp = self._value_prefix
+
+        def run(client: redis.Redis) -> list[Any]:
+            if len(keys) <= _MGET_CHUNK:
+                return [client.mget([vp + k for k in keys])]
+            pipe = client.pipeline(transaction=False)
+            for start in range(0, len(keys), _MGET_CHUNK):
+                pipe.mget([vp + k for k in keys[start : start + _MGET_CHUNK]])
+            return pipe.execute()
+
+        chunks: list[Any] = self._call("get", run, skip=[])
+        found: dict[str, bytes] = {}
+        index = 0
+        for values in chunks:
+            for value in values:
+                if value is not None:
+                    found[keys[index]] = bytes(value)
+                index += 1
+        return found
+
+    # --- writes ---------------------------------------------------------------------------
+    def set_many(
+        self, items: Mapping[str, bytes], *, ttl: float | None = None, tag: str | None = None
+    ) -> None:
+        """Store items in one pipeline, each expiring after its envelope lifetime (or ``ttl``)."""
+        if not items:
+            return
+        vp = self._value_prefix
+
+        def run(client: redis.Redis) -> bool:
+            pipe = client.pipeline(transaction=False)
+            for key, blob in items.items():
+                px = _lifetime_ms(blob, ttl)
+                pipe.set(vp + key, blob, px=px)
+            if tag is not None:
+                pipe.sadd(self._tag_key(tag), *items.keys())
+            pipe.execute()
+            return True
+
+        self._call("set", run, skip=False)
+
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.prefix}:tag:{tag}"
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete keys; returns how many existed. Raises while Redis is unavailable."""
+        if not keys:
+            return 0
+        vp = self._value_prefix
+        return self._call("delete", lambda c: int(c.delete(*[vp + k for k in keys])))
+
+    def _delete_matching(self, client: redis.Redis, pattern: str) -> int:
+        n = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                n += int(client.unlink(*batch))
+                batch.clear()
+        if batch:
+            n += int(client.unlink(*batch))
+        return n
+
+    def clear(self, prefix: str | None = None) -> int:
+        """Delete every entry of this tier's prefix, or those whose key starts with ``prefix``.
+
+        A ``SCAN`` of the prefix (``O(keys in the database)``), then ``UNLINK`` in batches.
+        """
+        pattern = self._value_prefix + _glob_escape(prefix or "") + "*"
+
+        def run(client: redis.Redis) -> int:
+            n = self._delete_matching(client, pattern)
+            if prefix is None:
+                self._delete_matching(client, _glob_escape(f"{self.prefix}:tag:") + "*")
+            return n
+
+        return self._call("clear", run)
+
+    def purge_tag(self, tag: str) -> int:
+        """Delete every entry stored with ``tag``; returns how many existed."""
+        tag_key = self._tag_key(tag)
+        vp = self._value_prefix
+
+        def run(client: redis.Redis) -> int:
+            members = [m.decode() for m in client.smembers(tag_key)]  # type: ignore[union-attr]
+            n = 0
+            for start in range(0, len(members), 500):
+                chunk = members[start : start + 500]
+                n += int(client.delete(*[vp + k for k in chunk]))
+            client.delete(tag_key)
+            return n
+
+        return self._call("purge", run)
+
+    # --- inspection -----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Items and payload bytes under the prefix (a scan), breaker state and counters.
+
+        While the breaker is open nothing is scanned and ``items``/``bytes`` are 0.
+        """
+        counters: dict[str, Any] = {
+            "state": self.breaker.state,
+            "trips": self.breaker.trips,
+            "recoveries": self.breaker.recoveries,
+            "skipped": self.skipped,
+            "redis_errors": self.errors,
+            "prefix": self.prefix,
+            "url": redact_url(self.url),
+        }
+
+        def run(client: redis.Redis) -> dict[str, Any]:
+            keys = list(client.scan_iter(match=_glob_escape(self._value_prefix) + "*", count=1000))
+            total = 0
+            for start in range(0, len(keys), 500):
+                pipe = client.pipeline(transaction=False)
+                for key in keys[start : start + 500]:
+                    pipe.strlen(key)
+                total += sum(int(n) for n in pipe.execute())
+            info: Any = client.info("stats")
+            return {"items": len(keys), "bytes": total, "evictions": int(info["evicted_keys"])}
+
+        sizes = {"items": 0, "bytes": 0, "evictions": 0}
+        if self.breaker.state == "closed":
+            with contextlib.suppress(RedisUnavailable):
+                sizes = self._call("stats", run)
+        return {**sizes, **counters}
+
+    def ping(self) -> bool:
+        """True when Redis answers now (goes through the breaker; never raises)."""
+        try:
+            return bool(self._call("ping", lambda c: c.ping()))
+        except RedisUnavailable:
+            return False
+
+    def reset_lock(self) -> None:
+        """Replace locks after ``fork()``; redis-py reconnects in a new process by itself."""
+        self._lock = threading.Lock()
+        self.breaker.reset_lock()
+
+    def close(self) -> None:
+        """Close the connection pool (when this tier built the client); idempotent."""
+        if self._owns_client:
+            self._client.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisTier({redact_url(self.url)!r}, prefix={self.prefix!r}, "
+            f"state={self.breaker.state}, skipped={self.skipped}, errors={self.errors})"
+        )
