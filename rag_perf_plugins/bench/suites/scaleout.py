@@ -1,0 +1,472 @@
+"""Scale-out benchmarks: N processes sharing one rate budget and one cache through Redis.
+
+Example::
+
+    rag-perf bench --only scaleout --quick
+
+``run_shared_budget`` starts N worker processes (``multiprocessing`` spawn), each with its
+own :class:`~rag_perf_plugins.admission.AdmissionGate` (8 tasks, aiohttp) in front of a
+:class:`~rag_perf_plugins.admission_redis.RedisBudgetStore`, all sending embedding requests
+to one simulator whose RPM limit is the same budget. It counts, from the clients' side,
+the answers that completed inside a steady window (after the first burst), the 429s, and
+the latencies. The baseline, measured in the same run, is the same N processes each with a
+process-local budget at the full rate: what several uvicorn workers do without Redis.
+
+``run_cross_process_hits`` writes vectors from one process through a
+:class:`~rag_perf_plugins.cache.CacheManager` with the Redis tier and the disk tier off,
+then reads them from a second, fresh process; the baseline is the same pair without Redis.
+
+Needs Redis (``redis_url`` of the bench config, else ``redis://127.0.0.1:6379/0``); every
+key it writes is under a fresh prefix and deleted afterwards. Not measured here: several
+hosts (one host stands in for many), or Redis over a real network (loopback only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ...admission import AdmissionGate, LocalBudgetStore, key_fingerprint
+from ...config import PerformanceConfig
+from ...errors import Overloaded
+from ..registry import BenchContext, Result, Target, benchmark
+from .concurrency import simulator_process
+
+__all__ = [
+    "CrossProcessHits",
+    "SharedBudgetRun",
+    "delete_prefix",
+    "run_cross_process_hits",
+    "run_shared_budget",
+]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+MODEL = "text-embedding-3-small"
+API_KEY = "sk-scaleout-bench"
+TASKS_PER_PROCESS = 8
+# The gate's burst is 1 s of budget and the simulator's 2 s: the second absorbs up to a
+# second of scheduling jitter between admission and arrival on a loaded 2-core machine.
+GATE_BURST_S = 1.0
+SIM_BURST_S = 2.0
+
+
+@dataclass(frozen=True)
+class SharedBudgetRun:
+    """What N processes achieved against one budget, seen by the clients.
+
+    Attributes:
+        processes: Worker processes.
+        shared: True when the budget was kept in Redis, False for process-local budgets.
+        ok: Answers 200 over the whole run; ``rate_limited``: answers 429;
+            ``rejected``: callers the gate refused (``Overloaded``); ``errors``: others.
+        in_window: Answers 200 completed inside the steady window.
+        window_s: Length of the steady window, seconds.
+        limit_per_s: The budget, requests per second.
+        throughput_per_s: ``in_window / window_s``.
+        fraction: ``throughput_per_s / limit_per_s``.
+        p95_total_s: p95 of queue wait plus call, seconds; ``p95_call_s``: call alone.
+        fallback_calls: Store calls served by the fallback (all processes).
+    """
+
+    processes: int
+    shared: bool
+    ok: int
+    rate_limited: int
+    rejected: int
+    errors: int
+    in_window: int
+    window_s: float
+    limit_per_s: float
+    throughput_per_s: float
+    fraction: float
+    p95_total_s: float | None
+    p95_call_s: float | None
+    fallback_calls: int
+
+
+def _p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
+    import aiohttp
+
+    config = PerformanceConfig(
+        redis_url=spec["redis_url"],
+        shared_rate_limit=spec["shared"],
+        cache_namespace_prefix=spec["prefix"],
+        requests_per_minute=spec["rpm"],
+        rate_burst_seconds=GATE_BURST_S,
+        max_concurrent_requests=spec["tasks"],
+        worker_count=spec["processes"],
+        enable_metrics=False,
+    )
+    store: Any
+    if spec["shared"]:
+        from ...admission_redis import shared_budget_store
+
+        store = shared_budget_store(config)
+    else:
+        store = LocalBudgetStore()
+    key = f"simulator/{MODEL}/{key_fingerprint(API_KEY)}"
+    gate = AdmissionGate(config, key=key, store=store, operation=None)
+    url = spec["base_url"] + "/embeddings"
+    body = {"model": MODEL, "input": ["scale-out"]}
+    stop_at = start_at + spec["duration_s"]
+    records: list[tuple[float, int, float, float]] = []
+    rejected = 0
+    connector = aiohttp.TCPConnector(limit=spec["tasks"])
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+
+        async def task() -> None:
+            nonlocal rejected
+            while time.time() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    async with gate.acquire(tokens=0):
+                        t1 = time.perf_counter()
+                        async with session.post(url, json=body) as response:
+                            await response.read()
+                            status = response.status
+                            gate.observe_response(status, response.headers)
+                except Overloaded:
+                    rejected += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                t2 = time.perf_counter()
+                records.append((time.time(), status, t2 - t0, t2 - t1))
+
+        await asyncio.gather(*(task() for _ in range(spec["tasks"])))
+    stats = store.stats() if hasattr(store, "stats") else {}
+    return {
+        "records": records,
+        "rejected": rejected,
+        "fallback_calls": int(stats.get("fallback_calls", 0)),
+    }
+
+
+def _budget_worker(spec: dict[str, Any], ready: Any, go: Any, start_at: Any, out: Any) -> None:
+    try:
+        ready.put(os.getpid())
+        go.wait()
+        out.put(asyncio.run(_budget_main(spec, start_at.value)))
+    except BaseException as exc:  # reported to the parent, which raises
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_shared_budget(
+    base_url: str,
+    redis_url: str,
+    *,
+    processes: int,
+    rpm: float,
+    duration_s: float,
+    warmup_s: float,
+    shared: bool = True,
+    prefix: str | None = None,
+    tasks: int = TASKS_PER_PROCESS,
+) -> SharedBudgetRun:
+    """Run ``processes`` spawned workers for ``duration_s`` seconds against ``base_url``.
+
+    Workers start together (after all have imported and connected) and count answers
+    completed between ``warmup_s`` and ``duration_s`` after the start. With ``shared`` the
+    budget is a fresh key under ``prefix`` (default: a new random prefix) in Redis.
+    """
+    if processes < 1:
+        msg = f"processes must be >= 1, got {processes}"
+        raise ValueError(msg)
+    if not 0 <= warmup_s < duration_s:
+        msg = f"need 0 <= warmup_s < duration_s (seconds), got {warmup_s}, {duration_s}"
+        raise ValueError(msg)
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Queue(), ctx.Queue()
+    go = ctx.Event()
+    start_value = ctx.Value("d", 0.0)
+    spec = {
+        "base_url": base_url,
+        "redis_url": redis_url if shared else None,
+        "shared": shared,
+        "prefix": prefix or f"bench-{uuid.uuid4().hex[:12]}",
+        "rpm": rpm,
+        "tasks": tasks,
+        "processes": processes,
+        "duration_s": duration_s,
+    }
+    workers = [
+        ctx.Process(target=_budget_worker, args=(spec, ready, go, start_value, out))
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        for _ in workers:
+            ready.get(timeout=120)
+        start_at = time.time() + 0.5  # time for every child to reach its event loop
+        start_value.value = start_at
+        go.set()
+        results = [out.get(timeout=duration_s + 120) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+                w.join()
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:
+        msg = f"{len(failed)} worker(s) failed, first: {failed[0]}"
+        raise RuntimeError(msg)
+    records = [rec for r in results for rec in r["records"]]
+    window_start, window_end = start_at + warmup_s, start_at + duration_s
+    in_window = sum(1 for t, s, _, _ in records if s == 200 and window_start <= t < window_end)
+    window_s = duration_s - warmup_s
+    limit_per_s = rpm / 60.0
+    throughput = in_window / window_s
+    ok_records = [r for r in records if r[1] == 200]
+    return SharedBudgetRun(
+        processes=processes,
+        shared=shared,
+        ok=len(ok_records),
+        rate_limited=sum(1 for r in records if r[1] == 429),
+        rejected=sum(int(r["rejected"]) for r in results),
+        errors=sum(1 for r in records if r[1] not in (200, 429)),
+        in_window=in_window,
+        window_s=window_s,
+        limit_per_s=limit_per_s,
+        throughput_per_s=throughput,
+        fraction=throughput / limit_per_s,
+        p95_total_s=_p95([r[2] for r in ok_records]),
+        p95_call_s=_p95([r[3] for r in ok_records]),
+        fallback_calls=sum(int(r["fallback_calls"]) for r in results),
+    )
+
+
+@dataclass(frozen=True)
+class CrossProcessHits:
+    """Hits a fresh process found for keys another process wrote (disk tier off).
+
+    Attributes:
+        written: Keys the writer stored; ``hits``: keys the reader found.
+        hit_rate: ``hits / written``.
+        read_us_per_key: Reader's time per key of one batched ``get_vectors``, microseconds.
+    """
+
+    written: int
+    hits: int
+    hit_rate: float
+    read_us_per_key: float
+
+
+def _cache_role(role: str, redis_url: str | None, prefix: str, n: int, dim: int, out: Any) -> None:
+    try:
+        from ...cache import CacheManager
+
+        config = PerformanceConfig(
+            redis_url=redis_url,
+            redis_position="instead-of-disk",
+            cache_disk_enabled=False,
+            cache_namespace_prefix=prefix,
+            enable_metrics=False,
+        )
+        keys = [f"vector-{i}" for i in range(n)]
+        with CacheManager(config) as cache:
+            if role == "write":
+                cache.set_vectors({k: [i / n] * dim for i, k in enumerate(keys)}, model=MODEL)
+                out.put({"written": n})
+                return
+            t0 = time.perf_counter()
+            found = cache.get_vectors(keys)
+            elapsed = time.perf_counter() - t0
+            out.put({"hits": len(found), "seconds": elapsed})
+    except BaseException as exc:  # reported to the parent, which raises
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _in_child(role: str, redis_url: str | None, prefix: str, n: int, dim: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_cache_role, args=(role, redis_url, prefix, n, dim, out))
+    proc.start()
+    try:
+        result: dict[str, Any] = out.get(timeout=120)
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if "error" in result:
+        msg = f"cache {role} process failed: {result['error']}"
+        raise RuntimeError(msg)
+    return result
+
+
+def run_cross_process_hits(
+    redis_url: str | None, *, n: int, dim: int = 384, prefix: str | None = None
+) -> CrossProcessHits:
+    """Write ``n`` vectors of ``dim`` floats in one process, read them in another.
+
+    ``redis_url=None`` runs the baseline: memory tier only, nothing shared.
+    """
+    prefix = prefix or f"bench-{uuid.uuid4().hex[:12]}"
+    written = int(_in_child("write", redis_url, prefix, n, dim)["written"])
+    read = _in_child("read", redis_url, prefix, n, dim)
+    hits = int(read["hits"])
+    return CrossProcessHits(written, hits, hits / written, read["seconds"] / n * 1e6)
+
+
+def delete_prefix(redis_url: str, prefix: str) -> int:
+    """Delete every key under ``prefix:`` (what a run left behind); returns how many."""
+    from ...cache.redis_tier import make_redis_client
+
+    client = make_redis_client(redis_url, timeout=5.0)
+    try:
+        keys = list(client.scan_iter(match=prefix + ":*", count=1000))
+        return int(client.unlink(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
+def _redis_url(ctx: BenchContext) -> str:
+    from ...cache.redis_tier import make_redis_client
+
+    url = ctx.config.redis_url or DEFAULT_REDIS_URL
+    client = make_redis_client(url, timeout=1.0)
+    try:
+        client.ping()
+    except Exception as exc:
+        msg = f"scaleout benchmarks need Redis at {url} ({type(exc).__name__}: {exc})"
+        raise RuntimeError(msg) from exc
+    finally:
+        client.close()
+    return url
+
+
+def _ms(seconds: float | None) -> float:
+    return float("nan") if seconds is None else round(seconds * 1000, 2)
+
+
+@benchmark("scaleout", "1, 2 and 4 processes sharing one RPM budget through Redis (simulator)")
+def shared_budget(ctx: BenchContext) -> Iterator[Result]:
+    """Throughput, p95 and 429s of N processes sharing one budget; local budgets as baseline."""
+    url = _redis_url(ctx)
+    rpm = float(ctx.scale(3000, quick=1200))
+    duration = float(ctx.scale(20, quick=8))
+    warmup = 2.0
+    runs: list[SharedBudgetRun] = []
+    with simulator_process(rpm=rpm, burst_seconds=SIM_BURST_S, latency_ms=20.0) as base_url:
+        for processes, shared in ((1, True), (2, True), (4, True), (4, False)):
+            prefix = f"bench-{uuid.uuid4().hex[:12]}"
+            ctx.progress(f"{processes} process(es), {'Redis' if shared else 'local'} budget")
+            try:
+                runs.append(
+                    run_shared_budget(
+                        base_url,
+                        url,
+                        processes=processes,
+                        rpm=rpm,
+                        duration_s=duration,
+                        warmup_s=warmup,
+                        shared=shared,
+                        prefix=prefix,
+                    )
+                )
+            finally:
+                delete_prefix(url, prefix)
+            time.sleep(SIM_BURST_S + 0.5)  # let the simulator's bucket fill up again
+    baseline = runs[-1]
+    for run in runs[:-1]:
+        row: dict[str, Any] = {
+            "processes": run.processes,
+            "throughput_per_s": round(run.throughput_per_s, 2),
+            "fraction_of_limit": round(run.fraction, 4),
+            "p95_total_ms": _ms(run.p95_total_s),
+            "p95_call_ms": _ms(run.p95_call_s),
+            "ok": run.ok,
+            "rate_limited": run.rate_limited,
+            "rejected": run.rejected,
+            "fallback_calls": run.fallback_calls,
+        }
+        yield Result.compare(
+            f"scaleout_shared_fraction_{run.processes}p",
+            run.fraction,
+            "ratio",
+            better="higher",
+            target=Target.value_at_least(0.95),
+            notes=(
+                f"{run.processes} process(es) x {TASKS_PER_PROCESS} tasks, one {rpm:g} RPM "
+                f"budget in Redis: {run.throughput_per_s:.1f}/s of {run.limit_per_s:.1f}/s "
+                f"over {run.window_s:g} s"
+            ),
+            **row,
+        )
+        yield Result.compare(
+            f"scaleout_shared_429s_{run.processes}p",
+            run.rate_limited,
+            "responses",
+            baseline=(f"{baseline.processes} processes, local budgets", baseline.rate_limited),
+            better="lower",
+            target=Target.value_at_most(0),
+            notes="429s from a simulator set to the same RPM",
+            **row,
+        )
+        yield Result.compare(
+            f"scaleout_shared_p95_ms_{run.processes}p",
+            _ms(run.p95_total_s),
+            "ms",
+            better="lower",
+            notes=(
+                f"queue wait + call (20 ms simulated latency); call alone "
+                f"{_ms(run.p95_call_s)} ms. Closed loop: waits grow with callers per budget"
+            ),
+            **row,
+        )
+    yield Result.compare(
+        "scaleout_local_budgets_429s_4p",
+        baseline.rate_limited,
+        "responses",
+        better="lower",
+        notes=(
+            f"baseline: 4 processes each with a process-local {rpm:g} RPM gate: "
+            f"{baseline.throughput_per_s:.1f}/s completed, {baseline.rate_limited} 429s, "
+            f"p95 {_ms(baseline.p95_total_s)} ms"
+        ),
+        ok=baseline.ok,
+        throughput_per_s=round(baseline.throughput_per_s, 2),
+    )
+
+
+@benchmark("scaleout", "cross-process cache hit rate through Redis (disk tier off)")
+def cross_process_hits(ctx: BenchContext) -> Iterator[Result]:
+    """Hit rate of a fresh process on vectors another process wrote, with and without Redis."""
+    url = _redis_url(ctx)
+    n = ctx.scale(5000, quick=1000)
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    try:
+        ours = run_cross_process_hits(url, n=n, prefix=prefix)
+    finally:
+        delete_prefix(url, prefix)
+    local = run_cross_process_hits(None, n=n)
+    yield Result.compare(
+        "scaleout_cross_process_hit_rate",
+        ours.hit_rate,
+        "ratio",
+        baseline=("memory tier only (no shared tier)", local.hit_rate),
+        better="higher",
+        target=Target.value_at_least(0.99),
+        notes=(
+            f"{n} 384-d vectors written by one process, read by a fresh one in one "
+            f"get_vectors call: {ours.read_us_per_key:.1f} µs per key through Redis"
+        ),
+        hits=ours.hits,
+        written=ours.written,
+        read_us_per_key=round(ours.read_us_per_key, 2),
+    )
