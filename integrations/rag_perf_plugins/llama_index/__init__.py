@@ -20,15 +20,19 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     )
     raise ImportError(msg) from exc
 
-from .embeddings import CACHE_KWARG, PerfEmbedding, inner_identity
+from .embeddings import CACHE_KWARG, PerfEmbedding, cache_manager_for, inner_identity
 from .factories import pooled_openai_embedding
 from .settings import SettingsState, configure_settings, restore_settings
+from .vector_stores import PerfVectorStore
 
 __all__ = [
     # embeddings
     "CACHE_KWARG",
     "PerfEmbedding",
+    "cache_manager_for",
     "inner_identity",
+    # vector stores
+    "PerfVectorStore",
     # factories
     "pooled_openai_embedding",
     # global Settings

@@ -49,7 +49,7 @@ from rag_perf_plugins.embedding_service import (
 )
 from rag_perf_plugins.retry import RetryPolicy
 
-__all__ = ["CACHE_KWARG", "PerfEmbedding", "inner_identity"]
+__all__ = ["CACHE_KWARG", "PerfEmbedding", "cache_manager_for", "inner_identity"]
 
 # The LlamaIndex keyword argument carrying a per-call cache control ("bypass", "refresh",
 # "no-store", or {"mode": ..., "ttl": seconds}); see rag_perf_plugins.cache.control.
@@ -387,20 +387,27 @@ _managers: dict[PerformanceConfig, CacheManager] = {}
 _managers_lock = threading.Lock()
 
 
-def _default_store(config: PerformanceConfig) -> EmbeddingStore | None:
-    """The core cache's embeddings namespace for ``config``; ``None`` when caching is off.
+def cache_manager_for(config: PerformanceConfig) -> CacheManager:
+    """The cache manager every LlamaIndex wrapper built with ``config`` shares.
+
+    Example: ``cache_manager_for(PerformanceConfig(cache_dir="/tmp/c")).get_stats()``.
 
     The process-wide ``CacheManager`` serves when its config equals ``config``; another
     config (its own ``cache_dir``, TTL, dtype, tiers) gets a manager of its own, shared by
     every wrapper built with an equal config, so the wrapper's cache settings are honoured.
     """
-    if not config.enable_caching:
-        return None
     manager = get_cache_manager()
     if manager.config != config:
         with _managers_lock:
             manager = _managers.get(config) or _managers.setdefault(config, CacheManager(config))
-    return CacheEmbeddingStore(manager)
+    return manager
+
+
+def _default_store(config: PerformanceConfig) -> EmbeddingStore | None:
+    """The core cache's embeddings namespace for ``config``; ``None`` when caching is off."""
+    if not config.enable_caching:
+        return None
+    return CacheEmbeddingStore(cache_manager_for(config))
 
 
 def _default_gate(
