@@ -54,7 +54,7 @@ CHAT_MODEL = "gpt-4o-mini"
 EMBED_MODEL = "text-embedding-3-small"
 
 # The simulated provider (milliseconds, requests per minute); see the module docstring.
-SIMULATOR = {
+SIMULATOR: dict[str, Any] = {
     "latency_ms": 40.0,
     "jitter_ms": 20.0,
     "latency_per_token_ms": 0.3,
@@ -166,10 +166,10 @@ class Phase:
 
 def reuse_rate(provider: dict[str, Any]) -> float | None:
     """Requests that did not open a TCP connection, as the simulator counted them."""
-    requests = provider.get("requests_total", 0)
+    requests = int(provider.get("requests_total", 0))
     if not requests:
         return None
-    return max(0.0, 1.0 - provider.get("connections_opened", 0) / requests)
+    return max(0.0, 1.0 - int(provider.get("connections_opened", 0)) / requests)
 
 
 Ask = Callable[[str], Awaitable[tuple[str, list[str]]]]
@@ -248,6 +248,7 @@ def langchain_pipeline(
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.vectorstores import InMemoryVectorStore
     from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+    from pydantic import SecretStr
     from rag_perf_plugins.langchain import (
         PerfEmbeddings,
         PerfLLMCache,
@@ -289,7 +290,10 @@ def langchain_pipeline(
         description = f"PerfEmbeddings, PerfVectorStore, {how}"
     else:
         embeddings = OpenAIEmbeddings(
-            model=EMBED_MODEL, base_url=base_url, api_key=API_KEY, check_embedding_ctx_length=False
+            model=EMBED_MODEL,
+            openai_api_base=base_url,
+            openai_api_key=SecretStr(API_KEY),
+            check_embedding_ctx_length=False,
         )
         store = InMemoryVectorStore(embeddings)
         llm = ChatOpenAI(
@@ -345,7 +349,7 @@ def llama_index_pipeline(base_url: str, config: Any) -> tuple[AskSync, Ask, str,
     from llama_index.core import Settings, VectorStoreIndex
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.core.schema import Document
-    from llama_index.llms.openai import OpenAI  # type: ignore[import-untyped]
+    from llama_index.llms.openai import OpenAI
     from rag_perf_plugins.llama_index import configure_settings, pooled_openai_embedding
 
     from rag_perf_plugins import (
