@@ -22,6 +22,13 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
 
 from .embeddings import CACHE_KWARG, PerfEmbedding, cache_manager_for, inner_identity
 from .factories import pooled_openai_embedding
+from .instrumentation import (
+    Instrumentation,
+    PerfEventHandler,
+    PerfSpanHandler,
+    install_instrumentation,
+    uninstall_instrumentation,
+)
 from .settings import SettingsState, configure_settings, restore_settings
 from .vector_stores import PerfVectorStore
 
@@ -35,6 +42,12 @@ __all__ = [
     "PerfVectorStore",
     # factories
     "pooled_openai_embedding",
+    # instrumentation
+    "Instrumentation",
+    "PerfEventHandler",
+    "PerfSpanHandler",
+    "install_instrumentation",
+    "uninstall_instrumentation",
     # global Settings
     "SettingsState",
     "configure_settings",
