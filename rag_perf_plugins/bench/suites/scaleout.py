@@ -36,7 +36,6 @@ from ...admission import AdmissionGate, LocalBudgetStore, key_fingerprint
 from ...config import PerformanceConfig
 from ...errors import Overloaded
 from ..registry import BenchContext, Result, Target, benchmark
-from .concurrency import simulator_process
 
 __all__ = [
     "CrossProcessHits",
@@ -157,6 +156,11 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
 
 def _budget_worker(spec: dict[str, Any], ready: Any, go: Any, start_at: Any, out: Any) -> None:
     try:
+        # Import everything before saying ready, so the start is not spent importing.
+        import aiohttp  # noqa: F401
+
+        from ... import admission_redis  # noqa: F401
+
         ready.put(os.getpid())
         go.wait()
         out.put(asyncio.run(_budget_main(spec, start_at.value)))
@@ -211,7 +215,7 @@ def run_shared_budget(
     try:
         for _ in workers:
             ready.get(timeout=120)
-        start_at = time.time() + 0.5  # time for every child to reach its event loop
+        start_at = time.time() + 1.0  # time for every child to reach its event loop
         start_value.value = start_at
         go.set()
         results = [out.get(timeout=duration_s + 120) for _ in workers]
@@ -357,6 +361,8 @@ def _ms(seconds: float | None) -> float:
 @benchmark("scaleout", "1, 2 and 4 processes sharing one RPM budget through Redis (simulator)")
 def shared_budget(ctx: BenchContext) -> Iterator[Result]:
     """Throughput, p95 and 429s of N processes sharing one budget; local budgets as baseline."""
+    from .concurrency import simulator_process  # not imported by the spawned workers
+
     url = _redis_url(ctx)
     rpm = float(ctx.scale(3000, quick=1200))
     duration = float(ctx.scale(20, quick=8))
