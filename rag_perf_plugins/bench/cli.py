@@ -202,9 +202,20 @@ def run_command(args: argparse.Namespace) -> int:
                 progress=lambda message: progress.update(task, description=message),
             )
             results: list[Result] = []
+            timings: list[dict[str, Any]] = []
             for bench in chosen:
+                began = time.monotonic()
                 results.extend(run([bench], ctx, on_start=on_start, on_result=on_result))
+                timings.append(
+                    {
+                        "category": bench.category,
+                        "title": bench.title,
+                        "seconds": round(time.monotonic() - began, 3),
+                    }
+                )
                 progress.advance(task)
+        # Wall seconds per benchmark: where the --quick budget goes.
+        meta["benchmark_seconds"] = timings
         if not args.only:
             for module, error in import_failures:
                 results.append(
@@ -223,6 +234,15 @@ def run_command(args: argparse.Namespace) -> int:
     console.print(
         f"{totals['results']} results: {totals['passed']} passed, {totals['failed']} failed, "
         f"{totals['errors']} errors in {document['meta']['duration_s']:.1f} s"
+    )
+    by_category: dict[str, float] = {}
+    for timing in timings:
+        by_category[timing["category"]] = (
+            by_category.get(timing["category"], 0.0) + timing["seconds"]
+        )
+    console.print(
+        "seconds by category: "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(by_category.items()))
     )
     if args.output:
         out = Path(args.output)
