@@ -321,6 +321,19 @@ class LocalBudgetStore:
 _DEFAULT_STORE = LocalBudgetStore()
 
 
+def _store_for(config: PerformanceConfig) -> BudgetStore:
+    """The process-wide local store, or the shared Redis one when ``shared_rate_limit``."""
+    if not config.shared_rate_limit:
+        return _DEFAULT_STORE
+    if not config.redis_url:
+        msg = "shared_rate_limit needs redis_url (e.g. redis://127.0.0.1:6379/0)"
+        raise ConfigError(msg, key="redis_url")
+    # Imported here: redis-py is an optional extra, and admission_redis imports this module.
+    from .admission_redis import shared_budget_store
+
+    return shared_budget_store(config)
+
+
 def key_fingerprint(api_key: str | None) -> str:
     """A short, stable, one-way fingerprint of an API key: ``"k-3f9a0c1b22de"``, never the key.
 
@@ -462,7 +475,9 @@ class AdmissionGate:
             ``max_queue``, ``max_queue_wait``, ``retry_after_cap``, ``enable_metrics``).
         key: The budget key, e.g. ``"openai/gpt-4o-mini/k-3f9a0c1b22de"``; gates with the
             same key and store share one budget (slots are per gate: use :func:`get_gate`).
-        store: Where budgets live; defaults to the process-wide :class:`LocalBudgetStore`.
+        store: Where budgets live; defaults to the process-wide :class:`LocalBudgetStore`,
+            or with ``shared_rate_limit`` and ``redis_url`` to the shared
+            :class:`~rag_perf_plugins.admission_redis.RedisBudgetStore`.
         clock: Seconds, monotonic. ``sleep``/``async_sleep``: how budget waits and slot
             timeouts wait (a thread's slot wait uses real time).
         tracker: Where admissions are recorded (queue wait separate from hold time);
@@ -534,7 +549,7 @@ class AdmissionGate:
         # stalled thread); holding back this much burst absorbs that. The rate is unchanged.
         burst -= min(jitter_allowance, burst / 2)
         self.limits = RateLimits(config.requests_per_minute, config.tokens_per_minute, burst)
-        self._store: BudgetStore = store if store is not None else _DEFAULT_STORE
+        self._store: BudgetStore = store if store is not None else _store_for(config)
         self._clock = clock
         self._sleep = sleep
         self._async_sleep = async_sleep

@@ -24,7 +24,7 @@ from rag_perf_plugins.admission import (
 )
 from rag_perf_plugins.admission_redis import RedisBudgetStore, shared_budget_store
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.errors import Overloaded
+from rag_perf_plugins.errors import ConfigError, Overloaded
 
 pytestmark = pytest.mark.redis
 
@@ -181,3 +181,22 @@ def test_bad_arguments_are_refused_early(redis_url: str) -> None:
         RedisBudgetStore(redis_url, worker_count=0)
     with pytest.raises(ValueError, match="redis_url"):
         shared_budget_store(PerformanceConfig())
+
+
+def test_the_gate_uses_the_shared_store_when_the_config_asks(redis_url: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    config = PerformanceConfig(
+        redis_url=redis_url, shared_rate_limit=True, cache_namespace_prefix=prefix,
+        requests_per_minute=60, worker_count=3, enable_metrics=False,
+    )  # fmt: skip
+    one = AdmissionGate(config, key="openai/m/nokey", operation=None)
+    two = AdmissionGate(config, key="openai/m/nokey", operation=None)  # another "process"
+    assert isinstance(one._store, RedisBudgetStore) and one._store.worker_count == 3
+    with one.acquire_sync():
+        pass
+    assert 1.0 - TOL < two._store.peek("openai/m/nokey", two.limits, requests=1, tokens=0,
+                                       now=0.0) <= 1.0  # fmt: skip
+    local = AdmissionGate(PerformanceConfig(redis_url=redis_url), key="x", operation=None)
+    assert isinstance(local._store, LocalBudgetStore)  # shared_rate_limit is off
+    with pytest.raises(ConfigError, match="redis_url"):
+        AdmissionGate(PerformanceConfig(shared_rate_limit=True), key="x")
