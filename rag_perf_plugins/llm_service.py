@@ -1,0 +1,848 @@
+"""The one LLM request path that every framework adapter calls (framework-free).
+
+LangChain's ``PerfChatModel`` and LlamaIndex's ``PerfLLM`` both turn their framework's call
+into an :class:`LLMRequest` (plain, JSON-able data) plus a provider callable, and hand them to
+:class:`LLMService`; nothing about keys, caching, single-flight, admission, retries, stream
+record/replay or statistics lives in the adapters::
+
+    service = LLMService(config=PerformanceConfig(), gate=gate, retry=retry)
+    request = LLMRequest(
+        model="gpt-4o-mini",
+        provider="openai/http://127.0.0.1:8000/v1",
+        messages=[{"role": "user", "content": "What is RAG?"}],
+        params={"temperature": 0.0, "max_tokens": 256},
+    )
+    answer = service.generate(request, lambda: client_call(), codec)          # blocking
+    answer = await service.agenerate(request, async_client_call, codec)       # async
+    for chunk in service.stream(request, lambda: client_stream(), chunk_codec):
+        print(chunk)
+
+One non-streamed call (:meth:`LLMService.generate` / :meth:`LLMService.agenerate`):
+
+1. Key: :func:`rag_perf_plugins.cache.llm_key` of model, provider, messages, every
+   parameter except those that do not change the answer (timeouts, retries, credentials,
+   ``stream``), tools, tool choice, response format and seed.
+2. Policy: every call is cached while ``enable_caching`` is on, except sampled calls
+   (temperature above 0, or unset, and no seed) when ``cache_skip_sampled`` is on. The
+   per-call :func:`~rag_perf_plugins.cache.cache_control` mode (bypass, refresh, no-store,
+   ttl) applies.
+3. Lookup in the ``llm`` namespace of the :class:`~rag_perf_plugins.cache.CacheManager`. A
+   hit returns ``codec.decode(payload)``: the adapter marks it as a hit there and reports
+   zero usage; the tracker records the tokens it saved.
+4. A miss goes through single-flight: identical requests in flight at the same time make
+   one provider call; the others get ``codec.decode`` of the leader's payload (and count as
+   ``coalesced``). Errors reach every waiter and are never stored.
+5. The provider call passes the admission gate (estimated tokens: the prompt's string
+   content plus ``max_tokens``; reconciled with the actual usage afterwards) and the retry
+   policy. Hits never touch either.
+6. The payload (``codec.encode(result)``) is stored with its usage; the call is recorded in
+   the tracker (latency, tokens in/out, cache hit, tokens saved, queue wait, retries).
+
+A streamed call (:meth:`LLMService.stream` / :meth:`LLMService.astream`) is cached under
+its own key (the request key plus a stream marker), as the list of its chunks:
+
+- Miss: chunks are passed on as they arrive (a tee: each is encoded, then yielded; no
+  waiting for the end). Only a stream that completed is stored, with its usage (the
+  codec reads usage and finish reason from the chunks). A stream abandoned by its consumer
+  or ending in an error is not stored (recorded as ``abandoned`` / ``error``). The gate slot
+  is held until the stream ends; the retry policy covers opening the stream up to its first
+  chunk (after a chunk has been yielded a failure cannot be retried without duplicating
+  output, so it reaches the consumer).
+- Hit: the stored chunks are replayed as a stream; the time to the first replayed chunk is
+  recorded as the call's TTFT (``ttft_s``, with ``cache_hit=True``).
+
+Payloads and chunks are framework-neutral, JSON/msgpack-able structures produced by the
+adapter's codec with the framework's own serializers; nothing is pickled.
+
+Not done here: identical *streamed* misses in flight at once are not coalesced (each
+streams from the provider; the last to complete writes the entry); a streamed entry does
+not answer a non-streamed call or the reverse; converting framework types (the codecs'
+job); choosing the gate and retry policy (the adapter passes them or ``None``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, TypeVar
+
+from ._clock import Clock, monotonic
+from .cache import (
+    CacheManager,
+    KeyExplanation,
+    SingleFlight,
+    current_control,
+    explain_key,
+    get_cache_manager,
+    llm_fields,
+    llm_key,
+)
+from .cache.control import CacheControl
+from .config import PerformanceConfig
+from .embedding_service import AdmissionGateLike, RetryPolicyLike
+from .tokens import estimate_tokens
+from .tracking import PerformanceTracker, get_performance_tracker
+
+__all__ = [
+    "ChunkCodec",
+    "LLMRequest",
+    "LLMService",
+    "ResultCodec",
+    "Usage",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+NAMESPACE: Final = "llm"
+_STREAM_SUFFIX: Final = ":stream"
+_END: Final[Any] = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    @property
+    def total(self) -> int:
+        """``tokens_in + tokens_out``."""
+        return self.tokens_in + self.tokens_out
+
+
+class ResultCodec(Protocol[T]):
+    """How an adapter turns its framework's complete answer into stored data and back.
+
+    ``encode`` must return plain data (dict, list, str, int, float, bool, None) that the
+    cache can store without pickle; ``decode`` is called only for answers that did not
+    come from this call's own provider request (cache hits and coalesced followers), so it
+    is where the adapter marks the hit and reports zero usage. ``usage`` reads the tokens
+    of a live answer (``None`` when unknown).
+    """
+
+    def encode(self, value: T) -> Any:
+        """Plain data for ``value``."""
+        ...
+
+    def decode(self, data: Any) -> T:
+        """The framework answer for stored ``data``, marked as a cache hit."""
+        ...
+
+    def usage(self, value: T) -> Usage | None:
+        """Tokens the provider billed for ``value``."""
+        ...
+
+
+class ChunkCodec(Protocol[C]):
+    """The stream twin of :class:`ResultCodec`: one chunk at a time.
+
+    ``decode`` is called for replayed chunks only (mark them there); ``usage`` gets the
+    complete list of live chunks once the stream ended (usage usually rides on the last).
+    """
+
+    def encode(self, chunk: C) -> Any:
+        """Plain data for one chunk."""
+        ...
+
+    def decode(self, data: Any) -> C:
+        """A replayed chunk, marked as a cache hit."""
+        ...
+
+    def usage(self, chunks: Sequence[C]) -> Usage | None:
+        """Tokens billed for the whole stream."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    """The effective request of one LLM call, as plain data: everything that decides the answer.
+
+    Example::
+
+        LLMRequest(model="gpt-4o-mini", provider="openai/https://api.openai.com/v1",
+                   messages=[{"role": "user", "content": "hi"}],
+                   params={"temperature": 0.0, "max_tokens": 64, "timeout": 30},
+                   tools=[{"type": "function", "function": {...}}], tool_choice="auto")
+
+    ``params`` holds every sampling and output parameter after the model's defaults; names
+    in :data:`rag_perf_plugins.cache.NON_OUTPUT_PARAMS` (timeouts, retries, credentials)
+    are left out of the key. Messages, tools and formats must be plain data: the key
+    function refuses objects.
+    """
+
+    model: str
+    messages: Any
+    provider: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    tools: Any = None
+    tool_choice: Any = None
+    response_format: Any = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            msg = f"model must be a non-empty str, got {self.model!r}"
+            raise ValueError(msg)
+
+    def key(self) -> str:
+        """The cache key of a non-streamed call (``llm:v1:<hex>``)."""
+        return llm_key(
+            model=self.model,
+            messages=self.messages,
+            provider=self.provider,
+            params=self.params,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            response_format=self.response_format,
+            seed=self.seed,
+        )
+
+    def explain(self) -> KeyExplanation:
+        """What went into :meth:`key`, and which parameters were left out."""
+        fields, excluded = llm_fields(
+            model=self.model,
+            messages=self.messages,
+            provider=self.provider,
+            params=self.params,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            response_format=self.response_format,
+            seed=self.seed,
+        )
+        return explain_key("llm", fields, excluded=excluded)
+
+    def policy_params(self) -> dict[str, Any]:
+        """The parameters the caching policy looks at (temperature, seed)."""
+        params = dict(self.params)
+        if self.seed is not None:
+            params["seed"] = self.seed
+        return params
+
+    def estimated_tokens(self) -> int:
+        """Estimated tokens of the call: string content of the prompt plus ``max_tokens``.
+
+        Every string in ``messages`` and ``tools`` counts (roles and names included, a
+        small over-estimate), plus 3 framing tokens per message; the gate reconciles the
+        estimate with the provider's usage afterwards.
+        """
+        total = 3
+        messages = self.messages if isinstance(self.messages, list | tuple) else [self.messages]
+        for message in messages:
+            total += 3 + _string_tokens(message)
+        if self.tools:
+            total += _string_tokens(self.tools)
+        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+            value = self.params.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                total += value
+                break
+        return total
+
+
+def _string_tokens(value: Any) -> int:
+    if isinstance(value, str):
+        return estimate_tokens(value)
+    if isinstance(value, Mapping):
+        return sum(_string_tokens(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_string_tokens(v) for v in value)
+    return 0
+
+
+@dataclass(slots=True)
+class _Call:
+    """Bookkeeping of one call, filled by the shells, read by :meth:`LLMService._record`."""
+
+    started: float
+    key: str | None
+    control: CacheControl
+    cache_hit: bool | None = None
+    coalesced: bool = False
+    usage: Usage | None = None
+    saved: int = 0
+    queue_wait: float | None = None
+    attempts: int = 0
+    ttft: float | None = None
+    abandoned: bool = False
+
+
+class LLMService:
+    """Cached, coalesced, admitted, retried and tracked LLM calls and streams; sync and async.
+
+    Example::
+
+        service = LLMService(config=PerformanceConfig(cache_ttl=3600.0))
+        request = LLMRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                             params={"temperature": 0.0})
+        text = service.generate(request, lambda: call_provider(), codec)
+
+    Args:
+        config: ``enable_caching``, ``cache_skip_sampled``, ``cache_ttl`` (seconds),
+            ``enable_metrics``; defaults to ``PerformanceConfig()``.
+        cache: The cache manager; ``None`` uses the process-wide one (when caching is on).
+        gate: Admission gate for provider calls (``acquire``/``acquire_sync`` with
+            ``tokens=``; a ticket with ``reconcile``/``queue_wait_s`` is used when present),
+            or ``None``.
+        retry: Retry policy for provider calls (``call``/``acall``), or ``None`` (one
+            attempt). Turn the provider SDK's own retries off, or they stack.
+        tracker: Statistics sink; defaults to the process tracker when metrics are on.
+        operation: Tracker operation name of non-streamed calls; streams record as
+            ``<operation>.stream``.
+        namespace: Cache namespace of the entries (``"llm"``).
+        clock: Seconds, monotonic, for latency and TTFT statistics.
+
+    Raises:
+        ValueError: ``operation`` is empty.
+
+    Does not: convert framework types, retry a stream after its first chunk, or coalesce
+    concurrent identical streams (see the module docstring).
+    """
+
+    __slots__ = (
+        "_cache",
+        "_clock",
+        "_flight",
+        "_gate",
+        "_retry",
+        "_tracker",
+        "config",
+        "namespace",
+        "operation",
+        "provider_calls",
+    )
+
+    def __init__(
+        self,
+        *,
+        config: PerformanceConfig | None = None,
+        cache: CacheManager | None = None,
+        gate: AdmissionGateLike | None = None,
+        retry: RetryPolicyLike | None = None,
+        tracker: PerformanceTracker | None = None,
+        operation: str = "llm",
+        namespace: str = NAMESPACE,
+        clock: Clock = monotonic,
+    ) -> None:
+        if not isinstance(operation, str) or not operation:
+            msg = f"operation must be a non-empty str, got {operation!r}"
+            raise ValueError(msg)
+        self.config = config if config is not None else PerformanceConfig()
+        if cache is None and self.config.enable_caching:
+            cache = get_cache_manager()
+        self._cache = cache if self.config.enable_caching else None
+        self._gate = gate
+        self._retry = retry
+        if tracker is None and self.config.enable_metrics:
+            tracker = get_performance_tracker()
+        self._tracker = tracker
+        self.operation = operation
+        self.namespace = namespace
+        self._clock = clock
+        self._flight = SingleFlight()
+        self.provider_calls = 0
+
+    @property
+    def cache(self) -> CacheManager | None:
+        """The cache manager in use, or ``None`` when caching is off."""
+        return self._cache
+
+    def cache_key(self, request: LLMRequest, *, stream: bool = False) -> str | None:
+        """The key a call would use, or ``None`` when it would not be cached (policy, control).
+
+        Example: ``service.cache_key(request)`` is ``None`` for a sampled request with
+        ``cache_skip_sampled=True``, or inside ``cache_control("bypass")``.
+        """
+        return self._key(request, stream, current_control())
+
+    def __repr__(self) -> str:
+        return (
+            f"<LLMService [provider calls: {self.provider_calls} | "
+            f"cached={self._cache is not None}, gate={self._gate is not None}, "
+            f"retry={self._retry is not None}]>"
+        )
+
+    # --- the shared, I/O-free core ----------------------------------------------------
+    def _key(self, request: LLMRequest, stream: bool, control: CacheControl) -> str | None:
+        cache = self._cache
+        if cache is None or control.mode == "bypass":
+            return None
+        if not cache.should_cache_llm(request.policy_params()):
+            return None
+        try:
+            key = request.key()
+        except TypeError as exc:
+            # An object in the request cannot be hashed into a complete key: uncached, not
+            # an error for the caller (a wrong key would be worse than none).
+            logger.debug("LLM request not cached: %s", exc)
+            return None
+        return key + _STREAM_SUFFIX if stream else key
+
+    def _begin(self, request: LLMRequest, stream: bool) -> _Call:
+        control = current_control()
+        return _Call(self._clock(), self._key(request, stream, control), control)
+
+    @staticmethod
+    def _entry(kind: str, data: Any, usage: Usage | None) -> dict[str, Any]:
+        u = usage or Usage()
+        return {"kind": kind, "data": data, "usage": [u.tokens_in, u.tokens_out]}
+
+    @staticmethod
+    def _read_entry(kind: str, entry: Any) -> tuple[Any, Usage] | None:
+        if not isinstance(entry, dict) or entry.get("kind") != kind or "data" not in entry:
+            return None
+        raw = entry.get("usage")
+        if (
+            not isinstance(raw, list)
+            or len(raw) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in raw)
+        ):
+            return None
+        if kind == "stream" and not isinstance(entry["data"], list):
+            return None
+        return entry["data"], Usage(raw[0], raw[1])
+
+    def _ttl(self, call: _Call) -> float | None:
+        return call.control.ttl or self.config.cache_ttl
+
+    def _corrupt(self, exc: Exception) -> None:
+        if self._tracker is not None:
+            self._tracker.incr("cache.errors", operation=self.operation)
+        logger.warning(
+            "unreadable LLM cache entry (%s: %s); calling the provider", type(exc).__name__, exc
+        )
+
+    def _record(self, operation: str, call: _Call, *, error: bool) -> None:
+        tracker = self._tracker
+        if tracker is None:
+            return
+        usage = call.usage if call.cache_hit is not True and not call.coalesced else None
+        tracker.record(
+            operation,
+            self._clock() - call.started,
+            error=error,
+            tokens_in=usage.tokens_in if usage else 0,
+            tokens_out=usage.tokens_out if usage else 0,
+            cache_hit=call.cache_hit,
+            queue_wait_s=call.queue_wait,
+            retries=max(0, call.attempts - 1),
+            tokens_saved=call.saved,
+            ttft_s=call.ttft,
+            abandoned=call.abandoned,
+        )
+        if call.cache_hit is True:
+            tracker.incr("cache.hits", operation=operation)
+        elif call.cache_hit is False:
+            tracker.incr("cache.misses", operation=operation)
+        if call.coalesced:
+            tracker.incr("coalesced", operation=operation)
+
+    @staticmethod
+    def _admitted_by(ticket: Any, call: _Call) -> None:
+        wait = getattr(ticket, "queue_wait_s", None)
+        if isinstance(wait, float | int):
+            call.queue_wait = (call.queue_wait or 0.0) + float(wait)
+
+    @staticmethod
+    def _reconcile(ticket: Any, usage: Usage | None) -> None:
+        reconcile = getattr(ticket, "reconcile", None)
+        if usage is not None and callable(reconcile):
+            reconcile(usage.total)
+
+    # --- non-streamed calls: sync shell -----------------------------------------------
+    def generate(self, request: LLMRequest, call: Callable[[], T], codec: ResultCodec[T]) -> T:
+        """The answer to ``request``: from the cache, another caller's flight, or ``call()``.
+
+        ``call`` makes exactly one provider request (no retries of its own); it runs behind
+        the gate and inside the retry policy, in this thread.
+        """
+        state = self._begin(request, stream=False)
+        op = self.operation
+        try:
+            value = self._generate(request, call, codec, state)
+        except BaseException:
+            self._record(op, state, error=True)
+            raise
+        self._record(op, state, error=False)
+        return value
+
+    def _generate(
+        self, request: LLMRequest, call: Callable[[], T], codec: ResultCodec[T], state: _Call
+    ) -> T:
+        key, cache = state.key, self._cache
+        if key is None or cache is None:
+            return self._provider(request, call, codec, state)
+        if state.control.read:
+            found = self._read_entry("result", cache.get(key, namespace=self.namespace))
+            if found is not None:
+                try:
+                    value = codec.decode(found[0])
+                except Exception as exc:
+                    self._corrupt(exc)
+                else:
+                    state.cache_hit, state.saved = True, found[1].total
+                    return value
+        state.cache_hit = False
+        led: list[T] = []
+
+        def lead() -> Any:
+            value = self._provider(request, call, codec, state)
+            led.append(value)
+            data = codec.encode(value)
+            if state.control.write:
+                cache.set(
+                    key,
+                    self._entry("result", data, state.usage),
+                    self._ttl(state),
+                    namespace=self.namespace,
+                    model=request.model,
+                )
+            return data
+
+        data = self._flight.do(key, lead)
+        if led:
+            return led[0]
+        state.coalesced = True
+        return codec.decode(data)
+
+    def _provider(
+        self, request: LLMRequest, call: Callable[[], T], codec: ResultCodec[T], state: _Call
+    ) -> T:
+        gate, retry = self._gate, self._retry
+        tokens = request.estimated_tokens() if gate is not None else 0
+
+        def attempt() -> T:
+            state.attempts += 1
+            if gate is None:
+                self.provider_calls += 1
+                value = call()
+                state.usage = codec.usage(value)
+                return value
+            with gate.acquire_sync(tokens=tokens) as ticket:
+                self._admitted_by(ticket, state)
+                self.provider_calls += 1
+                value = call()
+                state.usage = codec.usage(value)
+                self._reconcile(ticket, state.usage)
+                return value
+
+        return retry.call(attempt) if retry is not None else attempt()
+
+    # --- non-streamed calls: async shell ----------------------------------------------
+    async def agenerate(
+        self, request: LLMRequest, call: Callable[[], Awaitable[T]], codec: ResultCodec[T]
+    ) -> T:
+        """Async twin of :meth:`generate`; never blocks the event loop (cache I/O included).
+
+        A cancelled caller stops waiting; the provider call it led goes on for the callers
+        coalesced onto it and is stored when it completes.
+        """
+        state = self._begin(request, stream=False)
+        op = self.operation
+        try:
+            value = await self._agenerate(request, call, codec, state)
+        except BaseException:
+            self._record(op, state, error=True)
+            raise
+        self._record(op, state, error=False)
+        return value
+
+    async def _agenerate(
+        self,
+        request: LLMRequest,
+        call: Callable[[], Awaitable[T]],
+        codec: ResultCodec[T],
+        state: _Call,
+    ) -> T:
+        key, cache = state.key, self._cache
+        if key is None or cache is None:
+            return await self._aprovider(request, call, codec, state)
+        if state.control.read:
+            entry = await cache.aget(key, namespace=self.namespace)
+            found = self._read_entry("result", entry)
+            if found is not None:
+                try:
+                    value = codec.decode(found[0])
+                except Exception as exc:
+                    self._corrupt(exc)
+                else:
+                    state.cache_hit, state.saved = True, found[1].total
+                    return value
+        state.cache_hit = False
+        led: list[T] = []
+
+        async def lead() -> Any:
+            value = await self._aprovider(request, call, codec, state)
+            led.append(value)
+            data = codec.encode(value)
+            if state.control.write:
+                await cache.aset(
+                    key,
+                    self._entry("result", data, state.usage),
+                    self._ttl(state),
+                    namespace=self.namespace,
+                    model=request.model,
+                )
+            return data
+
+        data = await self._flight.ado(key, lead)
+        if led:
+            return led[0]
+        state.coalesced = True
+        return codec.decode(data)
+
+    async def _aprovider(
+        self,
+        request: LLMRequest,
+        call: Callable[[], Awaitable[T]],
+        codec: ResultCodec[T],
+        state: _Call,
+    ) -> T:
+        gate, retry = self._gate, self._retry
+        tokens = request.estimated_tokens() if gate is not None else 0
+
+        async def attempt() -> T:
+            state.attempts += 1
+            if gate is None:
+                self.provider_calls += 1
+                value = await call()
+                state.usage = codec.usage(value)
+                return value
+            async with gate.acquire(tokens=tokens) as ticket:
+                self._admitted_by(ticket, state)
+                self.provider_calls += 1
+                value = await call()
+                state.usage = codec.usage(value)
+                self._reconcile(ticket, state.usage)
+                return value
+
+        return await retry.acall(attempt) if retry is not None else await attempt()
+
+    # --- streams: sync shell ----------------------------------------------------------
+    def stream(
+        self, request: LLMRequest, open_stream: Callable[[], Iterator[C]], codec: ChunkCodec[C]
+    ) -> Iterator[C]:
+        """Chunks of the answer: replayed from the cache, or teed from ``open_stream()``.
+
+        ``open_stream`` starts one provider stream (no retries of its own). Close the
+        returned generator (or stop iterating and drop it) to abandon the stream: the
+        provider stream is closed and nothing is stored.
+        """
+        state = self._begin(request, stream=True)
+        op = f"{self.operation}.stream"
+        key, cache = state.key, self._cache
+        if key is not None and cache is not None and state.control.read:
+            found = self._read_entry("stream", cache.get(key, namespace=self.namespace))
+            if found is not None:
+                try:
+                    replay = [codec.decode(d) for d in found[0]]
+                except Exception as exc:
+                    self._corrupt(exc)
+                else:
+                    state.cache_hit, state.saved = True, found[1].total
+                    yield from self._replay(replay, state, op)
+                    return
+        if key is not None:
+            state.cache_hit = False
+        stack, ticket, chunks_in, first = self._open(request, open_stream, state, op)
+        recorded: list[Any] = []
+        live: list[C] = []
+        try:
+            chunk = first
+            while chunk is not _END:
+                if state.ttft is None:
+                    state.ttft = self._clock() - state.started
+                recorded.append(codec.encode(chunk))
+                live.append(chunk)
+                yield chunk
+                chunk = next(chunks_in, _END)
+        except GeneratorExit:
+            state.abandoned = True
+            stack.__exit__(None, None, None)
+            self._record(op, state, error=False)
+            raise
+        except BaseException:
+            stack.__exit__(*sys.exc_info())
+            self._record(op, state, error=True)
+            raise
+        state.usage = codec.usage(live)
+        self._reconcile(ticket, state.usage)
+        stack.__exit__(None, None, None)
+        if key is not None and cache is not None and state.control.write:
+            cache.set(
+                key,
+                self._entry("stream", recorded, state.usage),
+                self._ttl(state),
+                namespace=self.namespace,
+                model=request.model,
+            )
+        self._record(op, state, error=False)
+
+    def _replay(self, chunks: list[C], state: _Call, op: str) -> Iterator[C]:
+        try:
+            for chunk in chunks:
+                if state.ttft is None:
+                    state.ttft = self._clock() - state.started
+                yield chunk
+        except GeneratorExit:
+            state.abandoned = True
+            self._record(op, state, error=False)
+            raise
+        self._record(op, state, error=False)
+
+    def _open(
+        self,
+        request: LLMRequest,
+        open_stream: Callable[[], Iterator[C]],
+        state: _Call,
+        op: str,
+    ) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
+        gate, retry = self._gate, self._retry
+        tokens = request.estimated_tokens() if gate is not None else 0
+
+        def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
+            state.attempts += 1
+            stack = contextlib.ExitStack()
+            try:
+                ticket = None
+                if gate is not None:
+                    ticket = stack.enter_context(gate.acquire_sync(tokens=tokens))
+                    self._admitted_by(ticket, state)
+                self.provider_calls += 1
+                chunks_in = iter(open_stream())
+                stack.callback(_close_quietly, chunks_in)
+                first = next(chunks_in, _END)
+            except BaseException:
+                stack.__exit__(*sys.exc_info())
+                raise
+            return stack, ticket, chunks_in, first
+
+        try:
+            return retry.call(attempt) if retry is not None else attempt()
+        except BaseException:
+            self._record(op, state, error=True)
+            raise
+
+    # --- streams: async shell ---------------------------------------------------------
+    async def astream(
+        self,
+        request: LLMRequest,
+        open_stream: Callable[[], AsyncIterator[C]],
+        codec: ChunkCodec[C],
+    ) -> AsyncIterator[C]:
+        """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
+
+        ``aclose()`` the returned generator (``async for`` + ``break`` inside
+        ``contextlib.aclosing``) to abandon the stream promptly; otherwise the loop closes
+        it when it is collected. Either way nothing is stored.
+        """
+        state = self._begin(request, stream=True)
+        op = f"{self.operation}.stream"
+        key, cache = state.key, self._cache
+        if key is not None and cache is not None and state.control.read:
+            entry = await cache.aget(key, namespace=self.namespace)
+            found = self._read_entry("stream", entry)
+            if found is not None:
+                try:
+                    replay = [codec.decode(d) for d in found[0]]
+                except Exception as exc:
+                    self._corrupt(exc)
+                else:
+                    state.cache_hit, state.saved = True, found[1].total
+                    try:
+                        for chunk in replay:
+                            if state.ttft is None:
+                                state.ttft = self._clock() - state.started
+                            yield chunk
+                    except GeneratorExit:
+                        state.abandoned = True
+                        self._record(op, state, error=False)
+                        raise
+                    self._record(op, state, error=False)
+                    return
+        if key is not None:
+            state.cache_hit = False
+        stack, ticket, chunks_in, first = await self._aopen(request, open_stream, state, op)
+        recorded: list[Any] = []
+        live: list[C] = []
+        try:
+            chunk = first
+            while chunk is not _END:
+                if state.ttft is None:
+                    state.ttft = self._clock() - state.started
+                recorded.append(codec.encode(chunk))
+                live.append(chunk)
+                yield chunk
+                chunk = await anext(chunks_in, _END)
+        except GeneratorExit:
+            state.abandoned = True
+            await stack.__aexit__(None, None, None)
+            self._record(op, state, error=False)
+            raise
+        except BaseException:
+            await stack.__aexit__(*sys.exc_info())
+            self._record(op, state, error=True)
+            raise
+        state.usage = codec.usage(live)
+        self._reconcile(ticket, state.usage)
+        await stack.__aexit__(None, None, None)
+        if key is not None and cache is not None and state.control.write:
+            await cache.aset(
+                key,
+                self._entry("stream", recorded, state.usage),
+                self._ttl(state),
+                namespace=self.namespace,
+                model=request.model,
+            )
+        self._record(op, state, error=False)
+
+    async def _aopen(
+        self,
+        request: LLMRequest,
+        open_stream: Callable[[], AsyncIterator[C]],
+        state: _Call,
+        op: str,
+    ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
+        gate, retry = self._gate, self._retry
+        tokens = request.estimated_tokens() if gate is not None else 0
+
+        async def attempt() -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
+            state.attempts += 1
+            stack = contextlib.AsyncExitStack()
+            try:
+                ticket = None
+                if gate is not None:
+                    ticket = await stack.enter_async_context(gate.acquire(tokens=tokens))
+                    self._admitted_by(ticket, state)
+                self.provider_calls += 1
+                chunks_in = aiter(open_stream())
+                stack.push_async_callback(_aclose_quietly, chunks_in)
+                first = await anext(chunks_in, _END)
+            except BaseException:
+                await stack.__aexit__(*sys.exc_info())
+                raise
+            return stack, ticket, chunks_in, first
+
+        try:
+            return await retry.acall(attempt) if retry is not None else await attempt()
+        except BaseException:
+            self._record(op, state, error=True)
+            raise
+
+
+def _close_quietly(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        close()
+
+
+async def _aclose_quietly(iterator: Any) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if callable(aclose):
+        await aclose()
