@@ -37,7 +37,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
 import diskcache
 
@@ -50,6 +50,10 @@ CORRUPT: Final = b""
 
 # SQLite allows 32766 bound parameters in the version bundled here, 999 in old builds.
 _SQL_CHUNK: Final = 500
+
+# A row's columns as diskcache's Cache.set builds them:
+# (expire_time, tag, size, mode, filename, value).
+_Columns: TypeAlias = tuple[Any, Any, Any, Any, Any, Any]
 
 
 @runtime_checkable
@@ -324,7 +328,7 @@ class DiskTier:
         for index, group in groups.items():
             shard = self._shards[index]
             disk = shard._disk
-            prepared = []
+            prepared: list[tuple[Any, bool, _Columns]] = []
             try:
                 for key in group:
                     db_key, raw = disk.put(key)
@@ -334,19 +338,21 @@ class DiskTier:
                     )
                 with shard._transact(retry=False) as (sql, cleanup):
                     before = _settings_count(sql)
-                    replaced = 0
+                    # One SELECT per 500 keys finds the rows being replaced, then one
+                    # executemany per statement (was one SELECT and one write per entry).
+                    old = _existing_rows(sql, [db_key for db_key, _raw, _columns in prepared])
+                    updates: list[tuple[int, _Columns]] = []
+                    inserts: list[tuple[Any, bool, _Columns]] = []
                     for db_key, raw, columns in prepared:
-                        rows = sql(
-                            "SELECT rowid, filename FROM Cache WHERE key = ? AND raw = ?",
-                            (db_key, raw),
-                        ).fetchall()
-                        if rows:
-                            ((rowid, old_filename),) = rows
-                            cleanup(old_filename)
-                            shard._row_update(rowid, now, columns)
-                            replaced += 1
+                        found = old.get((db_key, bool(raw)))
+                        if found is None:
+                            inserts.append((db_key, raw, columns))
                         else:
-                            shard._row_insert(db_key, raw, now, columns)
+                            rowid, old_filename = found
+                            cleanup(old_filename)  # removed only after the commit
+                            updates.append((rowid, columns))
+                    _write_rows(shard, now, updates, inserts)
+                    replaced = len(updates)
                     # diskcache culls up to cull_limit (10) rows per set; a batch culls as
                     # many as it added, plus that slack.
                     shard._cull(now, sql, cleanup, limit=len(prepared) + 10)
@@ -436,6 +442,67 @@ class DiskTier:
 
     def __repr__(self) -> str:
         return f"DiskTier({self.directory!r}, shards={self._count}, evictions={self._evictions})"
+
+
+# diskcache's Cache._row_update / Cache._row_insert statements, for executemany.
+_UPDATE_ROW: Final = (
+    "UPDATE Cache SET store_time = ?, expire_time = ?, access_time = ?, access_count = ?,"
+    " tag = ?, size = ?, mode = ?, filename = ?, value = ? WHERE rowid = ?"
+)
+_INSERT_ROW: Final = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag,"
+    " size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _write_rows(
+    shard: diskcache.Cache,
+    now: float,
+    updates: list[tuple[int, _Columns]],
+    inserts: list[tuple[Any, bool, _Columns]],
+) -> None:
+    """Write the rows inside the open transaction: one ``executemany`` per statement.
+
+    A single row goes through diskcache's own ``_row_update`` / ``_row_insert`` (the same
+    statement, one ``execute`` either way), so one-entry writes stay exactly diskcache's.
+    """
+    if len(updates) + len(inserts) == 1:
+        if updates:
+            shard._row_update(updates[0][0], now, updates[0][1])
+        else:
+            shard._row_insert(inserts[0][0], inserts[0][1], now, inserts[0][2])
+        return
+    con = shard._con
+    if updates:
+        con.executemany(
+            _UPDATE_ROW,
+            [
+                (now, exp, now, 0, tag, size, mode, fn, val, rowid)
+                for rowid, (exp, tag, size, mode, fn, val) in updates
+            ],
+        )
+    if inserts:
+        con.executemany(
+            _INSERT_ROW,
+            [
+                (key, raw, now, exp, now, 0, tag, size, mode, fn, val)
+                for key, raw, (exp, tag, size, mode, fn, val) in inserts
+            ],
+        )
+
+
+def _existing_rows(sql: Any, db_keys: Sequence[Any]) -> dict[tuple[Any, bool], tuple[int, Any]]:
+    """``(key, raw) -> (rowid, filename)`` of the rows already stored for ``db_keys``."""
+    found: dict[tuple[Any, bool], tuple[int, Any]] = {}
+    for start in range(0, len(db_keys), _SQL_CHUNK):
+        chunk = db_keys[start : start + _SQL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = sql(
+            f"SELECT rowid, key, raw, filename FROM Cache WHERE key IN ({marks})", chunk
+        ).fetchall()
+        for rowid, key, raw, filename in rows:
+            found[(key, bool(raw))] = (rowid, filename)
+    return found
 
 
 def _settings_count(sql: Any) -> int:
