@@ -65,7 +65,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
@@ -627,7 +636,7 @@ class LLMService:
     # --- streams: sync shell ----------------------------------------------------------
     def stream(
         self, request: LLMRequest, open_stream: Callable[[], Iterator[C]], codec: ChunkCodec[C]
-    ) -> Iterator[C]:
+    ) -> Generator[C, None, None]:
         """Chunks of the answer: replayed from the cache, or teed from ``open_stream()``.
 
         ``open_stream`` starts one provider stream (no retries of its own). Close the
@@ -684,7 +693,7 @@ class LLMService:
             )
         self._record(op, state, error=False)
 
-    def _replay(self, chunks: list[C], state: _Call, op: str) -> Iterator[C]:
+    def _replay(self, chunks: list[C], state: _Call, op: str) -> Generator[C, None, None]:
         try:
             for chunk in chunks:
                 if state.ttft is None:
@@ -735,7 +744,7 @@ class LLMService:
         request: LLMRequest,
         open_stream: Callable[[], AsyncIterator[C]],
         codec: ChunkCodec[C],
-    ) -> AsyncIterator[C]:
+    ) -> AsyncGenerator[C, None]:
         """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
 
         ``aclose()`` the returned generator (``async for`` + ``break`` inside
