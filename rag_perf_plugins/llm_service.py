@@ -111,6 +111,7 @@ C = TypeVar("C")
 NAMESPACE: Final = "llm"
 _STREAM_SUFFIX: Final = ":stream"
 _END: Final[Any] = object()
+_UNSTORED: Final[Any] = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +421,30 @@ class LLMService:
     def _ttl(self, call: _Call) -> float | None:
         return call.control.ttl or self.config.cache_ttl
 
+    def _encode(self, codec: ResultCodec[T], value: T) -> Any:
+        try:
+            return codec.encode(value)
+        except Exception as exc:
+            self._store_error(exc)
+            return _UNSTORED
+
+    def _tee(self, codec: ChunkCodec[C], chunk: C, recorded: list[Any] | None) -> list[Any] | None:
+        if recorded is None:
+            return None
+        try:
+            recorded.append(codec.encode(chunk))
+        except Exception as exc:  # the consumer still gets every chunk; nothing is stored
+            self._store_error(exc)
+            return None
+        return recorded
+
+    def _store_error(self, exc: Exception) -> None:
+        if self._tracker is not None:
+            self._tracker.incr("cache.errors", operation=self.operation)
+        logger.warning(
+            "LLM answer not stored (%s: %s); the call goes on uncached", type(exc).__name__, exc
+        )
+
     def _corrupt(self, exc: Exception) -> None:
         if self._tracker is not None:
             self._tracker.incr("cache.errors", operation=self.operation)
@@ -498,25 +523,33 @@ class LLMService:
                     state.cache_hit, state.saved = True, found[1].total
                     return value
         state.cache_hit = False
-        led: list[T] = []
 
-        def lead() -> Any:
+        def lead() -> tuple[T, Any]:
             value = self._provider(request, call, codec, state)
-            led.append(value)
-            data = codec.encode(value)
-            if state.control.write:
-                cache.set(
-                    key,
-                    self._entry("result", data, state.usage),
-                    self._ttl(state),
-                    namespace=self.namespace,
-                    model=request.model,
-                )
-            return data
+            data = self._encode(codec, value)
+            if data is not _UNSTORED and state.control.write:
+                try:
+                    cache.set(
+                        key,
+                        self._entry("result", data, state.usage),
+                        self._ttl(state),
+                        namespace=self.namespace,
+                        model=request.model,
+                    )
+                except Exception as exc:  # an unstorable value: the call goes on uncached
+                    self._store_error(exc)
+            return value, data
 
-        data = self._flight.do(key, lead)
-        if led:
-            return led[0]
+        led = False
+
+        def leader() -> tuple[T, Any]:
+            nonlocal led
+            led = True
+            return lead()
+
+        value, data = self._flight.do(key, leader)
+        if led or data is _UNSTORED:
+            return value
         state.coalesced = True
         return codec.decode(data)
 
@@ -584,25 +617,33 @@ class LLMService:
                     state.cache_hit, state.saved = True, found[1].total
                     return value
         state.cache_hit = False
-        led: list[T] = []
 
-        async def lead() -> Any:
+        async def lead() -> tuple[T, Any]:
             value = await self._aprovider(request, call, codec, state)
-            led.append(value)
-            data = codec.encode(value)
-            if state.control.write:
-                await cache.aset(
-                    key,
-                    self._entry("result", data, state.usage),
-                    self._ttl(state),
-                    namespace=self.namespace,
-                    model=request.model,
-                )
-            return data
+            data = self._encode(codec, value)
+            if data is not _UNSTORED and state.control.write:
+                try:
+                    await cache.aset(
+                        key,
+                        self._entry("result", data, state.usage),
+                        self._ttl(state),
+                        namespace=self.namespace,
+                        model=request.model,
+                    )
+                except Exception as exc:  # an unstorable value: the call goes on uncached
+                    self._store_error(exc)
+            return value, data
 
-        data = await self._flight.ado(key, lead)
-        if led:
-            return led[0]
+        led = False
+
+        async def leader() -> tuple[T, Any]:
+            nonlocal led
+            led = True
+            return await lead()
+
+        value, data = await self._flight.ado(key, leader)
+        if led or data is _UNSTORED:
+            return value
         state.coalesced = True
         return codec.decode(data)
 
@@ -660,14 +701,14 @@ class LLMService:
         if key is not None:
             state.cache_hit = False
         stack, ticket, chunks_in, first = self._open(request, open_stream, state, op)
-        recorded: list[Any] = []
+        recorded: list[Any] | None = []
         live: list[C] = []
         try:
             chunk = first
             while chunk is not _END:
                 if state.ttft is None:
                     state.ttft = self._clock() - state.started
-                recorded.append(codec.encode(chunk))
+                recorded = self._tee(codec, chunk, recorded)
                 live.append(chunk)
                 yield chunk
                 chunk = next(chunks_in, _END)
@@ -683,14 +724,17 @@ class LLMService:
         state.usage = codec.usage(live)
         self._reconcile(ticket, state.usage)
         stack.__exit__(None, None, None)
-        if key is not None and cache is not None and state.control.write:
-            cache.set(
-                key,
-                self._entry("stream", recorded, state.usage),
-                self._ttl(state),
-                namespace=self.namespace,
-                model=request.model,
-            )
+        if recorded is not None and key is not None and cache is not None and state.control.write:
+            try:
+                cache.set(
+                    key,
+                    self._entry("stream", recorded, state.usage),
+                    self._ttl(state),
+                    namespace=self.namespace,
+                    model=request.model,
+                )
+            except Exception as exc:
+                self._store_error(exc)
         self._record(op, state, error=False)
 
     def _replay(self, chunks: list[C], state: _Call, op: str) -> Generator[C, None, None]:
@@ -778,14 +822,14 @@ class LLMService:
         if key is not None:
             state.cache_hit = False
         stack, ticket, chunks_in, first = await self._aopen(request, open_stream, state, op)
-        recorded: list[Any] = []
+        recorded: list[Any] | None = []
         live: list[C] = []
         try:
             chunk = first
             while chunk is not _END:
                 if state.ttft is None:
                     state.ttft = self._clock() - state.started
-                recorded.append(codec.encode(chunk))
+                recorded = self._tee(codec, chunk, recorded)
                 live.append(chunk)
                 yield chunk
                 chunk = await anext(chunks_in, _END)
@@ -801,14 +845,17 @@ class LLMService:
         state.usage = codec.usage(live)
         self._reconcile(ticket, state.usage)
         await stack.__aexit__(None, None, None)
-        if key is not None and cache is not None and state.control.write:
-            await cache.aset(
-                key,
-                self._entry("stream", recorded, state.usage),
-                self._ttl(state),
-                namespace=self.namespace,
-                model=request.model,
-            )
+        if recorded is not None and key is not None and cache is not None and state.control.write:
+            try:
+                await cache.aset(
+                    key,
+                    self._entry("stream", recorded, state.usage),
+                    self._ttl(state),
+                    namespace=self.namespace,
+                    model=request.model,
+                )
+            except Exception as exc:
+                self._store_error(exc)
         self._record(op, state, error=False)
 
     async def _aopen(
