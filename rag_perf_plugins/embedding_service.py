@@ -22,13 +22,15 @@ One call goes through these steps (DESIGN.md, "The request path"):
 2. Misses are claimed in an in-flight table (single-flight): a text that another caller
    (thread or task) is already computing is awaited, not sent again. The leader's work runs
    in its own task, so a cancelled leader does not strand its followers. Errors reach the
-   current waiters and are never stored.
+   current waiters and are never stored. A key costs one dict entry; the future a follower
+   waits on is made only when a follower comes.
 3. The leader's texts go to the micro-batcher (:mod:`rag_perf_plugins.batching`), which
    merges concurrent callers' texts into provider-sized batches. Query texts join these
    batches only when ``symmetric=True``; for asymmetric models each distinct query is sent
    through ``embed_query`` on its own and only identical queries coalesce.
 4. Each real provider call passes the admission gate and the retry policy (when given);
-   cache hits never touch them.
+   cache hits never touch them. Tokens are estimated for the gate only when it has a token
+   budget (``tokens_per_minute``).
 5. Vectors are rounded to the store's dtype (float32 by default) on the miss path, so a cold
    call and a warm call return identical vectors; they are stored with one ``set_many``.
 6. Every call is recorded in the tracker (``embedding.document`` / ``embedding.query``):
@@ -50,7 +52,7 @@ import logging
 import threading
 import weakref
 from array import array
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
@@ -248,57 +250,97 @@ def round_vectors(vectors: Sequence[Sequence[float]], dtype: str) -> list[Vector
     return [array("f", v).tolist() for v in vectors]
 
 
+class _Flight:
+    """One key being computed. Its future exists only once a follower waits on it."""
+
+    __slots__ = ("error", "future", "settled", "value")
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[Vector] | None = None
+        self.settled = False
+        self.value: Vector | None = None
+        self.error: BaseException | None = None
+
+    def resolve(self, future: concurrent.futures.Future[Vector]) -> None:
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            future.set_result(cast(Vector, self.value))
+
+
 class _Flights:
     """Single-flight table: the first claimer of a key computes it, later ones wait.
 
     Shared by the sync and async paths (``concurrent.futures.Future`` is thread-safe and
     awaitable through ``asyncio.wrap_future``), so a thread and a task asking for the same
-    text at the same time make one provider request.
+    text at the same time make one provider request. A leader's entry is a plain slot
+    object; the future (a lock and a condition) is made only when a follower actually
+    waits, so an uncontended call pays one dict entry per key and no synchronisation
+    objects. Claims and settlements take the table lock, so a follower either finds the
+    flight unsettled (and is resolved by :meth:`settle`) or already settled (and resolves
+    its own future at once).
     """
 
     __slots__ = ("_lock", "_table")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._table: dict[str, concurrent.futures.Future[Vector]] = {}
+        self._table: dict[str, _Flight] = {}
 
     def claim(
-        self, keys: Sequence[str]
-    ) -> tuple[
-        dict[str, concurrent.futures.Future[Vector]], dict[str, concurrent.futures.Future[Vector]]
-    ]:
-        lead: dict[str, concurrent.futures.Future[Vector]] = {}
+        self, keys: Iterable[str]
+    ) -> tuple[dict[str, _Flight], dict[str, concurrent.futures.Future[Vector]]]:
+        lead: dict[str, _Flight] = {}
         follow: dict[str, concurrent.futures.Future[Vector]] = {}
+        table = self._table
         with self._lock:
             for key in keys:
-                flight = self._table.get(key)
+                flight = table.get(key)
                 if flight is None:
-                    flight = concurrent.futures.Future()
-                    self._table[key] = flight
-                    lead[key] = flight
-                else:
-                    follow[key] = flight
+                    flight = lead[key] = table[key] = _Flight()
+                    continue
+                future = flight.future
+                if future is None:
+                    future = flight.future = concurrent.futures.Future()
+                    if flight.settled:
+                        flight.resolve(future)
+                follow[key] = future
         return lead, follow
 
     def settle(
         self,
-        lead: Mapping[str, concurrent.futures.Future[Vector]],
+        lead: Mapping[str, _Flight],
         results: Mapping[str, Vector] | None,
         error: BaseException | None,
+        *,
+        release: bool = False,
     ) -> None:
-        for key, flight in lead.items():
-            if flight.done():
-                continue
-            if results is not None and key in results:
-                flight.set_result(results[key])
-            else:
-                flight.set_exception(error or RuntimeError(f"no vector computed for {key!r}"))
-
-    def release(self, lead: Mapping[str, concurrent.futures.Future[Vector]]) -> None:
+        """Give each led flight its vector (or ``error``); ``release`` also ends them."""
+        waited: list[_Flight] = []
+        table = self._table
         with self._lock:
             for key, flight in lead.items():
-                if self._table.get(key) is flight:
-                    del self._table[key]
+                if release and table.get(key) is flight:
+                    del table[key]
+                if flight.settled:
+                    continue
+                flight.settled = True
+                if results is not None and key in results:
+                    flight.value = results[key]
+                else:
+                    flight.error = error or RuntimeError(f"no vector computed for {key!r}")
+                if flight.future is not None:
+                    waited.append(flight)
+        for flight in waited:  # outside the lock: done-callbacks may run here
+            assert flight.future is not None
+            flight.resolve(flight.future)
+
+    def release(self, lead: Mapping[str, _Flight]) -> None:
+        table = self._table
+        with self._lock:
+            for key, flight in lead.items():
+                if table.get(key) is flight:
+                    del table[key]
 
     def __len__(self) -> int:
         return len(self._table)
@@ -369,6 +411,7 @@ class EmbeddingService:
         "_embed_query",
         "_flights",
         "_gate",
+        "_gate_tokens",
         "_retry",
         "_store",
         "_store_failed",
@@ -432,6 +475,8 @@ class EmbeddingService:
         self._store = store if self.config.enable_caching else None
         self._store_failed = False
         self._gate = gate
+        # Estimating tokens for the gate only matters under a token budget.
+        self._gate_tokens = gate is not None and _counts_tokens(gate)
         self._retry = retry
         if tracker is None and self.config.enable_metrics:
             tracker = get_performance_tracker()
@@ -511,6 +556,8 @@ class EmbeddingService:
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         size = self.config.batch_size
+        if len(texts) <= size:
+            return [texts]
         return [texts[i : i + size] for i in range(0, len(texts), size)]
 
     def _record(
@@ -528,13 +575,19 @@ class EmbeddingService:
             return
         operation = f"{self.operation}.{role}"
         coalesced = len(plan.texts) - hits - len(sent)
-        # Hits and texts coalesced onto another caller's request cost us no tokens.
-        saved = sum(estimate_tokens(t) for k, t in plan.texts.items() if k not in sent)
+        # Hits and texts coalesced onto another caller's request cost us no tokens. One
+        # estimate per distinct text (the gate estimates again only under a token budget).
+        tokens_in = saved = 0
+        for key, text in plan.texts.items():
+            if key in sent:
+                tokens_in += estimate_tokens(text)
+            else:
+                saved += estimate_tokens(text)
         tracker.record(
             operation,
             self._clock() - started,
             error=error,
-            tokens_in=sum(estimate_tokens(t) for t in sent.values()),
+            tokens_in=tokens_in,
             cache_hit=None if self._store is None else not sent,
             batch_size=len(plan.keys),
             tokens_saved=saved,
@@ -545,6 +598,10 @@ class EmbeddingService:
             tracker.incr("cache.misses", len(sent), operation=operation)
         if coalesced > 0:
             tracker.incr("coalesced", coalesced, operation=operation)
+
+    def _tokens(self, texts: list[str]) -> int:
+        """Estimated tokens of a provider request for the gate; 0 without a token budget."""
+        return sum(estimate_tokens(t) for t in texts) if self._gate_tokens else 0
 
     def _store_error(self, exc: Exception) -> None:
         if self._tracker is not None:
@@ -561,35 +618,42 @@ class EmbeddingService:
     def _embed(self, texts: list[str], role: Role) -> list[Vector]:
         started = self._clock()
         plan = self._plan(texts, role)
+        flights = self._flights
         # Claim before looking up: a text whose flight just ended is already stored, so a
         # caller that claims it afterwards finds it in the store instead of sending it again.
-        lead, follow = self._flights.claim(list(plan.texts))
-        found: dict[str, Vector] = {}
-        hits, sent = 0, {}
+        lead, follow = flights.claim(plan.texts)
+        hits = 0
+        sent: dict[str, str] = {}
+        cached = self._store is not None
         try:
             try:
-                found = self._lookup(list(lead))
-                hits = len(found)
-                sent = {k: plan.texts[k] for k in lead if k not in found}
-                results = dict(found)
+                if cached:
+                    results = self._lookup(list(lead))
+                    hits = len(results)
+                    sent = {k: plan.texts[k] for k in lead if k not in results}
+                else:  # nothing to look up or save: every claimed text is sent
+                    results = {}
+                    sent = plan.texts if not follow else {k: plan.texts[k] for k in lead}
                 if sent:
                     computed = self._compute(list(sent.values()), role)
                     results.update(zip(sent, computed, strict=True))
             except BaseException as exc:
-                self._flights.settle(lead, None, exc)
+                flights.settle(lead, None, exc, release=True)
                 raise
-            self._flights.settle(lead, results, None)
-            self._save({k: results[k] for k in sent})
-            found = results
-            for key, flight in follow.items():
-                found[key] = flight.result()
+            # Uncached, the flights end now; cached, they end after the save (see above).
+            flights.settle(lead, results, None, release=not cached)
+            if cached:
+                try:
+                    self._save({k: results[k] for k in sent})
+                finally:
+                    flights.release(lead)
+            for key, future in follow.items():
+                results[key] = future.result()
         except BaseException:
             self._record(role, started, plan=plan, hits=hits, sent=sent, error=True)
             raise
-        finally:
-            self._flights.release(lead)
         self._record(role, started, plan=plan, hits=hits, sent=sent, error=False)
-        return plan.assemble(found)
+        return plan.assemble(results)
 
     def _lookup(self, keys: list[str]) -> dict[str, Vector]:
         store = self._store
@@ -653,7 +717,7 @@ class EmbeddingService:
         def admitted() -> R:
             if gate is None:
                 return call()
-            with gate.acquire_sync(tokens=sum(estimate_tokens(t) for t in texts)):
+            with gate.acquire_sync(tokens=self._tokens(texts)):
                 return call()
 
         return retry.call(admitted) if retry is not None else admitted()
@@ -683,7 +747,7 @@ class EmbeddingService:
     async def _alead(
         self,
         plan: _Plan,
-        lead: dict[str, concurrent.futures.Future[Vector]],
+        lead: dict[str, _Flight],
         role: Role,
         counts: dict[str, Any],
     ) -> dict[str, Vector]:
@@ -782,10 +846,22 @@ class EmbeddingService:
         async def admitted() -> Sequence[Sequence[float]]:
             if gate is None:
                 return await call()
-            async with gate.acquire(tokens=sum(estimate_tokens(t) for t in texts)):
+            async with gate.acquire(tokens=self._tokens(texts)):
                 return await call()
 
         return await retry.acall(admitted) if retry is not None else await admitted()
+
+
+def _counts_tokens(gate: AdmissionGateLike) -> bool:
+    """Whether ``gate`` spends tokens: it has a ``tokens_per_minute`` budget, or is unknown.
+
+    The core :class:`~rag_perf_plugins.admission.AdmissionGate` exposes ``limits``; without
+    a token budget the token count of a request changes nothing, so it is not estimated.
+    """
+    limits = getattr(gate, "limits", None)
+    if limits is None or not hasattr(limits, "tokens_per_minute"):
+        return True
+    return limits.tokens_per_minute is not None
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
