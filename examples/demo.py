@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,8 @@ DEFAULT_REPORT = ROOT / ".demo" / "demo-report.json"
 API_KEY = "sk-demo-not-a-real-key"
 CHAT_MODEL = "gpt-4o-mini"
 EMBED_MODEL = "text-embedding-3-small"
+# Shortened vectors (a v3-model option): the in-memory stores compare every chunk per query.
+EMBED_DIMS = 256
 
 # The simulated provider (milliseconds, requests per minute); see the module docstring.
 SIMULATOR: dict[str, Any] = {
@@ -262,7 +265,11 @@ def langchain_pipeline(
     llm: Any
     if wrapped:
         inner = pooled_openai_embeddings(
-            model=EMBED_MODEL, base_url=base_url, api_key=API_KEY, config=config
+            model=EMBED_MODEL,
+            dimensions=EMBED_DIMS,
+            base_url=base_url,
+            api_key=API_KEY,
+            config=config,
         )
         embeddings: Any = PerfEmbeddings(inner, config.replace(requests_per_minute=GATE_RPM))
         store: Any = PerfVectorStore(InMemoryVectorStore(embeddings), config)
@@ -286,11 +293,15 @@ def langchain_pipeline(
                 rate_limiter=PerfRateLimiter(GATE_RPM / 60.0, config=config),
             )
             cleanup = lambda: set_llm_cache(None)  # noqa: E731
-            how = "pooled ChatOpenAI + PerfLLMCache (set_llm_cache) + PerfRateLimiter"
+            how = (
+                "pooled ChatOpenAI + PerfLLMCache (set_llm_cache) + PerfRateLimiter "
+                "(PerfChatModel is not in this checkout yet)"
+            )
         description = f"PerfEmbeddings, PerfVectorStore, {how}"
     else:
         embeddings = OpenAIEmbeddings(
             model=EMBED_MODEL,
+            dimensions=EMBED_DIMS,
             openai_api_base=base_url,
             openai_api_key=SecretStr(API_KEY),
             check_embedding_ctx_length=False,
@@ -344,8 +355,12 @@ def _perf_chat_model() -> Any:
 # --- the LlamaIndex pipeline ------------------------------------------------------------
 
 
-def llama_index_pipeline(base_url: str, config: Any) -> tuple[AskSync, Ask, str, Any]:
-    """VectorStoreIndex on PerfEmbedding; answers through AsyncRAGEngine's query cache."""
+def llama_index_pipeline(base_url: str, config: Any) -> tuple[AskSync, Ask, str]:
+    """VectorStoreIndex on PerfEmbedding; the LLM wrapped by ``wrap_llm`` when it exists.
+
+    Without ``wrap_llm`` (older checkouts), whole answers are cached by the engine instead:
+    ``RAGEngine`` / ``AsyncRAGEngine`` around the retriever and the plain OpenAI LLM.
+    """
     from llama_index.core import Settings, VectorStoreIndex
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.core.schema import Document
@@ -361,14 +376,23 @@ def llama_index_pipeline(base_url: str, config: Any) -> tuple[AskSync, Ask, str,
     )
 
     Settings.embed_model = pooled_openai_embedding(
-        model=EMBED_MODEL, api_base=base_url, api_key=API_KEY, config=config
+        model=EMBED_MODEL, dimensions=EMBED_DIMS, api_base=base_url, api_key=API_KEY, config=config
     )
-    configure_settings(config.replace(requests_per_minute=GATE_RPM))
+    gated = config.replace(requests_per_minute=GATE_RPM)
+    wrappers = _llama_index_llm_wrapper()
+    if wrappers is not None:
+        Settings.llm = wrappers[1](
+            model=CHAT_MODEL, api_base=base_url, api_key=API_KEY, config=config
+        )
+    configure_settings(gated)  # wraps Settings.embed_model (and Settings.llm, if it can)
     # Word-based token counts: LlamaIndex's default tokenizer downloads tiktoken's files.
     splitter = SentenceSplitter(chunk_size=200, chunk_overlap=20, tokenizer=str.split)
     documents = [Document(text=text, metadata={"source": path}) for path, text in load_pages()]
     index = VectorStoreIndex(splitter.get_nodes_from_documents(documents))
     retriever = index.as_retriever(similarity_top_k=3)
+    if wrappers is not None:
+        # wrap_llm returns a model configure_settings() already wrapped as it is.
+        return _llama_index_wrapped_llm(retriever, wrappers[0](Settings.llm, gated))
     llm = OpenAI(
         model=CHAT_MODEL,
         api_base=base_url,
@@ -420,9 +444,44 @@ def llama_index_pipeline(base_url: str, config: Any) -> tuple[AskSync, Ask, str,
 
     description = (
         "PerfEmbedding via configure_settings(), VectorStoreIndex, LlamaIndex OpenAI LLM on "
-        "pooled clients, answers cached by RAGEngine / AsyncRAGEngine"
+        "pooled clients, answers cached by RAGEngine / AsyncRAGEngine (wrap_llm is not "
+        "in this checkout)"
     )
-    return ask_sync, ask, description, engine
+    return ask_sync, ask, description
+
+
+def _llama_index_llm_wrapper() -> tuple[Any, Any] | None:
+    """(wrap_llm, pooled_openai_llm) when this checkout has the LlamaIndex LLM wrapper."""
+    try:
+        from rag_perf_plugins.llama_index import (  # type: ignore[attr-defined,unused-ignore]
+            pooled_openai_llm,
+            wrap_llm,
+        )
+    except ImportError:
+        return None
+    return wrap_llm, pooled_openai_llm
+
+
+def _llama_index_wrapped_llm(retriever: Any, llm: Any) -> tuple[AskSync, Ask, str]:
+    """Retriever + the wrapped ``Settings.llm``: every adapter is LlamaIndex's own."""
+
+    def texts_and_sources(nodes: Sequence[Any]) -> tuple[list[str], list[str]]:
+        return [n.get_content() for n in nodes], [str(n.metadata.get("source")) for n in nodes]
+
+    def ask_sync(q: str) -> tuple[str, list[str]]:
+        texts, sources = texts_and_sources(retriever.retrieve(q))
+        return str(llm.complete(context_prompt(q, texts)).text), sources
+
+    async def ask(q: str) -> tuple[str, list[str]]:
+        texts, sources = texts_and_sources(await retriever.aretrieve(q))
+        reply = await llm.acomplete(context_prompt(q, texts))
+        return str(reply.text), sources
+
+    description = (
+        "configure_settings() over pooled_openai_embedding and pooled_openai_llm "
+        "(PerfEmbedding, PerfLLM), VectorStoreIndex retriever"
+    )
+    return ask_sync, ask, description
 
 
 # --- output -----------------------------------------------------------------------------
@@ -514,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             phases.append(run_phase("langchain", "warm", warm_qs, lc_sync, lc_ask, sim))
             lc_cleanup()
             sim.reset_stats()
-            li_sync, li_ask, descriptions["llama_index"], _ = llama_index_pipeline(
+            li_sync, li_ask, descriptions["llama_index"] = llama_index_pipeline(
                 sim.base_url, config
             )
             console.print(
@@ -541,9 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold]{name}[/bold]: {text}")
     console.rule("Three sample answers (LangChain, warm)")
     for sample in phases[1].samples[:3]:
-        console.print(f"[bold]Q:[/bold] {sample['question']}")
-        console.print(f"[bold]A:[/bold] {sample['answer'][:300]}")
-        console.print(f"   sources: {', '.join(sample['sources'])}")
+        console.print(f"[bold]Q:[/bold] {escape(sample['question'])}")
+        console.print(f"[bold]A:[/bold] {escape(sample['answer'][:300])}")
+        console.print(f"   sources: {escape(', '.join(sample['sources']))}")
     baseline = phases[-1]
     per_q = (
         baseline.provider.get("tokens_total", 0) / baseline.questions
