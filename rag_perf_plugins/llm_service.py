@@ -89,7 +89,7 @@ from .cache import (
     llm_fields,
     llm_key,
 )
-from .cache.control import CacheControl
+from .cache.control import CacheControl, applied
 from .config import PerformanceConfig
 from .embedding_service import AdmissionGateLike, RetryPolicyLike
 from .tokens import estimate_tokens
@@ -394,8 +394,8 @@ class LLMService:
             return None
         return key + _STREAM_SUFFIX if stream else key
 
-    def _begin(self, request: LLMRequest, stream: bool) -> _Call:
-        control = current_control()
+    def _begin(self, request: LLMRequest, stream: bool, control: CacheControl | None) -> _Call:
+        control = control if control is not None else current_control()
         return _Call(self._clock(), self._key(request, stream, control), control)
 
     @staticmethod
@@ -490,13 +490,24 @@ class LLMService:
             reconcile(usage.total)
 
     # --- non-streamed calls: sync shell -----------------------------------------------
-    def generate(self, request: LLMRequest, call: Callable[[], T], codec: ResultCodec[T]) -> T:
+    def generate(
+        self,
+        request: LLMRequest,
+        call: Callable[[], T],
+        codec: ResultCodec[T],
+        *,
+        control: CacheControl | None = None,
+    ) -> T:
         """The answer to ``request``: from the cache, another caller's flight, or ``call()``.
 
         ``call`` makes exactly one provider request (no retries of its own); it runs behind
-        the gate and inside the retry policy, in this thread.
+        the gate and inside the retry policy, in this thread. ``control`` (bypass, refresh,
+        no-store, ttl) applies to this call only; ``None``: the
+        :func:`~rag_perf_plugins.cache.cache_control` in effect. The same keyword exists on
+        :meth:`agenerate`, :meth:`stream` and :meth:`astream` (for streams it is read when
+        iteration starts and applied to the cache operations only, never to the consumer).
         """
-        state = self._begin(request, stream=False)
+        state = self._begin(request, False, control)
         op = self.operation
         try:
             value = self._generate(request, call, codec, state)
@@ -513,7 +524,9 @@ class LLMService:
         if key is None or cache is None:
             return self._provider(request, call, codec, state)
         if state.control.read:
-            found = self._read_entry("result", cache.get(key, namespace=self.namespace))
+            with applied(state.control):
+                entry = cache.get(key, namespace=self.namespace)
+            found = self._read_entry("result", entry)
             if found is not None:
                 try:
                     value = codec.decode(found[0])
@@ -529,13 +542,14 @@ class LLMService:
             data = self._encode(codec, value)
             if data is not _UNSTORED and state.control.write:
                 try:
-                    cache.set(
-                        key,
-                        self._entry("result", data, state.usage),
-                        self._ttl(state),
-                        namespace=self.namespace,
-                        model=request.model,
-                    )
+                    with applied(state.control):
+                        cache.set(
+                            key,
+                            self._entry("result", data, state.usage),
+                            self._ttl(state),
+                            namespace=self.namespace,
+                            model=request.model,
+                        )
                 except Exception as exc:  # an unstorable value: the call goes on uncached
                     self._store_error(exc)
             return value, data
@@ -578,14 +592,19 @@ class LLMService:
 
     # --- non-streamed calls: async shell ----------------------------------------------
     async def agenerate(
-        self, request: LLMRequest, call: Callable[[], Awaitable[T]], codec: ResultCodec[T]
+        self,
+        request: LLMRequest,
+        call: Callable[[], Awaitable[T]],
+        codec: ResultCodec[T],
+        *,
+        control: CacheControl | None = None,
     ) -> T:
         """Async twin of :meth:`generate`; never blocks the event loop (cache I/O included).
 
         A cancelled caller stops waiting; the provider call it led goes on for the callers
         coalesced onto it and is stored when it completes.
         """
-        state = self._begin(request, stream=False)
+        state = self._begin(request, False, control)
         op = self.operation
         try:
             value = await self._agenerate(request, call, codec, state)
@@ -606,7 +625,8 @@ class LLMService:
         if key is None or cache is None:
             return await self._aprovider(request, call, codec, state)
         if state.control.read:
-            entry = await cache.aget(key, namespace=self.namespace)
+            with applied(state.control):
+                entry = await cache.aget(key, namespace=self.namespace)
             found = self._read_entry("result", entry)
             if found is not None:
                 try:
@@ -623,13 +643,14 @@ class LLMService:
             data = self._encode(codec, value)
             if data is not _UNSTORED and state.control.write:
                 try:
-                    await cache.aset(
-                        key,
-                        self._entry("result", data, state.usage),
-                        self._ttl(state),
-                        namespace=self.namespace,
-                        model=request.model,
-                    )
+                    with applied(state.control):
+                        await cache.aset(
+                            key,
+                            self._entry("result", data, state.usage),
+                            self._ttl(state),
+                            namespace=self.namespace,
+                            model=request.model,
+                        )
                 except Exception as exc:  # an unstorable value: the call goes on uncached
                     self._store_error(exc)
             return value, data
@@ -676,7 +697,12 @@ class LLMService:
 
     # --- streams: sync shell ----------------------------------------------------------
     def stream(
-        self, request: LLMRequest, open_stream: Callable[[], Iterator[C]], codec: ChunkCodec[C]
+        self,
+        request: LLMRequest,
+        open_stream: Callable[[], Iterator[C]],
+        codec: ChunkCodec[C],
+        *,
+        control: CacheControl | None = None,
     ) -> Generator[C, None, None]:
         """Chunks of the answer: replayed from the cache, or teed from ``open_stream()``.
 
@@ -684,11 +710,13 @@ class LLMService:
         returned generator (or stop iterating and drop it) to abandon the stream: the
         provider stream is closed and nothing is stored.
         """
-        state = self._begin(request, stream=True)
+        state = self._begin(request, True, control)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
-            found = self._read_entry("stream", cache.get(key, namespace=self.namespace))
+            with applied(state.control):
+                entry = cache.get(key, namespace=self.namespace)
+            found = self._read_entry("stream", entry)
             if found is not None:
                 try:
                     replay = [codec.decode(d) for d in found[0]]
@@ -726,13 +754,14 @@ class LLMService:
         stack.__exit__(None, None, None)
         if recorded is not None and key is not None and cache is not None and state.control.write:
             try:
-                cache.set(
-                    key,
-                    self._entry("stream", recorded, state.usage),
-                    self._ttl(state),
-                    namespace=self.namespace,
-                    model=request.model,
-                )
+                with applied(state.control):
+                    cache.set(
+                        key,
+                        self._entry("stream", recorded, state.usage),
+                        self._ttl(state),
+                        namespace=self.namespace,
+                        model=request.model,
+                    )
             except Exception as exc:
                 self._store_error(exc)
         self._record(op, state, error=False)
@@ -788,6 +817,8 @@ class LLMService:
         request: LLMRequest,
         open_stream: Callable[[], AsyncIterator[C]],
         codec: ChunkCodec[C],
+        *,
+        control: CacheControl | None = None,
     ) -> AsyncGenerator[C, None]:
         """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
 
@@ -795,11 +826,12 @@ class LLMService:
         ``contextlib.aclosing``) to abandon the stream promptly; otherwise the loop closes
         it when it is collected. Either way nothing is stored.
         """
-        state = self._begin(request, stream=True)
+        state = self._begin(request, True, control)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
-            entry = await cache.aget(key, namespace=self.namespace)
+            with applied(state.control):
+                entry = await cache.aget(key, namespace=self.namespace)
             found = self._read_entry("stream", entry)
             if found is not None:
                 try:
@@ -847,13 +879,14 @@ class LLMService:
         await stack.__aexit__(None, None, None)
         if recorded is not None and key is not None and cache is not None and state.control.write:
             try:
-                await cache.aset(
-                    key,
-                    self._entry("stream", recorded, state.usage),
-                    self._ttl(state),
-                    namespace=self.namespace,
-                    model=request.model,
-                )
+                with applied(state.control):
+                    await cache.aset(
+                        key,
+                        self._entry("stream", recorded, state.usage),
+                        self._ttl(state),
+                        namespace=self.namespace,
+                        model=request.model,
+                    )
             except Exception as exc:
                 self._store_error(exc)
         self._record(op, state, error=False)
