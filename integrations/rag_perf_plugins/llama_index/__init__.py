@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     raise ImportError(msg) from exc
 
 from .embeddings import CACHE_KWARG, PerfEmbedding, cache_manager_for, inner_identity
-from .factories import pooled_openai_embedding
+from .factories import pooled_openai_embedding, pooled_openai_llm
 from .instrumentation import (
     Instrumentation,
     PerfEventHandler,
@@ -29,6 +29,7 @@ from .instrumentation import (
     install_instrumentation,
     uninstall_instrumentation,
 )
+from .llms import PerfFunctionCallingLLM, PerfLLM, llm_identity, wrap_llm
 from .settings import SettingsState, configure_settings, restore_settings
 from .vector_stores import PerfVectorStore
 
@@ -40,8 +41,14 @@ __all__ = [
     "inner_identity",
     # vector stores
     "PerfVectorStore",
+    # LLMs
+    "PerfFunctionCallingLLM",
+    "PerfLLM",
+    "llm_identity",
+    "wrap_llm",
     # factories
     "pooled_openai_embedding",
+    "pooled_openai_llm",
     # instrumentation
     "Instrumentation",
     "PerfEventHandler",

@@ -7,7 +7,7 @@ Example::
     inner = pooled_openai_embedding(api_base="http://127.0.0.1:8600/v1", api_key="sk-...")
     embed_model = PerfEmbedding(inner)        # our retry policy is the only retry owner
 
-The LLM factory (``pooled_openai_llm``) comes with the second LlamaIndex part.
+    llm = wrap_llm(pooled_openai_llm(model="gpt-4o-mini", api_base="http://127.0.0.1:8600/v1"))
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 
 from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
 from llama_index.embeddings.openai.utils import resolve_openai_credentials  # type: ignore[import-untyped]
+from llama_index.llms.openai import OpenAI
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.http import get_async_http_client, get_http_client
 
-__all__ = ["pooled_openai_embedding"]
+__all__ = ["pooled_openai_embedding", "pooled_openai_llm"]
 
 
 def pooled_openai_embedding(
@@ -80,6 +81,69 @@ def pooled_openai_embedding(
     return OpenAIEmbedding(
         model=model,
         dimensions=dimensions,
+        api_key=api_key,
+        api_base=api_base,
+        max_retries=0,
+        http_client=get_http_client(api_base, config=config, proxy=proxy),
+        async_http_client=get_async_http_client(api_base, config=config, proxy=proxy),
+        **kwargs,
+    )
+
+
+def pooled_openai_llm(
+    *,
+    model: str = "gpt-4o-mini",
+    api_base: str | None = None,
+    api_key: str | None = None,
+    temperature: float = 0.0,
+    config: PerformanceConfig | None = None,
+    proxy: str | None = None,
+    **kwargs: Any,
+) -> OpenAI:
+    """LlamaIndex's ``OpenAI`` LLM on the registry's shared HTTP clients, SDK retries off.
+
+    Example::
+
+        inner = pooled_openai_llm(api_base=sim.base_url, api_key="sk-test")
+        inner.max_retries            # 0: neither the SDK nor LlamaIndex's tenacity retries
+        llm = wrap_llm(inner)        # a PerfFunctionCallingLLM
+
+    Same clients as :func:`pooled_openai_embedding` (one ``httpx`` pool per origin and
+    event loop, ``connection_pool_size`` connections, ``connection_timeout`` seconds to
+    connect); the per-request timeout is ``request_deadline`` seconds.
+
+    Args:
+        model: Chat model name.
+        api_base: Base URL ending in ``/v1``; ``None`` reads ``OPENAI_API_BASE`` or uses
+            OpenAI's.
+        api_key: API key; ``None`` reads ``OPENAI_API_KEY``.
+        temperature: Sampling temperature (0.0 by default: answers worth caching).
+        config: Pool sizes and timeouts; ``None`` means ``PerformanceConfig.load()``.
+        proxy: Proxy URL for the shared clients (environment proxies are not read).
+        **kwargs: Other ``OpenAI`` options (``max_tokens``, ``additional_kwargs``, ...).
+
+    Raises:
+        ValueError: ``max_retries`` or ``http_client``/``async_http_client`` were passed.
+
+    Not done: wrapping (pass the result to :func:`wrap_llm`); on its own it makes
+    exactly one attempt per request.
+    """
+    for name in ("max_retries", "http_client", "async_http_client"):
+        if name in kwargs:
+            msg = (
+                f"pooled_openai_llm() sets {name} itself (retries off, shared clients); "
+                "do not pass it"
+            )
+            raise ValueError(msg)
+    config = config if config is not None else PerformanceConfig.load()
+    api_key, api_base, api_version = resolve_openai_credentials(api_key, api_base, None)
+    kwargs.setdefault("api_version", api_version)
+    kwargs.setdefault(
+        "timeout", config.request_deadline if config.request_deadline is not None else 600.0
+    )
+    return OpenAI(
+        model=model,
+        temperature=temperature,
         api_key=api_key,
         api_base=api_base,
         max_retries=0,

@@ -13,14 +13,19 @@ index built earlier keeps the unwrapped model::
     ...
     restore_settings()                         # the original model is back
 
-Code that passes models explicitly (``VectorStoreIndex(..., embed_model=...)``) does not
-read ``Settings``; wrap those objects yourself with :class:`PerfEmbedding`.
+It wraps ``Settings.embed_model`` in a :class:`PerfEmbedding`, ``Settings.llm`` with
+:func:`wrap_llm` (a :class:`PerfFunctionCallingLLM` when the LLM does function calling),
+and, when ``enable_metrics`` is on, installs the instrumentation handlers
+(:func:`install_instrumentation`) that record every stage into the tracker.
 
-What this does not do (yet): wrap ``Settings.llm``. The LLM wrapper comes with the second
-LlamaIndex part; until then only the embedding model is wrapped and the LLM is left alone.
-It never resolves LlamaIndex's defaults: when no embedding model was set, nothing is
-wrapped (reading the public ``Settings.embed_model`` would build an ``OpenAIEmbedding`` and
-raise without ``OPENAI_API_KEY``), and a warning says so.
+Code that passes models explicitly (``VectorStoreIndex(..., embed_model=...)``,
+``as_query_engine(llm=...)``) does not read ``Settings``; wrap those objects yourself with
+:class:`PerfEmbedding` and :func:`wrap_llm`.
+
+It never resolves LlamaIndex's defaults: it reads the private ``Settings._embed_model`` and
+``Settings._llm``, and when one was not set it is not wrapped (reading the public property
+would build LlamaIndex's OpenAI default and raise without ``OPENAI_API_KEY``), and a
+warning says so.
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.llms.llm import LLM
 from llama_index.core.settings import Settings
 from rag_perf_plugins.config import PerformanceConfig
 
 from .embeddings import PerfEmbedding
+from .instrumentation import Instrumentation, install_instrumentation
+from .llms import PerfLLM, wrap_llm
 
 __all__ = ["SettingsState", "configure_settings", "restore_settings"]
 
@@ -42,97 +51,145 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SettingsState:
-    """What :func:`configure_settings` did: the wrapper it installed and what it replaced.
+    """What :func:`configure_settings` did: the wrappers it installed and what they replaced.
 
     Attributes:
         embed_model: The :class:`PerfEmbedding` now in ``Settings``, or ``None`` when no
             embedding model was set and nothing was wrapped.
         original_embed_model: The object ``restore_settings()`` puts back.
-        llm_wrapped: Always ``False`` until the LLM wrapper lands.
+        llm: The :class:`PerfLLM` now in ``Settings``, or ``None`` when no LLM was set.
+        original_llm: The LLM ``restore_settings()`` puts back.
+        instrumentation: The handlers installed on LlamaIndex's root dispatcher, or
+            ``None`` when metrics are off.
     """
 
     embed_model: PerfEmbedding | None
     original_embed_model: BaseEmbedding | None
-    llm_wrapped: bool = False
+    llm: PerfLLM | None = None
+    original_llm: LLM | None = None
+    instrumentation: Instrumentation | None = None
+
+    @property
+    def llm_wrapped(self) -> bool:
+        """Whether ``Settings.llm`` is a :class:`PerfLLM` because of this call."""
+        return self.llm is not None
+
+
+class _Slot:
+    """One ``Settings`` field we wrap: the wrapper we installed and what it replaced."""
+
+    def __init__(self, attr: str, label: str, wrapper_cls: type, wrap: Any) -> None:
+        self.attr = attr
+        self.label = label
+        self.wrapper_cls = wrapper_cls
+        self.wrap = wrap
+        self.installed: Any = None
+        self.original: Any = None
+
+    def configure(self, config: PerformanceConfig | None) -> tuple[Any, Any]:
+        current = getattr(Settings, self.attr)
+        if current is None:
+            logger.warning(
+                "configure_settings(): Settings.%s is not set, so it was not wrapped; set it "
+                "first (reading it now would build LlamaIndex's OpenAI default)",
+                self.label,
+            )
+            return None, None
+        if current is self.installed and self.installed is not None:
+            if config is None or self.installed.config == config:
+                return self.installed, self.original
+            inner = self.original
+        elif isinstance(current, self.wrapper_cls):
+            # The caller wrapped it already: keep theirs, and restore nothing.
+            self.installed, self.original = None, None
+            return current, current
+        else:
+            inner = current
+        wrapper = self.wrap(inner, config)
+        # Assigning the private field skips the public setter's resolve_*() step, which only
+        # re-checks the type; the wrapper is a BaseEmbedding / LLM, so every reader accepts it.
+        setattr(Settings, self.attr, wrapper)
+        self.installed, self.original = wrapper, inner
+        return wrapper, inner
+
+    def restore(self) -> bool:
+        installed, original = self.installed, self.original
+        self.installed, self.original = None, None
+        if installed is None or getattr(Settings, self.attr) is not installed:
+            return False
+        setattr(Settings, self.attr, original)
+        return True
 
 
 _lock = threading.Lock()
-# The wrapper we installed and the object it replaced; None when we installed nothing.
-_installed: PerfEmbedding | None = None
-_original: BaseEmbedding | None = None
+_embed = _Slot("_embed_model", "embed_model", PerfEmbedding, PerfEmbedding)
+_llm = _Slot("_llm", "llm", PerfLLM, wrap_llm)
+_instrumentation: Instrumentation | None = None
 
 
-def configure_settings(config: PerformanceConfig | None = None) -> SettingsState:
-    """Wrap ``Settings.embed_model`` in a :class:`PerfEmbedding`, in place.
+def configure_settings(
+    config: PerformanceConfig | None = None, *, instrument: bool = True
+) -> SettingsState:
+    """Wrap ``Settings.embed_model`` and ``Settings.llm`` in place; install the handlers.
 
     Example::
 
-        Settings.embed_model = OpenAIEmbedding(api_base=..., max_retries=0)
+        Settings.embed_model = pooled_openai_embedding(api_base=...)
+        Settings.llm = pooled_openai_llm(api_base=...)
         state = configure_settings(PerformanceConfig(batch_size=64))
         state.embed_model.inner is state.original_embed_model     # True
+        state.llm.inner is state.original_llm                     # True
 
     Idempotent: calling it again with the same config changes nothing; with another
-    config it re-wraps the original model (never a wrapper in a wrapper). If the user set a
-    new embedding model since, that new model is wrapped and becomes the one restored.
-
-    Reads the private ``Settings._embed_model`` so LlamaIndex's OpenAI default is never
-    resolved; a model that is already a :class:`PerfEmbedding` the caller built is kept.
+    config it re-wraps the original models (never a wrapper in a wrapper). If the user set
+    a new model since, that new model is wrapped and becomes the one restored. A model the
+    caller already wrapped (a :class:`PerfEmbedding` / :class:`PerfLLM`) is kept.
 
     Args:
-        config: Settings of the wrapper; ``None`` means ``PerformanceConfig.load()``
+        config: Settings of the wrappers; ``None`` means ``PerformanceConfig.load()``
             (environment and defaults).
+        instrument: Also install the instrumentation handlers on LlamaIndex's root
+            dispatcher (only when ``enable_metrics`` is on), feeding the process tracker.
 
     Returns:
         What is installed now.
     """
-    global _installed, _original
+    global _instrumentation
     with _lock:
-        current = Settings._embed_model
-        if current is None:
-            logger.warning(
-                "configure_settings(): Settings.embed_model is not set, so it was not "
-                "wrapped; set it first (reading it now would build LlamaIndex's OpenAI default)"
-            )
-            return SettingsState(embed_model=None, original_embed_model=None)
-        if current is _installed and _installed is not None:
-            if config is None or _installed.config == config:
-                return SettingsState(embed_model=_installed, original_embed_model=_original)
-            inner = _original
-        elif isinstance(current, PerfEmbedding):
-            # The caller wrapped it already: keep theirs, and restore nothing.
-            _installed, _original = None, None
-            return SettingsState(embed_model=current, original_embed_model=current)
-        else:
-            inner = current
-        assert inner is not None  # _original is set whenever _installed is
-        wrapper = PerfEmbedding(inner, config=config)
-        # Assigning the private field skips resolve_embed_model(), which only re-checks the
-        # type; the wrapper is a BaseEmbedding, so every reader of Settings accepts it.
-        Settings._embed_model = wrapper
-        _installed, _original = wrapper, inner
-        return SettingsState(embed_model=wrapper, original_embed_model=inner)
+        embed, original_embed = _embed.configure(config)
+        llm, original_llm = _llm.configure(config)
+        effective = config if config is not None else PerformanceConfig.load()
+        if instrument and effective.enable_metrics:
+            _instrumentation = install_instrumentation()
+        return SettingsState(
+            embed_model=embed,
+            original_embed_model=original_embed,
+            llm=llm,
+            original_llm=original_llm,
+            instrumentation=_instrumentation,
+        )
 
 
 def restore_settings() -> bool:
-    """Put back the embedding model that :func:`configure_settings` wrapped.
+    """Put back the models that :func:`configure_settings` wrapped; remove its handlers.
 
     Example::
 
         configure_settings()
-        restore_settings()          # True: Settings.embed_model is the original again
+        restore_settings()          # True: Settings.embed_model / llm are the originals again
         restore_settings()          # False: nothing left to restore
 
     A model the user set after ``configure_settings()`` is left in place (it is theirs).
-    Indexes and engines built while the wrapper was installed keep using it.
+    Indexes and engines built while the wrappers were installed keep using them.
 
     Returns:
-        ``True`` when an original model was put back.
+        ``True`` when an original model was put back (the handlers are removed either way).
     """
-    global _installed, _original
+    global _instrumentation
     with _lock:
-        installed, original = _installed, _original
-        _installed, _original = None, None
-        if installed is None or Settings._embed_model is not installed:
-            return False
-        Settings._embed_model = original
-        return True
+        restored = _embed.restore()
+        restored = _llm.restore() or restored
+        handle, _instrumentation = _instrumentation, None
+        if handle is not None:
+            handle.uninstall()
+        return restored

@@ -1,0 +1,658 @@
+"""PerfLLM and PerfFunctionCallingLLM: LlamaIndex LLMs whose calls go through our core.
+
+Example::
+
+    from rag_perf_plugins.llama_index import pooled_openai_llm, wrap_llm
+
+    llm = wrap_llm(pooled_openai_llm(model="gpt-4o-mini", api_base="http://127.0.0.1:8600/v1"))
+    llm.complete("What is RAG?")        # provider call, stored
+    llm.complete("What is RAG?")        # from the cache: additional_kwargs["cache_hit"] is True
+    for chunk in llm.stream_chat(messages):   # a complete stream is recorded ...
+        ...                                    # ... and replayed chunk by chunk next time
+
+``wrap_llm`` returns a :class:`PerfFunctionCallingLLM` when the inner model is a
+``FunctionCallingLLM`` (so agents and ``predict_and_call`` accept it: it *is* one, with
+the inner model's metadata), else a :class:`PerfLLM`.
+
+Cached: ``chat``, ``complete``, ``stream_chat``, ``stream_complete`` and their async
+twins (a sync and an async call of one kind share entries). The key holds the inner
+model's identity (class, model name, temperature, max tokens, additional kwargs, API
+base; never the API key, timeout or retry count), the messages or prompt, and every
+per-call keyword argument (tools, tool choice, response format, ...). Hits are marked
+``additional_kwargs["cache_hit"] = True`` and report zero tokens
+(``prompt_tokens``/``completion_tokens``/``total_tokens`` are 0, ``raw`` is ``None``), so
+token counters do not bill them; misses carry ``cache_hit = False`` and the provider's
+own response. Misses go through the admission gate and our retry policy.
+
+One call, one set of LlamaIndex events and spans: the wrapper's methods carry LlamaIndex's
+instrumentation decorators, and a miss calls the inner model's *undecorated*
+implementation, so neither LlamaIndex's handlers nor ours see a miss twice. (An inner
+model whose ``chat`` calls its own public ``complete``, like ``CustomLLM``, still emits its
+inner events; our handlers count nested LLM spans once.)
+
+Per-call cache control: ``cache_control(...)`` around the call, or the
+``rag_perf_cache="bypass"`` (or ``{"mode": ..., "ttl": s}``) keyword on any method.
+
+Not done: ``structured_predict`` and friends run through ``chat``/``complete`` and are
+cached there, not as a whole; a per-call keyword that cannot be keyed (an arbitrary object)
+makes that call uncached (counted as ``cache.unkeyable``). The request path lives in
+``_llm_shim`` until ``rag_perf_plugins.llm_service`` lands (see that module).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import LLM, ToolSelection
+from rag_perf_plugins._clock import Clock, monotonic
+from rag_perf_plugins.admission import AdmissionGate, get_gate
+from rag_perf_plugins.cache import CacheManager
+from rag_perf_plugins.cache.control import applied, parse_control
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.tokens import estimate_tokens
+from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
+
+from ._llm_shim import LLMRequestPath
+from .embeddings import CACHE_KWARG, cache_manager_for
+
+__all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
+
+RT = TypeVar("RT", ChatResponse, CompletionResponse)
+
+# Fields of an LLM that do not change its answers (or are secrets): left out of keys.
+_NON_IDENTITY_FIELDS = frozenset(
+    {
+        "api_key",
+        "callback_manager",
+        "default_headers",
+        "max_retries",
+        "timeout",
+        "reuse_client",
+        "rate_limiter",
+        "http_client",
+        "async_http_client",
+        "messages_to_prompt",
+        "completion_to_prompt",
+        "output_parser",
+    }
+)
+_UNSTABLE = re.compile(r"<[\w\s_\. ]+ at 0x[a-z0-9]+>")
+_ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+_COPIED_FIELDS = (
+    "system_prompt",
+    "messages_to_prompt",
+    "completion_to_prompt",
+    "output_parser",
+    "pydantic_program_mode",
+    "query_wrapper_prompt",
+)
+
+
+def llm_identity(llm: LLM) -> dict[str, Any]:
+    """The fields of ``llm`` that decide its answers, as a JSON-safe, stable dict.
+
+    Example: ``llm_identity(OpenAI(model="gpt-4o-mini", temperature=0))["temperature"]``.
+    Secrets and transport settings (API key, headers, timeout, retries, clients) are left
+    out; objects that are not JSON values are replaced by their type name.
+    """
+    raw = llm.to_dict()
+    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS}
+    kept["class_name"] = llm.class_name()
+    text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
+    loaded: dict[str, Any] = json.loads(_UNSTABLE.sub("", text))
+    return loaded
+
+
+def _plain(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _plain_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in extra.items() if isinstance(k, str) and _plain(v)}
+
+
+def _usage_of(extra: dict[str, Any]) -> tuple[int, int]:
+    p, c = extra.get("prompt_tokens"), extra.get("completion_tokens")
+    return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+
+
+def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
+    return {**extra, **_ZERO_USAGE, "cache_hit": True}
+
+
+# --- chat responses: stored form and back ---------------------------------------------
+def _dump_chat(r: ChatResponse) -> Any:
+    return {
+        "m": r.message.model_dump(mode="json"),
+        "k": _plain_kwargs(r.additional_kwargs),
+        "d": r.delta,
+    }
+
+
+def _load_chat(data: Any) -> ChatResponse:
+    return ChatResponse(
+        message=ChatMessage.model_validate(data["m"]),
+        delta=data["d"],
+        additional_kwargs=_hit_kwargs(data["k"]),
+    )
+
+
+def _chat_usage(r: ChatResponse) -> tuple[int, int]:
+    return _usage_of(r.additional_kwargs)
+
+
+def _dump_chat_stream(chunks: list[ChatResponse]) -> Any:
+    last = chunks[-1] if chunks else None
+    return {
+        "d": [c.delta or "" for c in chunks],
+        "m": None if last is None else last.message.model_dump(mode="json"),
+        "k": {} if last is None else _plain_kwargs(last.additional_kwargs),
+    }
+
+
+def _replay_chat(data: Any) -> Iterator[ChatResponse]:
+    deltas: list[str] = data["d"]
+    if not deltas:
+        return
+    final = ChatMessage.model_validate(data["m"])
+    text = ""
+    for delta in deltas[:-1]:
+        text += delta
+        yield ChatResponse(
+            message=ChatMessage(role=final.role, content=text),
+            delta=delta,
+            additional_kwargs={"cache_hit": True},
+        )
+    yield ChatResponse(message=final, delta=deltas[-1], additional_kwargs=_hit_kwargs(data["k"]))
+
+
+def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> tuple[int, int]:
+    best = (0, 0)
+    for c in chunks:
+        u = _usage_of(c.additional_kwargs)
+        best = (max(best[0], u[0]), max(best[1], u[1]))
+    return best
+
+
+# --- completion responses ----------------------------------------------------------------
+def _dump_completion(r: CompletionResponse) -> Any:
+    return {"t": r.text, "k": _plain_kwargs(r.additional_kwargs), "d": r.delta}
+
+
+def _load_completion(data: Any) -> CompletionResponse:
+    return CompletionResponse(
+        text=data["t"], delta=data["d"], additional_kwargs=_hit_kwargs(data["k"])
+    )
+
+
+def _completion_usage(r: CompletionResponse) -> tuple[int, int]:
+    return _usage_of(r.additional_kwargs)
+
+
+def _dump_completion_stream(chunks: list[CompletionResponse]) -> Any:
+    last = chunks[-1] if chunks else None
+    return {
+        "d": [c.delta or "" for c in chunks],
+        "t": "" if last is None else last.text,
+        "k": {} if last is None else _plain_kwargs(last.additional_kwargs),
+    }
+
+
+def _replay_completion(data: Any) -> Iterator[CompletionResponse]:
+    deltas: list[str] = data["d"]
+    if not deltas:
+        return
+    text = ""
+    for delta in deltas[:-1]:
+        text += delta
+        yield CompletionResponse(text=text, delta=delta, additional_kwargs={"cache_hit": True})
+    yield CompletionResponse(
+        text=data["t"], delta=deltas[-1], additional_kwargs=_hit_kwargs(data["k"])
+    )
+
+
+def _undecorated(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` without LlamaIndex's span (wrapt) and ``llm_*_callback`` layers.
+
+    The span layer exposes ``__wrapped__``; the callback layer does not (it marks the
+    function it wraps with ``__wrapped__ = True``), so that function is taken from the
+    wrapper's closure. A method without these layers is returned as it is.
+    """
+    for _ in range(8):
+        nxt = getattr(fn, "__wrapped__", None)
+        if callable(nxt):
+            fn = nxt
+            continue
+        cells = getattr(fn, "__closure__", None) or ()
+        inner = next(
+            (
+                c.cell_contents
+                for c in cells
+                if callable(c.cell_contents)
+                and getattr(c.cell_contents, "__wrapped__", None) is True
+            ),
+            None,
+        )
+        if inner is None:
+            return fn
+        fn = inner
+    return fn
+
+
+def _mark_miss(r: RT) -> RT:
+    r.additional_kwargs["cache_hit"] = False
+    return r
+
+
+def _messages_key(messages: Sequence[ChatMessage]) -> list[Any]:
+    return [m.model_dump(mode="json") for m in messages]
+
+
+def _messages_tokens(messages: Sequence[ChatMessage]) -> int:
+    return sum(estimate_tokens(m.content or "") + 4 for m in messages) + 3
+
+
+class PerfLLM(LLM):
+    """A LlamaIndex ``LLM`` that caches, gates, retries and tracks its inner model's calls.
+
+    Example::
+
+        llm = PerfLLM(OpenAI(model="gpt-4o-mini", max_retries=0), PerformanceConfig())
+        Settings.llm = llm             # or pass llm= to an engine
+
+    Prefer :func:`wrap_llm`, which keeps function calling when the inner model has it.
+
+    Args:
+        inner: The LLM that makes the provider calls. Build it with ``max_retries=0`` (or
+            use :func:`pooled_openai_llm`): our retry policy is the only retry owner. Its
+            own ``rate_limiter`` is bypassed.
+        config: Cache switches and TTL (seconds), ``cache_skip_sampled``, concurrency and
+            rate limits, retries; ``None`` means ``PerformanceConfig.load()``.
+        cache: The cache manager; ``None`` uses the one shared by wrappers with an equal
+            config (no cache when ``enable_caching`` is off).
+        gate: Admission gate for provider calls; ``None`` builds the core's gate of
+            (provider, model, API-key fingerprint).
+        retry: Retry policy; ``None`` builds the core's from ``config``.
+        tracker: Statistics sink (``llm.<kind>``); ``None`` means the process tracker when
+            metrics are on.
+        clock: Seconds, monotonic, for the statistics.
+
+    Raises:
+        TypeError: ``inner`` is not a LlamaIndex ``LLM`` or is already a ``PerfLLM``.
+    """
+
+    _inner: LLM = PrivateAttr()
+    _config: PerformanceConfig = PrivateAttr()
+    _identity: dict[str, Any] = PrivateAttr()
+    _path: LLMRequestPath = PrivateAttr()
+    _raw: dict[str, Callable[..., Any]] = PrivateAttr()
+
+    def __init__(
+        self,
+        inner: LLM,
+        config: PerformanceConfig | None = None,
+        *,
+        cache: CacheManager | None = None,
+        gate: AdmissionGate | None = None,
+        retry: RetryPolicy | None = None,
+        tracker: PerformanceTracker | None = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        if isinstance(inner, PerfLLM):
+            msg = "inner is already a PerfLLM; wrap the model it wraps (inner.inner)"
+            raise TypeError(msg)
+        if not isinstance(inner, LLM):
+            msg = f"inner must be a LlamaIndex LLM, got {type(inner).__name__}"
+            raise TypeError(msg)
+        if config is not None and not isinstance(config, PerformanceConfig):
+            msg = f"config must be a PerformanceConfig or None, got {type(config).__name__}"
+            raise TypeError(msg)
+        super().__init__(
+            callback_manager=inner.callback_manager,
+            **{name: getattr(inner, name) for name in _COPIED_FIELDS},
+        )
+        config = config if config is not None else PerformanceConfig.load()
+        self._inner = inner
+        self._config = config
+        self._identity = llm_identity(inner)
+        model = inner.metadata.model_name or "unknown"
+        provider = f"llama_index/{inner.class_name()}"
+        if cache is None and config.enable_caching:
+            cache = cache_manager_for(config)
+        if gate is None:
+            gate = _default_gate(inner, provider, model, config)
+        if tracker is None and config.enable_metrics:
+            tracker = get_performance_tracker()
+        self._path = LLMRequestPath(
+            provider=provider,
+            model=model,
+            cache=cache if config.enable_caching else None,
+            gate=gate,
+            retry=retry if retry is not None else RetryPolicy(config),
+            tracker=tracker,
+            clock=clock,
+        )
+        self._raw = {}
+
+    # --- identity ---------------------------------------------------------------------
+    @classmethod
+    def class_name(cls) -> str:
+        """Stable serialization name."""
+        return "PerfLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """The inner model's metadata (context window, model name, function calling)."""
+        return self._inner.metadata
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """A stable dict naming the wrapper and the inner model's identity (no secrets)."""
+        return {"class_name": self.class_name(), "inner": dict(self._identity)}
+
+    @property
+    def inner(self) -> LLM:
+        """The wrapped model."""
+        return self._inner
+
+    @property
+    def config(self) -> PerformanceConfig:
+        """The config the wrapper was built with."""
+        return self._config
+
+    @property
+    def provider_calls(self) -> int:
+        """Provider calls (first attempts) made on misses so far."""
+        return self._path.provider_calls
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._inner.class_name()}/{self.metadata.model_name}>"
+
+    __str__ = __repr__
+
+    # --- shared helpers ---------------------------------------------------------------
+    def _impl(self, name: str) -> Callable[..., Any]:
+        """The inner class's undecorated ``name`` (no second set of events or spans)."""
+        fn = self._raw.get(name)
+        if fn is None:
+            fn = self._raw[name] = _undecorated(getattr(type(self._inner), name))
+        return fn
+
+    def _key(self, kind: str, messages: Any, kwargs: dict[str, Any]) -> str | None:
+        extra = self._identity.get("additional_kwargs") or {}
+        sampling = {
+            "temperature": kwargs.get("temperature", self._identity.get("temperature", 1.0)),
+            "seed": kwargs.get("seed", extra.get("seed") if isinstance(extra, dict) else None),
+        }
+        return self._path.key(
+            kind,
+            messages=messages,
+            params={"model": self._identity, "call": kwargs},
+            sampling=sampling,
+        )
+
+    # --- chat ---------------------------------------------------------------------------
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Chat, from the cache when the same request was answered before."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("chat"), self._inner
+            result: tuple[ChatResponse, bool] = self._path.call(
+                "chat",
+                self._key("chat", _messages_key(messages), kwargs),
+                lambda: impl(inner, messages, **kwargs),
+                dump=_dump_chat,
+                load=_load_chat,
+                usage=_chat_usage,
+                tokens=_messages_tokens(messages),
+            )
+        response, hit = result
+        return response if hit else _mark_miss(response)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Async :meth:`chat`."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("achat"), self._inner
+            result: tuple[ChatResponse, bool] = await self._path.acall(
+                "chat",
+                self._key("chat", _messages_key(messages), kwargs),
+                lambda: impl(inner, messages, **kwargs),
+                dump=_dump_chat,
+                load=_load_chat,
+                usage=_chat_usage,
+                tokens=_messages_tokens(messages),
+            )
+        response, hit = result
+        return response if hit else _mark_miss(response)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Streamed chat: replayed chunk by chunk from the cache, or live and recorded."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("stream_chat"), self._inner
+            return self._path.stream(
+                "stream_chat",
+                self._key("stream_chat", _messages_key(messages), kwargs),
+                lambda: impl(inner, messages, **kwargs),
+                dump=_dump_chat_stream,
+                replay=_replay_chat,
+                usage=_stream_usage,
+                tokens=_messages_tokens(messages),
+            )
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        """Async :meth:`stream_chat`."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("astream_chat"), self._inner
+
+            async def start() -> AsyncIterator[ChatResponse]:
+                gen: AsyncIterator[ChatResponse] = await impl(inner, messages, **kwargs)
+                return gen
+
+            return self._path.astream(
+                "stream_chat",
+                self._key("stream_chat", _messages_key(messages), kwargs),
+                start,
+                dump=_dump_chat_stream,
+                replay=_replay_chat,
+                usage=_stream_usage,
+                tokens=_messages_tokens(messages),
+            )
+
+    # --- completion ---------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Completion, from the cache when the same request was answered before."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("complete"), self._inner
+            result: tuple[CompletionResponse, bool] = self._path.call(
+                "complete",
+                self._key("complete", prompt, {**kwargs, "formatted": formatted}),
+                lambda: impl(inner, prompt, formatted, **kwargs),
+                dump=_dump_completion,
+                load=_load_completion,
+                usage=_completion_usage,
+                tokens=estimate_tokens(prompt),
+            )
+        response, hit = result
+        return response if hit else _mark_miss(response)
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        """Async :meth:`complete`."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("acomplete"), self._inner
+            result: tuple[CompletionResponse, bool] = await self._path.acall(
+                "complete",
+                self._key("complete", prompt, {**kwargs, "formatted": formatted}),
+                lambda: impl(inner, prompt, formatted, **kwargs),
+                dump=_dump_completion,
+                load=_load_completion,
+                usage=_completion_usage,
+                tokens=estimate_tokens(prompt),
+            )
+        response, hit = result
+        return response if hit else _mark_miss(response)
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        """Streamed completion: replayed from the cache, or live and recorded."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("stream_complete"), self._inner
+            return self._path.stream(
+                "stream_complete",
+                self._key("stream_complete", prompt, {**kwargs, "formatted": formatted}),
+                lambda: impl(inner, prompt, formatted, **kwargs),
+                dump=_dump_completion_stream,
+                replay=_replay_completion,
+                usage=_stream_usage,
+                tokens=estimate_tokens(prompt),
+            )
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        """Async :meth:`stream_complete`."""
+        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
+            impl, inner = self._impl("astream_complete"), self._inner
+
+            async def start() -> AsyncIterator[CompletionResponse]:
+                gen: AsyncIterator[CompletionResponse] = await impl(
+                    inner, prompt, formatted, **kwargs
+                )
+                return gen
+
+            return self._path.astream(
+                "stream_complete",
+                self._key("stream_complete", prompt, {**kwargs, "formatted": formatted}),
+                start,
+                dump=_dump_completion_stream,
+                replay=_replay_completion,
+                usage=_stream_usage,
+                tokens=estimate_tokens(prompt),
+            )
+
+
+class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
+    """:class:`PerfLLM` for a ``FunctionCallingLLM``: agents and tool calling accept it.
+
+    Example::
+
+        llm = wrap_llm(OpenAI(model="gpt-4o-mini", max_retries=0))
+        llm.predict_and_call([add_tool], "What is 2 + 3?")   # tools are part of the key
+
+    Tool preparation and parsing are the inner model's; the chat call they lead to goes
+    through the wrapper, with the tool specs and tool choice in the key.
+    """
+
+    def __init__(
+        self,
+        inner: FunctionCallingLLM,
+        config: PerformanceConfig | None = None,
+        *,
+        cache: CacheManager | None = None,
+        gate: AdmissionGate | None = None,
+        retry: RetryPolicy | None = None,
+        tracker: PerformanceTracker | None = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        super().__init__(
+            inner, config, cache=cache, gate=gate, retry=retry, tracker=tracker, clock=clock
+        )
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Stable serialization name."""
+        return "PerfFunctionCallingLLM"
+
+    def _inner_fc(self) -> FunctionCallingLLM:
+        inner = self._inner
+        assert isinstance(inner, FunctionCallingLLM)
+        return inner
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        inner = self._inner_fc()
+        params = inspect.signature(type(inner)._prepare_chat_with_tools).parameters
+        if "tool_required" in params:  # older integrations lack it: LlamaIndex checks too
+            kwargs["tool_required"] = tool_required
+        return inner._prepare_chat_with_tools(
+            tools,
+            user_msg=user_msg,
+            chat_history=chat_history,
+            verbose=verbose,
+            allow_parallel_tool_calls=allow_parallel_tool_calls,
+            **kwargs,
+        )
+
+    def _validate_chat_with_tools_response(self, *args: Any, **kwargs: Any) -> ChatResponse:
+        return self._inner_fc()._validate_chat_with_tools_response(*args, **kwargs)
+
+    def get_tool_calls_from_response(self, *args: Any, **kwargs: Any) -> list[ToolSelection]:
+        """The inner model's parsing of tool calls (works on cached responses too)."""
+        return self._inner_fc().get_tool_calls_from_response(*args, **kwargs)
+
+
+def wrap_llm(inner: LLM, config: PerformanceConfig | None = None, **options: Any) -> PerfLLM:
+    """Wrap ``inner``: a :class:`PerfFunctionCallingLLM` for a ``FunctionCallingLLM``.
+
+    Example: ``Settings.llm = wrap_llm(pooled_openai_llm(api_base=sim.base_url))``.
+
+    A model that is already a :class:`PerfLLM` is returned as it is. ``options`` go to the
+    wrapper (``cache``, ``gate``, ``retry``, ``tracker``, ``clock``).
+    """
+    if isinstance(inner, PerfLLM):
+        return inner
+    if isinstance(inner, FunctionCallingLLM):
+        return PerfFunctionCallingLLM(inner, config, **options)
+    return PerfLLM(inner, config, **options)
+
+
+def _default_gate(
+    inner: LLM, provider: str, model: str, config: PerformanceConfig
+) -> AdmissionGate:
+    api_key = getattr(inner, "api_key", None)
+    try:
+        return get_gate(
+            provider, model, api_key if isinstance(api_key, str) else None, config=config
+        )
+    except ValueError:  # that key's gate exists with other limits: a private one
+        return AdmissionGate(config, key=f"{provider}/{model}/private")
