@@ -179,18 +179,30 @@ class CacheEmbeddingStore:
         found = self.cache.get_vectors(keys, namespace=self.namespace)
         return [found.get(k) for k in keys]
 
-    def set_many(self, items: Mapping[str, Vector], *, ttl: float | None = None) -> None:
-        """Store vectors (``ttl`` seconds; ``None``: the manager's ``cache_ttl``)."""
-        self.cache.set_vectors(items, ttl, namespace=self.namespace, model=self.model)
+    def set_many(
+        self, items: Mapping[str, Vector], *, ttl: float | None = None, rounded: bool = False
+    ) -> None:
+        """Store vectors (``ttl`` seconds; ``None``: the manager's ``cache_ttl``).
+
+        ``rounded=True``: the vectors are already rounded to :attr:`dtype` (the service
+        passes it), so the manager does not round them a second time.
+        """
+        self.cache.set_vectors(
+            items, ttl, namespace=self.namespace, model=self.model, rounded=rounded
+        )
 
     async def aget_many(self, keys: Sequence[str]) -> list[Vector | None]:
         """Async :meth:`get_many`; disk I/O runs on the manager's executor."""
         found = await self.cache.aget_vectors(keys, namespace=self.namespace)
         return [found.get(k) for k in keys]
 
-    async def aset_many(self, items: Mapping[str, Vector], *, ttl: float | None = None) -> None:
-        """Async :meth:`set_many`."""
-        await self.cache.aset_vectors(items, ttl, namespace=self.namespace, model=self.model)
+    async def aset_many(
+        self, items: Mapping[str, Vector], *, ttl: float | None = None, rounded: bool = False
+    ) -> None:
+        """Async :meth:`set_many` (same ``rounded`` flag)."""
+        await self.cache.aset_vectors(
+            items, ttl, namespace=self.namespace, model=self.model, rounded=rounded
+        )
 
     def __repr__(self) -> str:
         return f"<CacheEmbeddingStore namespace={self.namespace!r} dtype={self.dtype}>"
@@ -412,6 +424,7 @@ class EmbeddingService:
         "_flights",
         "_gate",
         "_gate_tokens",
+        "_prerounded",
         "_retry",
         "_store",
         "_store_failed",
@@ -474,6 +487,9 @@ class EmbeddingService:
         self._aembed_query = aembed_query
         self._store = store if self.config.enable_caching else None
         self._store_failed = False
+        # The service rounds vectors to the store's dtype already: the cache package's store
+        # is told so and skips its own rounding (a second pass over every vector).
+        self._prerounded = isinstance(self._store, CacheEmbeddingStore)
         self._gate = gate
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
@@ -672,7 +688,11 @@ class EmbeddingService:
         if store is None or not results or not control.write:
             return
         try:
-            store.set_many(results, ttl=control.ttl or self.config.cache_ttl)
+            ttl = control.ttl or self.config.cache_ttl
+            if self._prerounded:
+                cast(CacheEmbeddingStore, store).set_many(results, ttl=ttl, rounded=True)
+            else:
+                store.set_many(results, ttl=ttl)
         except Exception as exc:
             self._store_error(exc)
 
@@ -786,7 +806,11 @@ class EmbeddingService:
         if store is None or not results or not control.write:
             return
         try:
-            await store.aset_many(results, ttl=control.ttl or self.config.cache_ttl)
+            ttl = control.ttl or self.config.cache_ttl
+            if self._prerounded:
+                await cast(CacheEmbeddingStore, store).aset_many(results, ttl=ttl, rounded=True)
+            else:
+                await store.aset_many(results, ttl=ttl)
         except Exception as exc:
             self._store_error(exc)
 

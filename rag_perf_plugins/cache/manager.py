@@ -49,7 +49,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import diskcache
 
@@ -60,6 +60,7 @@ from .keys import is_sampled
 from .serialize import (
     EXPIRED,
     CorruptEntry,
+    VectorDtype,
     decode,
     decode_live,
     encode,
@@ -523,17 +524,22 @@ class CacheManager:
         *,
         namespace: str = "embeddings",
         model: str | None = None,
+        rounded: bool = False,
     ) -> dict[str, list[float]]:
         """Store vectors as raw ``cache_vector_dtype`` and return them rounded the same way.
 
         Return the result to the caller on the miss path: it equals what a later hit gives.
         Example: ``vecs = cache.set_vectors({key: [0.1, 0.2]}, model="m")``.
+
+        ``rounded=True`` says the vectors are already lists of floats rounded to
+        ``cache_vector_dtype`` (as :class:`~rag_perf_plugins.embedding_service.EmbeddingService`
+        rounds them): they are returned as given instead of being rounded a second time.
+        Storage does not depend on it: the stored bytes are always the raw dtype.
         """
-        dtype = self.config.cache_vector_dtype
-        rounded = {k: round_vector(v, dtype) for k, v in items.items()}
-        if self.enabled and rounded and current_control().write:
-            self._store(namespace, self._encode_many(rounded, ttl, vector=True), ttl, model)
-        return rounded
+        out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
+        if self.enabled and out and current_control().write:
+            self._store(namespace, self._encode_many(out, ttl, vector=True), ttl, model)
+        return out
 
     def delete(self, key: str, *, namespace: str = "default") -> bool:
         """Remove ``key`` from every tier; True when some tier had it."""
@@ -727,13 +733,13 @@ class CacheManager:
         *,
         namespace: str = "embeddings",
         model: str | None = None,
+        rounded: bool = False,
     ) -> dict[str, list[float]]:
-        """Async :meth:`set_vectors`."""
-        dtype = self.config.cache_vector_dtype
-        rounded = {k: round_vector(v, dtype) for k, v in items.items()}
-        if self.enabled and rounded and current_control().write:
-            await self._astore(namespace, self._encode_many(rounded, ttl, vector=True), ttl, model)
-        return rounded
+        """Async :meth:`set_vectors` (same ``rounded`` flag)."""
+        out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
+        if self.enabled and out and current_control().write:
+            await self._astore(namespace, self._encode_many(out, ttl, vector=True), ttl, model)
+        return out
 
     async def adelete(self, key: str, *, namespace: str = "default") -> bool:
         """Async :meth:`delete`."""
@@ -997,3 +1003,12 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _rounded(
+    items: Mapping[str, Sequence[float]], dtype: VectorDtype, *, already: bool
+) -> dict[str, list[float]]:
+    """``items`` rounded to ``dtype`` as a hit returns them; as given when ``already``."""
+    if already:
+        return cast(dict[str, list[float]], dict(items))
+    return {k: round_vector(v, dtype) for k, v in items.items()}
