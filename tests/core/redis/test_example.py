@@ -1,0 +1,28 @@
+"""examples/shared_limits_redis.py runs against Redis and the simulator it starts itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+SCRIPT = Path(__file__).resolve().parents[3] / "examples" / "shared_limits_redis.py"
+
+
+def test_shared_limits_example_runs_with_zero_429s(redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_PERF_")}
+    env["RAG_PERF_REDIS_URL"] = redis_url
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=280, env=env,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "120/120 calls answered, 0 rate-limited" in done.stdout, done.stdout
+    assert "and sent 0 429s" in done.stdout, done.stdout
+    assert "by the fallback 0" in done.stdout
+    assert "cache hits through Redis" in done.stdout
