@@ -35,16 +35,18 @@ Per-call cache control: ``cache_control(...)`` around the call, or the
 
 Not done: ``structured_predict`` and friends run through ``chat``/``complete`` and are
 cached there, not as a whole; a per-call keyword that cannot be keyed (an arbitrary object)
-makes that call uncached (counted as ``cache.unkeyable``). The request path lives in
-``_llm_shim`` until ``rag_perf_plugins.llm_service`` lands (see that module).
+makes that call uncached (counted as ``cache.unkeyable``). All the request-path work
+is :class:`rag_perf_plugins.llm_service.LLMService`'s (the one LangChain uses too);
+this module only converts LlamaIndex's calls and answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -64,13 +66,12 @@ from llama_index.core.llms.llm import LLM, ToolSelection
 from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins.admission import AdmissionGate, get_gate
 from rag_perf_plugins.cache import CacheManager
-from rag_perf_plugins.cache.control import applied, parse_control
+from rag_perf_plugins.cache.control import current_control, parse_control
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.llm_service import LLMRequest, LLMService, Usage
 from rag_perf_plugins.retry import RetryPolicy
-from rag_perf_plugins.tokens import estimate_tokens
-from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
+from rag_perf_plugins.tracking import PerformanceTracker
 
-from ._llm_shim import LLMRequestPath
 from .embeddings import CACHE_KWARG, cache_manager_for
 
 __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
@@ -96,6 +97,8 @@ _NON_IDENTITY_FIELDS = frozenset(
 )
 _UNSTABLE = re.compile(r"<[\w\s_\. ]+ at 0x[a-z0-9]+>")
 _ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+# Per-call keywords that have their own LLMRequest field.
+_REQUEST_FIELDS = frozenset({"tools", "tool_choice", "response_format", "seed"})
 _COPIED_FIELDS = (
     "system_prompt",
     "messages_to_prompt",
@@ -133,104 +136,127 @@ def _plain_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if isinstance(k, str) and _plain(v)}
 
 
-def _usage_of(extra: dict[str, Any]) -> tuple[int, int]:
+def _usage_of(extra: dict[str, Any]) -> Usage | None:
     p, c = extra.get("prompt_tokens"), extra.get("completion_tokens")
-    return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    if not isinstance(p, int) and not isinstance(c, int):
+        return None
+    return Usage(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
 
 
 def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**extra, **_ZERO_USAGE, "cache_hit": True}
 
 
-# --- chat responses: stored form and back ---------------------------------------------
-def _dump_chat(r: ChatResponse) -> Any:
-    return {
-        "m": r.message.model_dump(mode="json"),
-        "k": _plain_kwargs(r.additional_kwargs),
-        "d": r.delta,
-    }
+def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage | None:
+    found = [u for u in (_usage_of(c.additional_kwargs) for c in chunks) if u is not None]
+    if not found:
+        return None
+    return Usage(max(u.tokens_in for u in found), max(u.tokens_out for u in found))
 
 
-def _load_chat(data: Any) -> ChatResponse:
-    return ChatResponse(
-        message=ChatMessage.model_validate(data["m"]),
-        delta=data["d"],
-        additional_kwargs=_hit_kwargs(data["k"]),
-    )
+class _ChatCodec:
+    """A whole ``ChatResponse`` as plain data (message via LlamaIndex's own serializer)."""
 
+    def encode(self, value: ChatResponse) -> Any:
+        return {
+            "m": value.message.model_dump(mode="json"),
+            "k": _plain_kwargs(value.additional_kwargs),
+            "d": value.delta,
+        }
 
-def _chat_usage(r: ChatResponse) -> tuple[int, int]:
-    return _usage_of(r.additional_kwargs)
-
-
-def _dump_chat_stream(chunks: list[ChatResponse]) -> Any:
-    last = chunks[-1] if chunks else None
-    return {
-        "d": [c.delta or "" for c in chunks],
-        "m": None if last is None else last.message.model_dump(mode="json"),
-        "k": {} if last is None else _plain_kwargs(last.additional_kwargs),
-    }
-
-
-def _replay_chat(data: Any) -> Iterator[ChatResponse]:
-    deltas: list[str] = data["d"]
-    if not deltas:
-        return
-    final = ChatMessage.model_validate(data["m"])
-    text = ""
-    for delta in deltas[:-1]:
-        text += delta
-        yield ChatResponse(
-            message=ChatMessage(role=final.role, content=text),
-            delta=delta,
-            additional_kwargs={"cache_hit": True},
+    def decode(self, data: Any) -> ChatResponse:
+        return ChatResponse(
+            message=ChatMessage.model_validate(data["m"]),
+            delta=data["d"],
+            additional_kwargs=_hit_kwargs(data["k"]),
         )
-    yield ChatResponse(message=final, delta=deltas[-1], additional_kwargs=_hit_kwargs(data["k"]))
+
+    def usage(self, value: ChatResponse) -> Usage | None:
+        return _usage_of(value.additional_kwargs)
 
 
-def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> tuple[int, int]:
-    best = (0, 0)
-    for c in chunks:
-        u = _usage_of(c.additional_kwargs)
-        best = (max(best[0], u[0]), max(best[1], u[1]))
-    return best
+class _CompletionCodec:
+    """A whole ``CompletionResponse`` as plain data."""
+
+    def encode(self, value: CompletionResponse) -> Any:
+        return {"t": value.text, "k": _plain_kwargs(value.additional_kwargs), "d": value.delta}
+
+    def decode(self, data: Any) -> CompletionResponse:
+        return CompletionResponse(
+            text=data["t"], delta=data["d"], additional_kwargs=_hit_kwargs(data["k"])
+        )
+
+    def usage(self, value: CompletionResponse) -> Usage | None:
+        return _usage_of(value.additional_kwargs)
 
 
-# --- completion responses ----------------------------------------------------------------
-def _dump_completion(r: CompletionResponse) -> Any:
-    return {"t": r.text, "k": _plain_kwargs(r.additional_kwargs), "d": r.delta}
+class _ChatChunkCodec:
+    """Chat stream chunks: each stored as its delta plus what is not accumulated text.
+
+    A chunk's message holds all text so far; storing it whole would make an entry grow
+    with the square of the answer. The text is rebuilt from the deltas on replay (one
+    codec per stream, used in order); other blocks (tool calls) are kept per chunk, and a
+    chunk whose text is not the running sum of the deltas keeps its own text.
+    """
+
+    def __init__(self) -> None:
+        self._sent = ""
+        self._replayed = ""
+
+    def encode(self, chunk: ChatResponse) -> Any:
+        message = chunk.message.model_dump(mode="json")
+        blocks = message.get("blocks") or []
+        texts = [b.get("text", "") for b in blocks if b.get("block_type") == "text"]
+        message["blocks"] = [b for b in blocks if b.get("block_type") != "text"]
+        self._sent += chunk.delta or ""
+        text = "".join(texts)
+        own = None if text == self._sent else text
+        return {
+            "m": message,
+            "t": bool(texts),
+            "x": own,
+            "d": chunk.delta,
+            "k": _plain_kwargs(chunk.additional_kwargs),
+        }
+
+    def decode(self, data: Any) -> ChatResponse:
+        self._replayed += data["d"] or ""
+        message = dict(data["m"])
+        if data["t"]:
+            text = self._replayed if data["x"] is None else data["x"]
+            message["blocks"] = [{"block_type": "text", "text": text}, *message["blocks"]]
+        return ChatResponse(
+            message=ChatMessage.model_validate(message),
+            delta=data["d"],
+            additional_kwargs=_hit_kwargs(data["k"]),
+        )
+
+    def usage(self, chunks: Sequence[ChatResponse]) -> Usage | None:
+        return _stream_usage(chunks)
 
 
-def _load_completion(data: Any) -> CompletionResponse:
-    return CompletionResponse(
-        text=data["t"], delta=data["d"], additional_kwargs=_hit_kwargs(data["k"])
-    )
+class _CompletionChunkCodec:
+    """Completion stream chunks: the delta; the accumulated text is rebuilt on replay."""
 
+    def __init__(self) -> None:
+        self._sent = ""
+        self._replayed = ""
 
-def _completion_usage(r: CompletionResponse) -> tuple[int, int]:
-    return _usage_of(r.additional_kwargs)
+    def encode(self, chunk: CompletionResponse) -> Any:
+        self._sent += chunk.delta or ""
+        own = None if chunk.text == self._sent else chunk.text
+        return {"d": chunk.delta, "x": own, "k": _plain_kwargs(chunk.additional_kwargs)}
 
+    def decode(self, data: Any) -> CompletionResponse:
+        self._replayed += data["d"] or ""
+        return CompletionResponse(
+            text=self._replayed if data["x"] is None else data["x"],
+            delta=data["d"],
+            additional_kwargs=_hit_kwargs(data["k"]),
+        )
 
-def _dump_completion_stream(chunks: list[CompletionResponse]) -> Any:
-    last = chunks[-1] if chunks else None
-    return {
-        "d": [c.delta or "" for c in chunks],
-        "t": "" if last is None else last.text,
-        "k": {} if last is None else _plain_kwargs(last.additional_kwargs),
-    }
-
-
-def _replay_completion(data: Any) -> Iterator[CompletionResponse]:
-    deltas: list[str] = data["d"]
-    if not deltas:
-        return
-    text = ""
-    for delta in deltas[:-1]:
-        text += delta
-        yield CompletionResponse(text=text, delta=delta, additional_kwargs={"cache_hit": True})
-    yield CompletionResponse(
-        text=data["t"], delta=deltas[-1], additional_kwargs=_hit_kwargs(data["k"])
-    )
+    def usage(self, chunks: Sequence[CompletionResponse]) -> Usage | None:
+        return _stream_usage(chunks)
 
 
 def _undecorated(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -261,17 +287,27 @@ def _undecorated(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _mark_miss(r: RT) -> RT:
-    r.additional_kwargs["cache_hit"] = False
+def _mark(r: RT) -> RT:
+    """A live answer (the codec marked replayed ones) says it was not a hit."""
+    r.additional_kwargs.setdefault("cache_hit", False)
     return r
+
+
+def _marked_sync(gen: Generator[RT, None, None]) -> Generator[RT, None, None]:
+    # closing(): abandoning this stream abandons the service's at once (nothing stored).
+    with contextlib.closing(gen):
+        for chunk in gen:
+            yield _mark(chunk)
+
+
+async def _marked(gen: AsyncGenerator[RT, None]) -> AsyncGenerator[RT, None]:
+    async with contextlib.aclosing(gen):
+        async for chunk in gen:
+            yield _mark(chunk)
 
 
 def _messages_key(messages: Sequence[ChatMessage]) -> list[Any]:
     return [m.model_dump(mode="json") for m in messages]
-
-
-def _messages_tokens(messages: Sequence[ChatMessage]) -> int:
-    return sum(estimate_tokens(m.content or "") + 4 for m in messages) + 3
 
 
 class PerfLLM(LLM):
@@ -295,8 +331,8 @@ class PerfLLM(LLM):
         gate: Admission gate for provider calls; ``None`` builds the core's gate of
             (provider, model, API-key fingerprint).
         retry: Retry policy; ``None`` builds the core's from ``config``.
-        tracker: Statistics sink (``llm.<kind>``); ``None`` means the process tracker when
-            metrics are on.
+        tracker: Statistics sink (operations ``llm`` and ``llm.stream``); ``None`` means
+            the process tracker when metrics are on.
         clock: Seconds, monotonic, for the statistics.
 
     Raises:
@@ -306,7 +342,9 @@ class PerfLLM(LLM):
     _inner: LLM = PrivateAttr()
     _config: PerformanceConfig = PrivateAttr()
     _identity: dict[str, Any] = PrivateAttr()
-    _path: LLMRequestPath = PrivateAttr()
+    _service: LLMService = PrivateAttr()
+    _model: str = PrivateAttr()
+    _provider: str = PrivateAttr()
     _raw: dict[str, Callable[..., Any]] = PrivateAttr()
 
     def __init__(
@@ -338,18 +376,16 @@ class PerfLLM(LLM):
         self._config = config
         self._identity = llm_identity(inner)
         model = inner.metadata.model_name or "unknown"
+        api_base = getattr(inner, "api_base", None)
         provider = f"llama_index/{inner.class_name()}"
+        self._model = model
+        self._provider = f"{provider}/{api_base}" if isinstance(api_base, str) else provider
         if cache is None and config.enable_caching:
             cache = cache_manager_for(config)
-        if gate is None:
-            gate = _default_gate(inner, provider, model, config)
-        if tracker is None and config.enable_metrics:
-            tracker = get_performance_tracker()
-        self._path = LLMRequestPath(
-            provider=provider,
-            model=model,
-            cache=cache if config.enable_caching else None,
-            gate=gate,
+        self._service = LLMService(
+            config=config,
+            cache=cache,
+            gate=gate if gate is not None else _default_gate(inner, provider, model, config),
             retry=retry if retry is not None else RetryPolicy(config),
             tracker=tracker,
             clock=clock,
@@ -384,7 +420,12 @@ class PerfLLM(LLM):
     @property
     def provider_calls(self) -> int:
         """Provider calls (first attempts) made on misses so far."""
-        return self._path.provider_calls
+        return self._service.provider_calls
+
+    @property
+    def service(self) -> LLMService:
+        """The core service doing the work (cache, single-flight, gate, retry, stats)."""
+        return self._service
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._inner.class_name()}/{self.metadata.model_name}>"
@@ -399,168 +440,150 @@ class PerfLLM(LLM):
             fn = self._raw[name] = _undecorated(getattr(type(self._inner), name))
         return fn
 
-    def _key(self, kind: str, messages: Any, kwargs: dict[str, Any]) -> str | None:
-        extra = self._identity.get("additional_kwargs") or {}
-        sampling = {
-            "temperature": kwargs.get("temperature", self._identity.get("temperature", 1.0)),
-            "seed": kwargs.get("seed", extra.get("seed") if isinstance(extra, dict) else None),
-        }
-        return self._path.key(
-            kind,
+    def _request(self, call: str, messages: Any, kwargs: dict[str, Any]) -> LLMRequest:
+        """The effective request: the inner model's identity plus this call's arguments."""
+        identity = self._identity
+        params = {k: v for k, v in kwargs.items() if k not in _REQUEST_FIELDS}
+        params["temperature"] = kwargs.get("temperature", identity.get("temperature"))
+        params["llama_index"] = {"call": call, "model": identity}
+        return LLMRequest(
+            model=self._model,
+            provider=self._provider,
             messages=messages,
-            params={"model": self._identity, "call": kwargs},
-            sampling=sampling,
+            params=params,
+            tools=kwargs.get("tools"),
+            tool_choice=kwargs.get("tool_choice"),
+            response_format=kwargs.get("response_format"),
+            seed=kwargs.get("seed"),
         )
 
     # --- chat ---------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat, from the cache when the same request was answered before."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("chat"), self._inner
-            result: tuple[ChatResponse, bool] = self._path.call(
-                "chat",
-                self._key("chat", _messages_key(messages), kwargs),
-                lambda: impl(inner, messages, **kwargs),
-                dump=_dump_chat,
-                load=_load_chat,
-                usage=_chat_usage,
-                tokens=_messages_tokens(messages),
-            )
-        response, hit = result
-        return response if hit else _mark_miss(response)
+        control = parse_control(kwargs.pop(CACHE_KWARG, None))
+        impl, inner = self._impl("chat"), self._inner
+        response: ChatResponse = self._service.generate(
+            self._request("chat", _messages_key(messages), kwargs),
+            lambda: impl(inner, messages, **kwargs),
+            _ChatCodec(),
+            control=control,
+        )
+        return _mark(response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("achat"), self._inner
-            result: tuple[ChatResponse, bool] = await self._path.acall(
-                "chat",
-                self._key("chat", _messages_key(messages), kwargs),
-                lambda: impl(inner, messages, **kwargs),
-                dump=_dump_chat,
-                load=_load_chat,
-                usage=_chat_usage,
-                tokens=_messages_tokens(messages),
-            )
-        response, hit = result
-        return response if hit else _mark_miss(response)
+        control = parse_control(kwargs.pop(CACHE_KWARG, None))
+        impl, inner = self._impl("achat"), self._inner
+        response: ChatResponse = await self._service.agenerate(
+            self._request("chat", _messages_key(messages), kwargs),
+            lambda: impl(inner, messages, **kwargs),
+            _ChatCodec(),
+            control=control,
+        )
+        return _mark(response)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Streamed chat: replayed chunk by chunk from the cache, or live and recorded."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("stream_chat"), self._inner
-            return self._path.stream(
-                "stream_chat",
-                self._key("stream_chat", _messages_key(messages), kwargs),
+        control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
+        impl, inner = self._impl("stream_chat"), self._inner
+        return _marked_sync(
+            self._service.stream(
+                self._request("chat", _messages_key(messages), kwargs),
                 lambda: impl(inner, messages, **kwargs),
-                dump=_dump_chat_stream,
-                replay=_replay_chat,
-                usage=_stream_usage,
-                tokens=_messages_tokens(messages),
+                _ChatChunkCodec(),
+                control=control,
             )
+        )
 
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("astream_chat"), self._inner
+        control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
+        impl, inner = self._impl("astream_chat"), self._inner
 
-            async def start() -> AsyncIterator[ChatResponse]:
-                gen: AsyncIterator[ChatResponse] = await impl(inner, messages, **kwargs)
-                return gen
+        async def open_stream() -> AsyncIterator[ChatResponse]:
+            async for chunk in await impl(inner, messages, **kwargs):
+                yield chunk
 
-            return self._path.astream(
-                "stream_chat",
-                self._key("stream_chat", _messages_key(messages), kwargs),
-                start,
-                dump=_dump_chat_stream,
-                replay=_replay_chat,
-                usage=_stream_usage,
-                tokens=_messages_tokens(messages),
+        return _marked(
+            self._service.astream(
+                self._request("chat", _messages_key(messages), kwargs),
+                open_stream,
+                _ChatChunkCodec(),
+                control=control,
             )
+        )
 
     # --- completion ---------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Completion, from the cache when the same request was answered before."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("complete"), self._inner
-            result: tuple[CompletionResponse, bool] = self._path.call(
-                "complete",
-                self._key("complete", prompt, {**kwargs, "formatted": formatted}),
-                lambda: impl(inner, prompt, formatted, **kwargs),
-                dump=_dump_completion,
-                load=_load_completion,
-                usage=_completion_usage,
-                tokens=estimate_tokens(prompt),
-            )
-        response, hit = result
-        return response if hit else _mark_miss(response)
+        control = parse_control(kwargs.pop(CACHE_KWARG, None))
+        impl, inner = self._impl("complete"), self._inner
+        response: CompletionResponse = self._service.generate(
+            self._request("complete", prompt, {**kwargs, "formatted": formatted}),
+            lambda: impl(inner, prompt, formatted, **kwargs),
+            _CompletionCodec(),
+            control=control,
+        )
+        return _mark(response)
 
     @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("acomplete"), self._inner
-            result: tuple[CompletionResponse, bool] = await self._path.acall(
-                "complete",
-                self._key("complete", prompt, {**kwargs, "formatted": formatted}),
-                lambda: impl(inner, prompt, formatted, **kwargs),
-                dump=_dump_completion,
-                load=_load_completion,
-                usage=_completion_usage,
-                tokens=estimate_tokens(prompt),
-            )
-        response, hit = result
-        return response if hit else _mark_miss(response)
+        control = parse_control(kwargs.pop(CACHE_KWARG, None))
+        impl, inner = self._impl("acomplete"), self._inner
+        response: CompletionResponse = await self._service.agenerate(
+            self._request("complete", prompt, {**kwargs, "formatted": formatted}),
+            lambda: impl(inner, prompt, formatted, **kwargs),
+            _CompletionCodec(),
+            control=control,
+        )
+        return _mark(response)
 
     @llm_completion_callback()
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Streamed completion: replayed from the cache, or live and recorded."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("stream_complete"), self._inner
-            return self._path.stream(
-                "stream_complete",
-                self._key("stream_complete", prompt, {**kwargs, "formatted": formatted}),
+        control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
+        impl, inner = self._impl("stream_complete"), self._inner
+        return _marked_sync(
+            self._service.stream(
+                self._request("complete", prompt, {**kwargs, "formatted": formatted}),
                 lambda: impl(inner, prompt, formatted, **kwargs),
-                dump=_dump_completion_stream,
-                replay=_replay_completion,
-                usage=_stream_usage,
-                tokens=estimate_tokens(prompt),
+                _CompletionChunkCodec(),
+                control=control,
             )
+        )
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`."""
-        with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            impl, inner = self._impl("astream_complete"), self._inner
+        control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
+        impl, inner = self._impl("astream_complete"), self._inner
 
-            async def start() -> AsyncIterator[CompletionResponse]:
-                gen: AsyncIterator[CompletionResponse] = await impl(
-                    inner, prompt, formatted, **kwargs
-                )
-                return gen
+        async def open_stream() -> AsyncIterator[CompletionResponse]:
+            async for chunk in await impl(inner, prompt, formatted, **kwargs):
+                yield chunk
 
-            return self._path.astream(
-                "stream_complete",
-                self._key("stream_complete", prompt, {**kwargs, "formatted": formatted}),
-                start,
-                dump=_dump_completion_stream,
-                replay=_replay_completion,
-                usage=_stream_usage,
-                tokens=estimate_tokens(prompt),
+        return _marked(
+            self._service.astream(
+                self._request("complete", prompt, {**kwargs, "formatted": formatted}),
+                open_stream,
+                _CompletionChunkCodec(),
+                control=control,
             )
+        )
 
 
 class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
