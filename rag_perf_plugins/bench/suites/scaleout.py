@@ -173,7 +173,7 @@ def run_shared_budget(
     redis_url: str,
     *,
     processes: int,
-    rpm: float,
+    rpm: int,
     duration_s: float,
     warmup_s: float,
     shared: bool = True,
@@ -364,7 +364,7 @@ def shared_budget(ctx: BenchContext) -> Iterator[Result]:
     from .concurrency import simulator_process  # not imported by the spawned workers
 
     url = _redis_url(ctx)
-    rpm = float(ctx.scale(3000, quick=1200))
+    rpm = ctx.scale(3000, quick=1200)
     duration = float(ctx.scale(20, quick=8))
     warmup = 2.0
     runs: list[SharedBudgetRun] = []
