@@ -1,0 +1,479 @@
+"""PerfChatModel: a LangChain chat model that runs every call through our LLM service.
+
+All the work (complete keys, cache policy and per-call control, single-flight, admission
+gate, retry, stream record/replay, statistics) is done by
+:class:`rag_perf_plugins.llm_service.LLMService`; this class only translates LangChain's
+hooks (``_generate``/``_agenerate``/``_stream``/``_astream``) into service calls and
+LangChain's types into plain data and back::
+
+    from rag_perf_plugins.langchain import PerfChatModel, pooled_chat_openai
+
+    llm = PerfChatModel(pooled_chat_openai(model="gpt-4o-mini", base_url=url))
+    chain = prompt | llm | StrOutputParser()
+    chain.invoke({"question": "What is RAG?"})      # miss: one provider call, stored
+    chain.invoke({"question": "What is RAG?"})      # hit: no provider call
+    for token in chain.stream({"question": "What is RAG?"}):   # recorded once, then replayed
+        print(token, end="")
+
+How it sits in LangChain:
+
+- LangChain's own cache is off for the wrapper and for its copy of the inner model
+  (``cache=False``), so a global ``set_llm_cache(...)`` never caches the same answer twice.
+- A hit is an ``AIMessage`` with ``response_metadata["cache_hit"] = True`` and zero
+  ``usage_metadata`` (``token_usage`` in ``llm_output`` zeroed too), so LangChain's usage
+  callbacks do not count its tokens again; the tracker records the tokens it saved.
+- A replayed stream goes through ``BaseChatModel.stream``/``astream`` like a live one, so
+  ``on_llm_new_token`` and the stream events fire for every replayed chunk.
+- ``bind_tools`` and ``with_structured_output`` are built by the inner model (its tool
+  conversion, its structured output methods) and then re-pointed at the wrapper, so tools,
+  tool choice and response format go through our path and into the key.
+- ``_llm_type``, ``_identifying_params``, ``_get_ls_params``, ``_get_invocation_params``
+  and ``to_json`` are the inner model's: traces and LangSmith show the real model.
+
+Per-call control: ``with cache_control("bypass"):`` around a call, or
+``config={"metadata": {"rag_perf": {"cache": "refresh", "ttl": 60}}}`` (see
+:mod:`rag_perf_plugins.langchain.control`).
+
+Not done here: the inner model's ``rate_limiter`` (LangChain applies it in ``invoke``, which
+the wrapper does not call; use our gate), and LangChain serialization of the wrapper itself
+(``is_lc_serializable()`` is ``False``; ``to_json`` gives the inner model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    BaseMessageChunk,
+    message_to_dict,
+    messages_from_dict,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableParallel,
+    RunnableSequence,
+)
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+from typing_extensions import override
+
+from rag_perf_plugins.cache import CacheControl, CacheManager
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.embedding_service import AdmissionGateLike, RetryPolicyLike
+from rag_perf_plugins.llm_service import LLMRequest, LLMService, Usage
+from rag_perf_plugins.tracking import PerformanceTracker
+
+from ._defaults import default_gate, default_retry
+from .control import control_from_metadata
+
+__all__ = ["PerfChatModel", "plain", "request_of"]
+
+# Message fields that do not reach the provider: ids differ per run, metadata and usage
+# describe an earlier answer. Everything else (content, tool calls, names) is in the key.
+_MESSAGE_NOISE = ("id", "response_metadata", "usage_metadata")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain data for keys and storage: pydantic models and classes turned to dicts.
+
+    Example: ``plain({"schema": MyModel})`` gives ``{"schema": {"pydantic": "MyModel",
+    "json_schema": {...}}}``. Other objects are left as they are (the key function then
+    refuses them and the call goes uncached).
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        return {"pydantic": value.__qualname__, "json_schema": value.model_json_schema()}
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def _message_key(message: BaseMessage) -> dict[str, Any]:
+    data = message_to_dict(message)
+    body = {k: v for k, v in data["data"].items() if k not in _MESSAGE_NOISE}
+    return {"type": data["type"], "data": plain(body)}
+
+
+def _provider_of(inner: BaseChatModel) -> str:
+    """Class and endpoint of the inner model: two servers may answer differently."""
+    cls = type(inner)
+    extra = {
+        name: getattr(inner, name)
+        for name in ("openai_api_base", "base_url", "azure_endpoint", "deployment_name")
+        if isinstance(getattr(inner, name, None), str)
+    }
+    fingerprint = hashlib.blake2b(json.dumps(extra, sort_keys=True).encode(), digest_size=6)
+    return f"langchain/{cls.__module__}.{cls.__qualname__}/{fingerprint.hexdigest()}"
+
+
+def request_of(
+    inner: BaseChatModel, messages: Sequence[BaseMessage], stop: list[str] | None, **kwargs: Any
+) -> LLMRequest:
+    """The effective request of one call of ``inner``: model, every parameter, messages, tools.
+
+    Example: ``request_of(ChatOpenAI(model="m"), [HumanMessage("hi")], None,
+    temperature=0.5).key()``. Parameters come from ``inner._get_invocation_params`` (the
+    model's defaults plus the call's keyword arguments, ``bind_tools`` output included);
+    timeouts, retries and credentials are left out by the key function.
+    """
+    params = dict(inner._get_invocation_params(stop=stop, **kwargs))
+    params.pop("_type", None)
+    params.pop("ls_structured_output_format", None)  # a tracing hint; the schema is elsewhere
+    tools = params.pop("tools", None)
+    tool_choice = params.pop("tool_choice", None)
+    response_format = params.pop("response_format", None)
+    seed = params.pop("seed", None)
+    model = params.get("model") or params.get("model_name") or type(inner).__name__
+    return LLMRequest(
+        model=str(model),
+        provider=_provider_of(inner),
+        messages=[_message_key(m) for m in messages],
+        params=plain(params),
+        tools=plain(tools),
+        tool_choice=plain(tool_choice),
+        response_format=plain(response_format),
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    )
+
+
+def _usage_of(message: BaseMessage) -> Usage | None:
+    usage = getattr(message, "usage_metadata", None)
+    if not usage:
+        return None
+    return Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+
+
+def _mark_hit(message: BaseMessage) -> None:
+    message.response_metadata = {**message.response_metadata, "cache_hit": True}
+    if isinstance(message, AIMessage) and message.usage_metadata is not None:
+        zero = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        message.usage_metadata = cast(UsageMetadata, zero)
+
+
+class _ResultCodec:
+    """ChatResult <-> plain data with LangChain's own message serializers (no pickle)."""
+
+    def encode(self, value: ChatResult) -> Any:
+        return {
+            "generations": [
+                {"message": message_to_dict(g.message), "info": plain(g.generation_info)}
+                for g in value.generations
+            ],
+            "llm_output": plain(value.llm_output),
+        }
+
+    def decode(self, data: Any) -> ChatResult:
+        generations = []
+        for item in data["generations"]:
+            message = messages_from_dict([item["message"]])[0]
+            _mark_hit(message)
+            generations.append(ChatGeneration(message=message, generation_info=item["info"]))
+        llm_output = data.get("llm_output")
+        if isinstance(llm_output, dict) and "token_usage" in llm_output:
+            llm_output = {**llm_output, "token_usage": {}}
+        return ChatResult(generations=generations, llm_output=llm_output)
+
+    def usage(self, value: ChatResult) -> Usage | None:
+        total: Usage | None = None
+        for generation in value.generations:
+            found = _usage_of(generation.message)
+            if found is not None:
+                total = Usage(
+                    (total.tokens_in if total else 0) + found.tokens_in,
+                    (total.tokens_out if total else 0) + found.tokens_out,
+                )
+        if total is None and isinstance(value.llm_output, dict):
+            token_usage = value.llm_output.get("token_usage") or {}
+            if isinstance(token_usage, dict) and token_usage:
+                total = Usage(
+                    int(token_usage.get("prompt_tokens", 0) or 0),
+                    int(token_usage.get("completion_tokens", 0) or 0),
+                )
+        return total
+
+
+class _ChunkCodec:
+    """ChatGenerationChunk <-> plain data; replayed chunks are marked as hits."""
+
+    def encode(self, chunk: ChatGenerationChunk) -> Any:
+        return {"message": message_to_dict(chunk.message), "info": plain(chunk.generation_info)}
+
+    def decode(self, data: Any) -> ChatGenerationChunk:
+        message = messages_from_dict([data["message"]])[0]
+        _mark_hit(message)
+        if not isinstance(message, BaseMessageChunk):
+            msg = f"a stored stream chunk decoded to {type(message).__name__}, not a chunk"
+            raise TypeError(msg)
+        return ChatGenerationChunk(message=message, generation_info=data["info"])
+
+    def usage(self, chunks: Sequence[ChatGenerationChunk]) -> Usage | None:
+        found = [u for u in (_usage_of(c.message) for c in chunks) if u is not None]
+        if not found:
+            return None
+        return Usage(sum(u.tokens_in for u in found), sum(u.tokens_out for u in found))
+
+
+_RESULTS = _ResultCodec()
+_CHUNKS = _ChunkCodec()
+
+
+class PerfChatModel(BaseChatModel):
+    """Wrap any LangChain chat model with our cache, single-flight, gate, retry and stats.
+
+    Example::
+
+        llm = PerfChatModel(pooled_chat_openai(model="gpt-4o-mini", base_url=url))
+        llm.invoke("What is RAG?").response_metadata.get("cache_hit")   # None, then True
+        llm.bind_tools([get_weather]).invoke("Weather in Paris?").tool_calls
+
+    Args:
+        inner: The chat model that really calls the provider. A copy with ``cache=False``
+            is kept; turn its own retries off (``max_retries=0``, as
+            ``pooled_chat_openai`` does) or they stack under ours.
+        config: Cache switches and TTL (seconds), ``cache_skip_sampled``, limits and retry
+            settings; defaults to ``PerformanceConfig()``.
+        cache_manager: Where answers are stored; ``None``: the process-wide manager.
+        gate: Admission gate for provider calls; ``None`` builds the shared one of
+            (provider, model, API key) from ``config``.
+        retry: Retry policy for provider calls; ``None`` builds one from ``config``.
+        tracker: Statistics sink; defaults to the process tracker. Calls record as
+            ``operation`` (``llm.chat``) and streams as ``llm.chat.stream``.
+        **kwargs: Other ``BaseChatModel`` fields (``callbacks``, ``tags``, ``metadata``).
+
+    Raises:
+        ValueError: ``cache`` was passed (LangChain's cache is always off here).
+    """
+
+    inner: BaseChatModel
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    _service: LLMService = PrivateAttr()
+
+    def __init__(
+        self,
+        inner: BaseChatModel,
+        config: PerformanceConfig | None = None,
+        *,
+        cache_manager: CacheManager | None = None,
+        gate: AdmissionGateLike | None = None,
+        retry: RetryPolicyLike | None = None,
+        tracker: PerformanceTracker | None = None,
+        operation: str = "llm.chat",
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(inner, BaseChatModel):
+            msg = f"inner must be a LangChain BaseChatModel, got {type(inner).__name__}"
+            raise TypeError(msg)
+        if kwargs.get("cache") not in (None, False):
+            msg = "PerfChatModel does its own caching; LangChain's cache is always off for it"
+            raise ValueError(msg)
+        kwargs["cache"] = False
+        for name in ("output_version", "profile", "disable_streaming"):
+            value = getattr(inner, name, None)
+            if value is not None and name not in kwargs:
+                kwargs[name] = value
+        super().__init__(inner=inner.model_copy(update={"cache": False}), **kwargs)
+        config = config if config is not None else PerformanceConfig()
+        ls = self.inner._get_ls_params()
+        provider = str(ls.get("ls_provider") or type(inner).__name__)
+        model = str(ls.get("ls_model_name") or type(inner).__name__)
+        self._service = LLMService(
+            config=config,
+            cache=cache_manager,
+            gate=gate if gate is not None else default_gate(inner, provider, model, config),
+            retry=retry if retry is not None else default_retry(config),
+            tracker=tracker,
+            operation=operation,
+        )
+
+    @property
+    def service(self) -> LLMService:
+        """The core service every call goes through (``service.provider_calls``...)."""
+        return self._service
+
+    # --- what traces and the standard tests read: the inner model's ------------------
+    @property
+    @override
+    def _llm_type(self) -> str:
+        return self.inner._llm_type
+
+    @property
+    @override
+    def _identifying_params(self) -> dict[str, Any]:
+        return dict(self.inner._identifying_params)
+
+    @override
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        return self.inner._get_ls_params(stop=stop, **kwargs)
+
+    @override
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return self.inner._get_invocation_params(stop=stop, **kwargs)
+
+    @override
+    def to_json(self) -> Any:
+        return self.inner.to_json()
+
+    # --- tools and structured output: built by the inner, pointed at the wrapper -------
+    @override
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools formatted by the inner model's ``bind_tools`` to this wrapper.
+
+        Example: ``llm.bind_tools([add], tool_choice="any").invoke("2 + 3?").tool_calls``.
+        Tools and tool choice become call arguments of the wrapper, so they are part of
+        every key.
+        """
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        bound = self.inner.bind_tools(tools, **kwargs)
+        if not isinstance(bound, RunnableBinding) or bound.bound is not self.inner:
+            msg = f"{type(self.inner).__name__}.bind_tools did not return a binding of itself"
+            raise NotImplementedError(msg)
+        return self.bind(**bound.kwargs)
+
+    @override
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """The inner model's structured output runnable, with the model step replaced by us.
+
+        Example: ``llm.with_structured_output(Answer, method="json_schema").invoke(q)``.
+        Every method the inner model supports works (``function_calling``, ``json_mode``,
+        ``json_schema`` for ``ChatOpenAI``); its parsers are kept as they are.
+        """
+        built = self.inner.with_structured_output(schema, include_raw=include_raw, **kwargs)
+        replaced: list[bool] = []
+        rebuilt: Runnable[LanguageModelInput, dict[str, Any] | BaseModel]
+        rebuilt = _repoint(built, self.inner, self, replaced)
+        if not replaced:
+            msg = f"{type(self.inner).__name__}.with_structured_output has no model step to wrap"
+            raise NotImplementedError(msg)
+        return rebuilt
+
+    # --- the four hooks: one service call each ----------------------------------------
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
+        return request_of(self.inner, messages, stop, **kw)
+
+    @override
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        request = self._request(messages, stop, **kwargs)
+
+        def call() -> ChatResult:
+            return self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+        return self._service.generate(request, call, _RESULTS, control=_control(run_manager))
+
+    @override
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        request = self._request(messages, stop, **kwargs)
+
+        async def call() -> ChatResult:
+            return await self.inner._agenerate(
+                messages, stop=stop, run_manager=run_manager, **kwargs
+            )
+
+        return await self._service.agenerate(request, call, _RESULTS, control=_control(run_manager))
+
+    @override
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        # BaseChatModel.stream fires on_llm_new_token for every chunk we yield, live or
+        # replayed; the inner model gets no run manager, or live tokens would fire twice.
+        request = self._request(messages, stop, **kwargs)
+
+        def open_stream() -> Iterator[ChatGenerationChunk]:
+            return self.inner._stream(messages, stop=stop, **kwargs)
+
+        stream = self._service.stream(request, open_stream, _CHUNKS, control=_control(run_manager))
+        with contextlib.closing(stream):
+            yield from stream
+
+    @override
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, **kwargs)
+
+        def open_stream() -> AsyncIterator[ChatGenerationChunk]:
+            return self.inner._astream(messages, stop=stop, **kwargs)
+
+        stream = self._service.astream(request, open_stream, _CHUNKS, control=_control(run_manager))
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                yield chunk
+
+    def __repr__(self) -> str:
+        return f"PerfChatModel({self.inner!r}, {self._service!r})"
+
+
+def _control(run_manager: Any) -> CacheControl | None:
+    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
+    return control_from_metadata(metadata)
+
+
+def _repoint(runnable: Any, old: BaseChatModel, new: BaseChatModel, replaced: list[bool]) -> Any:
+    """A copy of ``runnable`` where ``old`` (bound or not) is replaced by ``new``."""
+    if runnable is old:
+        replaced.append(True)
+        return new
+    if isinstance(runnable, RunnableBinding):
+        inner = _repoint(runnable.bound, old, new, replaced)
+        if inner is runnable.bound:
+            return runnable
+        return runnable.model_copy(update={"bound": inner})
+    if isinstance(runnable, RunnableSequence):
+        steps = [_repoint(s, old, new, replaced) for s in runnable.steps]
+        return RunnableSequence(*steps, name=runnable.name)
+    if isinstance(runnable, RunnableParallel):
+        return RunnableParallel(
+            {k: _repoint(v, old, new, replaced) for k, v in runnable.steps__.items()}
+        )
+    return runnable
