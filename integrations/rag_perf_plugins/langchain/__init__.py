@@ -17,6 +17,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
 
 from .caches import PerfLLMCache
 from .callbacks import PerfCallbackHandler, install_callback_handler, uninstall_callback_handler
+from .chat_models import PerfChatModel
 from .control import cache_control, control_from_config
 from .embeddings import PerfEmbeddings
 from .factories import pooled_chat_openai, pooled_openai_embeddings
@@ -25,6 +26,7 @@ from .vectorstores import PerfVectorStore
 
 __all__ = [
     # wrappers
+    "PerfChatModel",
     "PerfEmbeddings",
     "PerfLLMCache",
     "PerfRateLimiter",
