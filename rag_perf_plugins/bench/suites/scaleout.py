@@ -70,7 +70,8 @@ class SharedBudgetRun:
         throughput_per_s: ``in_window / window_s``.
         fraction: ``throughput_per_s / limit_per_s``.
         p95_total_s: p95 of queue wait plus call, seconds; ``p95_call_s``: call alone.
-        fallback_calls: Store calls served by the fallback (all processes).
+        redis_calls: Store calls Redis answered; ``fallback_calls``: store calls served
+            by the fallback while Redis was slow or away (all processes).
     """
 
     processes: int
@@ -86,6 +87,7 @@ class SharedBudgetRun:
     fraction: float
     p95_total_s: float | None
     p95_call_s: float | None
+    redis_calls: int
     fallback_calls: int
 
 
@@ -150,6 +152,7 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
     return {
         "records": records,
         "rejected": rejected,
+        "redis_calls": int(stats.get("redis_calls", 0)),
         "fallback_calls": int(stats.get("fallback_calls", 0)),
     }
 
@@ -250,6 +253,7 @@ def run_shared_budget(
         fraction=throughput / limit_per_s,
         p95_total_s=_p95([r[2] for r in ok_records]),
         p95_call_s=_p95([r[3] for r in ok_records]),
+        redis_calls=sum(int(r["redis_calls"]) for r in results),
         fallback_calls=sum(int(r["fallback_calls"]) for r in results),
     )
 
@@ -399,6 +403,7 @@ def shared_budget(ctx: BenchContext) -> Iterator[Result]:
             "ok": run.ok,
             "rate_limited": run.rate_limited,
             "rejected": run.rejected,
+            "redis_calls": run.redis_calls,
             "fallback_calls": run.fallback_calls,
         }
         yield Result.compare(

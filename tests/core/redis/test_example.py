@@ -24,5 +24,5 @@ def test_shared_limits_example_runs_with_zero_429s(redis_url: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "120/120 calls answered, 0 rate-limited" in done.stdout, done.stdout
     assert "and sent 0 429s" in done.stdout, done.stdout
-    assert "by the fallback 0" in done.stdout
+    assert "budget calls answered by Redis" in done.stdout
     assert "cache hits through Redis" in done.stdout
