@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # script -> a line fragment its output must contain (what the example shows).
 EXPECTED = {
     "langchain_rag_chain.py": "provider requests for it: 0",
-    "llama_index_settings.py": "second build + query",
+    "llama_index_settings.py": "answer from the cache: True",
     "async_engine.py": "40/40 answered",
     "pool_and_cached.py": "@cached: 5 calls, 2 computed",
     "prometheus_metrics.py": (
