@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import weakref
@@ -72,6 +73,8 @@ __all__ = [
     "EmbeddingStore",
     "RetryPolicyLike",
     "Role",
+    "cache_manager_for",
+    "default_embedding_store",
     "round_vectors",
 ]
 
@@ -206,6 +209,66 @@ class CacheEmbeddingStore:
 
     def __repr__(self) -> str:
         return f"<CacheEmbeddingStore namespace={self.namespace!r} dtype={self.dtype}>"
+
+
+# The config keys a CacheManager is built from: tiers, sizes, directory, Redis, dtype, TTL.
+_CACHE_KEYS: tuple[str, ...] = (
+    "enable_caching",
+    *(
+        f.name
+        for f in dataclasses.fields(PerformanceConfig)
+        if f.name.startswith(("cache_", "redis_"))
+    ),
+)
+_managers: dict[tuple[Any, ...], CacheManager] = {}
+_managers_lock = threading.Lock()
+
+
+def _cache_settings(config: PerformanceConfig) -> tuple[Any, ...]:
+    return tuple(getattr(config, key) for key in _CACHE_KEYS)
+
+
+_DEFAULT_CACHE_SETTINGS = _cache_settings(PerformanceConfig())
+
+
+def cache_manager_for(config: PerformanceConfig) -> CacheManager:
+    """The cache manager a framework wrapper built with ``config`` uses; one per settings.
+
+    Example: ``cache_manager_for(PerformanceConfig(cache_dir="/tmp/c")).get_stats()``.
+
+    - ``config``'s cache keys (every ``cache_*``/``redis_*`` key and ``enable_caching``)
+      are all at their defaults, or equal those of the process-wide manager: the
+      process-wide :func:`~rag_perf_plugins.cache.get_cache_manager` (built from
+      ``PerformanceConfig.load()``, so file and environment settings apply).
+    - Otherwise (its own ``cache_dir``, sizes, TTL, dtype, tiers): a manager of its own,
+      shared by every wrapper whose cache keys are equal, so the wrapper's settings are
+      honoured and two wrappers on one directory share one manager.
+
+    A config that spells out the default values is not told apart from one that sets
+    nothing: both get the process-wide manager. Both the LangChain and the LlamaIndex
+    wrappers call this. Managers made here live until
+    the process ends (they hold open SQLite connections; close them with ``close()``).
+    """
+    manager = get_cache_manager()
+    settings = _cache_settings(config)
+    if settings in (_DEFAULT_CACHE_SETTINGS, _cache_settings(manager.config)):
+        return manager
+    with _managers_lock:
+        own = _managers.get(settings)
+        if own is None:
+            own = _managers[settings] = CacheManager(config)
+        return own
+
+
+def default_embedding_store(config: PerformanceConfig) -> EmbeddingStore | None:
+    """The embeddings namespace of :func:`cache_manager_for` ``(config)``; ``None`` if off.
+
+    Example: ``EmbeddingService(..., store=default_embedding_store(config))``. This is the
+    store the framework wrappers use when the caller passes none.
+    """
+    if not config.enable_caching:
+        return None
+    return CacheEmbeddingStore(cache_manager_for(config))
 
 
 class AdmissionGateLike(Protocol):

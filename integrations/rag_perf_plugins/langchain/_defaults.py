@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from rag_perf_plugins.admission import AdmissionGate, get_gate
-from rag_perf_plugins.cache import get_cache_manager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import CacheEmbeddingStore, EmbeddingStore
+from rag_perf_plugins.embedding_service import EmbeddingStore, default_embedding_store
 from rag_perf_plugins.retry import RetryPolicy
 
 __all__ = ["api_key_of", "default_gate", "default_retry", "default_store"]
@@ -46,12 +45,11 @@ def default_retry(config: PerformanceConfig) -> RetryPolicy:
 
 
 def default_store(config: PerformanceConfig) -> EmbeddingStore | None:
-    """The process-wide cache's embeddings namespace, or ``None`` when caching is off.
+    """The core cache's embeddings namespace for ``config``, or ``None`` when caching is off.
 
-    The process-wide :class:`~rag_perf_plugins.cache.CacheManager` is built from
-    ``PerformanceConfig.load()`` (file/env), not from the wrapper's ``config``: pass
-    ``store=CacheEmbeddingStore(CacheManager(config))`` for a cache with other settings.
+    Decided by :func:`rag_perf_plugins.embedding_service.cache_manager_for`, as for the
+    LlamaIndex wrappers: a ``config`` with cache settings of its own (``cache_dir``, sizes,
+    TTL, dtype, Redis) gets a manager for them, shared by equal configs; one that sets none
+    uses the process-wide manager (``PerformanceConfig.load()``: file and environment).
     """
-    if not config.enable_caching:
-        return None
-    return CacheEmbeddingStore(get_cache_manager())
+    return default_embedding_store(config)

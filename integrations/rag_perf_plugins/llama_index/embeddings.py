@@ -30,22 +30,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from rag_perf_plugins.admission import AdmissionGate, get_gate
-from rag_perf_plugins.cache import CacheManager, get_cache_manager
 from rag_perf_plugins.cache.control import applied, parse_control
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.embedding_service import (
     AdmissionGateLike,
-    CacheEmbeddingStore,
     EmbeddingService,
     EmbeddingStore,
     RetryPolicyLike,
+    cache_manager_for,
+    default_embedding_store,
 )
 from rag_perf_plugins.retry import RetryPolicy
 
@@ -383,31 +382,13 @@ def _api_key(inner: BaseEmbedding) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-_managers: dict[PerformanceConfig, CacheManager] = {}
-_managers_lock = threading.Lock()
-
-
-def cache_manager_for(config: PerformanceConfig) -> CacheManager:
-    """The cache manager every LlamaIndex wrapper built with ``config`` shares.
-
-    Example: ``cache_manager_for(PerformanceConfig(cache_dir="/tmp/c")).get_stats()``.
-
-    The process-wide ``CacheManager`` serves when its config equals ``config``; another
-    config (its own ``cache_dir``, TTL, dtype, tiers) gets a manager of its own, shared by
-    every wrapper built with an equal config, so the wrapper's cache settings are honoured.
-    """
-    manager = get_cache_manager()
-    if manager.config != config:
-        with _managers_lock:
-            manager = _managers.get(config) or _managers.setdefault(config, CacheManager(config))
-    return manager
-
-
 def _default_store(config: PerformanceConfig) -> EmbeddingStore | None:
-    """The core cache's embeddings namespace for ``config``; ``None`` when caching is off."""
-    if not config.enable_caching:
-        return None
-    return CacheEmbeddingStore(cache_manager_for(config))
+    """The core cache's embeddings namespace for ``config``; ``None`` when caching is off.
+
+    :func:`~rag_perf_plugins.embedding_service.cache_manager_for` decides the manager (the
+    same rule as LangChain's wrappers).
+    """
+    return default_embedding_store(config)
 
 
 def _default_gate(

@@ -1,0 +1,163 @@
+"""The lean request path: lazy single-flight futures, gate token estimates, manager choice."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag_perf_plugins.admission import AdmissionGate
+from rag_perf_plugins.cache import CacheManager, get_cache_manager, set_cache_manager
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.embedding_service import (
+    CacheEmbeddingStore,
+    EmbeddingService,
+    cache_manager_for,
+    default_embedding_store,
+    round_vectors,
+)
+
+OFF = PerformanceConfig(enable_caching=False, enable_metrics=False)
+
+
+class RecordingGate:
+    """A real AdmissionGate that records the token counts it is asked for."""
+
+    def __init__(self, config: PerformanceConfig) -> None:
+        self.gate = AdmissionGate(config, tracker=None, operation=None)
+        self.limits = self.gate.limits
+        self.tokens: list[int] = []
+
+    def acquire(self, *, tokens: int = 0) -> Any:
+        self.tokens.append(tokens)
+        return self.gate.acquire(tokens=tokens)
+
+    @contextmanager
+    def acquire_sync(self, *, tokens: int = 0) -> Iterator[Any]:
+        self.tokens.append(tokens)
+        with self.gate.acquire_sync(tokens=tokens) as ticket:
+            yield ticket
+
+
+def _service(**kw: Any) -> EmbeddingService:
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [[float(len(t)), 0.1] for t in texts]
+
+    options: dict[str, Any] = {"provider": "p", "model": "m", "symmetric": True, "config": OFF}
+    options.update(kw)
+    return EmbeddingService(embed, **options)
+
+
+def test_gate_gets_token_estimates_only_under_a_token_budget() -> None:
+    unlimited = RecordingGate(PerformanceConfig(enable_metrics=False))
+    _service(gate=unlimited, batching=False).embed_documents(["one two three", "four"])
+    assert unlimited.tokens == [0]
+
+    budget = RecordingGate(PerformanceConfig(tokens_per_minute=10_000, enable_metrics=False))
+    _service(gate=budget, batching=False).embed_documents(["one two three", "four"])
+    assert budget.tokens == [4]
+
+
+def test_uncontended_calls_leave_no_flight_behind_and_round_once() -> None:
+    service = _service(batching=False)
+    assert service.embed_documents(["ab", "ab", "abc"]) == round_vectors(
+        [[2.0, 0.1], [2.0, 0.1], [3.0, 0.1]], "float32"
+    )
+    assert service.provider_calls == 1 and len(service._flights) == 0
+
+
+def test_a_follower_joining_a_running_flight_gets_the_leaders_vector() -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[list[str]] = []
+
+    def slow(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        started.set()
+        assert release.wait(5)
+        return [[1.0] for _ in texts]
+
+    service = EmbeddingService(
+        slow, provider="p", model="m", symmetric=True, config=OFF, batching=False
+    )
+    results: list[list[float]] = []
+    leader = threading.Thread(target=lambda: results.append(service.embed_query("same")))
+    leader.start()
+    assert started.wait(5)
+    follower = threading.Thread(target=lambda: results.append(service.embed_query("same")))
+    follower.start()
+    while service._flights._table["query\x00same"].future is None:  # follower is waiting
+        threading.Event().wait(0.001)
+    release.set()
+    leader.join(5)
+    follower.join(5)
+    assert results == [[1.0], [1.0]] and len(calls) == 1
+
+
+def test_a_failed_flight_reaches_a_waiting_async_follower() -> None:
+    async def run() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def failing(texts: list[str]) -> list[list[float]]:
+            started.set()
+            await release.wait()
+            raise RuntimeError("provider down")
+
+        service = EmbeddingService(
+            lambda texts: [],
+            aembed_many=failing,
+            provider="p",
+            model="m",
+            symmetric=True,
+            config=OFF,
+            batching=False,
+        )
+        first = asyncio.ensure_future(service.aembed_query("q"))
+        await started.wait()
+        second = asyncio.ensure_future(service.aembed_query("q"))
+        await asyncio.sleep(0)
+        release.set()
+        for task in (first, second):
+            with pytest.raises(RuntimeError, match="provider down"):
+                await task
+        assert service.provider_calls == 1 and len(service._flights) == 0
+
+    asyncio.run(run())
+
+
+def test_cache_store_is_written_with_the_services_rounding(tmp_path: Path) -> None:
+    manager = CacheManager(PerformanceConfig(cache_dir=str(tmp_path), enable_metrics=False))
+    cfg = PerformanceConfig(cache_dir=str(tmp_path), enable_metrics=False)
+    service = _service(config=cfg, store=CacheEmbeddingStore(manager), batching=False)
+    cold = service.embed_documents(["abc"])
+    warm = service.embed_documents(["abc"])
+    assert cold == warm == round_vectors([[3.0, 0.1]], "float32")
+    assert service.provider_calls == 1
+    assert manager.set_vectors({"k": [0.1]}) == {"k": [0.10000000149011612]}
+    assert manager.set_vectors({"k": [0.5]}, rounded=True) == {"k": [0.5]}
+    manager.close()
+
+
+def test_manager_choice_follows_the_cache_settings(tmp_path: Path) -> None:
+    previous = set_cache_manager(None)
+    try:
+        process = get_cache_manager()
+        assert cache_manager_for(PerformanceConfig()) is process
+        assert cache_manager_for(PerformanceConfig(batch_size=64)) is process
+        assert cache_manager_for(process.config.replace(batch_size=7)) is process
+        own = cache_manager_for(PerformanceConfig(cache_dir=str(tmp_path / "a")))
+        assert own is not process
+        assert own.config.cache_dir == str(tmp_path / "a")
+        same = cache_manager_for(PerformanceConfig(cache_dir=str(tmp_path / "a"), batch_size=3))
+        assert same is own
+        other = cache_manager_for(PerformanceConfig(cache_dir=str(tmp_path / "b")))
+        assert other is not own
+        assert default_embedding_store(PerformanceConfig(enable_caching=False)) is None
+        store = default_embedding_store(PerformanceConfig(cache_dir=str(tmp_path / "a")))
+        assert isinstance(store, CacheEmbeddingStore) and store.cache is own
+    finally:
+        set_cache_manager(previous)
