@@ -346,7 +346,9 @@ def langchain_pipeline(
 def _perf_chat_model() -> Any:
     """The LangChain chat wrapper, when this checkout has it."""
     try:
-        from rag_perf_plugins.langchain import PerfChatModel  # type: ignore[attr-defined]
+        from rag_perf_plugins.langchain import (  # type: ignore[attr-defined,unused-ignore]
+            PerfChatModel,
+        )
     except ImportError:
         return None
     return PerfChatModel
@@ -356,114 +358,31 @@ def _perf_chat_model() -> Any:
 
 
 def llama_index_pipeline(base_url: str, config: Any) -> tuple[AskSync, Ask, str]:
-    """VectorStoreIndex on PerfEmbedding; the LLM wrapped by ``wrap_llm`` when it exists.
-
-    Without ``wrap_llm`` (older checkouts), whole answers are cached by the engine instead:
-    ``RAGEngine`` / ``AsyncRAGEngine`` around the retriever and the plain OpenAI LLM.
-    """
+    """A VectorStoreIndex retriever and the LLM, both wrapped through ``configure_settings()``."""
     from llama_index.core import Settings, VectorStoreIndex
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.core.schema import Document
-    from llama_index.llms.openai import OpenAI
-    from rag_perf_plugins.llama_index import configure_settings, pooled_openai_embedding
-
-    from rag_perf_plugins import (
-        AdmissionGate,
-        AsyncRAGEngine,
-        RAGEngine,
-        get_async_http_client,
-        get_http_client,
+    from rag_perf_plugins.llama_index import (
+        configure_settings,
+        pooled_openai_embedding,
+        pooled_openai_llm,
+        wrap_llm,
     )
 
     Settings.embed_model = pooled_openai_embedding(
         model=EMBED_MODEL, dimensions=EMBED_DIMS, api_base=base_url, api_key=API_KEY, config=config
     )
+    Settings.llm = pooled_openai_llm(
+        model=CHAT_MODEL, api_base=base_url, api_key=API_KEY, config=config
+    )
     gated = config.replace(requests_per_minute=GATE_RPM)
-    wrappers = _llama_index_llm_wrapper()
-    if wrappers is not None:
-        Settings.llm = wrappers[1](
-            model=CHAT_MODEL, api_base=base_url, api_key=API_KEY, config=config
-        )
-    configure_settings(gated)  # wraps Settings.embed_model (and Settings.llm, if it can)
+    configure_settings(gated)  # Settings.embed_model -> PerfEmbedding, Settings.llm -> PerfLLM
+    llm = wrap_llm(Settings.llm, gated)  # already a PerfLLM: returned as it is
     # Word-based token counts: LlamaIndex's default tokenizer downloads tiktoken's files.
     splitter = SentenceSplitter(chunk_size=200, chunk_overlap=20, tokenizer=str.split)
     documents = [Document(text=text, metadata={"source": path}) for path, text in load_pages()]
     index = VectorStoreIndex(splitter.get_nodes_from_documents(documents))
     retriever = index.as_retriever(similarity_top_k=3)
-    if wrappers is not None:
-        # wrap_llm returns a model configure_settings() already wrapped as it is.
-        return _llama_index_wrapped_llm(retriever, wrappers[0](Settings.llm, gated))
-    llm = OpenAI(
-        model=CHAT_MODEL,
-        api_base=base_url,
-        api_key=API_KEY,
-        temperature=0.0,
-        max_retries=0,
-        http_client=get_http_client(base_url, config=config),
-        async_http_client=get_async_http_client(base_url, config=config),
-    )
-
-    def passages(nodes: Sequence[Any], top_k: int) -> list[dict[str, str]]:
-        # Cached answers hold plain data: the text and the page of each passage.
-        return [
-            {"text": n.get_content(), "source": str(n.metadata.get("source"))}
-            for n in nodes[:top_k]
-        ]
-
-    async def aretrieve(query: str, top_k: int) -> list[dict[str, str]]:
-        return passages(await retriever.aretrieve(query), top_k)
-
-    async def agenerate(query: str, found: Sequence[dict[str, str]]) -> str:
-        reply = await llm.acomplete(context_prompt(query, (p["text"] for p in found)))
-        return str(reply.text)
-
-    def retrieve(query: str, top_k: int) -> list[dict[str, str]]:
-        return passages(retriever.retrieve(query), top_k)
-
-    def generate(query: str, found: Sequence[dict[str, str]]) -> str:
-        return str(llm.complete(context_prompt(query, (p["text"] for p in found))).text)
-
-    # One gate for the chat model, shared by both engines; one engine_id, so the sync and
-    # the async engine share their cached answers.
-    gate = AdmissionGate(config, key=f"llama_index/{CHAT_MODEL}", requests_per_minute=GATE_RPM)
-    engine_id = f"demo-llama-index/{CHAT_MODEL}/v1"
-    engine = AsyncRAGEngine(
-        config, retriever=aretrieve, generator=agenerate, gate=gate, top_k=3, engine_id=engine_id
-    )
-    sync_engine = RAGEngine(
-        config, retriever=retrieve, generator=generate, gate=gate, top_k=3, engine_id=engine_id
-    )
-
-    async def ask(q: str) -> tuple[str, list[str]]:
-        result = await engine.query(q)
-        return str(result.answer), [p["source"] for p in result.sources]
-
-    def ask_sync(q: str) -> tuple[str, list[str]]:
-        result = sync_engine.query(q)
-        return str(result.answer), [p["source"] for p in result.sources]
-
-    description = (
-        "PerfEmbedding via configure_settings(), VectorStoreIndex, LlamaIndex OpenAI LLM on "
-        "pooled clients, answers cached by RAGEngine / AsyncRAGEngine (wrap_llm is not "
-        "in this checkout)"
-    )
-    return ask_sync, ask, description
-
-
-def _llama_index_llm_wrapper() -> tuple[Any, Any] | None:
-    """(wrap_llm, pooled_openai_llm) when this checkout has the LlamaIndex LLM wrapper."""
-    try:
-        from rag_perf_plugins.llama_index import (  # type: ignore[attr-defined,unused-ignore]
-            pooled_openai_llm,
-            wrap_llm,
-        )
-    except ImportError:
-        return None
-    return wrap_llm, pooled_openai_llm
-
-
-def _llama_index_wrapped_llm(retriever: Any, llm: Any) -> tuple[AskSync, Ask, str]:
-    """Retriever + the wrapped ``Settings.llm``: every adapter is LlamaIndex's own."""
 
     def texts_and_sources(nodes: Sequence[Any]) -> tuple[list[str], list[str]]:
         return [n.get_content() for n in nodes], [str(n.metadata.get("source")) for n in nodes]
@@ -535,8 +454,8 @@ def print_table(console: Console, phases: list[Phase], baseline_tokens_per_q: fl
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="JSON report path")
-    parser.add_argument("--questions", type=int, default=300, help="questions per phase")
-    parser.add_argument("--baseline-questions", type=int, default=120, help="unwrapped run")
+    parser.add_argument("--questions", type=int, default=240, help="questions per phase")
+    parser.add_argument("--baseline-questions", type=int, default=80, help="unwrapped run")
     args = parser.parse_args(argv)
     # Framework notices (e.g. LangChain beta warnings) are not what the demo is about.
     warnings.simplefilter("ignore")
