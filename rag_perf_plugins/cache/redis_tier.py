@@ -86,6 +86,9 @@ def redact_url(url: str) -> str:
 def make_redis_client(url: str, *, timeout: float, max_connections: int = 32) -> redis.Redis:
     """A pooled redis-py client with ``timeout`` seconds per connect and per reply, no retries.
 
+    At most ``max_connections`` connections per process; more concurrent callers wait up to
+    ``timeout`` seconds for one.
+
     redis-py retries connection errors three times with back-off by default, which turns
     one outage into seconds of waiting per call; here a slow or absent server costs one
     ``timeout`` and the caller's circuit breaker takes over.
@@ -96,13 +99,19 @@ def make_redis_client(url: str, *, timeout: float, max_connections: int = 32) ->
     if max_connections < 1:
         msg = f"max_connections must be >= 1, got {max_connections}"
         raise ValueError(msg)
-    client: redis.Redis = redis.Redis.from_url(
+    # A blocking pool: past max_connections a caller waits (up to timeout) for a free
+    # connection instead of failing with "Too many connections", which would trip the
+    # breaker although Redis is fine.
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
     )
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # close() also closes the pool we made
     return client
 
 
