@@ -177,8 +177,8 @@ def simulate_hit_rate(
 @benchmark("seed", "cache_hit_rate: seeded Zipf workload, memory tier smaller than the set")
 def cache_hit_rate(ctx: BenchContext) -> Iterator[Result]:
     """Hit rate of a Zipf workload through memory + disk tiers vs the memory tier alone."""
-    n = ctx.scale(20_000, quick=5_000)
-    k = ctx.scale(2_000, quick=500)
+    n = ctx.scale(20_000, quick=3_000)
+    k = ctx.scale(2_000, quick=300)
     memory_items = k // 10
     draws = zipf_draw(n, k)
     distinct = len(set(draws))
