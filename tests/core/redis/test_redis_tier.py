@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 
@@ -294,3 +295,25 @@ def test_bad_arguments_are_refused_early(redis_url: str) -> None:
         RedisTier.from_config(PerformanceConfig())
     assert redact_url("redis://user:secret@h:6379/0") == "redis://user:***@h:6379/0"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_more_threads_than_connections_wait_instead_of_tripping(redis_url: str) -> None:
+    tier = RedisTier(redis_url, prefix=_prefix(), max_connections=2, timeout=2.0)
+    blob = encode(1, created_at=0.0, expires_at=None)
+    tier.set_many({"a": blob})
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        for _ in range(25):
+            try:
+                assert tier.get_many(["a"]) == {"a": blob}
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tier.close()
+    assert errors == [] and tier.breaker.trips == 0
