@@ -16,7 +16,8 @@ strings in the ``query`` namespace, keys are SHA-256 hex digests). At each size:
   in batches of :data:`BATCH` calls; the figure is the median batch's µs per call;
 - ``set``: single ``manager.set`` calls of new keys, timed the same way.
 
-How cost grows is summarised by the least-squares slope ``b`` of log(cost) against
+Each point also records the bulk-load cost (``fill_us_per_entry``: ``set_many`` seconds per
+entry added to reach that size). How cost grows is summarised by the least-squares slope ``b`` of log(cost) against
 log(entries) (cost ~ entries**b; 0 is flat). Not measured: the memory tier (constant-time
 dict), eviction at the size bound (the bound is set far above the data), or a cold OS page
 cache (the files were just written, so they are in it).
@@ -118,6 +119,7 @@ def _grow_curve(ctx: BenchContext) -> list[dict[str, Any]]:
     try:
         for size in sizes:
             target = size - extra_keys
+            added = max(0, target - filled)
             fill_started = time.perf_counter()
             while filled < target:
                 upto = min(target, filled + FILL_BATCH)
@@ -151,6 +153,8 @@ def _grow_curve(ctx: BenchContext) -> list[dict[str, Any]]:
                     "get_us": round(get_us, 2),
                     "set_us": round(set_us, 2),
                     "fill_s": round(fill_s, 2),
+                    # set_many in batches of FILL_BATCH: bulk-load cost per entry added.
+                    "fill_us_per_entry": round(fill_s / added * 1e6, 2) if added else None,
                 }
             )
     finally:
