@@ -242,26 +242,21 @@ def langchain_chunks() -> list[Any]:
     return splitter.split_documents(docs)
 
 
-def langchain_pipeline(
-    base_url: str, config: Any, *, wrapped: bool
-) -> tuple[AskSync, Ask, str, Callable[[], None]]:
-    """Build the LangChain RAG chain; returns (ask_sync, ask, description, cleanup)."""
+def langchain_pipeline(base_url: str, config: Any, *, wrapped: bool) -> tuple[AskSync, Ask, str]:
+    """Build the LangChain RAG chain; returns (ask_sync, ask, description)."""
     from langchain_core.documents import Document
-    from langchain_core.globals import set_llm_cache
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.vectorstores import InMemoryVectorStore
     from langchain_openai import ChatOpenAI, OpenAIEmbeddings
     from pydantic import SecretStr
     from rag_perf_plugins.langchain import (
+        PerfChatModel,
         PerfEmbeddings,
-        PerfLLMCache,
-        PerfRateLimiter,
         PerfVectorStore,
         pooled_chat_openai,
         pooled_openai_embeddings,
     )
 
-    cleanup: Callable[[], None] = lambda: None  # noqa: E731
     llm: Any
     if wrapped:
         inner = pooled_openai_embeddings(
@@ -273,31 +268,14 @@ def langchain_pipeline(
         )
         embeddings: Any = PerfEmbeddings(inner, config.replace(requests_per_minute=GATE_RPM))
         store: Any = PerfVectorStore(InMemoryVectorStore(embeddings), config)
-        chat_model = _perf_chat_model()
-        if chat_model is not None:
-            llm = chat_model(
-                pooled_chat_openai(
-                    model=CHAT_MODEL, base_url=base_url, api_key=API_KEY, temperature=0
-                ),
-                config.replace(requests_per_minute=GATE_RPM),
-            )
-            how = "PerfChatModel over a pooled ChatOpenAI"
-        else:
-            set_llm_cache(PerfLLMCache())
-            llm = pooled_chat_openai(
-                model=CHAT_MODEL,
-                base_url=base_url,
-                api_key=API_KEY,
-                temperature=0,
-                config=config,
-                rate_limiter=PerfRateLimiter(GATE_RPM / 60.0, config=config),
-            )
-            cleanup = lambda: set_llm_cache(None)  # noqa: E731
-            how = (
-                "pooled ChatOpenAI + PerfLLMCache (set_llm_cache) + PerfRateLimiter "
-                "(PerfChatModel is not in this checkout yet)"
-            )
-        description = f"PerfEmbeddings, PerfVectorStore, {how}"
+        # The chat model's own gate: GATE_RPM requests/minute, tokens reconciled per answer.
+        llm = PerfChatModel(
+            pooled_chat_openai(
+                model=CHAT_MODEL, base_url=base_url, api_key=API_KEY, temperature=0, config=config
+            ),
+            config.replace(requests_per_minute=GATE_RPM),
+        )
+        description = "PerfEmbeddings, PerfVectorStore, PerfChatModel over pooled OpenAI classes"
     else:
         embeddings = OpenAIEmbeddings(
             model=EMBED_MODEL,
@@ -340,18 +318,7 @@ def langchain_pipeline(
         answer = await chain.ainvoke({"context": fmt(docs), "question": q})
         return str(answer.content), sources(docs)
 
-    return ask_sync, ask, description, cleanup
-
-
-def _perf_chat_model() -> Any:
-    """The LangChain chat wrapper, when this checkout has it."""
-    try:
-        from rag_perf_plugins.langchain import (  # type: ignore[attr-defined,unused-ignore]
-            PerfChatModel,
-        )
-    except ImportError:
-        return None
-    return PerfChatModel
+    return ask_sync, ask, description
 
 
 # --- the LlamaIndex pipeline ------------------------------------------------------------
@@ -481,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cold_qs = draw_questions(args.questions, seed=1)
             warm_qs = draw_questions(args.questions, seed=2)
             sim.reset_stats()
-            lc_sync, lc_ask, descriptions["langchain"], lc_cleanup = langchain_pipeline(
+            lc_sync, lc_ask, descriptions["langchain"] = langchain_pipeline(
                 sim.base_url, config, wrapped=True
             )
             console.print(
@@ -490,7 +457,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             phases.append(run_phase("langchain", "cold", cold_qs, lc_sync, lc_ask, sim))
             phases.append(run_phase("langchain", "warm", warm_qs, lc_sync, lc_ask, sim))
-            lc_cleanup()
             sim.reset_stats()
             li_sync, li_ask, descriptions["llama_index"] = llama_index_pipeline(
                 sim.base_url, config
@@ -502,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             phases.append(run_phase("llama_index", "cold", cold_qs, li_sync, li_ask, sim))
             phases.append(run_phase("llama_index", "warm", warm_qs, li_sync, li_ask, sim))
             sim.reset_stats()
-            base_sync, base_ask, descriptions["unwrapped"], _ = langchain_pipeline(
+            base_sync, base_ask, descriptions["unwrapped"] = langchain_pipeline(
                 sim.base_url, config, wrapped=False
             )
             phases.append(

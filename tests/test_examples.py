@@ -64,6 +64,6 @@ def test_demo_runs_warm_hits_and_no_429s(tmp_path: Path) -> None:
         assert phase["llm_cache_hit_rate"] > 0.8
         assert phase["rate_limited_429"] == 0
         assert phase["failed"] == 0
-        assert phase["provider_chat_calls"] == 0
+        assert phase["provider_requests"] * 5 < phase["questions"]
     cold = [p for p in data["phases"] if p["phase"] == "cold"]
     assert all(p["rate_limited_429"] == 0 for p in cold)
