@@ -6,7 +6,7 @@ keeps its cache in a temporary directory.
 
 Wrapped: the embedding model (``PerfEmbeddings``: cache, batching, gate, retries), the
 vector store (``PerfVectorStore``: cached searches until the next write) and the chat
-model's answers (``PerfLLMCache`` through ``set_llm_cache``); ``PerfCallbackHandler``
+model (``PerfChatModel``: cache, single-flight, gate, retries); ``PerfCallbackHandler``
 records every run in the tracker. The framework classes are the real ``langchain-openai``
 ones, built on the shared pooled HTTP clients by ``pooled_*`` factories.
 """
@@ -18,14 +18,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-from langchain_core.globals import set_llm_cache
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.vectorstores import InMemoryVectorStore
 from rag_perf_plugins.langchain import (
     PerfCallbackHandler,
+    PerfChatModel,
     PerfEmbeddings,
-    PerfLLMCache,
     PerfVectorStore,
     pooled_chat_openai,
     pooled_openai_embeddings,
@@ -63,7 +62,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir, provider() as url:
         config = PerformanceConfig(cache_dir=cache_dir)
         set_cache_manager(CacheManager(config))
-        set_llm_cache(PerfLLMCache())
         key = os.environ.get("OPENAI_API_KEY", "sk-example")
         embeddings = PerfEmbeddings(
             pooled_openai_embeddings(model="text-embedding-3-small", base_url=url, api_key=key),
@@ -71,7 +69,10 @@ def main() -> None:
         )
         store = PerfVectorStore(InMemoryVectorStore(embeddings), config)
         store.add_texts(TEXTS)
-        llm = pooled_chat_openai(model="gpt-4o-mini", base_url=url, api_key=key, temperature=0)
+        llm = PerfChatModel(
+            pooled_chat_openai(model="gpt-4o-mini", base_url=url, api_key=key, temperature=0),
+            config,
+        )
         prompt = ChatPromptTemplate.from_messages(
             [("system", "Answer from the context.\n\n{context}"), ("user", "Question: {question}")]
         )
@@ -89,7 +90,6 @@ def main() -> None:
             print(f"  provider requests for it: {provider_requests() - before}")
         chat = get_performance_tracker().get_operation_stats("langchain.chat_model")
         print(f"chat model runs recorded by PerfCallbackHandler: {chat.count}")
-        set_llm_cache(None)
         set_cache_manager(None)
 
 
