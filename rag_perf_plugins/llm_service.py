@@ -718,13 +718,16 @@ class LLMService:
                 entry = cache.get(key, namespace=self.namespace)
             found = self._read_entry("stream", entry)
             if found is not None:
+                chunks = found[0]
                 try:
-                    replay = [codec.decode(d) for d in found[0]]
+                    # Only the first chunk is decoded up front (a bad entry is a miss);
+                    # the rest are decoded as they are yielded, for a short TTFT.
+                    first = codec.decode(chunks[0]) if chunks else _END
                 except Exception as exc:
                     self._corrupt(exc)
                 else:
                     state.cache_hit, state.saved = True, found[1].total
-                    yield from self._replay(replay, state, op)
+                    yield from self._replay(first, chunks[1:], codec, state, op)
                     return
         if key is not None:
             state.cache_hit = False
@@ -766,15 +769,21 @@ class LLMService:
                 self._store_error(exc)
         self._record(op, state, error=False)
 
-    def _replay(self, chunks: list[C], state: _Call, op: str) -> Generator[C, None, None]:
+    def _replay(
+        self, first: Any, rest: Sequence[Any], codec: ChunkCodec[C], state: _Call, op: str
+    ) -> Generator[C, None, None]:
         try:
-            for chunk in chunks:
-                if state.ttft is None:
-                    state.ttft = self._clock() - state.started
-                yield chunk
+            if first is not _END:
+                state.ttft = self._clock() - state.started
+                yield first
+                for data in rest:
+                    yield codec.decode(data)
         except GeneratorExit:
             state.abandoned = True
             self._record(op, state, error=False)
+            raise
+        except BaseException:
+            self._record(op, state, error=True)
             raise
         self._record(op, state, error=False)
 
@@ -834,22 +843,19 @@ class LLMService:
                 entry = await cache.aget(key, namespace=self.namespace)
             found = self._read_entry("stream", entry)
             if found is not None:
+                chunks = found[0]
                 try:
-                    replay = [codec.decode(d) for d in found[0]]
+                    first = codec.decode(chunks[0]) if chunks else _END
                 except Exception as exc:
                     self._corrupt(exc)
                 else:
                     state.cache_hit, state.saved = True, found[1].total
-                    try:
+                    # Replaying is CPU work only: the sync replay generator serves both
+                    # shells; closing it (abandoned here) records the abandonment.
+                    replay = self._replay(first, chunks[1:], codec, state, op)
+                    with contextlib.closing(replay):
                         for chunk in replay:
-                            if state.ttft is None:
-                                state.ttft = self._clock() - state.started
                             yield chunk
-                    except GeneratorExit:
-                        state.abandoned = True
-                        self._record(op, state, error=False)
-                        raise
-                    self._record(op, state, error=False)
                     return
         if key is not None:
             state.cache_hit = False

@@ -122,16 +122,27 @@ def _provider_of(inner: BaseChatModel) -> str:
 
 
 def request_of(
-    inner: BaseChatModel, messages: Sequence[BaseMessage], stop: list[str] | None, **kwargs: Any
+    inner: BaseChatModel,
+    messages: Sequence[BaseMessage],
+    stop: list[str] | None,
+    *,
+    provider: str | None = None,
+    base_params: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> LLMRequest:
     """The effective request of one call of ``inner``: model, every parameter, messages, tools.
 
     Example: ``request_of(ChatOpenAI(model="m"), [HumanMessage("hi")], None,
     temperature=0.5).key()``. Parameters come from ``inner._get_invocation_params`` (the
     model's defaults plus the call's keyword arguments, ``bind_tools`` output included);
-    timeouts, retries and credentials are left out by the key function.
+    timeouts, retries and credentials are left out by the key function. ``provider`` and
+    ``base_params`` (the model's parameters for a call without ``stop`` or keyword
+    arguments) may be passed precomputed; they are the same for every call of one model.
     """
-    params = dict(inner._get_invocation_params(stop=stop, **kwargs))
+    if base_params is not None and stop is None and not kwargs:
+        params = dict(base_params)
+    else:
+        params = dict(inner._get_invocation_params(stop=stop, **kwargs))
     params.pop("_type", None)
     params.pop("ls_structured_output_format", None)  # a tracing hint; the schema is elsewhere
     tools = params.pop("tools", None)
@@ -141,7 +152,7 @@ def request_of(
     model = params.get("model") or params.get("model_name") or type(inner).__name__
     return LLMRequest(
         model=str(model),
-        provider=_provider_of(inner),
+        provider=provider if provider is not None else _provider_of(inner),
         messages=[_message_key(m) for m in messages],
         params=plain(params),
         tools=plain(tools),
@@ -263,6 +274,8 @@ class PerfChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     _service: LLMService = PrivateAttr()
+    _provider: str = PrivateAttr()
+    _base_params: dict[str, Any] = PrivateAttr()
 
     def __init__(
         self,
@@ -289,6 +302,9 @@ class PerfChatModel(BaseChatModel):
                 kwargs[name] = value
         super().__init__(inner=inner.model_copy(update={"cache": False}), **kwargs)
         config = config if config is not None else PerformanceConfig()
+        # Computed once: the inner copy is private, so its identity and defaults stay put.
+        self._provider = _provider_of(self.inner)
+        self._base_params = dict(self.inner._get_invocation_params(stop=None))
         ls = self.inner._get_ls_params()
         provider = str(ls.get("ls_provider") or type(inner).__name__)
         model = str(ls.get("ls_model_name") or type(inner).__name__)
@@ -379,7 +395,14 @@ class PerfChatModel(BaseChatModel):
 
     # --- the four hooks: one service call each ----------------------------------------
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
-        return request_of(self.inner, messages, stop, **kw)
+        return request_of(
+            self.inner,
+            messages,
+            stop,
+            provider=self._provider,
+            base_params=self._base_params,
+            **kw,
+        )
 
     @override
     def _generate(
