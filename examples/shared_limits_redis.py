@@ -23,6 +23,9 @@ away, each worker falls back to 600 / 3 RPM on its own and the cache to its memo
 
 The simulator's bucket holds two seconds of budget and the gates' one second, so a
 request admitted on time but delayed on a busy machine still fits; the rate is the same.
+On a starved machine a request can still leave more than a second after its admission
+and meet a 429: the ``RetryPolicy`` retries it after ``Retry-After``, and the pause that
+429 sets on the key holds in every process (it is kept in Redis).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from rag_perf_plugins import CacheManager, PerformanceConfig
 from rag_perf_plugins.admission import get_gate
 from rag_perf_plugins.admission_redis import shared_budget_store
 from rag_perf_plugins.http import openai_client
+from rag_perf_plugins.retry import RetryPolicy
 from rag_perf_plugins.simulator import Simulator
 
 RPM = 600
@@ -82,6 +86,7 @@ def work(index: int, base_url: str, redis_url: str, prefix: str, ready: Any) -> 
     gate = get_gate("openai", MODEL, API_KEY, config=config)  # the budget lives in Redis
     cache = CacheManager(config)
     client = openai_client(base_url=base_url, api_key=API_KEY, config=config)
+    policy = RetryPolicy(config)  # the single retry owner (the SDK's retries are off)
     counts = {"provider": 0, "rate_limited": 0, "failed": 0}
     lock = threading.Lock()
 
@@ -90,10 +95,14 @@ def work(index: int, base_url: str, redis_url: str, prefix: str, ready: Any) -> 
             counts[what] += 1
 
     def embed(text: str) -> list[float]:
-        with gate.acquire_sync(tokens=8):
+        def send() -> Any:
             count("provider")
-            reply = client.embeddings.create(model=MODEL, input=[text])
-        return reply.data[0].embedding
+            return client.embeddings.create(model=MODEL, input=[text])
+
+        # The gate runs inside each attempt; a 429 pauses the key for every process (the
+        # pause is kept in Redis too) and is retried after its Retry-After.
+        reply = policy.call(send, gate=gate, tokens=8)
+        return list(reply.data[0].embedding)
 
     def call(n: int) -> None:
         text = TEXTS[(n * 7 + index * 13) % len(TEXTS)]
@@ -122,6 +131,7 @@ def work(index: int, base_url: str, redis_url: str, prefix: str, ready: Any) -> 
         "index": index,
         **counts,
         "redis_hits": stats["tiers"].get("redis", {}).get("hits", 0),
+        "retries": policy.stats()["retries"],
         "store": shared_budget_store(config).stats(),  # the store the gate uses
     }
 
@@ -164,7 +174,7 @@ def main() -> None:
     for r in results:
         print(
             f"worker {r['index']}: {CALLS_PER_WORKER} calls, {r['provider']} provider "
-            f"requests, {r['redis_hits']} cache hits through Redis, "
+            f"requests, {r['redis_hits']} cache hits through Redis, {r['retries']} retried, "
             f"{r['rate_limited']} rate-limited, {r['failed']} failed; budget calls answered "
             f"by Redis {r['store']['redis_calls']}, by the fallback {r['store']['fallback_calls']}"
         )
