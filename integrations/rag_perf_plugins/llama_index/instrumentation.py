@@ -54,7 +54,6 @@ from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.base import BaseLLM
-from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.chat_engine.types import BaseChatEngine
 from llama_index.core.instrumentation.events.embedding import EmbeddingEndEvent
 from llama_index.core.instrumentation.events.llm import (
@@ -144,6 +143,113 @@ def _cache_hit(response: Any) -> bool | None:
     return hit if isinstance(hit, bool) else None
 
 
+class _SpanBook:
+    """The handlers' state and logic, in a plain object.
+
+    Reads of a pydantic model's private attributes go through ``__getattr__`` (measured
+    40 times slower than a plain attribute), so the handlers keep this object in their
+    instance ``__dict__`` (:func:`_attach`) and read only it.
+    """
+
+    __slots__ = ("clock", "prefix", "spans", "stage_of", "streams", "streams_lock", "tracker")
+
+    def __init__(
+        self, tracker: PerformanceTracker, prefix: str, clock: Callable[[], float]
+    ) -> None:
+        self.tracker = tracker
+        self.prefix = prefix
+        self.clock = clock
+        # span id -> (the recording call of each stage open around it, its own call or None)
+        self.spans: dict[str, tuple[dict[str, _Call], _Call | None]] = {}
+        # span id of a stream returned but not finished -> the calls open around it
+        self.streams: OrderedDict[str, dict[str, _Call]] = OrderedDict()
+        self.stage_of: dict[type, str | None] = {}
+        self.streams_lock = threading.Lock()
+
+    def stage(self, instance: Any) -> str | None:
+        cls = type(instance)
+        try:
+            return self.stage_of[cls]
+        except KeyError:
+            stage = next((s for base, s in _STAGES if isinstance(instance, base)), None)
+            self.stage_of[cls] = stage
+            return stage
+
+    def enter(self, id_: str, instance: Any, parent_id: str | None) -> None:
+        parent = self.spans.get(parent_id) if parent_id is not None else None
+        stages = parent[0] if parent is not None else _NO_STAGES
+        stage = self.stage(instance) if instance is not None else None
+        call = None
+        if stage is not None and stage not in stages:
+            call = _Call(f"{self.prefix}.{stage}", self.clock())
+            stages = {**stages, stage: call}
+        self.spans[id_] = (stages, call)
+
+    def exit(self, id_: str, result: Any) -> None:
+        entry = self.spans.pop(id_, None)
+        if entry is None:
+            return
+        stages, call = entry
+        if "llm" in stages and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+            self.hold_stream(id_, stages)
+            if call is not None:
+                call.deferred = True
+            return
+        if call is not None:
+            self.finish(call, error=False)
+
+    def drop(self, id_: str) -> None:
+        entry = self.spans.pop(id_, None)
+        if entry is not None and entry[1] is not None:
+            self.finish(entry[1], error=True)
+
+    def calls_of(self, span_id: str | None) -> dict[str, _Call]:
+        if span_id is None:
+            return _NO_STAGES
+        entry = self.spans.get(span_id)
+        if entry is not None:
+            return entry[0]
+        return self.streams.get(span_id, _NO_STAGES)
+
+    def stream_ended(self, span_id: str | None) -> None:
+        if span_id is not None:
+            with self.streams_lock:
+                self.streams.pop(span_id, None)
+
+    def hold_stream(self, id_: str, stages: dict[str, _Call]) -> None:
+        with self.streams_lock:
+            self.streams[id_] = stages
+            dropped = []
+            while len(self.streams) > MAX_OPEN_STREAMS:
+                dropped.append(self.streams.popitem(last=False)[1])
+        for old in dropped:
+            call = old.get("llm")
+            if call is not None and call.deferred and not call.done:
+                call.done = True
+                self.tracker.record(call.operation, self.clock() - call.started, abandoned=True)
+
+    def finish(self, call: _Call, *, error: bool) -> None:
+        if call.done:
+            return
+        call.done = True
+        self.tracker.record(
+            call.operation,
+            self.clock() - call.started,
+            error=error,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            cache_hit=call.cache_hit,
+            ttft_s=call.ttft,
+            batch_size=call.batch,
+        )
+
+
+def _attach(handler: Any, book: _SpanBook) -> None:
+    # A plain instance attribute, past pydantic's __setattr__: reads skip its __getattr__.
+    # Not a field, so it is not validated, dumped or compared.
+    object.__setattr__(handler, "_perf_book", book)
+
+
 class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
     """Times each stage's outermost span into the tracker; keeps no span objects.
 
@@ -157,15 +263,7 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
         clock: Seconds, monotonic.
     """
 
-    _tracker: PerformanceTracker = PrivateAttr()
-    _prefix: str = PrivateAttr()
-    _clock: Callable[[], float] = PrivateAttr()
-    # span id -> (the recording call of each stage open around it, its own call or None)
-    _spans: dict[str, tuple[dict[str, _Call], _Call | None]] = PrivateAttr()
-    # span id of a stream returned but not finished -> the calls open around it
-    _streams: OrderedDict[str, dict[str, _Call]] = PrivateAttr()
-    _stage_of: dict[type, str | None] = PrivateAttr()
-    _streams_lock: threading.Lock = PrivateAttr()
+    _perf_book: _SpanBook  # in the instance __dict__, see _attach()
 
     def __init__(
         self,
@@ -178,13 +276,8 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
             msg = f"prefix must be a non-empty str, got {prefix!r}"
             raise ValueError(msg)
         super().__init__()
-        self._tracker = tracker if tracker is not None else get_performance_tracker()
-        self._prefix = prefix
-        self._clock = clock
-        self._spans = {}
-        self._streams = OrderedDict()
-        self._stage_of = {}
-        self._streams_lock = threading.Lock()
+        tracker = tracker if tracker is not None else get_performance_tracker()
+        _attach(self, _SpanBook(tracker, prefix, clock))
 
     @classmethod
     def class_name(cls) -> str:
@@ -194,16 +287,12 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
     @property
     def tracker(self) -> PerformanceTracker:
         """The tracker calls are recorded in."""
-        return self._tracker
+        return self._perf_book.tracker
 
-    def _stage(self, instance: Any) -> str | None:
-        cls = type(instance)
-        try:
-            return self._stage_of[cls]
-        except KeyError:
-            stage = next((s for base, s in _STAGES if isinstance(instance, base)), None)
-            self._stage_of[cls] = stage
-            return stage
+    @property
+    def prefix(self) -> str:
+        """The operation name prefix."""
+        return self._perf_book.prefix
 
     # --- the three dispatcher hooks (overridden whole: no BaseSpan objects) -------------
     def span_enter(
@@ -216,14 +305,7 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
         **kwargs: Any,
     ) -> None:
         """Open a span; a stage not already open around it starts a call."""
-        parent = self._spans.get(parent_id) if parent_id is not None else None
-        stages = parent[0] if parent is not None else _NO_STAGES
-        stage = self._stage(instance) if instance is not None else None
-        call = None
-        if stage is not None and stage not in stages:
-            call = _Call(f"{self._prefix}.{stage}", self._clock())
-            stages = {**stages, stage: call}
-        self._spans[id_] = (stages, call)
+        self._perf_book.enter(id_, instance, parent_id)
 
     def span_exit(
         self,
@@ -234,17 +316,7 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
         **kwargs: Any,
     ) -> None:
         """Close a span; record its call, or wait for the end of the stream it returned."""
-        entry = self._spans.pop(id_, None)
-        if entry is None:
-            return
-        stages, call = entry
-        if "llm" in stages and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
-            self._hold_stream(id_, stages)
-            if call is not None:
-                call.deferred = True
-            return
-        if call is not None:
-            self.finish(call, error=False)
+        self._perf_book.exit(id_, result)
 
     def span_drop(
         self,
@@ -255,9 +327,7 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
         **kwargs: Any,
     ) -> None:
         """Close a span that raised; its call is recorded as an error."""
-        entry = self._spans.pop(id_, None)
-        if entry is not None and entry[1] is not None:
-            self.finish(entry[1], error=True)
+        self._perf_book.drop(id_)
 
     # --- abstract hooks of BaseSpanHandler: unused, since the three above are overridden --
     def new_span(self, *args: Any, **kwargs: Any) -> BaseSpan | None:
@@ -272,50 +342,6 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
         """Not used."""
         return None
 
-    # --- used by the event handler -------------------------------------------------------
-    def calls_of(self, span_id: str | None) -> dict[str, _Call]:
-        """The calls open around ``span_id`` (an open span, or a stream still running)."""
-        if span_id is None:
-            return _NO_STAGES
-        entry = self._spans.get(span_id)
-        if entry is not None:
-            return entry[0]
-        return self._streams.get(span_id, _NO_STAGES)
-
-    def stream_ended(self, span_id: str | None) -> None:
-        """Forget a finished stream's span."""
-        if span_id is not None:
-            with self._streams_lock:
-                self._streams.pop(span_id, None)
-
-    def _hold_stream(self, id_: str, stages: dict[str, _Call]) -> None:
-        with self._streams_lock:
-            self._streams[id_] = stages
-            dropped = []
-            while len(self._streams) > MAX_OPEN_STREAMS:
-                dropped.append(self._streams.popitem(last=False)[1])
-        for old in dropped:
-            call = old.get("llm")
-            if call is not None and call.deferred and not call.done:
-                call.done = True
-                self._tracker.record(call.operation, self._clock() - call.started, abandoned=True)
-
-    def finish(self, call: _Call, *, error: bool) -> None:
-        """Record ``call`` once."""
-        if call.done:
-            return
-        call.done = True
-        self._tracker.record(
-            call.operation,
-            self._clock() - call.started,
-            error=error,
-            tokens_in=call.tokens_in,
-            tokens_out=call.tokens_out,
-            cache_hit=call.cache_hit,
-            ttft_s=call.ttft,
-            batch_size=call.batch,
-        )
-
 
 class PerfEventHandler(BaseEventHandler):
     """Adds tokens, cache hits, time to first chunk and batch sizes to the span handler's calls.
@@ -324,11 +350,11 @@ class PerfEventHandler(BaseEventHandler):
     Reads only counts and the provider's usage from events; never copies vectors.
     """
 
-    _spans: PerfSpanHandler = PrivateAttr()
+    _perf_book: _SpanBook  # in the instance __dict__, see _attach()
 
     def __init__(self, *, spans: PerfSpanHandler) -> None:
         super().__init__()
-        self._spans = spans
+        _attach(self, spans._perf_book)
 
     @classmethod
     def class_name(cls) -> str:
@@ -341,18 +367,20 @@ class PerfEventHandler(BaseEventHandler):
         if cls is LLMChatEndEvent or cls is LLMCompletionEndEvent:
             self._llm_end(event)
         elif cls is LLMChatInProgressEvent or cls is LLMCompletionInProgressEvent:
-            call = self._spans.calls_of(event.span_id).get("llm")
+            book = self._perf_book
+            call = book.calls_of(event.span_id).get("llm")
             if call is not None and call.ttft is None:
-                call.ttft = self._spans._clock() - call.started
+                call.ttft = book.clock() - call.started
         elif cls is EmbeddingEndEvent:
-            call = self._spans.calls_of(event.span_id).get("embedding")
+            call = self._perf_book.calls_of(event.span_id).get("embedding")
             if call is not None:
                 n = len(event.chunks)  # type: ignore[attr-defined]
                 call.batch = n if call.batch is None else call.batch + n
 
     def _llm_end(self, event: Any) -> None:
+        book = self._perf_book
         span_id = event.span_id
-        call = self._spans.calls_of(span_id).get("llm")
+        call = book.calls_of(span_id).get("llm")
         if call is None:
             return
         response = event.response
@@ -364,8 +392,8 @@ class PerfEventHandler(BaseEventHandler):
             if hit is not None:
                 call.cache_hit = hit if call.cache_hit is None else call.cache_hit and hit
         if call.deferred:
-            self._spans.stream_ended(span_id)
-            self._spans.finish(call, error=False)
+            book.stream_ended(span_id)
+            book.finish(call, error=False)
 
 
 @dataclass(frozen=True)
@@ -418,7 +446,7 @@ def install_instrumentation(
             current is not None
             and current.dispatcher is dispatcher
             and current.span_handler.tracker is tracker
-            and current.span_handler._prefix == prefix
+            and current.span_handler.prefix == prefix
             and _is_on(current)
         ):
             return current
