@@ -17,10 +17,10 @@ strings in the ``query`` namespace, keys are SHA-256 hex digests). At each size:
 - ``set``: single ``manager.set`` calls of new keys, timed the same way.
 
 Each point also records the bulk-load cost (``fill_us_per_entry``: ``set_many`` seconds per
-entry added to reach that size). How cost grows is summarised by the least-squares slope ``b`` of log(cost) against
-log(entries) (cost ~ entries**b; 0 is flat). Not measured: the memory tier (constant-time
-dict), eviction at the size bound (the bound is set far above the data), or a cold OS page
-cache (the files were just written, so they are in it).
+entry added to reach that size). How cost grows is summarised by the least-squares slope
+``b`` of log(cost) against log(entries) (cost ~ entries**b; 0 is flat). Not measured: the
+memory tier (constant-time dict), eviction at the size bound (the bound is set far above the
+data), or a cold OS page cache (the files were just written, so they are in it).
 """
 
 from __future__ import annotations
