@@ -45,18 +45,18 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Final
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
+    AIMessageChunk,
     BaseMessage,
     BaseMessageChunk,
     message_to_dict,
     messages_from_dict,
 )
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
     Runnable,
@@ -169,11 +169,27 @@ def _usage_of(message: BaseMessage) -> Usage | None:
     return Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
 
 
-def _mark_hit(message: BaseMessage) -> None:
-    message.response_metadata = {**message.response_metadata, "cache_hit": True}
-    if isinstance(message, AIMessage) and message.usage_metadata is not None:
-        zero = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-        message.usage_metadata = cast(UsageMetadata, zero)
+_ZERO_USAGE: Final = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+
+
+def _dump_message(message: BaseMessage) -> dict[str, Any]:
+    """``message_to_dict`` without the fields left at their defaults (smaller, faster to load)."""
+    return {"type": message.type, "data": plain(message.model_dump(exclude_defaults=True))}
+
+
+def _load_hit(stored: Mapping[str, Any]) -> BaseMessage:
+    """The stored message, marked as a hit (``cache_hit``, zero usage) as it is built.
+
+    An ``AIMessageChunk`` (every replayed chunk) is built directly; other types go through
+    LangChain's ``messages_from_dict``, which only builds LangChain's message classes.
+    """
+    data = dict(stored["data"])
+    data["response_metadata"] = {**(data.get("response_metadata") or {}), "cache_hit": True}
+    if data.get("usage_metadata") is not None:
+        data["usage_metadata"] = dict(_ZERO_USAGE)
+    if stored["type"] == "AIMessageChunk":
+        return AIMessageChunk(**data)
+    return messages_from_dict([{"type": stored["type"], "data": data}])[0]
 
 
 class _ResultCodec:
@@ -182,7 +198,7 @@ class _ResultCodec:
     def encode(self, value: ChatResult) -> Any:
         return {
             "generations": [
-                {"message": message_to_dict(g.message), "info": plain(g.generation_info)}
+                {"message": _dump_message(g.message), "info": plain(g.generation_info)}
                 for g in value.generations
             ],
             "llm_output": plain(value.llm_output),
@@ -191,8 +207,7 @@ class _ResultCodec:
     def decode(self, data: Any) -> ChatResult:
         generations = []
         for item in data["generations"]:
-            message = messages_from_dict([item["message"]])[0]
-            _mark_hit(message)
+            message = _load_hit(item["message"])
             generations.append(ChatGeneration(message=message, generation_info=item["info"]))
         llm_output = data.get("llm_output")
         if isinstance(llm_output, dict) and "token_usage" in llm_output:
@@ -222,11 +237,10 @@ class _ChunkCodec:
     """ChatGenerationChunk <-> plain data; replayed chunks are marked as hits."""
 
     def encode(self, chunk: ChatGenerationChunk) -> Any:
-        return {"message": message_to_dict(chunk.message), "info": plain(chunk.generation_info)}
+        return {"message": _dump_message(chunk.message), "info": plain(chunk.generation_info)}
 
     def decode(self, data: Any) -> ChatGenerationChunk:
-        message = messages_from_dict([data["message"]])[0]
-        _mark_hit(message)
+        message = _load_hit(data["message"])
         if not isinstance(message, BaseMessageChunk):
             msg = f"a stored stream chunk decoded to {type(message).__name__}, not a chunk"
             raise TypeError(msg)
