@@ -2,10 +2,13 @@
 
 Example::
 
-    from rag_perf_plugins.llama_index import PerfEmbedding, configure_settings
+    from rag_perf_plugins.llama_index import PerfEmbedding, configure_settings, wrap_llm
 
     configure_settings()                      # before building indexes: wraps Settings.embed_model
-    embed_model = PerfEmbedding(inner_model)  # or wrap a model you pass explicitly
+                                              # and Settings.llm, installs the stage handlers
+    embed_model = PerfEmbedding(inner_model)  # or wrap models you pass explicitly
+    llm = wrap_llm(inner_llm)                 # PerfFunctionCallingLLM for function callers
+    store = PerfVectorStore(inner_store, name="kb")
 
 Install with ``pip install 'rag-perf-plugins[llama-index]'``.
 """
