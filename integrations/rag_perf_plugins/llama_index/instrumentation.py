@@ -30,7 +30,11 @@ and one ``tracker.record``.
 Not done: a stream abandoned before its end is counted as ``streams_abandoned`` only when
 more than :data:`MAX_OPEN_STREAMS` streams are pending (the oldest is dropped); calls of
 components that are not one of the stage classes above are not recorded; vector-store
-calls emit no spans (wrap the store in :class:`PerfVectorStore` for their timings).
+calls emit no spans (wrap the store in :class:`PerfVectorStore` for their timings); a
+streaming method whose generator opens another LLM span only when it is read (LlamaIndex's
+``CustomLLM.astream_chat`` calling ``stream_chat``) is counted twice, because that span
+starts after the outer one has returned and has no parent; the durations of streamed
+retrieval/synthesis spans end when their generator is returned, not when it is drained.
 """
 
 from __future__ import annotations
