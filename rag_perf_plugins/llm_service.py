@@ -537,7 +537,7 @@ class LLMService:
                     return value
         state.cache_hit = False
 
-        def lead() -> tuple[T, Any]:
+        def lead() -> tuple[T, Any, Usage | None]:
             value = self._provider(request, call, codec, state)
             data = self._encode(codec, value)
             if data is not _UNSTORED and state.control.write:
@@ -552,19 +552,20 @@ class LLMService:
                         )
                 except Exception as exc:  # an unstorable value: the call goes on uncached
                     self._store_error(exc)
-            return value, data
+            return value, data, state.usage
 
         led = False
 
-        def leader() -> tuple[T, Any]:
+        def leader() -> tuple[T, Any, Usage | None]:
             nonlocal led
             led = True
             return lead()
 
-        value, data = self._flight.do(key, leader)
+        value, data, usage = self._flight.do(key, leader)
         if led or data is _UNSTORED:
             return value
-        state.coalesced = True
+        # A follower of another caller's request: billed nothing, saved what the leader paid.
+        state.coalesced, state.saved = True, usage.total if usage is not None else 0
         return codec.decode(data)
 
     def _provider(
@@ -638,7 +639,7 @@ class LLMService:
                     return value
         state.cache_hit = False
 
-        async def lead() -> tuple[T, Any]:
+        async def lead() -> tuple[T, Any, Usage | None]:
             value = await self._aprovider(request, call, codec, state)
             data = self._encode(codec, value)
             if data is not _UNSTORED and state.control.write:
@@ -653,19 +654,20 @@ class LLMService:
                         )
                 except Exception as exc:  # an unstorable value: the call goes on uncached
                     self._store_error(exc)
-            return value, data
+            return value, data, state.usage
 
         led = False
 
-        async def leader() -> tuple[T, Any]:
+        async def leader() -> tuple[T, Any, Usage | None]:
             nonlocal led
             led = True
             return await lead()
 
-        value, data = await self._flight.ado(key, leader)
+        value, data, usage = await self._flight.ado(key, leader)
         if led or data is _UNSTORED:
             return value
-        state.coalesced = True
+        # A follower of another caller's request: billed nothing, saved what the leader paid.
+        state.coalesced, state.saved = True, usage.total if usage is not None else 0
         return codec.decode(data)
 
     async def _aprovider(

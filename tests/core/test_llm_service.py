@@ -288,6 +288,7 @@ async def test_tasks_coalesce_identical_misses(tmp_path: Path, tracker: Performa
     metrics = tracker.get_metrics("llm")
     assert metrics["count"] == 5
     assert metrics["tokens_in"] == 1  # followers billed nothing
+    assert metrics["tokens_saved"] == 4 * 2  # each follower saved the leader's 1 + 1
     assert (await service.agenerate(req, slow, Codec()))["cache_hit"] is True
     assert calls == 1
 
