@@ -86,6 +86,7 @@ from .cache import (
     current_control,
     explain_key,
     get_cache_manager,
+    is_sampled,
     llm_fields,
     llm_key,
 )
@@ -383,7 +384,10 @@ class LLMService:
         cache = self._cache
         if cache is None or control.mode == "bypass":
             return None
-        if not cache.should_cache_llm(request.policy_params()):
+        # The policy is this service's config (the manager may be a shared one with another).
+        if not cache.enabled or (
+            self.config.cache_skip_sampled and is_sampled(request.policy_params())
+        ):
             return None
         try:
             key = request.key()

@@ -181,6 +181,17 @@ def test_skip_sampled_policy(tmp_path: Path, tracker: PerformanceTracker) -> Non
     assert provider.calls == 3
 
 
+def test_policy_is_the_services_config_not_the_managers(
+    tmp_path: Path, tracker: PerformanceTracker
+) -> None:
+    shared = CacheManager(PerformanceConfig(cache_dir=str(tmp_path / "shared")))
+    service = LLMService(
+        config=PerformanceConfig(cache_skip_sampled=True), cache=shared, tracker=tracker
+    )
+    assert service.cache_key(request(params={"temperature": 0.7})) is None
+    assert service.cache_key(request()) is not None
+
+
 def test_cache_control_modes(tmp_path: Path, tracker: PerformanceTracker) -> None:
     service, _ = make_service(tmp_path, tracker)
     provider = Provider()

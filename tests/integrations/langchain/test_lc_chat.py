@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 from uuid import UUID
 
@@ -15,6 +16,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 from rag_perf_plugins.langchain import PerfChatModel, pooled_chat_openai
 
+from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.tracking import PerformanceTracker
 
@@ -128,6 +130,29 @@ def test_identical_concurrent_calls_coalesce(simulator: Simulator, llm: PerfChat
     answers = llm.batch([QUESTION] * 6, config={"max_concurrency": 6})
     assert len({a.content for a in answers}) == 1
     assert chat_requests(simulator) == 1
+
+
+async def test_identical_concurrent_ainvokes_coalesce(
+    simulator: Simulator, llm: PerfChatModel, tracker: PerformanceTracker
+) -> None:
+    answers = await asyncio.gather(*(llm.ainvoke(QUESTION) for _ in range(6)))
+    assert len({a.content for a in answers}) == 1
+    assert chat_requests(simulator) == 1
+    stats = tracker.get_metrics("llm.chat")
+    assert stats["count"] == 6
+    assert stats["counters"].get("coalesced", 0) + stats["cache_hits"] == 5
+
+
+def test_skip_sampled_calls(simulator: Simulator, tracker: PerformanceTracker) -> None:
+    config = PerformanceConfig(cache_skip_sampled=True)
+    sampled = PerfChatModel(openai(simulator, temperature=0.7), config, tracker=tracker)
+    seeded = PerfChatModel(openai(simulator, temperature=0.7, seed=5), config, tracker=tracker)
+    for _ in range(2):
+        sampled.invoke(QUESTION)
+    assert chat_requests(simulator) == 2
+    for _ in range(2):
+        seeded.invoke(QUESTION)
+    assert chat_requests(simulator) == 3
 
 
 def test_metadata_control_bypasses(simulator: Simulator, llm: PerfChatModel) -> None:
