@@ -135,11 +135,9 @@ def chat_hit_paths(ctx: BenchContext) -> Iterator[Result]:
         notes=f"{chunks} chunks per answer; provider calls for {5 * m} repeated streams: "
         f"InMemoryCache {theirs_calls}, ours {ours_calls} (the inner is an in-process fake, "
         "so the baseline's live stream costs no network time here)",
-        extra={
-            "chunks": chunks,
-            "provider_calls_theirs": theirs_calls,
-            "provider_calls_ours": ours_calls,
-        },
+        chunks=chunks,
+        provider_calls_theirs=theirs_calls,
+        provider_calls_ours=ours_calls,
     )
 
 
