@@ -46,6 +46,7 @@ from .http import (
     get_http_client,
     http_pool_stats,
 )
+from .llm_service import LLMRequest, LLMService
 from .pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig, PoolStats
 from .retry import RetryPolicy
 from .tracking import (
@@ -94,6 +95,8 @@ __all__ = [
     # services and engine
     "CacheEmbeddingStore",
     "EmbeddingService",
+    "LLMRequest",
+    "LLMService",
     "AsyncRAGEngine",
     "QueryResult",
     "RAGEngine",
