@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -214,6 +215,37 @@ class MemoryTier:
         )
 
 
+# How long opening a cache directory may wait for other processes' schema and settings
+# writes (seconds). Opening takes SQLite write locks; when many workers start at once
+# (gunicorn, a multiprocessing pool) the per-call ``timeout`` is far too short for it, and
+# failing the open would run that whole process uncached. Reads and writes keep ``timeout``.
+OPEN_LOCK_WAIT: Final = 10.0
+
+
+def _open_fanout(
+    directory: str, *, shards: int, timeout: float, size_limit: int
+) -> diskcache.FanoutCache:
+    deadline = time.monotonic() + OPEN_LOCK_WAIT
+    pause = 0.01
+    while True:
+        try:
+            return diskcache.FanoutCache(
+                directory,
+                shards=shards,
+                timeout=timeout,
+                disk=SafeDisk,
+                size_limit=size_limit,
+                eviction_policy="least-recently-stored",
+                tag_index=True,
+                statistics=False,
+            )
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+
 class DiskTier:
     """A persistent tier on ``diskcache.FanoutCache`` with :class:`SafeDisk` (no pickle).
 
@@ -262,15 +294,8 @@ class DiskTier:
         with contextlib.suppress(OSError):
             path.chmod(0o700)  # mkdir's mode is masked by the umask, and the dir may pre-exist
         self.directory = str(path)
-        self._cache = diskcache.FanoutCache(
-            self.directory,
-            shards=shards,
-            timeout=timeout,
-            disk=SafeDisk,
-            size_limit=size_limit,
-            eviction_policy="least-recently-stored",
-            tag_index=True,
-            statistics=False,
+        self._cache = _open_fanout(
+            self.directory, shards=shards, timeout=timeout, size_limit=size_limit
         )
         self._shards: tuple[diskcache.Cache, ...] = self._cache._shards
         self._count = len(self._shards)
