@@ -6,7 +6,13 @@ import subprocess
 import sys
 import textwrap
 
-FRAMEWORKS = {"langchain", "langchain_core", "langchain_openai", "llama_index"}
+FRAMEWORKS = {
+    "langchain",
+    "langchain_core",
+    "langchain_openai",
+    "llama_index",
+    "llama_index_instrumentation",
+}
 
 
 def _run(code: str) -> str:
