@@ -65,27 +65,10 @@ def pooled_openai_embedding(
     admission and retries; on its own it makes exactly one attempt per request. With
     ``enable_connection_pooling=False`` it gets fresh, unshared clients.
     """
-    for name in ("max_retries", "http_client", "async_http_client"):
-        if name in kwargs:
-            msg = (
-                f"pooled_openai_embedding() sets {name} itself (retries off, shared clients); "
-                "do not pass it"
-            )
-            raise ValueError(msg)
-    config = config if config is not None else PerformanceConfig.load()
-    api_key, api_base, api_version = resolve_openai_credentials(api_key, api_base, None)
-    kwargs.setdefault("api_version", api_version)
-    kwargs.setdefault(
-        "timeout", config.request_deadline if config.request_deadline is not None else 600.0
-    )
+    kwargs = _pooled_kwargs("pooled_openai_embedding", api_key, api_base, config, proxy, kwargs)
     return OpenAIEmbedding(
         model=model,
         dimensions=dimensions,
-        api_key=api_key,
-        api_base=api_base,
-        max_retries=0,
-        http_client=get_http_client(api_base, config=config, proxy=proxy),
-        async_http_client=get_async_http_client(api_base, config=config, proxy=proxy),
         **kwargs,
     )
 
@@ -128,12 +111,26 @@ def pooled_openai_llm(
     Not done: wrapping (pass the result to :func:`wrap_llm`); on its own it makes
     exactly one attempt per request.
     """
+    kwargs = _pooled_kwargs("pooled_openai_llm", api_key, api_base, config, proxy, kwargs)
+    return OpenAI(
+        model=model,
+        temperature=temperature,
+        **kwargs,
+    )
+
+
+def _pooled_kwargs(
+    factory: str,
+    api_key: str | None,
+    api_base: str | None,
+    config: PerformanceConfig | None,
+    proxy: str | None,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """The client arguments both factories share: credentials, shared clients, no retries."""
     for name in ("max_retries", "http_client", "async_http_client"):
         if name in kwargs:
-            msg = (
-                f"pooled_openai_llm() sets {name} itself (retries off, shared clients); "
-                "do not pass it"
-            )
+            msg = f"{factory}() sets {name} itself (retries off, shared clients); do not pass it"
             raise ValueError(msg)
     config = config if config is not None else PerformanceConfig.load()
     api_key, api_base, api_version = resolve_openai_credentials(api_key, api_base, None)
@@ -141,13 +138,11 @@ def pooled_openai_llm(
     kwargs.setdefault(
         "timeout", config.request_deadline if config.request_deadline is not None else 600.0
     )
-    return OpenAI(
-        model=model,
-        temperature=temperature,
-        api_key=api_key,
-        api_base=api_base,
-        max_retries=0,
-        http_client=get_http_client(api_base, config=config, proxy=proxy),
-        async_http_client=get_async_http_client(api_base, config=config, proxy=proxy),
+    return {
         **kwargs,
-    )
+        "api_key": api_key,
+        "api_base": api_base,
+        "max_retries": 0,
+        "http_client": get_http_client(api_base, config=config, proxy=proxy),
+        "async_http_client": get_async_http_client(api_base, config=config, proxy=proxy),
+    }
