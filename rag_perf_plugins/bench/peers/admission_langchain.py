@@ -42,7 +42,8 @@ def rate_vs_langchain(ctx: BenchContext) -> Iterator[Result]:
     """Same RPM, same tasks: achieved fraction of the RPM and CPU, ours vs LangChain's."""
     from langchain_core.rate_limiters import InMemoryRateLimiter
 
-    window = float(ctx.scale(10, quick=3))
+    window = float(ctx.scale(10, quick=2))
+    warmup = 1.0 if ctx.quick else 1.5
     per_second = BENCH_RPM / 60.0
     ctx.progress(f"admission: InMemoryRateLimiter at {BENCH_RPM} rpm for {window:g} s")
 
@@ -50,9 +51,9 @@ def rate_vs_langchain(ctx: BenchContext) -> Iterator[Result]:
         limiter = InMemoryRateLimiter(requests_per_second=per_second)
         return limiter.aacquire
 
-    theirs = measure_rate(make_langchain, per_second=per_second, warmup_s=1.5, window_s=window)
+    theirs = measure_rate(make_langchain, per_second=per_second, warmup_s=warmup, window_s=window)
     ctx.progress(f"admission: AdmissionGate at {BENCH_RPM} rpm for {window:g} s")
-    ours = measure_gate(rpm=BENCH_RPM, warmup_s=1.5, window_s=window)
+    ours = measure_gate(rpm=BENCH_RPM, warmup_s=warmup, window_s=window)
     yield Result.compare(
         "admission_vs_langchain_rate_fraction",
         ours.fraction,
@@ -184,7 +185,7 @@ def storm_sdk_under_with_retry(
 @benchmark("admission", "429 storm: RetryPolicy vs OpenAI SDK retries under with_retry")
 def storm_vs_sdk_and_langchain(ctx: BenchContext) -> Iterator[Result]:
     """Provider requests per logical call under a 20 % and an 80 % 429 storm."""
-    calls = ctx.scale(400, quick=100)
+    calls = ctx.scale(400, quick=40)
     for share in (0.2, 0.8):
         ctx.progress(f"admission: {share:.0%} 429 storm, {calls} calls, ours")
         ours = storm_ours(rate_limit_rate=share, calls=calls)

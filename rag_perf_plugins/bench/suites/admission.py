@@ -104,9 +104,10 @@ def measure_gate(*, rpm: int, warmup_s: float, window_s: float) -> RateMeasureme
 @benchmark("admission", "achieved rate vs configured RPM, and the gate's CPU")
 def gate_rate(ctx: BenchContext) -> Iterator[Result]:
     """Our gate at 6,000 RPM, 50 eager tasks: steady-window rate and CPU use."""
-    window = float(ctx.scale(10, quick=3))
+    window = float(ctx.scale(10, quick=2))
+    warmup = 1.0 if ctx.quick else 1.5
     ctx.progress(f"admission: gate at {BENCH_RPM} rpm for {window:g} s")
-    ours = measure_gate(rpm=BENCH_RPM, warmup_s=1.5, window_s=window)
+    ours = measure_gate(rpm=BENCH_RPM, warmup_s=warmup, window_s=window)
     yield Result.compare(
         "admission_rate_fraction_of_rpm",
         ours.fraction,
