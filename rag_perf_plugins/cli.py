@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rag-perf``; returns the exit status (2 for bad usage or config)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command as typed, for records such as the bench results' meta.argv.
+    args.command_line = ["rag-perf", *(sys.argv[1:] if argv is None else argv)]
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -5,6 +5,7 @@ Example::
     rag-perf bench --list
     rag-perf bench --only tracker --quick --output results.json
     rag-perf bench --preset high-throughput --compare old.json --plots plots/
+    rag-perf bench --render results.json --markdown results.md
     python -m rag_perf_plugins.bench --only cache
 
 Exit status: 0 when every benchmark ran (targets missed are shown as FAIL but do not change
@@ -34,8 +35,10 @@ from .runner import (
     compare_documents,
     load_benchmarks,
     plot_curves,
+    render_markdown,
     run,
     select,
+    validate_document,
 )
 
 __all__ = ["register", "run_command"]
@@ -71,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compare", metavar="OLD_JSON", help="show the change against an earlier results file"
     )
     parser.add_argument("--plots", metavar="DIR", help="write PNGs of results that carry curves")
+    parser.add_argument(
+        "--markdown", metavar="FILE", help="write the results as a Markdown table ('-': stdout)"
+    )
+    parser.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="run nothing: show an earlier results file (with --markdown/--plots to write them)",
+    )
     parser.add_argument(
         "--no-peers",
         action="store_true",
@@ -154,6 +165,8 @@ def run_command(args: argparse.Namespace) -> int:
             titles = [b.title for b in benchmarks if b.category == name]
             console.print(f"[bold]{name}[/]: " + "; ".join(titles))
         return 0
+    if args.render:
+        return _render_command(args, console, err)
     try:
         chosen = select(benchmarks, args.only)
     except UnknownCategoryError as exc:
@@ -176,6 +189,7 @@ def run_command(args: argparse.Namespace) -> int:
         preset=args.preset,
         config_file=args.config,
         started_at=started_at,
+        argv=getattr(args, "command_line", None),
     )
     with tempfile.TemporaryDirectory(prefix="rag-perf-bench-") as workdir:
         with Progress(
@@ -249,12 +263,46 @@ def run_command(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         console.print(f"wrote {out}")
-    if args.plots:
-        for path in plot_curves(results, Path(args.plots)):
-            console.print(f"plot {path}")
+    _write_extras(args, document, results, console)
     if totals["errors"]:
         return 1
     return 1 if args.strict and totals["failed"] else 0
+
+
+def _write_extras(
+    args: argparse.Namespace, document: dict[str, Any], results: list[Result], console: Any
+) -> None:
+    """``--markdown`` and ``--plots`` for a run or a rendered file."""
+    if args.markdown:
+        text = render_markdown(document)
+        if args.markdown == "-":
+            sys.stdout.write(text)
+        else:
+            out = Path(args.markdown)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+            console.print(f"wrote {out}")
+    if args.plots:
+        for path in plot_curves(results, Path(args.plots)):
+            console.print(f"plot {path}")
+
+
+def _render_command(args: argparse.Namespace, console: Any, err: Any) -> int:
+    """``--render FILE``: the table of an earlier run, and its Markdown and plots on request."""
+    try:
+        document = json.loads(Path(args.render).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        err.print(f"rag-perf bench: --render {args.render}: cannot read it: {exc}")
+        return 2
+    problems = validate_document(document)
+    if problems:
+        err.print(f"rag-perf bench: --render {args.render}: not a results file: {problems[0]}")
+        return 2
+    results = [Result.from_json(row) for row in document["results"]]
+    if args.markdown != "-":
+        _print_table(console, results, None)
+    _write_extras(args, document, results, console)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,20 @@ class Target:
         """E.g. ``value < 500`` or ``ratio >= 5``."""
         return f"{self.on} {self.op} {self.threshold:g}"
 
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """The inverse of :meth:`describe`: ``Target.parse("ratio >= 5")``.
+
+        Raises:
+            ValueError: ``text`` is not ``value|ratio <|<=|>|>= number``.
+        """
+        parts = text.split()
+        if len(parts) != 3 or parts[0] not in ("value", "ratio") or parts[1] not in _OPS:
+            msg = f"not a target: {text!r} (expected e.g. 'value < 500' or 'ratio >= 5')"
+            raise ValueError(msg)
+        on: Literal["value", "ratio"] = "value" if parts[0] == "value" else "ratio"
+        return cls(on, _OPS[parts[1]], float(parts[2]))
+
 
 @dataclass
 class Result:
@@ -167,6 +181,32 @@ class Result:
             return False
         return None if self.target is None else self.target.met(self.value, self.ratio)
 
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> Result:
+        """A row of a results document back as a :class:`Result` (``--render``, ``--plots``).
+
+        Example: ``[Result.from_json(r) for r in json.load(f)["results"]]``. Null values
+        (error rows, non-finite figures) come back as NaN.
+        """
+        baseline = row.get("baseline") or None
+        value = row.get("value")
+        base_value = baseline.get("value") if baseline else None
+        return cls(
+            name=str(row["name"]),
+            value=math.nan if value is None else float(value),
+            unit=str(row.get("unit", "")),
+            category=str(row.get("category", "")),
+            baseline_name=str(baseline["name"]) if baseline else None,
+            baseline_value=(
+                None if not baseline else math.nan if base_value is None else float(base_value)
+            ),
+            better="higher" if row.get("better") == "higher" else "lower",
+            target=Target.parse(row["target"]) if row.get("target") else None,
+            notes=str(row.get("notes", "")),
+            extra=dict(row.get("extra") or {}),
+            error=row.get("error"),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """One row of the documented schema (see docs/benchmarks.md).
 
@@ -223,6 +263,9 @@ def curve(
         "log_x": log_x,
         "log_y": log_y,
     }
+
+
+_OPS: dict[str, Literal["<", "<=", ">", ">="]] = {"<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
 def _finite(x: float | None) -> float | None:

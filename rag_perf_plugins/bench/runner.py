@@ -43,6 +43,7 @@ __all__ = [
     "compare_documents",
     "load_benchmarks",
     "plot_curves",
+    "render_markdown",
     "run",
     "select",
     "validate_document",
@@ -186,8 +187,12 @@ def collect_meta(
     preset: str | None = None,
     config_file: str | None = None,
     started_at: datetime | None = None,
+    argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The ``meta`` object: versions, Python, CPU count, config and when the run started."""
+    """The ``meta`` object: versions, Python, CPU count, config and when the run started.
+
+    ``argv`` is the command that made the run (default ``sys.argv``).
+    """
     started = started_at or datetime.now(timezone.utc)
     return {
         "schema": BENCH_SCHEMA,
@@ -203,8 +208,17 @@ def collect_meta(
         "preset": preset,
         "config_file": config_file,
         "config": config.to_dict(),
-        "argv": list(sys.argv),
+        "argv": list(sys.argv if argv is None else argv),
+        "loadavg_start": _load_average(),
     }
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (runnable processes), or None where unsupported."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def build_document(
@@ -219,6 +233,7 @@ def build_document(
     full_meta["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if started is not None:
         full_meta["duration_s"] = round(time.monotonic() - started, 3)
+    full_meta["loadavg_end"] = _load_average()
     full_meta["totals"] = {
         "results": len(rows),
         "passed": sum(1 for r in rows if r["passed"] is True),
@@ -347,6 +362,79 @@ def compare_documents(
             "improved": improved if change != 0 else None,
         }
     return out
+
+
+# --- Markdown -----------------------------------------------------------------------------
+def _md_number(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(document: Mapping[str, Any]) -> str:
+    """A results document as Markdown: one line on the run, the table, seconds per category.
+
+    Example: ``Path("results.md").write_text(render_markdown(json.loads(...)))``; this is
+    what ``rag-perf bench --markdown FILE`` writes (and ``--render OLD.json`` re-renders).
+    Values keep three significant figures; ``—`` marks an absent value, baseline or target.
+    """
+    meta = document.get("meta", {})
+    totals = meta.get("totals", {})
+    argv = meta.get("argv") or []
+    command = " ".join(["rag-perf", *argv[1:]]) if argv else "rag-perf bench"
+    load = meta.get("loadavg_start")
+    load_end = meta.get("loadavg_end")
+    commit = (meta.get("git_commit") or "")[:7] or "unknown"
+    parts = [
+        f"Run: `{command}` at {meta.get('started_at', '?')}, commit `{commit}`, "
+        f"{meta.get('cpu_count', '?')} CPUs, Python {meta.get('python', '?')}, "
+        f"{_md_number(meta.get('duration_s'))} s"
+    ]
+    if load:
+        end = f", {load_end[0]:.2f} at the end" if load_end else ""
+        parts.append(f"load average {load[0]:.2f} at the start{end}")
+    parts.append(
+        f"{totals.get('results', 0)} results: {totals.get('passed', 0)} passed, "
+        f"{totals.get('failed', 0)} failed, {totals.get('errors', 0)} errors."
+    )
+    lines = ["; ".join(parts), ""]
+    lines.append(
+        "| category | name | measured | unit | baseline (same run) | ratio | target | result |"
+    )
+    lines.append("| --- | --- | ---: | --- | --- | ---: | --- | --- |")
+    for row in document.get("results", []):
+        baseline = row.get("baseline")
+        base = (
+            "—"
+            if not baseline
+            else f"{_md_cell(str(baseline.get('name')))}: {_md_number(baseline.get('value'))}"
+        )
+        if row.get("error"):
+            verdict = f"ERROR: {_md_cell(str(row['error']))}"
+        else:
+            verdict = {True: "PASS", False: "FAIL", None: "—"}[row.get("passed")]
+        lines.append(
+            f"| {row.get('category')} | `{row.get('name')}` | {_md_number(row.get('value'))} "
+            f"| {_md_cell(str(row.get('unit', '')))} | {base} | {_md_number(row.get('ratio'))} "
+            f"| {row.get('target') or '—'} | {verdict} |"
+        )
+    seconds: dict[str, float] = {}
+    for timing in meta.get("benchmark_seconds") or []:
+        seconds[timing["category"]] = seconds.get(timing["category"], 0.0) + timing["seconds"]
+    if seconds:
+        lines.append("")
+        lines.append(
+            "Seconds by category: "
+            + ", ".join(f"{name} {secs:.1f}" for name, secs in sorted(seconds.items()))
+            + "."
+        )
+    return "\n".join(lines) + "\n"
 
 
 # --- plots --------------------------------------------------------------------------------

@@ -165,6 +165,58 @@ def test_compare_shows_change_against_an_earlier_run(
     assert "vs old" in shown and "-50.0%" in shown
 
 
+def test_markdown_and_render_reproduce_the_table_and_plots(
+    fake_category: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, md = tmp_path / "results.json", tmp_path / "results.md"
+    assert (
+        main(["bench", "--only", "fakecat", "--quick", "--output", str(out), "--markdown", str(md)])
+        == 0
+    )
+    doc = json.loads(out.read_text())
+    assert len(doc["meta"]["loadavg_start"]) == 3 and len(doc["meta"]["loadavg_end"]) == 3
+    text = md.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| fakecat |")]
+    assert len(rows) == 3
+    assert "| fakecat | `fake_latency_ms` | 2 | ms | naive: 8 | 4 | ratio >= 3 | PASS |" in rows
+    assert "`fake_throughput`" in rows[1] and rows[1].endswith("| value >= 80 | FAIL |")
+    assert text.startswith("Run: `rag-perf bench --only fakecat --quick")
+    assert "3 results: 1 passed, 1 failed, 0 errors" in text
+    assert "Seconds by category: fakecat" in text
+    CALLS.clear()
+    capsys.readouterr()
+    # --render runs nothing, gives the same Markdown and draws the same plots.
+    again, plots = tmp_path / "again.md", tmp_path / "plots"
+    argv = ["bench", "--render", str(out), "--markdown", str(again), "--plots", str(plots)]
+    assert main(argv) == 0
+    assert CALLS == []
+    assert again.read_text() == text
+    assert "fake_latency_ms" in capsys.readouterr().out
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "fakecat__fake_records_curve.png",
+        "fakecat__fake_throughput.png",
+    ]
+    assert main(["bench", "--render", str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "bad.json").write_text(json.dumps({"meta": {}, "results": []}))
+    assert main(["bench", "--render", str(tmp_path / "bad.json")]) == 2
+    assert "not a results file" in " ".join(capsys.readouterr().err.split())
+
+
+def test_target_and_result_round_trip_through_json() -> None:
+    for target in (Target.value_below(500), Target.ratio_at_least(5.0), Target.value_at_most(0)):
+        assert Target.parse(target.describe()) == target
+    with pytest.raises(ValueError, match="not a target"):
+        Target.parse("speed > 3")
+    row = Result.compare(
+        "x", 2.0, "ms", baseline=("b", 8.0), target=Target.ratio_at_least(3.0), n=1
+    )
+    row.category = "c"
+    back = Result.from_json(row.to_json())
+    assert back.to_json() == row.to_json()
+    error_row = Result.from_json({**row.to_json(), "value": None, "error": "E: boom"})
+    assert math.isnan(error_row.value) and error_row.passed is False
+
+
 def test_bad_compare_file_and_bad_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
