@@ -13,8 +13,10 @@ Example::
 Retried: HTTP 408, 429 and 5xx answers, timeouts and connection errors, recognised on
 ``httpx`` errors, on the OpenAI SDK's errors (``RateLimitError``, ``APIStatusError``,
 ``APITimeoutError``, ``APIConnectionError``, matched by their ``status_code``/``response``
-and, when ``openai`` is already imported, by class; this module never imports it) and on
-:class:`~rag_perf_plugins.errors.ProviderError`. Never retried: other 4xx (400, 401, 403,
+and, when ``openai`` is already imported, by class; this module never imports it), on
+aiohttp's ``ClientResponseError`` (its ``.status`` and ``.headers``; any exception with an
+int ``.status`` from 100 to 599 is read the same way; aiohttp is never imported here either)
+and on :class:`~rag_perf_plugins.errors.ProviderError`. Never retried: other 4xx (400, 401, 403,
 404, 422, ...), validation errors, our own errors (``Overloaded``, ``DeadlineExceeded``,
 ...), cancellation, and anything else.
 
@@ -45,7 +47,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, TypeVar
 
 import httpx
 
@@ -142,8 +144,18 @@ def classify(exc: BaseException) -> Failure:
     status = getattr(exc, "status_code", None)
     if not isinstance(status, int) and response is not None:
         status = getattr(response, "status_code", None)
-    if isinstance(status, int) and not isinstance(status, bool):
-        raw_headers = getattr(response, "headers", None)
+    raw_headers = getattr(response, "headers", None)
+    if not _is_int(status):
+        # aiohttp's ClientResponseError (and its subclasses) carries ``.status`` and
+        # ``.headers`` on the exception itself and has no response object. Duck-typed so
+        # this module never imports aiohttp; the range check keeps out unrelated ``.status``
+        # attributes (aiohttp uses 0 when it has no status).
+        status = getattr(exc, "status", None)
+        if _is_int(status) and 100 <= status <= 599:
+            raw_headers = getattr(exc, "headers", None)
+        else:
+            status = None
+    if _is_int(status):
         headers = raw_headers if isinstance(raw_headers, Mapping) else None
         retry_after = parse_retry_after(headers)
         if retry_after is None and isinstance(exc, ProviderError):
@@ -170,6 +182,10 @@ def classify(exc: BaseException) -> Failure:
     if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectionError):
         return Failure(True, "connection")
     return _NOT_RETRYABLE
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class RetryBudget:
