@@ -11,6 +11,13 @@ other client the registry hands out, so 50 concurrent tasks open at most
 to a closed loop. SDK retries are off (``max_retries=0``): our retry policy is the single
 retry owner; SDK retries stacked under it multiply 429 storms.
 
+``pooled_chat_openai`` also sets ``stream_usage=True``: ``ChatOpenAI`` turns it on by itself
+only for api.openai.com with its own clients, so with our clients (or any ``base_url``) a
+streamed answer would carry no token usage and the tracker would count no tokens for it.
+With it on, each stream request sends ``stream_options={"include_usage": true}`` and the
+answer ends with one chunk holding ``usage_metadata``. Pass ``stream_usage=False`` for an
+endpoint that rejects ``stream_options``.
+
 ``pooled_openai_embeddings`` also sets ``check_embedding_ctx_length=False``: with it on,
 ``OpenAIEmbeddings`` tokenizes with tiktoken, which downloads its encoding file on first use
 and fails offline. The cost: texts longer than the model's context are not split
@@ -55,9 +62,12 @@ def _pooled(
 def pooled_chat_openai(
     *, base_url: str | None = None, config: PerformanceConfig | None = None, **options: Any
 ) -> ChatOpenAI:
-    """A ``ChatOpenAI`` on the shared pooled clients, with SDK retries off.
+    """A ``ChatOpenAI`` on the shared pooled clients, SDK retries off, usage on streams.
 
     Example: ``pooled_chat_openai(model="gpt-4o-mini", base_url=sim.base_url, api_key="sk-...")``.
+
+    ``stream_usage`` defaults to ``True`` (see the module docstring), so streamed answers
+    report their tokens; pass ``stream_usage=False`` to leave ``stream_options`` out.
 
     Args:
         base_url: The OpenAI-compatible endpoint (``None``: api.openai.com).
@@ -67,7 +77,9 @@ def pooled_chat_openai(
     Raises:
         TypeError: ``http_client``, ``http_async_client`` or ``max_retries`` was passed.
     """
-    return ChatOpenAI(**_pooled(base_url, config, dict(options)))
+    options = dict(options)
+    options.setdefault("stream_usage", True)
+    return ChatOpenAI(**_pooled(base_url, config, options))
 
 
 def pooled_openai_embeddings(
