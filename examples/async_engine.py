@@ -14,11 +14,10 @@ over a few passages, and 40 questions (8 distinct) run 10 at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from rag_perf_plugins import (
     AsyncRAGEngine,
@@ -29,7 +28,7 @@ from rag_perf_plugins import (
     set_cache_manager,
 )
 from rag_perf_plugins.http import async_openai_client
-from rag_perf_plugins.simulator import Simulator
+from rag_perf_plugins.simulator import provider_url
 
 PASSAGES = [
     "Machine learning fits models to data so they can predict new cases.",
@@ -47,17 +46,6 @@ QUESTIONS = [
     "What does a pool keep open?",
     "Why cache answers?",
 ]
-
-
-@contextlib.contextmanager
-def provider() -> Iterator[str]:
-    """The provider's base URL: RAG_PERF_BASE_URL, else a simulator started here."""
-    url = os.environ.get("RAG_PERF_BASE_URL")
-    if url:
-        yield url
-        return
-    with Simulator(latency_ms=50.0, seed=1).in_thread() as sim:
-        yield sim.base_url
 
 
 async def run(url: str, config: PerformanceConfig) -> None:
@@ -97,7 +85,7 @@ async def run(url: str, config: PerformanceConfig) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as cache_dir, provider() as url:
+    with tempfile.TemporaryDirectory() as cache_dir, provider_url(latency_ms=50.0, seed=1) as url:
         config = PerformanceConfig(cache_dir=cache_dir, max_concurrent_requests=10)
         set_cache_manager(CacheManager(config))
         try:

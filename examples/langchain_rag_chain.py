@@ -13,10 +13,8 @@ ones, built on the shared pooled HTTP clients by ``pooled_*`` factories.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -37,7 +35,7 @@ from rag_perf_plugins import (
     http_pool_stats,
     set_cache_manager,
 )
-from rag_perf_plugins.simulator import Simulator
+from rag_perf_plugins.simulator import provider_url
 
 TEXTS = [
     "Connection pooling reuses HTTP connections to the provider instead of opening one per call.",
@@ -47,19 +45,8 @@ TEXTS = [
 ]
 
 
-@contextlib.contextmanager
-def provider() -> Iterator[str]:
-    """The provider's base URL: RAG_PERF_BASE_URL, else a simulator started here."""
-    url = os.environ.get("RAG_PERF_BASE_URL")
-    if url:
-        yield url
-        return
-    with Simulator(latency_ms=20.0, seed=1).in_thread() as sim:
-        yield sim.base_url
-
-
 def main() -> None:
-    with tempfile.TemporaryDirectory() as cache_dir, provider() as url:
+    with tempfile.TemporaryDirectory() as cache_dir, provider_url(latency_ms=20.0, seed=1) as url:
         config = PerformanceConfig(cache_dir=cache_dir)
         set_cache_manager(CacheManager(config))
         key = os.environ.get("OPENAI_API_KEY", "sk-example")

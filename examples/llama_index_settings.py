@@ -14,10 +14,8 @@ are LlamaIndex's real ``OpenAIEmbedding`` and ``OpenAI`` on our pooled HTTP clie
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 
 from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.schema import Document
@@ -31,7 +29,7 @@ from rag_perf_plugins.llama_index import (
 )
 
 from rag_perf_plugins import CacheManager, PerformanceConfig, http_pool_stats, set_cache_manager
-from rag_perf_plugins.simulator import Simulator
+from rag_perf_plugins.simulator import provider_url
 
 TEXTS = [
     "Connection pooling reuses HTTP connections to the provider.",
@@ -40,24 +38,13 @@ TEXTS = [
 ]
 
 
-@contextlib.contextmanager
-def provider() -> Iterator[str]:
-    """The provider's base URL: RAG_PERF_BASE_URL, else a simulator started here."""
-    url = os.environ.get("RAG_PERF_BASE_URL")
-    if url:
-        yield url
-        return
-    with Simulator(latency_ms=20.0, seed=1).in_thread() as sim:
-        yield sim.base_url
-
-
 def provider_requests() -> int:
     """Requests sent through the shared pooled clients so far."""
     return sum(stats.requests for stats in http_pool_stats().values())
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as cache_dir, provider() as url:
+    with tempfile.TemporaryDirectory() as cache_dir, provider_url(latency_ms=20.0, seed=1) as url:
         config = PerformanceConfig(cache_dir=cache_dir)
         set_cache_manager(CacheManager(config))
         key = os.environ.get("OPENAI_API_KEY", "sk-example")

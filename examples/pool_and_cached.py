@@ -13,12 +13,9 @@ reuse. (For HTTP providers in real code use the shared clients of
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
 import tempfile
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from rag_perf_plugins import (
@@ -30,18 +27,7 @@ from rag_perf_plugins import (
     get_cache_manager,
     set_cache_manager,
 )
-from rag_perf_plugins.simulator import Simulator
-
-
-@contextlib.contextmanager
-def provider() -> Iterator[str]:
-    """The provider's base URL: RAG_PERF_BASE_URL, else a simulator started here."""
-    url = os.environ.get("RAG_PERF_BASE_URL")
-    if url:
-        yield url
-        return
-    with Simulator(latency_ms=5.0, seed=1).in_thread() as sim:
-        yield sim.base_url
+from rag_perf_plugins.simulator import provider_url
 
 
 class HttpConnection:
@@ -71,7 +57,7 @@ class HttpConnection:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as cache_dir, provider() as url:
+    with tempfile.TemporaryDirectory() as cache_dir, provider_url(latency_ms=5.0, seed=1) as url:
         set_cache_manager(CacheManager(PerformanceConfig(cache_dir=cache_dir)))
         pool = ConnectionPool(
             lambda: HttpConnection(url),

@@ -13,10 +13,8 @@ it at ``/metrics`` for a scraper. The example scrapes it once and checks that
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -24,18 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rag_perf_plugins import get_performance_tracker, track
 from rag_perf_plugins.http import openai_client
-from rag_perf_plugins.simulator import Simulator
-
-
-@contextlib.contextmanager
-def provider() -> Iterator[str]:
-    """The provider's base URL: RAG_PERF_BASE_URL, else a simulator started here."""
-    url = os.environ.get("RAG_PERF_BASE_URL")
-    if url:
-        yield url
-        return
-    with Simulator(latency_ms=10.0, jitter_ms=10.0, seed=1).in_thread() as sim:
-        yield sim.base_url
+from rag_perf_plugins.simulator import provider_url
 
 
 class MetricsHandler(BaseHTTPRequestHandler):
@@ -57,7 +44,7 @@ class MetricsHandler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    with provider() as url:
+    with provider_url(latency_ms=10.0, jitter_ms=10.0, seed=1) as url:
         client = openai_client(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "sk-x"))
         for i in range(20):
             with track("example.chat") as call:

@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from .embeddings import Embedder
 from .options import SimulatorOptions
+from .provider import provider_url
 from .server import Simulator, ThreadedSimulator
 from .stats import SimulatorStats
 
-__all__ = ["Embedder", "Simulator", "SimulatorOptions", "SimulatorStats", "ThreadedSimulator"]
+__all__ = [
+    "Embedder",
+    "Simulator",
+    "SimulatorOptions",
+    "SimulatorStats",
+    "ThreadedSimulator",
+    "provider_url",
+]

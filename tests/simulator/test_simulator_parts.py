@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -511,3 +512,18 @@ def test_schema_examples_follow_refs_unions_and_bounds() -> None:
         "fixed": "k",
         "flag": True,
     }
+
+
+def test_provider_url_prefers_the_configured_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag_perf_plugins.simulator import provider_url
+
+    monkeypatch.setenv("RAG_PERF_BASE_URL", "http://provider.invalid/v1")
+    with provider_url(latency_ms=5.0) as url:
+        assert url == "http://provider.invalid/v1"  # no simulator started for it
+    monkeypatch.delenv("RAG_PERF_BASE_URL")
+    with provider_url(latency_ms=0.0, seed=1) as url:
+        assert url.startswith("http://127.0.0.1:")
+        models = httpx.get(url + "/models", timeout=10.0)
+        assert models.status_code == 200 and models.json()["data"]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/models", timeout=2.0)  # stopped with the block
