@@ -235,24 +235,10 @@ def _wrap_gen(
             return
         call = TrackedCall(tracker, op).start()
         inner = fn(*args, **kwargs)
-        finished = False
-        try:
+        with _StreamEnd(call, inner):
             for item in inner:
                 call.first_token()
                 yield item
-            finished = True
-        except GeneratorExit:
-            # The consumer closed us before the end: abandoned, not failed.
-            call.finish(abandoned=True)
-            raise
-        except BaseException:
-            call.finish(error=True)
-            raise
-        finally:
-            if isinstance(inner, Generator):
-                inner.close()
-            if finished:
-                call.finish()
 
     return wrapper
 
@@ -269,22 +255,54 @@ def _wrap_async_gen(
                 yield item
             return
         call = TrackedCall(tracker, op).start()
-        finished = False
-        try:
+        async with _StreamEnd(call, inner):
             async for item in inner:
                 call.first_token()
                 yield item
-            finished = True
-        except GeneratorExit:
-            call.finish(abandoned=True)
-            raise
-        except BaseException:
-            call.finish(error=True)
-            raise
-        finally:
-            if isinstance(inner, AsyncGenerator):
-                await inner.aclose()
-            if finished:
-                call.finish()
 
     return wrapper
+
+
+class _StreamEnd:
+    """How a tracked stream ends, recorded once: the context both generator wrappers share.
+
+    ``with _StreamEnd(call, inner):`` around the item loop. An exception leaving the loop
+    is recorded first (``GeneratorExit``, the consumer closed us before the end:
+    *abandoned*, not failed; anything else: an error), then the wrapped generator is
+    closed; a stream that ran to its end is closed first and then recorded. Only the
+    close differs between the twins (``close()`` or ``await aclose()``).
+    """
+
+    __slots__ = ("_call", "_inner")
+
+    def __init__(self, call: TrackedCall, inner: Iterator[Any] | AsyncIterator[Any]) -> None:
+        self._call = call
+        self._inner = inner
+
+    def _failed(self, exc_type: type[BaseException] | None) -> None:
+        if exc_type is None:
+            return
+        if issubclass(exc_type, GeneratorExit):
+            self._call.finish(abandoned=True)
+        else:
+            self._call.finish(error=True)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._failed(exc_type)
+        if isinstance(self._inner, Generator):
+            self._inner.close()
+        if exc_type is None:
+            self._call.finish()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._failed(exc_type)
+        if isinstance(self._inner, AsyncGenerator):
+            await self._inner.aclose()
+        if exc_type is None:
+            self._call.finish()
