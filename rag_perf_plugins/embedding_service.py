@@ -423,6 +423,40 @@ class _Flights:
             assert flight.future is not None
             flight.resolve(flight.future)
 
+    def claim_one(self, key: str) -> _Flight | concurrent.futures.Future[Vector]:
+        """:meth:`claim` of one key: a new flight to lead, or the future of a running one."""
+        table = self._table
+        with self._lock:
+            flight = table.get(key)
+            if flight is None:
+                flight = table[key] = _Flight()
+                return flight
+            future = flight.future
+            if future is None:
+                future = flight.future = concurrent.futures.Future()
+                if flight.settled:
+                    flight.resolve(future)
+            return future
+
+    def settle_one(
+        self, key: str, flight: _Flight, value: Vector | None, error: BaseException | None
+    ) -> None:
+        """:meth:`settle` of one led flight, released at once (nothing left to save)."""
+        table = self._table
+        with self._lock:
+            if table.get(key) is flight:
+                del table[key]
+            if flight.settled:
+                return
+            flight.settled = True
+            if error is None:
+                flight.value = value
+            else:
+                flight.error = error
+            future = flight.future
+        if future is not None:  # outside the lock: done-callbacks may run here
+            flight.resolve(future)
+
     def release(self, lead: Mapping[str, _Flight]) -> None:
         table = self._table
         with self._lock:
@@ -500,6 +534,7 @@ class EmbeddingService:
         "_flights",
         "_gate",
         "_gate_tokens",
+        "_plain_dtype",
         "_prerounded",
         "_retry",
         "_store",
@@ -566,6 +601,9 @@ class EmbeddingService:
         # The service rounds vectors to the store's dtype already: the cache package's store
         # is told so and skips its own rounding (a second pass over every vector).
         self._prerounded = isinstance(self._store, CacheEmbeddingStore)
+        # Without a store, vectors are still rounded (caching on or off returns the same
+        # numbers); the dtype is read once here, not on every provider call.
+        self._plain_dtype = self.config.cache_vector_dtype
         self._gate = gate
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
@@ -585,10 +623,15 @@ class EmbeddingService:
     # --- public API -----------------------------------------------------------------
     def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         """Vectors of ``texts`` as documents, in order (blocks this thread only)."""
-        return self._embed(_check_texts(texts), "document")
+        checked = _check_texts(texts)
+        if len(checked) == 1 and self._store is None:
+            return [self._embed_one(checked[0], "document")]
+        return self._embed(checked, "document")
 
     def embed_query(self, text: str) -> Vector:
         """Vector of one query text."""
+        if self._store is None:
+            return self._embed_one(_check_text(text), "query")
         return self._embed([_check_text(text)], "query")[0]
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[Vector]:
@@ -644,7 +687,7 @@ class EmbeddingService:
 
     def _dtype(self) -> str:
         store = self._store
-        return store.dtype if store is not None else self.config.cache_vector_dtype
+        return store.dtype if store is not None else self._plain_dtype
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         size = self.config.batch_size
@@ -691,6 +734,27 @@ class EmbeddingService:
         if coalesced > 0:
             tracker.incr("coalesced", coalesced, operation=operation)
 
+    def _record_one(
+        self, role: Role, started: float, text: str, *, sent: bool, error: bool
+    ) -> None:
+        """:meth:`_record` of a one-text call without a store (see :meth:`_embed_one`)."""
+        tracker = self._tracker
+        if tracker is None or not tracker.enabled:
+            return
+        operation = f"{self.operation}.{role}"
+        tokens = estimate_tokens(text)
+        tracker.record(
+            operation,
+            self._clock() - started,
+            error=error,
+            tokens_in=tokens if sent else 0,
+            cache_hit=None,
+            batch_size=1,
+            tokens_saved=0 if sent else tokens,
+        )
+        if not sent:
+            tracker.incr("coalesced", 1, operation=operation)
+
     def _tokens(self, texts: list[str]) -> int:
         """Estimated tokens of a provider request for the gate; 0 without a token budget."""
         return sum(estimate_tokens(t) for t in texts) if self._gate_tokens else 0
@@ -707,6 +771,41 @@ class EmbeddingService:
             )
 
     # --- sync shell -----------------------------------------------------------------
+    def _embed_one(self, text: str, role: Role) -> Vector:
+        """:meth:`_embed` of one text when there is no store: the same steps, less bookkeeping.
+
+        The common uncached call (``embed_query``, a one-text ``embed_documents``) needs no
+        per-call plan or key tables: one single-flight entry (an identical text already in
+        flight is waited for, not sent again), the provider call (through the batcher,
+        gate and retry as configured), and the same tracker record as :meth:`_embed`.
+        """
+        started = self._clock()
+        key = f"{role}\x00{text}"
+        flights = self._flights
+        claimed = flights.claim_one(key)
+        led = isinstance(claimed, _Flight)
+        try:
+            if isinstance(claimed, _Flight):
+                try:
+                    if self._batched(role):
+                        vector = self._compute([text], role)[0]
+                    elif role == "document" or self.symmetric:
+                        vector = self._provider_batch([text])[0]
+                    else:
+                        vector = self._provider_query(text)
+                except BaseException as exc:
+                    flights.settle_one(key, claimed, None, exc)
+                    raise
+                flights.settle_one(key, claimed, vector, None)
+            else:
+                vector = claimed.result()
+        except BaseException:
+            self._record_one(role, started, text, sent=led, error=True)
+            raise
+        self._record_one(role, started, text, sent=led, error=False)
+        # A copy, as _Plan.assemble gives: followers share the leader's list.
+        return list(vector)
+
     def _embed(self, texts: list[str], role: Role) -> list[Vector]:
         started = self._clock()
         plan = self._plan(texts, role)
@@ -809,10 +908,10 @@ class EmbeddingService:
 
     def _guarded(self, call: Callable[[], R], texts: list[str]) -> R:
         gate, retry = self._gate, self._retry
+        if gate is None:
+            return retry.call(call) if retry is not None else call()
 
         def admitted() -> R:
-            if gate is None:
-                return call()
             with gate.acquire_sync(tokens=self._tokens(texts)):
                 return call()
 

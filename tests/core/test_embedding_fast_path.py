@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from rag_perf_plugins.admission import AdmissionGate
@@ -21,6 +23,9 @@ from rag_perf_plugins.embedding_service import (
     default_embedding_store,
     round_vectors,
 )
+from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.tokens import estimate_tokens
+from rag_perf_plugins.tracking import PerformanceTracker
 
 OFF = PerformanceConfig(enable_caching=False, enable_metrics=False)
 
@@ -161,3 +166,148 @@ def test_manager_choice_follows_the_cache_settings(tmp_path: Path) -> None:
         assert isinstance(store, CacheEmbeddingStore) and store.cache is own
     finally:
         set_cache_manager(previous)
+
+
+# --- the one-text, uncached path (embed_query / one-text embed_documents, no store) -----
+
+
+def test_one_text_uncached_calls_are_recorded_like_any_call() -> None:
+    tracker = PerformanceTracker()
+    service = _service(tracker=tracker, batching=False)
+    assert service.embed_query("one two three") == round_vectors([[13.0, 0.1]], "float32")[0]
+    assert service.embed_documents(["four"]) == round_vectors([[4.0, 0.1]], "float32")
+    query = tracker.get_operation_stats("embedding.query")
+    document = tracker.get_operation_stats("embedding.document")
+    assert (query.count, query.errors, query.tokens_in, query.tokens_saved) == (
+        1,
+        0,
+        estimate_tokens("one two three"),
+        0,
+    )
+    assert (query.cache_hits, query.cache_misses, query.batch_size_max) == (0, 0, 1)
+    assert (document.count, document.tokens_in) == (1, estimate_tokens("four"))
+    assert service.provider_calls == 2 and len(service._flights) == 0
+
+
+def test_one_text_uncached_error_is_counted_and_frees_the_flight() -> None:
+    tracker = PerformanceTracker()
+    fail = [True]
+
+    def flaky(texts: list[str]) -> list[list[float]]:
+        if fail[0]:
+            raise ValueError("bad input")  # not retryable: reaches the caller at once
+        return [[1.0] for _ in texts]
+
+    service = EmbeddingService(
+        flaky,
+        provider="p",
+        model="m",
+        symmetric=True,
+        config=OFF,
+        batching=False,
+        tracker=tracker,
+    )
+    with pytest.raises(ValueError, match="bad input"):
+        service.embed_query("q")
+    assert len(service._flights) == 0
+    fail[0] = False
+    assert service.embed_query("q") == [1.0]
+    stats = tracker.get_operation_stats("embedding.query")
+    assert (stats.count, stats.errors) == (2, 1)
+
+
+def test_one_text_follower_is_counted_as_coalesced_and_gets_its_own_list() -> None:
+    started, release = threading.Event(), threading.Event()
+    tracker = PerformanceTracker()
+
+    def slow(texts: list[str]) -> list[list[float]]:
+        started.set()
+        assert release.wait(5)
+        return [[1.0, 2.0] for _ in texts]
+
+    service = EmbeddingService(
+        slow,
+        provider="p",
+        model="m",
+        symmetric=True,
+        config=OFF,
+        batching=False,
+        tracker=tracker,
+    )
+    results: list[list[float]] = []
+    leader = threading.Thread(target=lambda: results.append(service.embed_query("same")))
+    leader.start()
+    assert started.wait(5)
+    follower = threading.Thread(target=lambda: results.append(service.embed_query("same")))
+    follower.start()
+    while service._flights._table["query\x00same"].future is None:  # follower is waiting
+        threading.Event().wait(0.001)
+    release.set()
+    leader.join(5)
+    follower.join(5)
+    assert results == [[1.0, 2.0], [1.0, 2.0]] and results[0] is not results[1]
+    stats = tracker.get_operation_stats("embedding.query")
+    assert stats.count == 2 and stats.counters == {"coalesced": 1}
+    assert (stats.tokens_in, stats.tokens_saved) == (estimate_tokens("same"),) * 2
+    assert service.provider_calls == 1
+
+
+@pytest.mark.parametrize("call", ["query", "one document", "documents"])
+def test_a_given_gate_admits_every_provider_call(call: str) -> None:
+    limited = AdmissionGate(
+        PerformanceConfig(requests_per_minute=6_000, enable_metrics=False),
+        key=f"fast-path-{call}",
+        tracker=None,
+        operation=None,
+    )
+    service = _service(gate=limited, batching=False)
+    for i in range(3):
+        if call == "query":
+            service.embed_query(f"q{i}")
+        elif call == "one document":
+            service.embed_documents([f"d{i}"])
+        else:
+            service.embed_documents([f"a{i}", f"b{i}"])
+    assert limited.stats()["admitted"] == service.provider_calls == 3
+
+
+def test_without_a_gate_the_retry_policy_alone_wraps_each_provider_call() -> None:
+    attempts: list[str] = []
+
+    def flaky(texts: list[str]) -> list[list[float]]:
+        attempts.extend(texts)
+        if len(attempts) == 1:
+            raise ConnectionError("reset by peer")  # retryable
+        return [[0.5] for _ in texts]
+
+    retry = RetryPolicy(OFF, sleep=lambda seconds: None)
+    service = EmbeddingService(
+        flaky,
+        provider="p",
+        model="m",
+        symmetric=True,
+        config=OFF,
+        batching=False,
+        retry=retry,
+    )
+    assert service.embed_query("q") == [0.5]
+    assert attempts == ["q", "q"] and service.provider_calls == 2
+    assert (retry.stats()["calls"], retry.stats()["retries"]) == (1, 1)
+
+
+def test_round_vectors_matches_array_float32_exactly() -> None:
+    vectors: list[Any] = [
+        [0.1, -0.0, 1e-45, 3.4028235677973366e38, 1e300, -1e300, float("inf"), 7, True],
+        list(np.linspace(-3.0, 3.0, 384)),  # numpy float64 items
+        np.arange(4.0),  # a numpy row
+        [],
+    ]
+    rounded = round_vectors(vectors, "float32")
+    expected = [array("f", v).tolist() for v in vectors]
+    assert repr(rounded) == repr(expected)
+    assert all(type(x) is float for row in rounded for x in row)
+    nan = round_vectors([[float("nan")]], "float32")[0][0]
+    assert nan != nan
+    not_numbers: Any = [[0.5, "x"]]
+    with pytest.raises(TypeError, match="real number"):
+        round_vectors(not_numbers, "float32")
