@@ -152,3 +152,25 @@ def test_no_second_span_around_the_inner_call(counting: CountingEmbedding) -> No
     for name in ("_get_query_embedding", "_aget_query_embedding", "_get_text_embedding"):
         assert not hasattr(PerfEmbedding.__dict__[name], "__wrapped__"), name
     assert hasattr(type(counting).__dict__["_get_query_embedding"], "__wrapped__")
+
+
+def test_calls_use_the_current_private_service_and_inner(counting: CountingEmbedding) -> None:
+    # The per-call methods read the private dict directly (not through pydantic's
+    # __getattr__); they must still see what `model._x = ...` assigned.
+    wrapped = PerfEmbedding(counting, NO_CACHE)
+    replacement = PerfEmbedding(MockEmbedding(embed_dim=3), NO_CACHE).service
+    wrapped._service = replacement
+    assert wrapped.get_query_embedding("q") == [0.5, 0.5, 0.5]
+    assert replacement.provider_calls == 1 and counting.calls == {}
+    assert wrapped.to_payload()["inner_class_name"] == counting.class_name()
+
+
+def test_a_wrapper_without_its_service_raises_attribute_error(
+    counting: CountingEmbedding,
+) -> None:
+    wrapped = PerfEmbedding(counting, NO_CACHE)
+    private = wrapped.__pydantic_private__
+    assert private is not None
+    del private["_service"]  # as pickle leaves it: no service
+    with pytest.raises(AttributeError, match="_service"):
+        wrapped.get_query_embedding("q")
