@@ -51,7 +51,7 @@ import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -492,6 +492,7 @@ class _SharedAsyncClient(httpx.AsyncClient):
 
 # (kind, origin, proxy, (max connections, keep-alive connections, expiry), timeouts)
 Key = tuple[str, str, str | None, tuple[int | None, int | None, float | None], str]
+E = TypeVar("E")
 
 
 class HttpClientRegistry:
@@ -512,9 +513,8 @@ class HttpClientRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sync: dict[Key, _SharedClient] = {}
+        self._sync: dict[Key, tuple[_SharedClient, _CountingTransport]] = {}
         self._async: dict[Key, tuple[_SharedAsyncClient, LoopRoutingTransport]] = {}
-        self._sync_transports: dict[Key, _CountingTransport] = {}
 
     def get_client(
         self, base_url: str, *, config: PerformanceConfig | None = None, proxy: str | None = None
@@ -524,24 +524,10 @@ class HttpClientRegistry:
         Raises:
             ValueError: ``base_url`` is not an absolute http(s) URL.
         """
-        config = config or PerformanceConfig()
-        key = self._key("sync", base_url, config, proxy)
-        if not config.enable_connection_pooling:
-            return httpx.Client(
-                limits=http_limits(config), timeout=http_timeout(config), proxy=proxy
-            )
-        with self._lock:
-            client = self._sync.get(key)
-            if client is None:
-                transport = _CountingTransport(
-                    _Meter(), limits=http_limits(config), proxy=proxy, trust_env=False
-                )
-                client = _SharedClient(
-                    transport=transport, timeout=http_timeout(config), trust_env=False
-                )
-                self._sync[key] = client
-                self._sync_transports[key] = transport
-            return client
+        config, key = self._pooled("sync", base_url, config, proxy)
+        if key is None:
+            return httpx.Client(**_unpooled(config, proxy))
+        return self._entry(self._sync, key, lambda: _new_sync_entry(config, proxy))[0]
 
     def get_async_client(
         self, base_url: str, *, config: PerformanceConfig | None = None, proxy: str | None = None
@@ -554,21 +540,10 @@ class HttpClientRegistry:
         Raises:
             ValueError: ``base_url`` is not an absolute http(s) URL.
         """
-        config = config or PerformanceConfig()
-        key = self._key("async", base_url, config, proxy)
-        if not config.enable_connection_pooling:
-            return httpx.AsyncClient(
-                limits=http_limits(config), timeout=http_timeout(config), proxy=proxy
-            )
-        with self._lock:
-            entry = self._async.get(key)
-            if entry is None:
-                transport = LoopRoutingTransport(limits=http_limits(config), proxy=proxy)
-                client = _SharedAsyncClient(
-                    transport=transport, timeout=http_timeout(config), trust_env=False
-                )
-                entry = self._async[key] = (client, transport)
-            return entry[0]
+        config, key = self._pooled("async", base_url, config, proxy)
+        if key is None:
+            return httpx.AsyncClient(**_unpooled(config, proxy))
+        return self._entry(self._async, key, lambda: _new_async_entry(config, proxy))[0]
 
     def stats(self) -> dict[str, HttpPoolStats]:
         """Pool statistics per shared client, keyed ``"<sync|async> <origin>"``.
@@ -577,7 +552,7 @@ class HttpClientRegistry:
         """
         with self._lock:
             transports: list[tuple[Key, _CountingTransport | LoopRoutingTransport]] = [
-                *self._sync_transports.items(),
+                *((key, entry[1]) for key, entry in self._sync.items()),
                 *((key, entry[1]) for key, entry in self._async.items()),
             ]
         result: dict[str, HttpPoolStats] = {}
@@ -593,32 +568,55 @@ class HttpClientRegistry:
 
         Async clients' pools close as :meth:`LoopRoutingTransport.close_from_sync` says.
         """
-        with self._lock:
-            sync_clients = list(self._sync.values())
-            async_entries = list(self._async.values())
-            self._sync.clear()
-            self._sync_transports.clear()
-            self._async.clear()
-        for client in sync_clients:
+        sync_entries, async_entries = self._take_all()
+        for client, _ in sync_entries:
             client._close_for_real()
         for _client, transport in async_entries:
             transport.close_from_sync()
 
     async def aclose(self) -> None:
         """Close every shared client; async pools of the running loop close now."""
-        with self._lock:
-            sync_clients = list(self._sync.values())
-            async_entries = list(self._async.values())
-            self._sync.clear()
-            self._sync_transports.clear()
-            self._async.clear()
-        for client in sync_clients:
+        sync_entries, async_entries = self._take_all()
+        for client, _ in sync_entries:
             client._close_for_real()
         for async_client, _transport in async_entries:
             await async_client._aclose_for_real()
 
     def __repr__(self) -> str:
         return f"<HttpClientRegistry [sync: {len(self._sync)}, async: {len(self._async)}]>"
+
+    # --- shared by the sync and async twins (no I/O) ----------------------------------
+    def _pooled(
+        self, kind: str, base_url: str, config: PerformanceConfig | None, proxy: str | None
+    ) -> tuple[PerformanceConfig, Key | None]:
+        """The config in effect and the shared client's key; ``None`` without pooling.
+
+        The key is computed either way, so a bad ``base_url`` is refused either way.
+        """
+        config = config or PerformanceConfig()
+        key = self._key(kind, base_url, config, proxy)
+        return config, key if config.enable_connection_pooling else None
+
+    def _entry(self, table: dict[Key, E], key: Key, new: Callable[[], E]) -> E:
+        """``table[key]``, made by ``new()`` under the lock the first time."""
+        with self._lock:
+            entry = table.get(key)
+            if entry is None:
+                entry = table[key] = new()
+            return entry
+
+    def _take_all(
+        self,
+    ) -> tuple[
+        list[tuple[_SharedClient, _CountingTransport]],
+        list[tuple[_SharedAsyncClient, LoopRoutingTransport]],
+    ]:
+        """Empty the registry; returns what it held, for the caller to close."""
+        with self._lock:
+            sync_entries, async_entries = list(self._sync.values()), list(self._async.values())
+            self._sync.clear()
+            self._async.clear()
+        return sync_entries, async_entries
 
     @staticmethod
     def _key(kind: str, base_url: str, config: PerformanceConfig, proxy: str | None) -> Key:
@@ -630,6 +628,29 @@ class HttpClientRegistry:
             (limits.max_connections, limits.max_keepalive_connections, limits.keepalive_expiry),
             repr(http_timeout(config)),
         )
+
+
+def _unpooled(config: PerformanceConfig, proxy: str | None) -> dict[str, Any]:
+    # Options of a fresh, unshared client (pooling off): no keep-alive, the caller closes it.
+    return {"limits": http_limits(config), "timeout": http_timeout(config), "proxy": proxy}
+
+
+def _new_sync_entry(
+    config: PerformanceConfig, proxy: str | None
+) -> tuple[_SharedClient, _CountingTransport]:
+    transport = _CountingTransport(
+        _Meter(), limits=http_limits(config), proxy=proxy, trust_env=False
+    )
+    client = _SharedClient(transport=transport, timeout=http_timeout(config), trust_env=False)
+    return client, transport
+
+
+def _new_async_entry(
+    config: PerformanceConfig, proxy: str | None
+) -> tuple[_SharedAsyncClient, LoopRoutingTransport]:
+    transport = LoopRoutingTransport(limits=http_limits(config), proxy=proxy)
+    client = _SharedAsyncClient(transport=transport, timeout=http_timeout(config), trust_env=False)
+    return client, transport
 
 
 _registry = HttpClientRegistry()
@@ -689,9 +710,7 @@ def openai_client(
     """
     import openai
 
-    config = config or PerformanceConfig()
-    options.setdefault("max_retries", 0)
-    options.setdefault("timeout", http_timeout(config))
+    config = _sdk_defaults(config, options)
     http_client = get_http_client(base_url, config=config, proxy=proxy)
     return openai.OpenAI(base_url=base_url, api_key=api_key, http_client=http_client, **options)
 
@@ -711,10 +730,16 @@ def async_openai_client(
     """
     import openai
 
-    config = config or PerformanceConfig()
-    options.setdefault("max_retries", 0)
-    options.setdefault("timeout", http_timeout(config))
+    config = _sdk_defaults(config, options)
     http_client = get_async_http_client(base_url, config=config, proxy=proxy)
     return openai.AsyncOpenAI(
         base_url=base_url, api_key=api_key, http_client=http_client, **options
     )
+
+
+def _sdk_defaults(config: PerformanceConfig | None, options: dict[str, Any]) -> PerformanceConfig:
+    # SDK retries off (our retry policy is the single retry owner); the config's timeouts.
+    config = config or PerformanceConfig()
+    options.setdefault("max_retries", 0)
+    options.setdefault("timeout", http_timeout(config))
+    return config
