@@ -60,8 +60,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 W = TypeVar("W")
 
+P = TypeVar("P", bound=Callable[..., Any])  # the shell's processor_func type
+
 SyncProcessor = Callable[[list[Any]], Sequence[Any]]
 AsyncProcessor = Callable[[list[Any]], Awaitable[Sequence[Any]]]
+SyncFunc = Callable[[list[T]], Sequence[R]]
+AnyFunc = Callable[[list[T]], Sequence[R] | Awaitable[Sequence[R]]]
 
 
 class BatchResultMismatch(RagPerfError, ValueError):
@@ -354,11 +358,22 @@ class _BatchCore(Generic[T, W]):
         return (type(item), item)
 
 
-def _tracker_option(
-    config: PerformanceConfig, tracker: PerformanceTracker | bool | None
-) -> PerformanceTracker | bool | None:
-    # from_config: no tracker at all when the config turns metrics off.
-    return False if tracker is None and not config.enable_metrics else tracker
+def _config_options(
+    config: PerformanceConfig, options: dict[str, Any]
+) -> tuple[int, float, dict[str, Any]]:
+    """``from_config``'s arguments: batch size, max wait (seconds) and keyword options."""
+    tracker = options.pop("tracker", None)
+    return (
+        config.batch_size,
+        config.batch_max_wait_ms / 1000.0,
+        {
+            "max_batch_tokens": options.pop("max_batch_tokens", config.batch_max_tokens),
+            "profile": options.pop("profile", config.provider_profile),
+            # No tracker at all when the config turns metrics off.
+            "tracker": False if tracker is None and not config.enable_metrics else tracker,
+            **options,
+        },
+    )
 
 
 def _default_tracker() -> PerformanceTracker | None:
@@ -366,24 +381,33 @@ def _default_tracker() -> PerformanceTracker | None:
     return tracker if tracker.enabled else None
 
 
-class _Shell(Generic[T, W]):
-    """What both shells share: option checks, token counting, stats and the repr."""
+class _Shell(Generic[T, W, P]):
+    """What both shells share: the constructor and its checks, token counting, stats, repr.
+
+    A shell supplies three hooks: ``_check_func`` (refuse a ``processor_func`` it cannot
+    run), ``_live`` (whether a waiter's caller still wants its result) and ``_init_shell``
+    (its own lock or event-loop state).
+    """
 
     def __init__(
         self,
         batch_size: int,
         max_wait_time: float,
+        processor_func: P,
         *,
-        max_batch_tokens: int | None,
-        token_counter: Callable[[T], int] | None,
-        profile: ProviderProfile | str | None,
-        key: Callable[[T], Hashable] | None,
-        split_when: Callable[[BaseException], bool] | None,
-        operation: str,
-        tracker: PerformanceTracker | bool | None,
-        clock: Clock,
-        live: Callable[[W], bool],
+        max_batch_tokens: int | None = None,
+        token_counter: Callable[[T], int] | None = None,
+        profile: ProviderProfile | str | None = None,
+        key: Callable[[T], Hashable] | None = None,
+        split_when: Callable[[BaseException], bool] | None = None,
+        operation: str = "batch",
+        tracker: PerformanceTracker | bool | None = None,
+        clock: Clock = monotonic,
     ) -> None:
+        if not callable(processor_func):
+            msg = f"processor_func must be callable, got {processor_func!r}"
+            raise TypeError(msg)
+        self._check_func(processor_func)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             msg = f"batch_size must be an int >= 1 (items per batch), got {batch_size!r}"
             raise ValueError(msg)
@@ -427,12 +451,25 @@ class _Shell(Generic[T, W]):
             else tracker
         )
         self._clock = clock
+        self._func = processor_func
         self._core: _BatchCore[T, W] = _BatchCore(
-            max_items=max_items, max_tokens=max_tokens, key=key, live=live
+            max_items=max_items, max_tokens=max_tokens, key=key, live=self._live
         )
         self._in_flight = 0
         self._closed = False
         self.stats = BatchStats()
+        self._init_shell()
+
+    @staticmethod
+    def _check_func(processor_func: P) -> None:
+        """Raise ``TypeError`` for a ``processor_func`` this shell cannot run."""
+
+    @staticmethod
+    def _live(waiter: W) -> bool:
+        raise NotImplementedError
+
+    def _init_shell(self) -> None:
+        raise NotImplementedError
 
     @property
     def pending(self) -> int:
@@ -521,7 +558,7 @@ class _Slot:
         self.error: BaseException | None = None
 
 
-class BatchProcessor(_Shell[T, _Slot], Generic[T, R]):
+class BatchProcessor(_Shell[T, _Slot, "SyncFunc[T, R]"], Generic[T, R]):
     """Thread-safe micro-batcher: ``submit`` blocks the calling thread until its batch ran.
 
     Example::
@@ -561,63 +598,32 @@ class BatchProcessor(_Shell[T, _Slot], Generic[T, R]):
         ValueError: an option is out of range.
     """
 
-    def __init__(
-        self,
-        batch_size: int,
-        max_wait_time: float,
-        processor_func: Callable[[list[T]], Sequence[R]],
-        *,
-        max_batch_tokens: int | None = None,
-        token_counter: Callable[[T], int] | None = None,
-        profile: ProviderProfile | str | None = None,
-        key: Callable[[T], Hashable] | None = None,
-        split_when: Callable[[BaseException], bool] | None = None,
-        operation: str = "batch",
-        tracker: PerformanceTracker | bool | None = None,
-        clock: Clock = monotonic,
-    ) -> None:
-        if not callable(processor_func):
-            msg = f"processor_func must be callable, got {processor_func!r}"
-            raise TypeError(msg)
+    @staticmethod
+    def _check_func(processor_func: SyncFunc[T, R]) -> None:
         if inspect.iscoroutinefunction(processor_func):
             msg = "processor_func is async: use AsyncBatchProcessor for coroutine functions"
             raise TypeError(msg)
-        super().__init__(
-            batch_size,
-            max_wait_time,
-            max_batch_tokens=max_batch_tokens,
-            token_counter=token_counter,
-            profile=profile,
-            key=key,
-            split_when=split_when,
-            operation=operation,
-            tracker=tracker,
-            clock=clock,
-            live=lambda _slot: True,
-        )
-        self._func = processor_func
+
+    @staticmethod
+    def _live(waiter: _Slot) -> bool:
+        return True  # a blocked thread cannot stop waiting
+
+    def _init_shell(self) -> None:
         self._cond = threading.Condition()
 
     @classmethod
     def from_config(
         cls,
         config: PerformanceConfig,
-        processor_func: Callable[[list[T]], Sequence[R]],
+        processor_func: SyncFunc[T, R],
         **options: Any,
     ) -> BatchProcessor[T, R]:
         """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``.
 
         Also ``enable_metrics``; other keyword ``options`` go to the constructor.
         """
-        return cls(
-            config.batch_size,
-            config.batch_max_wait_ms / 1000.0,
-            processor_func,
-            max_batch_tokens=options.pop("max_batch_tokens", config.batch_max_tokens),
-            profile=options.pop("profile", config.provider_profile),
-            tracker=_tracker_option(config, options.pop("tracker", None)),
-            **options,
-        )
+        batch_size, max_wait_time, kwargs = _config_options(config, options)
+        return cls(batch_size, max_wait_time, processor_func, **kwargs)
 
     def submit(self, item: T, item_id: object = None) -> R:
         """Queue ``item`` and block until its batch ran; returns this item's result.
@@ -750,7 +756,7 @@ class BatchProcessor(_Shell[T, _Slot], Generic[T, R]):
             slot.done.set()
 
 
-class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]"], Generic[T, R]):
+class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]", "AnyFunc[T, R]"], Generic[T, R]):
     """Micro-batcher for one event loop: ``await submit(item)`` returns that item's result.
 
     Example::
@@ -771,40 +777,14 @@ class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]"], Generic[T, R]):
     event loop's clock.
     """
 
-    def __init__(
-        self,
-        batch_size: int,
-        max_wait_time: float,
-        processor_func: Callable[[list[T]], Sequence[R] | Awaitable[Sequence[R]]],
-        *,
-        max_batch_tokens: int | None = None,
-        token_counter: Callable[[T], int] | None = None,
-        profile: ProviderProfile | str | None = None,
-        key: Callable[[T], Hashable] | None = None,
-        split_when: Callable[[BaseException], bool] | None = None,
-        operation: str = "batch",
-        tracker: PerformanceTracker | bool | None = None,
-        clock: Clock = monotonic,
-    ) -> None:
-        if not callable(processor_func):
-            msg = f"processor_func must be callable, got {processor_func!r}"
-            raise TypeError(msg)
-        super().__init__(
-            batch_size,
-            max_wait_time,
-            max_batch_tokens=max_batch_tokens,
-            token_counter=token_counter,
-            profile=profile,
-            key=key,
-            split_when=split_when,
-            operation=operation,
-            tracker=tracker,
-            clock=clock,
-            live=lambda fut: not fut.done(),
-        )
-        self._func = processor_func
-        self._is_async = inspect.iscoroutinefunction(processor_func) or (
-            inspect.iscoroutinefunction(getattr(processor_func, "__call__", None))  # noqa: B004
+    @staticmethod
+    def _live(waiter: asyncio.Future[Any]) -> bool:
+        return not waiter.done()  # a cancelled caller's item is dropped if nobody shares it
+
+    def _init_shell(self) -> None:
+        func = self._func
+        self._is_async = inspect.iscoroutinefunction(func) or (
+            inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -816,22 +796,15 @@ class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]"], Generic[T, R]):
     def from_config(
         cls,
         config: PerformanceConfig,
-        processor_func: Callable[[list[T]], Sequence[R] | Awaitable[Sequence[R]]],
+        processor_func: AnyFunc[T, R],
         **options: Any,
     ) -> AsyncBatchProcessor[T, R]:
         """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``.
 
         Also ``enable_metrics``; other keyword ``options`` go to the constructor.
         """
-        return cls(
-            config.batch_size,
-            config.batch_max_wait_ms / 1000.0,
-            processor_func,
-            max_batch_tokens=options.pop("max_batch_tokens", config.batch_max_tokens),
-            profile=options.pop("profile", config.provider_profile),
-            tracker=_tracker_option(config, options.pop("tracker", None)),
-            **options,
-        )
+        batch_size, max_wait_time, kwargs = _config_options(config, options)
+        return cls(batch_size, max_wait_time, processor_func, **kwargs)
 
     async def submit(self, item: T, item_id: object = None) -> R:
         """Queue ``item`` and wait for its batch; returns this item's result.
