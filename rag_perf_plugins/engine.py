@@ -59,7 +59,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._clock import Clock, monotonic
 from .config import PerformanceConfig
@@ -85,6 +85,8 @@ __all__ = [
 T = TypeVar("T")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+RetT = TypeVar("RetT", bound=Callable[..., Any])
+GenT = TypeVar("GenT", bound=Callable[..., Any])
 
 AsyncRetriever = Callable[[str, int], Awaitable[Sequence[Any]]]
 AsyncGenerator = Callable[[str, Sequence[Any]], Awaitable[Any]]
@@ -495,6 +497,10 @@ class _EngineCore:
             timings=timings,
         )
 
+    def running(self, query: str, top_k: int | None, priority: int) -> _Running:
+        """:meth:`begin`, and a context that calls :meth:`end` when the query leaves it."""
+        return _Running(self, self.begin(query, top_k, priority))
+
     def end(self, plan: _Plan, result: QueryResult | None, error: BaseException | None) -> None:
         """Count the query out and record it in the tracker."""
         self.stats.active -= 1
@@ -512,6 +518,29 @@ class _EngineCore:
     def _incr(self, counter: str) -> None:
         if self.tracker is not None:
             self.tracker.incr(counter, operation="rag.query")
+
+
+class _Running:
+    """One query between :meth:`_EngineCore.begin` and :meth:`_EngineCore.end`.
+
+    ``with core.running(query, top_k, priority) as run:`` then set ``run.result``; leaving
+    the block counts the query out and records it, with the exception that left it, if any.
+    """
+
+    __slots__ = ("_core", "plan", "result")
+
+    def __init__(self, core: _EngineCore, plan: _Plan) -> None:
+        self._core = core
+        self.plan = plan
+        self.result: QueryResult | None = None
+
+    def __enter__(self) -> _Running:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self._core.end(self.plan, self.result, exc)
 
 
 def _check_options(top_k: int, stale_ttl: float) -> None:
@@ -594,7 +623,71 @@ def _decoded(payload: Any, decode: SourceCodec | None) -> Any:
     return {**payload, "sources": list(decode(payload.get("sources") or []))}
 
 
-class AsyncRAGEngine:
+class _EngineShell(Generic[RetT, GenT]):
+    """What both engines share: the constructor and its checks, the counters and the repr.
+
+    An engine supplies ``_check_component``, which refuses a retriever or generator of
+    the wrong kind (blocking for the async engine, coroutine function for the blocking one).
+    """
+
+    def __init__(
+        self,
+        config: PerformanceConfig | None = None,
+        *,
+        retriever: RetT,
+        generator: GenT,
+        cache: QueryCache | bool | None = True,
+        gate: Gate | bool | None = True,
+        retry: Retry | bool | None = True,
+        tracker: PerformanceTracker | bool | None = True,
+        top_k: int = 4,
+        engine_id: str | None = None,
+        stale_ttl: float = 86_400.0,
+        encode_sources: SourceCodec | None = None,
+        decode_sources: SourceCodec | None = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        for name, fn in (("retriever", retriever), ("generator", generator)):
+            self._check_component(name, fn)
+        _check_options(top_k, stale_ttl)
+        config, self._cache, self._gate, self._retry, tracker_ = _resolve(
+            config, cache, gate, retry, tracker
+        )
+        self.config = config
+        self._retriever = retriever
+        self._generator = generator
+        self._encode = encode_sources
+        self._decode = decode_sources
+        self._core = _EngineCore(
+            config,
+            top_k=top_k,
+            engine_id=engine_id or _engine_id(retriever, generator),
+            stale_ttl=stale_ttl,
+            tracker=tracker_,
+            clock=clock,
+        )
+        self._clock = clock
+
+    @staticmethod
+    def _check_component(name: str, fn: object) -> None:
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> EngineStats:
+        """Live counters: queries, cache hits, stale served, top_k reduced, shed, errors."""
+        return self._core.stats
+
+    def __repr__(self) -> str:
+        s = self._core.stats
+        return (
+            f"<{type(self).__name__} [active: {s.active}, queries: {s.queries}, cache hits: "
+            f"{s.cache_hits}, stale: {s.stale_served}, shed: {s.shed} | "
+            f"max_concurrent_requests={self.config.max_concurrent_requests}, "
+            f"top_k={self._core.default_top_k}]>"
+        )
+
+
+class AsyncRAGEngine(_EngineShell[AsyncRetriever, AsyncGenerator]):
     """Async RAG engine: ``await engine.query(q)`` with cache, gate, retry, tracker, degradation.
 
     Example::
@@ -633,53 +726,14 @@ class AsyncRAGEngine:
         ValueError / TypeError: an option is invalid (named in the message).
     """
 
-    def __init__(
-        self,
-        config: PerformanceConfig | None = None,
-        *,
-        retriever: AsyncRetriever,
-        generator: AsyncGenerator,
-        cache: QueryCache | bool | None = True,
-        gate: Gate | bool | None = True,
-        retry: Retry | bool | None = True,
-        tracker: PerformanceTracker | bool | None = True,
-        top_k: int = 4,
-        engine_id: str | None = None,
-        stale_ttl: float = 86_400.0,
-        encode_sources: SourceCodec | None = None,
-        decode_sources: SourceCodec | None = None,
-        clock: Clock = monotonic,
-    ) -> None:
-        for name, fn in (("retriever", retriever), ("generator", generator)):
-            if not _is_async_callable(fn):
-                msg = (
-                    f"{name} must be an async callable (coroutine function); "
-                    f"got {fn!r}. Use RAGEngine for blocking components."
-                )
-                raise TypeError(msg)
-        _check_options(top_k, stale_ttl)
-        config, self._cache, self._gate, self._retry, tracker_ = _resolve(
-            config, cache, gate, retry, tracker
-        )
-        self.config = config
-        self._retriever = retriever
-        self._generator = generator
-        self._encode = encode_sources
-        self._decode = decode_sources
-        self._core = _EngineCore(
-            config,
-            top_k=top_k,
-            engine_id=engine_id or _engine_id(retriever, generator),
-            stale_ttl=stale_ttl,
-            tracker=tracker_,
-            clock=clock,
-        )
-        self._clock = clock
-
-    @property
-    def stats(self) -> EngineStats:
-        """Live counters: queries, cache hits, stale served, top_k reduced, shed, errors."""
-        return self._core.stats
+    @staticmethod
+    def _check_component(name: str, fn: object) -> None:
+        if not _is_async_callable(fn):
+            msg = (
+                f"{name} must be an async callable (coroutine function); "
+                f"got {fn!r}. Use RAGEngine for blocking components."
+            )
+            raise TypeError(msg)
 
     async def __aenter__(self) -> AsyncRAGEngine:
         return self
@@ -707,24 +761,16 @@ class AsyncRAGEngine:
             DeadlineExceeded: ``request_deadline`` passed, and no stale answer exists.
             Exception: whatever the retriever or generator raised (after retries).
         """
-        core = self._core
-        plan = core.begin(query, top_k, priority)
-        result: QueryResult | None = None
-        error: BaseException | None = None
-        try:
+        with self._core.running(query, top_k, priority) as run:
+            plan = run.plan
             if plan.shed:
-                result = await self._fallback(plan, core.overloaded_error(plan))
+                run.result = await self._fallback(plan, self._core.overloaded_error(plan))
             else:
                 try:
-                    result = await self._answer(plan)
+                    run.result = await self._answer(plan)
                 except Exception as exc:
-                    result = await self._fallback(plan, exc)
-            return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            core.end(plan, result, error)
+                    run.result = await self._fallback(plan, exc)
+            return run.result
 
     async def _answer(self, plan: _Plan) -> QueryResult:
         if self._cache is None:
@@ -796,17 +842,8 @@ class AsyncRAGEngine:
         with contextlib.suppress(Exception):  # best effort, like _cache_get
             await self._cache.aset(key, value, ttl, namespace=_NAMESPACE)
 
-    def __repr__(self) -> str:
-        s = self._core.stats
-        return (
-            f"<AsyncRAGEngine [active: {s.active}, queries: {s.queries}, cache hits: "
-            f"{s.cache_hits}, stale: {s.stale_served}, shed: {s.shed} | "
-            f"max_concurrent_requests={self.config.max_concurrent_requests}, "
-            f"top_k={self._core.default_top_k}]>"
-        )
 
-
-class RAGEngine:
+class RAGEngine(_EngineShell[SyncRetriever, SyncGenerator]):
     """The blocking twin of :class:`AsyncRAGEngine` (same core, same options).
 
     Example::
@@ -819,53 +856,14 @@ class RAGEngine:
     It exists mainly for the seed's async-versus-sync comparison.
     """
 
-    def __init__(
-        self,
-        config: PerformanceConfig | None = None,
-        *,
-        retriever: SyncRetriever,
-        generator: SyncGenerator,
-        cache: QueryCache | bool | None = True,
-        gate: Gate | bool | None = True,
-        retry: Retry | bool | None = True,
-        tracker: PerformanceTracker | bool | None = True,
-        top_k: int = 4,
-        engine_id: str | None = None,
-        stale_ttl: float = 86_400.0,
-        encode_sources: SourceCodec | None = None,
-        decode_sources: SourceCodec | None = None,
-        clock: Clock = monotonic,
-    ) -> None:
-        for name, fn in (("retriever", retriever), ("generator", generator)):
-            if not callable(fn) or _is_async_callable(fn):
-                msg = (
-                    f"{name} must be a plain (blocking) callable; got {fn!r}. "
-                    "Use AsyncRAGEngine for coroutine functions."
-                )
-                raise TypeError(msg)
-        _check_options(top_k, stale_ttl)
-        config, self._cache, self._gate, self._retry, tracker_ = _resolve(
-            config, cache, gate, retry, tracker
-        )
-        self.config = config
-        self._retriever = retriever
-        self._generator = generator
-        self._encode = encode_sources
-        self._decode = decode_sources
-        self._core = _EngineCore(
-            config,
-            top_k=top_k,
-            engine_id=engine_id or _engine_id(retriever, generator),
-            stale_ttl=stale_ttl,
-            tracker=tracker_,
-            clock=clock,
-        )
-        self._clock = clock
-
-    @property
-    def stats(self) -> EngineStats:
-        """Live counters, as on :class:`AsyncRAGEngine`."""
-        return self._core.stats
+    @staticmethod
+    def _check_component(name: str, fn: object) -> None:
+        if not callable(fn) or _is_async_callable(fn):
+            msg = (
+                f"{name} must be a plain (blocking) callable; got {fn!r}. "
+                "Use AsyncRAGEngine for coroutine functions."
+            )
+            raise TypeError(msg)
 
     def __enter__(self) -> RAGEngine:
         return self
@@ -879,24 +877,16 @@ class RAGEngine:
 
     def query(self, query: str, *, top_k: int | None = None, priority: int = 0) -> QueryResult:
         """Answer ``query`` (blocking); as :meth:`AsyncRAGEngine.query`."""
-        core = self._core
-        plan = core.begin(query, top_k, priority)
-        result: QueryResult | None = None
-        error: BaseException | None = None
-        try:
+        with self._core.running(query, top_k, priority) as run:
+            plan = run.plan
             if plan.shed:
-                result = self._fallback(plan, core.overloaded_error(plan))
+                run.result = self._fallback(plan, self._core.overloaded_error(plan))
             else:
                 try:
-                    result = self._answer(plan)
+                    run.result = self._answer(plan)
                 except Exception as exc:
-                    result = self._fallback(plan, exc)
-            return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            core.end(plan, result, error)
+                    run.result = self._fallback(plan, exc)
+            return run.result
 
     def _answer(self, plan: _Plan) -> QueryResult:
         if self._cache is None:
@@ -959,15 +949,6 @@ class RAGEngine:
                         plan, _decoded(payload, self._decode), cached=True, stale=True
                     )
         raise exc
-
-    def __repr__(self) -> str:
-        s = self._core.stats
-        return (
-            f"<RAGEngine [active: {s.active}, queries: {s.queries}, cache hits: "
-            f"{s.cache_hits}, stale: {s.stale_served}, shed: {s.shed} | "
-            f"max_concurrent_requests={self.config.max_concurrent_requests}, "
-            f"top_k={self._core.default_top_k}]>"
-        )
 
 
 def _is_async_callable(fn: Any) -> bool:
