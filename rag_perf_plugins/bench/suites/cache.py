@@ -186,7 +186,7 @@ def event_loop_lag(ctx: BenchContext) -> Iterator[Result]:
             assert all(v is not None for v in got)
 
         lags, took = asyncio.run(_lag_during(gets))
-        batches += sum(r.batches for r in manager._readers.values())
+        batches += sum(r.batches for r in manager._batchers.values())
         manager.close()
         ours += lags
         elapsed.append(took)

@@ -70,7 +70,7 @@ async def test_concurrent_disk_reads_are_batched(cache_dir: Path) -> None:
     finally:
         DiskTier.get_many = real  # type: ignore[method-assign]
     assert got == [[float(i)] * 8 for i in range(300)]
-    reader = next(iter(cache._readers.values()))
+    reader = next(iter(cache._batchers.values()))
     assert reader.batches <= 2  # version read aside, one batch for 300 callers
     assert threads and all(name.startswith("rag-perf-cache") for name in threads)
     assert cache.get_stats()["namespaces"]["embeddings"]["hits"] == {"disk": 300}
