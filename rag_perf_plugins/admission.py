@@ -5,7 +5,7 @@ Example::
     gate = get_gate("openai", "gpt-4o-mini", api_key)       # one gate per key, process-wide
     async with gate.acquire(tokens=estimate_tokens(prompt)) as ticket:
         reply = await client.chat.completions.create(...)
-        ticket.reconcile(reply.usage.total_tokens)           # refund or debit the difference
+        await ticket.areconcile(reply.usage.total_tokens)    # refund or debit the difference
 
     with gate.acquire_sync(tokens=300) as ticket:            # the same budget, from a thread
         ...
@@ -24,7 +24,10 @@ tokens is scheduled in arrival order, never starved by small ones), a request la
 the whole burst waits for an empty bucket and leaves it in debt, and a caller whose wait
 would pass ``max_queue_wait`` (or its deadline) is refused before it waits. A
 :class:`LocalBudgetStore` (the default, one per process) is shared by every event loop and
-thread; a Redis store for many processes can implement the same protocol.
+thread; :class:`~rag_perf_plugins.admission_redis.RedisBudgetStore` shares it between
+processes. Every store method has an async twin; the async path (``acquire``,
+``Ticket.areconcile``, ``apause``, ``aobserve_response``) awaits them and never calls the
+store while holding the gate's thread lock, so a Redis round trip never blocks the loop.
 
 Why not aiolimiter for the budget: an ``AsyncLimiter`` belongs to one event loop and wakes
 waiters with that loop's timers, refuses ``acquire(amount)`` above ``max_rate``, has no
@@ -116,12 +119,14 @@ class RateLimits:
 
 
 class BudgetStore(Protocol):
-    """Where the rate budgets of keys live: this process, or (later) Redis.
+    """Where the rate budgets of keys live: this process, or Redis.
 
-    Every method is atomic per key and thread-safe. ``now`` is the caller's clock in
-    seconds; a store with its own clock (Redis ``TIME``) may ignore it, which is why waits
-    are returned as relative seconds. Amounts are requests and tokens; negative amounts in
-    :meth:`adjust` refund.
+    Every method has an async twin (``a`` prefix) with the same arguments and answers;
+    the gate's ``async with acquire()`` path awaits the twins, ``acquire_sync`` calls the
+    blocking methods. Every method is atomic per key and thread-safe. ``now`` is the
+    caller's clock in seconds; a store with its own clock (Redis ``TIME``) may ignore it,
+    which is why waits are returned as relative seconds. Amounts are requests and tokens;
+    negative amounts in :meth:`adjust` refund.
     """
 
     def try_reserve(
@@ -161,6 +166,47 @@ class BudgetStore(Protocol):
         self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
     ) -> None:
         """Let at most ``requests``/``tokens`` leave now (the provider's remaining budget)."""
+        ...
+
+    # The async twins: same arguments, same answers. The gate's async path awaits these,
+    # so a store that does I/O (Redis) never blocks the event loop.
+    async def atry_reserve(
+        self,
+        key: str,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now: float,
+        max_wait: float,
+    ) -> float:
+        """Async :meth:`try_reserve`."""
+        ...
+
+    async def apeek(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> float:
+        """Async :meth:`peek`."""
+        ...
+
+    async def aadjust(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> None:
+        """Async :meth:`adjust`."""
+        ...
+
+    async def apause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
+        """Async :meth:`pause`."""
+        ...
+
+    async def apaused_for(self, key: str, *, now: float) -> float:
+        """Async :meth:`paused_for`."""
+        ...
+
+    async def aclamp(
+        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
+    ) -> None:
+        """Async :meth:`clamp`."""
         ...
 
 
@@ -314,6 +360,48 @@ class LocalBudgetStore:
                 floor = now + tolerance - max(0, remaining) * interval
                 setattr(state, attr, max(getattr(state, attr), floor))
 
+    # The async twins do no I/O: the lock is held for microseconds, never across an await.
+    async def atry_reserve(
+        self,
+        key: str,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now: float,
+        max_wait: float,
+    ) -> float:
+        """Async :meth:`try_reserve` (runs it inline: no I/O)."""
+        return self.try_reserve(
+            key, limits, requests=requests, tokens=tokens, now=now, max_wait=max_wait
+        )
+
+    async def apeek(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> float:
+        """Async :meth:`peek` (runs it inline: no I/O)."""
+        return self.peek(key, limits, requests=requests, tokens=tokens, now=now)
+
+    async def aadjust(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> None:
+        """Async :meth:`adjust` (runs it inline: no I/O)."""
+        self.adjust(key, limits, requests=requests, tokens=tokens, now=now)
+
+    async def apause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
+        """Async :meth:`pause` (runs it inline: no I/O)."""
+        self.pause(key, limits, seconds=seconds, now=now)
+
+    async def apaused_for(self, key: str, *, now: float) -> float:
+        """Async :meth:`paused_for` (runs it inline: no I/O)."""
+        return self.paused_for(key, now=now)
+
+    async def aclamp(
+        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
+    ) -> None:
+        """Async :meth:`clamp` (runs it inline: no I/O)."""
+        self.clamp(key, limits, requests=requests, tokens=tokens, now=now)
+
     def __repr__(self) -> str:
         return f"<LocalBudgetStore keys={len(self._keys)}>"
 
@@ -428,14 +516,28 @@ class Ticket:
 
     def reconcile(self, actual_tokens: int) -> None:
         """Charge ``actual_tokens`` instead of the estimate (refund or debit the difference)."""
+        delta = self._delta(actual_tokens)
+        if delta:
+            gate = self._gate
+            gate._store.adjust(gate.key, gate.limits, requests=0, tokens=delta, now=gate._clock())
+
+    async def areconcile(self, actual_tokens: int) -> None:
+        """Async :meth:`reconcile`: with a Redis store, the event loop is not blocked."""
+        delta = self._delta(actual_tokens)
+        if delta:
+            gate = self._gate
+            await gate._store.aadjust(
+                gate.key, gate.limits, requests=0, tokens=delta, now=gate._clock()
+            )
+
+    def _delta(self, actual_tokens: int) -> int:
+        """Tokens to debit (refund if negative); ``tokens`` becomes ``actual_tokens``."""
         if actual_tokens < 0:
             msg = f"actual_tokens must be >= 0 (tokens), got {actual_tokens}"
             raise ValueError(msg)
         delta = actual_tokens - self.tokens
-        if delta:
-            gate = self._gate
-            gate._store.adjust(gate.key, gate.limits, requests=0, tokens=delta, now=gate._clock())
-            self.tokens = actual_tokens
+        self.tokens = actual_tokens
+        return delta
 
     def __repr__(self) -> str:
         return f"<Ticket {self._gate.key} tokens={self.tokens} waited={self.queue_wait_s:.6f}s>"
@@ -593,12 +695,15 @@ class AdmissionGate:
 
     def pause(self, seconds: float) -> None:
         """Stop every caller on this key for ``seconds`` (capped by ``retry_after_cap``)."""
-        if not seconds > 0:
-            return
-        with self._lock:
-            self._pauses += 1
-        seconds = min(seconds, self._retry_after_cap)
-        self._store.pause(self.key, self.limits, seconds=seconds, now=self._clock())
+        if seconds > 0:
+            seconds = self._count_pause(seconds)
+            self._store.pause(self.key, self.limits, seconds=seconds, now=self._clock())
+
+    async def apause(self, seconds: float) -> None:
+        """Async :meth:`pause`: with a Redis store, the event loop is not blocked."""
+        if seconds > 0:
+            seconds = self._count_pause(seconds)
+            await self._store.apause(self.key, self.limits, seconds=seconds, now=self._clock())
 
     def observe_response(self, status: int, headers: Mapping[str, str] | None) -> None:
         """Learn from a provider answer: pause on 429 + Retry-After, follow remaining budgets.
@@ -607,35 +712,27 @@ class AdmissionGate:
         ``x-ratelimit-remaining-{requests,tokens}`` with ``x-ratelimit-reset-{requests,tokens}``
         on any answer: a remaining budget of 0 pauses the key until the reset, a positive
         one caps how much the key may send right now. Unknown or malformed headers are
-        ignored.
+        ignored. From async code use :meth:`aobserve_response`, which does not block the
+        event loop on a Redis store.
         """
-        lowered = {k.lower(): v for k, v in headers.items()} if headers else {}
-        if status == 429:
-            retry_after = parse_retry_after(lowered)
-            if retry_after is not None:
-                self.pause(retry_after)
-        remaining: dict[str, int | None] = {"requests": None, "tokens": None}
-        for dimension in ("requests", "tokens"):
-            raw = lowered.get(f"x-ratelimit-remaining-{dimension}")
-            if raw is None:
-                continue
-            try:
-                left = int(float(raw))
-            except ValueError:
-                continue
-            if left <= 0:
-                reset = parse_reset(lowered.get(f"x-ratelimit-reset-{dimension}", ""))
-                if reset:
-                    self.pause(reset)
-            else:
-                remaining[dimension] = left
-        if remaining["requests"] is not None or remaining["tokens"] is not None:
+        pauses, remaining = _read_limit_headers(status, headers)
+        for seconds in pauses:
+            self.pause(seconds)
+        if remaining is not None:
+            requests, tokens = remaining
             self._store.clamp(
-                self.key,
-                self.limits,
-                requests=remaining["requests"],
-                tokens=remaining["tokens"],
-                now=self._clock(),
+                self.key, self.limits, requests=requests, tokens=tokens, now=self._clock()
+            )
+
+    async def aobserve_response(self, status: int, headers: Mapping[str, str] | None) -> None:
+        """Async :meth:`observe_response` (same headers, same effect)."""
+        pauses, remaining = _read_limit_headers(status, headers)
+        for seconds in pauses:
+            await self.apause(seconds)
+        if remaining is not None:
+            requests, tokens = remaining
+            await self._store.aclamp(
+                self.key, self.limits, requests=requests, tokens=tokens, now=self._clock()
             )
 
     def stats(self) -> dict[str, Any]:
@@ -667,30 +764,39 @@ class AdmissionGate:
         )
 
     # --- the pure core shared by both twins (bookkeeping only, no waiting) -------------
+    def _take_free_slot(self, tokens: int) -> tuple[int, int] | None:
+        """Take a free slot (returns None), or the (requests, tokens) to peek before queueing.
+
+        The peek itself happens outside the lock: a store may do I/O (Redis).
+        """
+        with self._lock:
+            if self._in_use < self._max_in_flight and not self._waiters:
+                # A free slot: the budget check, refusal included, happens atomically in
+                # the reservation (one store call on the fast path instead of two).
+                self._in_use += 1
+                return None
+            return 1 + len(self._waiters), tokens + self._ahead_tokens
+
     def _enter(
         self,
         tokens: int,
+        budget_wait: float,
         deadline_at: float | None,
         now: float,
         loop: asyncio.AbstractEventLoop | None,
     ) -> _Waiter | None:
-        """Take a free slot (returns None) or join the slot queue; refuse at once if needed."""
+        """Take a slot freed meanwhile (returns None) or join the slot queue; refuse if needed.
+
+        ``budget_wait`` is the store's answer to the peek that :meth:`_take_free_slot` asked
+        for (seconds); callers that joined since then are counted in the slot estimate.
+        """
         with self._lock:
             if self._in_use < self._max_in_flight and not self._waiters:
-                # A free slot: the budget check, refusal included, happens atomically in
-                # _reserve (one store call on the fast path instead of two).
                 self._in_use += 1
                 return None
             ahead = len(self._waiters)
-            expected = self._store.peek(
-                self.key,
-                self.limits,
-                requests=1 + ahead,
-                tokens=tokens + self._ahead_tokens,
-                now=now,
-            )
             # Little's law: callers ahead leave at about cap / (average hold time).
-            expected = max(expected, (ahead + 1) / self._max_in_flight * self._hold_avg)
+            expected = max(budget_wait, (ahead + 1) / self._max_in_flight * self._hold_avg)
             if self._queued >= self._max_queue:
                 self._reject("queue_full")
             if expected > self._max_queue_wait:
@@ -731,26 +837,36 @@ class AdmissionGate:
         with self._lock:
             self._reject("deadline" if by_deadline else "wait_too_long")
 
-    def _reserve(self, tokens: int, start: float, deadline_at: float | None, now: float) -> float:
-        """Reserve the budget (slot held) and return the wait; refuse, freeing the slot, if long."""
+    def _budget_limit(
+        self, start: float, deadline_at: float | None, now: float
+    ) -> tuple[float, Rejection]:
+        """Seconds the caller (slot held) may wait for the budget, and the refusal past it."""
         limit = self._max_queue_wait - (now - start)
         reason: Rejection = "wait_too_long"
         if deadline_at is not None and deadline_at - now < limit:
             limit, reason = deadline_at - now, "deadline"
         if self._queued >= self._max_queue:  # a full queue: admitted only if no wait at all
             limit, reason = 0.0, "queue_full"
-        limit = max(0.0, limit)
-        wait = self._store.try_reserve(
-            self.key, self.limits, requests=1, tokens=tokens, now=now, max_wait=limit
-        )
-        if wait > limit:
-            self._release_slot()
-            with self._lock:
-                self._reject(reason, wait)
-        return wait
+        return max(0.0, limit), reason
+
+    def _refuse(self, reason: Rejection, wait: float) -> Any:
+        """Count and raise a refusal of a reservation (the caller frees its slot)."""
+        with self._lock:
+            self._reject(reason, wait)
 
     def _unreserve(self, tokens: int) -> None:
         self._store.adjust(self.key, self.limits, requests=-1, tokens=-tokens, now=self._clock())
+
+    async def _aunreserve(self, tokens: int) -> None:
+        await self._store.aadjust(
+            self.key, self.limits, requests=-1, tokens=-tokens, now=self._clock()
+        )
+
+    def _count_pause(self, seconds: float) -> float:
+        """Count a pause and cap its length (``retry_after_cap``)."""
+        with self._lock:
+            self._pauses += 1
+        return min(seconds, self._retry_after_cap)
 
     def _budget_wait_begins(self) -> None:
         with self._lock:
@@ -811,73 +927,114 @@ class AdmissionGate:
         return self._tracker
 
     # --- the shells ---------------------------------------------------------------------
+    # The two twins differ only in `await` and in how they wait. The store calls of the
+    # async twin are awaited outside the gate's thread lock, so a Redis round trip never
+    # blocks the event loop nor other threads. Any exception once the slot is held
+    # (cancellation, a refusal, a store error) refunds a reservation made and frees the slot.
     async def _aenter(self, tokens: int, timeout: float | None) -> Ticket:
         start = self._clock()
         deadline_at = None if timeout is None else start + timeout
-        waiter = self._enter(tokens, deadline_at, start, asyncio.get_running_loop())
-        if waiter is not None:
-            assert waiter.future is not None
-            limit, by_deadline = self._slot_limit(start, deadline_at, start)
-            timer = asyncio.ensure_future(self._async_sleep(limit))
+        ahead = self._take_free_slot(tokens)
+        if ahead is not None:
+            budget_wait = await self._store.apeek(
+                self.key, self.limits, requests=ahead[0], tokens=ahead[1], now=start
+            )
+            loop = asyncio.get_running_loop()
+            waiter = self._enter(tokens, budget_wait, deadline_at, start, loop)
+            if waiter is not None:
+                assert waiter.future is not None
+                limit, by_deadline = self._slot_limit(start, deadline_at, start)
+                timer = asyncio.ensure_future(self._async_sleep(limit))
+                try:
+                    await asyncio.wait((waiter.future, timer), return_when=asyncio.FIRST_COMPLETED)
+                except BaseException:
+                    self._abandon(waiter)
+                    raise
+                finally:
+                    timer.cancel()
+                if not waiter.future.done() and not self._give_up(waiter):
+                    self._slot_timed_out(by_deadline)
+        reserved = False
+        try:
+            while True:
+                now = self._clock()
+                limit, reason = self._budget_limit(start, deadline_at, now)
+                wait = await self._store.atry_reserve(
+                    self.key, self.limits, requests=1, tokens=tokens, now=now, max_wait=limit
+                )
+                if wait > limit:
+                    self._refuse(reason, wait)
+                if wait <= 0:
+                    break
+                reserved = True
+                self._budget_wait_begins()
+                try:
+                    await self._async_sleep(wait)
+                finally:
+                    self._budget_wait_ends()
+                # A pause that began while we slept covers us too: give the budget back
+                # and take a new place behind it.
+                if await self._store.apaused_for(self.key, now=self._clock()) <= 0:
+                    break
+                reserved = False
+                await self._aunreserve(tokens)
+        except BaseException:
             try:
-                await asyncio.wait((waiter.future, timer), return_when=asyncio.FIRST_COMPLETED)
-            except BaseException:
-                self._abandon(waiter)
-                raise
+                if reserved:
+                    await self._aunreserve(tokens)
             finally:
-                timer.cancel()
-            if not waiter.future.done() and not self._give_up(waiter):
-                self._slot_timed_out(by_deadline)
-        while True:
-            wait = self._reserve(tokens, start, deadline_at, self._clock())
-            if wait <= 0:
-                break
-            self._budget_wait_begins()
-            try:
-                await self._async_sleep(wait)
-            except BaseException:
-                self._unreserve(tokens)
                 self._release_slot()
-                raise
-            finally:
-                self._budget_wait_ends()
-            # A pause that began while we slept covers us too: give the budget back and
-            # take a new place behind it.
-            if self._store.paused_for(self.key, now=self._clock()) <= 0:
-                break
-            self._unreserve(tokens)
+            raise
         return self._admit(tokens, start)
 
     def _enter_sync(self, tokens: int, timeout: float | None) -> Ticket:
         start = self._clock()
         deadline_at = None if timeout is None else start + timeout
-        waiter = self._enter(tokens, deadline_at, start, None)
-        if waiter is not None:
-            assert waiter.event is not None
-            limit, by_deadline = self._slot_limit(start, deadline_at, start)
-            try:
-                woken = waiter.event.wait(limit)
-            except BaseException:
-                self._abandon(waiter)
-                raise
-            if not woken and not self._give_up(waiter):
-                self._slot_timed_out(by_deadline)
-        while True:
-            wait = self._reserve(tokens, start, deadline_at, self._clock())
-            if wait <= 0:
-                break
-            self._budget_wait_begins()
-            try:
-                self._sleep(wait)
-            except BaseException:
+        ahead = self._take_free_slot(tokens)
+        if ahead is not None:
+            budget_wait = self._store.peek(
+                self.key, self.limits, requests=ahead[0], tokens=ahead[1], now=start
+            )
+            waiter = self._enter(tokens, budget_wait, deadline_at, start, None)
+            if waiter is not None:
+                assert waiter.event is not None
+                limit, by_deadline = self._slot_limit(start, deadline_at, start)
+                try:
+                    woken = waiter.event.wait(limit)
+                except BaseException:
+                    self._abandon(waiter)
+                    raise
+                if not woken and not self._give_up(waiter):
+                    self._slot_timed_out(by_deadline)
+        reserved = False
+        try:
+            while True:
+                now = self._clock()
+                limit, reason = self._budget_limit(start, deadline_at, now)
+                wait = self._store.try_reserve(
+                    self.key, self.limits, requests=1, tokens=tokens, now=now, max_wait=limit
+                )
+                if wait > limit:
+                    self._refuse(reason, wait)
+                if wait <= 0:
+                    break
+                reserved = True
+                self._budget_wait_begins()
+                try:
+                    self._sleep(wait)
+                finally:
+                    self._budget_wait_ends()
+                if self._store.paused_for(self.key, now=self._clock()) <= 0:
+                    break
+                reserved = False
                 self._unreserve(tokens)
-                self._release_slot()
-                raise
+        except BaseException:
+            try:
+                if reserved:
+                    self._unreserve(tokens)
             finally:
-                self._budget_wait_ends()
-            if self._store.paused_for(self.key, now=self._clock()) <= 0:
-                break
-            self._unreserve(tokens)
+                self._release_slot()
+            raise
         return self._admit(tokens, start)
 
 
@@ -950,6 +1107,36 @@ def _quantile(sorted_values: list[float], q: float) -> float | None:
 
 def _num(x: float | None) -> str:
     return "None" if x is None else f"{x:g}"
+
+
+def _read_limit_headers(
+    status: int, headers: Mapping[str, str] | None
+) -> tuple[list[float], tuple[int | None, int | None] | None]:
+    """Pauses (seconds) and remaining (requests, tokens) a provider answer asks for."""
+    lowered = {k.lower(): v for k, v in headers.items()} if headers else {}
+    pauses: list[float] = []
+    if status == 429:
+        retry_after = parse_retry_after(lowered)
+        if retry_after is not None:
+            pauses.append(retry_after)
+    remaining: dict[str, int | None] = {"requests": None, "tokens": None}
+    for dimension in ("requests", "tokens"):
+        raw = lowered.get(f"x-ratelimit-remaining-{dimension}")
+        if raw is None:
+            continue
+        try:
+            left = int(float(raw))
+        except ValueError:
+            continue
+        if left <= 0:
+            reset = parse_reset(lowered.get(f"x-ratelimit-reset-{dimension}", ""))
+            if reset:
+                pauses.append(reset)
+        else:
+            remaining[dimension] = left
+    if remaining["requests"] is None and remaining["tokens"] is None:
+        return pauses, None
+    return pauses, (remaining["requests"], remaining["tokens"])
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

@@ -31,21 +31,35 @@ the store falls back (``limiter_fallback``):
 When Redis answers again, the shared budget is used again. A flushed Redis (state or
 script gone) is handled too: the script is reloaded and a missing bucket starts full.
 
+Two clients, one decision path: ``acquire_sync`` (and every blocking method) uses one
+pooled redis-py client per store; the gate's ``async with acquire()`` path awaits the ``a*``
+twins, which use a ``redis.asyncio`` client of the *running* event loop (one per loop,
+made on first use and closed while that loop shuts down, because an asyncio client must
+not cross loops). Both paths share the breaker, the counters, the fallback and the local
+share, so an outage seen by one is seen by the other.
+
 Cost and what it does not do: each reservation is one Redis round trip (about 0.1 ms on
-loopback), made synchronously, also from the gate's async path: at most ``timeout``
-seconds of the event loop per call while Redis is slow, then none while the breaker is
-open. Reservations made from the local share during an outage are not replayed into Redis
-when it returns. No Redis Cluster hash tags, no sentinel failover logic beyond the URL.
+loopback; p95 a few ms on a loaded machine). On the async path the event loop runs other
+tasks meanwhile; a blocking call holds its thread for at most ``timeout`` seconds while
+Redis is slow, then none while the breaker is open. A task cancelled while its call is in
+flight may leave that reservation debited in Redis (the budget errs on the safe side).
+Reservations made from the local share during an outage are not replayed into Redis when
+it returns. No Redis Cluster hash tags, no sentinel failover logic beyond the URL. A loop
+closed without ``shutdown_asyncgens()`` (a bare ``loop.close()``) leaves its client's
+sockets to the garbage collector.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from .admission import LocalBudgetStore, RateLimits
@@ -59,11 +73,15 @@ from .config import PerformanceConfig
 
 try:
     import redis
+    import redis.asyncio
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.commands.core import AsyncScript
 except ImportError as exc:  # pragma: no cover - the extra is installed in development
     msg = "the shared rate limit needs redis-py: pip install 'rag-perf-plugins[redis]'"
     raise ImportError(msg) from exc
 
-__all__ = ["RedisBudgetStore", "shared_budget_store"]
+__all__ = ["RedisBudgetStore", "make_async_redis_client", "shared_budget_store"]
 
 log = logging.getLogger("rag_perf_plugins.redis")
 
@@ -151,6 +169,145 @@ def _interval(per_minute: float | None) -> float:
     return 0.0 if per_minute is None else 60.0 / per_minute
 
 
+def _nothing() -> float:
+    return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One script call: ``op`` on ``key`` with these amounts, and what to do without Redis."""
+
+    op: str
+    key: str
+    limits: RateLimits | None
+    requests: float
+    tokens: float
+    arg: float
+    fallback: Callable[[], float]
+
+
+def make_async_redis_client(
+    url: str, *, timeout: float, max_connections: int = 32
+) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`~rag_perf_plugins.cache.redis_tier.make_redis_client`.
+
+    Example: ``client = make_async_redis_client(url, timeout=0.25)``, then
+    ``await client.aclose()`` on the same event loop.
+
+    ``timeout`` seconds per connect, per reply and per wait for a free connection (at most
+    ``max_connections``), no redis-py retries. The client and its pool belong to the event
+    loop that first uses them: never share one between loops (its pool's condition and
+    sockets are bound to that loop).
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=AsyncRetry(NoBackoff(), 0),
+    )
+    return redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
+
+
+class _LoopClient:
+    """One event loop's asyncio client, and the async generator that closes it at shutdown."""
+
+    __slots__ = ("client", "loop", "script", "sentinel")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+        self.loop = loop
+        self.client = client
+        self.script: AsyncScript = client.register_script(_SCRIPT)
+        self.sentinel: AsyncGenerator[None, None] | None = None
+
+
+class _LoopClients:
+    """One asyncio Redis client per event loop, closed while that loop shuts down.
+
+    The same idea as :class:`~rag_perf_plugins.http.LoopRoutingTransport`: at first use on
+    a loop, a tiny async generator is started on it; ``loop.shutdown_asyncgens()`` (run by
+    ``asyncio.run``, ``asyncio.Runner`` and pytest-asyncio) finalises it, which closes that
+    loop's client on its own loop. A loop closed without ``shutdown_asyncgens()`` has its
+    client dropped (not closed) the next time another loop opens one.
+    """
+
+    __slots__ = ("_clients", "_forked", "_lock", "_make")
+
+    def __init__(self, make: Callable[[], redis.asyncio.Redis]) -> None:
+        self._make = make
+        # A plain dict, not weak: a client's connections refer to their loop anyway, so
+        # entries leave only through the sentinel or _drop().
+        self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+        self._lock = threading.Lock()  # loops in several threads share the store
+        self._forked: list[_LoopClient] = []
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    async def script(self) -> AsyncScript:
+        """The budget script bound to the running loop's client (made on first use)."""
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(loop)
+        if entry is None:
+            entry = await self._open(loop)
+        return entry.script
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
+        with self._lock:
+            dead = [e for e in self._clients.values() if e.loop.is_closed()]
+            entry = _LoopClient(loop, self._make())
+            self._clients[loop] = entry
+        for old in dead:
+            self._drop(old)
+        sentinel = self._sentinel(entry)
+        entry.sentinel = sentinel
+        # The first step registers the generator with this loop's asyncgen hooks, so
+        # shutdown_asyncgens() runs its `finally` (closing the client) on this loop.
+        await sentinel.__anext__()
+        return entry
+
+    async def _sentinel(self, entry: _LoopClient) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._clients.get(entry.loop) is entry:
+                    del self._clients[entry.loop]
+            if not entry.loop.is_closed():
+                await entry.client.aclose()
+
+    def _drop(self, entry: _LoopClient) -> None:
+        # The loop was closed without shutdown_asyncgens(): its sockets cannot be closed on
+        # it any more. Finish the sentinel by hand (its `finally` skips the await on a
+        # closed loop), so its finaliser does not schedule work on a closed loop.
+        sentinel, entry.sentinel = entry.sentinel, None
+        with self._lock:
+            if self._clients.get(entry.loop) is entry:
+                del self._clients[entry.loop]
+        if sentinel is not None:
+            closing = sentinel.aclose()
+            with contextlib.suppress(StopIteration, RuntimeError):
+                closing.send(None)
+            closing.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's client now (a later call opens a new one)."""
+        entry = self._clients.get(asyncio.get_running_loop())
+        if entry is not None and entry.sentinel is not None:
+            await entry.sentinel.aclose()
+
+    def forget(self) -> None:
+        """Start afresh after ``fork()``: the parent's loops and sockets are not ours.
+
+        The old entries stay referenced, never finalised: closing them would act on the
+        parent's loops and connections.
+        """
+        self._lock = threading.Lock()
+        self._forked.extend(self._clients.values())
+        self._clients = {}
+
+
 class RedisBudgetStore:
     """A :class:`~rag_perf_plugins.admission.BudgetStore` in Redis, shared by processes.
 
@@ -161,6 +318,7 @@ class RedisBudgetStore:
         store.try_reserve("openai/gpt-4o-mini/k-1", limits, requests=1, tokens=0,
                           now=time.monotonic(), max_wait=10.0)     # 0.0: send now
         store.stats()["fallback_calls"]                              # 0 while Redis answers
+        await store.atry_reserve(...)       # the same, on this event loop's asyncio client
 
     Args:
         url: ``redis://[:password@]host:port/db``.
@@ -172,12 +330,15 @@ class RedisBudgetStore:
         worker_count: Processes sharing the budget (``worker_count``); sizes the share.
         retry_interval: Seconds between probes of an unreachable Redis.
         clock: Monotonic seconds of the circuit breaker (the budget uses Redis ``TIME``).
-        client: An existing redis-py client to use instead of building one from ``url``.
+        client: An existing redis-py client for the blocking methods instead of building
+            one from ``url`` (the asyncio clients are always built from ``url``).
+        max_connections: Connections per client: the blocking one, and each event loop's.
 
     The ``now`` arguments of the protocol are used only by the local fallback.
     """
 
     __slots__ = (
+        "_async_scripts",
         "_client",
         "_counts",
         "_local",
@@ -204,6 +365,7 @@ class RedisBudgetStore:
         retry_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         client: redis.Redis | None = None,
+        max_connections: int = 32,
     ) -> None:
         if fallback not in ("local-share", "fail-closed"):
             msg = f"fallback must be 'local-share' or 'fail-closed', got {fallback!r}"
@@ -218,9 +380,16 @@ class RedisBudgetStore:
         self.prefix = prefix
         self.fallback = fallback
         self.worker_count = worker_count
-        self._client = client if client is not None else make_redis_client(url, timeout=timeout)
+        self._client = (
+            client
+            if client is not None
+            else make_redis_client(url, timeout=timeout, max_connections=max_connections)
+        )
         self._owns_client = client is None
         self._script = self._client.register_script(_SCRIPT)
+        self._async_scripts = _LoopClients(
+            lambda: make_async_redis_client(url, timeout=timeout, max_connections=max_connections)
+        )
         self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
         self._local = LocalBudgetStore()
         self._shares: dict[RateLimits, RateLimits] = {}
@@ -248,44 +417,71 @@ class RedisBudgetStore:
         )
 
     # --- the one Redis call and the fallback ---------------------------------------------
+    # Both twins run the same decision code: _begin (breaker, arguments), _failed (count,
+    # trip, warn), _answered (count, recover); only the round trip itself differs.
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
 
-    def _redis(
-        self,
-        op: str,
-        key: str,
-        limits: RateLimits | None,
-        requests: float = 0,
-        tokens: float = 0,
-        arg: float = 0.0,
-    ) -> float | None:
-        """Run ``op`` in Redis; ``None`` when Redis is unreachable (then the caller falls back)."""
+    def _begin(self, call: _Call) -> tuple[list[str], list[Any]] | None:
+        """The script's keys and args for ``call``; ``None`` while the breaker is open."""
         if not self.breaker.allow():
             self._count("fallback_calls")
             return None
         ir = it = 0.0
         burst = 1.0
-        if limits is not None:
-            ir = _interval(limits.requests_per_minute)
-            it = _interval(limits.tokens_per_minute)
-            burst = limits.burst_seconds
-        try:
-            raw = self._script(
-                keys=[f"{self.prefix}:rl:{key}"],
-                args=[op, repr(ir), repr(it), repr(burst), requests, tokens, repr(arg)],
-            )
-        except OUTAGE_ERRORS as exc:
-            self._count("redis_errors")
-            self._count("fallback_calls")
-            if self.breaker.failure():
-                self._report_outage(exc)
-            return None
+        if call.limits is not None:
+            ir = _interval(call.limits.requests_per_minute)
+            it = _interval(call.limits.tokens_per_minute)
+            burst = call.limits.burst_seconds
+        keys = [f"{self.prefix}:rl:{call.key}"]
+        args = [call.op, repr(ir), repr(it), repr(burst), call.requests, call.tokens]
+        return keys, [*args, repr(call.arg)]
+
+    def _failed(self, exc: BaseException) -> None:
+        self._count("redis_errors")
+        self._count("fallback_calls")
+        if self.breaker.failure():
+            self._report_outage(exc)
+
+    def _answered(self, raw: Any) -> float:
         self._count("redis_calls")
         if self.breaker.success():
             log.info("shared rate limit: redis at %s answers again", redact_url(self.url))
         return float(raw)
+
+    def _redis(self, call: _Call) -> float | None:
+        """Run ``call`` in Redis; ``None`` when Redis is unreachable (the caller falls back)."""
+        script = self._begin(call)
+        if script is None:
+            return None
+        try:
+            raw = self._script(keys=script[0], args=script[1])
+        except OUTAGE_ERRORS as exc:
+            self._failed(exc)
+            return None
+        return self._answered(raw)
+
+    async def _aredis(self, call: _Call) -> float | None:
+        """:meth:`_redis` on this event loop's asyncio client: the loop is never blocked."""
+        script = self._begin(call)
+        if script is None:
+            return None
+        try:
+            run = await self._async_scripts.script()
+            raw = await run(keys=script[0], args=script[1])
+        except OUTAGE_ERRORS as exc:
+            self._failed(exc)
+            return None
+        return self._answered(raw)
+
+    def _run(self, call: _Call) -> float:
+        wait = self._redis(call)
+        return call.fallback() if wait is None else wait
+
+    async def _arun(self, call: _Call) -> float:
+        wait = await self._aredis(call)
+        return call.fallback() if wait is None else wait
 
     def _report_outage(self, exc: BaseException) -> None:
         what = (
@@ -317,7 +513,75 @@ class RedisBudgetStore:
             self._shares[limits] = share
         return share
 
-    # --- BudgetStore ----------------------------------------------------------------------
+    # --- the calls: what to ask Redis, and what to do without it ----------------------
+    def _refused(self) -> float:
+        return math.inf  # fail-closed: the gate refuses the caller
+
+    def _reserve_call(
+        self, key: str, limits: RateLimits, requests: int, tokens: int, now: float, max_wait: float
+    ) -> _Call:
+        if self.fallback == "fail-closed":
+            fallback = self._refused
+        else:
+            share = self._share(limits)
+
+            def fallback() -> float:
+                return self._local.try_reserve(
+                    key, share, requests=requests, tokens=tokens, now=now, max_wait=max_wait
+                )
+
+        return _Call("reserve", key, limits, requests, tokens, max_wait, fallback)
+
+    def _peek_call(
+        self, key: str, limits: RateLimits, requests: int, tokens: int, now: float
+    ) -> _Call:
+        if self.fallback == "fail-closed":
+            fallback = self._refused
+        else:
+            share = self._share(limits)
+
+            def fallback() -> float:
+                return self._local.peek(key, share, requests=requests, tokens=tokens, now=now)
+
+        return _Call("peek", key, limits, requests, tokens, 0.0, fallback)
+
+    def _adjust_call(
+        self, key: str, limits: RateLimits, requests: int, tokens: int, now: float
+    ) -> _Call:
+        share = self._share(limits)
+
+        def fallback() -> float:
+            self._local.adjust(key, share, requests=requests, tokens=tokens, now=now)
+            return 0.0
+
+        return _Call("adjust", key, limits, requests, tokens, 0.0, fallback)
+
+    def _pause_call(self, key: str, limits: RateLimits, seconds: float, now: float) -> _Call:
+        # The local share pauses too (now, not only as a fallback), so a pause still holds
+        # if Redis goes away meanwhile.
+        self._local.pause(key, self._share(limits), seconds=seconds, now=now)
+        return _Call("pause", key, limits, 0, 0, seconds, _nothing)
+
+    def _paused_for_call(self, key: str, now: float) -> _Call:
+        def fallback() -> float:
+            return self._local.paused_for(key, now=now)
+
+        return _Call("paused_for", key, None, 0, 0, 0.0, fallback)
+
+    def _clamp_call(
+        self, key: str, limits: RateLimits, requests: int | None, tokens: int | None, now: float
+    ) -> _Call:
+        share = self._share(limits)
+
+        def fallback() -> float:
+            self._local.clamp(key, share, requests=requests, tokens=tokens, now=now)
+            return 0.0
+
+        r = -1 if requests is None else max(0, requests)
+        t = -1 if tokens is None else max(0, tokens)
+        return _Call("clamp", key, limits, r, t, 0.0, fallback)
+
+    # --- BudgetStore: blocking methods (the sync client) ----------------------------------
     def try_reserve(
         self,
         key: str,
@@ -332,54 +596,73 @@ class RedisBudgetStore:
 
         Fail-closed during an outage: ``math.inf`` (the gate refuses the caller).
         """
-        wait = self._redis("reserve", key, limits, requests, tokens, max_wait)
-        if wait is not None:
-            return wait
-        if self.fallback == "fail-closed":
-            return math.inf
-        return self._local.try_reserve(
-            key, self._share(limits), requests=requests, tokens=tokens, now=now, max_wait=max_wait
-        )
+        return self._run(self._reserve_call(key, limits, requests, tokens, now, max_wait))
 
     def peek(
         self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
     ) -> float:
         """Seconds until the amounts could be sent, debiting nothing."""
-        wait = self._redis("peek", key, limits, requests, tokens)
-        if wait is not None:
-            return wait
-        if self.fallback == "fail-closed":
-            return math.inf
-        return self._local.peek(key, self._share(limits), requests=requests, tokens=tokens, now=now)
+        return self._run(self._peek_call(key, limits, requests, tokens, now))
 
     def adjust(
         self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
     ) -> None:
         """Debit (positive) or refund (negative) amounts, without waiting."""
-        if self._redis("adjust", key, limits, requests, tokens) is None:
-            self._local.adjust(key, self._share(limits), requests=requests, tokens=tokens, now=now)
+        self._run(self._adjust_call(key, limits, requests, tokens, now))
 
     def pause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
         """Pause ``key`` for every process for ``seconds``; afterwards resume at the rate."""
-        # The local share pauses too, so a pause still holds if Redis goes away meanwhile.
-        self._local.pause(key, self._share(limits), seconds=seconds, now=now)
-        self._redis("pause", key, limits, arg=seconds)
+        self._run(self._pause_call(key, limits, seconds, now))
 
     def paused_for(self, key: str, *, now: float) -> float:
         """Seconds left of a pause on ``key`` (0.0 when not paused)."""
-        left = self._redis("paused_for", key, None)
-        if left is not None:
-            return left
-        return self._local.paused_for(key, now=now)
+        return self._run(self._paused_for_call(key, now))
 
     def clamp(
         self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
     ) -> None:
         """Let at most ``requests``/``tokens`` leave now (the provider's remaining budget)."""
-        r = -1 if requests is None else max(0, requests)
-        t = -1 if tokens is None else max(0, tokens)
-        if self._redis("clamp", key, limits, r, t) is None:
-            self._local.clamp(key, self._share(limits), requests=requests, tokens=tokens, now=now)
+        self._run(self._clamp_call(key, limits, requests, tokens, now))
+
+    # --- BudgetStore: async twins (this event loop's asyncio client) ----------------------
+    async def atry_reserve(
+        self,
+        key: str,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now: float,
+        max_wait: float,
+    ) -> float:
+        """Async :meth:`try_reserve`: same answer, the event loop keeps running meanwhile."""
+        return await self._arun(self._reserve_call(key, limits, requests, tokens, now, max_wait))
+
+    async def apeek(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> float:
+        """Async :meth:`peek`."""
+        return await self._arun(self._peek_call(key, limits, requests, tokens, now))
+
+    async def aadjust(
+        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
+    ) -> None:
+        """Async :meth:`adjust`."""
+        await self._arun(self._adjust_call(key, limits, requests, tokens, now))
+
+    async def apause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
+        """Async :meth:`pause`."""
+        await self._arun(self._pause_call(key, limits, seconds, now))
+
+    async def apaused_for(self, key: str, *, now: float) -> float:
+        """Async :meth:`paused_for`."""
+        return await self._arun(self._paused_for_call(key, now))
+
+    async def aclamp(
+        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
+    ) -> None:
+        """Async :meth:`clamp`."""
+        await self._arun(self._clamp_call(key, limits, requests, tokens, now))
 
     # --- inspection and lifecycle ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -388,6 +671,7 @@ class RedisBudgetStore:
             counts = dict(self._counts)
         return {
             **counts,
+            "event_loops": len(self._async_scripts),
             "state": self.breaker.state,
             "trips": self.breaker.trips,
             "recoveries": self.breaker.recoveries,
@@ -403,11 +687,22 @@ class RedisBudgetStore:
         """Replace locks after ``fork()``; redis-py reconnects in a new process by itself."""
         self._lock = threading.Lock()
         self.breaker.reset_lock()
+        self._async_scripts.forget()
 
     def close(self) -> None:
-        """Close the connection pool (when this store built the client); idempotent."""
+        """Close the blocking client's pool (when this store built the client); idempotent.
+
+        Asyncio clients close with their event loops (or with :meth:`aclose` on each loop).
+        """
         if self._owns_client:
             self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio client now; idempotent, reopened on next use.
+
+        Not needed with ``asyncio.run``: a loop's client is closed while the loop shuts down.
+        """
+        await self._async_scripts.aclose()
 
     def __repr__(self) -> str:
         c = self._counts

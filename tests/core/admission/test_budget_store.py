@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from rag_perf_plugins.admission import LocalBudgetStore, RateLimits, key_fingerprint, parse_reset
@@ -112,6 +114,35 @@ def test_clamp_follows_the_providers_remaining_budget() -> None:
     store.clamp("k", limits, requests=2, tokens=None, now=0.0)
     waits = [reserve(store, limits, 0.0) for _ in range(4)]
     assert waits == pytest.approx([0.0, 0.0, 0.1, 0.2])
+
+
+async def _scenario(store: LocalBudgetStore, twin: bool) -> list[float]:
+    """Every protocol method once or more, through the blocking methods or their twins."""
+
+    async def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        if twin:
+            return await getattr(store, "a" + name)(*args, **kwargs)
+        return getattr(store, name)(*args, **kwargs)
+
+    limits = RateLimits(requests_per_minute=60, tokens_per_minute=600, burst_seconds=1.0)
+    out = [
+        await call("try_reserve", "k", limits, requests=1, tokens=5, now=0.0, max_wait=1.5)
+        for _ in range(3)
+    ]
+    await call("adjust", "k", limits, requests=-1, tokens=-5, now=0.0)
+    await call("pause", "k", limits, seconds=2.0, now=0.0)
+    await call("clamp", "c", limits, requests=0, tokens=None, now=0.0)
+    out.append(await call("peek", "k", limits, requests=1, tokens=0, now=0.0))
+    out.append(await call("paused_for", "k", now=0.5))
+    out.append(await call("peek", "c", limits, requests=1, tokens=0, now=0.0))
+    return out
+
+
+async def test_async_twins_give_the_same_answers() -> None:
+    blocking = await _scenario(LocalBudgetStore(), twin=False)
+    assert await _scenario(LocalBudgetStore(), twin=True) == blocking
+    # 2.0 refused (over 1.5 s) and not debited; the pause holds k until 2.0; c has none left.
+    assert blocking == pytest.approx([0.0, 1.0, 2.0, 2.0, 1.5, 1.0])
 
 
 def test_unlimited_limits_never_wait() -> None:

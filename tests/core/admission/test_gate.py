@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rag_perf_plugins._clock import FakeClock
-from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, get_gate
+from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, Ticket, get_gate
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.errors import ConfigError, DeadlineExceeded, Overloaded
 from rag_perf_plugins.tracking import PerformanceTracker
@@ -65,17 +65,25 @@ async def test_async_twin_schedules_the_same_way(fake_clock: FakeClock) -> None:
     assert fake_clock.slept == pytest.approx([0.1] * 10)
 
 
-async def test_token_budget_reconcile_refunds_and_debits(fake_clock: FakeClock) -> None:
+async def _reconcile(ticket: Ticket, tokens: int, path: str) -> None:
+    if path == "sync":
+        ticket.reconcile(tokens)
+    else:
+        await ticket.areconcile(tokens)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+async def test_token_budget_reconcile_refunds_and_debits(fake_clock: FakeClock, path: str) -> None:
     gate = make_gate(fake_clock, tokens_per_minute=600, rate_burst_seconds=1.0)  # 10 tokens/s
     async with gate.acquire(tokens=10) as ticket:
-        ticket.reconcile(2)  # the call used 2 of the 10 reserved
+        await _reconcile(ticket, 2, path)  # the call used 2 of the 10 reserved
         assert ticket.tokens == 2
     async with gate.acquire(tokens=8):
         pass
     assert fake_clock.slept == []  # the refund paid for it
     async with gate.acquire(tokens=1) as ticket:
         fake_clock.slept.clear()
-        ticket.reconcile(21)  # 20 more than reserved: the budget is in debt
+        await _reconcile(ticket, 21, path)  # 20 more than reserved: the budget is in debt
     async with gate.acquire(tokens=1):
         pass
     assert fake_clock.slept == pytest.approx([2.1])
@@ -275,28 +283,39 @@ async def test_pause_covers_callers_already_scheduled() -> None:
     ticket._gate._leave(ticket, False)
 
 
-def test_observe_response_follows_remaining_headers(fake_clock: FakeClock) -> None:
+def _observe(gate: AdmissionGate, path: str, status: int, headers: dict[str, str]) -> None:
+    if path == "sync":
+        gate.observe_response(status, headers)
+    else:
+        asyncio.run(gate.aobserve_response(status, headers))
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_observe_response_follows_remaining_headers(fake_clock: FakeClock, path: str) -> None:
     gate = make_gate(fake_clock, requests_per_minute=600, tokens_per_minute=60_000)
-    gate.observe_response(
-        200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}
-    )
+    _observe(
+        gate, path, 200,
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"},
+    )  # fmt: skip
     assert gate.stats()["paused_for_s"] == pytest.approx(1.5)
     fake_clock.advance(1.5 + 1.0)
-    gate.observe_response(200, {"x-ratelimit-remaining-tokens": "100"})
+    _observe(gate, path, 200, {"x-ratelimit-remaining-tokens": "100"})
     with gate.acquire_sync(tokens=100):
         pass
     with gate.acquire_sync(tokens=100):
         pass
     assert fake_clock.slept == pytest.approx([0.1])  # only 100 were left; the next 100 wait
-    gate.observe_response(200, {"x-ratelimit-remaining-tokens": "many"})  # ignored
-    gate.observe_response(429, {})  # no Retry-After: nothing to pause for
+    _observe(gate, path, 200, {"x-ratelimit-remaining-tokens": "many"})  # ignored
+    _observe(gate, path, 429, {})  # no Retry-After: nothing to pause for
     assert gate.stats()["paused_for_s"] == 0.0
 
 
-def test_pause_is_capped_by_retry_after_cap(fake_clock: FakeClock) -> None:
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_pause_is_capped_by_retry_after_cap(fake_clock: FakeClock, path: str) -> None:
     gate = make_gate(fake_clock, retry_after_cap=5.0)
-    gate.observe_response(429, {"retry-after": "3600"})
+    _observe(gate, path, 429, {"retry-after": "3600"})
     assert gate.stats()["paused_for_s"] == pytest.approx(5.0)
+    assert gate.stats()["pauses"] == 1
 
 
 def test_one_budget_shared_by_threads_and_event_loops() -> None:
