@@ -108,10 +108,21 @@ def pooled_openai_llm(
     Raises:
         ValueError: ``max_retries`` or ``http_client``/``async_http_client`` were passed.
 
+    Streamed answers ask for usage (``stream_options={"include_usage": True}`` in
+    ``additional_kwargs``), so their tokens are counted; it is not part of cache keys.
+
     Not done: wrapping (pass the result to :func:`wrap_llm`); on its own it makes
     exactly one attempt per request.
     """
     kwargs = _pooled_kwargs("pooled_openai_llm", api_key, api_base, config, proxy, kwargs)
+    # Streams report usage in their last chunk, so token counts cover streamed answers too.
+    # LlamaIndex drops stream_options from non-streaming requests; pass
+    # additional_kwargs={"stream_options": None} to leave it out for an endpoint that rejects it.
+    extra = dict(kwargs.pop("additional_kwargs", None) or {})
+    extra.setdefault("stream_options", {"include_usage": True})
+    if extra["stream_options"] is None:
+        del extra["stream_options"]
+    kwargs["additional_kwargs"] = extra
     return OpenAI(
         model=model,
         temperature=temperature,

@@ -118,6 +118,10 @@ def llm_identity(llm: LLM) -> dict[str, Any]:
     """
     raw = llm.to_dict()
     kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS}
+    extra = kept.get("additional_kwargs")
+    if isinstance(extra, dict) and "stream_options" in extra:
+        # Whether a stream reports usage does not change the answer.
+        kept["additional_kwargs"] = {k: v for k, v in extra.items() if k != "stream_options"}
     kept["class_name"] = llm.class_name()
     text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
     loaded: dict[str, Any] = json.loads(_UNSTABLE.sub("", text))

@@ -151,6 +151,31 @@ def test_stream_chat_is_recorded_and_replayed(
     assert stats.ttft_p50_s >= 0
 
 
+def test_streamed_answers_count_their_tokens(
+    simulator: Simulator, make: Callable[..., OpenAI], config: PerformanceConfig
+) -> None:
+    tracker = PerformanceTracker()
+    inner = make()
+    assert inner.additional_kwargs["stream_options"] == {"include_usage": True}
+    live = list(wrap_llm(inner, config, tracker=tracker).stream_chat(MESSAGES))
+    usage = live[-1].additional_kwargs
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    stats = tracker.get_operation_stats("llm.stream")
+    assert (stats.tokens_in, stats.tokens_out) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+    # Not a part of the key: the same model without it hits the recorded stream.
+    simulator.reset_stats()
+    plain = make(additional_kwargs={"stream_options": None})
+    assert "stream_options" not in plain.additional_kwargs
+    replay = list(wrap_llm(plain, config).stream_chat(MESSAGES))
+    assert chat_requests(simulator) == 0
+    assert replay[-1].message.content == live[-1].message.content
+    # A non-streaming call drops stream_options (LlamaIndex) and is answered normally.
+    assert make().chat(MESSAGES).message.content
+
+
 def test_astream_complete_then_stream_complete_replays(
     simulator: Simulator, make: Callable[..., OpenAI], config: PerformanceConfig
 ) -> None:
