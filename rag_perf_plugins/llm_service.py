@@ -63,6 +63,7 @@ job); choosing the gate and retry policy (the adapter passes them or ``None``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import (
@@ -108,6 +109,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 C = TypeVar("C")
+V = TypeVar("V")
 
 NAMESPACE: Final = "llm"
 _STREAM_SUFFIX: Final = ":stream"
@@ -282,6 +284,22 @@ class _Call:
     attempts: int = 0
     ttft: float | None = None
     abandoned: bool = False
+    led: bool = False  # this caller led its single-flight (made the provider call)
+
+
+@dataclass(slots=True)
+class _Tee:
+    """A live stream's chunks: kept for its usage, encoded for the cache (``None``: not stored)."""
+
+    live: list[Any] = field(default_factory=list)
+    recorded: list[Any] | None = field(default_factory=list)
+
+
+class _Miss:
+    """The type of :data:`_MISS`: no usable cache entry."""
+
+
+_MISS: Final = _Miss()
 
 
 class LLMService:
@@ -481,17 +499,102 @@ class LLMService:
         if call.coalesced:
             tracker.incr("coalesced", operation=operation)
 
-    @staticmethod
-    def _admitted_by(ticket: Any, call: _Call) -> None:
-        wait = getattr(ticket, "queue_wait_s", None)
-        if isinstance(wait, float | int):
-            call.queue_wait = (call.queue_wait or 0.0) + float(wait)
+    def _admitted(self, ticket: Any, call: _Call) -> None:
+        """One provider request goes out now (behind ``ticket`` when a gate gave one)."""
+        if ticket is not None:
+            wait = getattr(ticket, "queue_wait_s", None)
+            if isinstance(wait, float | int):
+                call.queue_wait = (call.queue_wait or 0.0) + float(wait)
+        self.provider_calls += 1
+
+    def _answered(self, codec: ResultCodec[T], value: T, ticket: Any, call: _Call) -> T:
+        """The provider's answer: its usage read and reconciled with the gate's estimate."""
+        call.usage = codec.usage(value)
+        if ticket is not None:
+            self._reconcile(ticket, call.usage)
+        return value
 
     @staticmethod
     def _reconcile(ticket: Any, usage: Usage | None) -> None:
         reconcile = getattr(ticket, "reconcile", None)
         if usage is not None and callable(reconcile):
             reconcile(usage.total)
+
+    def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
+        """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
+
+        An entry of the wrong shape is a miss; one that ``decode`` refuses is counted as
+        corrupt and is a miss too.
+        """
+        found = self._read_entry(kind, entry)
+        if found is None:
+            return _MISS
+        try:
+            value = decode(found[0])
+        except Exception as exc:
+            self._corrupt(exc)
+            return _MISS
+        call.cache_hit, call.saved = True, found[1].total
+        return value
+
+    @staticmethod
+    def _followed(
+        codec: ResultCodec[T], call: _Call, value: T, data: Any, usage: Usage | None
+    ) -> T:
+        """What a caller returns from the flight: its own answer, or the leader's (decoded)."""
+        if call.led or data is _UNSTORED:
+            return value
+        # A follower of another caller's request: billed nothing, saved what the leader paid.
+        call.coalesced, call.saved = True, usage.total if usage is not None else 0
+        return codec.decode(data)
+
+    def _passed(self, codec: ChunkCodec[C], chunk: C, call: _Call, tee: _Tee) -> C:
+        """One live chunk on its way to the consumer: TTFT, teed for the cache, kept."""
+        if call.ttft is None:
+            call.ttft = self._clock() - call.started
+        tee.recorded = self._tee(codec, chunk, tee.recorded)
+        tee.live.append(chunk)
+        return chunk
+
+    def _ended(self, codec: ChunkCodec[C], tee: _Tee, ticket: Any, call: _Call) -> list[Any] | None:
+        """A live stream ran to its end: its usage, reconciled; the chunks to store, if any."""
+        call.usage = codec.usage(tee.live)
+        self._reconcile(ticket, call.usage)
+        return tee.recorded if call.control.write else None
+
+    @staticmethod
+    def _broke(exc: BaseException, call: _Call) -> tuple[Any, Any, Any]:
+        """An exception left a stream: how to close the provider stream behind it.
+
+        ``GeneratorExit`` is the consumer abandoning the stream (``call.abandoned``; the
+        provider stream closes as if it ended, and it is not an error); anything else
+        closes it with the error.
+        """
+        if isinstance(exc, GeneratorExit):
+            call.abandoned = True
+            return None, None, None
+        return type(exc), exc, exc.__traceback__
+
+    # --- storing: sync and async shells -----------------------------------------------
+    def _put(
+        self, cache: CacheManager, key: str, kind: str, data: Any, call: _Call, model: str
+    ) -> None:
+        entry, ttl = self._entry(kind, data, call.usage), self._ttl(call)
+        try:
+            with applied(call.control):
+                cache.set(key, entry, ttl, namespace=self.namespace, model=model)
+        except Exception as exc:  # an unstorable value: the call goes on uncached
+            self._store_error(exc)
+
+    async def _aput(
+        self, cache: CacheManager, key: str, kind: str, data: Any, call: _Call, model: str
+    ) -> None:
+        entry, ttl = self._entry(kind, data, call.usage), self._ttl(call)
+        try:
+            with applied(call.control):
+                await cache.aset(key, entry, ttl, namespace=self.namespace, model=model)
+        except Exception as exc:  # an unstorable value: the call goes on uncached
+            self._store_error(exc)
 
     # --- non-streamed calls: sync shell -----------------------------------------------
     def generate(
@@ -530,47 +633,20 @@ class LLMService:
         if state.control.read:
             with applied(state.control):
                 entry = cache.get(key, namespace=self.namespace)
-            found = self._read_entry("result", entry)
-            if found is not None:
-                try:
-                    value = codec.decode(found[0])
-                except Exception as exc:
-                    self._corrupt(exc)
-                else:
-                    state.cache_hit, state.saved = True, found[1].total
-                    return value
+            hit = self._hit("result", entry, codec.decode, state)
+            if not isinstance(hit, _Miss):
+                return hit
         state.cache_hit = False
 
         def lead() -> tuple[T, Any, Usage | None]:
+            state.led = True
             value = self._provider(request, call, codec, state)
             data = self._encode(codec, value)
             if data is not _UNSTORED and state.control.write:
-                try:
-                    with applied(state.control):
-                        cache.set(
-                            key,
-                            self._entry("result", data, state.usage),
-                            self._ttl(state),
-                            namespace=self.namespace,
-                            model=request.model,
-                        )
-                except Exception as exc:  # an unstorable value: the call goes on uncached
-                    self._store_error(exc)
+                self._put(cache, key, "result", data, state, request.model)
             return value, data, state.usage
 
-        led = False
-
-        def leader() -> tuple[T, Any, Usage | None]:
-            nonlocal led
-            led = True
-            return lead()
-
-        value, data, usage = self._flight.do(key, leader)
-        if led or data is _UNSTORED:
-            return value
-        # A follower of another caller's request: billed nothing, saved what the leader paid.
-        state.coalesced, state.saved = True, usage.total if usage is not None else 0
-        return codec.decode(data)
+        return self._followed(codec, state, *self._flight.do(key, lead))
 
     def _provider(
         self, request: LLMRequest, call: Callable[[], T], codec: ResultCodec[T], state: _Call
@@ -582,16 +658,10 @@ class LLMService:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
-                value = call()
-                state.usage = codec.usage(value)
-                return value
+                return self._answered(codec, call(), None, state)
             with gate.acquire_sync(tokens=tokens) as ticket:
-                self._admitted_by(ticket, state)
-                self.provider_calls += 1
-                value = call()
-                state.usage = codec.usage(value)
-                self._reconcile(ticket, state.usage)
-                return value
+                self._admitted(ticket, state)
+                return self._answered(codec, call(), ticket, state)
 
         return retry.call(attempt) if retry is not None else attempt()
 
@@ -632,47 +702,20 @@ class LLMService:
         if state.control.read:
             with applied(state.control):
                 entry = await cache.aget(key, namespace=self.namespace)
-            found = self._read_entry("result", entry)
-            if found is not None:
-                try:
-                    value = codec.decode(found[0])
-                except Exception as exc:
-                    self._corrupt(exc)
-                else:
-                    state.cache_hit, state.saved = True, found[1].total
-                    return value
+            hit = self._hit("result", entry, codec.decode, state)
+            if not isinstance(hit, _Miss):
+                return hit
         state.cache_hit = False
 
         async def lead() -> tuple[T, Any, Usage | None]:
+            state.led = True
             value = await self._aprovider(request, call, codec, state)
             data = self._encode(codec, value)
             if data is not _UNSTORED and state.control.write:
-                try:
-                    with applied(state.control):
-                        await cache.aset(
-                            key,
-                            self._entry("result", data, state.usage),
-                            self._ttl(state),
-                            namespace=self.namespace,
-                            model=request.model,
-                        )
-                except Exception as exc:  # an unstorable value: the call goes on uncached
-                    self._store_error(exc)
+                await self._aput(cache, key, "result", data, state, request.model)
             return value, data, state.usage
 
-        led = False
-
-        async def leader() -> tuple[T, Any, Usage | None]:
-            nonlocal led
-            led = True
-            return await lead()
-
-        value, data, usage = await self._flight.ado(key, leader)
-        if led or data is _UNSTORED:
-            return value
-        # A follower of another caller's request: billed nothing, saved what the leader paid.
-        state.coalesced, state.saved = True, usage.total if usage is not None else 0
-        return codec.decode(data)
+        return self._followed(codec, state, *await self._flight.ado(key, lead))
 
     async def _aprovider(
         self,
@@ -688,16 +731,10 @@ class LLMService:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
-                value = await call()
-                state.usage = codec.usage(value)
-                return value
+                return self._answered(codec, await call(), None, state)
             async with gate.acquire(tokens=tokens) as ticket:
-                self._admitted_by(ticket, state)
-                self.provider_calls += 1
-                value = await call()
-                state.usage = codec.usage(value)
-                self._reconcile(ticket, state.usage)
-                return value
+                self._admitted(ticket, state)
+                return self._answered(codec, await call(), ticket, state)
 
         return await retry.acall(attempt) if retry is not None else await attempt()
 
@@ -722,57 +759,26 @@ class LLMService:
         if key is not None and cache is not None and state.control.read:
             with applied(state.control):
                 entry = cache.get(key, namespace=self.namespace)
-            found = self._read_entry("stream", entry)
-            if found is not None:
-                chunks = found[0]
-                try:
-                    # Only the first chunk is decoded up front (a bad entry is a miss);
-                    # the rest are decoded as they are yielded, for a short TTFT.
-                    first = codec.decode(chunks[0]) if chunks else _END
-                except Exception as exc:
-                    self._corrupt(exc)
-                else:
-                    state.cache_hit, state.saved = True, found[1].total
-                    yield from self._replay(first, chunks[1:], codec, state, op)
-                    return
+            hit = self._hit("stream", entry, functools.partial(_first_decoded, codec), state)
+            if not isinstance(hit, _Miss):
+                yield from self._replay(*hit, codec, state, op)
+                return
         if key is not None:
             state.cache_hit = False
-        stack, ticket, chunks_in, first = self._open(request, open_stream, state, op)
-        recorded: list[Any] | None = []
-        live: list[C] = []
+        stack, ticket, chunks_in, chunk = self._open(request, open_stream, state, op)
+        tee = _Tee()
         try:
-            chunk = first
             while chunk is not _END:
-                if state.ttft is None:
-                    state.ttft = self._clock() - state.started
-                recorded = self._tee(codec, chunk, recorded)
-                live.append(chunk)
-                yield chunk
+                yield self._passed(codec, chunk, state, tee)
                 chunk = next(chunks_in, _END)
-        except GeneratorExit:
-            state.abandoned = True
-            stack.__exit__(None, None, None)
-            self._record(op, state, error=False)
+        except BaseException as exc:
+            stack.__exit__(*self._broke(exc, state))
+            self._record(op, state, error=not state.abandoned)
             raise
-        except BaseException:
-            stack.__exit__(*sys.exc_info())
-            self._record(op, state, error=True)
-            raise
-        state.usage = codec.usage(live)
-        self._reconcile(ticket, state.usage)
+        chunks = self._ended(codec, tee, ticket, state)
         stack.__exit__(None, None, None)
-        if recorded is not None and key is not None and cache is not None and state.control.write:
-            try:
-                with applied(state.control):
-                    cache.set(
-                        key,
-                        self._entry("stream", recorded, state.usage),
-                        self._ttl(state),
-                        namespace=self.namespace,
-                        model=request.model,
-                    )
-            except Exception as exc:
-                self._store_error(exc)
+        if chunks is not None and key is not None and cache is not None:
+            self._put(cache, key, "stream", chunks, state, request.model)
         self._record(op, state, error=False)
 
     def _replay(
@@ -784,12 +790,9 @@ class LLMService:
                 yield first
                 for data in rest:
                     yield codec.decode(data)
-        except GeneratorExit:
-            state.abandoned = True
-            self._record(op, state, error=False)
-            raise
-        except BaseException:
-            self._record(op, state, error=True)
+        except BaseException as exc:
+            self._broke(exc, state)
+            self._record(op, state, error=not state.abandoned)
             raise
         self._record(op, state, error=False)
 
@@ -810,8 +813,7 @@ class LLMService:
                 ticket = None
                 if gate is not None:
                     ticket = stack.enter_context(gate.acquire_sync(tokens=tokens))
-                    self._admitted_by(ticket, state)
-                self.provider_calls += 1
+                self._admitted(ticket, state)
                 chunks_in = iter(open_stream())
                 stack.callback(_close_quietly, chunks_in)
                 first = next(chunks_in, _END)
@@ -847,60 +849,30 @@ class LLMService:
         if key is not None and cache is not None and state.control.read:
             with applied(state.control):
                 entry = await cache.aget(key, namespace=self.namespace)
-            found = self._read_entry("stream", entry)
-            if found is not None:
-                chunks = found[0]
-                try:
-                    first = codec.decode(chunks[0]) if chunks else _END
-                except Exception as exc:
-                    self._corrupt(exc)
-                else:
-                    state.cache_hit, state.saved = True, found[1].total
-                    # Replaying is CPU work only: the sync replay generator serves both
-                    # shells; closing it (abandoned here) records the abandonment.
-                    replay = self._replay(first, chunks[1:], codec, state, op)
-                    with contextlib.closing(replay):
-                        for chunk in replay:
-                            yield chunk
-                    return
+            hit = self._hit("stream", entry, functools.partial(_first_decoded, codec), state)
+            if not isinstance(hit, _Miss):
+                # Replaying is CPU work only: the sync replay generator serves both
+                # shells; closing it (abandoned here) records the abandonment.
+                with contextlib.closing(self._replay(*hit, codec, state, op)) as replay:
+                    for replayed in replay:
+                        yield replayed
+                return
         if key is not None:
             state.cache_hit = False
-        stack, ticket, chunks_in, first = await self._aopen(request, open_stream, state, op)
-        recorded: list[Any] | None = []
-        live: list[C] = []
+        stack, ticket, chunks_in, chunk = await self._aopen(request, open_stream, state, op)
+        tee = _Tee()
         try:
-            chunk = first
             while chunk is not _END:
-                if state.ttft is None:
-                    state.ttft = self._clock() - state.started
-                recorded = self._tee(codec, chunk, recorded)
-                live.append(chunk)
-                yield chunk
+                yield self._passed(codec, chunk, state, tee)
                 chunk = await anext(chunks_in, _END)
-        except GeneratorExit:
-            state.abandoned = True
-            await stack.__aexit__(None, None, None)
-            self._record(op, state, error=False)
+        except BaseException as exc:
+            await stack.__aexit__(*self._broke(exc, state))
+            self._record(op, state, error=not state.abandoned)
             raise
-        except BaseException:
-            await stack.__aexit__(*sys.exc_info())
-            self._record(op, state, error=True)
-            raise
-        state.usage = codec.usage(live)
-        self._reconcile(ticket, state.usage)
+        chunks = self._ended(codec, tee, ticket, state)
         await stack.__aexit__(None, None, None)
-        if recorded is not None and key is not None and cache is not None and state.control.write:
-            try:
-                with applied(state.control):
-                    await cache.aset(
-                        key,
-                        self._entry("stream", recorded, state.usage),
-                        self._ttl(state),
-                        namespace=self.namespace,
-                        model=request.model,
-                    )
-            except Exception as exc:
-                self._store_error(exc)
+        if chunks is not None and key is not None and cache is not None:
+            await self._aput(cache, key, "stream", chunks, state, request.model)
         self._record(op, state, error=False)
 
     async def _aopen(
@@ -920,8 +892,7 @@ class LLMService:
                 ticket = None
                 if gate is not None:
                     ticket = await stack.enter_async_context(gate.acquire(tokens=tokens))
-                    self._admitted_by(ticket, state)
-                self.provider_calls += 1
+                self._admitted(ticket, state)
                 chunks_in = aiter(open_stream())
                 stack.push_async_callback(_aclose_quietly, chunks_in)
                 first = await anext(chunks_in, _END)
@@ -935,6 +906,12 @@ class LLMService:
         except BaseException:
             self._record(op, state, error=True)
             raise
+
+
+def _first_decoded(codec: ChunkCodec[C], chunks: Sequence[Any]) -> tuple[Any, Sequence[Any]]:
+    # Only the first chunk is decoded up front (a bad entry is a miss); the rest are
+    # decoded as they are yielded, for a short TTFT.
+    return (codec.decode(chunks[0]) if chunks else _END), chunks[1:]
 
 
 def _close_quietly(iterator: Any) -> None:
