@@ -703,7 +703,7 @@ class CacheManager:
     def _batcher(self) -> _LoopBatcher:
         loop = asyncio.get_running_loop()
         last = self._last_batcher
-        if last is not None and last._loop is loop:
+        if last is not None and last._loop_ref() is loop:
             return last
         batcher = self._batchers.get(loop)
         if batcher is None:
@@ -989,7 +989,7 @@ class _LoopBatcher:
     SLICE_S: Final = 0.00015
 
     __slots__ = (
-        "_loop",
+        "_loop_ref",
         "_manager",
         "_pending",
         "_writes",
@@ -1000,7 +1000,9 @@ class _LoopBatcher:
 
     def __init__(self, manager: CacheManager, loop: asyncio.AbstractEventLoop) -> None:
         self._manager = manager
-        self._loop = loop
+        # Weak: the manager keeps its batchers in a WeakKeyDictionary keyed by the loop,
+        # and a strong reference here would keep every finished loop alive.
+        self._loop_ref = weakref.ref(loop)
         self._pending: list[_Waiter] = []
         self._writes: list[tuple[dict[str, bytes], float | None, str | None, _Done]] = []
         self.batches = 0
@@ -1009,6 +1011,13 @@ class _LoopBatcher:
         """Loop callbacks that handed read results to waiting callers."""
         self.write_batches = 0
         """Write jobs sent to the pool (one per loop iteration that had disk writes)."""
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop_ref()
+        if loop is None:  # unreachable: callbacks run on their own, living loop
+            raise RuntimeError("the event loop of this batcher is gone")
+        return loop
 
     # --- reads ----------------------------------------------------------------------------
     def read(

@@ -7,6 +7,7 @@ to the real methods, and a fault raised inside one batch's read.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -251,3 +252,12 @@ async def test_a_failed_write_batch_fails_its_callers_only(cache_dir: Path) -> N
     assert cache.get_many([f"a{i}" for i in range(5)]) == {}
     assert jobs == ["_store_groups"]  # the refused batch never reached the pool
     await cache.aclose()
+
+
+def test_finished_event_loops_are_not_kept_alive(cache_dir: Path) -> None:
+    cache = make(cache_dir, cache_size=0)
+    for _ in range(5):
+        asyncio.run(cache.aget("k"))  # e.g. a sync wrapper running each call in a new loop
+    gc.collect()
+    assert len(cache._batchers) == 0
+    cache.close()
