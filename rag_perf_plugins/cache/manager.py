@@ -977,8 +977,9 @@ class _LoopBatcher:
     straight back before the loop thread wakes (which then waits out the interpreter's
     5 ms switch interval). Each caller's vectors are unpacked on the loop as its result is
     delivered instead, and delivery stops after :attr:`SLICE_S` seconds of work per loop
-    iteration (at least one caller each time), so the loop is held only briefly however
-    many callers wait and however large their vectors.
+    iteration (at least one vector each time; one caller's many vectors may span several
+    iterations), so the loop is held only briefly however many callers wait, however
+    many keys each asked for and however large the vectors.
 
     Writes: the ``aset`` calls of one loop iteration share one pool job that writes them
     in call order (consecutive calls with the same ``ttl`` and ``model`` as one
@@ -1051,25 +1052,43 @@ class _LoopBatcher:
         done: asyncio.Future[tuple[dict[str, Any], dict[str, str]]],
         batch: list[_Waiter],
         offset: int,
+        progress: tuple[dict[str, Any], int] | None = None,
     ) -> None:
+        """Hand results to waiters from ``batch[offset]`` on, for at most :attr:`SLICE_S`.
+
+        ``progress`` is (values so far, next key index) of ``batch[offset]`` when the last
+        slice ended inside one caller's keys (one ``aget_many`` of many vectors).
+        """
         self.deliveries += 1
         error = None if done.cancelled() else done.exception()
-        if error is not None and offset == 0:
+        if error is not None and offset == 0 and progress is None:
             # _walk absorbs storage faults, so this is a bug or a closed pool: fail soft.
             self._manager._fault("disk", "get", error)
         ok = error is None and not done.cancelled()
         found, where = done.result() if ok else ({}, {})
-        deadline = time.perf_counter() + self.SLICE_S
+        clock = time.perf_counter
+        deadline = clock() + self.SLICE_S
+        mine, pos = progress if progress is not None else ({}, 0)
         end = offset
         while end < len(batch):
             keys, _start, _now, as_numpy, future = batch[end]
+            if not future.done():  # else the caller was cancelled
+                while pos < len(keys):
+                    key = keys[pos]
+                    pos += 1
+                    value = found.get(key, _MISSING)
+                    if value is _MISSING:
+                        continue
+                    if type(value) is PackedVector:
+                        value = value.array() if as_numpy else value.tolist()
+                    mine[key] = value
+                    if pos < len(keys) and clock() >= deadline:
+                        self._loop.call_soon(self._deliver, done, batch, end, (mine, pos))
+                        return
+                future.set_result((mine, {k: where[k] for k in keys if k in where}))
             end += 1
-            if future.done():
-                continue  # the caller was cancelled
-            mine = {k: found[k] for k in keys if k in found}
-            _unpack(mine, as_numpy=as_numpy)
-            future.set_result((mine, {k: where[k] for k in keys if k in where}))
-            if time.perf_counter() >= deadline:
+            mine, pos = {}, 0
+            if clock() >= deadline:
                 break
         if end < len(batch):
             self._loop.call_soon(self._deliver, done, batch, end)

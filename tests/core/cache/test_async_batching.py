@@ -18,6 +18,7 @@ import pytest
 
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.cache import CacheManager, DiskTier, cache_control
+from rag_perf_plugins.cache.manager import _LoopBatcher
 from rag_perf_plugins.config import PerformanceConfig
 
 N = 1000
@@ -261,3 +262,24 @@ def test_finished_event_loops_are_not_kept_alive(cache_dir: Path) -> None:
     gc.collect()
     assert len(cache._batchers) == 0
     cache.close()
+
+
+async def test_one_callers_many_vectors_are_handed_over_in_slices(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(cache_dir, 50)
+    cache = make(cache_dir, cache_size=0)
+    cache.namespace_version("embeddings")
+    monkeypatch.setattr(_LoopBatcher, "SLICE_S", 0.0)  # every vector ends a slice
+    keys = [f"k{i}" for i in range(60)]
+    lists, arrays = await asyncio.gather(
+        cache.aget_vectors(keys), cache.aget_vectors(keys, as_numpy=True)
+    )
+    assert lists == {f"k{i}": vector(i) for i in range(50)}
+    assert {k: v.tolist() for k, v in arrays.items()} == lists
+    batcher = next(iter(cache._batchers.values()))
+    assert batcher.batches == 1
+    # One loop callback per vector (none holds the loop for a whole caller), plus one per
+    # caller for the slice that meets its 10 trailing misses and hands its result over.
+    assert batcher.deliveries == 2 * (50 + 1)
+    await cache.aclose()
