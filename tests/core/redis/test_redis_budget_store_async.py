@@ -224,10 +224,12 @@ def test_a_pause_from_one_path_holds_the_other(redis_url: str) -> None:
         await gate.aobserve_response(429, {"Retry-After": "7"})
         return await shared.apaused_for("k", now=0.0)
 
-    assert 7.0 - TOL < asyncio.run(main()) <= 7.0
-    assert 7.0 - 2 * TOL < blocking.paused_for("k", now=0.0) <= 7.0
+    # Each asyncio.run opens a loop and connects its client first, which can take a good
+    # part of a second of Redis time on a loaded machine: hence a one-second tolerance.
+    assert 6.0 < asyncio.run(main()) <= 7.0
+    assert 6.0 < blocking.paused_for("k", now=0.0) <= 7.0
     blocking.pause("p", ONE_PER_S, seconds=3.0, now=0.0)
-    assert 3.0 - TOL < asyncio.run(shared.apaused_for("p", now=0.0)) <= 3.0
+    assert 2.0 < asyncio.run(shared.apaused_for("p", now=0.0)) <= 3.0
     assert gate.stats()["pauses"] == 1
     blocking.close()
     shared.close()
