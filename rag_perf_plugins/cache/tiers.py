@@ -35,6 +35,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,8 @@ import diskcache
 from .serialize import SafeDisk, UnsafeRow, fetch_row
 
 __all__ = ["CORRUPT", "DiskTier", "MemoryTier", "Tier"]
+
+_MODE_RAW: Final = diskcache.core.MODE_RAW
 
 CORRUPT: Final = b""
 """Returned by a tier for a stored row it will not read; never a valid envelope."""
@@ -307,8 +310,12 @@ class DiskTier:
         groups: dict[int, list[str]] = {}
         hash_ = self._cache._hash
         count = self._count
+        adler32 = zlib.adler32
         for key in keys:
-            groups.setdefault(hash_(key) % count, []).append(key)
+            # diskcache's Disk.hash of a str key (SafeDisk stores it as is), inlined:
+            # ~1 µs less per key than the two method calls.
+            index = (adler32(key.encode()) if type(key) is str else hash_(key)) % count
+            groups.setdefault(index, []).append(key)
         return groups
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
@@ -327,6 +334,9 @@ class DiskTier:
                     chunk,
                 ).fetchall()
                 for key, mode, filename, value in rows:
+                    if mode == _MODE_RAW and type(value) is bytes:
+                        found[key] = value  # fetch_row's common case, inlined
+                        continue
                     try:
                         found[key] = fetch_row(disk, mode, filename, value)
                     except (UnsafeRow, OSError):
