@@ -64,6 +64,7 @@ from ._clock import Clock, monotonic
 from .batching import AsyncBatchProcessor, BatchProcessor
 from .cache import CacheManager, current_control, embedding_key, get_cache_manager
 from .config import PerformanceConfig
+from .retry import aobserve_failure, observe_failure
 from .tokens import estimate_tokens
 from .tracking import PerformanceTracker, get_performance_tracker
 
@@ -913,7 +914,11 @@ class EmbeddingService:
 
         def admitted() -> R:
             with gate.acquire_sync(tokens=self._tokens(texts)):
-                return call()
+                try:
+                    return call()
+                except Exception as exc:
+                    observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
+                    raise
 
         return retry.call(admitted) if retry is not None else admitted()
 
@@ -1046,7 +1051,11 @@ class EmbeddingService:
             if gate is None:
                 return await call()
             async with gate.acquire(tokens=self._tokens(texts)):
-                return await call()
+                try:
+                    return await call()
+                except Exception as exc:
+                    await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
+                    raise
 
         return await retry.acall(admitted) if retry is not None else await admitted()
 

@@ -94,6 +94,7 @@ from .cache import (
 from .cache.control import CacheControl, applied
 from .config import PerformanceConfig
 from .embedding_service import AdmissionGateLike, RetryPolicyLike
+from .retry import aobserve_failure, observe_failure
 from .tokens import estimate_tokens
 from .tracking import PerformanceTracker, get_performance_tracker
 
@@ -520,6 +521,17 @@ class LLMService:
         if usage is not None and callable(reconcile):
             reconcile(usage.total)
 
+    @staticmethod
+    async def _areconcile(ticket: Any, usage: Usage | None) -> None:
+        """Async :meth:`_reconcile`: ``areconcile`` when the ticket has it (no loop blocking)."""
+        if usage is None:
+            return
+        areconcile = getattr(ticket, "areconcile", None)
+        if callable(areconcile):
+            await areconcile(usage.total)
+        else:
+            LLMService._reconcile(ticket, usage)
+
     def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
 
@@ -661,7 +673,12 @@ class LLMService:
                 return self._answered(codec, call(), None, state)
             with gate.acquire_sync(tokens=tokens) as ticket:
                 self._admitted(ticket, state)
-                return self._answered(codec, call(), ticket, state)
+                try:
+                    answer = call()
+                except Exception as exc:
+                    observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
+                    raise
+                return self._answered(codec, answer, ticket, state)
 
         return retry.call(attempt) if retry is not None else attempt()
 
@@ -734,7 +751,14 @@ class LLMService:
                 return self._answered(codec, await call(), None, state)
             async with gate.acquire(tokens=tokens) as ticket:
                 self._admitted(ticket, state)
-                return self._answered(codec, await call(), ticket, state)
+                try:
+                    answer = await call()
+                except Exception as exc:
+                    await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
+                    raise
+                value = self._answered(codec, answer, None, state)
+                await self._areconcile(ticket, state.usage)
+                return value
 
         return await retry.acall(attempt) if retry is not None else await attempt()
 
@@ -817,7 +841,9 @@ class LLMService:
                 chunks_in = iter(open_stream())
                 stack.callback(_close_quietly, chunks_in)
                 first = next(chunks_in, _END)
-            except BaseException:
+            except BaseException as exc:
+                if gate is not None and isinstance(exc, Exception):
+                    observe_failure(gate, exc)
                 stack.__exit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
@@ -869,7 +895,8 @@ class LLMService:
             await stack.__aexit__(*self._broke(exc, state))
             self._record(op, state, error=not state.abandoned)
             raise
-        chunks = self._ended(codec, tee, ticket, state)
+        chunks = self._ended(codec, tee, None, state)
+        await self._areconcile(ticket, state.usage)
         await stack.__aexit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
             await self._aput(cache, key, "stream", chunks, state, request.model)
@@ -896,7 +923,9 @@ class LLMService:
                 chunks_in = aiter(open_stream())
                 stack.push_async_callback(_aclose_quietly, chunks_in)
                 first = await anext(chunks_in, _END)
-            except BaseException:
+            except BaseException as exc:
+                if gate is not None and isinstance(exc, Exception):
+                    await aobserve_failure(gate, exc)
                 await stack.__aexit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first

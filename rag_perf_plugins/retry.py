@@ -62,7 +62,9 @@ __all__ = [
     "Failure",
     "RetryBudget",
     "RetryPolicy",
+    "aobserve_failure",
     "classify",
+    "observe_failure",
     "parse_retry_after",
 ]
 
@@ -186,6 +188,35 @@ def classify(exc: BaseException) -> Failure:
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def observe_failure(gate: object, exc: BaseException) -> None:
+    """Tell ``gate`` what the provider said in a failed answer: a 429 pauses it, for everyone.
+
+    Example: ``except Exception as exc: observe_failure(gate, exc); raise`` inside the
+    ``gate.acquire_sync()`` block of one attempt. Reads the status and headers the way
+    :func:`classify` does; errors without an HTTP status (timeouts, refused connections)
+    and gates without ``observe_response`` are ignored. From async code use
+    :func:`aobserve_failure`.
+    """
+    failure = classify(exc)
+    observe = getattr(gate, "observe_response", None)
+    if failure.status is not None and observe is not None:
+        observe(failure.status, failure.headers)
+
+
+async def aobserve_failure(gate: object, exc: BaseException) -> None:
+    """Async :func:`observe_failure`: awaits ``gate.aobserve_response`` when the gate has it."""
+    failure = classify(exc)
+    if failure.status is None:
+        return
+    aobserve = getattr(gate, "aobserve_response", None)
+    if aobserve is not None:
+        await aobserve(failure.status, failure.headers)
+        return
+    observe = getattr(gate, "observe_response", None)
+    if observe is not None:
+        observe(failure.status, failure.headers)
 
 
 class RetryBudget:
@@ -405,7 +436,9 @@ class RetryPolicy:
                         if usage is not None:
                             _reconcile(t, usage(result))
             except Exception as exc:
-                delay = self._after_failure(state, exc, gate)
+                if gate is not None:
+                    observe_failure(gate, exc)
+                delay = self._after_failure(state, exc)
                 self._sleep(delay)
                 continue
             self._finish(state, ok=True)
@@ -436,9 +469,11 @@ class RetryPolicy:
                     async with gate.acquire(tokens=tokens, timeout=self._remaining(state)) as t:
                         result = await self._attempt(fn, state)
                         if usage is not None:
-                            _reconcile(t, usage(result))
+                            await _areconcile(t, usage(result))
             except Exception as exc:
-                delay = self._after_failure(state, exc, gate)
+                if gate is not None:
+                    await aobserve_failure(gate, exc)
+                delay = self._after_failure(state, exc)
                 await self._async_sleep(delay)
                 continue
             self._finish(state, ok=True)
@@ -490,13 +525,9 @@ class RetryPolicy:
             self._finish(state, ok=False)
             raise DeadlineExceeded("the call's deadline passed before the next attempt")
 
-    def _after_failure(
-        self, state: _CallState, exc: Exception, gate: AdmissionGate | None
-    ) -> float:
+    def _after_failure(self, state: _CallState, exc: Exception) -> float:
         """Seconds to back off before the next attempt, or raise (the error or a deadline)."""
         failure = classify(exc)
-        if gate is not None and failure.status is not None:
-            gate.observe_response(failure.status, failure.headers)
         if isinstance(exc, DeadlineExceeded):
             self._count("deadline_exceeded")
         if not failure.retryable or state.attempts >= self.config.retry_max_attempts:
@@ -569,4 +600,14 @@ class RetryPolicy:
 
 def _reconcile(ticket: Any, actual: int | None) -> None:
     if actual is not None:
+        ticket.reconcile(actual)
+
+
+async def _areconcile(ticket: Any, actual: int | None) -> None:
+    if actual is None:
+        return
+    areconcile = getattr(ticket, "areconcile", None)
+    if callable(areconcile):
+        await areconcile(actual)
+    else:
         ticket.reconcile(actual)

@@ -139,7 +139,7 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
                         async with session.post(url, json=body) as response:
                             await response.read()
                             status = response.status
-                            gate.observe_response(status, response.headers)
+                            await gate.aobserve_response(status, response.headers)
                 except Overloaded:
                     rejected += 1
                     await asyncio.sleep(0.05)
