@@ -46,7 +46,9 @@ pools. HTTP/2 is not enabled.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import logging
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -654,6 +656,18 @@ def _new_async_entry(
 
 
 _registry = HttpClientRegistry()
+
+
+def _close_at_exit() -> None:
+    # Keep-alive sockets of the process-wide clients are closed, not left to the garbage
+    # collector at interpreter exit (which warns "unclosed socket" and skips the goodbye).
+    try:
+        _registry.close()
+    except Exception:  # pragma: no cover - best effort while the interpreter stops
+        logging.getLogger(__name__).debug("closing the shared HTTP clients failed", exc_info=True)
+
+
+atexit.register(_close_at_exit)
 
 
 def get_http_client(

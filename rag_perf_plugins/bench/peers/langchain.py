@@ -225,10 +225,18 @@ def wrapper_overhead(ctx: BenchContext) -> Iterator[Result]:
 
     n = ctx.scale(3000, quick=500)
     inner = DeterministicFakeEmbedding(size=8)
-    bare_us = _per_call_us(lambda i: inner.embed_query(f"q{i}"), n)
     off = PerformanceConfig(enable_caching=False)
     plain = PerfEmbeddings(inner, off, batching=False, tracker=PerformanceTracker())
-    plain_us = _per_call_us(lambda i: plain.embed_query(f"plain {i}"), n)
+    # Bare and wrapped rounds alternate (best of 10 each), so load changes hit both alike.
+    paired = _interleaved_us(
+        {
+            "bare": lambda i: inner.embed_query(f"q{i}"),
+            "plain": lambda i: plain.embed_query(f"plain {i}"),
+        },
+        max(1, n // 10),
+        rounds=10,
+    )
+    bare_us, plain_us = paired["bare"], paired["plain"]
     yield Result.compare(
         "lc_embeddings_added_us_cache_batching_off",
         plain_us - bare_us,
@@ -275,9 +283,16 @@ def wrapper_overhead(ctx: BenchContext) -> Iterator[Result]:
 
     store_inner = InMemoryVectorStore(inner)
     store_inner.add_texts([f"text {i}" for i in range(50)])
-    bare_search = _per_call_us(lambda i: store_inner.similarity_search(f"q{i}", k=2), n // 3)
     wrapped = PerfVectorStore(store_inner, off, tracker=PerformanceTracker())
-    wrapped_search = _per_call_us(lambda i: wrapped.similarity_search(f"q{i}", k=2), n // 3)
+    searches = _interleaved_us(
+        {
+            "bare": lambda i: store_inner.similarity_search(f"q{i}", k=2),
+            "wrapped": lambda i: wrapped.similarity_search(f"q{i}", k=2),
+        },
+        max(1, n // 30),
+        rounds=10,
+    )
+    bare_search, wrapped_search = searches["bare"], searches["wrapped"]
     yield Result.compare(
         "lc_vectorstore_added_us_cache_off",
         wrapped_search - bare_search,

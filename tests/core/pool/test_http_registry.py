@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -280,3 +283,26 @@ async def test_async_pool_timeout_is_raised_and_counted(sim: Simulator) -> None:
         await held.aread()
     stats = http_pool_stats()[f"async {sim.base_url.removesuffix('/v1')}"]
     assert (stats.pool_timeouts, stats.requests, stats.active, stats.idle) == (1, 1, 0, 1)
+
+
+def test_shared_clients_are_closed_at_interpreter_exit(tmp_path: Path) -> None:
+    """No "unclosed socket" from the process-wide clients when a script just ends."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from rag_perf_plugins.http import openai_client\n"
+        "from rag_perf_plugins.simulator import Simulator\n"
+        "sim = Simulator().in_thread().start()\n"
+        "client = openai_client(base_url=sim.base_url, api_key='sk-test')\n"
+        "assert client.models.list().data\n"
+        "print('requested')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default::ResourceWarning", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "requested"
+    assert "unclosed" not in done.stderr
