@@ -1,6 +1,7 @@
 """The docs are true to the code: generated parts current, names importable, samples run.
 
 - The configuration reference is what ``rag-perf config reference`` prints.
+- The benchmark table in docs/benchmarks.md is the committed full run, rendered.
 - Every ``rag_perf_plugins`` name imported by a Python sample, or written as a dotted path
   in the text, exists.
 - Every ``rag-perf ...`` command in a shell sample parses with the real CLI parser.
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 
+from rag_perf_plugins.bench.runner import render_markdown, validate_document
 from rag_perf_plugins.cli import build_parser
 from rag_perf_plugins.config import reference_markdown
 
@@ -65,6 +68,24 @@ def test_configuration_reference_is_current() -> None:
     generated = text.split(begin, 1)[1].split(end, 1)[0]
     assert generated == reference_markdown(), (
         "docs/configuration.md is stale: regenerate the section with `rag-perf config reference`"
+    )
+
+
+def test_benchmark_table_is_the_committed_full_run() -> None:
+    document = json.loads((DOCS / "results" / "full.json").read_text(encoding="utf-8"))
+    assert validate_document(document) == []
+    assert document["meta"]["quick"] is False and not document["meta"]["only"]
+    rendered = render_markdown(document)
+    assert (DOCS / "results" / "full.md").read_text(encoding="utf-8") == rendered
+    text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    begin = (
+        "<!-- BEGIN GENERATED: rag-perf bench --render docs/results/full.json --markdown - -->\n"
+    )
+    end = "<!-- END GENERATED -->"
+    assert begin in text, "docs/benchmarks.md lost its generated results section"
+    assert text.split(begin, 1)[1].split(end, 1)[0] == rendered, (
+        "docs/benchmarks.md is stale: paste `rag-perf bench --render docs/results/full.json "
+        "--markdown -` between the markers"
     )
 
 
