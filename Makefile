@@ -31,7 +31,7 @@ demo: install
 	$(PY) examples/demo.py
 
 bench: install
-	$(VENV)/bin/rag-perf bench --output bench-results/results.json
+	$(VENV)/bin/rag-perf bench --output bench-results/results.json --markdown bench-results/results.md --plots bench-results/plots
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .demo bench-results
