@@ -94,7 +94,7 @@ from .cache import (
 from .cache.control import CacheControl, applied
 from .config import PerformanceConfig
 from .embedding_service import AdmissionGateLike, RetryPolicyLike
-from .retry import aobserve_failure, observe_failure
+from .retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
 from .tokens import estimate_tokens
 from .tracking import PerformanceTracker, get_performance_tracker
 
@@ -512,25 +512,12 @@ class LLMService:
         """The provider's answer: its usage read and reconciled with the gate's estimate."""
         call.usage = codec.usage(value)
         if ticket is not None:
-            self._reconcile(ticket, call.usage)
+            reconcile_ticket(ticket, self._total(call.usage))
         return value
 
     @staticmethod
-    def _reconcile(ticket: Any, usage: Usage | None) -> None:
-        reconcile = getattr(ticket, "reconcile", None)
-        if usage is not None and callable(reconcile):
-            reconcile(usage.total)
-
-    @staticmethod
-    async def _areconcile(ticket: Any, usage: Usage | None) -> None:
-        """Async :meth:`_reconcile`: ``areconcile`` when the ticket has it (no loop blocking)."""
-        if usage is None:
-            return
-        areconcile = getattr(ticket, "areconcile", None)
-        if callable(areconcile):
-            await areconcile(usage.total)
-        else:
-            LLMService._reconcile(ticket, usage)
+    def _total(usage: Usage | None) -> int | None:
+        return None if usage is None else usage.total
 
     def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
@@ -571,7 +558,7 @@ class LLMService:
     def _ended(self, codec: ChunkCodec[C], tee: _Tee, ticket: Any, call: _Call) -> list[Any] | None:
         """A live stream ran to its end: its usage, reconciled; the chunks to store, if any."""
         call.usage = codec.usage(tee.live)
-        self._reconcile(ticket, call.usage)
+        reconcile_ticket(ticket, self._total(call.usage))
         return tee.recorded if call.control.write else None
 
     @staticmethod
@@ -757,7 +744,7 @@ class LLMService:
                     await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
                     raise
                 value = self._answered(codec, answer, None, state)
-                await self._areconcile(ticket, state.usage)
+                await areconcile_ticket(ticket, self._total(state.usage))
                 return value
 
         return await retry.acall(attempt) if retry is not None else await attempt()
@@ -896,7 +883,7 @@ class LLMService:
             self._record(op, state, error=not state.abandoned)
             raise
         chunks = self._ended(codec, tee, None, state)
-        await self._areconcile(ticket, state.usage)
+        await areconcile_ticket(ticket, self._total(state.usage))
         await stack.__aexit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
             await self._aput(cache, key, "stream", chunks, state, request.model)

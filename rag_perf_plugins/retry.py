@@ -63,9 +63,11 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "aobserve_failure",
+    "areconcile_ticket",
     "classify",
     "observe_failure",
     "parse_retry_after",
+    "reconcile_ticket",
 ]
 
 T = TypeVar("T")
@@ -199,24 +201,46 @@ def observe_failure(gate: object, exc: BaseException) -> None:
     and gates without ``observe_response`` are ignored. From async code use
     :func:`aobserve_failure`.
     """
-    failure = classify(exc)
+    _observe(gate, classify(exc))
+
+
+async def aobserve_failure(gate: object, exc: BaseException) -> None:
+    """Async :func:`observe_failure`: awaits ``gate.aobserve_response`` when the gate has it."""
+    await _aobserve(gate, classify(exc))
+
+
+def _observe(gate: object, failure: Failure) -> None:
     observe = getattr(gate, "observe_response", None)
     if failure.status is not None and observe is not None:
         observe(failure.status, failure.headers)
 
 
-async def aobserve_failure(gate: object, exc: BaseException) -> None:
-    """Async :func:`observe_failure`: awaits ``gate.aobserve_response`` when the gate has it."""
-    failure = classify(exc)
-    if failure.status is None:
-        return
+async def _aobserve(gate: object, failure: Failure) -> None:
     aobserve = getattr(gate, "aobserve_response", None)
-    if aobserve is not None:
-        await aobserve(failure.status, failure.headers)
+    if failure.status is None or aobserve is None:
+        _observe(gate, failure)  # nothing to say, or a gate without async twins
         return
-    observe = getattr(gate, "observe_response", None)
-    if observe is not None:
-        observe(failure.status, failure.headers)
+    await aobserve(failure.status, failure.headers)
+
+
+def reconcile_ticket(ticket: object, actual: int | None) -> None:
+    """Tell an admission ticket the tokens a call really used (``None``: unknown, no change).
+
+    Example: ``reconcile_ticket(ticket, response.usage.total_tokens)``. Tickets without
+    ``reconcile`` are left alone. From async code use :func:`areconcile_ticket`.
+    """
+    reconcile = getattr(ticket, "reconcile", None)
+    if actual is not None and callable(reconcile):
+        reconcile(actual)
+
+
+async def areconcile_ticket(ticket: object, actual: int | None) -> None:
+    """Async :func:`reconcile_ticket`: awaits ``ticket.areconcile`` when the ticket has it."""
+    areconcile = getattr(ticket, "areconcile", None)
+    if actual is None or not callable(areconcile):
+        reconcile_ticket(ticket, actual)
+        return
+    await areconcile(actual)
 
 
 class RetryBudget:
@@ -434,11 +458,12 @@ class RetryPolicy:
                     with gate.acquire_sync(tokens=tokens, timeout=self._remaining(state)) as t:
                         result = fn()
                         if usage is not None:
-                            _reconcile(t, usage(result))
+                            reconcile_ticket(t, usage(result))
             except Exception as exc:
+                failure = classify(exc)
                 if gate is not None:
-                    observe_failure(gate, exc)
-                delay = self._after_failure(state, exc)
+                    _observe(gate, failure)
+                delay = self._after_failure(state, exc, failure)
                 self._sleep(delay)
                 continue
             self._finish(state, ok=True)
@@ -469,11 +494,12 @@ class RetryPolicy:
                     async with gate.acquire(tokens=tokens, timeout=self._remaining(state)) as t:
                         result = await self._attempt(fn, state)
                         if usage is not None:
-                            await _areconcile(t, usage(result))
+                            await areconcile_ticket(t, usage(result))
             except Exception as exc:
+                failure = classify(exc)
                 if gate is not None:
-                    await aobserve_failure(gate, exc)
-                delay = self._after_failure(state, exc)
+                    await _aobserve(gate, failure)
+                delay = self._after_failure(state, exc, failure)
                 await self._async_sleep(delay)
                 continue
             self._finish(state, ok=True)
@@ -525,9 +551,11 @@ class RetryPolicy:
             self._finish(state, ok=False)
             raise DeadlineExceeded("the call's deadline passed before the next attempt")
 
-    def _after_failure(self, state: _CallState, exc: Exception) -> float:
-        """Seconds to back off before the next attempt, or raise (the error or a deadline)."""
-        failure = classify(exc)
+    def _after_failure(self, state: _CallState, exc: Exception, failure: Failure) -> float:
+        """Seconds to back off before the next attempt, or raise (the error or a deadline).
+
+        ``failure`` is ``classify(exc)``.
+        """
         if isinstance(exc, DeadlineExceeded):
             self._count("deadline_exceeded")
         if not failure.retryable or state.attempts >= self.config.retry_max_attempts:
@@ -596,18 +624,3 @@ class RetryPolicy:
                 raise  # the attempt's own timeout, not ours: a retryable timeout
             msg = f"the deadline passed during attempt {state.attempts}"
             raise DeadlineExceeded(msg) from None
-
-
-def _reconcile(ticket: Any, actual: int | None) -> None:
-    if actual is not None:
-        ticket.reconcile(actual)
-
-
-async def _areconcile(ticket: Any, actual: int | None) -> None:
-    if actual is None:
-        return
-    areconcile = getattr(ticket, "areconcile", None)
-    if callable(areconcile):
-        await areconcile(actual)
-    else:
-        ticket.reconcile(actual)

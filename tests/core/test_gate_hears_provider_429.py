@@ -21,7 +21,13 @@ from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.embedding_service import EmbeddingService
 from rag_perf_plugins.http import async_openai_client, openai_client
 from rag_perf_plugins.llm_service import LLMRequest, LLMService, Usage
-from rag_perf_plugins.retry import RetryPolicy, aobserve_failure, observe_failure
+from rag_perf_plugins.retry import (
+    RetryPolicy,
+    aobserve_failure,
+    areconcile_ticket,
+    observe_failure,
+    reconcile_ticket,
+)
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
 from rag_perf_plugins.tracking import PerformanceTracker
@@ -226,3 +232,23 @@ def test_async_retry_and_llm_paths_use_the_gates_async_methods(storm: Simulator)
 
     asyncio.run(main())
     assert calls == ["aobserve_response", "areconcile", "areconcile"]
+
+
+def test_reconcile_ticket_reaches_only_tickets_that_can_reconcile() -> None:
+    seen: list[tuple[str, int]] = []
+
+    class SyncOnly:
+        def reconcile(self, actual: int) -> None:
+            seen.append(("reconcile", actual))
+
+    class Both(SyncOnly):
+        async def areconcile(self, actual: int) -> None:
+            seen.append(("areconcile", actual))
+
+    reconcile_ticket(SyncOnly(), 5)
+    reconcile_ticket(SyncOnly(), None)  # usage unknown: the estimate stands
+    reconcile_ticket(object(), 5)  # not a ticket of ours: left alone
+    asyncio.run(areconcile_ticket(Both(), 6))
+    asyncio.run(areconcile_ticket(SyncOnly(), 7))
+    asyncio.run(areconcile_ticket(Both(), None))
+    assert seen == [("reconcile", 5), ("areconcile", 6), ("reconcile", 7)]
