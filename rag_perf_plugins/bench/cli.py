@@ -150,7 +150,8 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(width=max(140, Console().width))
+    # With --markdown - stdout carries only the Markdown; the table goes to stderr.
+    console = Console(width=max(140, Console().width), stderr=args.markdown == "-")
     err = Console(stderr=True)
     config = PerformanceConfig.load(args.config, preset=args.preset)
     benchmarks, import_failures = load_benchmarks(
@@ -174,10 +175,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     old: dict[str, Any] | None = None
     if args.compare:
-        try:
-            old = json.loads(Path(args.compare).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            err.print(f"rag-perf bench: --compare {args.compare}: cannot read it: {exc}")
+        old = _read_json("--compare", args.compare, err)
+        if old is None:
             return 2
 
     started_at = datetime.now(timezone.utc)
@@ -287,20 +286,26 @@ def _write_extras(
             console.print(f"plot {path}")
 
 
+def _read_json(option: str, path: str, err: Any) -> Any:
+    """The JSON in ``path``, or ``None`` after saying on ``err`` why it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        err.print(f"rag-perf bench: {option} {path}: cannot read it: {exc}")
+        return None
+
+
 def _render_command(args: argparse.Namespace, console: Any, err: Any) -> int:
     """``--render FILE``: the table of an earlier run, and its Markdown and plots on request."""
-    try:
-        document = json.loads(Path(args.render).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        err.print(f"rag-perf bench: --render {args.render}: cannot read it: {exc}")
+    document = _read_json("--render", args.render, err)
+    if document is None:
         return 2
     problems = validate_document(document)
     if problems:
         err.print(f"rag-perf bench: --render {args.render}: not a results file: {problems[0]}")
         return 2
     results = [Result.from_json(row) for row in document["results"]]
-    if args.markdown != "-":
-        _print_table(console, results, None)
+    _print_table(console, results, None)
     _write_extras(args, document, results, console)
     return 0
 

@@ -196,6 +196,11 @@ def test_markdown_and_render_reproduce_the_table_and_plots(
         "fakecat__fake_records_curve.png",
         "fakecat__fake_throughput.png",
     ]
+    capsys.readouterr()
+    assert main(["bench", "--render", str(out), "--markdown", "-"]) == 0
+    piped = capsys.readouterr()
+    assert piped.out == text  # stdout holds only the Markdown; the table went to stderr
+    assert "fake_latency_ms" in piped.err
     assert main(["bench", "--render", str(tmp_path / "missing.json")]) == 2
     (tmp_path / "bad.json").write_text(json.dumps({"meta": {}, "results": []}))
     assert main(["bench", "--render", str(tmp_path / "bad.json")]) == 2
