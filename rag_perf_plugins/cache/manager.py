@@ -273,9 +273,17 @@ class CacheManager:
         return None
 
     def _load_version(self, namespace: str) -> int:
+        shared = self._shared_tiers()
+        if not shared:
+            # No shared tier: the version lives only in this process, and a bump must still
+            # advance it (else a memory-only cache keeps serving what a write invalidated).
+            entry = self._ns_versions.get(namespace)
+            version = entry[0] if entry is not None else 1
+            self._ns_versions[namespace] = (version, time.monotonic())
+            return version
         version = 1
         key = _VERSION_KEY.format(namespace)
-        for tier in self._shared_tiers():
+        for tier in shared:
             try:
                 blob = tier.get_many([key]).get(key)
                 if blob:

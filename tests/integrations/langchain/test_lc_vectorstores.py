@@ -193,3 +193,20 @@ def test_bad_arguments_are_named(manager: CacheManager) -> None:
         PerfVectorStore(
             InMemoryVectorStore(DeterministicFakeEmbedding(size=2)), cache=manager, ttl=0
         )
+
+
+def test_memory_only_cache_stops_serving_a_deleted_document(tmp_path: Path) -> None:
+    """With the disk tier off the write version lives in memory; a delete must still bump it."""
+    cache = CacheManager(
+        PerformanceConfig(cache_dir=str(tmp_path / "c"), cache_disk_enabled=False),
+        tracker=None,
+    )
+    store = _store(cache)
+    [doc_id] = store.add_texts(["strawberries are red"], ids=["straw"])
+    first = [d.id for d in store.similarity_search("strawberries are red", k=1)]
+    assert first == [doc_id]
+    store.delete([doc_id])
+    after = [d.id for d in store.similarity_search("strawberries are red", k=1)]
+    unwrapped = [d.id for d in store.inner.similarity_search("strawberries are red", k=1)]
+    assert after == unwrapped and doc_id not in after
+    cache.close()

@@ -238,3 +238,16 @@ def test_bad_arguments_are_refused(inner: CountingStore) -> None:
         PerfVectorStore(inner, ttl=0)
     with pytest.raises(ValueError, match="name"):
         PerfVectorStore(inner, name="")
+
+
+def test_memory_only_cache_stops_serving_a_deleted_node(
+    inner: CountingStore, cache_dir: Path
+) -> None:
+    """With the disk tier off the write version lives in memory; a delete must still bump it."""
+    config = PerformanceConfig(cache_dir=str(cache_dir), cache_disk_enabled=False)
+    store = PerfVectorStore(inner, config, tracker=PerformanceTracker())
+    store.add([_node(9)])
+    assert (store.query(_query("node 9", k=1)).ids or [])[0] == "n9"
+    store.delete_nodes(["n9"])
+    after = store.query(_query("node 9", k=1)).ids
+    assert after == inner.query(_query("node 9", k=1)).ids and "n9" not in (after or [])
