@@ -33,6 +33,7 @@ version (their searches stay correct only once each write is done).
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -86,6 +87,11 @@ def _scored_in(data: list[Any]) -> list[tuple[Document, float]]:
     return [(_doc_in(d), float(s)) for d, s in data]
 
 
+def _ttl_of(config: PerformanceConfig) -> float:
+    """``config.cache_ttl`` in seconds, ``math.inf`` (never expires) for ``None``."""
+    return math.inf if config.cache_ttl is None else config.cache_ttl
+
+
 def _vector_digest(embedding: Sequence[float]) -> str:
     raw = np.asarray(embedding, dtype="<f4").tobytes()
     return "vec:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
@@ -104,7 +110,8 @@ class PerfVectorStore(VectorStore):
             to wrappers of the same data in other processes so their writes invalidate
             each other's searches. ``None``: a fresh random name, so this wrapper never
             serves another store's results (right for in-memory stores).
-        ttl: Seconds a cached search lives (``None``: ``cache_ttl``).
+        ttl: Seconds a cached search lives (``None``: ``config.cache_ttl``, whatever
+            the cache manager's own default is).
         tracker: Statistics sink (``vectorstore.<operation>``); defaults to the process
             tracker when metrics are on.
         clock: Seconds, monotonic, for latency statistics.
@@ -141,6 +148,8 @@ class PerfVectorStore(VectorStore):
         digest = hashlib.blake2b(self.name.encode(), digest_size=10).hexdigest()
         self._version_ns = f"vs.{digest}"
         self.ttl = ttl
+        # The wrapper's config decides how long its searches live, not the manager's.
+        self._entry_ttl = ttl if ttl is not None else _ttl_of(self.config)
         self._enabled = self.config.enable_caching
         if tracker is None and self.config.enable_metrics:
             tracker = get_performance_tracker()
@@ -309,7 +318,7 @@ class PerfVectorStore(VectorStore):
             raise
         if key is not None:
             try:
-                await self.cache.aset(key, dump(result), self.ttl, namespace=NAMESPACE)
+                await self.cache.aset(key, dump(result), self._entry_ttl, namespace=NAMESPACE)
             except CacheError:  # metadata msgpack cannot store: this answer stays uncached
                 self._count_unstorable(operation)
         self._record(operation, started, None if key is None else False, False)
@@ -317,7 +326,7 @@ class PerfVectorStore(VectorStore):
 
     def _store(self, key: str, result: R, dump: Callable[[R], Any]) -> None:
         try:
-            self.cache.set(key, dump(result), self.ttl, namespace=NAMESPACE)
+            self.cache.set(key, dump(result), self._entry_ttl, namespace=NAMESPACE)
         except CacheError:
             self._count_unstorable("search")
 

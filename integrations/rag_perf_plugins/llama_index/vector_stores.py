@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -144,7 +145,8 @@ class PerfVectorStore(BasePydanticVectorStore):
             name to wrappers of the same data in other processes so their writes invalidate
             each other's queries. ``None``: a fresh random name, so this wrapper never
             serves another store's results (right for in-memory stores).
-        ttl: Seconds a cached query lives (``None``: ``cache_ttl``).
+        ttl: Seconds a cached query lives (``None``: ``config.cache_ttl``, whatever the
+            cache manager's own default is).
         tracker: Statistics sink; ``None`` means the process tracker when metrics are on.
         clock: Seconds, monotonic, for the timings.
 
@@ -199,7 +201,10 @@ class PerfVectorStore(BasePydanticVectorStore):
         self._name = name if name is not None else f"{type(inner).__name__}/{uuid.uuid4().hex}"
         digest = hashlib.blake2b(self._name.encode(), digest_size=10).hexdigest()
         self._version_ns = f"vs.{digest}"  # characters the manager accepts in a namespace
-        self._ttl = ttl
+        # The wrapper's config decides how long its queries live, not the manager's.
+        self._ttl = (
+            ttl if ttl is not None else (math.inf if config.cache_ttl is None else config.cache_ttl)
+        )
         if tracker is None and config.enable_metrics:
             tracker = get_performance_tracker()
         self._tracker = tracker

@@ -210,3 +210,29 @@ def test_memory_only_cache_stops_serving_a_deleted_document(tmp_path: Path) -> N
     unwrapped = [d.id for d in store.inner.similarity_search("strawberries are red", k=1)]
     assert after == unwrapped and doc_id not in after
     cache.close()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_config_cache_ttl_expires_cached_searches(
+    tmp_path: Path, fake_clock: Any, asynchronous: bool
+) -> None:
+    """The wrapper's ``cache_ttl`` decides, even over a manager with a longer default."""
+    import asyncio
+
+    cache = CacheManager(
+        PerformanceConfig(cache_dir=str(tmp_path / "c"), cache_ttl=3600.0), clock=fake_clock
+    )
+    store = _store(cache, config=PerformanceConfig(cache_ttl=1.0))
+
+    def search() -> Any:
+        if asynchronous:
+            return asyncio.run(store.asimilarity_search("red", k=2))
+        return store.similarity_search("red", k=2)
+
+    search()
+    search()
+    assert CountingStore.searches == 1
+    fake_clock.advance(1.5)
+    search()
+    assert CountingStore.searches == 2
+    cache.close()
