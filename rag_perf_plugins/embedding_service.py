@@ -63,6 +63,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 from ._clock import Clock, monotonic
 from .batching import AsyncBatchProcessor, BatchProcessor
 from .cache import CacheManager, current_control, embedding_key, get_cache_manager
+from .cache.manager import installed_cache_manager
 from .config import PerformanceConfig
 from .retry import aobserve_failure, observe_failure
 from .tokens import estimate_tokens
@@ -252,10 +253,15 @@ def cache_manager_for(config: PerformanceConfig) -> CacheManager:
     wrappers call this. Managers made here live until
     the process ends (they hold open SQLite connections; close them with ``close()``).
     """
-    manager = get_cache_manager()
     settings = _cache_settings(config)
-    if settings in (_DEFAULT_CACHE_SETTINGS, _cache_settings(manager.config)):
-        return manager
+    if settings == _DEFAULT_CACHE_SETTINGS:
+        return get_cache_manager()
+    # Compared without building the process-wide manager: a wrapper with a cache of its
+    # own must not create the default directory as a side effect.
+    installed = installed_cache_manager()
+    default_config = installed.config if installed is not None else PerformanceConfig.load()
+    if settings == _cache_settings(default_config):
+        return get_cache_manager()
     with _managers_lock:
         own = _managers.get(settings)
         if own is None:

@@ -86,14 +86,13 @@ from .cache import (
     SingleFlight,
     current_control,
     explain_key,
-    get_cache_manager,
     is_sampled,
     llm_fields,
     llm_key,
 )
 from .cache.control import CacheControl, applied
 from .config import PerformanceConfig
-from .embedding_service import AdmissionGateLike, RetryPolicyLike
+from .embedding_service import AdmissionGateLike, RetryPolicyLike, cache_manager_for
 from .retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
 from .tokens import estimate_tokens
 from .tracking import PerformanceTracker, get_performance_tracker
@@ -316,7 +315,8 @@ class LLMService:
     Args:
         config: ``enable_caching``, ``cache_skip_sampled``, ``cache_ttl`` (seconds),
             ``enable_metrics``; defaults to ``PerformanceConfig()``.
-        cache: The cache manager; ``None`` uses the process-wide one (when caching is on).
+        cache: The cache manager; ``None`` uses the one for ``config``'s cache settings
+            (:func:`~rag_perf_plugins.embedding_service.cache_manager_for`; when caching is on).
         gate: Admission gate for provider calls (``acquire``/``acquire_sync`` with
             ``tokens=``; a ticket with ``reconcile``/``queue_wait_s`` is used when present),
             or ``None``.
@@ -365,7 +365,7 @@ class LLMService:
             raise ValueError(msg)
         self.config = config if config is not None else PerformanceConfig()
         if cache is None and self.config.enable_caching:
-            cache = get_cache_manager()
+            cache = cache_manager_for(self.config)
         self._cache = cache if self.config.enable_caching else None
         self._gate = gate
         self._retry = retry

@@ -1176,6 +1176,14 @@ def get_cache_manager() -> CacheManager:
     return manager
 
 
+def installed_cache_manager() -> CacheManager | None:
+    """The process-wide manager if it was built or installed already, else ``None``.
+
+    Unlike :func:`get_cache_manager` this never builds one (nor its directory).
+    """
+    return _DEFAULT
+
+
 def set_cache_manager(manager: CacheManager | None) -> CacheManager | None:
     """Install ``manager`` process-wide (``None``: rebuild on next use); returns the old one."""
     global _DEFAULT

@@ -30,6 +30,7 @@ the manager), never an error for the caller.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -41,7 +42,9 @@ from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 from typing_extensions import override
 
-from rag_perf_plugins.cache import CacheManager, current_control, get_cache_manager, make_key
+from rag_perf_plugins.cache import CacheManager, current_control, make_key
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.embedding_service import cache_manager_for
 
 __all__ = ["PerfLLMCache", "decode_generations", "encode_generations"]
 
@@ -81,10 +84,13 @@ class PerfLLMCache(BaseCache):
     Example: ``set_llm_cache(PerfLLMCache(ttl=3600.0))``.
 
     Args:
-        cache: The manager holding the entries; ``None`` uses the process-wide one.
-        ttl: Seconds an entry lives (``None``: the manager's ``cache_ttl``).
-        memory_items: Decoded answers kept in process (``None``: the manager's
-            ``cache_size``; 0 turns the table off).
+        cache: The manager holding the entries; ``None`` uses the one for ``config``'s
+            cache settings (directory, tiers, Redis).
+        config: ``cache_ttl`` (seconds), ``cache_size`` and the cache's settings; ``None``
+            means the ``cache`` manager's config when one is given, else the defaults.
+        ttl: Seconds an entry lives (``None``: ``config.cache_ttl``).
+        memory_items: Decoded answers kept in process (``None``: ``config.cache_size``;
+            0 turns the table off).
         clock: Seconds (wall clock, like the manager's), for the decoded table's expiry.
 
     See the module docstring for what goes into keys and what does not.
@@ -94,6 +100,7 @@ class PerfLLMCache(BaseCache):
         self,
         cache: CacheManager | None = None,
         *,
+        config: PerformanceConfig | None = None,
         ttl: float | None = None,
         memory_items: int | None = None,
         clock: Callable[[], float] = time.time,
@@ -101,9 +108,12 @@ class PerfLLMCache(BaseCache):
         if ttl is not None and not ttl > 0:
             msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
             raise ValueError(msg)
-        self.cache = cache if cache is not None else get_cache_manager()
+        if config is None:
+            config = cache.config if cache is not None else PerformanceConfig()
+        self.config = config
+        self.cache = cache if cache is not None else cache_manager_for(config)
         self.ttl = ttl
-        size = self.cache.config.cache_size if memory_items is None else memory_items
+        size = config.cache_size if memory_items is None else memory_items
         if size < 0:
             msg = f"memory_items must be >= 0, got {memory_items!r}"
             raise ValueError(msg)
@@ -121,8 +131,10 @@ class PerfLLMCache(BaseCache):
         """The stored key: a versioned hash of ``prompt`` and ``llm_string``."""
         return make_key("lc-llm", {"prompt": prompt, "llm_string": llm_string})
 
-    def _ttl(self) -> float | None:
-        return current_control().ttl or self.ttl or self.cache.config.cache_ttl
+    def _ttl(self) -> float:
+        """Seconds a new entry lives; ``math.inf`` for never (``cache_ttl: null``)."""
+        ttl = current_control().ttl or self.ttl or self.config.cache_ttl
+        return math.inf if ttl is None else ttl
 
     def _peek(self, pair: tuple[str, str]) -> RETURN_VAL_TYPE | None:
         if not self._size or not current_control().read:
@@ -142,7 +154,7 @@ class PerfLLMCache(BaseCache):
         if not self._size:
             return
         ttl = self._ttl()
-        expires_at = None if ttl is None else self._clock() + ttl
+        expires_at = None if ttl == math.inf else self._clock() + ttl
         with self._lock:
             self._decoded[pair] = (expires_at, value)
             self._decoded.move_to_end(pair)

@@ -272,7 +272,8 @@ class PerfChatModel(BaseChatModel):
             ``pooled_chat_openai`` does) or they stack under ours.
         config: Cache switches and TTL (seconds), ``cache_skip_sampled``, limits and retry
             settings; defaults to ``PerformanceConfig()``.
-        cache_manager: Where answers are stored; ``None``: the process-wide manager.
+        cache_manager: Where answers are stored; ``None``: the manager for ``config``'s
+            cache settings (directory, tiers, Redis).
         gate: Admission gate for provider calls; ``None`` builds the shared one of
             (provider, model, API key) from ``config``.
         retry: Retry policy for provider calls; ``None`` builds one from ``config``.

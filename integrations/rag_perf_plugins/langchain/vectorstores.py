@@ -49,8 +49,9 @@ from langchain_core.vectorstores import InMemoryVectorStore, VectorStore, Vector
 from typing_extensions import override
 
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins.cache import CacheManager, get_cache_manager, retrieval_key
+from rag_perf_plugins.cache import CacheManager, retrieval_key
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.embedding_service import cache_manager_for
 from rag_perf_plugins.errors import CacheError
 from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
 
@@ -104,8 +105,10 @@ class PerfVectorStore(VectorStore):
 
     Args:
         inner: The vector store that really searches.
-        config: ``enable_caching``, ``cache_ttl`` (seconds), ``enable_metrics``.
-        cache: The cache manager; ``None`` uses the process-wide one.
+        config: ``enable_caching``, ``cache_ttl`` (seconds), ``enable_metrics``, and the
+            cache's directory, tiers and Redis.
+        cache: The cache manager; ``None`` uses the one for ``config``'s cache settings
+            (:func:`~rag_perf_plugins.embedding_service.cache_manager_for`).
         name: The store's identity in keys and in the shared version. Give the same name
             to wrappers of the same data in other processes so their writes invalidate
             each other's searches. ``None``: a fresh random name, so this wrapper never
@@ -142,7 +145,7 @@ class PerfVectorStore(VectorStore):
             raise ValueError(msg)
         self.inner = inner
         self.config = config if config is not None else PerformanceConfig()
-        self.cache = cache if cache is not None else get_cache_manager()
+        self.cache = cache if cache is not None else cache_manager_for(self.config)
         self.name = name if name is not None else f"{type(inner).__name__}/{uuid.uuid4().hex}"
         # The version namespace: short, and only characters the manager accepts.
         digest = hashlib.blake2b(self.name.encode(), digest_size=10).hexdigest()
