@@ -27,7 +27,7 @@ from rag_perf_plugins import (
     process_queries_concurrently,
     set_cache_manager,
 )
-from rag_perf_plugins.http import async_openai_client
+from rag_perf_plugins.pool.http import async_openai_client
 from rag_perf_plugins.simulator import provider_url
 
 PASSAGES = [

@@ -7,7 +7,7 @@ keeps its cache in a temporary directory.
 ``ConnectionPool`` pools any expensive object; here each connection is a raw TCP socket to
 the provider speaking HTTP/1.1 keep-alive, so the simulator's connection counter shows the
 reuse. (For HTTP providers in real code use the shared clients of
-``rag_perf_plugins.http``; this pool is for database sessions, gRPC channels and sockets.)
+``rag_perf_plugins.pool.http``; this pool is for database sessions, gRPC channels and sockets.)
 ``@cached`` stores a function's results by its arguments in the persistent cache.
 """
 

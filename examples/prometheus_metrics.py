@@ -21,7 +21,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from rag_perf_plugins import get_performance_tracker, track
-from rag_perf_plugins.http import openai_client
+from rag_perf_plugins.pool.http import openai_client
 from rag_perf_plugins.simulator import provider_url
 
 

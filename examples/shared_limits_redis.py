@@ -43,10 +43,9 @@ from typing import Any
 import openai
 
 from rag_perf_plugins import CacheManager, PerformanceConfig
-from rag_perf_plugins.admission import get_gate
-from rag_perf_plugins.admission_redis import shared_budget_store
-from rag_perf_plugins.http import openai_client
-from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.admission import RetryPolicy, get_gate
+from rag_perf_plugins.admission.redis_store import shared_budget_store
+from rag_perf_plugins.pool.http import openai_client
 from rag_perf_plugins.simulator import Simulator
 
 RPM = 600

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .admission import AdmissionGate, get_gate
+from .admission import AdmissionGate, RetryPolicy, get_gate
 from .batching import AsyncBatchProcessor, BatchProcessor
 from .cache import (
     CacheManager,
@@ -26,7 +26,6 @@ from .cache import (
     set_cache_manager,
 )
 from .config import PerformanceConfig
-from .embedding_service import CacheEmbeddingStore, EmbeddingService
 from .engine import AsyncRAGEngine, QueryResult, RAGEngine, process_queries_concurrently
 from .errors import (
     CacheError,
@@ -39,16 +38,16 @@ from .errors import (
     RagPerfError,
     RetryBudgetExhausted,
 )
-from .http import (
+from .pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig, PoolStats
+from .pool.http import (
     aclose_http_clients,
     close_http_clients,
     get_async_http_client,
     get_http_client,
     http_pool_stats,
 )
-from .llm_service import LLMRequest, LLMService
-from .pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig, PoolStats
-from .retry import RetryPolicy
+from .services.embeddings import CacheEmbeddingStore, EmbeddingService
+from .services.llm import LLMRequest, LLMService
 from .tracking import (
     PerformanceTracker,
     get_performance_tracker,

@@ -26,7 +26,7 @@ __all__ = ["main"]
 # subcommand -> module providing register(subparsers); one line per subcommand.
 COMMANDS: dict[str, str] = {
     "bench": "rag_perf_plugins.bench.cli",
-    "stats": "rag_perf_plugins.tracking_cli",
+    "stats": "rag_perf_plugins.tracking.cli",
     "cache": "rag_perf_plugins.cache.cli",
     "simulate": "rag_perf_plugins.simulator.cli",
 }

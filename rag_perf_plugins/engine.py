@@ -558,7 +558,7 @@ def _default_gate(config: PerformanceConfig) -> Gate:
 def _default_retry(config: PerformanceConfig) -> Retry | None:
     if config.retry_max_attempts <= 1:
         return None
-    from .retry import RetryPolicy
+    from .admission import RetryPolicy
 
     return cast(Retry, RetryPolicy(config))
 

@@ -583,7 +583,7 @@ class CacheManager:
         Example: ``vecs = cache.set_vectors({key: [0.1, 0.2]}, model="m")``.
 
         ``rounded=True`` says the vectors are already lists of floats rounded to
-        ``cache_vector_dtype`` (as :class:`~rag_perf_plugins.embedding_service.EmbeddingService`
+        ``cache_vector_dtype`` (as :class:`~rag_perf_plugins.services.embeddings.EmbeddingService`
         rounds them): they are returned as given instead of being rounded a second time.
         Storage does not depend on it: the stored bytes are always the raw dtype.
         """

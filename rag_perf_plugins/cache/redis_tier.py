@@ -39,172 +39,30 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
-from ..errors import CacheError
+from ..redis.client import (
+    OUTAGE_ERRORS,
+    CircuitBreaker,
+    RedisUnavailable,
+    make_redis_client,
+    redact_url,
+)
 from .serialize import _HEADER, HEADER_SIZE, MAGIC
 
 try:
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - the extra is installed in development
     msg = "the Redis tier needs redis-py: pip install 'rag-perf-plugins[redis]'"
     raise ImportError(msg) from exc
 
-__all__ = [
-    "CircuitBreaker",
-    "RedisTier",
-    "RedisUnavailable",
-    "make_redis_client",
-    "redact_url",
-]
+__all__ = ["RedisTier"]
 
 log = logging.getLogger("rag_perf_plugins.redis")
 
 T = TypeVar("T")
 
 _MGET_CHUNK: Final = 500
-# Errors that mean "Redis is not there or too slow", as opposed to a refused command.
-OUTAGE_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-
-class RedisUnavailable(CacheError):
-    """Redis did not answer (refused, reset, timed out) or its circuit breaker is open."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password: ``redis://:***@host:6379/0``; logs never show secrets."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
-
-
-def make_redis_client(url: str, *, timeout: float, max_connections: int = 32) -> redis.Redis:
-    """A pooled redis-py client with ``timeout`` seconds per connect and per reply, no retries.
-
-    At most ``max_connections`` connections per process; more concurrent callers wait up to
-    ``timeout`` seconds for one.
-
-    redis-py retries connection errors three times with back-off by default, which turns
-    one outage into seconds of waiting per call; here a slow or absent server costs one
-    ``timeout`` and the caller's circuit breaker takes over.
-    """
-    if not timeout > 0:
-        msg = f"timeout must be > 0 seconds, got {timeout!r}"
-        raise ValueError(msg)
-    if max_connections < 1:
-        msg = f"max_connections must be >= 1, got {max_connections}"
-        raise ValueError(msg)
-    # A blocking pool: past max_connections a caller waits (up to timeout) for a free
-    # connection instead of failing with "Too many connections", which would trip the
-    # breaker although Redis is fine.
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-    client = redis.Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # close() also closes the pool we made
-    return client
-
-
-class CircuitBreaker:
-    """Closed while calls succeed; open for ``retry_interval`` seconds after a failure.
-
-    Example::
-
-        breaker = CircuitBreaker(retry_interval=2.0, clock=fake_clock)
-        breaker.allow()       # True: closed
-        breaker.failure()     # True: this failure opened it (a trip)
-        breaker.allow()       # False until 2.0 s later, then True once (the probe)
-        breaker.success()     # True: it was open and is closed again (a recovery)
-
-    While open, :meth:`allow` lets one probe through every ``retry_interval`` seconds (on
-    ``clock``, seconds, monotonic); every other caller is refused at once. Thread-safe.
-    Does not: count successes or failures in a window (one failure opens it).
-    """
-
-    __slots__ = (
-        "_clock",
-        "_lock",
-        "_open_until",
-        "_probe_at",
-        "recoveries",
-        "retry_interval",
-        "trips",
-    )
-
-    def __init__(self, *, retry_interval: float = 2.0, clock: Callable[[], float] = time.monotonic):
-        if not retry_interval > 0:
-            msg = f"retry_interval must be > 0 seconds, got {retry_interval!r}"
-            raise ValueError(msg)
-        self.retry_interval = retry_interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._open_until: float | None = None  # None: closed
-        self._probe_at: float | None = None  # when the current probe was let through
-        self.recoveries = 0
-        self.trips = 0
-
-    @property
-    def state(self) -> Literal["closed", "open"]:
-        """``"closed"`` (calls go to Redis) or ``"open"`` (calls are skipped or fall back)."""
-        return "closed" if self._open_until is None else "open"
-
-    def allow(self) -> bool:
-        """True when a call may go to Redis now (closed, or this caller is the probe)."""
-        if self._open_until is None:
-            return True
-        with self._lock:
-            if self._open_until is None:
-                return True
-            now = self._clock()
-            if now < self._open_until:
-                return False
-            # One probe per interval; a probe that never reports back expires with it.
-            if self._probe_at is not None and now - self._probe_at < self.retry_interval:
-                return False
-            self._probe_at = now
-            return True
-
-    def success(self) -> bool:
-        """Record an answer; True when this closed an open breaker."""
-        if self._open_until is None:
-            return False
-        with self._lock:
-            if self._open_until is None:
-                return False
-            self._open_until = None
-            self._probe_at = None
-            self.recoveries += 1
-            return True
-
-    def failure(self) -> bool:
-        """Record an outage; True when this opened a closed breaker."""
-        with self._lock:
-            tripped = self._open_until is None
-            if tripped:
-                self.trips += 1
-            self._open_until = self._clock() + self.retry_interval
-            self._probe_at = None
-            return tripped
-
-    def reset_lock(self) -> None:
-        """Replace the lock (after ``fork()``, another thread may have held it)."""
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return (
-            f"<CircuitBreaker {self.state} | trips: {self.trips}, recoveries: "
-            f"{self.recoveries} | retry_interval={self.retry_interval:g}s>"
-        )
 
 
 def _glob_escape(text: str) -> str:

@@ -13,17 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rag_perf_plugins.admission import AdmissionGate
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, get_cache_manager, set_cache_manager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import (
+from rag_perf_plugins.services.embeddings import (
     CacheEmbeddingStore,
     EmbeddingService,
     cache_manager_for,
     default_embedding_store,
     round_vectors,
 )
-from rag_perf_plugins.retry import RetryPolicy
 from rag_perf_plugins.tokens import estimate_tokens
 from rag_perf_plugins.tracking import PerformanceTracker
 

@@ -17,7 +17,7 @@ import pytest
 from rag_perf_plugins.cache import CacheManager, cache_control
 from rag_perf_plugins.cache.control import CacheMode
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import (
+from rag_perf_plugins.services.embeddings import (
     CacheEmbeddingStore,
     EmbeddingService,
     EmbeddingStore,

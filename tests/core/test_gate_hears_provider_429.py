@@ -17,17 +17,17 @@ import openai
 import pytest
 
 from rag_perf_plugins.admission import AdmissionGate
-from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import EmbeddingService
-from rag_perf_plugins.http import async_openai_client, openai_client
-from rag_perf_plugins.llm_service import LLMRequest, LLMService, Usage
-from rag_perf_plugins.retry import (
+from rag_perf_plugins.admission.retry import (
     RetryPolicy,
     aobserve_failure,
     areconcile_ticket,
     observe_failure,
     reconcile_ticket,
 )
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.pool.http import async_openai_client, openai_client
+from rag_perf_plugins.services.embeddings import EmbeddingService
+from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
 from rag_perf_plugins.tracking import PerformanceTracker

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 
 from rag_perf_plugins._clock import FakeClock
-from rag_perf_plugins.admission import AdmissionGate
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, cache_control
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.llm_service import LLMRequest, LLMService, Usage
-from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
 Answer = dict[str, Any]

@@ -19,8 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from rag_perf_plugins._clock import FakeClock
-from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore
-from rag_perf_plugins.retry import RetryPolicy, classify
+from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy, classify
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
 
@@ -91,7 +90,7 @@ def test_a_status_that_is_not_an_http_status_is_ignored() -> None:
 
 
 def test_classify_does_not_import_aiohttp() -> None:
-    code = "import sys, rag_perf_plugins.retry; print('aiohttp' in sys.modules)"
+    code = "import sys, rag_perf_plugins.admission.retry; print('aiohttp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
 

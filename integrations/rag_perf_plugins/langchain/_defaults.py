@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag_perf_plugins.admission import AdmissionGate, get_gate
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy, get_gate
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import EmbeddingStore, default_embedding_store
-from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.services.embeddings import EmbeddingStore, default_embedding_store
 
 __all__ = ["api_key_of", "default_gate", "default_retry", "default_store"]
 
@@ -47,7 +46,7 @@ def default_retry(config: PerformanceConfig) -> RetryPolicy:
 def default_store(config: PerformanceConfig) -> EmbeddingStore | None:
     """The core cache's embeddings namespace for ``config``, or ``None`` when caching is off.
 
-    Decided by :func:`rag_perf_plugins.embedding_service.cache_manager_for`, as for the
+    Decided by :func:`rag_perf_plugins.services.embeddings.cache_manager_for`, as for the
     LlamaIndex wrappers: a ``config`` with cache settings of its own (``cache_dir``, sizes,
     TTL, dtype, Redis) gets a manager for them, shared by equal configs; one that sets none
     uses the process-wide manager (``PerformanceConfig.load()``: file and environment).

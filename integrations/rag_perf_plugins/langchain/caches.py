@@ -44,7 +44,7 @@ from typing_extensions import override
 
 from rag_perf_plugins.cache import CacheManager, current_control, make_key
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import cache_manager_for
+from rag_perf_plugins.services.embeddings import cache_manager_for
 
 __all__ = ["PerfLLMCache", "decode_generations", "encode_generations"]
 

@@ -2,7 +2,7 @@
 
 All the work (complete keys, cache policy and per-call control, single-flight, admission
 gate, retry, stream record/replay, statistics) is done by
-:class:`rag_perf_plugins.llm_service.LLMService`; this class only translates LangChain's
+:class:`rag_perf_plugins.services.llm.LLMService`; this class only translates LangChain's
 hooks (``_generate``/``_agenerate``/``_stream``/``_astream``) into service calls and
 LangChain's types into plain data and back::
 
@@ -69,8 +69,8 @@ from typing_extensions import override
 
 from rag_perf_plugins.cache import CacheControl, CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import AdmissionGateLike, RetryPolicyLike
-from rag_perf_plugins.llm_service import LLMRequest, LLMService, Usage
+from rag_perf_plugins.services.embeddings import AdmissionGateLike, RetryPolicyLike
+from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from ._defaults import default_gate, default_retry

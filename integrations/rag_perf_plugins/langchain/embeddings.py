@@ -2,7 +2,7 @@
 
 All the work (per-text cache with one batched lookup, single-flight, micro-batching across
 concurrent callers, admission gate and retry for real provider calls, statistics) is done by
-:class:`rag_perf_plugins.embedding_service.EmbeddingService`; this class only translates
+:class:`rag_perf_plugins.services.embeddings.EmbeddingService`; this class only translates
 LangChain's four methods into service calls::
 
     from rag_perf_plugins.langchain import PerfEmbeddings, pooled_openai_embeddings
@@ -27,7 +27,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from typing_extensions import override
 
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import (
+from rag_perf_plugins.services.embeddings import (
     AdmissionGateLike,
     EmbeddingService,
     EmbeddingStore,

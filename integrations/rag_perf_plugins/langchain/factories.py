@@ -33,7 +33,7 @@ from typing import Any
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.http import get_async_http_client, get_http_client, http_timeout
+from rag_perf_plugins.pool.http import get_async_http_client, get_http_client, http_timeout
 
 __all__ = ["pooled_chat_openai", "pooled_openai_embeddings"]
 

@@ -9,7 +9,7 @@ LangChain's ``InMemoryRateLimiter`` polls a token bucket every ``check_every_n_s
 (0.1 s) with a bucket of one, so it never passes 10 requests/s whatever it is asked, and
 polling faster burns CPU. This limiter waits exactly as long as the budget needs (a
 scheduled sleep, no polling), first come first served, on the
-:class:`~rag_perf_plugins.admission.AdmissionGate`'s request budget, so it reaches the
+:class:`~rag_perf_plugins.admission.gate.AdmissionGate`'s request budget, so it reaches the
 configured rate. Gates with the same key share one budget in the process.
 
 Not done here: tokens. LangChain asks a rate limiter for one request and nothing else, so

@@ -51,8 +51,8 @@ from typing_extensions import override
 from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins.cache import CacheManager, retrieval_key
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import cache_manager_for
 from rag_perf_plugins.errors import CacheError
+from rag_perf_plugins.services.embeddings import cache_manager_for
 from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
 
 from .control import applied, control_from_metadata
@@ -108,7 +108,7 @@ class PerfVectorStore(VectorStore):
         config: ``enable_caching``, ``cache_ttl`` (seconds), ``enable_metrics``, and the
             cache's directory, tiers and Redis.
         cache: The cache manager; ``None`` uses the one for ``config``'s cache settings
-            (:func:`~rag_perf_plugins.embedding_service.cache_manager_for`).
+            (:func:`~rag_perf_plugins.services.embeddings.cache_manager_for`).
         name: The store's identity in keys and in the shared version. Give the same name
             to wrappers of the same data in other processes so their writes invalidate
             each other's searches. ``None``: a fresh random name, so this wrapper never

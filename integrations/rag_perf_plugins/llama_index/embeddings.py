@@ -2,7 +2,7 @@
 
 All the work (per-text cache with one batched lookup, single-flight, micro-batching across
 concurrent callers, admission gate and retry for real provider calls, statistics) is done by
-:class:`rag_perf_plugins.embedding_service.EmbeddingService`; this module only translates
+:class:`rag_perf_plugins.services.embeddings.EmbeddingService`; this module only translates
 LlamaIndex's calls into service calls and back::
 
     from llama_index.embeddings.openai import OpenAIEmbedding
@@ -35,10 +35,10 @@ from typing import Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from rag_perf_plugins.admission import AdmissionGate, get_gate
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy, get_gate
 from rag_perf_plugins.cache.control import applied, parse_control
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import (
+from rag_perf_plugins.services.embeddings import (
     AdmissionGateLike,
     EmbeddingService,
     EmbeddingStore,
@@ -46,7 +46,6 @@ from rag_perf_plugins.embedding_service import (
     cache_manager_for,
     default_embedding_store,
 )
-from rag_perf_plugins.retry import RetryPolicy
 
 __all__ = ["CACHE_KWARG", "PerfEmbedding", "cache_manager_for", "inner_identity"]
 
@@ -414,7 +413,7 @@ def _api_key(inner: BaseEmbedding) -> str | None:
 def _default_store(config: PerformanceConfig) -> EmbeddingStore | None:
     """The core cache's embeddings namespace for ``config``; ``None`` when caching is off.
 
-    :func:`~rag_perf_plugins.embedding_service.cache_manager_for` decides the manager (the
+    :func:`~rag_perf_plugins.services.embeddings.cache_manager_for` decides the manager (the
     same rule as LangChain's wrappers).
     """
     return default_embedding_store(config)

@@ -18,7 +18,7 @@ from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import
 from llama_index.embeddings.openai.utils import resolve_openai_credentials  # type: ignore[import-untyped]
 from llama_index.llms.openai import OpenAI
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.http import get_async_http_client, get_http_client
+from rag_perf_plugins.pool.http import get_async_http_client, get_http_client
 
 __all__ = ["pooled_openai_embedding", "pooled_openai_llm"]
 

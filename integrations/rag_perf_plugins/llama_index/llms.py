@@ -36,7 +36,7 @@ Per-call cache control: ``cache_control(...)`` around the call, or the
 Not done: ``structured_predict`` and friends run through ``chat``/``complete`` and are
 cached there, not as a whole; a per-call keyword that cannot be keyed (an arbitrary object)
 makes that call uncached (counted as ``cache.unkeyable``). All the request-path work
-is :class:`rag_perf_plugins.llm_service.LLMService`'s (the one LangChain uses too);
+is :class:`rag_perf_plugins.services.llm.LLMService`'s (the one LangChain uses too);
 this module only converts LlamaIndex's calls and answers.
 """
 
@@ -64,12 +64,11 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins.admission import AdmissionGate, get_gate
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy, get_gate
 from rag_perf_plugins.cache import CacheManager, canonical_json
 from rag_perf_plugins.cache.control import current_control, parse_control
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.llm_service import LLMRequest, LLMService, Usage
-from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .embeddings import CACHE_KWARG, cache_manager_for

@@ -5,7 +5,7 @@ Example::
     rag-perf bench --only admission
 
 aiolimiter is the obvious off-the-shelf async rate limiter, and the gate's budget once used
-it (see the module docstring of :mod:`rag_perf_plugins.admission` for why it no longer
+it (see the module docstring of :mod:`rag_perf_plugins.admission.gate` for why it no longer
 does). Three comparisons, each measured in the same run:
 
 * Rate: ``AsyncLimiter(100, 1.0)`` (100 per second with a burst of one second, the same

@@ -6,13 +6,13 @@ Example::
 
 Two comparisons, each measured in the same run:
 
-* Rate: our :class:`~rag_perf_plugins.admission.AdmissionGate` and LangChain's
+* Rate: our :class:`~rag_perf_plugins.admission.gate.AdmissionGate` and LangChain's
   ``InMemoryRateLimiter`` (its defaults: ``check_every_n_seconds=0.1``,
   ``max_bucket_size=1``) asked for the same 6,000 RPM by 50 eager tasks: achieved rate as
   a fraction of the RPM over a steady window, and process CPU over wall time.
 * Retries under a 429 storm from the simulator (a seeded share of calls answered 429 with
   ``Retry-After``): provider requests per logical call and calls that succeeded, for our
-  :class:`~rag_perf_plugins.retry.RetryPolicy` (SDK retries off) and for the OpenAI SDK's
+  :class:`~rag_perf_plugins.admission.retry.RetryPolicy` (SDK retries off) and for the OpenAI SDK's
   default retries (``max_retries=2``) stacked under LangChain's ``Runnable.with_retry()``
   (its defaults: 3 attempts, exponential jitter from 1 s). At 20 % (the acceptance figure)
   and at 80 % (an overloaded provider, where retry amplification shows).
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...retry import RetryPolicy
+from ...admission import RetryPolicy
 from ..registry import BenchContext, Result, Target, benchmark
 from ..suites.admission import BENCH_RPM, BENCH_TASKS, measure_gate, measure_rate
 

@@ -70,7 +70,7 @@ def warm_embedding_cache(ctx: BenchContext) -> Iterator[Result]:
     from rag_perf_plugins.langchain import PerfEmbeddings
 
     from ...cache import CacheManager
-    from ...embedding_service import CacheEmbeddingStore
+    from ...services.embeddings import CacheEmbeddingStore
 
     n = ctx.scale(2000, quick=300)
     texts = [f"chunk {i} of a document about retrieval augmented generation" for i in range(n)]
@@ -220,7 +220,7 @@ def wrapper_overhead(ctx: BenchContext) -> Iterator[Result]:
     from rag_perf_plugins.langchain import PerfEmbeddings, PerfVectorStore
 
     from ...cache import CacheManager
-    from ...embedding_service import CacheEmbeddingStore
+    from ...services.embeddings import CacheEmbeddingStore
     from ...tracking import PerformanceTracker
 
     n = ctx.scale(3000, quick=500)

@@ -227,7 +227,7 @@ def chain_abatch_vs_engine(ctx: BenchContext) -> Iterator[Result]:
                 model="gpt-4o-mini", base_url=base_url, api_key="sk-bench", temperature=0
             )
             if wrapped:
-                from ...embedding_service import CacheEmbeddingStore
+                from ...services.embeddings import CacheEmbeddingStore
 
                 emb = PerfEmbeddings(emb, config, store=CacheEmbeddingStore(cache), tracker=tracker)
                 llm = PerfChatModel(llm, config, cache_manager=cache, tracker=tracker)

@@ -35,10 +35,10 @@ from typing import Any
 import aiohttp
 import httpx
 
+from ...admission import parse_retry_after
 from ...config import PerformanceConfig
 from ...engine import AsyncRAGEngine, QueryResult, RAGEngine, process_queries_concurrently
 from ...errors import ProviderError
-from ...retry import parse_retry_after
 from ..registry import BenchContext, Result, Target, benchmark
 
 __all__ = ["CORPUS", "SimulatorPipeline", "simulator_process"]

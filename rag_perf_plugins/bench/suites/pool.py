@@ -4,7 +4,7 @@ Run with ``rag-perf bench --only pool`` (``--quick`` for a short run). The simul
 in its own process (no shared GIL) and counts the TCP connections it accepts.
 
 - ``connection_reuse_rate``: requests from 50 concurrent tasks through the registry's
-  shared async client (:func:`~rag_perf_plugins.http.get_async_http_client`), next to a
+  shared async client (:func:`~rag_perf_plugins.pool.http.get_async_http_client`), next to a
   client per request (what ``enable_connection_pooling=False`` gives) in the same run.
   Reuse rate = ``1 - connections opened / requests``, both counted by the simulator: the
   share of requests that did not open a TCP connection. The seed's target is above 0.70;
@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
-from ...http import HttpClientRegistry
 from ...pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig
+from ...pool.http import HttpClientRegistry
 from ..registry import BenchContext, Result, Target, benchmark
 from .concurrency import simulator_process
 

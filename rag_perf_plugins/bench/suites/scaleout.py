@@ -5,8 +5,8 @@ Example::
     rag-perf bench --only scaleout --quick
 
 ``run_shared_budget`` starts N worker processes (``multiprocessing`` spawn), each with its
-own :class:`~rag_perf_plugins.admission.AdmissionGate` (8 tasks, aiohttp) in front of a
-:class:`~rag_perf_plugins.admission_redis.RedisBudgetStore`, all sending embedding requests
+own :class:`~rag_perf_plugins.admission.gate.AdmissionGate` (8 tasks, aiohttp) in front of a
+:class:`~rag_perf_plugins.admission.redis_store.RedisBudgetStore`, all sending embedding requests
 to one simulator whose RPM limit is the same budget. It counts, from the clients' side,
 the answers that completed inside a steady window (after the first burst), the 429s, and
 the latencies. The baseline, measured in the same run, is the same N processes each with a
@@ -113,7 +113,7 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
     )
     store: Any
     if spec["shared"]:
-        from ...admission_redis import shared_budget_store
+        from ...admission.redis_store import shared_budget_store
 
         store = shared_budget_store(config)
     else:
@@ -162,7 +162,7 @@ def _budget_worker(spec: dict[str, Any], ready: Any, go: Any, start_at: Any, out
         # Import everything before saying ready, so the start is not spent importing.
         import aiohttp  # noqa: F401
 
-        from ... import admission_redis  # noqa: F401
+        from ...admission import redis_store  # noqa: F401
 
         ready.put(os.getpid())
         go.wait()
@@ -333,7 +333,7 @@ def run_cross_process_hits(
 
 def delete_prefix(redis_url: str, prefix: str) -> int:
     """Delete every key under ``prefix:`` (what a run left behind); returns how many."""
-    from ...cache.redis_tier import make_redis_client
+    from ...redis.client import make_redis_client
 
     client = make_redis_client(redis_url, timeout=5.0)
     try:
@@ -344,7 +344,7 @@ def delete_prefix(redis_url: str, prefix: str) -> int:
 
 
 def _redis_url(ctx: BenchContext) -> str:
-    from ...cache.redis_tier import make_redis_client
+    from ...redis.client import make_redis_client
 
     url = ctx.config.redis_url or DEFAULT_REDIS_URL
     client = make_redis_client(url, timeout=1.0)

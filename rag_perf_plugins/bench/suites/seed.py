@@ -15,7 +15,7 @@ seed targets come from their own categories and are not repeated here:
 - ``p95_latency_ms`` (cold cache) and ``p95_latency_ms_warm``: a RAG workload of Zipf-drawn
   questions, 16 at a time, against the simulator in its own process with the demo's latency
   model (:data:`SIMULATOR`). Each query embeds the question through
-  :class:`~rag_perf_plugins.embedding_service.EmbeddingService` (cached, batched, over HTTP
+  :class:`~rag_perf_plugins.services.embeddings.EmbeddingService` (cached, batched, over HTTP
   ``/embeddings``), retrieves the nearest passages from an in-memory matrix (numpy dot
   products) and asks ``/chat/completions``, all inside
   :class:`~rag_perf_plugins.engine.AsyncRAGEngine` with a :class:`CacheManager` in a fresh
@@ -42,8 +42,8 @@ import numpy as np
 
 from ...cache import CacheManager, query_key
 from ...config import PerformanceConfig
-from ...embedding_service import CacheEmbeddingStore, EmbeddingService
 from ...engine import AsyncRAGEngine, QueryResult, process_queries_concurrently
+from ...services.embeddings import CacheEmbeddingStore, EmbeddingService
 from ..registry import BenchContext, Result, Target, benchmark
 from .concurrency import CORPUS, simulator_process
 

@@ -11,8 +11,7 @@ import aiohttp
 import openai
 import pytest
 
-from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore
-from rag_perf_plugins.retry import RetryPolicy
+from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy
 from rag_perf_plugins.simulator import Simulator
 
 SimulatorFactory = Callable[..., Simulator]

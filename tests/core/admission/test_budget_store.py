@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from rag_perf_plugins.admission import LocalBudgetStore, RateLimits, key_fingerprint, parse_reset
+from rag_perf_plugins.admission import (
+    LocalBudgetStore,
+    RateLimits,
+    key_fingerprint,
+    parse_reset,
+)
 
 RPM_60 = RateLimits(requests_per_minute=60, burst_seconds=1.0)  # one per second, burst 1
 

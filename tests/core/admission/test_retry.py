@@ -13,9 +13,15 @@ import openai
 import pytest
 
 from rag_perf_plugins._clock import FakeClock
-from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore
+from rag_perf_plugins.admission import (
+    AdmissionGate,
+    LocalBudgetStore,
+    RetryBudget,
+    RetryPolicy,
+    classify,
+    parse_retry_after,
+)
 from rag_perf_plugins.errors import DeadlineExceeded, Overloaded, ProviderError
-from rag_perf_plugins.retry import RetryBudget, RetryPolicy, classify, parse_retry_after
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
 

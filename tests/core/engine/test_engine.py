@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rag_perf_plugins._clock import FakeClock
-from rag_perf_plugins.admission import AdmissionGate
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.engine import (
@@ -20,7 +20,6 @@ from rag_perf_plugins.engine import (
     is_provider_failure,
 )
 from rag_perf_plugins.errors import Overloaded, ProviderError
-from rag_perf_plugins.retry import RetryPolicy
 from rag_perf_plugins.tracking import PerformanceTracker
 
 

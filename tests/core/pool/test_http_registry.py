@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.http import (
+from rag_perf_plugins.pool.http import (
     HttpClientRegistry,
     LoopRoutingTransport,
     _httpcore_pool,
@@ -289,7 +289,7 @@ def test_shared_clients_are_closed_at_interpreter_exit(tmp_path: Path) -> None:
     """No "unclosed socket" from the process-wide clients when a script just ends."""
     script = tmp_path / "script.py"
     script.write_text(
-        "from rag_perf_plugins.http import openai_client\n"
+        "from rag_perf_plugins.pool.http import openai_client\n"
         "from rag_perf_plugins.simulator import Simulator\n"
         "sim = Simulator().in_thread().start()\n"
         "client = openai_client(base_url=sim.base_url, api_key='sk-test')\n"

@@ -17,10 +17,11 @@ import redis
 
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate
-from rag_perf_plugins.admission_redis import RedisBudgetStore
+from rag_perf_plugins.admission.redis_store import RedisBudgetStore
 from rag_perf_plugins.cache import CacheManager, DiskTier
-from rag_perf_plugins.cache.redis_tier import RedisTier, make_redis_client
+from rag_perf_plugins.cache.redis_tier import RedisTier
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.redis.client import make_redis_client
 from rag_perf_plugins.simulator import Simulator
 
 RedisServer = Any  # the fixture's class lives in this directory's conftest.py

@@ -22,7 +22,7 @@ from rag_perf_plugins.admission import (
     RateLimits,
     key_fingerprint,
 )
-from rag_perf_plugins.admission_redis import RedisBudgetStore, shared_budget_store
+from rag_perf_plugins.admission.redis_store import RedisBudgetStore, shared_budget_store
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.errors import ConfigError, Overloaded
 

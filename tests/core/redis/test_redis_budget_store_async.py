@@ -25,7 +25,7 @@ import redis
 
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, RateLimits
-from rag_perf_plugins.admission_redis import RedisBudgetStore
+from rag_perf_plugins.admission.redis_store import RedisBudgetStore
 from rag_perf_plugins.errors import Overloaded
 
 RedisServer = Any  # the fixture's class lives in this directory's conftest.py

@@ -16,14 +16,10 @@ import redis
 
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.cache import CacheManager, DiskTier, MemoryTier, Tier
-from rag_perf_plugins.cache.redis_tier import (
-    CircuitBreaker,
-    RedisTier,
-    RedisUnavailable,
-    redact_url,
-)
+from rag_perf_plugins.cache.redis_tier import RedisTier
 from rag_perf_plugins.cache.serialize import encode
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.redis.client import CircuitBreaker, RedisUnavailable, redact_url
 
 pytestmark = pytest.mark.redis
 

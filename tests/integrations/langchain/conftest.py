@@ -15,7 +15,7 @@ from langchain_openai import OpenAIEmbeddings
 from rag_perf_plugins.langchain import pooled_openai_embeddings
 
 from rag_perf_plugins.cache import set_cache_manager
-from rag_perf_plugins.http import close_http_clients
+from rag_perf_plugins.pool.http import close_http_clients
 from rag_perf_plugins.simulator import Simulator
 
 

@@ -9,7 +9,7 @@ from rag_perf_plugins.langchain import PerfEmbeddings
 
 from rag_perf_plugins.cache import get_cache_manager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import CacheEmbeddingStore
+from rag_perf_plugins.services.embeddings import CacheEmbeddingStore
 from rag_perf_plugins.tracking import PerformanceTracker
 
 

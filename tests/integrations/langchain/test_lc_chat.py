@@ -363,8 +363,8 @@ def _merge(chunks: list[Any]) -> AIMessageChunk:
 
 
 def _no_retry() -> Any:
+    from rag_perf_plugins.admission import RetryPolicy
     from rag_perf_plugins.config import PerformanceConfig
-    from rag_perf_plugins.retry import RetryPolicy
 
     return RetryPolicy(PerformanceConfig(retry_max_attempts=1))
 

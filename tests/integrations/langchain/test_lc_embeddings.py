@@ -17,7 +17,7 @@ from rag_perf_plugins.langchain import PerfEmbeddings
 from rag_perf_plugins.langchain.embeddings import is_symmetric
 
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.embedding_service import EmbeddingStore
+from rag_perf_plugins.services.embeddings import EmbeddingStore
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.tracking import PerformanceTracker
 

@@ -9,7 +9,7 @@ import pytest
 from rag_perf_plugins.llama_index import PerfEmbedding, pooled_openai_embedding
 
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.http import get_async_http_client, get_http_client
+from rag_perf_plugins.pool.http import get_async_http_client, get_http_client
 from rag_perf_plugins.simulator import Simulator
 
 

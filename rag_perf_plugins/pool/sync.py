@@ -1,7 +1,7 @@
 """ConnectionPool: a thread-safe generic pool of blocking connections.
 
 Hand-written, not generated: the shell is a thin loop around the shared, I/O-free
-:class:`~rag_perf_plugins._pool_core.PoolCore`, and its waiting (a ``threading.Event``
+:class:`~rag_perf_plugins.pool.core.PoolCore`, and its waiting (a ``threading.Event``
 per waiter) and factory calls differ from the async twin's in every line that is not
 bookkeeping, so an unasync rewrite would save little and hide the differences.
 """
@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from .._clock import Clock
-from .._pool_core import CREATE, ConnectionPoolConfig, Entry, PoolCore, PoolStats, Waiter, _Create
 from ..errors import PoolClosed, PoolTimeout
+from .core import CREATE, ConnectionPoolConfig, Entry, PoolCore, PoolStats, Waiter, _Create
 
 __all__ = ["DEFAULT_BROKEN_ON", "ConnectionPool"]
 

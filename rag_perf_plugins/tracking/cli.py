@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .tracking.tracker import STATS_SCHEMA
+from .tracker import STATS_SCHEMA
 
 __all__ = ["register", "render"]
 
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     if args.prometheus:
-        from .tracking.exporters import to_prometheus
+        from .exporters import to_prometheus
 
         sys.stdout.write(to_prometheus(stats))
         return 0

@@ -7,7 +7,7 @@ silently re-send the request. The async clients here route every request to a co
 pool owned by the *running* loop (:class:`LoopRoutingTransport`), and close a loop's pool
 while that loop shuts down::
 
-    from rag_perf_plugins.http import async_openai_client, get_async_http_client
+    from rag_perf_plugins.pool.http import async_openai_client, get_async_http_client
 
     client = get_async_http_client("http://127.0.0.1:8000/v1")     # one per origin
     llm = ChatOpenAI(base_url=url, http_async_client=client, max_retries=0)
@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from .config import PerformanceConfig
+from ..config import PerformanceConfig
 
 if TYPE_CHECKING:  # openai is not a core dependency: imported lazily by the helpers
     import openai

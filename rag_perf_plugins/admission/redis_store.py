@@ -9,14 +9,14 @@ Example::
     store = RedisBudgetStore("redis://127.0.0.1:6379/0", prefix="my-app", worker_count=4)
     gate = AdmissionGate(config, key="openai/gpt-4o-mini/k-3f9a0c1b22de", store=store)
 
-The store implements :class:`~rag_perf_plugins.admission.BudgetStore` with the gate's own
+The store implements :class:`~rag_perf_plugins.admission.gate.BudgetStore` with the gate's own
 GCRA arithmetic, run as one Lua script per call, so a reservation is atomic across every
 process and host using the Redis. Time is Redis's ``TIME`` (seconds), not the caller's
 clock, so processes whose monotonic clocks disagree still share one schedule; waits are
 returned as relative seconds, which is all the gate needs. State lives in one small hash per
 key under ``{prefix}:rl:{gate key}`` (the gate key holds an API-key fingerprint, never the
 key) and expires once the bucket is idle and full again. The in-process
-:class:`~rag_perf_plugins.admission.AdmissionGate` stays in front: concurrency cap, FIFO
+:class:`~rag_perf_plugins.admission.gate.AdmissionGate` stays in front: concurrency cap, FIFO
 order and the bounded queue are per process; only the rate budget is shared.
 
 Outages: calls have ``timeout`` seconds (``redis_timeout``) and no redis-py retries. A
@@ -62,26 +62,25 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .admission import LocalBudgetStore, RateLimits
-from .cache.redis_tier import (
+from ..config import PerformanceConfig
+from ..redis.client import (
     OUTAGE_ERRORS,
     CircuitBreaker,
+    make_async_redis_client,
     make_redis_client,
     redact_url,
 )
-from .config import PerformanceConfig
+from .budget import LocalBudgetStore, RateLimits
 
 try:
     import redis
     import redis.asyncio
-    from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.backoff import NoBackoff
     from redis.commands.core import AsyncScript
 except ImportError as exc:  # pragma: no cover - the extra is installed in development
     msg = "the shared rate limit needs redis-py: pip install 'rag-perf-plugins[redis]'"
     raise ImportError(msg) from exc
 
-__all__ = ["RedisBudgetStore", "make_async_redis_client", "shared_budget_store"]
+__all__ = ["RedisBudgetStore", "shared_budget_store"]
 
 log = logging.getLogger("rag_perf_plugins.redis")
 
@@ -186,30 +185,6 @@ class _Call:
     fallback: Callable[[], float]
 
 
-def make_async_redis_client(
-    url: str, *, timeout: float, max_connections: int = 32
-) -> redis.asyncio.Redis:
-    """The asyncio twin of :func:`~rag_perf_plugins.cache.redis_tier.make_redis_client`.
-
-    Example: ``client = make_async_redis_client(url, timeout=0.25)``, then
-    ``await client.aclose()`` on the same event loop.
-
-    ``timeout`` seconds per connect, per reply and per wait for a free connection (at most
-    ``max_connections``), no redis-py retries. The client and its pool belong to the event
-    loop that first uses them: never share one between loops (its pool's condition and
-    sockets are bound to that loop).
-    """
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=AsyncRetry(NoBackoff(), 0),
-    )
-    return redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
-
-
 class _LoopClient:
     """One event loop's asyncio client, and the async generator that closes it at shutdown."""
 
@@ -225,7 +200,7 @@ class _LoopClient:
 class _LoopClients:
     """One asyncio Redis client per event loop, closed while that loop shuts down.
 
-    The same idea as :class:`~rag_perf_plugins.http.LoopRoutingTransport`: at first use on
+    The same idea as :class:`~rag_perf_plugins.pool.http.LoopRoutingTransport`: at first use on
     a loop, a tiny async generator is started on it; ``loop.shutdown_asyncgens()`` (run by
     ``asyncio.run``, ``asyncio.Runner`` and pytest-asyncio) finalises it, which closes that
     loop's client on its own loop. A loop closed without ``shutdown_asyncgens()`` has its
@@ -309,7 +284,7 @@ class _LoopClients:
 
 
 class RedisBudgetStore:
-    """A :class:`~rag_perf_plugins.admission.BudgetStore` in Redis, shared by processes.
+    """A :class:`~rag_perf_plugins.admission.gate.BudgetStore` in Redis, shared by processes.
 
     Example::
 

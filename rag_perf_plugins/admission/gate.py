@@ -24,7 +24,7 @@ tokens is scheduled in arrival order, never starved by small ones), a request la
 the whole burst waits for an empty bucket and leaves it in debt, and a caller whose wait
 would pass ``max_queue_wait`` (or its deadline) is refused before it waits. A
 :class:`LocalBudgetStore` (the default, one per process) is shared by every event loop and
-thread; :class:`~rag_perf_plugins.admission_redis.RedisBudgetStore` shares it between
+thread; :class:`~rag_perf_plugins.admission.redis_store.RedisBudgetStore` shares it between
 processes. Every store method has an async twin; the async path (``acquire``,
 ``Ticket.areconcile``, ``apause``, ``aobserve_response``) awaits them and never calls the
 store while holding the gate's thread lock, so a Redis round trip never blocks the loop.
@@ -37,7 +37,7 @@ arithmetic here is our own (about forty lines, in :class:`LocalBudgetStore`), an
 is a plain ``sleep`` on the caller's own loop or thread.
 
 Not done here: estimating tokens (use :func:`rag_perf_plugins.tokens.estimate_tokens`),
-retrying (use :class:`rag_perf_plugins.retry.RetryPolicy`, which can run the gate inside
+retrying (use :class:`rag_perf_plugins.admission.retry.RetryPolicy`, which can run the gate inside
 each attempt), priorities, or sharing the budget between processes (that is the Redis
 store's job).
 """
@@ -46,32 +46,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import importlib
 import math
-import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from ._clock import AsyncSleep, Clock, Sleep, monotonic
-from .config import PerformanceConfig
-from .errors import ConfigError, DeadlineExceeded, Overloaded
-from .retry import parse_retry_after
+from .._clock import AsyncSleep, Clock, Sleep, monotonic
+from ..config import PerformanceConfig
+from ..errors import ConfigError, DeadlineExceeded, Overloaded
+from .budget import BudgetStore, LocalBudgetStore, RateLimits
+from .headers import read_limit_headers
 
-__all__ = [
-    "AdmissionGate",
-    "BudgetStore",
-    "LocalBudgetStore",
-    "RateLimits",
-    "Ticket",
-    "get_gate",
-    "key_fingerprint",
-    "parse_reset",
-]
+__all__ = ["AdmissionGate", "Ticket"]
 
 # How many recent queue waits the p50/p95 stats are computed over.
 _RECENT_WAITS = 2048
@@ -79,358 +68,6 @@ _RECENT_WAITS = 2048
 _EPSILON = 1e-9
 # Weight of the newest call in the moving average of how long a slot is held.
 _HOLD_EWMA = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    """The rate budget of one key.
-
-    Example: ``RateLimits(requests_per_minute=600, tokens_per_minute=200_000)``.
-
-    Attributes:
-        requests_per_minute: Request budget; ``None`` means unlimited.
-        tokens_per_minute: Token budget; ``None`` means unlimited.
-        burst_seconds: Largest burst, as seconds of budget (at least one request's worth).
-    """
-
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    burst_seconds: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                msg = f"{name} must be > 0 (per minute) or None, got {value!r}"
-                raise ValueError(msg)
-        if not self.burst_seconds > 0:
-            msg = f"burst_seconds must be > 0 (seconds), got {self.burst_seconds!r}"
-            raise ValueError(msg)
-
-    @classmethod
-    def from_config(cls, config: PerformanceConfig) -> RateLimits:
-        """The limits in ``requests_per_minute``, ``tokens_per_minute``, ``rate_burst_seconds``."""
-        return cls(config.requests_per_minute, config.tokens_per_minute, config.rate_burst_seconds)
-
-    @property
-    def unlimited(self) -> bool:
-        """True when neither requests nor tokens are limited."""
-        return self.requests_per_minute is None and self.tokens_per_minute is None
-
-
-class BudgetStore(Protocol):
-    """Where the rate budgets of keys live: this process, or Redis.
-
-    Every method has an async twin (``a`` prefix) with the same arguments and answers;
-    the gate's ``async with acquire()`` path awaits the twins, ``acquire_sync`` calls the
-    blocking methods. Every method is atomic per key and thread-safe. ``now`` is the
-    caller's clock in seconds; a store with its own clock (Redis ``TIME``) may ignore it,
-    which is why waits are returned as relative seconds. Amounts are requests and tokens;
-    negative amounts in :meth:`adjust` refund.
-    """
-
-    def try_reserve(
-        self,
-        key: str,
-        limits: RateLimits,
-        *,
-        requests: int,
-        tokens: int,
-        now: float,
-        max_wait: float,
-    ) -> float:
-        """Seconds until the amounts may be sent; debited only when that is ``<= max_wait``."""
-        ...
-
-    def peek(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> float:
-        """Seconds until the amounts could be sent, debiting nothing."""
-        ...
-
-    def adjust(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> None:
-        """Debit (positive) or refund (negative) amounts, without waiting."""
-        ...
-
-    def pause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
-        """Send nothing on ``key`` for ``seconds``; afterwards resume at the rate, no burst."""
-        ...
-
-    def paused_for(self, key: str, *, now: float) -> float:
-        """Seconds left of a pause on ``key`` (0.0 when not paused)."""
-        ...
-
-    def clamp(
-        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
-    ) -> None:
-        """Let at most ``requests``/``tokens`` leave now (the provider's remaining budget)."""
-        ...
-
-    # The async twins: same arguments, same answers. The gate's async path awaits these,
-    # so a store that does I/O (Redis) never blocks the event loop.
-    async def atry_reserve(
-        self,
-        key: str,
-        limits: RateLimits,
-        *,
-        requests: int,
-        tokens: int,
-        now: float,
-        max_wait: float,
-    ) -> float:
-        """Async :meth:`try_reserve`."""
-        ...
-
-    async def apeek(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> float:
-        """Async :meth:`peek`."""
-        ...
-
-    async def aadjust(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> None:
-        """Async :meth:`adjust`."""
-        ...
-
-    async def apause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
-        """Async :meth:`pause`."""
-        ...
-
-    async def apaused_for(self, key: str, *, now: float) -> float:
-        """Async :meth:`paused_for`."""
-        ...
-
-    async def aclamp(
-        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
-    ) -> None:
-        """Async :meth:`clamp`."""
-        ...
-
-
-class _KeyState:
-    __slots__ = ("paused_until", "tat_requests", "tat_tokens")
-
-    def __init__(self) -> None:
-        # Theoretical arrival times: the clock time at which each bucket is empty again.
-        self.tat_requests = -math.inf
-        self.tat_tokens = -math.inf
-        self.paused_until = -math.inf
-
-
-def _interval(per_minute: float | None) -> float:
-    """Seconds of budget one unit costs (0.0 when unlimited)."""
-    return 0.0 if per_minute is None else 60.0 / per_minute
-
-
-def _grant(tat: float, amount: int, interval: float, burst_s: float, now: float) -> float:
-    """Earliest time ``amount`` fits in a GCRA bucket whose theoretical arrival time is ``tat``."""
-    if interval == 0.0 or amount <= 0:
-        return now
-    # Tolerance: the burst, but at least one unit, or a slow limit could admit nothing.
-    tolerance = max(burst_s, interval)
-    # A request larger than the whole burst waits for an empty bucket and leaves it in debt.
-    at = tat - max(0.0, tolerance - amount * interval)
-    # Sums of float intervals drift by ulps; a nanosecond of "wait" is no wait.
-    return now if at - now <= _EPSILON else at
-
-
-class LocalBudgetStore:
-    """The in-process :class:`BudgetStore`: one GCRA bucket pair per key, behind one lock.
-
-    Example::
-
-        store = LocalBudgetStore()
-        limits = RateLimits(requests_per_minute=60)              # one per second, burst 1 s
-        store.try_reserve("k", limits, requests=1, tokens=0, now=0.0, max_wait=10)   # 0.0
-        store.try_reserve("k", limits, requests=1, tokens=0, now=0.0, max_wait=10)   # 1.0
-
-    A fresh key starts with a full burst (``burst_seconds`` of budget), never a minute's.
-    Memory grows with the number of keys only. Not shared between processes.
-    """
-
-    __slots__ = ("_keys", "_lock")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._keys: dict[str, _KeyState] = {}
-
-    def _state(self, key: str) -> _KeyState:
-        state = self._keys.get(key)
-        if state is None:
-            state = self._keys[key] = _KeyState()
-        return state
-
-    @staticmethod
-    def _when(
-        state: _KeyState, limits: RateLimits, requests: int, tokens: int, now: float
-    ) -> float:
-        burst = limits.burst_seconds
-        return max(
-            now,
-            state.paused_until,
-            _grant(state.tat_requests, requests, _interval(limits.requests_per_minute), burst, now),
-            _grant(state.tat_tokens, tokens, _interval(limits.tokens_per_minute), burst, now),
-        )
-
-    def try_reserve(
-        self,
-        key: str,
-        limits: RateLimits,
-        *,
-        requests: int,
-        tokens: int,
-        now: float,
-        max_wait: float,
-    ) -> float:
-        """Seconds until the amounts may be sent; debited only when that is ``<= max_wait``."""
-        with self._lock:
-            state = self._state(key)
-            at = self._when(state, limits, requests, tokens, now)
-            wait = at - now
-            if wait <= max_wait:
-                state.tat_requests = max(state.tat_requests, at) + requests * _interval(
-                    limits.requests_per_minute
-                )
-                state.tat_tokens = max(state.tat_tokens, at) + tokens * _interval(
-                    limits.tokens_per_minute
-                )
-            return wait
-
-    def peek(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> float:
-        """Seconds until the amounts could be sent, debiting nothing."""
-        with self._lock:
-            return self._when(self._state(key), limits, requests, tokens, now) - now
-
-    def adjust(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> None:
-        """Debit (positive) or refund (negative) amounts, without waiting."""
-        with self._lock:
-            state = self._state(key)
-            # A debit starts from now at the earliest (an idle bucket holds no credit); a
-            # refund may take the arrival time into the past, which reads as an empty bucket.
-            if requests:
-                base = max(state.tat_requests, now) if requests > 0 else state.tat_requests
-                state.tat_requests = base + requests * _interval(limits.requests_per_minute)
-            if tokens:
-                base = max(state.tat_tokens, now) if tokens > 0 else state.tat_tokens
-                state.tat_tokens = base + tokens * _interval(limits.tokens_per_minute)
-
-    def pause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
-        """Send nothing on ``key`` for ``seconds``; afterwards resume at the rate, no burst."""
-        with self._lock:
-            state = self._state(key)
-            state.paused_until = max(state.paused_until, now + seconds)
-            interval = _interval(limits.requests_per_minute)
-            if interval:
-                # A full request bucket at the end of the pause: one request then, the next
-                # one interval later, instead of the whole burst at once.
-                tolerance = max(limits.burst_seconds, interval)
-                state.tat_requests = max(
-                    state.tat_requests, state.paused_until + tolerance - interval
-                )
-            state.tat_tokens = max(state.tat_tokens, state.paused_until)
-
-    def paused_for(self, key: str, *, now: float) -> float:
-        """Seconds left of a pause on ``key`` (0.0 when not paused)."""
-        with self._lock:
-            state = self._keys.get(key)
-            return 0.0 if state is None else max(0.0, state.paused_until - now)
-
-    def clamp(
-        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
-    ) -> None:
-        """Let at most ``requests``/``tokens`` leave now (the provider's remaining budget)."""
-        with self._lock:
-            state = self._state(key)
-            for remaining, per_minute, attr in (
-                (requests, limits.requests_per_minute, "tat_requests"),
-                (tokens, limits.tokens_per_minute, "tat_tokens"),
-            ):
-                if remaining is None or per_minute is None:
-                    continue
-                interval = _interval(per_minute)
-                tolerance = max(limits.burst_seconds, interval)
-                # At most `remaining` units fit below the tolerance from now on.
-                floor = now + tolerance - max(0, remaining) * interval
-                setattr(state, attr, max(getattr(state, attr), floor))
-
-    # The async twins do no I/O: the lock is held for microseconds, never across an await.
-    async def atry_reserve(
-        self,
-        key: str,
-        limits: RateLimits,
-        *,
-        requests: int,
-        tokens: int,
-        now: float,
-        max_wait: float,
-    ) -> float:
-        """Async :meth:`try_reserve` (runs it inline: no I/O)."""
-        return self.try_reserve(
-            key, limits, requests=requests, tokens=tokens, now=now, max_wait=max_wait
-        )
-
-    async def apeek(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> float:
-        """Async :meth:`peek` (runs it inline: no I/O)."""
-        return self.peek(key, limits, requests=requests, tokens=tokens, now=now)
-
-    async def aadjust(
-        self, key: str, limits: RateLimits, *, requests: int, tokens: int, now: float
-    ) -> None:
-        """Async :meth:`adjust` (runs it inline: no I/O)."""
-        self.adjust(key, limits, requests=requests, tokens=tokens, now=now)
-
-    async def apause(self, key: str, limits: RateLimits, *, seconds: float, now: float) -> None:
-        """Async :meth:`pause` (runs it inline: no I/O)."""
-        self.pause(key, limits, seconds=seconds, now=now)
-
-    async def apaused_for(self, key: str, *, now: float) -> float:
-        """Async :meth:`paused_for` (runs it inline: no I/O)."""
-        return self.paused_for(key, now=now)
-
-    async def aclamp(
-        self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float
-    ) -> None:
-        """Async :meth:`clamp` (runs it inline: no I/O)."""
-        self.clamp(key, limits, requests=requests, tokens=tokens, now=now)
-
-    def __repr__(self) -> str:
-        return f"<LocalBudgetStore keys={len(self._keys)}>"
-
-
-_DEFAULT_STORE = LocalBudgetStore()
-
-
-def _store_for(config: PerformanceConfig) -> BudgetStore:
-    """The process-wide local store, or the shared Redis one when ``shared_rate_limit``."""
-    if not config.shared_rate_limit:
-        return _DEFAULT_STORE
-    if not config.redis_url:
-        msg = "shared_rate_limit needs redis_url (e.g. redis://127.0.0.1:6379/0)"
-        raise ConfigError(msg, key="redis_url")
-    # Imported here: redis-py is an optional extra, and admission_redis imports this module.
-    from .admission_redis import shared_budget_store
-
-    return shared_budget_store(config)
-
-
-def key_fingerprint(api_key: str | None) -> str:
-    """A short, stable, one-way fingerprint of an API key: ``"k-3f9a0c1b22de"``, never the key.
-
-    ``None`` or ``""`` gives ``"nokey"``. Twelve hex digits of BLAKE2b: enough to tell keys
-    apart in one process, far too few to recover the key.
-    """
-    if not api_key:
-        return "nokey"
-    return "k-" + hashlib.blake2b(api_key.encode(), digest_size=6).hexdigest()
 
 
 class _Tracker(Protocol):
@@ -579,7 +216,7 @@ class AdmissionGate:
             same key and store share one budget (slots are per gate: use :func:`get_gate`).
         store: Where budgets live; defaults to the process-wide :class:`LocalBudgetStore`,
             or with ``shared_rate_limit`` and ``redis_url`` to the shared
-            :class:`~rag_perf_plugins.admission_redis.RedisBudgetStore`.
+            :class:`~rag_perf_plugins.admission.redis_store.RedisBudgetStore`.
         clock: Seconds, monotonic. ``sleep``/``async_sleep``: how budget waits and slot
             timeouts wait (a thread's slot wait uses real time).
         tracker: Where admissions are recorded (queue wait separate from hold time);
@@ -715,7 +352,7 @@ class AdmissionGate:
         ignored. From async code use :meth:`aobserve_response`, which does not block the
         event loop on a Redis store.
         """
-        pauses, remaining = _read_limit_headers(status, headers)
+        pauses, remaining = read_limit_headers(status, headers)
         for seconds in pauses:
             self.pause(seconds)
         if remaining is not None:
@@ -726,7 +363,7 @@ class AdmissionGate:
 
     async def aobserve_response(self, status: int, headers: Mapping[str, str] | None) -> None:
         """Async :meth:`observe_response` (same headers, same effect)."""
-        pauses, remaining = _read_limit_headers(status, headers)
+        pauses, remaining = read_limit_headers(status, headers)
         for seconds in pauses:
             await self.apause(seconds)
         if remaining is not None:
@@ -1109,88 +746,17 @@ def _num(x: float | None) -> str:
     return "None" if x is None else f"{x:g}"
 
 
-def _read_limit_headers(
-    status: int, headers: Mapping[str, str] | None
-) -> tuple[list[float], tuple[int | None, int | None] | None]:
-    """Pauses (seconds) and remaining (requests, tokens) a provider answer asks for."""
-    lowered = {k.lower(): v for k, v in headers.items()} if headers else {}
-    pauses: list[float] = []
-    if status == 429:
-        retry_after = parse_retry_after(lowered)
-        if retry_after is not None:
-            pauses.append(retry_after)
-    remaining: dict[str, int | None] = {"requests": None, "tokens": None}
-    for dimension in ("requests", "tokens"):
-        raw = lowered.get(f"x-ratelimit-remaining-{dimension}")
-        if raw is None:
-            continue
-        try:
-            left = int(float(raw))
-        except ValueError:
-            continue
-        if left <= 0:
-            reset = parse_reset(lowered.get(f"x-ratelimit-reset-{dimension}", ""))
-            if reset:
-                pauses.append(reset)
-        else:
-            remaining[dimension] = left
-    if remaining["requests"] is None and remaining["tokens"] is None:
-        return pauses, None
-    return pauses, (remaining["requests"], remaining["tokens"])
+_DEFAULT_STORE = LocalBudgetStore()
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+def _store_for(config: PerformanceConfig) -> BudgetStore:
+    """The process-wide local store, or the shared Redis one when ``shared_rate_limit``."""
+    if not config.shared_rate_limit:
+        return _DEFAULT_STORE
+    if not config.redis_url:
+        msg = "shared_rate_limit needs redis_url (e.g. redis://127.0.0.1:6379/0)"
+        raise ConfigError(msg, key="redis_url")
+    # Imported here: redis-py is an optional extra, and admission_redis imports this module.
+    from .redis_store import shared_budget_store
 
-
-def parse_reset(text: str) -> float | None:
-    """Seconds in an ``x-ratelimit-reset-*`` value: ``"20ms"``, ``"1.5s"``, ``"6m0s"``, ``"2"``.
-
-    Returns ``None`` for an empty or malformed value.
-    """
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(n) * _DURATION_SECONDS[u] for n, u in parts)
-
-
-_GATES: dict[str, AdmissionGate] = {}
-_GATES_LOCK = threading.Lock()
-
-
-def get_gate(
-    provider: str,
-    model: str,
-    api_key: str | None = None,
-    *,
-    config: PerformanceConfig | None = None,
-    store: BudgetStore | None = None,
-) -> AdmissionGate:
-    """The process-wide gate of (provider, model, API-key fingerprint), made on first use.
-
-    Example: ``get_gate("openai", "text-embedding-3-small", os.environ["OPENAI_API_KEY"])``.
-
-    The key holds a fingerprint of ``api_key`` (see :func:`key_fingerprint`), never the key.
-    The first call's ``config`` and ``store`` make the gate; a later call that passes a
-    different config for the same key raises :class:`~rag_perf_plugins.errors.ConfigError`
-    rather than silently keep the old limits.
-    """
-    if not provider or not model:
-        msg = f"provider and model must be non-empty strings, got {provider!r}, {model!r}"
-        raise ValueError(msg)
-    key = f"{provider}/{model}/{key_fingerprint(api_key)}"
-    with _GATES_LOCK:
-        gate = _GATES.get(key)
-        if gate is None:
-            gate = _GATES[key] = AdmissionGate(config, key=key, store=store)
-        elif config is not None and config != gate.config:
-            msg = f"get_gate({key!r}): this key's gate already exists with another config"
-            raise ConfigError(msg, key="config")
-        return gate
+    return shared_budget_store(config)

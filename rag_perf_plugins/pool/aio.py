@@ -1,6 +1,6 @@
 """AsyncConnectionPool: a generic pool of connections for one event loop.
 
-The bookkeeping is the same :class:`~rag_perf_plugins._pool_core.PoolCore` the blocking
+The bookkeeping is the same :class:`~rag_perf_plugins.pool.core.PoolCore` the blocking
 :class:`~rag_perf_plugins.pool.ConnectionPool` uses; this shell only awaits: the factory
 (sync or async), ``validate`` and ``close`` hooks, and a future per waiter.
 """
@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import Generic, TypeVar, cast
 
 from .._clock import Clock
-from .._pool_core import (
+from ..errors import PoolClosed, PoolTimeout
+from .core import (
     CREATE,
     ConnectionPoolConfig,
     Entry,
@@ -25,7 +26,6 @@ from .._pool_core import (
     Waiter,
     _Create,
 )
-from ..errors import PoolClosed, PoolTimeout
 
 __all__ = ["DEFAULT_ABROKEN_ON", "AsyncConnectionPool"]
 

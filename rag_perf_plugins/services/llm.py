@@ -79,8 +79,9 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
-from ._clock import Clock, monotonic
-from .cache import (
+from .._clock import Clock, monotonic
+from ..admission.retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
+from ..cache import (
     CacheManager,
     KeyExplanation,
     SingleFlight,
@@ -90,12 +91,11 @@ from .cache import (
     llm_fields,
     llm_key,
 )
-from .cache.control import CacheControl, applied
-from .config import PerformanceConfig
-from .embedding_service import AdmissionGateLike, RetryPolicyLike, cache_manager_for
-from .retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
-from .tokens import estimate_tokens
-from .tracking import PerformanceTracker, get_performance_tracker
+from ..cache.control import CacheControl, applied
+from ..config import PerformanceConfig
+from ..tokens import estimate_tokens
+from ..tracking import PerformanceTracker, get_performance_tracker
+from .embeddings import AdmissionGateLike, RetryPolicyLike, cache_manager_for
 
 __all__ = [
     "ChunkCodec",
@@ -316,7 +316,7 @@ class LLMService:
         config: ``enable_caching``, ``cache_skip_sampled``, ``cache_ttl`` (seconds),
             ``enable_metrics``; defaults to ``PerformanceConfig()``.
         cache: The cache manager; ``None`` uses the one for ``config``'s cache settings
-            (:func:`~rag_perf_plugins.embedding_service.cache_manager_for`; when caching is on).
+            (:func:`~rag_perf_plugins.services.embeddings.cache_manager_for`; when caching is on).
         gate: Admission gate for provider calls (``acquire``/``acquire_sync`` with
             ``tokens=``; a ticket with ``reconcile``/``queue_wait_s`` is used when present),
             or ``None``.

@@ -60,14 +60,14 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
-from ._clock import Clock, monotonic
-from .batching import AsyncBatchProcessor, BatchProcessor
-from .cache import CacheManager, current_control, embedding_key, get_cache_manager
-from .cache.manager import installed_cache_manager
-from .config import PerformanceConfig
-from .retry import aobserve_failure, observe_failure
-from .tokens import estimate_tokens
-from .tracking import PerformanceTracker, get_performance_tracker
+from .._clock import Clock, monotonic
+from ..admission.retry import aobserve_failure, observe_failure
+from ..batching import AsyncBatchProcessor, BatchProcessor
+from ..cache import CacheManager, current_control, embedding_key, get_cache_manager
+from ..cache.manager import installed_cache_manager
+from ..config import PerformanceConfig
+from ..tokens import estimate_tokens
+from ..tracking import PerformanceTracker, get_performance_tracker
 
 __all__ = [
     "AdmissionGateLike",
@@ -1069,7 +1069,7 @@ class EmbeddingService:
 def _counts_tokens(gate: AdmissionGateLike) -> bool:
     """Whether ``gate`` spends tokens: it has a ``tokens_per_minute`` budget, or is unknown.
 
-    The core :class:`~rag_perf_plugins.admission.AdmissionGate` exposes ``limits``; without
+    The core :class:`~rag_perf_plugins.admission.gate.AdmissionGate` exposes ``limits``; without
     a token budget the token count of a request changes nothing, so it is not estimated.
     """
     limits = getattr(gate, "limits", None)

@@ -1,6 +1,6 @@
 """Generic connection pools: ConnectionPool (threads) and AsyncConnectionPool (one loop).
 
-For HTTP providers use :mod:`rag_perf_plugins.http` instead: httpx already pools HTTP
+For HTTP providers use :mod:`rag_perf_plugins.pool.http` instead: httpx already pools HTTP
 connections, and the registry there shares one correctly-scoped client per base URL and
 event loop. These pools are for everything else: database sessions, gRPC channels,
 sockets, SDK objects that are expensive to build::
@@ -20,10 +20,10 @@ statistics behave the same in both.
 
 from __future__ import annotations
 
-from ._async.pool import DEFAULT_ABROKEN_ON, AsyncConnectionPool
-from ._pool_core import ConnectionPoolConfig, PoolStats
-from ._sync.pool import DEFAULT_BROKEN_ON, ConnectionPool
-from .errors import PoolClosed, PoolError, PoolTimeout
+from ..errors import PoolClosed, PoolError, PoolTimeout
+from .aio import DEFAULT_ABROKEN_ON, AsyncConnectionPool
+from .core import ConnectionPoolConfig, PoolStats
+from .sync import DEFAULT_BROKEN_ON, ConnectionPool
 
 __all__ = [
     "AsyncConnectionPool",

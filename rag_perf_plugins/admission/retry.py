@@ -39,7 +39,6 @@ SDK's own retries off (``max_retries=0``) so this policy is the only one.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import random
 import sys
@@ -51,12 +50,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, TypeVar
 
 import httpx
 
-from ._clock import AsyncSleep, Clock, Sleep, monotonic
-from .config import PerformanceConfig
-from .errors import DeadlineExceeded, ProviderError, RagPerfError
+from .._clock import AsyncSleep, Clock, Sleep, monotonic
+from ..config import PerformanceConfig
+from ..errors import DeadlineExceeded, ProviderError, RagPerfError
+from .headers import parse_retry_after
 
 if TYPE_CHECKING:
-    from .admission import AdmissionGate
+    from .gate import AdmissionGate
 
 __all__ = [
     "Failure",
@@ -66,7 +66,6 @@ __all__ = [
     "areconcile_ticket",
     "classify",
     "observe_failure",
-    "parse_retry_after",
     "reconcile_ticket",
 ]
 
@@ -75,40 +74,6 @@ T = TypeVar("T")
 FailureKind = Literal[
     "rate_limited", "server_error", "timeout", "connection", "client_error", "not_retryable"
 ]
-
-
-def parse_retry_after(
-    headers: Mapping[str, str] | None, *, wall_clock: Callable[[], float] = time.time
-) -> float | None:
-    """Seconds a provider asked us to wait: ``retry-after-ms``, else ``retry-after``.
-
-    ``retry-after`` may be seconds (``"2"``, ``"0.5"``) or an HTTP date (then relative to
-    ``wall_clock()``, seconds since the epoch). Header names are matched case-insensitively.
-    Returns ``None`` when neither header is present or parseable; never negative.
-    """
-    if not headers:
-        return None
-    lowered = {k.lower(): v for k, v in headers.items()}
-    raw_ms = lowered.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            value = float(raw_ms) / 1000.0
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value):
-            return max(0.0, value)
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return max(0.0, when.timestamp() - wall_clock())
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,7 +566,7 @@ class RetryPolicy:
 
     def _get_tracker(self) -> _Counter | None:
         if not self._tracker_resolved:
-            from .admission import _default_tracker
+            from .gate import _default_tracker
 
             self._tracker = _default_tracker()
             self._tracker_resolved = True

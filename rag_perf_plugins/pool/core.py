@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from .config import PerformanceConfig
-from .errors import PoolClosed, PoolError
+from ..config import PerformanceConfig
+from ..errors import PoolClosed, PoolError
 
 __all__ = ["CREATE", "ConnectionPoolConfig", "PoolCore", "PoolStats", "Waiter"]
 

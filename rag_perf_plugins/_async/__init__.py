@@ -1,1 +1,0 @@
-"""Async classes (AsyncConnectionPool)."""

@@ -1,1 +1,0 @@
-"""Blocking twins of the async classes (ConnectionPool)."""
