@@ -43,7 +43,7 @@ from ._clock import Clock, monotonic
 from .config import PerformanceConfig
 from .errors import RagPerfError
 from .tokens import estimate_tokens
-from .tracking import PerformanceTracker, get_performance_tracker
+from .tracking import PerformanceTracker, resolve_tracker
 
 __all__ = [
     "PROFILES",
@@ -362,23 +362,17 @@ def _config_options(
     config: PerformanceConfig, options: dict[str, Any]
 ) -> tuple[int, float, dict[str, Any]]:
     """``from_config``'s arguments: batch size, max wait (seconds) and keyword options."""
-    tracker = options.pop("tracker", None)
+    tracker = resolve_tracker(options.pop("tracker", None), config)
     return (
         config.batch_size,
         config.batch_max_wait_ms / 1000.0,
         {
             "max_batch_tokens": options.pop("max_batch_tokens", config.batch_max_tokens),
             "profile": options.pop("profile", config.provider_profile),
-            # No tracker at all when the config turns metrics off.
-            "tracker": False if tracker is None and not config.enable_metrics else tracker,
+            "tracker": tracker,
             **options,
         },
     )
-
-
-def _default_tracker() -> PerformanceTracker | None:
-    tracker = get_performance_tracker()
-    return tracker if tracker.enabled else None
 
 
 class _Shell(Generic[T, W, P]):
@@ -401,7 +395,7 @@ class _Shell(Generic[T, W, P]):
         key: Callable[[T], Hashable] | None = None,
         split_when: Callable[[BaseException], bool] | None = None,
         operation: str = "batch",
-        tracker: PerformanceTracker | bool | None = None,
+        tracker: PerformanceTracker | None = None,
         clock: Clock = monotonic,
     ) -> None:
         if not callable(processor_func):
@@ -443,13 +437,7 @@ class _Shell(Generic[T, W, P]):
         self._token_counter = token_counter
         self._split_when = split_when
         self._operation = operation
-        self._tracker = (
-            _default_tracker()
-            if tracker is None or tracker is True
-            else None
-            if tracker is False
-            else tracker
-        )
+        self._tracker = resolve_tracker(tracker)
         self._clock = clock
         self._func = processor_func
         self._core: _BatchCore[T, W] = _BatchCore(
@@ -516,13 +504,13 @@ class _Shell(Generic[T, W, P]):
         stats.flush_reasons[batch.reason] += 1
         stats.total_wait_s += wait
         stats.max_wait_s = max(stats.max_wait_s, wait)
-        if self._tracker is not None and dedup:
+        if dedup:
             self._tracker.incr("batch.dedup_saved", dedup, operation=self._operation)
 
     def _count_done(self, batch: _Batch[T, W], started: float, error: bool) -> None:
         if error:
             self.stats.errors += 1
-        if self._tracker is not None:
+        if self._tracker.enabled:
             self._tracker.record(
                 self._operation,
                 max(0.0, self._clock() - started),
@@ -590,7 +578,7 @@ class BatchProcessor(_Shell[T, _Slot, "SyncFunc[T, R]"], Generic[T, R]):
             and each half retried (e.g. :func:`is_batch_too_large`).
         operation: Operation name in the tracker.
         tracker: Where to record batch latency/size/wait; ``None`` (default): the process
-            tracker; ``False``: none. ``from_config`` passes ``False`` when
+            tracker; ``NullTracker()``: none. ``from_config`` uses none when
             ``enable_metrics`` is off.
         clock: Time source for the wait and latency statistics (seconds).
 

@@ -70,7 +70,7 @@ from .errors import (
     RetryBudgetExhausted,
 )
 from .tokens import estimate_tokens
-from .tracking import PerformanceTracker, get_performance_tracker
+from .tracking import PerformanceTracker, resolve_tracker
 
 __all__ = [
     "AsyncRAGEngine",
@@ -365,7 +365,7 @@ class _EngineCore:
         top_k: int,
         engine_id: str,
         stale_ttl: float,
-        tracker: PerformanceTracker | None,
+        tracker: PerformanceTracker,
         clock: Clock,
     ) -> None:
         _check_options(top_k, stale_ttl)
@@ -502,7 +502,7 @@ class _EngineCore:
         self.stats.active -= 1
         if error is not None:
             self.stats.errors += 1
-        if self.tracker is not None:
+        if self.tracker.enabled:
             self.tracker.record(
                 "rag.query",
                 max(0.0, self._clock() - plan.started),
@@ -512,8 +512,7 @@ class _EngineCore:
             )
 
     def _incr(self, counter: str) -> None:
-        if self.tracker is not None:
-            self.tracker.incr(counter, operation="rag.query")
+        self.tracker.incr(counter, operation="rag.query")
 
 
 def _check_options(top_k: int, stale_ttl: float) -> None:
@@ -533,12 +532,6 @@ def _engine_id(retriever: Callable[..., Any], generator: Callable[..., Any]) -> 
         return f"{module}.{qualname}"
 
     return f"{name(retriever)}|{name(generator)}"
-
-
-def _default_tracker(config: PerformanceConfig) -> PerformanceTracker | None:
-    if not config.enable_metrics:
-        return None
-    return get_performance_tracker()
 
 
 def _default_cache(config: PerformanceConfig) -> QueryCache | None:
@@ -568,9 +561,9 @@ def _resolve(
     cache: QueryCache | bool | None,
     gate: Gate | bool | None,
     retry: Retry | bool | None,
-    tracker: PerformanceTracker | bool | None,
+    tracker: PerformanceTracker | None,
 ) -> tuple[
-    PerformanceConfig, QueryCache | None, Gate | None, Retry | None, PerformanceTracker | None
+    PerformanceConfig, QueryCache | None, Gate | None, Retry | None, PerformanceTracker
 ]:
     """Resolve the collaborator arguments shared by both engines (True means "the default")."""
     config = config if config is not None else PerformanceConfig()
@@ -580,7 +573,7 @@ def _resolve(
     resolved_cache = _default_cache(config) if cache is True else cache or None
     resolved_gate = _default_gate(config) if gate is True else gate or None
     resolved_retry = _default_retry(config) if retry is True else retry or None
-    resolved_tracker = _default_tracker(config) if tracker is True else tracker or None
+    resolved_tracker = resolve_tracker(tracker, config)
     return config, resolved_cache, resolved_gate, resolved_retry, resolved_tracker
 
 
@@ -612,7 +605,7 @@ class _EngineShell(Generic[RetT, GenT]):
         cache: QueryCache | bool | None = True,
         gate: Gate | bool | None = True,
         retry: Retry | bool | None = True,
-        tracker: PerformanceTracker | bool | None = True,
+        tracker: PerformanceTracker | None = None,
         top_k: int = 4,
         engine_id: str | None = None,
         stale_ttl: float = 86_400.0,
@@ -684,8 +677,8 @@ class AsyncRAGEngine(_EngineShell[AsyncRetriever, AsyncGenerator]):
         retry: A retry policy run around the retriever and around the generator; ``True``
             (default) builds one from ``config``; ``False``/``None``: no retries. Pass
             ``False`` when the components already retry (keep one retry owner).
-        tracker: Where queries are recorded; ``True`` (default): the process tracker
-            when ``enable_metrics``.
+        tracker: Where queries are recorded; ``None`` (default): the process tracker
+            when ``enable_metrics`` is on; ``NullTracker()``: none.
         top_k: Passages per query when ``query`` is not given one.
         engine_id: Identity of the pipeline in cache keys. Defaults to the qualified names
             of the retriever and generator; **set it** (e.g. index name, model, prompt

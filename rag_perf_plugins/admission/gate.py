@@ -46,17 +46,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import importlib
 import math
 import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from .._clock import AsyncSleep, Clock, Sleep, monotonic
 from ..config import PerformanceConfig
 from ..errors import ConfigError, DeadlineExceeded, Overloaded
+from ..tracking.tracker import PerformanceTracker, resolve_tracker
 from .budget import BudgetStore, LocalBudgetStore, RateLimits
 from .headers import read_limit_headers
 
@@ -68,30 +68,6 @@ _RECENT_WAITS = 2048
 _EPSILON = 1e-9
 # Weight of the newest call in the moving average of how long a slot is held.
 _HOLD_EWMA = 0.1
-
-
-class _Tracker(Protocol):
-    def record(
-        self,
-        operation: str,
-        latency_s: float,
-        *,
-        error: bool = ...,
-        queue_wait_s: float | None = ...,
-    ) -> None: ...
-
-    def incr(self, counter: str, n: int = ..., *, operation: str | None = ...) -> None: ...
-
-
-def _default_tracker() -> _Tracker | None:
-    # Imported by name at first use: the tracker module is optional for the gate, and the
-    # gate must keep working when metrics are off or the tracker cannot be built.
-    try:
-        module: Any = importlib.import_module("rag_perf_plugins.tracking")
-        tracker: _Tracker = module.get_performance_tracker()
-    except (ImportError, AttributeError):
-        return None
-    return tracker
 
 
 class _Waiter:
@@ -220,8 +196,9 @@ class AdmissionGate:
         clock: Seconds, monotonic. ``sleep``/``async_sleep``: how budget waits and slot
             timeouts wait (a thread's slot wait uses real time).
         tracker: Where admissions are recorded (queue wait separate from hold time);
-            defaults to the process-wide tracker when ``enable_metrics``.
-        operation: Operation name in the tracker; ``None`` records nothing.
+            ``None``: the process-wide tracker when ``enable_metrics`` is on (see
+            :func:`~rag_perf_plugins.tracking.resolve_tracker`); ``NullTracker()``: none.
+        operation: Operation name in the tracker.
         jitter_allowance: Seconds of burst held back (at most half the burst) so requests
             that reach the provider later and closer together than they were admitted
             still fit its bucket. The long-run rate is the configured one.
@@ -251,7 +228,6 @@ class AdmissionGate:
         "_sleep",
         "_store",
         "_tracker",
-        "_tracker_resolved",
         "_waiters",
         "config",
         "key",
@@ -267,8 +243,8 @@ class AdmissionGate:
         clock: Clock = monotonic,
         sleep: Sleep = time.sleep,
         async_sleep: AsyncSleep = asyncio.sleep,
-        tracker: _Tracker | None = None,
-        operation: str | None = "admission",
+        tracker: PerformanceTracker | None = None,
+        operation: str = "admission",
         jitter_allowance: float = 0.05,
         **overrides: Any,
     ) -> None:
@@ -277,6 +253,9 @@ class AdmissionGate:
             config = config.replace(**overrides)
         if not isinstance(key, str) or not key:
             msg = f"key must be a non-empty string, got {key!r}"
+            raise ValueError(msg)
+        if not isinstance(operation, str) or not operation:
+            msg = f"operation must be a non-empty string, got {operation!r}"
             raise ValueError(msg)
         if not jitter_allowance >= 0:
             msg = f"jitter_allowance must be >= 0 (seconds), got {jitter_allowance!r}"
@@ -293,8 +272,7 @@ class AdmissionGate:
         self._sleep = sleep
         self._async_sleep = async_sleep
         self._operation = operation
-        self._tracker = tracker
-        self._tracker_resolved = tracker is not None or not config.enable_metrics
+        self._tracker = resolve_tracker(tracker, config)
         self._max_in_flight = config.max_concurrent_requests
         self._max_queue = config.max_queue
         self._max_queue_wait = config.max_queue_wait
@@ -524,9 +502,7 @@ class AdmissionGate:
     def _leave(self, ticket: Ticket, error: bool) -> None:
         held = self._clock() - ticket.admitted_at
         self._release_slot(held)
-        tracker = self._get_tracker()
-        if tracker is not None and self._operation is not None:
-            tracker.record(self._operation, held, error=error, queue_wait_s=ticket.queue_wait_s)
+        self._tracker.record(self._operation, held, error=error, queue_wait_s=ticket.queue_wait_s)
 
     def _release_slot(self, held: float | None = None) -> None:
         with self._lock:
@@ -544,9 +520,7 @@ class AdmissionGate:
     def _reject(self, reason: Rejection, expected: float | None = None) -> Any:
         """Count a refusal and raise it (called with the lock held)."""
         self._rejected[reason] += 1
-        tracker = self._get_tracker()
-        if tracker is not None and self._operation is not None:
-            tracker.incr("admission.rejected", operation=self._operation)
+        self._tracker.incr("admission.rejected", operation=self._operation)
         wait = "" if expected is None else f" (expected wait {expected:.3f}s)"
         if reason == "deadline":
             raise DeadlineExceeded(f"{self.key}: the deadline passes before admission{wait}")
@@ -556,12 +530,6 @@ class AdmissionGate:
             f"{self.key}: admission would take longer than max_queue_wait="
             f"{self._max_queue_wait:g}s{wait}"
         )
-
-    def _get_tracker(self) -> _Tracker | None:
-        if not self._tracker_resolved:
-            self._tracker = _default_tracker()
-            self._tracker_resolved = True
-        return self._tracker
 
     # --- the shells ---------------------------------------------------------------------
     # The two twins differ only in `await` and in how they wait. The store calls of the

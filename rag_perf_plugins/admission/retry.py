@@ -46,13 +46,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar
 
 import httpx
 
 from .._clock import AsyncSleep, Clock, Sleep, monotonic
 from ..config import PerformanceConfig
 from ..errors import DeadlineExceeded, ProviderError, RagPerfError
+from ..tracking.tracker import PerformanceTracker, resolve_tracker
 from .headers import parse_retry_after
 
 if TYPE_CHECKING:
@@ -284,10 +285,6 @@ class RetryBudget:
         )
 
 
-class _Counter(Protocol):
-    def incr(self, counter: str, n: int = ..., *, operation: str | None = ...) -> None: ...
-
-
 class _CallState:
     __slots__ = ("attempts", "deadline_at")
 
@@ -314,8 +311,8 @@ class RetryPolicy:
         budget: A shared :class:`RetryBudget`; by default one per policy.
         budget_floor: Retries per window allowed beyond the ratio (see :class:`RetryBudget`).
         tracker: Where counters go (``retry.retries``, ``retry.budget_exhausted``,
-            ``retry.deadline_exceeded``); defaults to the process-wide tracker when
-            ``enable_metrics``.
+            ``retry.deadline_exceeded``); ``None``: the process-wide tracker when
+            ``enable_metrics`` is on; ``NullTracker()``: none.
         operation: Operation name for those counters.
         **overrides: Config keys that replace those of ``config``.
 
@@ -334,7 +331,6 @@ class RetryPolicy:
         "_rng",
         "_sleep",
         "_tracker",
-        "_tracker_resolved",
         "config",
     )
 
@@ -348,7 +344,7 @@ class RetryPolicy:
         rng: random.Random | None = None,
         budget: RetryBudget | None = None,
         budget_floor: int = 10,
-        tracker: _Counter | None = None,
+        tracker: PerformanceTracker | None = None,
         operation: str = "retry",
         **overrides: Any,
     ) -> None:
@@ -369,8 +365,7 @@ class RetryPolicy:
                 floor=budget_floor,
             )
         )
-        self._tracker = tracker
-        self._tracker_resolved = tracker is not None or not config.enable_metrics
+        self._tracker = resolve_tracker(tracker, config)
         self._operation = operation
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
@@ -560,17 +555,7 @@ class RetryPolicy:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
-        tracker = self._get_tracker()
-        if tracker is not None:
-            tracker.incr(f"retry.{name}", operation=self._operation)
-
-    def _get_tracker(self) -> _Counter | None:
-        if not self._tracker_resolved:
-            from .gate import _default_tracker
-
-            self._tracker = _default_tracker()
-            self._tracker_resolved = True
-        return self._tracker
+        self._tracker.incr(f"retry.{name}", operation=self._operation)
 
     # --- the async attempt, cut at the deadline ---------------------------------------
     async def _attempt(self, fn: Callable[[], Awaitable[T]], state: _CallState) -> T:

@@ -56,6 +56,7 @@ import numpy as np
 
 from ..config import PerformanceConfig
 from ..errors import CacheError
+from ..tracking.tracker import PerformanceTracker, resolve_tracker
 from .control import current_control
 from .keys import is_sampled
 from .serialize import (
@@ -123,8 +124,8 @@ class CacheManager:
             ``cache_size > 0``, disk tier when ``cache_disk_enabled``, Redis tier when
             ``redis_url`` is set, placed by ``redis_position``).
         executor_threads: Threads that run blocking tier I/O for the ``a*`` methods.
-        tracker: A ``PerformanceTracker`` to feed counters to; default the process-wide
-            one when ``enable_metrics`` is on.
+        tracker: A ``PerformanceTracker`` to feed counters to; ``None``: the process-wide
+            one when ``enable_metrics`` is on; ``NullTracker()``: none.
     """
 
     NAMESPACE_REFRESH_S: Final = 1.0
@@ -137,7 +138,7 @@ class CacheManager:
         clock: Callable[[], float] = time.time,
         tiers: Sequence[Tier] | None = None,
         executor_threads: int = 2,
-        tracker: Any = None,
+        tracker: PerformanceTracker | None = None,
     ) -> None:
         if executor_threads < 1:
             msg = f"executor_threads must be >= 1, got {executor_threads}"
@@ -153,7 +154,7 @@ class CacheManager:
         self._ns_versions: dict[str, tuple[int, float]] = {}
         self._closed = False
         self._counts: dict[tuple[str, ...], int] = {}
-        self._tracker = tracker
+        self._tracker = resolve_tracker(tracker, self.config)
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBatcher] = (
             weakref.WeakKeyDictionary()
         )
@@ -199,12 +200,8 @@ class CacheManager:
         return tiers
 
     @property
-    def tracker(self) -> Any:
-        """The tracker counters go to, or ``None`` when metrics are off."""
-        if self._tracker is None and self.config.enable_metrics:
-            from ..tracking import get_performance_tracker
-
-            self._tracker = get_performance_tracker()
+    def tracker(self) -> PerformanceTracker:
+        """The tracker counters go to (a ``NullTracker`` when metrics are off)."""
         return self._tracker
 
     def _count(self, *key: str, n: int = 1) -> None:
@@ -212,10 +209,8 @@ class CacheManager:
             self._counts[key] = self._counts.get(key, 0) + n
 
     def _emit(self, counter: str, n: int) -> None:
-        if n and self.config.enable_metrics:
-            tracker = self.tracker
-            if tracker is not None:
-                tracker.incr(counter, n)
+        if n:
+            self._tracker.incr(counter, n)
 
     def _fault(self, tier: str, op: str, exc: BaseException, *, kind: str | None = None) -> None:
         kind = kind or _fault_kind(exc)

@@ -67,7 +67,7 @@ from ..cache import CacheManager, current_control, embedding_key, get_cache_mana
 from ..cache.manager import installed_cache_manager
 from ..config import PerformanceConfig
 from ..tokens import estimate_tokens
-from ..tracking import PerformanceTracker, get_performance_tracker
+from ..tracking import PerformanceTracker, resolve_tracker
 
 __all__ = [
     "AdmissionGateLike",
@@ -516,7 +516,8 @@ class EmbeddingService:
         store: Per-text vector store, or ``None`` for no caching.
         gate: Admission gate for provider calls, or ``None``.
         retry: Retry policy for provider calls, or ``None`` (one attempt).
-        tracker: Statistics sink; defaults to the process tracker when metrics are on.
+        tracker: Statistics sink; ``None``: the process tracker when metrics are on;
+            ``NullTracker()``: none.
         batching: ``False`` sends each caller's misses on their own (in ``batch_size``
             chunks) instead of through the micro-batcher.
         operation: Prefix of the tracker operation names (``<operation>.document`` ...).
@@ -615,9 +616,7 @@ class EmbeddingService:
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
         self._retry = retry
-        if tracker is None and self.config.enable_metrics:
-            tracker = get_performance_tracker()
-        self._tracker = tracker
+        self._tracker = resolve_tracker(tracker, self.config)
         self._clock = clock
         self._flights = _Flights()
         self._batcher: BatchProcessor[str, Vector] | None = None
@@ -713,7 +712,7 @@ class EmbeddingService:
         error: bool,
     ) -> None:
         tracker = self._tracker
-        if tracker is None:
+        if not tracker.enabled:
             return
         operation = f"{self.operation}.{role}"
         coalesced = len(plan.texts) - hits - len(sent)
@@ -746,7 +745,7 @@ class EmbeddingService:
     ) -> None:
         """:meth:`_record` of a one-text call without a store (see :meth:`_embed_one`)."""
         tracker = self._tracker
-        if tracker is None or not tracker.enabled:
+        if not tracker.enabled:
             return
         operation = f"{self.operation}.{role}"
         tokens = estimate_tokens(text)
@@ -767,8 +766,7 @@ class EmbeddingService:
         return sum(estimate_tokens(t) for t in texts) if self._gate_tokens else 0
 
     def _store_error(self, exc: Exception) -> None:
-        if self._tracker is not None:
-            self._tracker.incr("cache.errors", operation=f"{self.operation}.store")
+        self._tracker.incr("cache.errors", operation=f"{self.operation}.store")
         if not self._store_failed:
             self._store_failed = True
             logger.warning(
@@ -885,7 +883,7 @@ class EmbeddingService:
                     self.config,
                     self._provider_batch,
                     operation=f"{self.operation}.batch",
-                    tracker=cast(Any, self._tracker),
+                    tracker=self._tracker,
                     clock=self._clock,
                 )
             return self._batcher.submit_many(texts)
@@ -1009,7 +1007,7 @@ class EmbeddingService:
                     self.config,
                     self._aprovider_batch,
                     operation=f"{self.operation}.batch",
-                    tracker=cast(Any, self._tracker),
+                    tracker=self._tracker,
                     clock=self._clock,
                 )
                 self._abatchers[loop] = batcher

@@ -94,7 +94,7 @@ from ..cache import (
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig
 from ..tokens import estimate_tokens
-from ..tracking import PerformanceTracker, get_performance_tracker
+from ..tracking import PerformanceTracker, resolve_tracker
 from .embeddings import AdmissionGateLike, RetryPolicyLike, cache_manager_for
 
 __all__ = [
@@ -322,7 +322,8 @@ class LLMService:
             or ``None``.
         retry: Retry policy for provider calls (``call``/``acall``), or ``None`` (one
             attempt). Turn the provider SDK's own retries off, or they stack.
-        tracker: Statistics sink; defaults to the process tracker when metrics are on.
+        tracker: Statistics sink; ``None``: the process tracker when metrics are on;
+            ``NullTracker()``: none.
         operation: Tracker operation name of non-streamed calls; streams record as
             ``<operation>.stream``.
         namespace: Cache namespace of the entries (``"llm"``).
@@ -369,9 +370,7 @@ class LLMService:
         self._cache = cache if self.config.enable_caching else None
         self._gate = gate
         self._retry = retry
-        if tracker is None and self.config.enable_metrics:
-            tracker = get_performance_tracker()
-        self._tracker = tracker
+        self._tracker = resolve_tracker(tracker, self.config)
         self.operation = operation
         self.namespace = namespace
         self._clock = clock
@@ -462,22 +461,20 @@ class LLMService:
         return recorded
 
     def _store_error(self, exc: Exception) -> None:
-        if self._tracker is not None:
-            self._tracker.incr("cache.errors", operation=self.operation)
+        self._tracker.incr("cache.errors", operation=self.operation)
         logger.warning(
             "LLM answer not stored (%s: %s); the call goes on uncached", type(exc).__name__, exc
         )
 
     def _corrupt(self, exc: Exception) -> None:
-        if self._tracker is not None:
-            self._tracker.incr("cache.errors", operation=self.operation)
+        self._tracker.incr("cache.errors", operation=self.operation)
         logger.warning(
             "unreadable LLM cache entry (%s: %s); calling the provider", type(exc).__name__, exc
         )
 
     def _record(self, operation: str, call: _Call, *, error: bool) -> None:
         tracker = self._tracker
-        if tracker is None:
+        if not tracker.enabled:
             return
         usage = call.usage if call.cache_hit is not True and not call.coalesced else None
         tracker.record(

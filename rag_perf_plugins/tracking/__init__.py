@@ -15,21 +15,28 @@ Example::
 
 from __future__ import annotations
 
-from .decorators import TrackedCall, track, track_performance
+from .call import TrackedCall
+from .decorators import track, track_performance
 from .exporters import OTelExporter, to_prometheus
 from .histogram import LogHistogram
 from .tracker import (
+    NULL_TRACKER,
     STATS_SCHEMA,
+    NullTracker,
     OperationStats,
     PerformanceTracker,
     get_performance_tracker,
+    resolve_tracker,
     set_performance_tracker,
 )
 
 __all__ = [
     # tracker
     "PerformanceTracker",
+    "NullTracker",
+    "NULL_TRACKER",
     "OperationStats",
+    "resolve_tracker",
     "get_performance_tracker",
     "set_performance_tracker",
     "STATS_SCHEMA",

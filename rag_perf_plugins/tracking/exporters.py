@@ -22,15 +22,41 @@ suffixes are appended, as the OTel-to-Prometheus mapping does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .tracker import PerformanceTracker
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 __all__ = ["OTelExporter", "to_prometheus"]
 
 _OP = "gen_ai_operation_name"
+
+
+class StatsSource(Protocol):
+    """What :class:`OTelExporter` reads: a :class:`~.tracker.PerformanceTracker`."""
+
+    @property
+    def operations(self) -> list[str]:
+        """Operation names recorded so far."""
+        ...
+
+    def get_operation_stats(self, operation: str) -> Any:
+        """A snapshot of one operation."""
+        ...
+
+    def process_stats(self) -> dict[str, Any]:
+        """Process CPU and RSS."""
+        ...
+
+    def add_sink(self, sink: Callable[..., None]) -> None:
+        """Also send every recorded call to ``sink``."""
+        ...
+
+    def remove_sink(self, sink: Callable[..., None]) -> None:
+        """Stop sending calls to ``sink``."""
+        ...
+
+    def has_sink(self, sink: Callable[..., None]) -> bool:
+        """Whether ``sink`` is attached."""
+        ...
 
 
 def _escape(value: str) -> str:
@@ -180,7 +206,7 @@ class OTelExporter:
 
     __slots__ = ("_duration", "_meter", "_sink", "_tokens", "_tracker", "_ttft")
 
-    def __init__(self, tracker: PerformanceTracker, *, meter_provider: Any = None) -> None:
+    def __init__(self, tracker: StatsSource, *, meter_provider: Any = None) -> None:
         try:
             from opentelemetry import metrics
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -272,5 +298,5 @@ class OTelExporter:
         self._tracker.remove_sink(self._sink)
 
     def __repr__(self) -> str:
-        attached = self._sink in self._tracker._sinks
+        attached = self._tracker.has_sink(self._sink)
         return f"<OTelExporter [{'attached' if attached else 'closed'}] {self._tracker!r}>"

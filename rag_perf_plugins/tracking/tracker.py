@@ -21,18 +21,23 @@ from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from .call import TrackedCall
+from .exporters import to_prometheus
 from .histogram import LogHistogram
 
 if TYPE_CHECKING:
     from ..config import PerformanceConfig
 
 __all__ = [
+    "NULL_TRACKER",
     "STATS_SCHEMA",
+    "NullTracker",
     "OperationStats",
     "PerformanceTracker",
     "get_performance_tracker",
+    "resolve_tracker",
     "set_performance_tracker",
 ]
 
@@ -385,8 +390,6 @@ class PerformanceTracker:
 
         An exception leaving the block records the call as an error and propagates.
         """
-        from .decorators import TrackedCall
-
         return TrackedCall(self, operation)
 
     def add_sink(self, sink: Callable[..., None]) -> None:
@@ -398,6 +401,10 @@ class PerformanceTracker:
         """
         with self._lock:
             self._sinks = (*self._sinks, sink)
+
+    def has_sink(self, sink: Callable[..., None]) -> bool:
+        """Whether ``sink`` is attached (see :meth:`add_sink`)."""
+        return sink in self._sinks
 
     def remove_sink(self, sink: Callable[..., None]) -> None:
         """Stop sending calls to ``sink`` (no error if it was not added)."""
@@ -493,8 +500,6 @@ class PerformanceTracker:
 
     def to_prometheus(self) -> str:
         """Prometheus text exposition format (see :mod:`rag_perf_plugins.tracking.exporters`)."""
-        from .exporters import to_prometheus
-
         return to_prometheus(self.to_dict(histograms=False))
 
     def reset(self) -> None:
@@ -594,5 +599,54 @@ def set_performance_tracker(tracker: PerformanceTracker) -> PerformanceTracker:
     return previous
 
 
-if TYPE_CHECKING:
-    from .decorators import TrackedCall
+class NullTracker(PerformanceTracker):
+    """A tracker that records nothing: pass it to turn a component's statistics off.
+
+    Example::
+
+        service = EmbeddingService(embed, provider="p", model="m", symmetric=True,
+                                   tracker=NullTracker())
+        NullTracker().get_metrics()          # {} : nothing is ever recorded
+
+    Components built with ``enable_metrics: false`` get :data:`NULL_TRACKER`. It is a
+    :class:`PerformanceTracker` whose ``enabled`` is always ``False``, so every reader
+    (``get_metrics``, ``to_dict``, exporters) works and sees no operations.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__(enabled=False, clock=clock)
+
+    def record(self, operation: str, latency_s: float, **details: Any) -> None:
+        """Do nothing."""
+
+    def incr(self, counter: str, n: int = 1, *, operation: str | None = None) -> None:
+        """Do nothing."""
+
+    def __repr__(self) -> str:
+        return "<NullTracker>"
+
+
+NULL_TRACKER: Final = NullTracker()
+"""The shared tracker of components whose config turns metrics off."""
+
+
+def resolve_tracker(
+    tracker: PerformanceTracker | None, config: PerformanceConfig | None = None
+) -> PerformanceTracker:
+    """The tracker a component records into, decided once when the component is built.
+
+    Example: ``self._tracker = resolve_tracker(tracker, config)``.
+
+    ``tracker`` when given (a :class:`NullTracker` turns statistics off); else
+    :data:`NULL_TRACKER` when ``config.enable_metrics`` is off; else the process-wide
+    :func:`get_performance_tracker` as it is now. Set the process tracker before building
+    components: a component keeps the one it resolved. (Decorated functions are the
+    exception: ``track_performance`` looks the process tracker up at each call.)
+    """
+    if tracker is not None:
+        return tracker
+    if config is not None and not config.enable_metrics:
+        return NULL_TRACKER
+    return get_performance_tracker()

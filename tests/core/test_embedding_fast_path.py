@@ -24,7 +24,7 @@ from rag_perf_plugins.services.embeddings import (
     round_vectors,
 )
 from rag_perf_plugins.tokens import estimate_tokens
-from rag_perf_plugins.tracking import PerformanceTracker
+from rag_perf_plugins.tracking import NULL_TRACKER, PerformanceTracker
 
 OFF = PerformanceConfig(enable_caching=False, enable_metrics=False)
 
@@ -33,7 +33,7 @@ class RecordingGate:
     """A real AdmissionGate that records the token counts it is asked for."""
 
     def __init__(self, config: PerformanceConfig) -> None:
-        self.gate = AdmissionGate(config, tracker=None, operation=None)
+        self.gate = AdmissionGate(config, tracker=NULL_TRACKER)
         self.limits = self.gate.limits
         self.tokens: list[int] = []
 
@@ -256,8 +256,7 @@ def test_a_given_gate_admits_every_provider_call(call: str) -> None:
     limited = AdmissionGate(
         PerformanceConfig(requests_per_minute=6_000, enable_metrics=False),
         key=f"fast-path-{call}",
-        tracker=None,
-        operation=None,
+        tracker=NULL_TRACKER,
     )
     service = _service(gate=limited, batching=False)
     for i in range(3):

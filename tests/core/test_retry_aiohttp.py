@@ -22,6 +22,7 @@ from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy, classify
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
+from rag_perf_plugins.tracking import NULL_TRACKER
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -125,7 +126,7 @@ async def test_policy_retries_aiohttp_429_and_503_honouring_retry_after(
     base_url, sent = scripted_server
     gate = AdmissionGate(
         key="g", store=LocalBudgetStore(), clock=fake_clock, sleep=fake_clock.sleep,
-        async_sleep=fake_clock.asleep, requests_per_minute=6000, operation=None,
+        async_sleep=fake_clock.asleep, requests_per_minute=6000, tracker=NULL_TRACKER,
     )  # fmt: skip
     policy = RetryPolicy(
         clock=fake_clock, sleep=fake_clock.sleep, async_sleep=fake_clock.asleep,

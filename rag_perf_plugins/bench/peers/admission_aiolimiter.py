@@ -39,6 +39,7 @@ from typing import Any
 
 from ..._clock import monotonic
 from ...admission import AdmissionGate, LocalBudgetStore
+from ...tracking import NULL_TRACKER
 from ..registry import BenchContext, Result, benchmark
 from ..suites.admission import BENCH_RPM, BENCH_TASKS, measure_gate, measure_rate
 
@@ -149,7 +150,7 @@ def _gate(tokens_per_s: float, store: LocalBudgetStore | None = None) -> Admissi
         tokens_per_minute=round(tokens_per_s * 60),
         rate_burst_seconds=1.0,
         max_queue=10_000,
-        operation=None,
+        tracker=NULL_TRACKER,
     )
 
 

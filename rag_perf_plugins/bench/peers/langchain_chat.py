@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...config import PerformanceConfig
+from ...tracking import NULL_TRACKER
 from ..registry import BenchContext, Result, benchmark
 
 ANSWER = (
@@ -261,7 +262,7 @@ def chain_abatch_vs_engine(ctx: BenchContext) -> Iterator[Result]:
                 generator=agenerate,
                 cache=cache if cached else False,
                 retry=False,
-                tracker=False,
+                tracker=NULL_TRACKER,
                 engine_id="bench-chain",
             )
 

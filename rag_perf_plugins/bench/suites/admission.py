@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from ...admission import AdmissionGate, LocalBudgetStore
+from ...tracking import NULL_TRACKER
 from ..registry import BenchContext, Result, Target, benchmark
 
 __all__ = ["RateMeasurement", "measure_rate"]
@@ -89,7 +90,7 @@ def measure_gate(*, rpm: int, warmup_s: float, window_s: float) -> RateMeasureme
             requests_per_minute=rpm,
             rate_burst_seconds=1.0,
             max_queue=10_000,
-            operation=None,
+            tracker=NULL_TRACKER,
         )
 
         async def acquire() -> object:

@@ -35,6 +35,7 @@ from typing import Any
 from ...admission import AdmissionGate, LocalBudgetStore, key_fingerprint
 from ...config import PerformanceConfig
 from ...errors import Overloaded
+from ...tracking import NULL_TRACKER
 from ..registry import BenchContext, Result, Target, benchmark
 
 __all__ = [
@@ -119,7 +120,7 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
     else:
         store = LocalBudgetStore()
     key = f"simulator/{MODEL}/{key_fingerprint(API_KEY)}"
-    gate = AdmissionGate(config, key=key, store=store, operation=None)
+    gate = AdmissionGate(config, key=key, store=store, tracker=NULL_TRACKER)
     url = spec["base_url"] + "/embeddings"
     body = {"model": MODEL, "input": ["scale-out"]}
     stop_at = start_at + spec["duration_s"]

@@ -13,6 +13,7 @@ import pytest
 
 from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy
 from rag_perf_plugins.simulator import Simulator
+from rag_perf_plugins.tracking import NULL_TRACKER
 
 SimulatorFactory = Callable[..., Simulator]
 BODY = {"model": "text-embedding-3-small", "input": ["admission gate"]}
@@ -61,7 +62,7 @@ def test_gate_at_the_providers_rate_and_burst_gets_zero_429s(
     sim = simulator_factory(rpm=rpm, burst_seconds=burst + 0.05)
     gate = AdmissionGate(
         key="sim-rpm", store=LocalBudgetStore(), requests_per_minute=rpm,
-        rate_burst_seconds=burst, max_concurrent_requests=16, operation=None,
+        rate_burst_seconds=burst, max_concurrent_requests=16, tracker=NULL_TRACKER,
     )  # fmt: skip
     # 16 in flight: the in-process simulator shares our interpreter lock and counts a
     # request when its handler runs, so requests queued inside it bunch up when it gets the

@@ -14,7 +14,7 @@ from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, Ticket, get_gate
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.errors import ConfigError, DeadlineExceeded, Overloaded
-from rag_perf_plugins.tracking import PerformanceTracker
+from rag_perf_plugins.tracking import NULL_TRACKER, PerformanceTracker
 
 
 class ManualSleep:
@@ -36,7 +36,7 @@ class ManualSleep:
 
 
 def make_gate(clock: FakeClock, **options: Any) -> AdmissionGate:
-    options.setdefault("operation", None)
+    options.setdefault("tracker", NULL_TRACKER)
     options.setdefault("jitter_allowance", 0.0)  # exact burst arithmetic in these tests
     return AdmissionGate(
         key="test", store=LocalBudgetStore(), clock=clock, sleep=clock.sleep,
@@ -95,7 +95,7 @@ async def test_fifo_a_large_token_request_is_not_starved() -> None:
     sleeper = ManualSleep()
     gate = AdmissionGate(
         key="fifo", store=LocalBudgetStore(), clock=clock, async_sleep=sleeper,
-        tokens_per_minute=6000, rate_burst_seconds=1.0, operation=None, jitter_allowance=0.0,
+        tokens_per_minute=6000, rate_burst_seconds=1.0, tracker=NULL_TRACKER, jitter_allowance=0.0,
     )  # fmt: skip
     order: list[str] = []
 
@@ -122,7 +122,7 @@ async def test_fifo_a_large_token_request_is_not_starved() -> None:
 
 async def test_in_flight_cap_is_fifo_across_tasks() -> None:
     gate = AdmissionGate(key="cap", store=LocalBudgetStore(), max_concurrent_requests=2,
-                         operation=None)  # fmt: skip
+                         tracker=NULL_TRACKER)  # fmt: skip
     inside = 0
     peak = 0
     order: list[int] = []
@@ -152,7 +152,7 @@ async def test_past_max_queue_overloaded_is_raised_without_waiting() -> None:
     sleeper = ManualSleep()
     gate = AdmissionGate(
         key="q", store=LocalBudgetStore(), clock=clock, async_sleep=sleeper,
-        requests_per_minute=60, rate_burst_seconds=1.0, max_queue=2, operation=None,
+        requests_per_minute=60, rate_burst_seconds=1.0, max_queue=2, tracker=NULL_TRACKER,
     )  # fmt: skip
 
     async def call() -> None:
@@ -230,7 +230,7 @@ async def test_deadline_passing_while_queued_for_a_slot_is_on_time(fake_clock: F
 
 def test_sync_slot_wait_times_out_with_overloaded() -> None:
     gate = AdmissionGate(key="s", store=LocalBudgetStore(), max_concurrent_requests=1,
-                         max_queue_wait=0.05, operation=None)  # fmt: skip
+                         max_queue_wait=0.05, tracker=NULL_TRACKER)  # fmt: skip
     with gate.acquire_sync():
         with pytest.raises(Overloaded), gate.acquire_sync():
             pass
@@ -245,7 +245,7 @@ async def test_cancelled_waiters_give_back_their_place_and_budget() -> None:
     store = LocalBudgetStore()
     gate = AdmissionGate(
         key="c", store=store, clock=clock, async_sleep=sleeper, requests_per_minute=60,
-        max_concurrent_requests=2, operation=None,
+        max_concurrent_requests=2, tracker=NULL_TRACKER,
     )  # fmt: skip
     async with gate.acquire():
         pass
@@ -266,7 +266,7 @@ async def test_pause_covers_callers_already_scheduled() -> None:
     sleeper = ManualSleep(clock)
     gate = AdmissionGate(
         key="p", store=LocalBudgetStore(), clock=clock, async_sleep=sleeper,
-        requests_per_minute=600, rate_burst_seconds=0.1, operation=None,
+        requests_per_minute=600, rate_burst_seconds=0.1, tracker=NULL_TRACKER,
     )  # fmt: skip
     async with gate.acquire():
         pass
@@ -322,7 +322,7 @@ def test_one_budget_shared_by_threads_and_event_loops() -> None:
     # 3 event loops in 3 threads plus 1 plain thread, one gate: the admission times, all
     # together, respect one budget of 60,000/min (1 per ms, burst 5).
     gate = AdmissionGate(key="shared", store=LocalBudgetStore(), requests_per_minute=60_000,
-                         rate_burst_seconds=0.005, operation=None)  # fmt: skip
+                         rate_burst_seconds=0.005, tracker=NULL_TRACKER)  # fmt: skip
     admitted: list[float] = []
     lock = threading.Lock()
 
@@ -357,7 +357,7 @@ def test_one_budget_shared_by_threads_and_event_loops() -> None:
 
 def test_in_flight_cap_holds_across_event_loops() -> None:
     gate = AdmissionGate(key="cap-loops", store=LocalBudgetStore(), max_concurrent_requests=3,
-                         operation=None)  # fmt: skip
+                         tracker=NULL_TRACKER)  # fmt: skip
     inside = 0
     peak = 0
     lock = threading.Lock()

@@ -22,6 +22,7 @@ from rag_perf_plugins.admission import (
     parse_retry_after,
 )
 from rag_perf_plugins.errors import DeadlineExceeded, Overloaded, ProviderError
+from rag_perf_plugins.tracking import NULL_TRACKER
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
 
@@ -287,7 +288,7 @@ def test_deadline_passing_during_back_off_raises_on_time(
 def test_deadline_covers_the_wait_in_the_gate(fake_clock: FakeClock) -> None:
     gate = AdmissionGate(
         key="d", store=LocalBudgetStore(), clock=fake_clock, sleep=fake_clock.sleep,
-        operation=None,
+        tracker=NULL_TRACKER,
     )  # fmt: skip
     policy = make_policy(fake_clock)
     gate.pause(30.0)
@@ -335,7 +336,7 @@ def test_429_through_the_gate_pauses_everyone_and_usage_reconciles(
     store = LocalBudgetStore()
     gate = AdmissionGate(
         key="g", store=store, clock=fake_clock, sleep=fake_clock.sleep,
-        async_sleep=fake_clock.asleep, tokens_per_minute=6000, operation=None,
+        async_sleep=fake_clock.asleep, tokens_per_minute=6000, tracker=NULL_TRACKER,
     )  # fmt: skip
     policy = make_policy(fake_clock)
     script = Scripted(openai_error(429, {"retry-after": "2"}))

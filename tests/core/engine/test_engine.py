@@ -20,7 +20,7 @@ from rag_perf_plugins.engine import (
     is_provider_failure,
 )
 from rag_perf_plugins.errors import Overloaded, ProviderError
-from rag_perf_plugins.tracking import PerformanceTracker
+from rag_perf_plugins.tracking import NULL_TRACKER, PerformanceTracker
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def make_engine(
         retriever=pipe.retriever,
         generator=pipe.generator,
         cache=cache,
-        gate=AdmissionGate(cfg, key="test-engine", operation=None),
+        gate=AdmissionGate(cfg, key="test-engine", tracker=NULL_TRACKER),
         retry=RetryPolicy(cfg, async_sleep=clock.asleep, sleep=clock.sleep, clock=clock),
         clock=clock,
     )
@@ -374,7 +374,7 @@ def test_sync_engine_answers_caches_and_serves_stale(
         retriever=retriever,
         generator=generator,
         cache=cache,
-        gate=AdmissionGate(cfg, key="sync-engine", operation=None),
+        gate=AdmissionGate(cfg, key="sync-engine", tracker=NULL_TRACKER),
         retry=RetryPolicy(cfg, sleep=fake_clock.sleep, clock=fake_clock),
         top_k=2,
         clock=fake_clock,

@@ -25,6 +25,7 @@ from rag_perf_plugins.admission import (
 from rag_perf_plugins.admission.redis_store import RedisBudgetStore, shared_budget_store
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.errors import ConfigError, Overloaded
+from rag_perf_plugins.tracking import NULL_TRACKER
 
 pytestmark = pytest.mark.redis
 
@@ -161,7 +162,7 @@ def test_local_share_fallback_uses_budget_over_worker_count(
 def test_fail_closed_fallback_refuses_callers(fake_clock: FakeClock) -> None:
     store = RedisBudgetStore(_dead_url(), fallback="fail-closed", timeout=0.2, clock=fake_clock)
     assert math.isinf(store.try_reserve("k", ONE_PER_S, requests=1, tokens=0, now=0, max_wait=9))
-    gate = AdmissionGate(key="k", store=store, requests_per_minute=60, operation=None)
+    gate = AdmissionGate(key="k", store=store, requests_per_minute=60, tracker=NULL_TRACKER)
     with pytest.raises(Overloaded), gate.acquire_sync():
         pass
 
@@ -189,14 +190,14 @@ def test_the_gate_uses_the_shared_store_when_the_config_asks(redis_url: str) -> 
         redis_url=redis_url, shared_rate_limit=True, cache_namespace_prefix=prefix,
         requests_per_minute=60, worker_count=3, enable_metrics=False,
     )  # fmt: skip
-    one = AdmissionGate(config, key="openai/m/nokey", operation=None)
-    two = AdmissionGate(config, key="openai/m/nokey", operation=None)  # another "process"
+    one = AdmissionGate(config, key="openai/m/nokey", tracker=NULL_TRACKER)
+    two = AdmissionGate(config, key="openai/m/nokey", tracker=NULL_TRACKER)  # another "process"
     assert isinstance(one._store, RedisBudgetStore) and one._store.worker_count == 3
     with one.acquire_sync():
         pass
     assert 1.0 - TOL < two._store.peek("openai/m/nokey", two.limits, requests=1, tokens=0,
                                        now=0.0) <= 1.0  # fmt: skip
-    local = AdmissionGate(PerformanceConfig(redis_url=redis_url), key="x", operation=None)
+    local = AdmissionGate(PerformanceConfig(redis_url=redis_url), key="x", tracker=NULL_TRACKER)
     assert isinstance(local._store, LocalBudgetStore)  # shared_rate_limit is off
     with pytest.raises(ConfigError, match="redis_url"):
         AdmissionGate(PerformanceConfig(shared_rate_limit=True), key="x")

@@ -27,6 +27,7 @@ from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, RateLimits
 from rag_perf_plugins.admission.redis_store import RedisBudgetStore
 from rag_perf_plugins.errors import Overloaded
+from rag_perf_plugins.tracking import NULL_TRACKER
 
 RedisServer = Any  # the fixture's class lives in this directory's conftest.py
 
@@ -65,7 +66,7 @@ def _store(url: str, **options: Any) -> RedisBudgetStore:
 
 def _gate(store: RedisBudgetStore, **overrides: Any) -> AdmissionGate:
     config: dict[str, Any] = {"requests_per_minute": 60_000, "enable_metrics": False}
-    return AdmissionGate(key="k", store=store, operation=None, **{**config, **overrides})
+    return AdmissionGate(key="k", store=store, tracker=NULL_TRACKER, **{**config, **overrides})
 
 
 def test_an_acquire_waiting_on_redis_leaves_the_loop_running(redis_server: RedisServer) -> None:
@@ -218,7 +219,7 @@ def test_a_pause_from_one_path_holds_the_other(redis_url: str) -> None:
     prefix = f"t-{uuid.uuid4().hex[:10]}"
     blocking = RedisBudgetStore(redis_url, prefix=prefix)
     shared = RedisBudgetStore(redis_url, prefix=prefix)  # another process, async callers
-    gate = AdmissionGate(key="k", store=shared, requests_per_minute=60, operation=None)
+    gate = AdmissionGate(key="k", store=shared, requests_per_minute=60, tracker=NULL_TRACKER)
 
     async def main() -> float:
         await gate.aobserve_response(429, {"Retry-After": "7"})
@@ -237,7 +238,7 @@ def test_a_pause_from_one_path_holds_the_other(redis_url: str) -> None:
 
 def test_areconcile_refunds_through_redis(redis_url: str) -> None:
     store = _store(redis_url)
-    gate = AdmissionGate(key="k", store=store, tokens_per_minute=600, operation=None,
+    gate = AdmissionGate(key="k", store=store, tokens_per_minute=600, tracker=NULL_TRACKER,
                          rate_burst_seconds=1.0, jitter_allowance=0.0)  # fmt: skip
 
     async def main() -> float:
