@@ -36,14 +36,22 @@ def _config_show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from .cache.cli import cache_directory
+
     config = PerformanceConfig.load(args.config, preset=args.preset)
     table = Table(title="Effective PerformanceConfig")
     for column in ("key", "value", "unit", "source"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # long paths and URLs wrap, never cut
+    shown_values = config.redacted()
     for spec in PerformanceConfig.fields():
-        value = getattr(config, spec.name)
+        value = shown_values[spec.name]
+        source = config.source_of(spec.name)
+        if spec.name == "cache_dir" and value is None:
+            # The directory actually used, not "null".
+            value = str(cache_directory(config))
+            source += " (the user's cache directory)"
         shown = "null" if value is None else repr(value) if isinstance(value, str) else str(value)
-        table.add_row(spec.name, shown, spec.unit or "", config.source_of(spec.name))
+        table.add_row(spec.name, shown, spec.unit or "", source)
     Console(width=max(120, Console().width)).print(table)
     return 0
 

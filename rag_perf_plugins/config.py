@@ -34,14 +34,20 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from ._secrets import redact_text
 from .errors import ConfigError
 
-__all__ = ["PRESETS", "ConfigField", "PerformanceConfig"]
+__all__ = ["PRESETS", "ConfigField", "PerformanceConfig", "config_file", "resolve_config"]
 
 ENV_PREFIX = "RAG_PERF_"
 # Environment variables with our prefix that are not config keys: they steer tests,
 # examples and CI, and from_env() must not reject them as typos.
-NON_CONFIG_ENV = frozenset({"RAG_PERF_REQUIRE_REDIS", "RAG_PERF_BASE_URL", "RAG_PERF_BENCH_QUICK"})
+NON_CONFIG_ENV = frozenset(
+    {"RAG_PERF_CONFIG", "RAG_PERF_REQUIRE_REDIS", "RAG_PERF_BASE_URL", "RAG_PERF_BENCH_QUICK"}
+)
+# The config file read when none is named: RAG_PERF_CONFIG, else this file if present.
+CONFIG_ENV = "RAG_PERF_CONFIG"
+DEFAULT_CONFIG_FILE = "rag-perf.yaml"
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -372,7 +378,9 @@ class PerformanceConfig:
         Booleans accept true/false/1/0/yes/no/on/off; ``none`` or an empty value sets an
         optional key to null. Unknown ``RAG_PERF_*`` names are rejected with a suggestion.
         """
-        return cls.load(env=os.environ if env is None else env)
+        source = os.environ if env is None else env
+        # Variables only: the file RAG_PERF_CONFIG names is load()'s business.
+        return cls.load(env={k: v for k, v in source.items() if k != CONFIG_ENV})
 
     @classmethod
     def load(
@@ -385,14 +393,23 @@ class PerformanceConfig:
     ) -> PerformanceConfig:
         """Combine every source: keyword arguments over env over file over preset over defaults.
 
-        Example: ``PerformanceConfig.load("perf.yaml", cache_size=0)``.
+        Example: ``PerformanceConfig.load("perf.yaml", cache_size=0)``, or
+        ``PerformanceConfig.load()``: what every component uses when given no config.
 
         Args:
-            path: A YAML file, or ``None`` for none.
+            path: A YAML file. ``None``: the file :func:`config_file` finds (the one
+                named by ``RAG_PERF_CONFIG``, else ``./rag-perf.yaml`` if it exists, else
+                none).
             preset: A preset name; a ``preset:`` key in the file is used when this is ``None``.
             env: Environment to read ``RAG_PERF_*`` from; defaults to ``os.environ``.
             **overrides: Config keys with typed values; these win over everything.
+
+        Raises:
+            ConfigError: a bad key or value in any source (the source is named), or a file
+                named by ``RAG_PERF_CONFIG`` that cannot be read.
         """
+        if path is None:
+            path = config_file(env)
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         file_values: dict[str, Any] = {}
@@ -424,8 +441,31 @@ class PerformanceConfig:
         return dataclasses.replace(self, **changes, _sources=sources)
 
     def to_dict(self) -> dict[str, Any]:
-        """All keys and values, JSON-ready (used in benchmark metadata)."""
+        """All keys and values, JSON-ready; ``from_dict(c.to_dict()) == c``.
+
+        Holds credentials as they are (a password in ``redis_url``): use :meth:`redacted`
+        for anything printed, logged or written to a report.
+        """
         return {name: getattr(self, name) for name in _fields()}
+
+    def redacted(self) -> dict[str, Any]:
+        """:meth:`to_dict` with credentials masked (``redis://:***@host``), for display.
+
+        Example: ``rag-perf config show`` and the benchmark's ``meta.config`` use it.
+        """
+        return {
+            name: redact_text(value) if isinstance(value, str) else value
+            for name, value in self.to_dict().items()
+        }
+
+    def __repr__(self) -> str:
+        # Only the keys that differ from their default, credentials masked.
+        changed = ", ".join(
+            f"{name}={value!r}"
+            for name, value in self.redacted().items()
+            if getattr(self, name) != _fields()[name].default
+        )
+        return f"PerformanceConfig({changed})"
 
     def source_of(self, key: str) -> str:
         """Where ``key``'s value came from: default, preset NAME, file:line, env VAR, argument."""
@@ -436,6 +476,44 @@ class PerformanceConfig:
     def fields(cls) -> list[ConfigField]:
         """Every key with its type, default, unit, bounds and meaning (for the docs)."""
         return list(_fields().values())
+
+
+def config_file(env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file :meth:`PerformanceConfig.load` reads when it is given no path.
+
+    Example: ``RAG_PERF_CONFIG=/etc/app/perf.yaml`` makes every component read that file.
+
+    One rule: the file named by ``RAG_PERF_CONFIG`` (an error later if it cannot be read);
+    else ``rag-perf.yaml`` in the working directory when it exists; else none. ``env`` is
+    the environment to look in; ``None`` means ``os.environ`` (only then is the working
+    directory looked at, so ``from_env({...})`` and ``from_dict`` stay self-contained).
+    """
+    source = os.environ if env is None else env
+    named = source.get(CONFIG_ENV, "").strip()
+    if named:
+        return Path(named)
+    if env is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        return Path(DEFAULT_CONFIG_FILE)
+    return None
+
+
+def resolve_config(config: PerformanceConfig | None) -> PerformanceConfig:
+    """The config a component uses: ``config``, or :meth:`PerformanceConfig.load` for ``None``.
+
+    Example: ``self.config = resolve_config(config)``. Every wrapper, service, gate, retry
+    policy, engine and factory resolves its config this way, so one ``RAG_PERF_*``
+    variable or ``rag-perf.yaml`` reaches all of them alike.
+
+    Raises:
+        TypeError: ``config`` is neither ``None`` nor a :class:`PerformanceConfig`.
+        ConfigError: the file or environment holds a bad key or value.
+    """
+    if config is None:
+        return PerformanceConfig.load()
+    if not isinstance(config, PerformanceConfig):
+        msg = f"config must be a PerformanceConfig or None, got {type(config).__name__}"
+        raise TypeError(msg)
+    return config
 
 
 @dataclass(frozen=True)

@@ -62,13 +62,15 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._clock import Clock, monotonic
-from .config import PerformanceConfig
+from .admission import AdmissionGate
+from .config import PerformanceConfig, resolve_config
 from .errors import (
     DeadlineExceeded,
     Overloaded,
     ProviderError,
     RetryBudgetExhausted,
 )
+from .services.defaults import default_cache, default_retry
 from .tokens import estimate_tokens
 from .tracking import PerformanceTracker, resolve_tracker
 
@@ -535,25 +537,19 @@ def _engine_id(retriever: Callable[..., Any], generator: Callable[..., Any]) -> 
 
 
 def _default_cache(config: PerformanceConfig) -> QueryCache | None:
-    if not config.enable_caching:
-        return None
-    from .cache import get_cache_manager
-
-    return cast(QueryCache, get_cache_manager())
+    return cast(QueryCache | None, default_cache(config))
 
 
 def _default_gate(config: PerformanceConfig) -> Gate:
-    from .admission import AdmissionGate
-
+    # The engine's own gate: one per engine, bounding whole queries (retrieval plus
+    # generation), apart from the provider gates of the wrappers it may call.
     return cast(Gate, AdmissionGate(config, key="rag-engine", operation="rag.admission"))
 
 
 def _default_retry(config: PerformanceConfig) -> Retry | None:
     if config.retry_max_attempts <= 1:
         return None
-    from .admission import RetryPolicy
-
-    return cast(Retry, RetryPolicy(config))
+    return cast(Retry, default_retry(config))
 
 
 def _resolve(
@@ -562,14 +558,9 @@ def _resolve(
     gate: Gate | bool | None,
     retry: Retry | bool | None,
     tracker: PerformanceTracker | None,
-) -> tuple[
-    PerformanceConfig, QueryCache | None, Gate | None, Retry | None, PerformanceTracker
-]:
+) -> tuple[PerformanceConfig, QueryCache | None, Gate | None, Retry | None, PerformanceTracker]:
     """Resolve the collaborator arguments shared by both engines (True means "the default")."""
-    config = config if config is not None else PerformanceConfig()
-    if not isinstance(config, PerformanceConfig):
-        msg = f"config must be a PerformanceConfig or None, got {type(config).__name__}"
-        raise TypeError(msg)
+    config = resolve_config(config)
     resolved_cache = _default_cache(config) if cache is True else cache or None
     resolved_gate = _default_gate(config) if gate is True else gate or None
     resolved_retry = _default_retry(config) if retry is True else retry or None
@@ -667,11 +658,12 @@ class AsyncRAGEngine(_EngineShell[AsyncRetriever, AsyncGenerator]):
     Args:
         config: Settings (``enable_caching``, ``cache_ttl``, ``max_concurrent_requests``,
             ``request_deadline``, ``retry_*``, ``degrade_*``, ``enable_metrics``); defaults
-            to ``PerformanceConfig()``.
+            to ``PerformanceConfig.load()``.
         retriever: ``async (query, top_k) -> passages``.
         generator: ``async (query, passages) -> answer``.
-        cache: The query-result cache; ``True`` (default) uses the process-wide cache
-            manager when ``enable_caching``; ``False`` or ``None`` turns caching off.
+        cache: The query-result cache; ``True`` (default) uses the cache manager for
+            ``config``'s cache settings when ``enable_caching`` (see
+            :mod:`rag_perf_plugins.services.defaults`); ``False`` or ``None``: no cache.
         gate: An admission gate held for each computed query; ``True`` (default) builds
             one from ``config`` (key ``"rag-engine"``); ``False``/``None``: no gate.
         retry: A retry policy run around the retriever and around the generator; ``True``

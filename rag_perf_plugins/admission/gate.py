@@ -54,7 +54,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from .._clock import AsyncSleep, Clock, Sleep, monotonic
-from ..config import PerformanceConfig
+from ..config import PerformanceConfig, resolve_config
 from ..errors import ConfigError, DeadlineExceeded, Overloaded
 from ..tracking.tracker import PerformanceTracker, resolve_tracker
 from .budget import BudgetStore, LocalBudgetStore, RateLimits
@@ -248,7 +248,7 @@ class AdmissionGate:
         jitter_allowance: float = 0.05,
         **overrides: Any,
     ) -> None:
-        config = config if config is not None else PerformanceConfig()
+        config = resolve_config(config)
         if overrides:
             config = config.replace(**overrides)
         if not isinstance(key, str) or not key:

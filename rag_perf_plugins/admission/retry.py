@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar
 import httpx
 
 from .._clock import AsyncSleep, Clock, Sleep, monotonic
-from ..config import PerformanceConfig
+from ..config import PerformanceConfig, resolve_config
 from ..errors import DeadlineExceeded, ProviderError, RagPerfError
 from ..tracking.tracker import PerformanceTracker, resolve_tracker
 from .headers import parse_retry_after
@@ -348,7 +348,7 @@ class RetryPolicy:
         operation: str = "retry",
         **overrides: Any,
     ) -> None:
-        config = config if config is not None else PerformanceConfig()
+        config = resolve_config(config)
         if overrides:
             config = config.replace(**overrides)
         self.config = config

@@ -34,11 +34,11 @@ from .keys import (
     query_key,
     retrieval_key,
 )
-from .manager import (
-    NAMESPACES,
-    CacheManager,
-    default_cache_dir,
+from .manager import NAMESPACES, CacheManager, default_cache_dir
+from .registry import (
+    cache_manager_for,
     get_cache_manager,
+    installed_cache_manager,
     set_cache_manager,
 )
 from .serialize import SCHEMA_VERSION, CorruptEntry, SafeDisk, round_vector
@@ -48,7 +48,9 @@ from .tiers import DiskTier, MemoryTier, Tier
 __all__ = [
     # manager
     "CacheManager",
+    "cache_manager_for",
     "get_cache_manager",
+    "installed_cache_manager",
     "set_cache_manager",
     "default_cache_dir",
     "NAMESPACES",

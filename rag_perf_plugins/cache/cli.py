@@ -3,6 +3,7 @@
 Example::
 
     rag-perf cache info                      # the configured directory (RAG_PERF_CACHE_DIR, ...)
+    rag-perf cache info --config perf.yaml   # the directory that file configures
     rag-perf cache clear /var/cache/app --namespace llm
     rag-perf cache clear --model text-embedding-3-small
     rag-perf cache verify --delete           # report (and drop) rows that do not read back
@@ -25,22 +26,20 @@ from .manager import default_cache_dir
 from .serialize import SCHEMA_VERSION, CorruptEntry, decode
 from .tiers import DiskTier
 
-__all__ = ["register"]
+__all__ = ["cache_directory", "register"]
 
 
-def _directory(args: argparse.Namespace) -> Path:
-    if args.directory:
-        return Path(args.directory)
-    config = PerformanceConfig.load()
+def cache_directory(config: PerformanceConfig) -> Path:
+    """The disk tier's directory for ``config``: ``cache_dir``, else the user's cache dir."""
     return Path(config.cache_dir) if config.cache_dir else default_cache_dir()
 
 
 def _open(args: argparse.Namespace) -> DiskTier | None:
-    path = _directory(args)
+    config = PerformanceConfig.load(args.config)
+    path = Path(args.directory) if args.directory else cache_directory(config)
     if not path.is_dir():
         print(f"no cache directory at {path}")
         return None
-    config = PerformanceConfig.load()
     shards = sum(1 for p in path.iterdir() if p.is_dir() and p.name.isdigit()) or (
         config.cache_shards
     )
@@ -137,6 +136,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument(
             "directory", nargs="?", help="cache directory (default: the configured one)"
+        )
+        cmd.add_argument(
+            "--config",
+            metavar="FILE",
+            help="a YAML config file (default: RAG_PERF_CONFIG, else ./rag-perf.yaml)",
         )
         cmd.set_defaults(func=func)
         if name == "clear":

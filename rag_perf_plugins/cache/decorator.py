@@ -36,7 +36,8 @@ from typing import Any, TypeVar, cast
 
 from ..errors import UnkeyableArgument
 from .keys import canonical_json, make_key
-from .manager import CacheManager, get_cache_manager
+from .manager import CacheManager
+from .registry import get_cache_manager
 
 __all__ = ["cached"]
 

@@ -54,7 +54,7 @@ from typing import Any, Final, Literal, TypeVar, cast, overload
 import diskcache
 import numpy as np
 
-from ..config import PerformanceConfig
+from ..config import PerformanceConfig, resolve_config
 from ..errors import CacheError
 from ..tracking.tracker import PerformanceTracker, resolve_tracker
 from .control import current_control
@@ -73,13 +73,7 @@ from .serialize import (
 from .singleflight import SingleFlight
 from .tiers import CORRUPT, DiskTier, MemoryTier, Tier
 
-__all__ = [
-    "NAMESPACES",
-    "CacheManager",
-    "default_cache_dir",
-    "get_cache_manager",
-    "set_cache_manager",
-]
+__all__ = ["NAMESPACES", "CacheManager", "default_cache_dir"]
 
 log = logging.getLogger("rag_perf_plugins.cache")
 
@@ -143,7 +137,7 @@ class CacheManager:
         if executor_threads < 1:
             msg = f"executor_threads must be >= 1, got {executor_threads}"
             raise ValueError(msg)
-        self.config = config if config is not None else PerformanceConfig.load()
+        self.config = resolve_config(config)
         self.clock = clock
         self.enabled = self.config.enable_caching
         self._executor_threads = executor_threads
@@ -1149,47 +1143,11 @@ def _unpack(values: dict[str, Any], *, as_numpy: bool) -> None:
             values[key] = value.array() if as_numpy else value.tolist()
 
 
-# --- process-wide default and fork safety ---------------------------------------------------
+# --- fork safety -------------------------------------------------------------------------
 _MANAGERS: weakref.WeakSet[CacheManager] = weakref.WeakSet()
-_DEFAULT: CacheManager | None = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def get_cache_manager() -> CacheManager:
-    """The process-wide manager, built on first use from ``PerformanceConfig.load()``.
-
-    ``RAG_PERF_CACHE_DIR`` (or ``cache_dir`` in the config) moves the disk tier. Replace it
-    with :func:`set_cache_manager`.
-    """
-    global _DEFAULT
-    manager = _DEFAULT
-    if manager is None:
-        with _DEFAULT_LOCK:
-            if _DEFAULT is None:
-                _DEFAULT = CacheManager(PerformanceConfig.load())
-            manager = _DEFAULT
-    return manager
-
-
-def installed_cache_manager() -> CacheManager | None:
-    """The process-wide manager if it was built or installed already, else ``None``.
-
-    Unlike :func:`get_cache_manager` this never builds one (nor its directory).
-    """
-    return _DEFAULT
-
-
-def set_cache_manager(manager: CacheManager | None) -> CacheManager | None:
-    """Install ``manager`` process-wide (``None``: rebuild on next use); returns the old one."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        old, _DEFAULT = _DEFAULT, manager
-    return old
 
 
 def _after_fork_in_child() -> None:
-    global _DEFAULT_LOCK
-    _DEFAULT_LOCK = threading.Lock()
     for manager in list(_MANAGERS):
         manager._after_fork_in_child()
 

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ..config import PerformanceConfig
+from ..config import PerformanceConfig, resolve_config
 
 if TYPE_CHECKING:  # openai is not a core dependency: imported lazily by the helpers
     import openai
@@ -595,7 +595,7 @@ class HttpClientRegistry:
 
         The key is computed either way, so a bad ``base_url`` is refused either way.
         """
-        config = config or PerformanceConfig()
+        config = resolve_config(config)
         key = self._key(kind, base_url, config, proxy)
         return config, key if config.enable_connection_pooling else None
 
@@ -753,7 +753,7 @@ def async_openai_client(
 
 def _sdk_defaults(config: PerformanceConfig | None, options: dict[str, Any]) -> PerformanceConfig:
     # SDK retries off (our retry policy is the single retry owner); the config's timeouts.
-    config = config or PerformanceConfig()
+    config = resolve_config(config)
     options.setdefault("max_retries", 0)
     options.setdefault("timeout", http_timeout(config))
     return config

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Literal
 
+from .._secrets import redact_url
 from ..errors import CacheError
 
 try:
@@ -50,16 +51,6 @@ OUTAGE_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 class RedisUnavailable(CacheError):
     """Redis did not answer (refused, reset, timed out) or its circuit breaker is open."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password: ``redis://:***@host:6379/0``; logs never show secrets."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 def make_redis_client(url: str, *, timeout: float, max_connections: int = 32) -> redis.Redis:

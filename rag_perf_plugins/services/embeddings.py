@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import functools
 import logging
 import struct
@@ -63,9 +62,14 @@ from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 from .._clock import Clock, monotonic
 from ..admission.retry import aobserve_failure, observe_failure
 from ..batching import AsyncBatchProcessor, BatchProcessor
-from ..cache import CacheManager, current_control, embedding_key, get_cache_manager
-from ..cache.manager import installed_cache_manager
-from ..config import PerformanceConfig
+from ..cache import (
+    CacheManager,
+    cache_manager_for,
+    current_control,
+    embedding_key,
+    get_cache_manager,
+)
+from ..config import PerformanceConfig, resolve_config
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker
 
@@ -77,7 +81,6 @@ __all__ = [
     "EmbeddingStore",
     "RetryPolicyLike",
     "Role",
-    "cache_manager_for",
     "default_embedding_store",
     "round_vectors",
 ]
@@ -213,60 +216,6 @@ class CacheEmbeddingStore:
 
     def __repr__(self) -> str:
         return f"<CacheEmbeddingStore namespace={self.namespace!r} dtype={self.dtype}>"
-
-
-# The config keys a CacheManager is built from: tiers, sizes, directory, Redis, dtype, TTL.
-_CACHE_KEYS: tuple[str, ...] = (
-    "enable_caching",
-    *(
-        f.name
-        for f in dataclasses.fields(PerformanceConfig)
-        if f.name.startswith(("cache_", "redis_"))
-    ),
-)
-_managers: dict[tuple[Any, ...], CacheManager] = {}
-_managers_lock = threading.Lock()
-
-
-def _cache_settings(config: PerformanceConfig) -> tuple[Any, ...]:
-    return tuple(getattr(config, key) for key in _CACHE_KEYS)
-
-
-_DEFAULT_CACHE_SETTINGS = _cache_settings(PerformanceConfig())
-
-
-def cache_manager_for(config: PerformanceConfig) -> CacheManager:
-    """The cache manager a framework wrapper built with ``config`` uses; one per settings.
-
-    Example: ``cache_manager_for(PerformanceConfig(cache_dir="/tmp/c")).get_stats()``.
-
-    - ``config``'s cache keys (every ``cache_*``/``redis_*`` key and ``enable_caching``)
-      are all at their defaults, or equal those of the process-wide manager: the
-      process-wide :func:`~rag_perf_plugins.cache.get_cache_manager` (built from
-      ``PerformanceConfig.load()``, so file and environment settings apply).
-    - Otherwise (its own ``cache_dir``, sizes, TTL, dtype, tiers): a manager of its own,
-      shared by every wrapper whose cache keys are equal, so the wrapper's settings are
-      honoured and two wrappers on one directory share one manager.
-
-    A config that spells out the default values is not told apart from one that sets
-    nothing: both get the process-wide manager. Both the LangChain and the LlamaIndex
-    wrappers call this. Managers made here live until
-    the process ends (they hold open SQLite connections; close them with ``close()``).
-    """
-    settings = _cache_settings(config)
-    if settings == _DEFAULT_CACHE_SETTINGS:
-        return get_cache_manager()
-    # Compared without building the process-wide manager: a wrapper with a cache of its
-    # own must not create the default directory as a side effect.
-    installed = installed_cache_manager()
-    default_config = installed.config if installed is not None else PerformanceConfig.load()
-    if settings == _cache_settings(default_config):
-        return get_cache_manager()
-    with _managers_lock:
-        own = _managers.get(settings)
-        if own is None:
-            own = _managers[settings] = CacheManager(config)
-        return own
 
 
 def default_embedding_store(config: PerformanceConfig) -> EmbeddingStore | None:
@@ -512,7 +461,7 @@ class EmbeddingService:
             queries from different callers share provider batches and query/document
             vectors of one text are still cached under separate roles.
         config: Batch size, wait, token cap, provider profile, cache TTL and switches;
-            defaults to ``PerformanceConfig()``.
+            ``None``: ``PerformanceConfig.load()``.
         store: Per-text vector store, or ``None`` for no caching.
         gate: Admission gate for provider calls, or ``None``.
         retry: Retry policy for provider calls, or ``None`` (one attempt).
@@ -595,7 +544,7 @@ class EmbeddingService:
         ):
             msg = f"dimensions must be an int >= 1 or None, got {dimensions!r}"
             raise ValueError(msg)
-        self.config = config if config is not None else PerformanceConfig()
+        self.config = resolve_config(config)
         self.identity = EmbeddingIdentity(provider, model, dimensions)
         self.symmetric = bool(symmetric)
         self.batching = bool(batching)
@@ -661,6 +610,26 @@ class EmbeddingService:
         if batcher is not None:
             await batcher.aclose()
         self.close()
+
+    @property
+    def store(self) -> EmbeddingStore | None:
+        """The per-text vector store, or ``None`` when nothing is cached."""
+        return self._store
+
+    @property
+    def gate(self) -> AdmissionGateLike | None:
+        """The admission gate of provider calls, or ``None``."""
+        return self._gate
+
+    @property
+    def retry(self) -> RetryPolicyLike | None:
+        """The retry policy of provider calls, or ``None``."""
+        return self._retry
+
+    @property
+    def tracker(self) -> PerformanceTracker:
+        """Where calls are recorded (a ``NullTracker`` when metrics are off)."""
+        return self._tracker
 
     def __repr__(self) -> str:
         ident = self.identity

@@ -85,6 +85,7 @@ from ..cache import (
     CacheManager,
     KeyExplanation,
     SingleFlight,
+    cache_manager_for,
     current_control,
     explain_key,
     is_sampled,
@@ -92,10 +93,10 @@ from ..cache import (
     llm_key,
 )
 from ..cache.control import CacheControl, applied
-from ..config import PerformanceConfig
+from ..config import PerformanceConfig, resolve_config
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker
-from .embeddings import AdmissionGateLike, RetryPolicyLike, cache_manager_for
+from .embeddings import AdmissionGateLike, RetryPolicyLike
 
 __all__ = [
     "ChunkCodec",
@@ -314,7 +315,7 @@ class LLMService:
 
     Args:
         config: ``enable_caching``, ``cache_skip_sampled``, ``cache_ttl`` (seconds),
-            ``enable_metrics``; defaults to ``PerformanceConfig()``.
+            ``enable_metrics``; ``None``: ``PerformanceConfig.load()``.
         cache: The cache manager; ``None`` uses the one for ``config``'s cache settings
             (:func:`~rag_perf_plugins.services.embeddings.cache_manager_for`; when caching is on).
         gate: Admission gate for provider calls (``acquire``/``acquire_sync`` with
@@ -364,7 +365,7 @@ class LLMService:
         if not isinstance(operation, str) or not operation:
             msg = f"operation must be a non-empty str, got {operation!r}"
             raise ValueError(msg)
-        self.config = config if config is not None else PerformanceConfig()
+        self.config = resolve_config(config)
         if cache is None and self.config.enable_caching:
             cache = cache_manager_for(self.config)
         self._cache = cache if self.config.enable_caching else None
@@ -381,6 +382,21 @@ class LLMService:
     def cache(self) -> CacheManager | None:
         """The cache manager in use, or ``None`` when caching is off."""
         return self._cache
+
+    @property
+    def gate(self) -> AdmissionGateLike | None:
+        """The admission gate of provider calls, or ``None``."""
+        return self._gate
+
+    @property
+    def retry(self) -> RetryPolicyLike | None:
+        """The retry policy of provider calls, or ``None``."""
+        return self._retry
+
+    @property
+    def tracker(self) -> PerformanceTracker:
+        """Where calls are recorded (a ``NullTracker`` when metrics are off)."""
+        return self._tracker
 
     def cache_key(self, request: LLMRequest, *, stream: bool = False) -> str | None:
         """The key a call would use, or ``None`` when it would not be cached (policy, control).

@@ -283,3 +283,24 @@ def test_cli_config_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
 def test_cli_config_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["config", "show", "--preset", "nope"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_cli_config_show_prints_the_directory_in_use_and_hides_passwords(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("RAG_PERF_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # platformdirs' default root
+    monkeypatch.setenv("RAG_PERF_REDIS_URL", "redis://app:pl4nted-s3cret@127.0.0.1:6379/0")
+    assert cli_main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "pl4nted-s3cret" not in out and "app:***@127.0.0.1" in out
+    # The value column folds long paths onto more lines: join the cells of the row.
+    cells = [line.split("│") for line in out.splitlines() if line.count("│") == 5]
+    first = next(i for i, c in enumerate(cells) if c[1].strip() == "cache_dir")
+    row = [cells[first]]
+    for c in cells[first + 1 :]:
+        if c[1].strip():
+            break
+        row.append(c)
+    value = "".join(c[2].strip() for c in row)
+    assert value == repr(str(tmp_path / "xdg" / "rag-perf-plugins"))

@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
-from rag_perf_plugins.cache import CacheManager, get_cache_manager, set_cache_manager
+from rag_perf_plugins.cache import (
+    CacheManager,
+    cache_manager_for,
+    get_cache_manager,
+    set_cache_manager,
+)
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.services.embeddings import (
     CacheEmbeddingStore,
     EmbeddingService,
-    cache_manager_for,
     default_embedding_store,
     round_vectors,
 )

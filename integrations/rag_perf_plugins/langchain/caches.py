@@ -42,9 +42,8 @@ from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 from typing_extensions import override
 
-from rag_perf_plugins.cache import CacheManager, current_control, make_key
-from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.embeddings import cache_manager_for
+from rag_perf_plugins.cache import CacheManager, cache_manager_for, current_control, make_key
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
 
 __all__ = ["PerfLLMCache", "decode_generations", "encode_generations"]
 
@@ -87,7 +86,8 @@ class PerfLLMCache(BaseCache):
         cache: The manager holding the entries; ``None`` uses the one for ``config``'s
             cache settings (directory, tiers, Redis).
         config: ``cache_ttl`` (seconds), ``cache_size`` and the cache's settings; ``None``
-            means the ``cache`` manager's config when one is given, else the defaults.
+            means the ``cache`` manager's config when one is given, else
+            ``PerformanceConfig.load()``.
         ttl: Seconds an entry lives (``None``: ``config.cache_ttl``).
         memory_items: Decoded answers kept in process (``None``: ``config.cache_size``;
             0 turns the table off).
@@ -109,7 +109,7 @@ class PerfLLMCache(BaseCache):
             msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
             raise ValueError(msg)
         if config is None:
-            config = cache.config if cache is not None else PerformanceConfig()
+            config = cache.config if cache is not None else resolve_config(None)
         self.config = config
         self.cache = cache if cache is not None else cache_manager_for(config)
         self.ttl = ttl

@@ -68,12 +68,12 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from typing_extensions import override
 
 from rag_perf_plugins.cache import CacheControl, CacheManager
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
+from rag_perf_plugins.services.defaults import api_key_of, default_gate, default_retry
 from rag_perf_plugins.services.embeddings import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
-from ._defaults import default_gate, default_retry
 from .control import control_from_metadata
 
 __all__ = ["PerfChatModel", "plain", "request_of"]
@@ -271,7 +271,7 @@ class PerfChatModel(BaseChatModel):
             is kept; turn its own retries off (``max_retries=0``, as
             ``pooled_chat_openai`` does) or they stack under ours.
         config: Cache switches and TTL (seconds), ``cache_skip_sampled``, limits and retry
-            settings; defaults to ``PerformanceConfig()``.
+            settings; ``None`` means ``PerformanceConfig.load()`` (file, environment, defaults).
         cache_manager: Where answers are stored; ``None``: the manager for ``config``'s
             cache settings (directory, tiers, Redis).
         gate: Admission gate for provider calls; ``None`` builds the shared one of
@@ -316,7 +316,7 @@ class PerfChatModel(BaseChatModel):
             if value is not None and name not in kwargs:
                 kwargs[name] = value
         super().__init__(inner=inner.model_copy(update={"cache": False}), **kwargs)
-        config = config if config is not None else PerformanceConfig()
+        config = resolve_config(config)
         # Computed once: the inner copy is private, so its identity and defaults stay put.
         self._provider = _provider_of(self.inner)
         self._base_params = dict(self.inner._get_invocation_params(stop=None))
@@ -326,7 +326,9 @@ class PerfChatModel(BaseChatModel):
         self._service = LLMService(
             config=config,
             cache=cache_manager,
-            gate=gate if gate is not None else default_gate(inner, provider, model, config),
+            gate=gate
+            if gate is not None
+            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
             retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             operation=operation,

@@ -26,7 +26,13 @@ from typing import Any
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from typing_extensions import override
 
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
+from rag_perf_plugins.services.defaults import (
+    api_key_of,
+    default_embedding_store,
+    default_gate,
+    default_retry,
+)
 from rag_perf_plugins.services.embeddings import (
     AdmissionGateLike,
     EmbeddingService,
@@ -34,8 +40,6 @@ from rag_perf_plugins.services.embeddings import (
     RetryPolicyLike,
 )
 from rag_perf_plugins.tracking import PerformanceTracker
-
-from ._defaults import default_gate, default_retry, default_store
 
 __all__ = ["PerfEmbeddings", "is_symmetric"]
 
@@ -89,8 +93,8 @@ class PerfEmbeddings(Embeddings):
 
     Args:
         inner: The embedding model that really calls the provider.
-        config: Batch size and wait, cache switches and TTL, limits; defaults to
-            ``PerformanceConfig()``.
+        config: Batch size and wait, cache switches and TTL, limits; ``None`` means
+            ``PerformanceConfig.load()`` (file, environment, defaults).
         store: Per-text vector store; ``None`` uses the core cache's embeddings namespace
             when the cache package is available, else no caching.
         gate: Admission gate for provider calls; ``None`` builds one per
@@ -128,7 +132,7 @@ class PerfEmbeddings(Embeddings):
         if isinstance(inner, PerfEmbeddings):
             msg = "inner is already a PerfEmbeddings; wrap the underlying model once"
             raise TypeError(msg)
-        config = config if config is not None else PerformanceConfig()
+        config = resolve_config(config)
         found_provider, found_model, found_dims = _identity(inner)
         provider = provider or found_provider
         model = model or found_model
@@ -148,8 +152,10 @@ class PerfEmbeddings(Embeddings):
             dimensions=dims,
             symmetric=sym,
             config=config,
-            store=store if store is not None else default_store(config),
-            gate=gate if gate is not None else default_gate(inner, provider, model, config),
+            store=store if store is not None else default_embedding_store(config),
+            gate=gate
+            if gate is not None
+            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
             retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             batching=batching,

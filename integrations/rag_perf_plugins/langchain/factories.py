@@ -32,7 +32,7 @@ from typing import Any
 
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client, http_timeout
 
 __all__ = ["pooled_chat_openai", "pooled_openai_embeddings"]
@@ -47,7 +47,7 @@ def _pooled(
         if name in options:
             msg = f"{name} is set by the pooled factory; build the class yourself to choose it"
             raise TypeError(msg)
-    config = config if config is not None else PerformanceConfig()
+    config = resolve_config(config)
     url = base_url or OPENAI_BASE_URL
     options.setdefault("timeout", http_timeout(config))
     return {
@@ -71,7 +71,7 @@ def pooled_chat_openai(
 
     Args:
         base_url: The OpenAI-compatible endpoint (``None``: api.openai.com).
-        config: Pool size, timeouts (seconds); defaults to ``PerformanceConfig()``.
+        config: Pool size, timeouts (seconds); ``None`` means ``PerformanceConfig.load()``.
         **options: Any other ``ChatOpenAI`` field (``model``, ``temperature``, ``api_key``...).
 
     Raises:

@@ -27,7 +27,7 @@ from langchain_core.rate_limiters import BaseRateLimiter
 from typing_extensions import override
 
 from rag_perf_plugins.admission import AdmissionGate
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.errors import DeadlineExceeded, Overloaded
 
 __all__ = ["PerfRateLimiter"]
@@ -74,7 +74,7 @@ class PerfRateLimiter(BaseRateLimiter):
         if requests_per_second is None or not requests_per_second > 0:
             msg = f"requests_per_second must be > 0, got {requests_per_second!r}"
             raise ValueError(msg)
-        config = config if config is not None else PerformanceConfig()
+        config = resolve_config(config)
         rpm = max(1, round(requests_per_second * 60))
         overrides: dict[str, Any] = {
             "requests_per_minute": rpm,

@@ -49,10 +49,9 @@ from langchain_core.vectorstores import InMemoryVectorStore, VectorStore, Vector
 from typing_extensions import override
 
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins.cache import CacheManager, retrieval_key
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.cache import CacheManager, cache_manager_for, retrieval_key
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.errors import CacheError
-from rag_perf_plugins.services.embeddings import cache_manager_for
 from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
 
 from .control import applied, control_from_metadata
@@ -144,7 +143,7 @@ class PerfVectorStore(VectorStore):
             msg = f"name must be a non-empty str or None, got {name!r}"
             raise ValueError(msg)
         self.inner = inner
-        self.config = config if config is not None else PerformanceConfig()
+        self.config = resolve_config(config)
         self.cache = cache if cache is not None else cache_manager_for(self.config)
         self.name = name if name is not None else f"{type(inner).__name__}/{uuid.uuid4().hex}"
         # The version namespace: short, and only characters the manager accepts.

@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     )
     raise ImportError(msg) from exc
 
-from .embeddings import CACHE_KWARG, PerfEmbedding, cache_manager_for, inner_identity
+from .embeddings import PerfEmbedding
 from .factories import pooled_openai_embedding, pooled_openai_llm
 from .instrumentation import (
     Instrumentation,
@@ -32,22 +32,18 @@ from .instrumentation import (
     install_instrumentation,
     uninstall_instrumentation,
 )
-from .llms import PerfFunctionCallingLLM, PerfLLM, llm_identity, wrap_llm
-from .settings import SettingsState, configure_settings, restore_settings
+from .llms import PerfFunctionCallingLLM, PerfLLM, wrap_llm
+from .settings import configure_settings, restore_settings
 from .vector_stores import PerfVectorStore
 
 __all__ = [
     # embeddings
-    "CACHE_KWARG",
     "PerfEmbedding",
-    "cache_manager_for",
-    "inner_identity",
     # vector stores
     "PerfVectorStore",
     # LLMs
     "PerfFunctionCallingLLM",
     "PerfLLM",
-    "llm_identity",
     "wrap_llm",
     # factories
     "pooled_openai_embedding",
@@ -59,7 +55,6 @@ __all__ = [
     "install_instrumentation",
     "uninstall_instrumentation",
     # global Settings
-    "SettingsState",
     "configure_settings",
     "restore_settings",
 ]

@@ -35,19 +35,22 @@ from typing import Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from rag_perf_plugins.admission import AdmissionGate, RetryPolicy, get_gate
 from rag_perf_plugins.cache.control import applied, parse_control
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
+from rag_perf_plugins.services.defaults import (
+    api_key_of,
+    default_embedding_store,
+    default_gate,
+    default_retry,
+)
 from rag_perf_plugins.services.embeddings import (
     AdmissionGateLike,
     EmbeddingService,
     EmbeddingStore,
     RetryPolicyLike,
-    cache_manager_for,
-    default_embedding_store,
 )
 
-__all__ = ["CACHE_KWARG", "PerfEmbedding", "cache_manager_for", "inner_identity"]
+__all__ = ["CACHE_KWARG", "PerfEmbedding", "inner_identity"]
 
 # The LlamaIndex keyword argument carrying a per-call cache control ("bypass", "refresh",
 # "no-store", or {"mode": ..., "ttl": seconds}); see rag_perf_plugins.cache.control.
@@ -192,16 +195,13 @@ class PerfEmbedding(BaseEmbedding):
         if not isinstance(inner, BaseEmbedding):
             msg = f"inner must be a LlamaIndex BaseEmbedding, got {type(inner).__name__}"
             raise TypeError(msg)
-        if config is not None and not isinstance(config, PerformanceConfig):
-            msg = f"config must be a PerformanceConfig or None, got {type(config).__name__}"
-            raise TypeError(msg)
+        config = resolve_config(config)
         super().__init__(
             model_name=inner.model_name,
             embed_batch_size=_LLAMA_MAX_BATCH,
             num_workers=None,
             callback_manager=inner.callback_manager,
         )
-        config = config if config is not None else PerformanceConfig.load()
         identity = inner_identity(inner)
         self._inner = inner
         self._config = config
@@ -387,48 +387,22 @@ def _build_service(
         _overrides(inner, "_aget_text_embedding") and not _overrides(inner, "_get_text_embeddings")
     )
     provider = f"llama_index/{inner.class_name()}/{_fingerprint(identity)}"
+    model = inner.model_name or "unknown"
     return EmbeddingService(
         embed_many,
         aembed_many=aembed_native if native_async else None,
         embed_query=None if symmetric else embed_query,
         aembed_query=None if symmetric else aembed_query,
         provider=provider,
-        model=inner.model_name or "unknown",
+        model=model,
         dimensions=_dimensions(inner),
         symmetric=symmetric,
         config=config,
-        store=store if store is not None else _default_store(config),
-        gate=gate if gate is not None else _default_gate(inner, provider, config),
-        retry=retry if retry is not None else RetryPolicy(config),
+        store=store if store is not None else default_embedding_store(config),
+        gate=gate
+        if gate is not None
+        else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+        retry=retry if retry is not None else default_retry(config),
         tracker=tracker,
         batching=batching,
     )
-
-
-def _api_key(inner: BaseEmbedding) -> str | None:
-    value = getattr(inner, "api_key", None)
-    return value if isinstance(value, str) and value else None
-
-
-def _default_store(config: PerformanceConfig) -> EmbeddingStore | None:
-    """The core cache's embeddings namespace for ``config``; ``None`` when caching is off.
-
-    :func:`~rag_perf_plugins.services.embeddings.cache_manager_for` decides the manager (the
-    same rule as LangChain's wrappers).
-    """
-    return default_embedding_store(config)
-
-
-def _default_gate(
-    inner: BaseEmbedding, provider: str, config: PerformanceConfig
-) -> AdmissionGateLike:
-    """The process-wide gate of (provider, model, API-key fingerprint) for ``inner``.
-
-    When that key's gate already exists with another config, this wrapper gets a private
-    gate with its own config rather than silently inherit other limits.
-    """
-    model = inner.model_name or "unknown"
-    try:
-        return get_gate(provider, model, _api_key(inner), config=config)
-    except ValueError:
-        return AdmissionGate(config, key=f"{provider}/{model}/private")

@@ -17,7 +17,7 @@ from typing import Any
 from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
 from llama_index.embeddings.openai.utils import resolve_openai_credentials  # type: ignore[import-untyped]
 from llama_index.llms.openai import OpenAI
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client
 
 __all__ = ["pooled_openai_embedding", "pooled_openai_llm"]
@@ -143,7 +143,7 @@ def _pooled_kwargs(
         if name in kwargs:
             msg = f"{factory}() sets {name} itself (retries off, shared clients); do not pass it"
             raise ValueError(msg)
-    config = config if config is not None else PerformanceConfig.load()
+    config = resolve_config(config)
     api_key, api_base, api_version = resolve_openai_credentials(api_key, api_base, None)
     kwargs.setdefault("api_version", api_version)
     kwargs.setdefault(

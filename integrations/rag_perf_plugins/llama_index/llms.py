@@ -64,14 +64,20 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins.admission import AdmissionGate, RetryPolicy, get_gate
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, canonical_json
 from rag_perf_plugins.cache.control import current_control, parse_control
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
+from rag_perf_plugins.services.defaults import (
+    api_key_of,
+    default_cache,
+    default_gate,
+    default_retry,
+)
 from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
-from .embeddings import CACHE_KWARG, cache_manager_for
+from .embeddings import CACHE_KWARG
 
 __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
 
@@ -383,14 +389,11 @@ class PerfLLM(LLM):
         if not isinstance(inner, LLM):
             msg = f"inner must be a LlamaIndex LLM, got {type(inner).__name__}"
             raise TypeError(msg)
-        if config is not None and not isinstance(config, PerformanceConfig):
-            msg = f"config must be a PerformanceConfig or None, got {type(config).__name__}"
-            raise TypeError(msg)
+        config = resolve_config(config)
         super().__init__(
             callback_manager=inner.callback_manager,
             **{name: getattr(inner, name) for name in _COPIED_FIELDS},
         )
-        config = config if config is not None else PerformanceConfig.load()
         identity = llm_identity(inner)
         # Read once: some classes compute metadata on every access (OpenAI: ~100 µs), and
         # LlamaIndex reads it for every event payload.
@@ -398,13 +401,13 @@ class PerfLLM(LLM):
         model = metadata.model_name or "unknown"
         api_base = getattr(inner, "api_base", None)
         provider = f"llama_index/{inner.class_name()}"
-        if cache is None and config.enable_caching:
-            cache = cache_manager_for(config)
         service = LLMService(
             config=config,
-            cache=cache,
-            gate=gate if gate is not None else _default_gate(inner, provider, model, config),
-            retry=retry if retry is not None else RetryPolicy(config),
+            cache=cache if cache is not None else default_cache(config),
+            gate=gate
+            if gate is not None
+            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+            retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             clock=clock,
         )
@@ -703,15 +706,3 @@ def wrap_llm(inner: LLM, config: PerformanceConfig | None = None, **options: Any
     if isinstance(inner, FunctionCallingLLM):
         return PerfFunctionCallingLLM(inner, config, **options)
     return PerfLLM(inner, config, **options)
-
-
-def _default_gate(
-    inner: LLM, provider: str, model: str, config: PerformanceConfig
-) -> AdmissionGate:
-    api_key = getattr(inner, "api_key", None)
-    try:
-        return get_gate(
-            provider, model, api_key if isinstance(api_key, str) else None, config=config
-        )
-    except ValueError:  # that key's gate exists with other limits: a private one
-        return AdmissionGate(config, key=f"{provider}/{model}/private")

@@ -38,7 +38,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms.llm import LLM
 from llama_index.core.settings import Settings
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
 
 from .embeddings import PerfEmbedding
 from .instrumentation import Instrumentation, install_instrumentation
@@ -158,7 +158,7 @@ def configure_settings(
     with _lock:
         embed, original_embed = _embed.configure(config)
         llm, original_llm = _llm.configure(config)
-        effective = config if config is not None else PerformanceConfig.load()
+        effective = resolve_config(config)
         if instrument and effective.enable_metrics:
             _instrumentation = install_instrumentation()
         return SettingsState(

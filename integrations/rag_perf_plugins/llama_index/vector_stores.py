@@ -63,12 +63,10 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins.cache import CacheManager, retrieval_key
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.cache import CacheManager, cache_manager_for, retrieval_key
+from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.errors import CacheError
 from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
-
-from .embeddings import cache_manager_for
 
 __all__ = ["PerfVectorStore"]
 
@@ -184,9 +182,6 @@ class PerfVectorStore(BasePydanticVectorStore):
         if not isinstance(inner, BasePydanticVectorStore):
             msg = f"inner must be a LlamaIndex BasePydanticVectorStore, got {type(inner).__name__}"
             raise TypeError(msg)
-        if config is not None and not isinstance(config, PerformanceConfig):
-            msg = f"config must be a PerformanceConfig or None, got {type(config).__name__}"
-            raise TypeError(msg)
         if ttl is not None and not ttl > 0:
             msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
             raise ValueError(msg)
@@ -194,7 +189,7 @@ class PerfVectorStore(BasePydanticVectorStore):
             msg = f"name must be a non-empty str or None, got {name!r}"
             raise ValueError(msg)
         super().__init__(stores_text=inner.stores_text, is_embedding_query=inner.is_embedding_query)
-        config = config if config is not None else PerformanceConfig.load()
+        config = resolve_config(config)
         self._inner = inner
         self._config = config
         self._cache = cache if cache is not None else cache_manager_for(config)

@@ -55,3 +55,18 @@ def test_info_clear_verify(cache_dir: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["cache", "clear", str(cache_dir)]) == 0
     assert "removed 2 entries (everything)" in capsys.readouterr().out
     assert main(["cache", "info", str(cache_dir / "missing")]) == 2
+
+
+def test_info_takes_a_config_file(
+    cache_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RAG_PERF_CACHE_DIR")  # the environment would win over the file
+    _fill(cache_dir)
+    config = tmp_path / "perf.yaml"
+    config.write_text(f"cache_dir: {cache_dir}\n")
+    assert main(["cache", "info", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"directory: {cache_dir}" in out and "llm" in out

@@ -16,7 +16,8 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.embedding import EmbeddingStartEvent
 from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
 from llama_index_instrumentation import get_dispatcher
-from rag_perf_plugins.llama_index import PerfEmbedding, inner_identity
+from rag_perf_plugins.llama_index import PerfEmbedding
+from rag_perf_plugins.llama_index.embeddings import inner_identity
 
 from rag_perf_plugins.config import PerformanceConfig
 from tests.integrations.llama_index.li_models import (
