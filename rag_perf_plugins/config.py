@@ -183,6 +183,13 @@ class PerformanceConfig:
     cache_skip_sampled: bool = _opt(
         False, "Do not cache LLM calls that sample (temperature above 0 and no seed)."
     )
+    version_check_interval: float = _opt(
+        1.0,
+        "How old a cached namespace or store write version may be before it is read again "
+        "from the shared tier; another process's write is seen within it (0: every call).",
+        unit="seconds",
+        ge=0,
+    )
     cache_namespace_prefix: str = _opt(
         "rag-perf", "Prefix of every shared-tier key, one per application or tenant."
     )

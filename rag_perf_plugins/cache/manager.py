@@ -30,7 +30,7 @@ Namespaces (``llm``, ``embeddings``, ``retrieval``, ``query``, ``default`` or an
 of letters, digits, ``_``, ``-``, ``.``) are cleared one at a time, and bumping a
 namespace's version (:meth:`CacheManager.bump_namespace`) invalidates it for every
 process sharing the directory: the version is stored in the persistent tiers and re-read
-at most every :attr:`CacheManager.NAMESPACE_REFRESH_S` seconds.
+at most every ``version_check_interval`` seconds (see ``PerformanceConfig``).
 
 Not done: stale-while-revalidate serving, entry signing, cross-process single-flight.
 """
@@ -122,7 +122,6 @@ class CacheManager:
             one when ``enable_metrics`` is on; ``NullTracker()``: none.
     """
 
-    NAMESPACE_REFRESH_S: Final = 1.0
     GIL_SHARE_EVERY: Final = 16
 
     def __init__(
@@ -145,7 +144,6 @@ class CacheManager:
         self._lock = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
         self._flight = SingleFlight()
-        self._ns_versions: dict[str, tuple[int, float]] = {}
         self._closed = False
         self._counts: dict[tuple[str, ...], int] = {}
         self._tracker = resolve_tracker(tracker, self.config)
@@ -156,6 +154,11 @@ class CacheManager:
         if tiers is None:
             tiers = self._default_tiers()
         self.tiers: list[Tier] = list(tiers)
+        # Managers whose shared tiers are the same storage share one namespace version;
+        # managers without a shared tier share the process's (see _VersionBook).
+        self._scope: tuple[tuple[str, ...], ...] = tuple(
+            t.identity for t in self.tiers if t.blocking
+        ) or (("process",),)
         self._first_blocking = next(
             (i for i, t in enumerate(self.tiers) if t.blocking), len(self.tiers)
         )
@@ -254,22 +257,28 @@ class CacheManager:
         return [t for t in self.tiers if t.blocking]
 
     def _cached_version(self, namespace: str) -> int | None:
-        entry = self._ns_versions.get(namespace)
-        if entry is not None and time.monotonic() - entry[1] < self.NAMESPACE_REFRESH_S:
+        """The version of ``namespace`` if read within ``version_check_interval``, else None.
+
+        No I/O. Without a shared tier the version lives in this process and is always known.
+        """
+        entry = _VERSIONS.get(self._scope, namespace)
+        if entry is not None and (
+            not self._shared_tiers()
+            or time.monotonic() - entry[1] < self.config.version_check_interval
+        ):
             return entry[0]
         if not self._shared_tiers():
-            return entry[0] if entry else 1
+            return 1
         return None
 
     def _load_version(self, namespace: str) -> int:
+        """Read the version of ``namespace`` from the shared tiers (blocking) and keep it."""
         shared = self._shared_tiers()
         if not shared:
             # No shared tier: the version lives only in this process, and a bump must still
             # advance it (else a memory-only cache keeps serving what a write invalidated).
-            entry = self._ns_versions.get(namespace)
-            version = entry[0] if entry is not None else 1
-            self._ns_versions[namespace] = (version, time.monotonic())
-            return version
+            entry = _VERSIONS.get(self._scope, namespace)
+            return entry[0] if entry is not None else 1
         version = 1
         key = _VERSION_KEY.format(namespace)
         for tier in shared:
@@ -281,7 +290,7 @@ class CacheManager:
                 self._fault(tier.name, "namespace version", exc, kind="corrupt")
             except Exception as exc:
                 self._fault(tier.name, "namespace version", exc)
-        self._ns_versions[namespace] = (version, time.monotonic())
+        _VERSIONS.put(self._scope, namespace, version)
         return version
 
     def _prefix(self, namespace: str) -> str:
@@ -303,14 +312,24 @@ class CacheManager:
         return f"{namespace}:{version}:"
 
     def namespace_version(self, namespace: str) -> int:
-        """The current version of ``namespace`` (starts at 1)."""
-        return self._load_version(self._check_ns(namespace))
+        """The current version of ``namespace`` (starts at 1).
+
+        Read from the shared tiers when the one this process holds is older than
+        ``version_check_interval`` seconds, so another process's bump is seen within it.
+        """
+        version = self._cached_version(self._check_ns(namespace))
+        return self._load_version(namespace) if version is None else version
+
+    async def anamespace_version(self, namespace: str) -> int:
+        """Async :meth:`namespace_version`: a read of the shared tiers runs off the loop."""
+        return _version_of(await self._aprefix(namespace))
 
     def bump_namespace(self, namespace: str) -> int:
         """Invalidate every entry of ``namespace`` at once by moving to a new version.
 
-        Old entries stay on disk until evicted or cleared. Other processes see the bump
-        within ``NAMESPACE_REFRESH_S`` seconds. Returns the new version.
+        Old entries stay on disk until evicted or cleared. Every manager of this process
+        on the same storage sees the bump at once; other processes within
+        ``version_check_interval`` seconds. Returns the new version.
         """
         version = self._load_version(self._check_ns(namespace)) + 1
         blob = encode(version, created_at=self.clock(), expires_at=None)
@@ -320,8 +339,16 @@ class CacheManager:
                 tier.set_many({key: blob})
             except Exception as exc:
                 self._fault(tier.name, "bump namespace", exc)
-        self._ns_versions[namespace] = (version, time.monotonic())
+        _VERSIONS.put(self._scope, namespace, version)
         return version
+
+    async def abump_namespace(self, namespace: str) -> int:
+        """Async :meth:`bump_namespace` (the shared tiers are written off the loop)."""
+        self._check_ns(namespace)
+        if not self._shared_tiers():
+            return self.bump_namespace(namespace)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), self.bump_namespace, namespace)
 
     # --- the pure core --------------------------------------------------------------------
     def _expires_at(self, ttl: float | None, now: float) -> float | None:
@@ -602,7 +629,7 @@ class CacheManager:
             except Exception as exc:
                 self._fault(tier.name, "clear", exc)
         if namespace is None:
-            self._ns_versions.clear()
+            _VERSIONS.forget(self._scope)
         return removed
 
     def purge_model(self, model: str) -> int:
@@ -1143,11 +1170,49 @@ def _unpack(values: dict[str, Any], *, as_numpy: bool) -> None:
             values[key] = value.array() if as_numpy else value.tolist()
 
 
-# --- fork safety -------------------------------------------------------------------------
+# --- namespace versions and fork safety -------------------------------------------------------
+class _VersionBook:
+    """Namespace versions by (storage scope, namespace), shared by the managers of a process.
+
+    A scope is the identities of a manager's shared tiers (``(("disk", dir),)``), or
+    ``(("process",),)`` for managers without one. Each entry is (version, when it was read,
+    monotonic seconds); each manager decides from its own ``version_check_interval``
+    whether an entry is fresh enough.
+    """
+
+    __slots__ = ("_entries", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[tuple[tuple[str, ...], ...], str], tuple[int, float]] = {}
+
+    def get(self, scope: tuple[tuple[str, ...], ...], namespace: str) -> tuple[int, float] | None:
+        return self._entries.get((scope, namespace))
+
+    def put(self, scope: tuple[tuple[str, ...], ...], namespace: str, version: int) -> None:
+        with self._lock:
+            self._entries[(scope, namespace)] = (version, time.monotonic())
+
+    def forget(self, scope: tuple[tuple[str, ...], ...]) -> None:
+        with self._lock:
+            for entry in [e for e in self._entries if e[0] == scope]:
+                del self._entries[entry]
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+
+
+_VERSIONS = _VersionBook()
 _MANAGERS: weakref.WeakSet[CacheManager] = weakref.WeakSet()
 
 
+def _version_of(prefix: str) -> int:
+    """The version in a storage prefix ``"<namespace>:<version>:"``."""
+    return int(prefix.rsplit(":", 2)[1])
+
+
 def _after_fork_in_child() -> None:
+    _VERSIONS.reset()
     for manager in list(_MANAGERS):
         manager._after_fork_in_child()
 

@@ -118,6 +118,12 @@ class RedisTier:
     )
 
     name = "redis"
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """``("redis", url, prefix)``: one server and database, one prefix."""
+        return ("redis", self.url, self.prefix)
+
     blocking = True
 
     def __init__(

@@ -67,6 +67,15 @@ class Tier(Protocol):
     name: str
     blocking: bool
 
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What makes two tier objects the same storage (``("disk", directory)``).
+
+        Two managers whose shared tiers have equal identities see one namespace version:
+        a bump through either invalidates both.
+        """
+        ...
+
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The stored blobs of the keys found (absent keys are left out)."""
         ...
@@ -113,6 +122,11 @@ class MemoryTier:
 
     name = "memory"
     blocking = False
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """This object alone: a memory tier is never shared."""
+        return ("memory", str(id(self)))
 
     def __init__(self, *, max_items: int, max_bytes: int) -> None:
         if max_items < 1:
@@ -277,6 +291,11 @@ class DiskTier:
 
     name = "disk"
     blocking = True
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """``("disk", directory)``: every tier on one directory is one storage."""
+        return ("disk", self.directory)
 
     def __init__(
         self,

@@ -16,10 +16,12 @@ holds the operation, the query (or a hash of the float32 query vector), ``k``, `
 every other search parameter, the store's name and its write version.
 
 The write version lives in the cache's shared tier (a namespace of its own, versioned by
-:meth:`CacheManager.bump_namespace`), and every search reads it there, so a write through
-any ``PerfVectorStore`` with the same ``name`` and cache directory, in any process,
-invalidates the cached searches of all of them at once. ``add_texts``,
-``add_documents``, ``delete`` and their async twins bump it.
+:meth:`CacheManager.bump_namespace`), so a write through any ``PerfVectorStore`` with the
+same ``name`` and cache storage invalidates the cached searches of all of them: at once in
+this process, within ``version_check_interval`` seconds (1 s by default) in the others,
+which re-read it no more often than that (async searches read it off the event loop).
+``add_texts``, ``add_documents``, ``delete`` and their async twins bump it. The caching
+itself is :class:`rag_perf_plugins.services.search.SearchCache`, shared with LlamaIndex.
 
 Per-call control: ``cache_control(...)`` around any call, or LangChain config metadata
 ``{"rag_perf": {"cache": "bypass"}}`` for the retriever from :meth:`as_retriever`.
@@ -33,8 +35,6 @@ version (their searches stay correct only once each write is done).
 from __future__ import annotations
 
 import hashlib
-import math
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -49,16 +49,15 @@ from langchain_core.vectorstores import InMemoryVectorStore, VectorStore, Vector
 from typing_extensions import override
 
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins.cache import CacheManager, cache_manager_for, retrieval_key
-from rag_perf_plugins.config import PerformanceConfig, resolve_config
-from rag_perf_plugins.errors import CacheError
-from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
+from rag_perf_plugins.cache import CacheManager
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.services.search import SearchCache
+from rag_perf_plugins.tracking import PerformanceTracker
 
 from .control import applied, control_from_metadata
 
 __all__ = ["PerfVectorStore"]
 
-NAMESPACE = "retrieval"
 R = TypeVar("R")
 VST = TypeVar("VST", bound="PerfVectorStore")
 
@@ -87,11 +86,6 @@ def _scored_in(data: list[Any]) -> list[tuple[Document, float]]:
     return [(_doc_in(d), float(s)) for d, s in data]
 
 
-def _ttl_of(config: PerformanceConfig) -> float:
-    """``config.cache_ttl`` in seconds, ``math.inf`` (never expires) for ``None``."""
-    return math.inf if config.cache_ttl is None else config.cache_ttl
-
-
 def _vector_digest(embedding: Sequence[float]) -> str:
     raw = np.asarray(embedding, dtype="<f4").tobytes()
     return "vec:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
@@ -104,19 +98,22 @@ class PerfVectorStore(VectorStore):
 
     Args:
         inner: The vector store that really searches.
-        config: ``enable_caching``, ``cache_ttl`` (seconds), ``enable_metrics``, and the
-            cache's directory, tiers and Redis.
-        cache: The cache manager; ``None`` uses the one for ``config``'s cache settings
-            (:func:`~rag_perf_plugins.services.embeddings.cache_manager_for`).
+        config: ``enable_caching``, ``cache_ttl`` (seconds), ``version_check_interval``
+            (seconds), ``enable_metrics``, and the cache's directory, tiers and Redis;
+            ``None`` means ``PerformanceConfig.load()``.
+        cache: The cache manager; ``None`` uses the one for ``config``'s cache settings.
         name: The store's identity in keys and in the shared version. Give the same name
             to wrappers of the same data in other processes so their writes invalidate
             each other's searches. ``None``: a fresh random name, so this wrapper never
             serves another store's results (right for in-memory stores).
         ttl: Seconds a cached search lives (``None``: ``config.cache_ttl``, whatever
             the cache manager's own default is).
-        tracker: Statistics sink (``vectorstore.<operation>``); defaults to the process
+        tracker: Statistics sink (``vectorstore.<operation>``); ``None``: the process
             tracker when metrics are on.
         clock: Seconds, monotonic, for latency statistics.
+
+    All the caching is :class:`rag_perf_plugins.services.search.SearchCache`'s (the one the
+    LlamaIndex wrapper uses too); this class translates LangChain's calls.
     """
 
     def __init__(
@@ -136,29 +133,38 @@ class PerfVectorStore(VectorStore):
         if isinstance(inner, PerfVectorStore):
             msg = "inner is already a PerfVectorStore; wrap the underlying store once"
             raise TypeError(msg)
-        if ttl is not None and not ttl > 0:
-            msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
-            raise ValueError(msg)
-        if name is not None and (not isinstance(name, str) or not name):
-            msg = f"name must be a non-empty str or None, got {name!r}"
-            raise ValueError(msg)
         self.inner = inner
-        self.config = resolve_config(config)
-        self.cache = cache if cache is not None else cache_manager_for(self.config)
-        self.name = name if name is not None else f"{type(inner).__name__}/{uuid.uuid4().hex}"
-        # The version namespace: short, and only characters the manager accepts.
-        digest = hashlib.blake2b(self.name.encode(), digest_size=10).hexdigest()
-        self._version_ns = f"vs.{digest}"
-        self.ttl = ttl
-        # The wrapper's config decides how long its searches live, not the manager's.
-        self._entry_ttl = ttl if ttl is not None else _ttl_of(self.config)
-        self._enabled = self.config.enable_caching
-        if tracker is None and self.config.enable_metrics:
-            tracker = get_performance_tracker()
-        self._tracker = tracker
-        self._clock = clock
+        self.searches = SearchCache(
+            config,
+            name=name,
+            default_name=type(inner).__name__,
+            cache=cache,
+            ttl=ttl,
+            tracker=tracker,
+            clock=clock,
+        )
 
     # --- identity and delegation ----------------------------------------------------
+    @property
+    def config(self) -> PerformanceConfig:
+        """The config the wrapper was built with."""
+        return self.searches.config
+
+    @property
+    def cache(self) -> CacheManager:
+        """The cache manager holding the searches and the write version."""
+        return self.searches.cache
+
+    @property
+    def name(self) -> str:
+        """The store's identity in keys and in the shared write version."""
+        return self.searches.name
+
+    @property
+    def ttl(self) -> float | None:
+        """The ``ttl=`` argument (``None``: ``config.cache_ttl``)."""
+        return self.searches.ttl
+
     @property
     @override
     def embeddings(self) -> Embeddings | None:
@@ -178,12 +184,16 @@ class PerfVectorStore(VectorStore):
 
     @property
     def version(self) -> int:
-        """The store's write version, read from the shared tier."""
-        return self.cache.namespace_version(self._version_ns)
+        """The store's write version (re-read after ``version_check_interval`` seconds)."""
+        return self.searches.version
 
     def invalidate(self) -> int:
         """Bump the write version (as a write does); returns the new version."""
-        return self.cache.bump_namespace(self._version_ns)
+        return self.searches.invalidate()
+
+    async def ainvalidate(self) -> int:
+        """Async :meth:`invalidate`."""
+        return await self.searches.ainvalidate()
 
     # --- writes: delegate, then bump ------------------------------------------------
     @override
@@ -195,10 +205,9 @@ class PerfVectorStore(VectorStore):
         ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        try:
-            return self.inner.add_texts(texts, metadatas, ids=ids, **kwargs)
-        finally:
-            self.invalidate()  # even a failed write may have written part of the batch
+        return self.searches.write(
+            "add", lambda: self.inner.add_texts(texts, metadatas, ids=ids, **kwargs)
+        )
 
     @override
     async def aadd_texts(
@@ -209,65 +218,34 @@ class PerfVectorStore(VectorStore):
         ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        try:
-            return await self.inner.aadd_texts(texts, metadatas, ids=ids, **kwargs)
-        finally:
-            self.invalidate()
+        return await self.searches.awrite(
+            "add", lambda: self.inner.aadd_texts(texts, metadatas, ids=ids, **kwargs)
+        )
 
     @override
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
-        try:
-            return self.inner.add_documents(documents, **kwargs)
-        finally:
-            self.invalidate()
+        return self.searches.write("add", lambda: self.inner.add_documents(documents, **kwargs))
 
     @override
     async def aadd_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
-        try:
-            return await self.inner.aadd_documents(documents, **kwargs)
-        finally:
-            self.invalidate()
+        return await self.searches.awrite(
+            "add", lambda: self.inner.aadd_documents(documents, **kwargs)
+        )
 
     @override
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        try:
-            return self.inner.delete(ids, **kwargs)
-        finally:
-            self.invalidate()
+        return self.searches.write("delete", lambda: self.inner.delete(ids, **kwargs))
 
     @override
     async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        try:
-            return await self.inner.adelete(ids, **kwargs)
-        finally:
-            self.invalidate()
+        return await self.searches.awrite("delete", lambda: self.inner.adelete(ids, **kwargs))
 
-    # --- the shared core of every cached search --------------------------------------
-    def _key(self, operation: str, query: str, k: int, kwargs: dict[str, Any]) -> str | None:
-        if not self._enabled:
-            return None
+    # --- the translation of one search ----------------------------------------------
+    @staticmethod
+    def _fields(query: str, k: int, kwargs: dict[str, Any]) -> dict[str, Any]:
         params = dict(kwargs)
         filters = params.pop("filter", None)
-        try:
-            return retrieval_key(
-                store=self.name,
-                query=query,
-                k=k,
-                filters=filters,
-                store_version=self.version,
-                operation=operation,
-                **params,
-            )
-        except (CacheError, TypeError, ValueError):
-            if self._tracker is not None:
-                self._tracker.incr("cache.unkeyable", operation=f"vectorstore.{operation}")
-            return None
-
-    def _record(self, operation: str, started: float, hit: bool | None, error: bool) -> None:
-        if self._tracker is not None:
-            self._tracker.record(
-                f"vectorstore.{operation}", self._clock() - started, cache_hit=hit, error=error
-            )
+        return {"query": query, "k": k, "filters": filters, **params}
 
     def _cached(
         self,
@@ -279,22 +257,8 @@ class PerfVectorStore(VectorStore):
         dump: Callable[[R], Any],
         load: Callable[[Any], R],
     ) -> R:
-        started = self._clock()
-        key = self._key(operation, query, k, kwargs)
-        if key is not None:
-            data = self.cache.get(key, namespace=NAMESPACE)
-            if data is not None:
-                self._record(operation, started, True, False)
-                return load(data)
-        try:
-            result = search()
-        except BaseException:
-            self._record(operation, started, None if key is None else False, True)
-            raise
-        if key is not None:
-            self._store(key, result, dump)
-        self._record(operation, started, None if key is None else False, False)
-        return result
+        fields = self._fields(query, k, kwargs)
+        return self.searches.search(operation, fields, search, dump, load)
 
     async def _acached(
         self,
@@ -306,35 +270,8 @@ class PerfVectorStore(VectorStore):
         dump: Callable[[R], Any],
         load: Callable[[Any], R],
     ) -> R:
-        started = self._clock()
-        key = self._key(operation, query, k, kwargs)
-        if key is not None:
-            data = await self.cache.aget(key, namespace=NAMESPACE)
-            if data is not None:
-                self._record(operation, started, True, False)
-                return load(data)
-        try:
-            result = await search()
-        except BaseException:
-            self._record(operation, started, None if key is None else False, True)
-            raise
-        if key is not None:
-            try:
-                await self.cache.aset(key, dump(result), self._entry_ttl, namespace=NAMESPACE)
-            except CacheError:  # metadata msgpack cannot store: this answer stays uncached
-                self._count_unstorable(operation)
-        self._record(operation, started, None if key is None else False, False)
-        return result
-
-    def _store(self, key: str, result: R, dump: Callable[[R], Any]) -> None:
-        try:
-            self.cache.set(key, dump(result), self._entry_ttl, namespace=NAMESPACE)
-        except CacheError:
-            self._count_unstorable("search")
-
-    def _count_unstorable(self, operation: str) -> None:
-        if self._tracker is not None:
-            self._tracker.incr("cache.unstorable", operation=f"vectorstore.{operation}")
+        fields = self._fields(query, k, kwargs)
+        return await self.searches.asearch(operation, fields, search, dump, load)
 
     # --- cached searches ------------------------------------------------------------
     @override
@@ -490,7 +427,9 @@ class PerfVectorStore(VectorStore):
         ``inner_cls.from_texts``.
         """
         wrapper_kwargs = {
-            name: kwargs.pop(name) for name in ("config", "cache", "name", "ttl") if name in kwargs
+            name: kwargs.pop(name)
+            for name in ("config", "cache", "name", "ttl", "tracker", "clock")
+            if name in kwargs
         }
         inner_cls: type[VectorStore] = kwargs.pop("inner_cls", InMemoryVectorStore)
         inner = inner_cls.from_texts(texts, embedding, metadatas, ids=ids, **kwargs)

@@ -24,11 +24,12 @@ the keyword arguments the retriever passes.
 The write version lives in the cache's shared tier (a namespace of its own, bumped with
 :meth:`CacheManager.bump_namespace`), so a write through any ``PerfVectorStore`` with the
 same ``name`` and cache directory (or Redis), in any process, invalidates the cached
-queries of all of them: at once in the writing process, within
-``CacheManager.NAMESPACE_REFRESH_S`` (1 s) in the others, which re-read it at most that
-often (the async path reads it off the event loop). ``add``, ``async_add``,
-``delete``, ``adelete``, ``delete_nodes``, ``adelete_nodes``, ``clear`` and ``aclear``
-bump it, even when they fail (a failed batch may be half written).
+queries of all of them: at once in the writing process, within ``version_check_interval``
+(1 s by default) in the others, which re-read it at most that often (the async path reads
+it off the event loop). The caching itself is
+:class:`rag_perf_plugins.services.search.SearchCache`, shared with the LangChain wrapper.
+``add``, ``async_add``, ``delete``, ``adelete``, ``delete_nodes``, ``adelete_nodes``,
+``clear`` and ``aclear`` bump it, even when they fail (a failed batch may be half written).
 
 Timing: every ``add``/``query``/``delete`` (sync and async) is recorded in the tracker as
 ``vectorstore.add``, ``vectorstore.query`` (with its cache hit or miss) and
@@ -44,11 +45,8 @@ full vector per node); identical concurrent misses are not coalesced.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import math
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -63,10 +61,10 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins.cache import CacheManager, cache_manager_for, retrieval_key
-from rag_perf_plugins.config import PerformanceConfig, resolve_config
-from rag_perf_plugins.errors import CacheError
-from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
+from rag_perf_plugins.cache import CacheManager
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.services.search import SearchCache
+from rag_perf_plugins.tracking import PerformanceTracker
 
 __all__ = ["PerfVectorStore"]
 
@@ -101,6 +99,20 @@ def _query_fields(query: VectorStoreQuery, kwargs: dict[str, Any]) -> dict[str, 
         "hybrid_top_k": query.hybrid_top_k,
         "kwargs": kwargs,
     }
+
+
+def _fields_of(query: VectorStoreQuery, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The key fields of a query (see :class:`SearchCache`), ``None`` when not keyable."""
+    try:
+        fields = _query_fields(query, kwargs)
+        return {
+            "query": fields.pop("store_query") or "",
+            "k": query.similarity_top_k,
+            "filters": _filters(query.filters),
+            **fields,
+        }
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _node_out(node: BaseNode) -> dict[str, Any]:
@@ -157,13 +169,7 @@ class PerfVectorStore(BasePydanticVectorStore):
     is_embedding_query: bool = True
 
     _inner: BasePydanticVectorStore = PrivateAttr()
-    _config: PerformanceConfig = PrivateAttr()
-    _cache: CacheManager = PrivateAttr()
-    _name: str = PrivateAttr()
-    _version_ns: str = PrivateAttr()
-    _ttl: float | None = PrivateAttr()
-    _tracker: PerformanceTracker | None = PrivateAttr()
-    _clock: Clock = PrivateAttr()
+    _searches: SearchCache = PrivateAttr()
 
     def __init__(
         self,
@@ -182,28 +188,18 @@ class PerfVectorStore(BasePydanticVectorStore):
         if not isinstance(inner, BasePydanticVectorStore):
             msg = f"inner must be a LlamaIndex BasePydanticVectorStore, got {type(inner).__name__}"
             raise TypeError(msg)
-        if ttl is not None and not ttl > 0:
-            msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
-            raise ValueError(msg)
-        if name is not None and (not isinstance(name, str) or not name):
-            msg = f"name must be a non-empty str or None, got {name!r}"
-            raise ValueError(msg)
-        super().__init__(stores_text=inner.stores_text, is_embedding_query=inner.is_embedding_query)
-        config = resolve_config(config)
-        self._inner = inner
-        self._config = config
-        self._cache = cache if cache is not None else cache_manager_for(config)
-        self._name = name if name is not None else f"{type(inner).__name__}/{uuid.uuid4().hex}"
-        digest = hashlib.blake2b(self._name.encode(), digest_size=10).hexdigest()
-        self._version_ns = f"vs.{digest}"  # characters the manager accepts in a namespace
-        # The wrapper's config decides how long its queries live, not the manager's.
-        self._ttl = (
-            ttl if ttl is not None else (math.inf if config.cache_ttl is None else config.cache_ttl)
+        searches = SearchCache(
+            config,
+            name=name,
+            default_name=type(inner).__name__,
+            cache=cache,
+            ttl=ttl,
+            tracker=tracker,
+            clock=clock,
         )
-        if tracker is None and config.enable_metrics:
-            tracker = get_performance_tracker()
-        self._tracker = tracker
-        self._clock = clock
+        super().__init__(stores_text=inner.stores_text, is_embedding_query=inner.is_embedding_query)
+        self._inner = inner
+        self._searches = searches
 
     # --- identity and delegation ----------------------------------------------------
     @classmethod
@@ -222,23 +218,37 @@ class PerfVectorStore(BasePydanticVectorStore):
         return self._inner
 
     @property
+    def searches(self) -> SearchCache:
+        """The search cache doing the work (shared design with the LangChain wrapper)."""
+        return self._searches
+
+    @property
+    def config(self) -> PerformanceConfig:
+        """The config the wrapper was built with."""
+        return self._searches.config
+
+    @property
     def name(self) -> str:
         """The identity used in keys and in the shared write version."""
-        return self._name
+        return self._searches.name
 
     @property
     def cache(self) -> CacheManager:
         """The cache manager holding the queries and the write version."""
-        return self._cache
+        return self._searches.cache
 
     @property
     def version(self) -> int:
-        """The store's write version, read from the shared tier."""
-        return self._cache.namespace_version(self._version_ns)
+        """The store's write version (re-read after ``version_check_interval`` seconds)."""
+        return self._searches.version
 
     def invalidate(self) -> int:
         """Bump the write version (as every write does); returns the new version."""
-        return self._cache.bump_namespace(self._version_ns)
+        return self._searches.invalidate()
+
+    async def ainvalidate(self) -> int:
+        """Async :meth:`invalidate`."""
+        return await self._searches.ainvalidate()
 
     def get_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
@@ -256,51 +266,24 @@ class PerfVectorStore(BasePydanticVectorStore):
         """Delegated: ``StorageContext.persist()`` saves the inner store."""
         self._inner.persist(persist_path, fs=fs)
 
-    # --- timing ---------------------------------------------------------------------
-    def _record(self, operation: str, started: float, hit: bool | None, error: bool) -> None:
-        if self._tracker is not None:
-            self._tracker.record(
-                f"vectorstore.{operation}", self._clock() - started, cache_hit=hit, error=error
-            )
-
-    def _write(self, operation: str, call: Callable[[], R]) -> R:
-        started = self._clock()
-        error = True
-        try:
-            result = call()
-            error = False
-            return result
-        finally:
-            self.invalidate()
-            self._record(operation, started, None, error)
-
-    async def _awrite(self, operation: str, call: Callable[[], Awaitable[R]]) -> R:
-        started = self._clock()
-        error = True
-        try:
-            result = await call()
-            error = False
-            return result
-        finally:
-            self.invalidate()
-            self._record(operation, started, None, error)
-
     # --- writes: delegate, then bump ------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         """Add nodes to the inner store, then bump the version."""
-        return self._write("add", lambda: self._inner.add(nodes, **kwargs))
+        return self._searches.write("add", lambda: self._inner.add(nodes, **kwargs))
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         """Async :meth:`add`."""
-        return await self._awrite("add", lambda: self._inner.async_add(nodes, **kwargs))
+        return await self._searches.awrite("add", lambda: self._inner.async_add(nodes, **kwargs))
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete a document's nodes from the inner store, then bump the version."""
-        self._write("delete", lambda: self._inner.delete(ref_doc_id, **delete_kwargs))
+        self._searches.write("delete", lambda: self._inner.delete(ref_doc_id, **delete_kwargs))
 
     async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Async :meth:`delete`."""
-        await self._awrite("delete", lambda: self._inner.adelete(ref_doc_id, **delete_kwargs))
+        await self._searches.awrite(
+            "delete", lambda: self._inner.adelete(ref_doc_id, **delete_kwargs)
+        )
 
     def delete_nodes(
         self,
@@ -309,7 +292,9 @@ class PerfVectorStore(BasePydanticVectorStore):
         **delete_kwargs: Any,
     ) -> None:
         """Delete nodes from the inner store, then bump the version."""
-        self._write("delete", lambda: self._inner.delete_nodes(node_ids, filters, **delete_kwargs))
+        self._searches.write(
+            "delete", lambda: self._inner.delete_nodes(node_ids, filters, **delete_kwargs)
+        )
 
     async def adelete_nodes(
         self,
@@ -318,110 +303,40 @@ class PerfVectorStore(BasePydanticVectorStore):
         **delete_kwargs: Any,
     ) -> None:
         """Async :meth:`delete_nodes`."""
-        await self._awrite(
+        await self._searches.awrite(
             "delete", lambda: self._inner.adelete_nodes(node_ids, filters, **delete_kwargs)
         )
 
     def clear(self) -> None:
         """Clear the inner store, then bump the version."""
-        self._write("delete", self._inner.clear)
+        self._searches.write("delete", self._inner.clear)
 
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
-        await self._awrite("delete", self._inner.aclear)
+        await self._searches.awrite("delete", self._inner.aclear)
 
     # --- cached queries -------------------------------------------------------------
-    def _cached_version(self) -> int | None:
-        # The manager keeps each namespace version for NAMESPACE_REFRESH_S seconds; a
-        # write through this process updates it at once.
-        return self._cache._cached_version(self._version_ns)
-
-    def _key(self, query: VectorStoreQuery, kwargs: dict[str, Any], version: int) -> str | None:
-        try:
-            fields = _query_fields(query, kwargs)
-            return retrieval_key(
-                store=self._name,
-                query=fields.pop("store_query") or "",
-                k=query.similarity_top_k,
-                filters=_filters(query.filters),
-                store_version=version,
-                **fields,
-            )
-        except (CacheError, TypeError, ValueError):
-            if self._tracker is not None:
-                self._tracker.incr("cache.unkeyable", operation="vectorstore.query")
-            return None
-
-    def _dump(self, result: VectorStoreQueryResult) -> dict[str, Any] | None:
-        try:
-            return _result_out(result)
-        except (TypeError, ValueError, AttributeError):
-            self._count_unstorable()
-            return None
-
-    def _count_unstorable(self) -> None:
-        if self._tracker is not None:
-            self._tracker.incr("cache.unstorable", operation="vectorstore.query")
-
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """The inner store's result for ``query``, from the cache when this version has it."""
-        started = self._clock()
-        key = None
-        if self._cache.enabled:
-            version = self._cached_version()
-            key = self._key(query, kwargs, self.version if version is None else version)
-        if key is not None:
-            data = self._cache.get(key, namespace=NAMESPACE)
-            if data is not None:
-                self._record("query", started, True, False)
-                return _result_in(data)
-        try:
-            result = self._inner.query(query, **kwargs)
-        except BaseException:
-            self._record("query", started, None if key is None else False, True)
-            raise
-        if key is not None:
-            dumped = self._dump(result)
-            if dumped is not None:
-                try:
-                    self._cache.set(key, dumped, self._ttl, namespace=NAMESPACE)
-                except CacheError:  # metadata msgpack cannot store: stays uncached
-                    self._count_unstorable()
-        self._record("query", started, None if key is None else False, False)
-        return result
+        return self._searches.search(
+            "query",
+            _fields_of(query, kwargs),
+            lambda: self._inner.query(query, **kwargs),
+            _result_out,
+            _result_in,
+        )
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """Async :meth:`query` (cache reads off the loop, in the cache's thread pool)."""
-        started = self._clock()
-        key = None
-        if self._cache.enabled:
-            version = self._cached_version()
-            if version is None:  # a read of the shared tier: off the loop
-                version = await asyncio.get_running_loop().run_in_executor(
-                    None, self._cache.namespace_version, self._version_ns
-                )
-            key = self._key(query, kwargs, version)
-        if key is not None:
-            data = await self._cache.aget(key, namespace=NAMESPACE)
-            if data is not None:
-                self._record("query", started, True, False)
-                return _result_in(data)
-        try:
-            result = await self._inner.aquery(query, **kwargs)
-        except BaseException:
-            self._record("query", started, None if key is None else False, True)
-            raise
-        if key is not None:
-            dumped = self._dump(result)
-            if dumped is not None:
-                try:
-                    await self._cache.aset(key, dumped, self._ttl, namespace=NAMESPACE)
-                except CacheError:
-                    self._count_unstorable()
-        self._record("query", started, None if key is None else False, False)
-        return result
+        """Async :meth:`query` (the version and the cache are read off the event loop)."""
+        return await self._searches.asearch(
+            "query",
+            _fields_of(query, kwargs),
+            lambda: self._inner.aquery(query, **kwargs),
+            _result_out,
+            _result_in,
+        )
 
     def __repr__(self) -> str:
-        return f"<PerfVectorStore name={self._name!r} inner={type(self._inner).__name__}>"
+        return f"<PerfVectorStore name={self.name!r} inner={type(self._inner).__name__}>"
 
     __str__ = __repr__

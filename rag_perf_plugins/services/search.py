@@ -1,0 +1,272 @@
+"""The one search-cache path both vector-store wrappers call: keys, write version, timing.
+
+Example::
+
+    searches = SearchCache(config, name="kb-prod")
+    docs = searches.search(
+        "similarity_search",
+        {"query": "what is rag?", "k": 4, "filters": None, "params": {}},
+        run=lambda: inner.similarity_search("what is rag?", k=4),
+        dump=docs_to_data, load=docs_from_data,
+    )
+    searches.write("add", lambda: inner.add_texts(texts))   # delegate, then bump the version
+    await searches.asearch(...)                              # the async twin
+
+LangChain's and LlamaIndex's ``PerfVectorStore`` turn their framework's call into an
+operation name and the fields that decide its result, plus the inner store's call and a
+codec; everything else is here:
+
+- **Key**: :func:`rag_perf_plugins.cache.retrieval_key` of the store's ``name``, its write
+  version, the operation and every field (query text or a hash of the float32 query
+  vector, ``k``, filters, every other search parameter). A field that cannot be keyed (an
+  arbitrary object) makes that call uncached, counted as ``cache.unkeyable``.
+- **Write version**: a namespace of its own in the cache (``vs.<hash of name>``), bumped
+  by every write through :meth:`SearchCache.write` (also when the write fails: a failed
+  batch may be half written) and by :meth:`SearchCache.invalidate`. It is read from the
+  shared tier at most every ``version_check_interval`` seconds, so a write through any
+  wrapper with the same ``name`` on the same storage, in any process, is seen within it
+  (at once in the writing process, by every manager on that storage). The async path
+  reads it off the event loop.
+- **Entries** live in the ``retrieval`` namespace for ``ttl`` seconds (``config.cache_ttl``
+  when not given), whatever the cache manager's own default.
+- **Timing**: every search and write is recorded as ``vectorstore.<operation>`` (searches
+  with their cache hit or miss).
+
+Not done here: writes that bypass the wrapper (straight to the inner store or its
+database) are seen only when an entry expires; identical concurrent misses each search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, TypeVar
+
+from .._clock import Clock, monotonic
+from ..cache import CacheManager, cache_manager_for, retrieval_key
+from ..config import PerformanceConfig, resolve_config
+from ..errors import CacheError
+from ..tracking import PerformanceTracker, resolve_tracker
+
+__all__ = ["NAMESPACE", "SearchCache"]
+
+NAMESPACE: Final = "retrieval"
+R = TypeVar("R")
+_MISSING: Final[Any] = object()
+
+
+class SearchCache:
+    """Cached searches of one vector store, invalidated by its writes; sync and async.
+
+    Example: ``SearchCache(config, name="kb-prod").search(op, fields, run, dump, load)``.
+
+    Args:
+        config: ``enable_caching``, ``cache_ttl`` (seconds), ``version_check_interval``
+            (seconds), the cache's directory/tiers/Redis and ``enable_metrics``; ``None``
+            means ``PerformanceConfig.load()``.
+        name: The store's identity in keys and in the write version. Wrappers of the same
+            data with the same name invalidate each other's searches. ``None``: a fresh
+            random name (this wrapper never shares entries or invalidation).
+        default_name: Prefix of the random name (e.g. the inner store's class).
+        cache: The cache manager; ``None``: the one for ``config``'s cache settings.
+        ttl: Seconds a cached search lives; ``None``: ``config.cache_ttl``.
+        tracker: Statistics sink; ``None``: the process tracker when metrics are on.
+        clock: Seconds, monotonic, for the timings.
+
+    Raises:
+        ValueError: ``name`` is empty or ``ttl`` is not > 0.
+    """
+
+    __slots__ = ("_clock", "_entry_ttl", "_tracker", "cache", "config", "enabled", "name", "ttl")
+
+    def __init__(
+        self,
+        config: PerformanceConfig | None = None,
+        *,
+        name: str | None = None,
+        default_name: str = "store",
+        cache: CacheManager | None = None,
+        ttl: float | None = None,
+        tracker: PerformanceTracker | None = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        if ttl is not None and not ttl > 0:
+            msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
+            raise ValueError(msg)
+        if name is not None and (not isinstance(name, str) or not name):
+            msg = f"name must be a non-empty str or None, got {name!r}"
+            raise ValueError(msg)
+        self.config = resolve_config(config)
+        self.cache = cache if cache is not None else cache_manager_for(self.config)
+        self.name = name if name is not None else f"{default_name}/{uuid.uuid4().hex}"
+        self.ttl = ttl
+        cache_ttl = self.config.cache_ttl
+        self._entry_ttl = ttl if ttl is not None else math.inf if cache_ttl is None else cache_ttl
+        self.enabled = self.config.enable_caching and self.cache.enabled
+        self._tracker = resolve_tracker(tracker, self.config)
+        self._clock = clock
+
+    @property
+    def version_namespace(self) -> str:
+        """The cache namespace holding this store's write version (``vs.<hash>``)."""
+        return "vs." + hashlib.blake2b(self.name.encode(), digest_size=10).hexdigest()
+
+    @property
+    def version(self) -> int:
+        """The store's write version (re-read after ``version_check_interval`` seconds)."""
+        return self.cache.namespace_version(self.version_namespace)
+
+    async def aversion(self) -> int:
+        """Async :attr:`version`: a read of the shared tier runs off the event loop."""
+        return await self.cache.anamespace_version(self.version_namespace)
+
+    def invalidate(self) -> int:
+        """Bump the write version, as every write does; returns the new version."""
+        return self.cache.bump_namespace(self.version_namespace)
+
+    async def ainvalidate(self) -> int:
+        """Async :meth:`invalidate`."""
+        return await self.cache.abump_namespace(self.version_namespace)
+
+    # --- the shared, I/O-free core --------------------------------------------------
+    def _key(self, operation: str, fields: Mapping[str, Any] | None, version: int) -> str | None:
+        if fields is None:  # the adapter could not turn the call into plain fields
+            self._tracker.incr("cache.unkeyable", operation=f"vectorstore.{operation}")
+            return None
+        params = dict(fields)
+        try:
+            return retrieval_key(
+                store=self.name,
+                query=params.pop("query", ""),
+                k=params.pop("k", 0),
+                filters=params.pop("filters", None),
+                store_version=version,
+                operation=operation,
+                **params,
+            )
+        except (CacheError, TypeError, ValueError):
+            self._tracker.incr("cache.unkeyable", operation=f"vectorstore.{operation}")
+            return None
+
+    def _record(self, operation: str, started: float, hit: bool | None, error: bool) -> None:
+        self._tracker.record(
+            f"vectorstore.{operation}", self._clock() - started, cache_hit=hit, error=error
+        )
+
+    def _dumped(self, operation: str, result: Any, dump: Callable[[Any], Any]) -> Any:
+        try:
+            return dump(result)
+        except (TypeError, ValueError, AttributeError):
+            self._unstorable(operation)
+            return _MISSING
+
+    def _unstorable(self, operation: str) -> None:
+        self._tracker.incr("cache.unstorable", operation=f"vectorstore.{operation}")
+
+    def _loaded(self, data: Any, load: Callable[[Any], R]) -> Any:
+        try:
+            return load(data)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            return _MISSING  # an entry we cannot read is a miss, never an error
+
+    # --- sync shell -----------------------------------------------------------------
+    def search(
+        self,
+        operation: str,
+        fields: Mapping[str, Any] | None,
+        run: Callable[[], R],
+        dump: Callable[[R], Any],
+        load: Callable[[Any], R],
+    ) -> R:
+        """``run()``'s result for these fields, from the cache when this version has it.
+
+        ``fields`` holds what decides the result (``query``, ``k``, ``filters`` and any
+        other parameter, plain data); ``None`` says the call cannot be keyed: it runs
+        uncached and is counted as ``cache.unkeyable``.
+        """
+        started = self._clock()
+        key = self._key(operation, fields, self.version) if self.enabled else None
+        if key is not None:
+            data = self.cache.get(key, _MISSING, namespace=NAMESPACE)
+            if data is not _MISSING:
+                found = self._loaded(data, load)
+                if found is not _MISSING:
+                    self._record(operation, started, True, False)
+                    return found  # type: ignore[no-any-return]
+        try:
+            result = run()
+        except BaseException:
+            self._record(operation, started, None if key is None else False, True)
+            raise
+        if key is not None:
+            payload = self._dumped(operation, result, dump)
+            if payload is not _MISSING:
+                try:
+                    self.cache.set(key, payload, self._entry_ttl, namespace=NAMESPACE)
+                except CacheError:  # metadata msgpack cannot store: this answer stays uncached
+                    self._unstorable(operation)
+        self._record(operation, started, None if key is None else False, False)
+        return result
+
+    def write(self, operation: str, run: Callable[[], R]) -> R:
+        """Delegate a write to the inner store, then bump the version (even if it failed)."""
+        started = self._clock()
+        error = True
+        try:
+            result = run()
+            error = False
+            return result
+        finally:
+            self.invalidate()
+            self._record(operation, started, None, error)
+
+    # --- async shell ----------------------------------------------------------------
+    async def asearch(
+        self,
+        operation: str,
+        fields: Mapping[str, Any] | None,
+        run: Callable[[], Awaitable[R]],
+        dump: Callable[[R], Any],
+        load: Callable[[Any], R],
+    ) -> R:
+        """Async :meth:`search`: the version and the cache are read off the event loop."""
+        started = self._clock()
+        key = self._key(operation, fields, await self.aversion()) if self.enabled else None
+        if key is not None:
+            data = await self.cache.aget(key, _MISSING, namespace=NAMESPACE)
+            if data is not _MISSING:
+                found = self._loaded(data, load)
+                if found is not _MISSING:
+                    self._record(operation, started, True, False)
+                    return found  # type: ignore[no-any-return]
+        try:
+            result = await run()
+        except BaseException:
+            self._record(operation, started, None if key is None else False, True)
+            raise
+        if key is not None:
+            payload = self._dumped(operation, result, dump)
+            if payload is not _MISSING:
+                try:
+                    await self.cache.aset(key, payload, self._entry_ttl, namespace=NAMESPACE)
+                except CacheError:
+                    self._unstorable(operation)
+        self._record(operation, started, None if key is None else False, False)
+        return result
+
+    async def awrite(self, operation: str, run: Callable[[], Awaitable[R]]) -> R:
+        """Async :meth:`write`."""
+        started = self._clock()
+        error = True
+        try:
+            result = await run()
+            error = False
+            return result
+        finally:
+            await self.ainvalidate()
+            self._record(operation, started, None, error)
+
+    def __repr__(self) -> str:
+        return f"<SearchCache name={self.name!r} enabled={self.enabled} ttl={self._entry_ttl:g}>"
