@@ -52,15 +52,14 @@ def test_hits_skip_the_store_and_writes_invalidate(tmp_path: Path) -> None:
     cache.write("add", lambda: store.texts.append("rag again"))
     assert _search(cache, store) == [store.texts[0], "rag again"]
     assert store.searches == 2
-    failing = pytest.raises(RuntimeError)
-    with failing:
-        cache.write("add", lambda: (store.texts.append("rag half"), _fail())[0])
+    def half_written() -> None:
+        store.texts.append("rag half")
+        raise RuntimeError("the database failed half way")
+
+    with pytest.raises(RuntimeError):
+        cache.write("add", half_written)
     assert "rag half" in _search(cache, store)  # a failed write still bumps the version
     cache.cache.close()
-
-
-def _fail() -> None:
-    raise RuntimeError("the database failed half way")
 
 
 def test_two_wrappers_with_different_ttls_see_each_others_writes(tmp_path: Path) -> None:
@@ -170,9 +169,15 @@ def test_unkeyable_and_unreadable_calls_go_to_the_store(tmp_path: Path) -> None:
     tracker = PerformanceTracker()
     cache = SearchCache(_config(tmp_path / "c"), name="kb", tracker=tracker)
     store = Store()
+    def search() -> list[str]:
+        return store.search("rag")
+
+    def same(value: Any) -> Any:
+        return value
+
     for _ in range(2):
-        cache.search("q", None, lambda: store.search("rag"), list, list)
-        cache.search("q", {**FIELDS, "filters": object()}, lambda: store.search("rag"), list, list)
+        cache.search("q", None, search, same, same)
+        cache.search("q", {**FIELDS, "filters": object()}, search, same, same)
     assert store.searches == 4
     assert tracker.get_operation_stats("vectorstore.q").counters["cache.unkeyable"] == 4
 
