@@ -68,7 +68,7 @@ from .serialize import (
     decode_live,
     encode,
     encode_vector,
-    round_vector,
+    round_vectors,
 )
 from .singleflight import SingleFlight
 from .tiers import CORRUPT, DiskTier, MemoryTier, Tier
@@ -143,7 +143,7 @@ class CacheManager:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
-        self._flight = SingleFlight()
+        self._flight: SingleFlight[Any] = SingleFlight()
         self._closed = False
         self._counts: dict[tuple[str, ...], int] = {}
         self._tracker = resolve_tracker(tracker, self.config)
@@ -1227,4 +1227,5 @@ def _rounded(
     """``items`` rounded to ``dtype`` as a hit returns them; as given when ``already``."""
     if already:
         return cast(dict[str, list[float]], dict(items))
-    return {k: round_vector(v, dtype) for k, v in items.items()}
+    keys = list(items)
+    return dict(zip(keys, round_vectors([items[k] for k in keys], dtype), strict=True))

@@ -31,6 +31,7 @@ foreign rows, not against a writer that can already write valid msgpack to the d
 from __future__ import annotations
 
 import array
+import functools
 import math
 import sqlite3
 import struct
@@ -54,6 +55,7 @@ __all__ = [
     "encode",
     "encode_vector",
     "round_vector",
+    "round_vectors",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -133,14 +135,11 @@ def encode_vector(
 def round_vector(
     vector: Sequence[float] | np.ndarray[Any, Any], dtype: VectorDtype = "float32"
 ) -> list[float]:
-    """The vector exactly as a later cache hit will return it: ``round_vector([0.1])``.
+    """One vector exactly as a later cache hit will return it: ``round_vector([0.1])``.
 
-    With float32 storage, ``0.1`` becomes ``0.10000000149011612``; the miss path returns this
-    rounded list too, so a cold call and a warm call give identical vectors.
+    :func:`round_vectors` of one vector (the one rounding of the project).
     """
-    array = np.asarray(vector, dtype=_DTYPES[KIND_F32 if dtype == "float32" else KIND_F64])
-    rounded: list[float] = array.astype(np.float64).tolist()
-    return rounded
+    return round_vectors([vector], dtype)[0]
 
 
 def decode(blob: bytes) -> Entry:
@@ -284,3 +283,33 @@ def fetch_row(disk: diskcache.Disk, mode: int, filename: str | None, value: Any)
             return reader.read()
     msg = f"refusing a row in mode {mode} (only raw bytes and binary files are ours)"
     raise UnsafeRow(msg)
+
+
+def round_vectors(
+    vectors: Sequence[Sequence[float] | np.ndarray[Any, Any]], dtype: str
+) -> list[list[float]]:
+    """Round vectors to ``dtype`` the way the store keeps them, as Python float lists.
+
+    Example: ``round_vectors([[0.1]], "float32") == [[0.10000000149011612]]``.
+    Rounding on the miss path is what makes a cold call return the same numbers as a warm one.
+    The one rounding of the project: the embedding service rounds its misses with it and the
+    cache manager's ``set_vectors`` too, so they cannot drift apart.
+    """
+    if dtype == "float64":
+        return [[float(x) for x in v] for v in vectors]
+    if dtype != "float32":
+        msg = f"dtype must be 'float32' or 'float64', got {dtype!r}"
+        raise ValueError(msg)
+    # Native struct 'f' packing is the same C cast to float as array('f') (and numpy), so
+    # the numbers are identical; packing all items in one call is about a third cheaper
+    # than array('f', v) item by item (7 us instead of 10 us for 384 floats).
+    try:
+        return [array.array("f", _float32_struct(len(v)).pack(*v)).tolist() for v in vectors]
+    except struct.error:  # not all numbers: let array('f') raise its usual TypeError
+        return [array.array("f", v).tolist() for v in vectors]
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_struct(n: int) -> struct.Struct:
+    """The native-order ``struct`` of ``n`` float32 values (a handful of sizes per process)."""
+    return struct.Struct(f"{n}f")

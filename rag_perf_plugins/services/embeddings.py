@@ -47,14 +47,9 @@ the storage itself (see :class:`EmbeddingStore`; the cache package provides the 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import logging
-import struct
-import threading
 import weakref
-from array import array
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
@@ -69,6 +64,8 @@ from ..cache import (
     embedding_key,
     get_cache_manager,
 )
+from ..cache.serialize import round_vectors
+from ..cache.singleflight import Flight, SingleFlight
 from ..config import PerformanceConfig, resolve_config
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker
@@ -82,7 +79,6 @@ __all__ = [
     "RetryPolicyLike",
     "Role",
     "default_embedding_store",
-    "round_vectors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,162 +264,6 @@ class EmbeddingIdentity:
     dimensions: int | None
 
 
-def round_vectors(vectors: Sequence[Sequence[float]], dtype: str) -> list[Vector]:
-    """Round vectors to ``dtype`` the way the store keeps them, as Python float lists.
-
-    Example: ``round_vectors([[0.1]], "float32") == [[0.10000000149011612]]``.
-    Rounding on the miss path is what makes a cold call return the same numbers as a warm one.
-    """
-    if dtype == "float64":
-        return [[float(x) for x in v] for v in vectors]
-    if dtype != "float32":
-        msg = f"dtype must be 'float32' or 'float64', got {dtype!r}"
-        raise ValueError(msg)
-    # Native struct 'f' packing is the same C cast to float as array('f') (and numpy), so
-    # the numbers are identical; packing all items in one call is about a third cheaper
-    # than array('f', v) item by item (7 us instead of 10 us for 384 floats).
-    try:
-        return [array("f", _float32_struct(len(v)).pack(*v)).tolist() for v in vectors]
-    except struct.error:  # not all numbers: let array('f') raise its usual TypeError
-        return [array("f", v).tolist() for v in vectors]
-
-
-@functools.lru_cache(maxsize=64)
-def _float32_struct(n: int) -> struct.Struct:
-    """The native-order ``struct`` of ``n`` float32 values (a handful of sizes per process)."""
-    return struct.Struct(f"{n}f")
-
-
-class _Flight:
-    """One key being computed. Its future exists only once a follower waits on it."""
-
-    __slots__ = ("error", "future", "settled", "value")
-
-    def __init__(self) -> None:
-        self.future: concurrent.futures.Future[Vector] | None = None
-        self.settled = False
-        self.value: Vector | None = None
-        self.error: BaseException | None = None
-
-    def resolve(self, future: concurrent.futures.Future[Vector]) -> None:
-        if self.error is not None:
-            future.set_exception(self.error)
-        else:
-            future.set_result(cast(Vector, self.value))
-
-
-class _Flights:
-    """Single-flight table: the first claimer of a key computes it, later ones wait.
-
-    Shared by the sync and async paths (``concurrent.futures.Future`` is thread-safe and
-    awaitable through ``asyncio.wrap_future``), so a thread and a task asking for the same
-    text at the same time make one provider request. A leader's entry is a plain slot
-    object; the future (a lock and a condition) is made only when a follower actually
-    waits, so an uncontended call pays one dict entry per key and no synchronisation
-    objects. Claims and settlements take the table lock, so a follower either finds the
-    flight unsettled (and is resolved by :meth:`settle`) or already settled (and resolves
-    its own future at once).
-    """
-
-    __slots__ = ("_lock", "_table")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._table: dict[str, _Flight] = {}
-
-    def claim(
-        self, keys: Iterable[str]
-    ) -> tuple[dict[str, _Flight], dict[str, concurrent.futures.Future[Vector]]]:
-        lead: dict[str, _Flight] = {}
-        follow: dict[str, concurrent.futures.Future[Vector]] = {}
-        table = self._table
-        with self._lock:
-            for key in keys:
-                flight = table.get(key)
-                if flight is None:
-                    flight = lead[key] = table[key] = _Flight()
-                    continue
-                future = flight.future
-                if future is None:
-                    future = flight.future = concurrent.futures.Future()
-                    if flight.settled:
-                        flight.resolve(future)
-                follow[key] = future
-        return lead, follow
-
-    def settle(
-        self,
-        lead: Mapping[str, _Flight],
-        results: Mapping[str, Vector] | None,
-        error: BaseException | None,
-        *,
-        release: bool = False,
-    ) -> None:
-        """Give each led flight its vector (or ``error``); ``release`` also ends them."""
-        waited: list[_Flight] = []
-        table = self._table
-        with self._lock:
-            for key, flight in lead.items():
-                if release and table.get(key) is flight:
-                    del table[key]
-                if flight.settled:
-                    continue
-                flight.settled = True
-                if results is not None and key in results:
-                    flight.value = results[key]
-                else:
-                    flight.error = error or RuntimeError(f"no vector computed for {key!r}")
-                if flight.future is not None:
-                    waited.append(flight)
-        for flight in waited:  # outside the lock: done-callbacks may run here
-            assert flight.future is not None
-            flight.resolve(flight.future)
-
-    def claim_one(self, key: str) -> _Flight | concurrent.futures.Future[Vector]:
-        """:meth:`claim` of one key: a new flight to lead, or the future of a running one."""
-        table = self._table
-        with self._lock:
-            flight = table.get(key)
-            if flight is None:
-                flight = table[key] = _Flight()
-                return flight
-            future = flight.future
-            if future is None:
-                future = flight.future = concurrent.futures.Future()
-                if flight.settled:
-                    flight.resolve(future)
-            return future
-
-    def settle_one(
-        self, key: str, flight: _Flight, value: Vector | None, error: BaseException | None
-    ) -> None:
-        """:meth:`settle` of one led flight, released at once (nothing left to save)."""
-        table = self._table
-        with self._lock:
-            if table.get(key) is flight:
-                del table[key]
-            if flight.settled:
-                return
-            flight.settled = True
-            if error is None:
-                flight.value = value
-            else:
-                flight.error = error
-            future = flight.future
-        if future is not None:  # outside the lock: done-callbacks may run here
-            flight.resolve(future)
-
-    def release(self, lead: Mapping[str, _Flight]) -> None:
-        table = self._table
-        with self._lock:
-            for key, flight in lead.items():
-                if table.get(key) is flight:
-                    del table[key]
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-
 @dataclass(slots=True)
 class _Plan:
     """Pure bookkeeping of one call: positions -> keys, distinct keys -> texts."""
@@ -567,7 +407,7 @@ class EmbeddingService:
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
         self._clock = clock
-        self._flights = _Flights()
+        self._flights: SingleFlight[Vector] = SingleFlight()
         self._batcher: BatchProcessor[str, Vector] | None = None
         # AsyncBatchProcessor is bound to one event loop; keep one per loop, dropped with it.
         self._abatchers: weakref.WeakKeyDictionary[
@@ -756,10 +596,10 @@ class EmbeddingService:
         started = self._clock()
         key = f"{role}\x00{text}"
         flights = self._flights
-        claimed = flights.claim_one(key)
-        led = isinstance(claimed, _Flight)
+        claimed = flights.claim_one(key, blocking=True)
+        led = isinstance(claimed, Flight)
         try:
-            if isinstance(claimed, _Flight):
+            if isinstance(claimed, Flight):
                 try:
                     if self._batched(role):
                         vector = self._compute([text], role)[0]
@@ -786,7 +626,7 @@ class EmbeddingService:
         flights = self._flights
         # Claim before looking up: a text whose flight just ended is already stored, so a
         # caller that claims it afterwards finds it in the store instead of sending it again.
-        lead, follow = flights.claim(plan.texts)
+        lead, follow = flights.claim(plan.texts, blocking=True)
         hits = 0
         sent: dict[str, str] = {}
         cached = self._store is not None
@@ -899,7 +739,7 @@ class EmbeddingService:
     async def _aembed(self, texts: list[str], role: Role) -> list[Vector]:
         started = self._clock()
         plan = self._plan(texts, role)
-        lead, follow = self._flights.claim(list(plan.texts))
+        lead, follow = self._flights.claim(plan.texts, blocking=False)
         found: dict[str, Vector] = {}
         counts: dict[str, Any] = {"hits": 0, "sent": {}}
         try:
@@ -920,7 +760,7 @@ class EmbeddingService:
     async def _alead(
         self,
         plan: _Plan,
-        lead: dict[str, _Flight],
+        lead: dict[str, Flight[Vector]],
         role: Role,
         counts: dict[str, Any],
     ) -> dict[str, Vector]:

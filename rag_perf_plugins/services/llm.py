@@ -375,7 +375,7 @@ class LLMService:
         self.operation = operation
         self.namespace = namespace
         self._clock = clock
-        self._flight = SingleFlight()
+        self._flight: SingleFlight[Any] = SingleFlight()
         self.provider_calls = 0
 
     @property

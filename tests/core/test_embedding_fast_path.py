@@ -20,12 +20,12 @@ from rag_perf_plugins.cache import (
     get_cache_manager,
     set_cache_manager,
 )
+from rag_perf_plugins.cache.serialize import round_vectors
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.services.embeddings import (
     CacheEmbeddingStore,
     EmbeddingService,
     default_embedding_store,
-    round_vectors,
 )
 from rag_perf_plugins.tokens import estimate_tokens
 from rag_perf_plugins.tracking import NULL_TRACKER, PerformanceTracker

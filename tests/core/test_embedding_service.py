@@ -16,12 +16,12 @@ import pytest
 
 from rag_perf_plugins.cache import CacheManager, cache_control
 from rag_perf_plugins.cache.control import CacheMode
+from rag_perf_plugins.cache.serialize import round_vectors
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.services.embeddings import (
     CacheEmbeddingStore,
     EmbeddingService,
     EmbeddingStore,
-    round_vectors,
 )
 from rag_perf_plugins.tracking import PerformanceTracker
 

@@ -52,6 +52,7 @@ def test_hits_skip_the_store_and_writes_invalidate(tmp_path: Path) -> None:
     cache.write("add", lambda: store.texts.append("rag again"))
     assert _search(cache, store) == [store.texts[0], "rag again"]
     assert store.searches == 2
+
     def half_written() -> None:
         store.texts.append("rag half")
         raise RuntimeError("the database failed half way")
@@ -169,6 +170,7 @@ def test_unkeyable_and_unreadable_calls_go_to_the_store(tmp_path: Path) -> None:
     tracker = PerformanceTracker()
     cache = SearchCache(_config(tmp_path / "c"), name="kb", tracker=tracker)
     store = Store()
+
     def search() -> list[str]:
         return store.search("rag")
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,7 @@ async def test_hundred_tasks_compute_once(cache: CacheManager) -> None:
 
 
 async def test_leader_cancellation_does_not_cancel_followers() -> None:
-    flight = SingleFlight()
+    flight: SingleFlight[Any] = SingleFlight()
     release = asyncio.Event()
     calls: list[int] = []
 
@@ -128,7 +129,7 @@ async def test_errors_reach_current_waiters_and_are_not_cached(cache: CacheManag
 
 
 def test_thread_errors_reach_waiters() -> None:
-    flight = SingleFlight()
+    flight: SingleFlight[Any] = SingleFlight()
     release = threading.Event()
     errors: list[BaseException] = []
 
@@ -151,3 +152,47 @@ def test_thread_errors_reach_waiters() -> None:
         t.join()
     assert len(errors) == 10 and flight.computed == 1
     assert flight.do("k", lambda: 3) == 3
+
+
+async def test_a_thread_and_a_task_share_one_computation() -> None:
+    flight: SingleFlight[Any] = SingleFlight()
+    release = threading.Event()
+    calls: list[str] = []
+
+    def compute() -> str:
+        calls.append("thread")
+        release.wait()
+        return "value"
+
+    async def acompute() -> str:
+        calls.append("task")
+        return "other"
+
+    loop = asyncio.get_running_loop()
+    thread_result = loop.run_in_executor(None, flight.do, "k", compute)
+    await _until(lambda: calls == ["thread"])
+    task = asyncio.create_task(flight.ado("k", acompute))
+    await _until(lambda: flight.coalesced == 1)
+    release.set()
+    assert await task == "value" and await thread_result == "value"
+    assert calls == ["thread"] and flight.computed == 1
+
+
+async def test_blocking_code_on_the_leaders_loop_computes_instead_of_deadlocking() -> None:
+    flight: SingleFlight[Any] = SingleFlight()
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "async"
+
+    leader = asyncio.create_task(flight.ado("k", slow))
+    await _until(lambda: flight.computed == 1)
+    # Sync code called from a coroutine of the same loop: waiting for the leader would
+    # block the loop the leader needs, forever. It computes on its own instead.
+    assert flight.do("k", lambda: "sync") == "sync"
+    lead, follow = flight.claim(["k"], blocking=True)
+    assert list(lead) == ["k"] and not follow
+    release.set()
+    assert await leader == "async"
+    assert flight.computed == 3 and flight.coalesced == 0
