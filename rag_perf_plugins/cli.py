@@ -131,25 +131,34 @@ def _register(
     parser.set_defaults(func=refuse, accepts_any_arguments=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every subcommand registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every subcommand, or only ``command`` when it names one.
+
+    With ``command`` the other subcommands' modules stay unimported (``rag-perf config
+    show`` does not import the simulator, the benchmark or aiohttp).
+    """
     parser = argparse.ArgumentParser(prog="rag-perf", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    _register_config(subparsers)
-    for name, command in COMMANDS.items():
-        _register(subparsers, name, command)
+    only = command if command == "config" or command in COMMANDS else None
+    if only in (None, "config"):
+        _register_config(subparsers)
+    for name, entry in COMMANDS.items():
+        if only in (None, name):
+            _register(subparsers, name, entry)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rag-perf``; returns the exit status (2 for bad usage, config or a missing extra)."""
-    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # Only the subcommand that runs is imported; help and usage errors list them all.
+    parser = build_parser(arguments[0] if arguments else None)
     # parse_args() is parse_known_args() plus this check, which a stand-in skips.
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(arguments)
     if unknown and not getattr(args, "accepts_any_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")  # full usage
     # The command as typed, for records such as the bench results' meta.argv.
-    args.command_line = ["rag-perf", *(sys.argv[1:] if argv is None else argv)]
+    args.command_line = ["rag-perf", *arguments]
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -100,3 +100,16 @@ def test_core_imports_neither_the_simulator_nor_the_bench_nor_their_extras() -> 
         ))
     """
     assert _run(code) == "[]"
+
+
+def test_rag_perf_imports_only_the_subcommand_it_runs() -> None:
+    code = f"""
+        import sys
+        from rag_perf_plugins.cli import main
+        assert main(["config", "reference"]) == 0
+        print(sorted(
+            m for m in sys.modules
+            if m.split(".")[0] in {EXTRAS_ONLY!r} or m.startswith({OPTIONAL_PACKAGES!r})
+        ))
+    """
+    assert _run(code).splitlines()[-1] == "[]"
