@@ -1,4 +1,8 @@
-"""The core never imports a framework; adapters fail with an install hint without one."""
+"""The core never imports a framework or an extra's package; adapters name their extra.
+
+The frameworks, aiohttp (the ``simulator`` extra) and matplotlib (``bench``) are checked
+here in a subprocess, because the test session itself has imported them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ FRAMEWORKS = {
     "llama_index",
     "llama_index_instrumentation",
 }
+# Installed by the simulator / bench extras, imported only by rag_perf_plugins.simulator
+# and rag_perf_plugins.bench (which the core never imports).
+EXTRAS_ONLY = {"aiohttp", "matplotlib", "aiolimiter"}
+OPTIONAL_PACKAGES = ("rag_perf_plugins.simulator", "rag_perf_plugins.bench")
 
 
 def _run(code: str) -> str:
@@ -67,3 +75,41 @@ def test_adapter_without_framework_names_the_extra() -> None:
     out = _run(code)
     assert "pip install 'rag-perf-plugins[langchain]'" in out
     assert "pip install 'rag-perf-plugins[llama-index]'" in out
+
+
+def test_core_imports_neither_the_simulator_nor_the_bench_nor_their_extras() -> None:
+    code = f"""
+        import pkgutil, importlib, sys
+        import rag_perf_plugins
+        # every core module: all but the adapters, the simulator and the bench.
+        SKIP = {{
+            "rag_perf_plugins.langchain", "rag_perf_plugins.llama_index", *{OPTIONAL_PACKAGES!r}
+        }}
+        todo = [("rag_perf_plugins.", rag_perf_plugins.__path__)]
+        while todo:
+            prefix, path = todo.pop()
+            for info in pkgutil.iter_modules(path, prefix):
+                if info.name in SKIP:
+                    continue
+                module = importlib.import_module(info.name)
+                if info.ispkg:
+                    todo.append((info.name + ".", module.__path__))
+        print(sorted(
+            m for m in sys.modules
+            if m.split(".")[0] in {EXTRAS_ONLY!r} or m.startswith({OPTIONAL_PACKAGES!r})
+        ))
+    """
+    assert _run(code) == "[]"
+
+
+def test_rag_perf_imports_only_the_subcommand_it_runs() -> None:
+    code = f"""
+        import sys
+        from rag_perf_plugins.cli import main
+        assert main(["config", "reference"]) == 0
+        print(sorted(
+            m for m in sys.modules
+            if m.split(".")[0] in {EXTRAS_ONLY!r} or m.startswith({OPTIONAL_PACKAGES!r})
+        ))
+    """
+    assert _run(code).splitlines()[-1] == "[]"
