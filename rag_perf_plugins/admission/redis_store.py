@@ -51,17 +51,16 @@ sockets to the garbage collector.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from .._loops import PerLoop
 from ..config import PerformanceConfig
 from ..redis.client import (
     OUTAGE_ERRORS,
@@ -185,102 +184,18 @@ class _Call:
     fallback: Callable[[], float]
 
 
-class _LoopClient:
-    """One event loop's asyncio client, and the async generator that closes it at shutdown."""
+class _LoopScript:
+    """One event loop's asyncio client and the budget script registered on it."""
 
-    __slots__ = ("client", "loop", "script", "sentinel")
+    __slots__ = ("client", "script")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
-        self.loop = loop
+    def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self.script: AsyncScript = client.register_script(_SCRIPT)
-        self.sentinel: AsyncGenerator[None, None] | None = None
 
 
-class _LoopClients:
-    """One asyncio Redis client per event loop, closed while that loop shuts down.
-
-    The same idea as :class:`~rag_perf_plugins.pool.http.LoopRoutingTransport`: at first use on
-    a loop, a tiny async generator is started on it; ``loop.shutdown_asyncgens()`` (run by
-    ``asyncio.run``, ``asyncio.Runner`` and pytest-asyncio) finalises it, which closes that
-    loop's client on its own loop. A loop closed without ``shutdown_asyncgens()`` has its
-    client dropped (not closed) the next time another loop opens one.
-    """
-
-    __slots__ = ("_clients", "_forked", "_lock", "_make")
-
-    def __init__(self, make: Callable[[], redis.asyncio.Redis]) -> None:
-        self._make = make
-        # A plain dict, not weak: a client's connections refer to their loop anyway, so
-        # entries leave only through the sentinel or _drop().
-        self._clients: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
-        self._lock = threading.Lock()  # loops in several threads share the store
-        self._forked: list[_LoopClient] = []
-
-    def __len__(self) -> int:
-        return len(self._clients)
-
-    async def script(self) -> AsyncScript:
-        """The budget script bound to the running loop's client (made on first use)."""
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
-        if entry is None:
-            entry = await self._open(loop)
-        return entry.script
-
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
-        with self._lock:
-            dead = [e for e in self._clients.values() if e.loop.is_closed()]
-            entry = _LoopClient(loop, self._make())
-            self._clients[loop] = entry
-        for old in dead:
-            self._drop(old)
-        sentinel = self._sentinel(entry)
-        entry.sentinel = sentinel
-        # The first step registers the generator with this loop's asyncgen hooks, so
-        # shutdown_asyncgens() runs its `finally` (closing the client) on this loop.
-        await sentinel.__anext__()
-        return entry
-
-    async def _sentinel(self, entry: _LoopClient) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._clients.get(entry.loop) is entry:
-                    del self._clients[entry.loop]
-            if not entry.loop.is_closed():
-                await entry.client.aclose()
-
-    def _drop(self, entry: _LoopClient) -> None:
-        # The loop was closed without shutdown_asyncgens(): its sockets cannot be closed on
-        # it any more. Finish the sentinel by hand (its `finally` skips the await on a
-        # closed loop), so its finaliser does not schedule work on a closed loop.
-        sentinel, entry.sentinel = entry.sentinel, None
-        with self._lock:
-            if self._clients.get(entry.loop) is entry:
-                del self._clients[entry.loop]
-        if sentinel is not None:
-            closing = sentinel.aclose()
-            with contextlib.suppress(StopIteration, RuntimeError):
-                closing.send(None)
-            closing.close()
-
-    async def aclose(self) -> None:
-        """Close the running loop's client now (a later call opens a new one)."""
-        entry = self._clients.get(asyncio.get_running_loop())
-        if entry is not None and entry.sentinel is not None:
-            await entry.sentinel.aclose()
-
-    def forget(self) -> None:
-        """Start afresh after ``fork()``: the parent's loops and sockets are not ours.
-
-        The old entries stay referenced, never finalised: closing them would act on the
-        parent's loops and connections.
-        """
-        self._lock = threading.Lock()
-        self._forked.extend(self._clients.values())
-        self._clients = {}
+async def _close_loop_script(entry: _LoopScript) -> None:
+    await entry.client.aclose()
 
 
 class RedisBudgetStore:
@@ -362,8 +277,12 @@ class RedisBudgetStore:
         )
         self._owns_client = client is None
         self._script = self._client.register_script(_SCRIPT)
-        self._async_scripts = _LoopClients(
-            lambda: make_async_redis_client(url, timeout=timeout, max_connections=max_connections)
+        # One asyncio client per event loop, closed while that loop shuts down.
+        self._async_scripts: PerLoop[_LoopScript] = PerLoop(
+            lambda: _LoopScript(
+                make_async_redis_client(url, timeout=timeout, max_connections=max_connections)
+            ),
+            _close_loop_script,
         )
         self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
         self._local = LocalBudgetStore()
@@ -443,7 +362,7 @@ class RedisBudgetStore:
         if script is None:
             return None
         try:
-            run = await self._async_scripts.script()
+            run = (await self._async_scripts.get()).script
             raw = await run(keys=script[0], args=script[1])
         except OUTAGE_ERRORS as exc:
             self._failed(exc)
@@ -677,7 +596,7 @@ class RedisBudgetStore:
 
         Not needed with ``asyncio.run``: a loop's client is closed while the loop shuts down.
         """
-        await self._async_scripts.aclose()
+        await self._async_scripts.aclose_current()
 
     def __repr__(self) -> str:
         c = self._counts

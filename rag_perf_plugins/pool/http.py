@@ -45,18 +45,17 @@ pools. HTTP/2 is not enabled.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from .._loops import PerLoop
 from ..config import PerformanceConfig, resolve_config
 
 if TYPE_CHECKING:  # openai is not a core dependency: imported lazily by the helpers
@@ -282,17 +281,6 @@ class _CountingTransport(httpx.BaseTransport):
 
 
 # --- the async, loop-routing transport -----------------------------------------------
-class _LoopPool:
-    """One event loop's transport, and the async generator that closes it at shutdown."""
-
-    __slots__ = ("loop", "sentinel", "transport")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: httpx.AsyncHTTPTransport):
-        self.loop = loop
-        self.transport = transport
-        self.sentinel: AsyncGenerator[None, None] | None = None
-
-
 class LoopRoutingTransport(httpx.AsyncBaseTransport):
     """An async transport that sends each request through the running loop's own pool.
 
@@ -331,20 +319,19 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
             "trust_env": False,
             "retries": 0,
         }
-        # A plain dict, not a WeakKeyDictionary: a pool's connections refer to their
-        # loop anyway, so entries leave only through the sentinel or _forget().
-        self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
-        self._lock = threading.Lock()  # loops in several threads share this transport
+        # One httpcore pool per event loop, closed while that loop shuts down.
+        self._pools: PerLoop[httpx.AsyncHTTPTransport] = PerLoop(
+            lambda: httpx.AsyncHTTPTransport(**self._options), _close_transport
+        )
         self._meter = _Meter()
-        self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the running loop's pool."""
-        pool = self._pools.get(asyncio.get_running_loop())
+        pool = self._pools.current()
         if pool is None:
-            pool = await self._open_pool()
+            pool = await self._pools.open()
         try:
-            response = await pool.transport.handle_async_request(request)
+            response = await pool.handle_async_request(request)
         except httpx.TransportError as exc:
             self._meter.failed(exc)
             raise
@@ -357,15 +344,7 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
         A pool of a loop running in another thread is closed on that loop; one of a loop
         that is already closed is dropped.
         """
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            pools = list(self._pools.values())
-        for pool in pools:
-            if pool.loop is loop:
-                await self._finish(pool)
-            else:
-                self._close_elsewhere(pool)
+        await self._pools.aclose()
 
     def close_from_sync(self, timeout: float = 5.0) -> None:
         """Close every loop's pool from code with no running loop (e.g. at exit).
@@ -374,20 +353,11 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
         ``timeout`` seconds each); pools of closed loops are dropped. A pool of a loop
         that is neither running nor closed is closed when that loop shuts down.
         """
-        self._closed = True
-        with self._lock:
-            pools = list(self._pools.values())
-        for pool in pools:
-            future = self._close_elsewhere(pool)
-            if future is not None:
-                with contextlib.suppress(Exception):
-                    future.result(timeout)
+        self._pools.close_from_sync(timeout)
 
     def stats(self) -> HttpPoolStats:
         """Requests, connections opened, reuse ratio, active/idle connections, timeouts."""
-        with self._lock:
-            pools = [_httpcore_pool(p.transport) for p in self._pools.values()]
-        return self._meter.snapshot(pools)
+        return self._meter.snapshot([_httpcore_pool(t) for t in self._pools.resources()])
 
     def __repr__(self) -> str:
         stats = self.stats()
@@ -397,66 +367,9 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
             f"opened: {stats.connections_opened}]>"
         )
 
-    # --- internals ---------------------------------------------------------------------
-    async def _open_pool(self) -> _LoopPool:
-        if self._closed:
-            msg = "the HTTP transport is closed"
-            raise RuntimeError(msg)
-        loop = asyncio.get_running_loop()
-        self._drop_dead_loops()
-        pool = _LoopPool(loop, httpx.AsyncHTTPTransport(**self._options))
-        with self._lock:
-            existing = self._pools.setdefault(loop, pool)
-        if existing is not pool:  # pragma: no cover - another task of this loop won
-            return existing
-        sentinel = self._sentinel(pool)
-        pool.sentinel = sentinel
-        # The first step registers the generator with this loop (its asyncgen hooks),
-        # so shutdown_asyncgens() will run the generator's `finally` on this loop.
-        await sentinel.__anext__()
-        return pool
 
-    async def _sentinel(self, pool: _LoopPool) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._pools.get(pool.loop) is pool:
-                    del self._pools[pool.loop]
-            if not pool.loop.is_closed():
-                await pool.transport.aclose()
-
-    async def _finish(self, pool: _LoopPool) -> None:
-        if pool.sentinel is not None:
-            await pool.sentinel.aclose()
-
-    def _close_elsewhere(self, pool: _LoopPool) -> Any:
-        if pool.loop.is_closed():
-            self._forget(pool)
-            return None
-        if pool.loop.is_running() and pool.sentinel is not None:
-            return asyncio.run_coroutine_threadsafe(self._finish(pool), pool.loop)
-        return None
-
-    def _drop_dead_loops(self) -> None:
-        with self._lock:
-            dead = [p for p in self._pools.values() if p.loop.is_closed()]
-        for pool in dead:
-            self._forget(pool)
-
-    def _forget(self, pool: _LoopPool) -> None:
-        # The loop was closed without shutdown_asyncgens(): its sockets cannot be closed
-        # on it any more. Finish the sentinel by hand (its `finally` skips the await on a
-        # closed loop), so its finaliser does not try to schedule work on a closed loop.
-        sentinel, pool.sentinel = pool.sentinel, None
-        with self._lock:
-            if self._pools.get(pool.loop) is pool:
-                del self._pools[pool.loop]
-        if sentinel is not None:
-            closing = sentinel.aclose()
-            with contextlib.suppress(StopIteration, RuntimeError):
-                closing.send(None)
-            closing.close()
+async def _close_transport(transport: httpx.AsyncHTTPTransport) -> None:
+    await transport.aclose()
 
 
 # --- shared clients ------------------------------------------------------------------
