@@ -21,6 +21,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check rag_perf_plugins integrations tests examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 pytest: install
 	$(VENV)/bin/pytest

@@ -113,3 +113,63 @@ def test_rag_perf_imports_only_the_subcommand_it_runs() -> None:
         ))
     """
     assert _run(code).splitlines()[-1] == "[]"
+
+
+def test_no_import_cycle_inside_the_package() -> None:
+    """No module of rag_perf_plugins imports itself back, counting imports in functions and
+    under TYPE_CHECKING (grimp's graph, the one import-linter checks the layers on)."""
+    import grimp
+
+    graph = grimp.build_graph("rag_perf_plugins", exclude_type_checking_imports=False)
+    edges = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
+    cycles = _strongly_connected(edges)
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def _strongly_connected(edges: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative: every group of two or more modules importing in a ring."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            targets = edges.get(node, [])
+            if i < len(targets):
+                work.append((node, i + 1))
+                target = targets[i]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    found.append(sorted(group))
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return found
+
+
+def test_the_cycle_finder_finds_a_ring() -> None:
+    ring = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"], "e": ["e"]}
+    assert _strongly_connected(ring) == [["a", "b", "c"]]
