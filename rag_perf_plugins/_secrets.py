@@ -117,8 +117,8 @@ def redact_data(value: Any) -> Any:
     ``"auth": ("user", "pw")``) becomes ``***``, unless it is ``None`` or a mapping (walked:
     LangChain's secret references ``{"lc": 1, "type": "secret", "id": [...]}`` survive).
     Every other string goes through :func:`redact_text`; mappings, lists and tuples are
-    walked (a mapping comes back as a ``dict``, a tuple as a ``list``); other values are
-    returned as they are.
+    walked (a mapping comes back as a ``dict``, a list as a ``list``, a tuple as a
+    ``tuple``); other values are returned as they are.
     """
     if isinstance(value, str):
         return redact_text(value)
@@ -135,8 +135,10 @@ def redact_data(value: Any) -> Any:
             else:
                 out[key] = redact_data(item)
         return out
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return [redact_data(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(redact_data(item) for item in value)
     return value
 
 
