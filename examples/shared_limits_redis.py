@@ -46,6 +46,7 @@ from rag_perf_plugins import CacheManager, PerformanceConfig
 from rag_perf_plugins.admission import RetryPolicy, get_gate
 from rag_perf_plugins.admission.redis_store import shared_budget_store
 from rag_perf_plugins.pool.http import openai_client
+from rag_perf_plugins.redis.client import describe_error, redact_url
 from rag_perf_plugins.simulator import Simulator
 
 RPM = 600
@@ -76,7 +77,7 @@ def worker(index: int, base_url: str, redis_url: str, prefix: str, ready: Any, o
     try:
         out.put(work(index, base_url, redis_url, prefix, ready))
     except BaseException as exc:
-        out.put({"index": index, "error": f"{type(exc).__name__}: {exc}"})
+        out.put({"index": index, "error": describe_error(exc)})
 
 
 def work(index: int, base_url: str, redis_url: str, prefix: str, ready: Any) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def main() -> None:
     out = ctx.Queue()
     ready = ctx.Barrier(WORKERS)
     with provider() as (base_url, sim):
-        print(f"provider {base_url}, redis {redis_url}, key prefix {prefix!r}")
+        print(f"provider {base_url}, redis {redact_url(redis_url)}, key prefix {prefix!r}")
         print(f"{WORKERS} processes share one budget of {RPM} requests/minute\n")
         start = time.perf_counter()
         procs = [

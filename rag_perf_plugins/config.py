@@ -27,14 +27,15 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 
-from ._secrets import redact_text
+from ._secrets import redact_text, redact_url
 from .errors import ConfigError
 
 __all__ = ["PRESETS", "ConfigField", "PerformanceConfig", "config_file", "resolve_config"]
@@ -61,9 +62,49 @@ def _opt(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    secret: bool = False,
+    validator: Callable[[Any], str | None] | None = None,
+    allowed: str | None = None,
 ) -> Any:
-    """Declare one config key: its default, its meaning, its unit and its numeric bounds."""
-    return field(default=default, metadata={"doc": doc, "unit": unit, "ge": ge, "gt": gt, "le": le})
+    """Declare one config key: its default, its meaning, its unit and its numeric bounds.
+
+    ``secret``: the value may hold a credential (a password in a URL), masked wherever it
+    is shown. ``validator``: returns why a value of the right type is still wrong, or
+    ``None``; ``allowed`` then says in words what is allowed.
+    """
+    metadata = {
+        "doc": doc,
+        "unit": unit,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "secret": secret,
+        "validator": validator,
+        "allowed": allowed,
+    }
+    return field(default=default, metadata=metadata)
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a Redis URL, or ``None``; never quotes any part of it.
+
+    The same schemes as redis-py's ``from_url``. A ``/``, ``?`` or ``#`` in a password
+    must be percent-encoded: written raw, it ends the host part early, and redis-py would
+    connect to the wrong server with a cut password.
+    """
+    if url == "":
+        return None  # the same as null: no Redis
+    scheme, sep, _rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
+        return "not a redis://, rediss:// or unix:// URL"
+    try:
+        parts = urlsplit(url)
+        if scheme.lower() != "unix" and "@" in parts.path + parts.fragment:
+            return "the part before '@' holds a raw '/' or '#': percent-encode it (%2F, %23)"
+        _ = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError:
+        return "malformed host or port"
+    return None
 
 
 ProviderProfile = Literal["openai", "cohere", "voyage", "custom"]
@@ -198,7 +239,11 @@ class PerformanceConfig:
     redis_url: str | None = _opt(
         None,
         "Redis URL of the shared cache tier and shared rate limits, e.g. "
-        "redis://127.0.0.1:6379/0; null means no Redis.",
+        "redis://127.0.0.1:6379/0 or rediss://user:password@host:6380/0; null means no "
+        "Redis. The password is masked wherever the URL is shown.",
+        secret=True,
+        validator=_redis_url_problem,
+        allowed="a redis://, rediss:// or unix:// URL",
     )
     redis_timeout: float = _opt(
         0.25,
@@ -460,10 +505,7 @@ class PerformanceConfig:
 
         Example: ``rag-perf config show`` and the benchmark's ``meta.config`` use it.
         """
-        return {
-            name: redact_text(value) if isinstance(value, str) else value
-            for name, value in self.to_dict().items()
-        }
+        return {spec.name: spec.redact(getattr(self, spec.name)) for spec in _fields().values()}
 
     def __repr__(self) -> str:
         # Only the keys that differ from their default, credentials masked.
@@ -537,6 +579,9 @@ class ConfigField:
     ge: float | None
     gt: float | None
     le: float | None
+    secret: bool = False  # the value may hold a credential: shown masked
+    validator: Callable[[Any], str | None] | None = None
+    allowed_text: str | None = None
 
     @property
     def type_name(self) -> str:
@@ -546,7 +591,9 @@ class ConfigField:
 
     def allowed(self) -> str:
         """Plain words for the allowed values, e.g. ``a float > 0 (seconds) or null``."""
-        if self.choices:
+        if self.allowed_text:
+            text = self.allowed_text
+        elif self.choices:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
             text = {
@@ -590,6 +637,23 @@ class ConfigField:
             and (self.le is None or value <= self.le)
         ):
             self._fail(value, "out of range")
+        if self.validator is not None:
+            problem = self.validator(value)
+            if problem is not None:
+                self._fail(value, problem)
+
+    def redact(self, value: Any) -> Any:
+        """``value`` as it may be shown: credentials masked (``redis://:***@host``).
+
+        A secret key's string goes through :func:`~rag_perf_plugins._secrets.redact_url`
+        (masks a malformed URL's password too), any other string through ``redact_text``;
+        a secret key's value of another type is replaced by its type name.
+        """
+        if isinstance(value, str):
+            return redact_url(value) if self.secret else redact_text(value)
+        if self.secret and value is not None:
+            return f"<{type(value).__name__}>"
+        return value
 
     def parse(self, text: str) -> Any:
         """Turn an environment string into a typed value (then checked by :meth:`check`)."""
@@ -613,8 +677,10 @@ class ConfigField:
         return raw
 
     def _fail(self, value: Any, why: str) -> typing.NoReturn:
-        msg = f"{self.name}={value!r}: {why}; allowed: {self.allowed()}"
-        raise ConfigError(msg, key=self.name, value=value)
+        # The message and the error's .value hold the masked value: errors get logged.
+        shown = self.redact(value) if self.secret else value
+        msg = f"{self.name}={redact_text(repr(shown))}: {why}; allowed: {self.allowed()}"
+        raise ConfigError(msg, key=self.name, value=shown)
 
 
 def _num(x: float) -> str:
@@ -643,6 +709,9 @@ def _fields() -> dict[str, ConfigField]:
             ge=f.metadata["ge"],
             gt=f.metadata["gt"],
             le=f.metadata["le"],
+            secret=f.metadata["secret"],
+            validator=f.metadata["validator"],
+            allowed_text=f.metadata["allowed"],
         )
     return _FIELD_CACHE
 
@@ -686,8 +755,9 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
             value = spec.parse(text)
             spec.check(value)
         except ConfigError as exc:
+            shown = spec.redact(text) if spec.secret else text
             raise ConfigError(
-                f"{exc} (from environment variable {name})", key=key, value=text
+                f"{exc} (from environment variable {name})", key=key, value=shown
             ) from None
         values[key] = value
         sources[key] = f"env {name}"
@@ -731,7 +801,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str], str | None]:
         except ConfigError as exc:
             if str(exc).startswith(str(key)) and "unknown config key" in str(exc):
                 raise
-            raise ConfigError(f"{exc} (in {where})", key=str(key), value=value) from None
+            raise ConfigError(f"{exc} (in {where})", key=str(key), value=exc.value) from None
         sources[key] = f"file {where}"
     return dict(data), sources, preset
 

@@ -65,6 +65,7 @@ from ..config import PerformanceConfig
 from ..redis.client import (
     OUTAGE_ERRORS,
     CircuitBreaker,
+    describe_error,
     make_async_redis_client,
     make_redis_client,
     redact_url,
@@ -384,10 +385,10 @@ class RedisBudgetStore:
             else "no admissions (fail-closed)"
         )
         message = (
-            "shared rate limit: redis at %s did not answer (%s: %s); using %s and probing "
+            "shared rate limit: redis at %s did not answer (%s); using %s and probing "
             "again every %g s"
         )
-        args = (redact_url(self.url), type(exc).__name__, exc, what)
+        args = (redact_url(self.url), describe_error(exc), what)
         with self._lock:
             first = not self._warned
             self._warned = True

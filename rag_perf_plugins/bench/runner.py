@@ -32,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from .._secrets import describe_error, redact_text
 from ..config import PerformanceConfig
 from .registry import BENCHMARKS, BenchContext, Benchmark, Result
 
@@ -89,7 +90,7 @@ def load_benchmarks(
             try:
                 importlib.import_module(info.name)
             except Exception as exc:
-                failures.append((info.name, f"{type(exc).__name__}: {exc}"))
+                failures.append((info.name, describe_error(exc)))
     return list(BENCHMARKS), failures
 
 
@@ -128,7 +129,8 @@ def run(
 ) -> list[Result]:
     """Run each benchmark in turn; an exception becomes an error row and the run goes on.
 
-    ``KeyboardInterrupt`` is not caught: Ctrl-C stops the run.
+    ``KeyboardInterrupt`` is not caught: Ctrl-C stops the run. An error row's text has
+    URL credentials masked (a Redis URL quoted by an exception must not reach the report).
     """
     results: list[Result] = []
     for bench in benchmarks:
@@ -141,13 +143,14 @@ def run(
                 if on_result is not None:
                     on_result(result)
         except Exception as exc:
+            notes = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             row = Result(
                 name=bench.title,
                 value=math.nan,
                 unit="",
                 category=bench.category,
-                notes="".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:],
-                error=f"{type(exc).__name__}: {exc}",
+                notes=redact_text(notes)[-500:],
+                error=describe_error(exc),
             )
             results.append(row)
             if on_result is not None:
@@ -191,7 +194,9 @@ def collect_meta(
 ) -> dict[str, Any]:
     """The ``meta`` object: versions, Python, CPU count, config and when the run started.
 
-    ``argv`` is the command that made the run (default ``sys.argv``).
+    ``argv`` is the command that made the run (default ``sys.argv``). The config and the
+    command are recorded with credentials masked (:meth:`PerformanceConfig.redacted`): a
+    results file is shared and committed.
     """
     started = started_at or datetime.now(timezone.utc)
     return {
@@ -207,8 +212,8 @@ def collect_meta(
         "only": list(only),
         "preset": preset,
         "config_file": config_file,
-        "config": config.to_dict(),
-        "argv": list(sys.argv if argv is None else argv),
+        "config": config.redacted(),
+        "argv": [redact_text(arg) for arg in (sys.argv if argv is None else argv)],
         "loadavg_start": _load_average(),
     }
 

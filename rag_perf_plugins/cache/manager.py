@@ -54,6 +54,7 @@ from typing import Any, Final, Literal, TypeVar, cast, overload
 import diskcache
 import numpy as np
 
+from .._secrets import describe_error
 from ..config import PerformanceConfig, resolve_config
 from ..errors import CacheError
 from ..tracking.tracker import PerformanceTracker, resolve_tracker
@@ -220,12 +221,11 @@ class CacheManager:
             # Logged, not warnings.warn: a cache fault must never become an exception
             # under -W error, and it is reported once per tier and kind, not per call.
             log.warning(
-                "cache %s tier failed during %s (%s: %s); continuing without it for this "
+                "cache %s tier failed during %s (%s); continuing without it for this "
                 "call. Further %s faults of this tier are counted in get_stats() only.",
                 tier,
                 op,
-                type(exc).__name__,
-                exc,
+                describe_error(exc),
                 kind,
             )
 

@@ -45,6 +45,7 @@ from ..redis.client import (
     OUTAGE_ERRORS,
     CircuitBreaker,
     RedisUnavailable,
+    describe_error,
     make_redis_client,
     redact_url,
 )
@@ -185,8 +186,8 @@ class RedisTier:
                 self.errors += 1
             self.breaker.failure()
             msg = (
-                f"redis at {redact_url(self.url)} did not answer {op} ({type(exc).__name__}: "
-                f"{exc}); skipping it for {self.breaker.retry_interval:g} s at a time"
+                f"redis at {redact_url(self.url)} did not answer {op} ({describe_error(exc)}); "
+                f"skipping it for {self.breaker.retry_interval:g} s at a time"
             )
             raise RedisUnavailable(msg) from exc
         if self.breaker.success():

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from .._loops import PerLoop
+from .._secrets import redact_url
 from ..config import PerformanceConfig, resolve_config
 
 if TYPE_CHECKING:  # openai is not a core dependency: imported lazily by the helpers
@@ -111,7 +112,7 @@ def http_timeout(config: PerformanceConfig) -> httpx.Timeout:
 def _origin(base_url: str) -> str:
     url = httpx.URL(base_url)
     if url.scheme not in ("http", "https") or not url.host:
-        msg = f"base_url must be an absolute http(s) URL, got {base_url!r}"
+        msg = f"base_url must be an absolute http(s) URL, got {redact_url(base_url)!r}"
         raise ValueError(msg)
     port = url.port or (443 if url.scheme == "https" else 80)
     return f"{url.scheme}://{url.host}:{port}"
@@ -463,7 +464,8 @@ class HttpClientRegistry:
     def stats(self) -> dict[str, HttpPoolStats]:
         """Pool statistics per shared client, keyed ``"<sync|async> <origin>"``.
 
-        Clients of the same origin with different proxies or limits add a suffix.
+        Clients of the same origin with different proxies or limits add a suffix (the
+        proxy URL with its password masked). Origins never carry credentials.
         """
         with self._lock:
             transports: list[tuple[Key, _CountingTransport | LoopRoutingTransport]] = [
@@ -474,7 +476,8 @@ class HttpClientRegistry:
         for key, transport in transports:
             name = f"{key[0]} {key[1]}"
             if name in result:
-                name = f"{name} (proxy={key[2]}, limits={key[3]}, timeout={key[4]})"
+                proxy = None if key[2] is None else redact_url(key[2])
+                name = f"{name} (proxy={proxy}, limits={key[3]}, timeout={key[4]})"
             result[name] = transport.stats()
         return result
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Literal
 
-from .._secrets import redact_url
+from .._secrets import describe_error, redact_url
 from ..errors import CacheError
 
 try:
@@ -39,6 +39,7 @@ __all__ = [
     "OUTAGE_ERRORS",
     "CircuitBreaker",
     "RedisUnavailable",
+    "describe_error",
     "make_async_redis_client",
     "make_redis_client",
     "redact_url",

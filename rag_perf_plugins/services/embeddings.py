@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from .._clock import Clock, monotonic
+from .._secrets import describe_error
 from ..admission.retry import aobserve_failure, observe_failure
 from ..batching import AsyncBatchProcessor, BatchProcessor
 from ..cache import (
@@ -579,9 +580,8 @@ class EmbeddingService:
         if not self._store_failed:
             self._store_failed = True
             logger.warning(
-                "embedding cache failed (%s: %s); calls go on uncached while it fails",
-                type(exc).__name__,
-                exc,
+                "embedding cache failed (%s); calls go on uncached while it fails",
+                describe_error(exc),
             )
 
     # --- sync shell -----------------------------------------------------------------

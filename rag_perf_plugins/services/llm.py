@@ -80,6 +80,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
 from .._clock import Clock, monotonic
+from .._secrets import describe_error
 from ..admission.retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
 from ..cache import (
     CacheManager,
@@ -428,7 +429,7 @@ class LLMService:
         except TypeError as exc:
             # An object in the request cannot be hashed into a complete key: uncached, not
             # an error for the caller (a wrong key would be worse than none).
-            logger.debug("LLM request not cached: %s", exc)
+            logger.debug("LLM request not cached: %s", describe_error(exc))
             return None
         return key + _STREAM_SUFFIX if stream else key
 
@@ -478,15 +479,11 @@ class LLMService:
 
     def _store_error(self, exc: Exception) -> None:
         self._tracker.incr("cache.errors", operation=self.operation)
-        logger.warning(
-            "LLM answer not stored (%s: %s); the call goes on uncached", type(exc).__name__, exc
-        )
+        logger.warning("LLM answer not stored (%s); the call goes on uncached", describe_error(exc))
 
     def _corrupt(self, exc: Exception) -> None:
         self._tracker.incr("cache.errors", operation=self.operation)
-        logger.warning(
-            "unreadable LLM cache entry (%s: %s); calling the provider", type(exc).__name__, exc
-        )
+        logger.warning("unreadable LLM cache entry (%s); calling the provider", describe_error(exc))
 
     def _record(self, operation: str, call: _Call, *, error: bool) -> None:
         tracker = self._tracker

@@ -29,6 +29,9 @@ How it sits in LangChain:
   tool choice and response format go through our path and into the key.
 - ``_llm_type``, ``_identifying_params``, ``_get_ls_params``, ``_get_invocation_params``
   and ``to_json`` are the inner model's: traces and LangSmith show the real model.
+  ``to_json`` and ``_identifying_params`` (traced and stored) come with credentials masked
+  (:func:`rag_perf_plugins._secrets.redact_data`: ``default_headers={"Authorization": ...}``,
+  a password in ``base_url``), and the repr names the inner model without its fields.
 
 Per-call control: ``with cache_control("bypass"):`` around a call, or
 ``config={"metadata": {"rag_perf": {"cache": "refresh", "ttl": 60}}}`` (see
@@ -67,6 +70,7 @@ from langchain_core.runnables import (
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from typing_extensions import override
 
+from rag_perf_plugins._secrets import redact_data
 from rag_perf_plugins.cache import CacheControl, CacheManager
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.services.defaults import api_key_of, default_gate, default_retry
@@ -291,6 +295,7 @@ class PerfChatModel(BaseChatModel):
     _service: LLMService = PrivateAttr()
     _provider: str = PrivateAttr()
     _base_params: dict[str, Any] = PrivateAttr()
+    _model: str = PrivateAttr()
 
     def __init__(
         self,
@@ -323,6 +328,7 @@ class PerfChatModel(BaseChatModel):
         ls = self.inner._get_ls_params()
         provider = str(ls.get("ls_provider") or type(inner).__name__)
         model = str(ls.get("ls_model_name") or type(inner).__name__)
+        self._model = model
         self._service = LLMService(
             config=config,
             cache=cache_manager,
@@ -348,7 +354,7 @@ class PerfChatModel(BaseChatModel):
     @property
     @override
     def _identifying_params(self) -> dict[str, Any]:
-        return dict(self.inner._identifying_params)
+        return dict(redact_data(self.inner._identifying_params))
 
     @override
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
@@ -362,7 +368,9 @@ class PerfChatModel(BaseChatModel):
 
     @override
     def to_json(self) -> Any:
-        return self.inner.to_json()
+        # LangChain already turns declared secrets (openai_api_key) into references; headers
+        # and URLs are plain fields, so mask what they hold before a tracer stores it.
+        return redact_data(self.inner.to_json())
 
     # --- tools and structured output: built by the inner, pointed at the wrapper -------
     @override
@@ -491,7 +499,15 @@ class PerfChatModel(BaseChatModel):
                 yield chunk
 
     def __repr__(self) -> str:
-        return f"PerfChatModel({self.inner!r}, {self._service!r})"
+        # Not the inner model's pydantic repr: it prints every field, default_headers and a
+        # base_url with its password included.
+        return f"PerfChatModel({type(self.inner).__name__} {self._model}, {self._service!r})"
+
+    @override
+    def __repr_args__(self) -> Any:
+        # What pydantic's str(), rich and devtools print: the inner model by class name only.
+        for name, value in super().__repr_args__():
+            yield (name, type(value).__name__) if name == "inner" else (name, value)
 
 
 def _control(run_manager: Any) -> CacheControl | None:

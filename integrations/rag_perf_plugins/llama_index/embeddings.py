@@ -35,6 +35,7 @@ from typing import Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
+from rag_perf_plugins._secrets import is_secret_name, redact_data
 from rag_perf_plugins.cache.control import applied, parse_control
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.services.defaults import (
@@ -92,13 +93,16 @@ def inner_identity(model: BaseEmbedding) -> dict[str, Any]:
         #  'model_name': 'text-embedding-3-small'}
 
     Secrets and transport settings (API key, headers, timeout, retries, batch size, workers)
-    are left out. Objects that are not JSON values are replaced by their type name.
+    are left out, as is every field named like a credential (``token``,
+    ``aws_secret_access_key``); credentials nested deeper (``additional_kwargs``, a password
+    in ``api_base``) are masked. Objects that are not JSON values are replaced by their type
+    name.
     """
     raw = model.to_dict()
-    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS}
+    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS and not is_secret_name(k)}
     kept["class_name"] = model.class_name()
     text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
-    loaded: dict[str, Any] = json.loads(_UNSTABLE.sub("", text))
+    loaded: dict[str, Any] = redact_data(json.loads(_UNSTABLE.sub("", text)))
     return loaded
 
 

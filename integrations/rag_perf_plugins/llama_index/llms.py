@@ -64,6 +64,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from rag_perf_plugins._clock import Clock, monotonic
+from rag_perf_plugins._secrets import is_secret_name, redact_data
 from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, canonical_json
 from rag_perf_plugins.cache.control import current_control, parse_control
@@ -119,17 +120,19 @@ def llm_identity(llm: LLM) -> dict[str, Any]:
 
     Example: ``llm_identity(OpenAI(model="gpt-4o-mini", temperature=0))["temperature"]``.
     Secrets and transport settings (API key, headers, timeout, retries, clients) are left
-    out; objects that are not JSON values are replaced by their type name.
+    out, as is every field named like a credential (``token``, ``aws_secret_access_key``);
+    credentials nested deeper (``additional_kwargs``, a password in ``api_base``) are
+    masked. Objects that are not JSON values are replaced by their type name.
     """
     raw = llm.to_dict()
-    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS}
+    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS and not is_secret_name(k)}
     extra = kept.get("additional_kwargs")
     if isinstance(extra, dict) and "stream_options" in extra:
         # Whether a stream reports usage does not change the answer.
         kept["additional_kwargs"] = {k: v for k, v in extra.items() if k != "stream_options"}
     kept["class_name"] = llm.class_name()
     text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
-    loaded: dict[str, Any] = json.loads(_UNSTABLE.sub("", text))
+    loaded: dict[str, Any] = redact_data(json.loads(_UNSTABLE.sub("", text)))
     return loaded
 
 

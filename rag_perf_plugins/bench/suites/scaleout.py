@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..._secrets import describe_error, redact_url
 from ...admission import AdmissionGate, LocalBudgetStore, key_fingerprint
 from ...config import PerformanceConfig
 from ...errors import Overloaded
@@ -169,7 +170,7 @@ def _budget_worker(spec: dict[str, Any], ready: Any, go: Any, start_at: Any, out
         go.wait()
         out.put(asyncio.run(_budget_main(spec, start_at.value)))
     except BaseException as exc:  # reported to the parent, which raises
-        out.put({"error": f"{type(exc).__name__}: {exc}"})
+        out.put({"error": describe_error(exc)})
 
 
 def run_shared_budget(
@@ -297,7 +298,7 @@ def _cache_role(role: str, redis_url: str | None, prefix: str, n: int, dim: int,
             elapsed = time.perf_counter() - t0
             out.put({"hits": len(found), "seconds": elapsed})
     except BaseException as exc:  # reported to the parent, which raises
-        out.put({"error": f"{type(exc).__name__}: {exc}"})
+        out.put({"error": describe_error(exc)})
 
 
 def _in_child(role: str, redis_url: str | None, prefix: str, n: int, dim: int) -> dict[str, Any]:
@@ -352,7 +353,7 @@ def _redis_url(ctx: BenchContext) -> str:
     try:
         client.ping()
     except Exception as exc:
-        msg = f"scaleout benchmarks need Redis at {url} ({type(exc).__name__}: {exc})"
+        msg = f"scaleout benchmarks need Redis at {redact_url(url)} ({describe_error(exc)})"
         raise RuntimeError(msg) from exc
     finally:
         client.close()
