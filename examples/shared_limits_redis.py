@@ -114,7 +114,7 @@ def work(index: int, base_url: str, redis_url: str, prefix: str, ready: Any) -> 
             count("failed")
 
     def warm_up(_: int) -> None:
-        with gate.acquire_sync(tokens=2):  # a provider request like any other
+        with gate.acquire(tokens=2):  # a provider request like any other
             client.embeddings.create(model=MODEL, input=["warm-up"])
 
     with ThreadPoolExecutor(4) as pool:

@@ -150,16 +150,16 @@ class QueryCache(Protocol):
 class Gate(Protocol):
     """An admission gate: a slot (and rate budget) per query; may raise ``Overloaded``."""
 
-    def acquire(
+    def aacquire(
         self, *, tokens: int = 0, timeout: float | None = None
     ) -> contextlib.AbstractAsyncContextManager[Any]:
-        """``async with gate.acquire(tokens=n):`` holds one admission."""
+        """``async with gate.aacquire(tokens=n):`` holds one admission."""
         ...
 
-    def acquire_sync(
+    def acquire(
         self, *, tokens: int = 0, timeout: float | None = None
     ) -> contextlib.AbstractContextManager[Any]:
-        """Blocking twin of :meth:`acquire`."""
+        """Blocking twin of :meth:`aacquire`."""
         ...
 
 
@@ -778,7 +778,7 @@ class AsyncRAGEngine(_EngineShell[AsyncRetriever, AsyncGenerator]):
         if self._gate is None:
             return contextlib.nullcontext()
         tokens = estimate_tokens(plan.query)
-        return self._gate.acquire(tokens=tokens, timeout=self._core.remaining(plan))
+        return self._gate.aacquire(tokens=tokens, timeout=self._core.remaining(plan))
 
     async def _call(self, plan: _Plan, fn: Callable[[], Awaitable[T]]) -> T:
         # The retry policy enforces the deadline inside attempts; without one, the deadline
@@ -894,7 +894,7 @@ class RAGEngine(_EngineShell[SyncRetriever, SyncGenerator]):
         gate = (
             contextlib.nullcontext()
             if self._gate is None
-            else self._gate.acquire_sync(
+            else self._gate.acquire(
                 tokens=estimate_tokens(plan.query), timeout=core.remaining(plan)
             )
         )

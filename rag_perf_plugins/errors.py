@@ -4,7 +4,7 @@ Every error the library raises on purpose derives from :class:`RagPerfError`, so
 ``except RagPerfError`` catches ours and nothing else::
 
     try:
-        async with gate.acquire(tokens=500):
+        async with gate.aacquire(tokens=500):
             ...
     except Overloaded as exc:
         return fallback_answer(exc)

@@ -300,7 +300,7 @@ def test_shared_gate_outage_hides_the_password(logs: pytest.LogCaptureFixture) -
         cache_namespace_prefix="secrets-gate",
     )
     gate = AdmissionGate(config, key="openai/gpt-4o-mini/k-test")
-    with gate.acquire_sync():
+    with gate.acquire():
         pass
     assert_clean(repr(gate), gate.stats(), repr(gate.config))
     assert "did not answer" in logs.text

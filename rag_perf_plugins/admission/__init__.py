@@ -8,7 +8,7 @@ Example::
     async with gate.aacquire(tokens=300) as ticket:              # async
         reply = await client.chat.completions.create(...)
         await ticket.areconcile(reply.usage.total_tokens)
-    with gate.acquire(tokens=300):                               # blocking twin
+    with gate.aacquire(tokens=300):                               # blocking twin
         ...
     RetryPolicy(config).call(lambda: client.embeddings.create(...))   # the one retry owner
 

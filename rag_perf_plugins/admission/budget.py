@@ -69,7 +69,7 @@ class BudgetStore(Protocol):
     """Where the rate budgets of keys live: this process, or Redis.
 
     Every method has an async twin (``a`` prefix) with the same arguments and answers;
-    the gate's ``async with acquire()`` path awaits the twins, ``acquire_sync`` calls the
+    the gate's ``async with acquire()`` path awaits the twins, ``acquire`` calls the
     blocking methods. Every method is atomic per key and thread-safe. ``now`` is the
     caller's clock in seconds; a store with its own clock (Redis ``TIME``) may ignore it,
     which is why waits are returned as relative seconds. Amounts are requests and tokens;

@@ -3,11 +3,11 @@
 Example::
 
     gate = get_gate("openai", "gpt-4o-mini", api_key)       # one gate per key, process-wide
-    async with gate.acquire(tokens=estimate_tokens(prompt)) as ticket:
+    async with gate.aacquire(tokens=estimate_tokens(prompt)) as ticket:
         reply = await client.chat.completions.create(...)
         await ticket.areconcile(reply.usage.total_tokens)    # refund or debit the difference
 
-    with gate.acquire_sync(tokens=300) as ticket:            # the same budget, from a thread
+    with gate.acquire(tokens=300) as ticket:                 # the same budget, from a thread
         ...
 
 A caller first takes an in-flight slot (``max_concurrent_requests``, first come first
@@ -25,7 +25,7 @@ the whole burst waits for an empty bucket and leaves it in debt, and a caller wh
 would pass ``max_queue_wait`` (or its deadline) is refused before it waits. A
 :class:`LocalBudgetStore` (the default, one per process) is shared by every event loop and
 thread; :class:`~rag_perf_plugins.admission.redis_store.RedisBudgetStore` shares it between
-processes. Every store method has an async twin; the async path (``acquire``,
+processes. Every store method has an async twin; the async path (``aacquire``,
 ``Ticket.areconcile``, ``apause``, ``aobserve_response``) awaits them and never calls the
 store while holding the gate's thread lock, so a Redis round trip never blocks the loop.
 
@@ -109,7 +109,7 @@ Rejection = Literal["queue_full", "wait_too_long", "deadline"]
 
 
 class Ticket:
-    """Proof of admission, yielded by :meth:`AdmissionGate.acquire`.
+    """Proof of admission, yielded by :meth:`AdmissionGate.aacquire` and ``acquire``.
 
     Example: ``ticket.reconcile(response.usage.total_tokens)`` refunds the tokens reserved
     but not used (or debits the extra) on the key's budget.
@@ -162,7 +162,7 @@ class AdmissionGate:
     Example::
 
         gate = AdmissionGate(PerformanceConfig(requests_per_minute=600, tokens_per_minute=90_000))
-        async with gate.acquire(tokens=1200) as ticket:
+        async with gate.aacquire(tokens=1200) as ticket:
             reply = await call_provider()
             ticket.reconcile(reply.usage.total_tokens)
         gate.stats()["queue_wait_p95_s"]
@@ -289,8 +289,8 @@ class AdmissionGate:
         self._recent_waits: collections.deque[float] = collections.deque(maxlen=_RECENT_WAITS)
 
     # --- public API -------------------------------------------------------------------
-    def acquire(self, *, tokens: int = 0, timeout: float | None = None) -> _AsyncAdmission:
-        """``async with gate.acquire(tokens=n) as ticket:``: wait for a slot and the budget.
+    def aacquire(self, *, tokens: int = 0, timeout: float | None = None) -> _AsyncAdmission:
+        """``async with gate.aacquire(tokens=n) as ticket:``: wait for a slot and the budget.
 
         Args:
             tokens: Estimated tokens of the call (prompt plus expected completion).
@@ -304,8 +304,8 @@ class AdmissionGate:
         """
         return _AsyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout))
 
-    def acquire_sync(self, *, tokens: int = 0, timeout: float | None = None) -> _SyncAdmission:
-        """``with gate.acquire_sync(tokens=n) as ticket:``: the blocking twin of :meth:`acquire`."""
+    def acquire(self, *, tokens: int = 0, timeout: float | None = None) -> _SyncAdmission:
+        """``with gate.acquire(tokens=n) as ticket:``: the blocking twin of :meth:`aacquire`."""
         return _SyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout))
 
     def pause(self, seconds: float) -> None:

@@ -31,7 +31,7 @@ the store falls back (``limiter_fallback``):
 When Redis answers again, the shared budget is used again. A flushed Redis (state or
 script gone) is handled too: the script is reloaded and a missing bucket starts full.
 
-Two clients, one decision path: ``acquire_sync`` (and every blocking method) uses one
+Two clients, one decision path: ``acquire`` (and every blocking method) uses one
 pooled redis-py client per store; the gate's ``async with acquire()`` path awaits the ``a*``
 twins, which use a ``redis.asyncio`` client of the *running* event loop (one per loop,
 made on first use and closed while that loop shuts down, because an asyncio client must

@@ -162,8 +162,8 @@ def observe_failure(gate: object, exc: BaseException) -> None:
     """Tell ``gate`` what the provider said in a failed answer: a 429 pauses it, for everyone.
 
     Example: ``except Exception as exc: observe_failure(gate, exc); raise`` inside the
-    ``gate.acquire_sync()`` block of one attempt. Reads the status and headers the way
-    :func:`classify` does; errors without an HTTP status (timeouts, refused connections)
+    ``gate.acquire()`` (or ``aacquire()``) block of one attempt. Reads the status and headers
+    the way :func:`classify` does; errors without an HTTP status (timeouts, refused connections)
     and gates without ``observe_response`` are ignored. From async code use
     :func:`aobserve_failure`.
     """
@@ -397,7 +397,7 @@ class RetryPolicy:
 
         Args:
             fn: The attempt; called once per attempt with no arguments.
-            gate: Admission gate taken around each attempt (``acquire_sync``).
+            gate: Admission gate taken around each attempt (``acquire``).
             tokens: Estimated tokens, reserved on ``gate`` for each attempt.
             usage: Reads actual tokens from the result, to reconcile the gate.
             deadline: Seconds for the whole call; defaults to ``request_deadline``.
@@ -415,7 +415,7 @@ class RetryPolicy:
                 if gate is None:
                     result = fn()
                 else:
-                    with gate.acquire_sync(tokens=tokens, timeout=self._remaining(state)) as t:
+                    with gate.acquire(tokens=tokens, timeout=self._remaining(state)) as t:
                         result = fn()
                         if usage is not None:
                             reconcile_ticket(t, usage(result))
@@ -451,7 +451,7 @@ class RetryPolicy:
                 if gate is None:
                     result = await self._attempt(fn, state)
                 else:
-                    async with gate.acquire(tokens=tokens, timeout=self._remaining(state)) as t:
+                    async with gate.aacquire(tokens=tokens, timeout=self._remaining(state)) as t:
                         result = await self._attempt(fn, state)
                         if usage is not None:
                             await areconcile_ticket(t, usage(result))

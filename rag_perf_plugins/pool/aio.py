@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_ABROKEN_ON", "AsyncConnectionPool"]
 
 T = TypeVar("T")
 
-#: Exceptions that, raised inside ``async with pool.acquire()``, mark the connection
+#: Exceptions that, raised inside ``async with pool.connection()``, mark the connection
 #: broken: ``OSError`` (so ``ConnectionError`` and ``TimeoutError``), ``EOFError``, and
 #: ``asyncio.CancelledError``, because a task cancelled mid-exchange leaves the
 #: connection with a half-sent request or an unread answer.
@@ -74,7 +74,7 @@ class AsyncConnectionPool(Generic[T]):
 
         pool = AsyncConnectionPool(open_connection, ConnectionPoolConfig(max_connections=10))
         async with pool:                          # creates min_connections up front
-            async with pool.acquire() as conn:    # OSError or cancellation marks it broken
+            async with pool.connection() as conn:    # OSError or cancellation marks it broken
                 await conn.send(b"...")
             print(pool.get_stats().reuse_ratio)
         # leaving the block ran await pool.aclose()
@@ -201,8 +201,8 @@ class AsyncConnectionPool(Generic[T]):
             waiter.wake()
         return to_close
 
-    def acquire(self, *, timeout: float | None = None) -> _Lease[T]:
-        """``async with pool.acquire() as conn:`` borrows and returns ``conn``.
+    def connection(self, *, timeout: float | None = None) -> _Lease[T]:
+        """``async with pool.connection() as conn:`` borrows and returns ``conn``.
 
         An exception of a ``broken_on`` type inside the block (by default also
         cancellation) marks the connection broken: it is closed and replaced. Other
@@ -302,7 +302,7 @@ class AsyncConnectionPool(Generic[T]):
 
 
 class _Lease(Generic[T]):
-    """What ``pool.acquire()`` returns: borrows on enter, returns on exit.
+    """What ``pool.connection()`` returns: borrows on enter, returns on exit.
 
     A class rather than ``@asynccontextmanager``: this is the hot path, and the return is
     synchronous bookkeeping unless something must be closed (only then is a shielded

@@ -232,12 +232,12 @@ class AdmissionGateLike(Protocol):
     ``tokens`` is the estimated input tokens of the request.
     """
 
-    def acquire(self, *, tokens: int = 0) -> AbstractAsyncContextManager[Any]:
+    def aacquire(self, *, tokens: int = 0) -> AbstractAsyncContextManager[Any]:
         """Async context manager holding one admission for the call."""
         ...
 
-    def acquire_sync(self, *, tokens: int = 0) -> AbstractContextManager[Any]:
-        """Blocking twin of :meth:`acquire`, for threads."""
+    def acquire(self, *, tokens: int = 0) -> AbstractContextManager[Any]:
+        """Blocking twin of :meth:`aacquire`, for threads."""
         ...
 
 
@@ -726,7 +726,7 @@ class EmbeddingService:
             return retry.call(call) if retry is not None else call()
 
         def admitted() -> R:
-            with gate.acquire_sync(tokens=self._tokens(texts)):
+            with gate.acquire(tokens=self._tokens(texts)):
                 try:
                     return call()
                 except Exception as exc:
@@ -863,7 +863,7 @@ class EmbeddingService:
         async def admitted() -> Sequence[Sequence[float]]:
             if gate is None:
                 return await call()
-            async with gate.acquire(tokens=self._tokens(texts)):
+            async with gate.aacquire(tokens=self._tokens(texts)):
                 try:
                     return await call()
                 except Exception as exc:

@@ -319,7 +319,7 @@ class LLMService:
             ``enable_metrics``; ``None``: ``PerformanceConfig.load()``.
         cache: The cache manager; ``None`` uses the one for ``config``'s cache settings
             (:func:`~rag_perf_plugins.services.embeddings.cache_manager_for`; when caching is on).
-        gate: Admission gate for provider calls (``acquire``/``acquire_sync`` with
+        gate: Admission gate for provider calls (``aacquire``/``acquire`` with
             ``tokens=``; a ticket with ``reconcile``/``queue_wait_s`` is used when present),
             or ``None``.
         retry: Retry policy for provider calls (``call``/``acall``), or ``None`` (one
@@ -668,7 +668,7 @@ class LLMService:
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, call(), None, state)
-            with gate.acquire_sync(tokens=tokens) as ticket:
+            with gate.acquire(tokens=tokens) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = call()
@@ -746,7 +746,7 @@ class LLMService:
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, await call(), None, state)
-            async with gate.acquire(tokens=tokens) as ticket:
+            async with gate.aacquire(tokens=tokens) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = await call()
@@ -833,7 +833,7 @@ class LLMService:
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = stack.enter_context(gate.acquire_sync(tokens=tokens))
+                    ticket = stack.enter_context(gate.acquire(tokens=tokens))
                 self._admitted(ticket, state)
                 chunks_in = iter(open_stream())
                 stack.callback(_close_quietly, chunks_in)
@@ -915,7 +915,7 @@ class LLMService:
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = await stack.enter_async_context(gate.acquire(tokens=tokens))
+                    ticket = await stack.enter_async_context(gate.aacquire(tokens=tokens))
                 self._admitted(ticket, state)
                 chunks_in = aiter(open_stream())
                 stack.push_async_callback(_aclose_quietly, chunks_in)

@@ -41,14 +41,14 @@ class RecordingGate:
         self.limits = self.gate.limits
         self.tokens: list[int] = []
 
-    def acquire(self, *, tokens: int = 0) -> Any:
+    def aacquire(self, *, tokens: int = 0) -> Any:
         self.tokens.append(tokens)
-        return self.gate.acquire(tokens=tokens)
+        return self.gate.aacquire(tokens=tokens)
 
     @contextmanager
-    def acquire_sync(self, *, tokens: int = 0) -> Iterator[Any]:
+    def acquire(self, *, tokens: int = 0) -> Iterator[Any]:
         self.tokens.append(tokens)
-        with self.gate.acquire_sync(tokens=tokens) as ticket:
+        with self.gate.acquire(tokens=tokens) as ticket:
             yield ticket
 
 

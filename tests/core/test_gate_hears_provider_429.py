@@ -191,14 +191,14 @@ def test_async_retry_and_llm_paths_use_the_gates_async_methods(storm: Simulator)
             calls.append("areconcile")
 
     class Gate:
-        def acquire(self, **_: Any) -> Any:
+        def aacquire(self, **_: Any) -> Any:
             @contextlib.asynccontextmanager
             async def held() -> AsyncIterator[Ticket]:
                 yield Ticket()
 
             return held()
 
-        def acquire_sync(self, **_: Any) -> Any:  # pragma: no cover - async test
+        def acquire(self, **_: Any) -> Any:  # pragma: no cover - async test
             raise AssertionError
 
         def observe_response(self, status: int, headers: Any) -> None:

@@ -343,11 +343,11 @@ def test_gate_reconciles_the_estimate_with_actual_usage(
         def __init__(self) -> None:
             self.tokens: list[int] = []
 
-        def acquire_sync(self, *, tokens: int = 0) -> Any:
+        def acquire(self, *, tokens: int = 0) -> Any:
             self.tokens.append(tokens)
             return _Ctx(Ticket())
 
-        def acquire(self, *, tokens: int = 0) -> Any:  # pragma: no cover - sync test
+        def aacquire(self, *, tokens: int = 0) -> Any:  # pragma: no cover - sync test
             raise AssertionError
 
     gate = Gate()

@@ -96,7 +96,7 @@ class PerfRateLimiter(BaseRateLimiter):
     @override
     def acquire(self, *, blocking: bool = True) -> bool:
         try:
-            with self.gate.acquire_sync(timeout=None if blocking else 0.0):
+            with self.gate.acquire(timeout=None if blocking else 0.0):
                 return True
         except (DeadlineExceeded, Overloaded):
             if blocking:
@@ -106,7 +106,7 @@ class PerfRateLimiter(BaseRateLimiter):
     @override
     async def aacquire(self, *, blocking: bool = True) -> bool:
         try:
-            async with self.gate.acquire(timeout=None if blocking else 0.0):
+            async with self.gate.aacquire(timeout=None if blocking else 0.0):
                 return True
         except (DeadlineExceeded, Overloaded):
             if blocking:

@@ -159,7 +159,7 @@ def _gate_tokens(tokens_per_s: float) -> Callable[[], AcquireTokens]:
         gate = _gate(tokens_per_s)
 
         async def acquire(tokens: int) -> object:
-            async with gate.acquire(tokens=tokens) as ticket:
+            async with gate.aacquire(tokens=tokens) as ticket:
                 return ticket
 
         return acquire
@@ -203,7 +203,7 @@ def oversize(*, tokens_per_s: float = MIXED_TOKENS_PER_S) -> OversizeOutcome:
             theirs_error = f"ValueError: {exc}"
         store = LocalBudgetStore()
         gate = _gate(tokens_per_s, store)
-        async with gate.acquire(tokens=amount, timeout=0.5):
+        async with gate.aacquire(tokens=amount, timeout=0.5):
             pass
         # The debt, read from the gate's bucket rather than slept through.
         wait = store.peek(gate.key, gate.limits, requests=0, tokens=SMALL_TOKENS, now=monotonic())

@@ -94,7 +94,7 @@ def measure_gate(*, rpm: int, warmup_s: float, window_s: float) -> RateMeasureme
         )
 
         async def acquire() -> object:
-            async with gate.acquire() as ticket:
+            async with gate.aacquire() as ticket:
                 return ticket
 
         return acquire

@@ -198,7 +198,7 @@ def acquire_release(ctx: BenchContext) -> Iterator[Result]:
             )
 
             async def apooled() -> None:
-                async with apool.acquire():
+                async with apool.connection():
                     pass
 
             async def aper_use() -> None:
@@ -227,7 +227,7 @@ def acquire_release(ctx: BenchContext) -> Iterator[Result]:
         baseline=("asyncio.open_connection + close per use", aper_use_us),
         better="lower",
         target=Target.ratio_at_least(2.0),
-        notes="AsyncConnectionPool, `async with pool.acquire()`, asyncio stream",
+        notes="AsyncConnectionPool, `async with pool.connection()`, asyncio stream",
     )
 
     trivial = ConnectionPool(object, ConnectionPoolConfig(max_connections=4))

@@ -136,7 +136,7 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
             while time.time() < stop_at:
                 t0 = time.perf_counter()
                 try:
-                    async with gate.acquire(tokens=0):
+                    async with gate.aacquire(tokens=0):
                         t1 = time.perf_counter()
                         async with session.post(url, json=body) as response:
                             await response.read()

@@ -44,7 +44,7 @@ async def flood(
                 if gate is None:
                     statuses.append(await post())
                 else:
-                    async with gate.acquire(tokens=2):
+                    async with gate.aacquire(tokens=2):
                         statuses.append(await post())
 
         await asyncio.gather(*(worker() for _ in range(tasks)))

@@ -48,7 +48,7 @@ def test_burst_then_paced_at_the_configured_rate(fake_clock: FakeClock) -> None:
     gate = make_gate(fake_clock, requests_per_minute=600, rate_burst_seconds=1.0)
     start = fake_clock()
     for _ in range(20):
-        with gate.acquire_sync():
+        with gate.acquire():
             pass
     assert fake_clock.slept == pytest.approx([0.1] * 10)  # 10 in the burst, then 10/s
     assert fake_clock() - start == pytest.approx(1.0)
@@ -60,7 +60,7 @@ def test_burst_then_paced_at_the_configured_rate(fake_clock: FakeClock) -> None:
 async def test_async_twin_schedules_the_same_way(fake_clock: FakeClock) -> None:
     gate = make_gate(fake_clock, requests_per_minute=600, rate_burst_seconds=1.0)
     for _ in range(20):
-        async with gate.acquire() as ticket:
+        async with gate.aacquire() as ticket:
             assert ticket.tokens == 0
     assert fake_clock.slept == pytest.approx([0.1] * 10)
 
@@ -75,16 +75,16 @@ async def _reconcile(ticket: Ticket, tokens: int, path: str) -> None:
 @pytest.mark.parametrize("path", ["sync", "async"])
 async def test_token_budget_reconcile_refunds_and_debits(fake_clock: FakeClock, path: str) -> None:
     gate = make_gate(fake_clock, tokens_per_minute=600, rate_burst_seconds=1.0)  # 10 tokens/s
-    async with gate.acquire(tokens=10) as ticket:
+    async with gate.aacquire(tokens=10) as ticket:
         await _reconcile(ticket, 2, path)  # the call used 2 of the 10 reserved
         assert ticket.tokens == 2
-    async with gate.acquire(tokens=8):
+    async with gate.aacquire(tokens=8):
         pass
     assert fake_clock.slept == []  # the refund paid for it
-    async with gate.acquire(tokens=1) as ticket:
+    async with gate.aacquire(tokens=1) as ticket:
         fake_clock.slept.clear()
         await _reconcile(ticket, 21, path)  # 20 more than reserved: the budget is in debt
-    async with gate.acquire(tokens=1):
+    async with gate.aacquire(tokens=1):
         pass
     assert fake_clock.slept == pytest.approx([2.1])
 
@@ -100,10 +100,10 @@ async def test_fifo_a_large_token_request_is_not_starved() -> None:
     order: list[str] = []
 
     async def call(name: str, tokens: int) -> None:
-        async with gate.acquire(tokens=tokens):
+        async with gate.aacquire(tokens=tokens):
             order.append(name)
 
-    async with gate.acquire(tokens=100):  # empties the 100-token burst
+    async with gate.aacquire(tokens=100):  # empties the 100-token burst
         pass
     tasks = [asyncio.create_task(call("big", 500))]
     await asyncio.sleep(0)
@@ -130,7 +130,7 @@ async def test_in_flight_cap_is_fifo_across_tasks() -> None:
 
     async def call(i: int) -> None:
         nonlocal inside, peak
-        async with gate.acquire():
+        async with gate.aacquire():
             inside += 1
             peak = max(peak, inside)
             order.append(i)
@@ -156,7 +156,7 @@ async def test_past_max_queue_overloaded_is_raised_without_waiting() -> None:
     )  # fmt: skip
 
     async def call() -> None:
-        async with gate.acquire():
+        async with gate.aacquire():
             pass
 
     tasks = [asyncio.create_task(call()) for _ in range(3)]  # 1 admitted, 2 queued
@@ -165,7 +165,7 @@ async def test_past_max_queue_overloaded_is_raised_without_waiting() -> None:
     assert gate.stats()["queued_now"] == 2
     asked = len(sleeper.requests)
     with pytest.raises(Overloaded, match="max_queue"):
-        async with gate.acquire():
+        async with gate.aacquire():
             pass
     assert len(sleeper.requests) == asked and clock() == 0.0  # refused before any wait
     assert gate.stats()["rejected_by_reason"]["queue_full"] == 1
@@ -176,7 +176,7 @@ async def test_past_max_queue_overloaded_is_raised_without_waiting() -> None:
 def test_expected_wait_past_max_queue_wait_is_refused_at_once(fake_clock: FakeClock) -> None:
     gate = make_gate(fake_clock, requests_per_minute=60, max_queue_wait=5.0)
     gate.pause(10.0)
-    with pytest.raises(Overloaded, match="max_queue_wait"), gate.acquire_sync():
+    with pytest.raises(Overloaded, match="max_queue_wait"), gate.acquire():
         pass
     assert fake_clock.slept == []
     assert gate.stats()["rejected_by_reason"]["wait_too_long"] == 1
@@ -184,7 +184,7 @@ def test_expected_wait_past_max_queue_wait_is_refused_at_once(fake_clock: FakeCl
 
 def test_memory_stays_bounded_under_100k_rejections(fake_clock: FakeClock) -> None:
     gate = make_gate(fake_clock, requests_per_minute=60, max_queue=0)
-    with gate.acquire_sync():
+    with gate.acquire():
         pass  # the bucket is now empty; max_queue=0 means nobody may wait
     # Allocated blocks (every live Python object counts): cheap enough to watch 100,000
     # calls, unlike tracemalloc; nothing per rejected call may stay behind.
@@ -192,7 +192,7 @@ def test_memory_stays_bounded_under_100k_rejections(fake_clock: FakeClock) -> No
     before = sys.getallocatedblocks()
     for _ in range(100_000):
         try:
-            with gate.acquire_sync():
+            with gate.acquire():
                 pass
         except Overloaded:
             pass
@@ -205,10 +205,10 @@ def test_memory_stays_bounded_under_100k_rejections(fake_clock: FakeClock) -> No
 
 def test_deadline_shorter_than_the_budget_wait_fails_at_once(fake_clock: FakeClock) -> None:
     gate = make_gate(fake_clock, requests_per_minute=60)
-    with gate.acquire_sync():
+    with gate.acquire():
         pass
     start = fake_clock()
-    with pytest.raises(DeadlineExceeded), gate.acquire_sync(timeout=0.5):
+    with pytest.raises(DeadlineExceeded), gate.acquire(timeout=0.5):
         pass
     assert fake_clock() == start and fake_clock.slept == []
     assert gate.stats()["rejected_by_reason"]["deadline"] == 1
@@ -216,14 +216,14 @@ def test_deadline_shorter_than_the_budget_wait_fails_at_once(fake_clock: FakeClo
 
 async def test_deadline_passing_while_queued_for_a_slot_is_on_time(fake_clock: FakeClock) -> None:
     gate = make_gate(fake_clock, max_concurrent_requests=1)
-    async with gate.acquire():  # holds the only slot
+    async with gate.aacquire():  # holds the only slot
         start = fake_clock()
         with pytest.raises(DeadlineExceeded):
-            async with gate.acquire(timeout=2.5):
+            async with gate.aacquire(timeout=2.5):
                 pass
         assert fake_clock() - start == pytest.approx(2.5)  # raised exactly at the deadline
         assert gate.stats()["queued_now"] == 0
-    async with gate.acquire():  # the slot is free again, nothing leaked
+    async with gate.aacquire():  # the slot is free again, nothing leaked
         pass
     assert gate.stats()["admitted"] == 2
 
@@ -231,11 +231,11 @@ async def test_deadline_passing_while_queued_for_a_slot_is_on_time(fake_clock: F
 def test_sync_slot_wait_times_out_with_overloaded() -> None:
     gate = AdmissionGate(key="s", store=LocalBudgetStore(), max_concurrent_requests=1,
                          max_queue_wait=0.05, tracker=NULL_TRACKER)  # fmt: skip
-    with gate.acquire_sync():
-        with pytest.raises(Overloaded), gate.acquire_sync():
+    with gate.acquire():
+        with pytest.raises(Overloaded), gate.acquire():
             pass
         assert gate.stats()["queued_now"] == 0
-    with gate.acquire_sync():
+    with gate.acquire():
         pass
 
 
@@ -247,9 +247,9 @@ async def test_cancelled_waiters_give_back_their_place_and_budget() -> None:
         key="c", store=store, clock=clock, async_sleep=sleeper, requests_per_minute=60,
         max_concurrent_requests=2, tracker=NULL_TRACKER,
     )  # fmt: skip
-    async with gate.acquire():
+    async with gate.aacquire():
         pass
-    budget_waiter = asyncio.create_task(gate.acquire().__aenter__())
+    budget_waiter = asyncio.create_task(gate.aacquire().__aenter__())
     await asyncio.sleep(0)
     assert sleeper.requests == [1.0] and gate.stats()["queued_now"] == 1
     budget_waiter.cancel()
@@ -268,9 +268,9 @@ async def test_pause_covers_callers_already_scheduled() -> None:
         key="p", store=LocalBudgetStore(), clock=clock, async_sleep=sleeper,
         requests_per_minute=600, rate_burst_seconds=0.1, tracker=NULL_TRACKER,
     )  # fmt: skip
-    async with gate.acquire():
+    async with gate.aacquire():
         pass
-    waiting = asyncio.create_task(gate.acquire().__aenter__())
+    waiting = asyncio.create_task(gate.aacquire().__aenter__())
     await asyncio.sleep(0)
     assert sleeper.requests == [pytest.approx(0.1)]
     gate.observe_response(429, {"Retry-After": "3"})
@@ -300,9 +300,9 @@ def test_observe_response_follows_remaining_headers(fake_clock: FakeClock, path:
     assert gate.stats()["paused_for_s"] == pytest.approx(1.5)
     fake_clock.advance(1.5 + 1.0)
     _observe(gate, path, 200, {"x-ratelimit-remaining-tokens": "100"})
-    with gate.acquire_sync(tokens=100):
+    with gate.acquire(tokens=100):
         pass
-    with gate.acquire_sync(tokens=100):
+    with gate.acquire(tokens=100):
         pass
     assert fake_clock.slept == pytest.approx([0.1])  # only 100 were left; the next 100 wait
     _observe(gate, path, 200, {"x-ratelimit-remaining-tokens": "many"})  # ignored
@@ -328,7 +328,7 @@ def test_one_budget_shared_by_threads_and_event_loops() -> None:
 
     async def loop_main() -> None:
         async def one() -> None:
-            async with gate.acquire() as ticket:
+            async with gate.aacquire() as ticket:
                 with lock:
                     admitted.append(ticket.admitted_at)
 
@@ -336,7 +336,7 @@ def test_one_budget_shared_by_threads_and_event_loops() -> None:
 
     def sync_main() -> None:
         for _ in range(50):
-            with gate.acquire_sync() as ticket, lock:
+            with gate.acquire() as ticket, lock:
                 admitted.append(ticket.admitted_at)
 
     threads = [threading.Thread(target=asyncio.run, args=(loop_main(),)) for _ in range(3)]
@@ -365,7 +365,7 @@ def test_in_flight_cap_holds_across_event_loops() -> None:
     async def loop_main() -> None:
         async def one() -> None:
             nonlocal inside, peak
-            async with gate.acquire():
+            async with gate.aacquire():
                 with lock:
                     inside += 1
                     peak = max(peak, inside)
@@ -391,7 +391,7 @@ def test_queue_time_goes_to_the_tracker_apart_from_call_latency(fake_clock: Fake
         requests_per_minute=60, tracker=tracker, operation="llm.admission",
     )  # fmt: skip
     for _ in range(5):  # after the first, each waits 0.8 s for the budget, then holds 0.2 s
-        with gate.acquire_sync():
+        with gate.acquire():
             fake_clock.advance(0.2)
     stats = tracker.get_operation_stats("llm.admission")
     assert stats.count == 5
@@ -402,11 +402,11 @@ def test_queue_time_goes_to_the_tracker_apart_from_call_latency(fake_clock: Fake
 def test_bad_arguments_are_named(fake_clock: FakeClock) -> None:
     gate = make_gate(fake_clock)
     with pytest.raises(ValueError, match="tokens must be an integer >= 0"):
-        gate.acquire_sync(tokens=-1)
+        gate.acquire(tokens=-1)
     with pytest.raises(ValueError, match="tokens"):
-        gate.acquire(tokens=1.5)  # type: ignore[arg-type]
+        gate.aacquire(tokens=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout"):
-        gate.acquire_sync(timeout=-1.0)
+        gate.acquire(timeout=-1.0)
     with pytest.raises(ValueError, match="key"):
         AdmissionGate(key="")
     with pytest.raises(ConfigError, match="requests_per_minute"):
@@ -433,7 +433,7 @@ def test_jitter_allowance_holds_back_burst_but_keeps_the_rate(fake_clock: FakeCl
         fake_clock, requests_per_minute=600, rate_burst_seconds=1.0, jitter_allowance=0.3
     )
     for _ in range(27):
-        with gate.acquire_sync():
+        with gate.acquire():
             pass
     assert len(fake_clock.slept) == 20  # a burst of 7, not 10 ...
     assert fake_clock.slept[1:] == pytest.approx([0.1] * 19)  # ... then exactly 10/s

@@ -67,7 +67,7 @@ async def test_two_hundred_tasks_never_exceed_max_connections() -> None:
 
     async def work(i: int) -> None:
         nonlocal in_use, peak
-        async with pool.acquire() as conn:
+        async with pool.connection() as conn:
             in_use += 1
             peak = max(peak, in_use)
             assert factory.alive <= 8 and not conn.closed
@@ -99,7 +99,7 @@ async def test_min_connections_on_open_and_sync_factory() -> None:
     async with pool:
         assert len(made) == 3
         assert repr(pool) == "<AsyncConnectionPool [in use: 0, idle: 3, waiting: 0 | max: 4]>"
-        async with pool.acquire() as conn:
+        async with pool.connection() as conn:
             assert conn in made
             assert repr(pool) == "<AsyncConnectionPool [in use: 1, idle: 2, waiting: 0 | max: 4]>"
     assert all(c.closed for c in made)
@@ -114,10 +114,10 @@ async def test_validation_failure_is_replaced() -> None:
 
     config = ConnectionPoolConfig(max_connections=1)
     pool = AsyncConnectionPool(factory, config, validate=validate)
-    async with pool.acquire() as first:
+    async with pool.connection() as first:
         pass
     first.healthy = False
-    async with pool.acquire() as second:
+    async with pool.connection() as second:
         assert second is not first and first.closed
     stats = pool.get_stats()
     assert (stats.created, stats.validation_failures, stats.discarded) == (2, 1, 1)
@@ -129,14 +129,14 @@ async def test_broken_on_error_and_on_cancellation() -> None:
     factory = AFactory()
     pool = make_pool(factory, max_connections=2)
     with pytest.raises(ConnectionResetError):
-        async with pool.acquire():
+        async with pool.connection():
             raise ConnectionResetError
     assert factory.made[0].closed
 
     started = asyncio.Event()
 
     async def hold() -> None:
-        async with pool.acquire():
+        async with pool.connection():
             started.set()
             await asyncio.sleep(3600)
 
@@ -147,7 +147,7 @@ async def test_broken_on_error_and_on_cancellation() -> None:
         await task
     assert factory.made[1].closed, "a cancelled exchange leaves the connection unusable"
     with pytest.raises(KeyError):
-        async with pool.acquire():
+        async with pool.connection():
             raise KeyError("caller bug")
     assert pool.get_stats().discarded == 2 and pool.get_stats().idle == 1
     await pool.aclose()
@@ -156,7 +156,7 @@ async def test_broken_on_error_and_on_cancellation() -> None:
 
 async def test_timeout_on_the_loop_clock_and_message() -> None:
     pool = make_pool(AFactory(), max_connections=1, connection_timeout=0.01)
-    async with pool.acquire():
+    async with pool.connection():
         with pytest.raises(PoolTimeout, match="1 of max_connections=1 in use"):
             await pool.get_connection()
     stats = pool.get_stats()
@@ -170,7 +170,7 @@ async def test_fifo_and_cancelled_waiter_keeps_no_slot() -> None:
     order: list[int] = []
 
     async def borrow(i: int) -> None:
-        async with pool.acquire():
+        async with pool.connection():
             order.append(i)
             await asyncio.sleep(0)
 
@@ -211,7 +211,7 @@ async def test_factory_failure_frees_the_slot() -> None:
     factory.fail_next = 1
     with pytest.raises(ConnectionRefusedError):
         await pool.get_connection()
-    async with pool.acquire():
+    async with pool.connection():
         pass
     assert pool.get_stats().created == 1
     await pool.aclose()
@@ -249,10 +249,10 @@ async def test_expiry_with_fake_clock(fake_clock: FakeClock) -> None:
     factory = AFactory()
     config = ConnectionPoolConfig(max_connections=2, idle_timeout=5.0)
     pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(factory, config, clock=fake_clock)
-    async with pool.acquire() as first:
+    async with pool.connection() as first:
         pass
     fake_clock.advance(5.0)
-    async with pool.acquire() as second:
+    async with pool.connection() as second:
         assert second is not first and first.closed
     assert pool.get_stats().discarded == 1
     await pool.aclose()

@@ -50,7 +50,7 @@ class App:
         self.provider_calls = 0
 
     def _embed(self, text: str) -> list[float]:
-        with self.gate.acquire_sync(tokens=1):
+        with self.gate.acquire(tokens=1):
             self.provider_calls += 1
             response = self.http.post("/embeddings", json={"model": MODEL, "input": [text]})
             response.raise_for_status()
@@ -67,7 +67,7 @@ class App:
         text = f"text-{i % 10}"
 
         async def embed() -> list[float]:
-            async with self.gate.acquire(tokens=1), httpx.AsyncClient() as client:
+            async with self.gate.aacquire(tokens=1), httpx.AsyncClient() as client:
                 self.provider_calls += 1
                 url = str(self.http.base_url).rstrip("/") + "/embeddings"
                 response = await client.post(url, json={"model": MODEL, "input": [text]})

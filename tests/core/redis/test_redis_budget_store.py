@@ -128,7 +128,7 @@ def test_state_keys_carry_a_fingerprint_and_expire(redis_url: str) -> None:
     gate = AdmissionGate(
         config, key=f"openai/m/{key_fingerprint(secret)}", store=shared_budget_store(config)
     )
-    with gate.acquire_sync():
+    with gate.acquire():
         pass
     client = redis.Redis.from_url(redis_url)
     try:
@@ -163,11 +163,11 @@ def test_fail_closed_fallback_refuses_callers(fake_clock: FakeClock) -> None:
     store = RedisBudgetStore(_dead_url(), fallback="fail-closed", timeout=0.2, clock=fake_clock)
     assert math.isinf(store.try_reserve("k", ONE_PER_S, requests=1, tokens=0, now=0, max_wait=9))
     gate = AdmissionGate(key="k", store=store, requests_per_minute=60, tracker=NULL_TRACKER)
-    with pytest.raises(Overloaded), gate.acquire_sync():
+    with pytest.raises(Overloaded), gate.acquire():
         pass
 
     async def use() -> None:
-        async with gate.acquire():
+        async with gate.aacquire():
             pass
 
     with pytest.raises(Overloaded):
@@ -193,7 +193,7 @@ def test_the_gate_uses_the_shared_store_when_the_config_asks(redis_url: str) -> 
     one = AdmissionGate(config, key="openai/m/nokey", tracker=NULL_TRACKER)
     two = AdmissionGate(config, key="openai/m/nokey", tracker=NULL_TRACKER)  # another "process"
     assert isinstance(one._store, RedisBudgetStore) and one._store.worker_count == 3
-    with one.acquire_sync():
+    with one.acquire():
         pass
     assert 1.0 - TOL < two._store.peek("openai/m/nokey", two.limits, requests=1, tokens=0,
                                        now=0.0) <= 1.0  # fmt: skip

@@ -74,7 +74,7 @@ def test_an_acquire_waiting_on_redis_leaves_the_loop_running(redis_server: Redis
     gate = _gate(store)
 
     async def main() -> tuple[int, dict[str, Any]]:
-        async with gate.acquire():  # connects this loop's client
+        async with gate.aacquire():  # connects this loop's client
             pass
         with paused(redis_server):
             task = asyncio.create_task(_enter_and_leave(gate))
@@ -100,7 +100,7 @@ def test_a_queued_caller_peeks_without_blocking_the_loop(redis_server: RedisServ
         holds, release = asyncio.Event(), asyncio.Event()
 
         async def holder() -> None:
-            async with gate.acquire():
+            async with gate.aacquire():
                 holds.set()
                 await release.wait()
 
@@ -127,7 +127,7 @@ def test_a_caller_cancelled_while_redis_is_slow_gives_its_slot_back(
     gate = _gate(store, max_concurrent_requests=1)
 
     async def main() -> None:
-        async with gate.acquire():
+        async with gate.aacquire():
             pass
         with paused(redis_server):
             task = asyncio.create_task(_enter_and_leave(gate))
@@ -138,7 +138,7 @@ def test_a_caller_cancelled_while_redis_is_slow_gives_its_slot_back(
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert "in flight: 0/1" in repr(gate)
-        async with gate.acquire():  # the slot is free, the client works again
+        async with gate.aacquire():  # the slot is free, the client works again
             pass
 
     asyncio.run(main())
@@ -147,7 +147,7 @@ def test_a_caller_cancelled_while_redis_is_slow_gives_its_slot_back(
 
 
 async def _enter_and_leave(gate: AdmissionGate) -> None:
-    async with gate.acquire():
+    async with gate.aacquire():
         pass
 
 
@@ -242,7 +242,7 @@ def test_areconcile_refunds_through_redis(redis_url: str) -> None:
                          rate_burst_seconds=1.0, jitter_allowance=0.0)  # fmt: skip
 
     async def main() -> float:
-        async with gate.acquire(tokens=10) as ticket:  # the whole 10-token burst
+        async with gate.aacquire(tokens=10) as ticket:  # the whole 10-token burst
             await ticket.areconcile(4)  # 6 tokens back
         return await store.apeek("k", gate.limits, requests=0, tokens=6, now=0.0)
 
