@@ -365,7 +365,7 @@ def _config_options(
     tracker = resolve_tracker(options.pop("tracker", None), config)
     return (
         config.batch_size,
-        config.batch_max_wait_ms / 1000.0,
+        config.max_wait_time,
         {
             "max_batch_tokens": options.pop("max_batch_tokens", config.batch_max_tokens),
             "profile": options.pop("profile", config.provider_profile),
@@ -606,7 +606,7 @@ class BatchProcessor(_Shell[T, _Slot, "SyncFunc[T, R]"], Generic[T, R]):
         processor_func: SyncFunc[T, R],
         **options: Any,
     ) -> BatchProcessor[T, R]:
-        """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``.
+        """Use ``batch_size``, ``max_wait_time``, ``batch_max_tokens``, ``provider_profile``.
 
         Also ``enable_metrics``; other keyword ``options`` go to the constructor.
         """
@@ -787,7 +787,7 @@ class AsyncBatchProcessor(_Shell[T, "asyncio.Future[Any]", "AnyFunc[T, R]"], Gen
         processor_func: AnyFunc[T, R],
         **options: Any,
     ) -> AsyncBatchProcessor[T, R]:
-        """Use ``batch_size``, ``batch_max_wait_ms``, ``batch_max_tokens``, ``provider_profile``.
+        """Use ``batch_size``, ``max_wait_time``, ``batch_max_tokens``, ``provider_profile``.
 
         Also ``enable_metrics``; other keyword ``options`` go to the constructor.
         """

@@ -30,7 +30,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Final, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -337,10 +337,11 @@ class PerformanceConfig:
     )
 
     # --- batching ---------------------------------------------------------------------
-    batch_max_wait_ms: float = _opt(
-        5.0,
-        "Longest time the first item of a batch waits for company.",
-        unit="milliseconds",
+    max_wait_time: float = _opt(
+        0.005,
+        "Longest time the first item of a batch waits for company (the seed's "
+        "BatchProcessor max_wait_time).",
+        unit="seconds",
         ge=0,
     )
     batch_max_tokens: int = _opt(
@@ -356,12 +357,16 @@ class PerformanceConfig:
     )
 
     # --- degradation ------------------------------------------------------------------
+    # Off by default: a RAG service must not change its answers under load unless asked to.
     degrade_serve_stale: bool = _opt(
-        True, "On overload or provider failure, serve an expired cached answer, marked stale."
+        False,
+        "On overload or provider failure, serve an expired cached answer, marked stale "
+        "(the engine only; off by default).",
     )
     degrade_top_k_factor: float = _opt(
-        0.5,
-        "Under overload, multiply retrieval top_k by this (1.0 turns the step off).",
+        1.0,
+        "Under overload, multiply retrieval top_k by this (1.0, the default, turns the step "
+        "off; the engine only).",
         unit="ratio",
         gt=0,
         le=1,
@@ -380,6 +385,15 @@ class PerformanceConfig:
     _sources: Mapping[str, str] = field(
         default_factory=dict, repr=False, compare=False, metadata={"internal": True}
     )
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PerformanceConfig:  # noqa: D102
+        # The dataclass __init__ would raise a bare TypeError for an unknown keyword; refuse
+        # it here the way load() does, naming the key and the close matches.
+        if args:
+            msg = "PerformanceConfig takes keyword arguments only: PerformanceConfig(cache_ttl=60)"
+            raise TypeError(msg)
+        _check_keys({k: v for k, v in kwargs.items() if k != "_sources"}, where="argument")
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         for spec in _fields().values():
@@ -732,8 +746,19 @@ def _suggest(key: str) -> str:
     return f"; did you mean {close[0]}?" if close else "; see `rag-perf config show` for keys"
 
 
+# Keys that were renamed: the old name is refused with the new one named (nothing is
+# released yet, so there are no aliases).
+RENAMED: Final = {
+    "batch_max_wait_ms": ("max_wait_time", "in seconds; batch_max_wait_ms was milliseconds"),
+}
+
+
 def _check_keys(data: Mapping[str, Any], *, where: str) -> dict[str, Any]:
     for key in data:
+        if key in RENAMED:
+            new, note = RENAMED[key]
+            msg = f"{key}: renamed ({where}); use {new} ({note})"
+            raise ConfigError(msg, key=str(key))
         if key not in _fields():
             msg = f"{key}: unknown config key ({where}){_suggest(str(key))}"
             raise ConfigError(msg, key=str(key))
@@ -747,6 +772,10 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         if not name.startswith(ENV_PREFIX) or name in NON_CONFIG_ENV:
             continue
         key = name[len(ENV_PREFIX) :].lower()
+        if key in RENAMED:
+            new, note = RENAMED[key]
+            msg = f"{name}: renamed (environment); use {ENV_PREFIX}{new.upper()} ({note})"
+            raise ConfigError(msg, key=key)
         spec = _fields().get(key)
         if spec is None:
             msg = f"{name}: unknown config key {key!r} (environment){_suggest(key)}"
@@ -823,7 +852,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "enable_connection_pooling": True,
         # ours: fuller batches are worth a few more milliseconds of wait; a deeper queue
         # absorbs bursts; more shards for more concurrent writers.
-        "batch_max_wait_ms": 20.0,
+        "max_wait_time": 0.020,
         "max_queue": 5000,
         "cache_shards": 16,
         "cache_memory_max_bytes": 256 * MiB,
@@ -837,7 +866,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_concurrent_requests": 20,
         "batch_size": 10,
         # ours: barely wait for batch company; fail fast instead of queueing or retrying long.
-        "batch_max_wait_ms": 1.0,
+        "max_wait_time": 0.001,
         "max_queue_wait": 2.0,
         "retry_max_attempts": 2,
         "retry_max_backoff": 2.0,

@@ -25,23 +25,26 @@ flight are computed once: the cache's single-flight); on a miss, take an admissi
 slot, call the retriever and the generator (each under the retry policy), store the answer
 and return a :class:`QueryResult`. Every query is recorded in the tracker as ``rag.query``.
 
-**Degradation** (config keys ``degrade_*``), under overload, meaning more queries in the
-engine than ``max_concurrent_requests``, or when the provider fails:
+**Degradation** (config keys ``degrade_*``, every step off by default: a RAG service must
+not change its answers under load unless asked to), under overload, meaning more queries in
+the engine than ``max_concurrent_requests``, or when the provider fails:
 
 1. shed: a query whose ``priority`` is below ``degrade_shed_below_priority`` is refused
    with :class:`~rag_perf_plugins.errors.Overloaded` (or answered stale, see 3);
-2. top_k: retrieval asks for ``top_k * degrade_top_k_factor`` passages (at least 1);
+2. top_k: retrieval asks for ``top_k * degrade_top_k_factor`` passages (at least 1; the
+   default factor 1.0 asks for ``top_k``);
 3. stale: when the call fails with an overload or provider error and
    ``degrade_serve_stale`` is on, an expired cached answer is served, marked ``stale=True``.
 
 Each step is counted in :attr:`AsyncRAGEngine.stats` and in the tracker
 (``rag.degrade.shed``, ``rag.degrade.top_k``, ``rag.degrade.stale``).
 
-Stale answers: each computed answer is stored twice, fresh under ``cache_ttl`` and as a
-stale copy that lives ``stale_ttl`` seconds longer; the stale copy is read only when the
-fresh path fails. Cached answers and passages must be msgpack/JSON structures (strings,
-numbers, lists, dicts); pass ``encode_sources``/``decode_sources`` for richer passages,
-otherwise the cache counts an "unserializable" fault and the answer simply goes uncached.
+Stale answers (with ``degrade_serve_stale`` on): each computed answer is stored twice,
+fresh under ``cache_ttl`` and as a stale copy that lives ``stale_ttl`` seconds longer; the
+stale copy is read only when the fresh path fails. Cached answers and passages must be
+msgpack/JSON structures (strings, numbers, lists, dicts); pass
+``encode_sources``/``decode_sources`` for richer passages, otherwise the cache counts an
+"unserializable" fault and the answer simply goes uncached.
 
 ``request_deadline`` covers the gate wait and both steps; the retry policy enforces it
 inside attempts, and without one it is checked between steps. Keep one retry owner: when

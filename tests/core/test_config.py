@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -304,3 +305,32 @@ def test_cli_config_show_prints_the_directory_in_use_and_hides_passwords(
         row.append(c)
     value = "".join(c[2].strip() for c in row)
     assert value == repr(str(tmp_path / "xdg" / "rag-perf-plugins"))
+
+
+def test_the_constructor_names_an_unknown_key_like_load() -> None:
+    with pytest.raises(
+        ConfigError, match=r"cache_szie: unknown config key .*did you mean cache_size"
+    ):
+        PerformanceConfig(cache_szie=10)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        PerformanceConfig(10)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        lambda: PerformanceConfig(batch_max_wait_ms=5.0),  # type: ignore[call-arg]
+        lambda: PerformanceConfig.load(batch_max_wait_ms=5.0),
+        lambda: PerformanceConfig.from_env({"RAG_PERF_BATCH_MAX_WAIT_MS": "5"}),
+    ],
+)
+def test_the_old_millisecond_batch_wait_is_refused_naming_the_new_key(source: Any) -> None:
+    with pytest.raises(ConfigError, match=r"(?i)renamed .*max_wait_time.*seconds") as info:
+        source()
+    assert info.value.key == "batch_max_wait_ms"
+
+
+def test_batch_wait_is_in_seconds_everywhere() -> None:
+    assert PerformanceConfig().max_wait_time == 0.005
+    assert PerformanceConfig.from_preset("high-throughput").max_wait_time == 0.020
+    assert PerformanceConfig.from_env({"RAG_PERF_MAX_WAIT_TIME": "0.25"}).max_wait_time == 0.25

@@ -114,7 +114,7 @@ def make(
     tracker: PerformanceTracker | None = None,
     **config: object,
 ) -> EmbeddingService:
-    cfg = PerformanceConfig(**{"batch_size": 10, "batch_max_wait_ms": 20.0, **config})  # type: ignore[arg-type]
+    cfg = PerformanceConfig(**{"batch_size": 10, "max_wait_time": 0.020, **config})  # type: ignore[arg-type]
     return EmbeddingService(
         provider.embed_many,
         aembed_many=provider.aembed_many if asynchronous else None,
@@ -207,7 +207,7 @@ async def test_identical_concurrent_queries_make_one_call() -> None:
 
 def test_threads_share_batches_and_flights(store: DiskStore) -> None:
     provider = Provider()
-    service = make(provider, store=store, batch_size=50, batch_max_wait_ms=50.0)
+    service = make(provider, store=store, batch_size=50, max_wait_time=0.050)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: service.embed_query(f"q{i % 40}"), range(200)))
     sent = [t for call in provider.calls for t in call]

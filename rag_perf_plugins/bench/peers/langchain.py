@@ -277,7 +277,7 @@ def wrapper_overhead(ctx: BenchContext) -> Iterator[Result]:
         "lc_embeddings_added_us_batching_on_sequential",
         batched_us - bare_us,
         "us",
-        notes=f"a lone sequential caller waits batch_max_wait_ms={off.batch_max_wait_ms} "
+        notes=f"a lone sequential caller waits max_wait_time={off.max_wait_time * 1000:g} ms "
         "for company; concurrent callers share the wait",
     )
 

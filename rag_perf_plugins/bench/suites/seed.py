@@ -356,7 +356,7 @@ async def run_latency_phases(
         cache_dir=str(cache_dir),
         cache_ttl=None,
         max_concurrent_requests=4 * concurrency,
-        batch_max_wait_ms=2.0,
+        max_wait_time=0.002,
     )
     manager = CacheManager(config)
     service = EmbeddingService(

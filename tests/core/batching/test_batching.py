@@ -442,7 +442,7 @@ def test_profiles_and_from_config() -> None:
         "voyage": (128, None),
         "custom": (None, None),
     }
-    config = PerformanceConfig(batch_size=500, batch_max_wait_ms=7.0, provider_profile="cohere")
+    config = PerformanceConfig(batch_size=500, max_wait_time=0.007, provider_profile="cohere")
     processor = BatchProcessor.from_config(config, Recorder())
     assert (processor.batch_size, processor.max_wait_time) == (96, 0.007)
     assert processor.max_batch_tokens == config.batch_max_tokens

@@ -132,7 +132,7 @@ async def test_stale_answer_is_served_on_provider_failure(
     fake_clock: FakeClock, cache: CacheManager
 ) -> None:
     pipe = Pipeline()
-    engine = make_engine(pipe, fake_clock, cache, retry_max_attempts=1)
+    engine = make_engine(pipe, fake_clock, cache, retry_max_attempts=1, degrade_serve_stale=True)
     fresh = await engine.query("news?")
     fake_clock.advance(61.0)  # the fresh entry expired; the stale copy lives on
     pipe.fail_with = ProviderError("provider down", status_code=503)
@@ -149,7 +149,7 @@ async def test_programming_errors_are_never_masked_by_stale(
     fake_clock: FakeClock, cache: CacheManager
 ) -> None:
     pipe = Pipeline()
-    engine = make_engine(pipe, fake_clock, cache, retry_max_attempts=1)
+    engine = make_engine(pipe, fake_clock, cache, retry_max_attempts=1, degrade_serve_stale=True)
     await engine.query("q")
     fake_clock.advance(61.0)
     pipe.fail_with = TypeError("bug in the generator")
@@ -158,9 +158,14 @@ async def test_programming_errors_are_never_masked_by_stale(
     assert engine.stats.stale_served == 0
 
 
-async def test_serve_stale_can_be_turned_off(fake_clock: FakeClock, cache: CacheManager) -> None:
+@pytest.mark.parametrize("explicit", [True, False])
+async def test_serve_stale_is_off_unless_asked(
+    fake_clock: FakeClock, cache: CacheManager, explicit: bool
+) -> None:
+    """A RAG service must not change its answers under load unless asked to: off by default."""
     pipe = Pipeline()
-    engine = make_engine(pipe, fake_clock, cache, retry_max_attempts=1, degrade_serve_stale=False)
+    options: dict[str, Any] = {"degrade_serve_stale": False} if explicit else {}
+    engine = make_engine(pipe, fake_clock, cache, retry_max_attempts=1, **options)
     await engine.query("q")
     assert cache.get_stats()["namespaces"]["query"]["sets"] == 1  # no stale copy written
     fake_clock.advance(61.0)
@@ -184,6 +189,22 @@ async def test_overload_reduces_top_k(fake_clock: FakeClock, cache: CacheManager
     assert [r.degraded for r in results] == [(), (), ("top_k",), ("top_k",)]
     assert engine.stats.top_k_reduced == 2
     assert engine.stats.peak_active == 4
+
+
+async def test_top_k_is_not_reduced_unless_asked(
+    fake_clock: FakeClock, cache: CacheManager
+) -> None:
+    pipe = Pipeline()
+    pipe.gate = asyncio.Event()
+    engine = make_engine(pipe, fake_clock, cache, max_concurrent_requests=2)
+    tasks = [asyncio.create_task(engine.query(f"q{i}", top_k=4)) for i in range(4)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    pipe.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert [r.top_k for r in results] == [4, 4, 4, 4]
+    assert [r.degraded for r in results] == [(), (), (), ()]
+    assert engine.stats.top_k_reduced == 0
 
 
 async def test_overload_sheds_low_priority_queries(
@@ -211,7 +232,12 @@ async def test_a_shed_query_gets_a_stale_answer_when_there_is_one(
 ) -> None:
     pipe = Pipeline()
     engine = make_engine(
-        pipe, fake_clock, cache, max_concurrent_requests=1, degrade_shed_below_priority=1
+        pipe,
+        fake_clock,
+        cache,
+        max_concurrent_requests=1,
+        degrade_shed_below_priority=1,
+        degrade_serve_stale=True,
     )
     await engine.query("bulk job", priority=0)
     fake_clock.advance(61.0)
@@ -228,7 +254,9 @@ async def test_gate_overload_falls_back_to_stale(
     fake_clock: FakeClock, cache: CacheManager
 ) -> None:
     pipe = Pipeline()
-    engine = make_engine(pipe, fake_clock, cache, max_concurrent_requests=1, max_queue=0)
+    engine = make_engine(
+        pipe, fake_clock, cache, max_concurrent_requests=1, max_queue=0, degrade_serve_stale=True
+    )
     await engine.query("popular")
     fake_clock.advance(61.0)
     pipe.gate = asyncio.Event()
@@ -266,7 +294,7 @@ async def test_tracker_sees_queries_and_degradation(
 ) -> None:
     pipe = Pipeline()
     tracker = PerformanceTracker()
-    cfg = PerformanceConfig(cache_ttl=60.0, retry_max_attempts=1)
+    cfg = PerformanceConfig(cache_ttl=60.0, retry_max_attempts=1, degrade_serve_stale=True)
     engine = AsyncRAGEngine(
         cfg,
         retriever=pipe.retriever,
@@ -368,7 +396,9 @@ def test_sync_engine_answers_caches_and_serves_stale(
             raise failing[0]
         return f"{query}:{len(passages)}"
 
-    cfg = PerformanceConfig(cache_ttl=60.0, enable_metrics=False, retry_max_attempts=1)
+    cfg = PerformanceConfig(
+        cache_ttl=60.0, enable_metrics=False, retry_max_attempts=1, degrade_serve_stale=True
+    )
     with RAGEngine(
         cfg,
         retriever=retriever,

@@ -85,7 +85,12 @@ async def test_provider_errors_fall_back_to_a_stale_answer(
     healthy = simulator_factory()
     broken = simulator_factory(error_rate=1.0)
     pipeline = SimulatorPipeline(healthy.base_url)
-    config = _config(cache_ttl=60.0, retry_max_attempts=2, retry_initial_backoff=0.0)
+    config = _config(
+        cache_ttl=60.0,
+        retry_max_attempts=2,
+        retry_initial_backoff=0.0,
+        degrade_serve_stale=True,
+    )
     try:
         async with AsyncRAGEngine(
             config, retriever=pipeline.aretrieve, generator=pipeline.agenerate, cache=cache

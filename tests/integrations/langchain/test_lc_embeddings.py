@@ -77,7 +77,7 @@ def test_symmetry_detection(simulator: Simulator, openai_embeddings: MakeEmbeddi
 async def test_100_distinct_concurrent_queries_are_batched(
     simulator: Simulator, openai_embeddings: MakeEmbeddings, embedding_requests: CountRequests
 ) -> None:
-    config = PerformanceConfig(batch_size=20, batch_max_wait_ms=20.0)
+    config = PerformanceConfig(batch_size=20, max_wait_time=0.020)
     embeddings = PerfEmbeddings(openai_embeddings(simulator), config, tracker=PerformanceTracker())
     vectors = await asyncio.gather(*(embeddings.aembed_query(f"question {i}") for i in range(100)))
     assert len({tuple(v) for v in vectors}) == 100

@@ -55,7 +55,7 @@ async def test_100_distinct_concurrent_queries_are_batched(
     simulator: Simulator, openai_embedding: MakeModel
 ) -> None:
     batch_size = 16
-    config = PerformanceConfig(enable_caching=False, batch_size=batch_size, batch_max_wait_ms=20)
+    config = PerformanceConfig(enable_caching=False, batch_size=batch_size, max_wait_time=0.020)
     wrapped = PerfEmbedding(openai_embedding(model="text-embedding-3-small"), config)
     await asyncio.gather(*(wrapped.aget_query_embedding(f"question {i}") for i in range(100)))
     assert embedding_requests(simulator) <= math.ceil(100 / batch_size) + 1
