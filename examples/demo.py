@@ -358,7 +358,7 @@ def llama_index_pipeline(base_url: str, config: Any) -> tuple[AskSync, Ask, str]
     )
     gated = config.replace(requests_per_minute=GATE_RPM)
     configure_settings(gated)  # Settings.embed_model -> PerfEmbedding, Settings.llm -> PerfLLM
-    llm = wrap_llm(Settings.llm, gated)  # already a PerfLLM: returned as it is
+    llm = wrap_llm(Settings.llm)  # already a PerfLLM (with the gated config): returned as is
     # Word-based token counts: LlamaIndex's default tokenizer downloads tiktoken's files.
     splitter = SentenceSplitter(chunk_size=200, chunk_overlap=20, tokenizer=str.split)
     documents = [Document(text=text, metadata={"source": path}) for path, text in load_pages()]

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from ._clock import Clock, monotonic
+from ._signature import checked_kwargs
 from .config import PerformanceConfig
 from .errors import RagPerfError
 from .tokens import estimate_tokens
@@ -383,6 +384,7 @@ class _Shell(Generic[T, W, P]):
     (its own lock or event-loop state).
     """
 
+    @checked_kwargs
     def __init__(
         self,
         batch_size: int,

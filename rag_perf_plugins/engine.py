@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._clock import Clock, monotonic
+from ._signature import checked_kwargs
 from .admission import AdmissionGate
 from .config import PerformanceConfig, resolve_config
 from .errors import (
@@ -590,6 +591,7 @@ class _EngineShell(Generic[RetT, GenT]):
     the wrong kind (blocking for the async engine, coroutine function for the blocking one).
     """
 
+    @checked_kwargs
     def __init__(
         self,
         config: PerformanceConfig | None = None,

@@ -55,6 +55,7 @@ import diskcache
 import numpy as np
 
 from .._secrets import describe_error
+from .._signature import checked_kwargs
 from ..config import PerformanceConfig, resolve_config
 from ..errors import CacheError
 from ..tracking.tracker import PerformanceTracker, resolve_tracker
@@ -125,6 +126,7 @@ class CacheManager:
 
     GIL_SHARE_EVERY: Final = 16
 
+    @checked_kwargs
     def __init__(
         self,
         config: PerformanceConfig | None = None,

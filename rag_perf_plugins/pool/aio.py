@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Generic, TypeVar, cast
 
 from .._clock import Clock
+from .._signature import checked_kwargs
 from ..errors import PoolClosed, PoolTimeout
 from .core import (
     CREATE,
@@ -109,6 +110,7 @@ class AsyncConnectionPool(Generic[T]):
         "clock",
     )
 
+    @checked_kwargs
     def __init__(
         self,
         factory: Callable[[], T] | Callable[[], Awaitable[T]],

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from .._clock import Clock
+from .._signature import checked_kwargs
 from ..errors import PoolClosed, PoolTimeout
 from .core import CREATE, ConnectionPoolConfig, Entry, PoolCore, PoolStats, Waiter, _Create
 
@@ -84,6 +85,7 @@ class ConnectionPool(Generic[T]):
 
     __slots__ = ("_broken_on", "_close", "_core", "_factory", "_lock", "_validate", "clock")
 
+    @checked_kwargs
     def __init__(
         self,
         factory: Callable[[], T],

@@ -56,6 +56,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
+from .._signature import checked_kwargs
 from ..admission.retry import aobserve_failure, observe_failure
 from ..batching import AsyncBatchProcessor, BatchProcessor
 from ..cache import (
@@ -346,6 +347,7 @@ class EmbeddingService:
         "symmetric",
     )
 
+    @checked_kwargs
     def __init__(
         self,
         embed_many: EmbedMany,

@@ -81,6 +81,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
+from .._signature import checked_kwargs
 from ..admission.retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
 from ..cache import (
     CacheManager,
@@ -351,6 +352,7 @@ class LLMService:
         "provider_calls",
     )
 
+    @checked_kwargs
     def __init__(
         self,
         *,

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 from .._clock import Clock, monotonic
+from .._signature import checked_kwargs
 from ..cache import CacheManager, cache_manager_for, retrieval_key
 from ..config import PerformanceConfig, resolve_config
 from ..errors import CacheError
@@ -81,6 +82,7 @@ class SearchCache:
 
     __slots__ = ("_clock", "_entry_ttl", "_tracker", "cache", "config", "enabled", "name", "ttl")
 
+    @checked_kwargs
     def __init__(
         self,
         config: PerformanceConfig | None = None,

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
+from .._signature import checked_kwargs
 from .call import TrackedCall
 from .exporters import to_prometheus
 from .histogram import LogHistogram
@@ -213,6 +214,7 @@ class PerformanceTracker:
         "window_s",
     )
 
+    @checked_kwargs
     def __init__(
         self,
         *,

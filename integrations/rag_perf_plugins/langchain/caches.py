@@ -42,6 +42,7 @@ from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 from typing_extensions import override
 
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager, cache_manager_for, current_control, make_key
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 
@@ -96,6 +97,7 @@ class PerfLLMCache(BaseCache):
     See the module docstring for what goes into keys and what does not.
     """
 
+    @checked_kwargs
     def __init__(
         self,
         cache: CacheManager | None = None,

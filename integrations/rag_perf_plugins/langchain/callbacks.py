@@ -35,6 +35,7 @@ from langchain_core.tracers import context as tracer_context
 from typing_extensions import override
 
 from rag_perf_plugins._clock import Clock, monotonic
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
 
 __all__ = ["PerfCallbackHandler", "install_callback_handler", "uninstall_callback_handler"]
@@ -88,6 +89,7 @@ class PerfCallbackHandler(BaseCallbackHandler):
     run_inline = True
     raise_error = False
 
+    @checked_kwargs
     def __init__(
         self,
         tracker: PerformanceTracker | None = None,

@@ -71,6 +71,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from typing_extensions import override
 
 from rag_perf_plugins._secrets import redact_data
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheControl, CacheManager
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.services.defaults import api_key_of, default_gate, default_retry
@@ -257,6 +258,11 @@ class _ChunkCodec:
         return Usage(sum(u.tokens_in for u in found), sum(u.tokens_out for u in found))
 
 
+def _field_names(cls: type[BaseModel] | None) -> list[str]:
+    """The ``BaseChatModel`` fields a ``PerfChatModel`` passes on (``callbacks``, ``tags``...)."""
+    return list(cls.model_fields) if cls is not None else []
+
+
 _RESULTS = _ResultCodec()
 _CHUNKS = _ChunkCodec()
 
@@ -297,6 +303,7 @@ class PerfChatModel(BaseChatModel):
     _base_params: dict[str, Any] = PrivateAttr()
     _model: str = PrivateAttr()
 
+    @checked_kwargs(extra=_field_names)
     def __init__(
         self,
         inner: BaseChatModel,

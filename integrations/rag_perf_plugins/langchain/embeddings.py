@@ -26,6 +26,7 @@ from typing import Any
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from typing_extensions import override
 
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.services.defaults import (
     api_key_of,
@@ -111,6 +112,7 @@ class PerfEmbeddings(Embeddings):
     go to the tracker as ``embedding.document`` and ``embedding.query``.
     """
 
+    @checked_kwargs
     def __init__(
         self,
         inner: Embeddings,

@@ -26,6 +26,7 @@ from typing import Any
 from langchain_core.rate_limiters import BaseRateLimiter
 from typing_extensions import override
 
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.admission import AdmissionGate
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.errors import DeadlineExceeded, Overloaded
@@ -56,6 +57,7 @@ class PerfRateLimiter(BaseRateLimiter):
     ``False`` instead of waiting.
     """
 
+    @checked_kwargs
     def __init__(
         self,
         requests_per_second: float | None = None,

@@ -49,6 +49,7 @@ from langchain_core.vectorstores import InMemoryVectorStore, VectorStore, Vector
 from typing_extensions import override
 
 from rag_perf_plugins._clock import Clock, monotonic
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.services.search import SearchCache
@@ -116,6 +117,7 @@ class PerfVectorStore(VectorStore):
     LlamaIndex wrapper uses too); this class translates LangChain's calls.
     """
 
+    @checked_kwargs
     def __init__(
         self,
         inner: VectorStore,

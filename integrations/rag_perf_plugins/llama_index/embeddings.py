@@ -36,6 +36,7 @@ from typing import Any, cast
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from rag_perf_plugins._secrets import is_secret_name, redact_data
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache.control import applied, parse_control
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.services.defaults import (
@@ -181,6 +182,7 @@ class PerfEmbedding(BaseEmbedding):
     _config: PerformanceConfig = PrivateAttr()
     _identity: dict[str, Any] = PrivateAttr()
 
+    @checked_kwargs
     def __init__(
         self,
         inner: BaseEmbedding,

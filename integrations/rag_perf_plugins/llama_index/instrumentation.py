@@ -68,6 +68,7 @@ from llama_index.core.instrumentation.events.llm import (
 )
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.response_synthesizers.base import BaseSynthesizer
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.tracking import PerformanceTracker, get_performance_tracker
 
 __all__ = [
@@ -269,6 +270,7 @@ class PerfSpanHandler(BaseSpanHandler[BaseSpan]):
 
     _perf_book: _SpanBook  # in the instance __dict__, see _attach()
 
+    @checked_kwargs
     def __init__(
         self,
         *,
@@ -356,6 +358,7 @@ class PerfEventHandler(BaseEventHandler):
 
     _perf_book: _SpanBook  # in the instance __dict__, see _attach()
 
+    @checked_kwargs
     def __init__(self, *, spans: PerfSpanHandler) -> None:
         super().__init__()
         _attach(self, spans._perf_book)

@@ -65,6 +65,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._secrets import is_secret_name, redact_data
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, canonical_json
 from rag_perf_plugins.cache.control import current_control, parse_control
@@ -375,6 +376,7 @@ class PerfLLM(LLM):
         _provider: str
         _raw: dict[str, Callable[..., Any]]
 
+    @checked_kwargs
     def __init__(
         self,
         inner: LLM,
@@ -640,6 +642,7 @@ class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
     through the wrapper, with the tool specs and tool choice in the key.
     """
 
+    @checked_kwargs
     def __init__(
         self,
         inner: FunctionCallingLLM,
@@ -701,10 +704,22 @@ def wrap_llm(inner: LLM, config: PerformanceConfig | None = None, **options: Any
 
     Example: ``Settings.llm = wrap_llm(pooled_openai_llm(api_base=sim.base_url))``.
 
-    A model that is already a :class:`PerfLLM` is returned as it is. ``options`` go to the
-    wrapper (``cache``, ``gate``, ``retry``, ``tracker``, ``clock``).
+    A model that is already a :class:`PerfLLM` is returned as it is when nothing else is
+    asked; with a ``config`` or ``options`` it raises, rather than return the wrapper and
+    silently drop them. ``options`` go to the wrapper (``cache``, ``gate``, ``retry``,
+    ``tracker``, ``clock``); an unknown one raises ``TypeError`` naming it.
+
+    Raises:
+        ValueError: ``inner`` is already wrapped and ``config`` or ``options`` were given.
     """
     if isinstance(inner, PerfLLM):
+        if config is not None or options:
+            asked = ", ".join(["config"] * (config is not None) + sorted(options))
+            msg = (
+                f"wrap_llm: the model is already a {type(inner).__name__}, so {asked} would "
+                "be ignored; wrap the inner model (wrapper.inner) with them instead"
+            )
+            raise ValueError(msg)
         return inner
     if isinstance(inner, FunctionCallingLLM):
         return PerfFunctionCallingLLM(inner, config, **options)

@@ -61,6 +61,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 from rag_perf_plugins._clock import Clock, monotonic
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.services.search import SearchCache
@@ -171,6 +172,7 @@ class PerfVectorStore(BasePydanticVectorStore):
     _inner: BasePydanticVectorStore = PrivateAttr()
     _searches: SearchCache = PrivateAttr()
 
+    @checked_kwargs
     def __init__(
         self,
         inner: BasePydanticVectorStore,
