@@ -153,7 +153,12 @@ class PerformanceConfig:
         unit="seconds",
         gt=0,
     )
-    async_enabled: bool = _opt(True, "Use the async engine and async provider calls.")
+    async_enabled: bool = _opt(
+        True,
+        "Run async work concurrently. False: the engine and process_queries_concurrently run "
+        "one query at a time, and the async methods of the services and wrappers run their "
+        "blocking path (blocking provider call and cache I/O) in a worker thread.",
+    )
     max_concurrent_requests: int = _opt(
         50,
         "Provider calls in flight at once, per (provider, model, API key).",

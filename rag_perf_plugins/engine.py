@@ -60,6 +60,7 @@ import contextlib
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -629,6 +630,9 @@ class _EngineShell(Generic[RetT, GenT]):
             clock=clock,
         )
         self._clock = clock
+        # async_enabled: false runs queries one at a time (see query()).
+        self._query_lock = threading.Lock()
+        self._serial_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     @staticmethod
     def _check_component(name: str, fn: object) -> None:
@@ -724,6 +728,20 @@ class AsyncRAGEngine(_EngineShell[AsyncRetriever, AsyncGenerator]):
             DeadlineExceeded: ``request_deadline`` passed, and no stale answer exists.
             Exception: whatever the retriever or generator raised (after retries).
         """
+        if not self.config.async_enabled:  # one query at a time (async_enabled: false)
+            async with self._serial():
+                return await self._query(query, top_k, priority)
+        return await self._query(query, top_k, priority)
+
+    def _serial(self) -> asyncio.Lock:
+        """The lock that runs queries one at a time, made on (and for) the running loop."""
+        loop = asyncio.get_running_loop()
+        held = self._serial_lock
+        if held is None or held[0] is not loop:
+            held = self._serial_lock = (loop, asyncio.Lock())
+        return held[1]
+
+    async def _query(self, query: str, top_k: int | None, priority: int) -> QueryResult:
         # Kept inline in both engines (a mirror that differs only in the awaits): the same
         # bookkeeping as a context manager on the core cost about 0.2 us per query.
         core = self._core
@@ -850,6 +868,12 @@ class RAGEngine(_EngineShell[SyncRetriever, SyncGenerator]):
 
     def query(self, query: str, *, top_k: int | None = None, priority: int = 0) -> QueryResult:
         """Answer ``query`` (blocking); as :meth:`AsyncRAGEngine.query`."""
+        if not self.config.async_enabled:  # one query at a time (async_enabled: false)
+            with self._query_lock:
+                return self._query(query, top_k, priority)
+        return self._query(query, top_k, priority)
+
+    def _query(self, query: str, top_k: int | None, priority: int) -> QueryResult:
         core = self._core
         plan = core.begin(query, top_k, priority)
         result: QueryResult | None = None
@@ -972,6 +996,7 @@ async def process_queries_concurrently(
 
     ``max_concurrent`` workers pull queries in order, so at most that many are in flight
     and no task is created per query. Cancelling this call cancels the queries in flight.
+    An engine whose config has ``async_enabled: false`` gets one worker: one query at a time.
 
     Raises:
         ValueError: ``max_concurrent`` is not an int >= 1.
@@ -984,6 +1009,9 @@ async def process_queries_concurrently(
     ):
         msg = f"max_concurrent must be an int >= 1 (queries in flight), got {max_concurrent!r}"
         raise ValueError(msg)
+    config = getattr(engine, "config", None)
+    if isinstance(config, PerformanceConfig) and not config.async_enabled:
+        max_concurrent = 1  # async_enabled: false runs one query at a time
     query_fn = getattr(engine, "query", None)
     if not callable(query_fn):
         msg = f"engine must have an async query(q) method; {type(engine).__name__} has none"

@@ -57,6 +57,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
 from .._signature import checked_kwargs
+from .._threads import run_blocking
 from ..admission.retry import aobserve_failure, observe_failure
 from ..batching import AsyncBatchProcessor, BatchProcessor
 from ..cache import (
@@ -433,11 +434,18 @@ class EmbeddingService:
         return self._embed([_check_text(text)], "query")[0]
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[Vector]:
-        """Async twin of :meth:`embed_documents`; never blocks the event loop."""
+        """Async twin of :meth:`embed_documents`; never blocks the event loop.
+
+        With ``async_enabled: false`` it runs :meth:`embed_documents` in a worker thread.
+        """
+        if not self.config.async_enabled:
+            return await run_blocking(self.embed_documents, texts)
         return await self._aembed(_check_texts(texts), "document")
 
     async def aembed_query(self, text: str) -> Vector:
-        """Async twin of :meth:`embed_query`."""
+        """Async twin of :meth:`embed_query` (same ``async_enabled`` rule)."""
+        if not self.config.async_enabled:
+            return await run_blocking(self.embed_query, text)
         return (await self._aembed([_check_text(text)], "query"))[0]
 
     def close(self) -> None:

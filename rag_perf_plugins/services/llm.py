@@ -82,6 +82,7 @@ from typing import Any, Final, Protocol, TypeVar
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
 from .._signature import checked_kwargs
+from .._threads import iterate_blocking, run_blocking
 from ..admission.retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
 from ..cache import (
     CacheManager,
@@ -689,12 +690,18 @@ class LLMService:
         codec: ResultCodec[T],
         *,
         control: CacheControl | None = None,
+        blocking: Callable[[], T] | None = None,
     ) -> T:
         """Async twin of :meth:`generate`; never blocks the event loop (cache I/O included).
 
         A cancelled caller stops waiting; the provider call it led goes on for the callers
         coalesced onto it and is stored when it completes.
+
+        ``blocking``: the blocking twin of ``call``. With ``async_enabled: false`` in the
+        config, the call runs :meth:`generate` with it in a worker thread instead.
         """
+        if blocking is not None and not self.config.async_enabled:
+            return await run_blocking(self.generate, request, blocking, codec, control=control)
         state = self._begin(request, False, control)
         op = self.operation
         try:
@@ -861,13 +868,25 @@ class LLMService:
         codec: ChunkCodec[C],
         *,
         control: CacheControl | None = None,
+        blocking: Callable[[], Iterator[C]] | None = None,
     ) -> AsyncGenerator[C, None]:
         """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
 
         ``aclose()`` the returned generator (``async for`` + ``break`` inside
         ``contextlib.aclosing``) to abandon the stream promptly; otherwise the loop closes
         it when it is collected. Either way nothing is stored.
+
+        ``blocking``: the blocking twin of ``open_stream``. With ``async_enabled: false``,
+        the chunks come from :meth:`stream` with it, each read in a worker thread.
         """
+        if blocking is not None and not self.config.async_enabled:
+            threaded = iterate_blocking(
+                lambda: self.stream(request, blocking, codec, control=control)
+            )
+            async with contextlib.aclosing(threaded):
+                async for chunk in threaded:
+                    yield chunk
+            return
         state = self._begin(request, True, control)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache

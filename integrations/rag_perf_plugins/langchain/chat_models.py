@@ -466,7 +466,12 @@ class PerfChatModel(BaseChatModel):
                 messages, stop=stop, run_manager=run_manager, **kwargs
             )
 
-        return await self._service.agenerate(request, call, _RESULTS, control=_control(run_manager))
+        def blocking() -> ChatResult:  # with async_enabled off, run in a worker thread
+            return self.inner._generate(messages, stop=stop, **kwargs)
+
+        return await self._service.agenerate(
+            request, call, _RESULTS, control=_control(run_manager), blocking=blocking
+        )
 
     @override
     def _stream(
@@ -500,7 +505,12 @@ class PerfChatModel(BaseChatModel):
         def open_stream() -> AsyncIterator[ChatGenerationChunk]:
             return self.inner._astream(messages, stop=stop, **kwargs)
 
-        stream = self._service.astream(request, open_stream, _CHUNKS, control=_control(run_manager))
+        def blocking() -> Iterator[ChatGenerationChunk]:
+            return self.inner._stream(messages, stop=stop, **kwargs)
+
+        stream = self._service.astream(
+            request, open_stream, _CHUNKS, control=_control(run_manager), blocking=blocking
+        )
         async with contextlib.aclosing(stream):
             async for chunk in stream:
                 yield chunk

@@ -520,11 +520,13 @@ class PerfLLM(LLM):
         """Async :meth:`chat`."""
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("achat"), self._inner
+        sync_impl = self._impl("chat")
         response: ChatResponse = await self._service.agenerate(
             self._request("chat", _messages_key(messages), kwargs),
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            blocking=lambda: sync_impl(inner, messages, **kwargs),
         )
         return _mark(response)
 
@@ -549,6 +551,7 @@ class PerfLLM(LLM):
         """Async :meth:`stream_chat`."""
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_chat"), self._inner
+        sync_impl = self._impl("stream_chat")
 
         async def open_stream() -> AsyncIterator[ChatResponse]:
             async for chunk in await impl(inner, messages, **kwargs):
@@ -560,6 +563,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _ChatChunkCodec(),
                 control=control,
+                blocking=lambda: sync_impl(inner, messages, **kwargs),
             )
         )
 
@@ -584,11 +588,13 @@ class PerfLLM(LLM):
         """Async :meth:`complete`."""
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("acomplete"), self._inner
+        sync_impl = self._impl("complete")
         response: CompletionResponse = await self._service.agenerate(
             self._request("complete", prompt, {**kwargs, "formatted": formatted}),
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
         )
         return _mark(response)
 
@@ -615,6 +621,7 @@ class PerfLLM(LLM):
         """Async :meth:`stream_complete`."""
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_complete"), self._inner
+        sync_impl = self._impl("stream_complete")
 
         async def open_stream() -> AsyncIterator[CompletionResponse]:
             async for chunk in await impl(inner, prompt, formatted, **kwargs):
@@ -626,6 +633,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _CompletionChunkCodec(),
                 control=control,
+                blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
             )
         )
 
