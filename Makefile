@@ -22,6 +22,7 @@ lint: install
 	$(VENV)/bin/ruff format --check rag_perf_plugins integrations tests examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) tests/unasync.py --check
 
 pytest: install
 	$(VENV)/bin/pytest

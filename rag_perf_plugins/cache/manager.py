@@ -521,14 +521,17 @@ class CacheManager:
         self._count("set", namespace, n=len(blobs))
         self._emit("cache.sets", len(blobs))
 
+    # unasync: generated from aget
     def get(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
         """The value stored under ``key``, or ``default`` on a miss or an expired entry."""
         return self._lookup(namespace, [key]).get(key, default)
 
+    # unasync: generated from aget_many
     def get_many(self, keys: Iterable[str], *, namespace: str = "default") -> dict[str, Any]:
         """The values found, by key (misses are left out); one batched read per tier."""
         return self._lookup(namespace, list(dict.fromkeys(keys)))
 
+    # unasync: generated from aset
     def set(
         self,
         key: str,
@@ -545,6 +548,7 @@ class CacheManager:
         """
         self.set_many({key: value}, ttl, namespace=namespace, model=model)
 
+    # unasync: generated from aset_many
     def set_many(
         self,
         items: Mapping[str, Any],

@@ -670,6 +670,7 @@ class EmbeddingService:
         self._record(role, started, plan=plan, hits=hits, sent=sent, error=False)
         return plan.assemble(results)
 
+    # unasync: generated from _alookup
     def _lookup(self, keys: list[str]) -> dict[str, Vector]:
         store = self._store
         if store is None or not keys or not current_control().read:
@@ -681,6 +682,7 @@ class EmbeddingService:
             return {}
         return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
+    # unasync: generated from _asave
     def _save(self, results: Mapping[str, Vector]) -> None:
         store = self._store
         control = current_control()
@@ -798,7 +800,7 @@ class EmbeddingService:
             return {}
         try:
             values = await store.aget_many(keys)
-        except Exception as exc:
+        except Exception as exc:  # degrade: the call goes on uncached
             self._store_error(exc)
             return {}
         return {k: v for k, v in zip(keys, values, strict=True) if v is not None}

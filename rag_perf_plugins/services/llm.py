@@ -636,8 +636,13 @@ class LLMService:
         self._record(op, state, error=False)
         return value
 
+    # unasync: generated from _agenerate
     def _generate(
-        self, request: LLMRequest, call: Callable[[], T], codec: ResultCodec[T], state: _Call
+        self,
+        request: LLMRequest,
+        call: Callable[[], T],
+        codec: ResultCodec[T],
+        state: _Call,
     ) -> T:
         key, cache = state.key, self._cache
         if key is None or cache is None:
@@ -660,8 +665,13 @@ class LLMService:
 
         return self._followed(codec, state, *self._flight.do(key, lead))
 
+    # unasync: generated from _aprovider
     def _provider(
-        self, request: LLMRequest, call: Callable[[], T], codec: ResultCodec[T], state: _Call
+        self,
+        request: LLMRequest,
+        call: Callable[[], T],
+        codec: ResultCodec[T],
+        state: _Call,
     ) -> T:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
@@ -676,9 +686,11 @@ class LLMService:
                 try:
                     answer = call()
                 except Exception as exc:
-                    observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
+                    observe_failure(gate, exc)  # a 429's Retry-After pauses everyone
                     raise
-                return self._answered(codec, answer, ticket, state)
+                value = self._answered(codec, answer, None, state)
+                reconcile_ticket(ticket, self._total(state.usage))
+                return value
 
         return retry.call(attempt) if retry is not None else attempt()
 

@@ -174,6 +174,7 @@ class SearchCache:
             return _MISSING  # an entry we cannot read is a miss, never an error
 
     # --- sync shell -----------------------------------------------------------------
+    # unasync: generated from asearch
     def search(
         self,
         operation: str,
@@ -212,6 +213,7 @@ class SearchCache:
         self._record(operation, started, None if key is None else False, False)
         return result
 
+    # unasync: generated from awrite
     def write(self, operation: str, run: Callable[[], R]) -> R:
         """Delegate a write to the inner store, then bump the version (even if it failed)."""
         started = self._clock()
@@ -253,7 +255,7 @@ class SearchCache:
             if payload is not _MISSING:
                 try:
                     await self.cache.aset(key, payload, self._entry_ttl, namespace=NAMESPACE)
-                except CacheError:
+                except CacheError:  # metadata msgpack cannot store: this answer stays uncached
                     self._unstorable(operation)
         self._record(operation, started, None if key is None else False, False)
         return result

@@ -75,6 +75,7 @@ def track_performance(
     return decorate
 
 
+# unasync: generated from _wrap_async
 def _wrap_sync(
     fn: Callable[..., Any], op: str, fixed: PerformanceTracker | None
 ) -> Callable[..., Any]:
