@@ -46,6 +46,27 @@ class Twins:
     replace: dict[str, str] = field(default_factory=dict)
 
 
+def _prefixed(owner: str, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``(owner.aX, owner.X)`` for each name X: the a-prefixed source and its twin."""
+    return tuple((f"{owner}.a{name}", f"{owner}.{name}") for name in names)
+
+
+def _renamed(names: tuple[str, ...], source: str, target: str) -> dict[str, str]:
+    """``source.format(X) -> target.format(X)`` for each name X."""
+    return {source.format(name): target.format(name) for name in names}
+
+
+# The LangChain vector store's framework methods: every one has an a-prefixed twin.
+_LC_STORE = (
+    "similarity_search",
+    "similarity_search_with_score",
+    "similarity_search_by_vector",
+    "max_marginal_relevance_search",
+    "add_texts",
+    "add_documents",
+    "delete",
+)
+
 TWINS: tuple[Twins, ...] = (
     Twins(
         "rag_perf_plugins/services/search.py",
@@ -97,6 +118,22 @@ TWINS: tuple[Twins, ...] = (
             "store.aget_many(": "store.get_many(",
             "store.aset_many(": "store.set_many(",
             ").aset_many(": ").set_many(",
+        },
+    ),
+    Twins(
+        "integrations/rag_perf_plugins/langchain/vectorstores.py",
+        (
+            ("PerfVectorStore._acached", "PerfVectorStore._cached"),
+            *_prefixed("PerfVectorStore", _LC_STORE),
+        ),
+        {
+            "async def _acached(": "def _cached(",
+            "Callable[[], Awaitable[R]]": "Callable[[], R]",
+            "self.searches.asearch(": "self.searches.search(",
+            "self.searches.awrite(": "self.searches.write(",
+            "self._acached(": "self._cached(",
+            **_renamed(_LC_STORE, "async def a{}(", "def {}("),
+            **_renamed(_LC_STORE, "self.inner.a{}(", "self.inner.{}("),
         },
     ),
     Twins(

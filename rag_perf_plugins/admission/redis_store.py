@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .._loops import PerLoop
 from ..config import PerformanceConfig
@@ -69,16 +69,12 @@ from ..redis.client import (
     make_async_redis_client,
     make_redis_client,
     redact_url,
+    redis,
 )
 from .budget import LocalBudgetStore, RateLimits
 
-try:
-    import redis
-    import redis.asyncio
+if TYPE_CHECKING:  # redis-py comes through ..redis.client, behind its install hint
     from redis.commands.core import AsyncScript
-except ImportError as exc:  # pragma: no cover - the extra is installed in development
-    msg = "the shared rate limit needs redis-py: pip install 'rag-perf-plugins[redis]'"
-    raise ImportError(msg) from exc
 
 __all__ = ["RedisBudgetStore", "shared_budget_store"]
 

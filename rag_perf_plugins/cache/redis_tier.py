@@ -48,14 +48,9 @@ from ..redis.client import (
     describe_error,
     make_redis_client,
     redact_url,
+    redis,
 )
 from .serialize import _HEADER, HEADER_SIZE, MAGIC
-
-try:
-    import redis
-except ImportError as exc:  # pragma: no cover - the extra is installed in development
-    msg = "the Redis tier needs redis-py: pip install 'rag-perf-plugins[redis]'"
-    raise ImportError(msg) from exc
 
 __all__ = ["RedisTier"]
 

@@ -36,6 +36,9 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in devel
     raise ImportError(msg) from exc
 
 __all__ = [
+    # redis-py itself, imported once here behind the install hint; the cache tier and the
+    # budget store take it from here so a missing extra is always named.
+    "redis",
     "OUTAGE_ERRORS",
     "CircuitBreaker",
     "RedisUnavailable",

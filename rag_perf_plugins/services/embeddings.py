@@ -50,7 +50,6 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
@@ -72,14 +71,13 @@ from ..cache.singleflight import Flight, SingleFlight
 from ..config import PerformanceConfig, resolve_config
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker
+from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
-    "AdmissionGateLike",
     "CacheEmbeddingStore",
     "EmbeddingIdentity",
     "EmbeddingService",
     "EmbeddingStore",
-    "RetryPolicyLike",
     "Role",
     "default_embedding_store",
 ]
@@ -228,33 +226,6 @@ def default_embedding_store(config: PerformanceConfig) -> EmbeddingStore | None:
     return CacheEmbeddingStore(cache_manager_for(config))
 
 
-class AdmissionGateLike(Protocol):
-    """What the service needs from the admission gate: a slot per provider call.
-
-    ``tokens`` is the estimated input tokens of the request.
-    """
-
-    def aacquire(self, *, tokens: int = 0) -> AbstractAsyncContextManager[Any]:
-        """Async context manager holding one admission for the call."""
-        ...
-
-    def acquire(self, *, tokens: int = 0) -> AbstractContextManager[Any]:
-        """Blocking twin of :meth:`aacquire`, for threads."""
-        ...
-
-
-class RetryPolicyLike(Protocol):
-    """What the service needs from the retry policy: run a call, retrying as it sees fit."""
-
-    def call(self, fn: Callable[[], R]) -> R:
-        """Run ``fn`` (blocking), retrying retryable errors."""
-        ...
-
-    async def acall(self, fn: Callable[[], Awaitable[R]]) -> R:
-        """Await ``fn()``, retrying retryable errors."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class EmbeddingIdentity:
     """Everything besides the text that decides a vector: part of every cache key.
@@ -279,7 +250,7 @@ class _Plan:
         return [list(vectors[k]) for k in self.keys]
 
 
-class EmbeddingService:
+class EmbeddingService(ProviderCalls):
     """Cached, coalesced, batched, admitted and tracked embedding calls; sync and async.
 
     Example::
@@ -466,21 +437,6 @@ class EmbeddingService:
     def store(self) -> EmbeddingStore | None:
         """The per-text vector store, or ``None`` when nothing is cached."""
         return self._store
-
-    @property
-    def gate(self) -> AdmissionGateLike | None:
-        """The admission gate of provider calls, or ``None``."""
-        return self._gate
-
-    @property
-    def retry(self) -> RetryPolicyLike | None:
-        """The retry policy of provider calls, or ``None``."""
-        return self._retry
-
-    @property
-    def tracker(self) -> PerformanceTracker:
-        """Where calls are recorded (a ``NullTracker`` when metrics are off)."""
-        return self._tracker
 
     def __repr__(self) -> str:
         ident = self.identity

@@ -99,7 +99,7 @@ from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker
-from .embeddings import AdmissionGateLike, RetryPolicyLike
+from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
     "ChunkCodec",
@@ -306,7 +306,7 @@ class _Miss:
 _MISS: Final = _Miss()
 
 
-class LLMService:
+class LLMService(ProviderCalls):
     """Cached, coalesced, admitted, retried and tracked LLM calls and streams; sync and async.
 
     Example::
@@ -386,21 +386,6 @@ class LLMService:
     def cache(self) -> CacheManager | None:
         """The cache manager in use, or ``None`` when caching is off."""
         return self._cache
-
-    @property
-    def gate(self) -> AdmissionGateLike | None:
-        """The admission gate of provider calls, or ``None``."""
-        return self._gate
-
-    @property
-    def retry(self) -> RetryPolicyLike | None:
-        """The retry policy of provider calls, or ``None``."""
-        return self._retry
-
-    @property
-    def tracker(self) -> PerformanceTracker:
-        """Where calls are recorded (a ``NullTracker`` when metrics are off)."""
-        return self._tracker
 
     def cache_key(self, request: LLMRequest, *, stream: bool = False) -> str | None:
         """The key a call would use, or ``None`` when it would not be cached (policy, control).

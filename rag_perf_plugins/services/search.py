@@ -42,7 +42,7 @@ import hashlib
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._clock import Clock, monotonic
 from .._signature import checked_kwargs
@@ -51,7 +51,7 @@ from ..config import PerformanceConfig, resolve_config
 from ..errors import CacheError
 from ..tracking import PerformanceTracker, resolve_tracker
 
-__all__ = ["NAMESPACE", "SearchCache"]
+__all__ = ["NAMESPACE", "SearchCache", "SearchCacheViews"]
 
 NAMESPACE: Final = "retrieval"
 R = TypeVar("R")
@@ -274,3 +274,54 @@ class SearchCache:
 
     def __repr__(self) -> str:
         return f"<SearchCache name={self.name!r} enabled={self.enabled} ttl={self._entry_ttl:g}>"
+
+
+class SearchCacheViews:
+    """What both ``PerfVectorStore`` wrappers show of their :class:`SearchCache` (a mixin).
+
+    Example: ``store.version``, ``store.invalidate()``, ``store.name``, ``store.cache``.
+    The class that mixes it in sets ``_searches``, its :class:`SearchCache`.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        _searches: SearchCache
+
+    @property
+    def searches(self) -> SearchCache:
+        """The search cache doing the work (the same class behind both frameworks)."""
+        return self._searches
+
+    @property
+    def config(self) -> PerformanceConfig:
+        """The config the wrapper was built with."""
+        return self.searches.config
+
+    @property
+    def cache(self) -> CacheManager:
+        """The cache manager holding the searches and the write version."""
+        return self.searches.cache
+
+    @property
+    def name(self) -> str:
+        """The store's identity in keys and in the shared write version."""
+        return self.searches.name
+
+    @property
+    def ttl(self) -> float | None:
+        """The ``ttl=`` argument in seconds (``None``: ``config.cache_ttl``)."""
+        return self.searches.ttl
+
+    @property
+    def version(self) -> int:
+        """The store's write version (re-read after ``version_check_interval`` seconds)."""
+        return self.searches.version
+
+    def invalidate(self) -> int:
+        """Bump the write version (as every write does); returns the new version."""
+        return self.searches.invalidate()
+
+    async def ainvalidate(self) -> int:
+        """Async :meth:`invalidate`."""
+        return await self.searches.ainvalidate()

@@ -75,8 +75,8 @@ from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheControl, CacheManager
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.services.defaults import api_key_of, default_gate, default_retry
-from rag_perf_plugins.services.embeddings import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
+from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .control import control_from_metadata

@@ -34,12 +34,8 @@ from rag_perf_plugins.services.defaults import (
     default_gate,
     default_retry,
 )
-from rag_perf_plugins.services.embeddings import (
-    AdmissionGateLike,
-    EmbeddingService,
-    EmbeddingStore,
-    RetryPolicyLike,
-)
+from rag_perf_plugins.services.embeddings import EmbeddingService, EmbeddingStore
+from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
 
 __all__ = ["PerfEmbeddings", "is_symmetric"]

@@ -52,7 +52,7 @@ from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.search import SearchCache
+from rag_perf_plugins.services.search import SearchCache, SearchCacheViews
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .control import applied, control_from_metadata
@@ -92,7 +92,7 @@ def _vector_digest(embedding: Sequence[float]) -> str:
     return "vec:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-class PerfVectorStore(VectorStore):
+class PerfVectorStore(SearchCacheViews, VectorStore):
     """Wrap a LangChain vector store: cached searches, version-based invalidation, stats.
 
     Example: ``PerfVectorStore(Chroma(...), name="kb-prod")``.
@@ -136,7 +136,7 @@ class PerfVectorStore(VectorStore):
             msg = "inner is already a PerfVectorStore; wrap the underlying store once"
             raise TypeError(msg)
         self.inner = inner
-        self.searches = SearchCache(
+        self._searches = SearchCache(
             config,
             name=name,
             default_name=type(inner).__name__,
@@ -147,26 +147,6 @@ class PerfVectorStore(VectorStore):
         )
 
     # --- identity and delegation ----------------------------------------------------
-    @property
-    def config(self) -> PerformanceConfig:
-        """The config the wrapper was built with."""
-        return self.searches.config
-
-    @property
-    def cache(self) -> CacheManager:
-        """The cache manager holding the searches and the write version."""
-        return self.searches.cache
-
-    @property
-    def name(self) -> str:
-        """The store's identity in keys and in the shared write version."""
-        return self.searches.name
-
-    @property
-    def ttl(self) -> float | None:
-        """The ``ttl=`` argument (``None``: ``config.cache_ttl``)."""
-        return self.searches.ttl
-
     @property
     @override
     def embeddings(self) -> Embeddings | None:
@@ -184,20 +164,8 @@ class PerfVectorStore(VectorStore):
     async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         return await self.inner.aget_by_ids(ids)
 
-    @property
-    def version(self) -> int:
-        """The store's write version (re-read after ``version_check_interval`` seconds)."""
-        return self.searches.version
-
-    def invalidate(self) -> int:
-        """Bump the write version (as a write does); returns the new version."""
-        return self.searches.invalidate()
-
-    async def ainvalidate(self) -> int:
-        """Async :meth:`invalidate`."""
-        return await self.searches.ainvalidate()
-
     # --- writes: delegate, then bump ------------------------------------------------
+    # unasync: generated from aadd_texts
     @override
     def add_texts(
         self,
@@ -224,6 +192,7 @@ class PerfVectorStore(VectorStore):
             "add", lambda: self.inner.aadd_texts(texts, metadatas, ids=ids, **kwargs)
         )
 
+    # unasync: generated from aadd_documents
     @override
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
         return self.searches.write("add", lambda: self.inner.add_documents(documents, **kwargs))
@@ -234,6 +203,7 @@ class PerfVectorStore(VectorStore):
             "add", lambda: self.inner.aadd_documents(documents, **kwargs)
         )
 
+    # unasync: generated from adelete
     @override
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         return self.searches.write("delete", lambda: self.inner.delete(ids, **kwargs))
@@ -249,6 +219,7 @@ class PerfVectorStore(VectorStore):
         filters = params.pop("filter", None)
         return {"query": query, "k": k, "filters": filters, **params}
 
+    # unasync: generated from _acached
     def _cached(
         self,
         operation: str,
@@ -276,6 +247,7 @@ class PerfVectorStore(VectorStore):
         return await self.searches.asearch(operation, fields, search, dump, load)
 
     # --- cached searches ------------------------------------------------------------
+    # unasync: generated from asimilarity_search
     @override
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return self._cached(
@@ -300,6 +272,7 @@ class PerfVectorStore(VectorStore):
             _docs_in,
         )
 
+    # unasync: generated from asimilarity_search_with_score
     @override
     def similarity_search_with_score(
         self, query: str, k: int = 4, **kwargs: Any
@@ -328,6 +301,7 @@ class PerfVectorStore(VectorStore):
             _scored_in,
         )
 
+    # unasync: generated from asimilarity_search_by_vector
     @override
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, **kwargs: Any
@@ -356,6 +330,7 @@ class PerfVectorStore(VectorStore):
             _docs_in,
         )
 
+    # unasync: generated from amax_marginal_relevance_search
     @override
     def max_marginal_relevance_search(
         self,

@@ -45,12 +45,8 @@ from rag_perf_plugins.services.defaults import (
     default_gate,
     default_retry,
 )
-from rag_perf_plugins.services.embeddings import (
-    AdmissionGateLike,
-    EmbeddingService,
-    EmbeddingStore,
-    RetryPolicyLike,
-)
+from rag_perf_plugins.services.embeddings import EmbeddingService, EmbeddingStore
+from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 
 __all__ = ["CACHE_KWARG", "PerfEmbedding", "inner_identity"]
 

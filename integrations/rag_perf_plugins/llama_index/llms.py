@@ -48,7 +48,7 @@ import inspect
 import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -365,6 +365,9 @@ class PerfLLM(LLM):
     # Plain instance attributes, set past pydantic's __setattr__ (see _set): a pydantic
     # private attribute is read through __getattr__, measured 40 times slower, and the
     # hit path reads several per call. Declared for type checkers only.
+    # What ``inner`` must be (PerfFunctionCallingLLM narrows it).
+    _inner_kind: ClassVar[type[Any]] = LLM
+
     if TYPE_CHECKING:
         _inner: LLM
         _config: PerformanceConfig
@@ -391,8 +394,9 @@ class PerfLLM(LLM):
         if isinstance(inner, PerfLLM):
             msg = "inner is already a PerfLLM; wrap the model it wraps (inner.inner)"
             raise TypeError(msg)
-        if not isinstance(inner, LLM):
-            msg = f"inner must be a LlamaIndex LLM, got {type(inner).__name__}"
+        kind = type(self)._inner_kind
+        if not isinstance(inner, kind):
+            msg = f"inner must be a LlamaIndex {kind.__name__}, got {type(inner).__name__}"
             raise TypeError(msg)
         config = resolve_config(config)
         super().__init__(
@@ -650,6 +654,10 @@ class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
     through the wrapper, with the tool specs and tool choice in the key.
     """
 
+    _inner_kind: ClassVar[type[Any]] = FunctionCallingLLM
+
+    # Only for type checkers: the pydantic plugin gives this class FunctionCallingLLM's
+    # field signature otherwise. The work is PerfLLM.__init__'s.
     @checked_kwargs
     def __init__(
         self,

@@ -64,7 +64,7 @@ from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.search import SearchCache
+from rag_perf_plugins.services.search import SearchCache, SearchCacheViews
 from rag_perf_plugins.tracking import PerformanceTracker
 
 __all__ = ["PerfVectorStore"]
@@ -139,7 +139,7 @@ def _result_in(data: dict[str, Any]) -> VectorStoreQueryResult:
     )
 
 
-class PerfVectorStore(BasePydanticVectorStore):
+class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
     """Wrap a LlamaIndex vector store: cached queries, version-based invalidation, timings.
 
     Example: ``PerfVectorStore(ChromaVectorStore(...), name="kb-prod")``; pass it as
@@ -218,39 +218,6 @@ class PerfVectorStore(BasePydanticVectorStore):
     def inner(self) -> BasePydanticVectorStore:
         """The wrapped store."""
         return self._inner
-
-    @property
-    def searches(self) -> SearchCache:
-        """The search cache doing the work (shared design with the LangChain wrapper)."""
-        return self._searches
-
-    @property
-    def config(self) -> PerformanceConfig:
-        """The config the wrapper was built with."""
-        return self._searches.config
-
-    @property
-    def name(self) -> str:
-        """The identity used in keys and in the shared write version."""
-        return self._searches.name
-
-    @property
-    def cache(self) -> CacheManager:
-        """The cache manager holding the queries and the write version."""
-        return self._searches.cache
-
-    @property
-    def version(self) -> int:
-        """The store's write version (re-read after ``version_check_interval`` seconds)."""
-        return self._searches.version
-
-    def invalidate(self) -> int:
-        """Bump the write version (as every write does); returns the new version."""
-        return self._searches.invalidate()
-
-    async def ainvalidate(self) -> int:
-        """Async :meth:`invalidate`."""
-        return await self._searches.ainvalidate()
 
     def get_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None

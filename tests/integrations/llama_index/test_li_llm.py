@@ -312,3 +312,13 @@ def test_provider_errors_are_retried_by_our_policy(
     answers = [llm.complete(f"question {i}").text for i in range(6)]
     assert all(answers)
     assert sim.stats()["requests_total"] > 6  # some attempts failed and were retried
+
+
+def test_the_function_calling_wrapper_refuses_a_plain_llm() -> None:
+    from llama_index.core.llms import MockLLM
+    from rag_perf_plugins.llama_index import PerfFunctionCallingLLM
+
+    with pytest.raises(
+        TypeError, match="inner must be a LlamaIndex FunctionCallingLLM, got MockLLM"
+    ):
+        PerfFunctionCallingLLM(MockLLM())  # type: ignore[arg-type]
