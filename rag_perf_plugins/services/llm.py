@@ -93,7 +93,7 @@ from ..cache import (
     explain_key,
     is_sampled,
     llm_fields,
-    llm_key,
+    make_key,
 )
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
@@ -208,9 +208,8 @@ class LLMRequest:
             msg = f"model must be a non-empty str, got {self.model!r}"
             raise ValueError(msg)
 
-    def key(self) -> str:
-        """The cache key of a non-streamed call (``llm:v1:<hex>``)."""
-        return llm_key(
+    def _fields(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        return llm_fields(
             model=self.model,
             messages=self.messages,
             provider=self.provider,
@@ -221,18 +220,13 @@ class LLMRequest:
             seed=self.seed,
         )
 
+    def key(self) -> str:
+        """The cache key of a non-streamed call (``llm:v1:<hex>``): :func:`llm_key`'s."""
+        return make_key("llm", self._fields()[0])
+
     def explain(self) -> KeyExplanation:
         """What went into :meth:`key`, and which parameters were left out."""
-        fields, excluded = llm_fields(
-            model=self.model,
-            messages=self.messages,
-            provider=self.provider,
-            params=self.params,
-            tools=self.tools,
-            tool_choice=self.tool_choice,
-            response_format=self.response_format,
-            seed=self.seed,
-        )
+        fields, excluded = self._fields()
         return explain_key("llm", fields, excluded=excluded)
 
     def policy_params(self) -> dict[str, Any]:
