@@ -67,7 +67,7 @@ from ..redis.client import (
     CircuitBreaker,
     describe_error,
     make_async_redis_client,
-    make_redis_client,
+    own_or_given,
     redact_url,
     redis,
 )
@@ -267,12 +267,9 @@ class RedisBudgetStore:
         self.prefix = prefix
         self.fallback = fallback
         self.worker_count = worker_count
-        self._client = (
-            client
-            if client is not None
-            else make_redis_client(url, timeout=timeout, max_connections=max_connections)
+        self._client, self._owns_client = own_or_given(
+            url, client, timeout=timeout, max_connections=max_connections
         )
-        self._owns_client = client is None
         self._script = self._client.register_script(_SCRIPT)
         # One asyncio client per event loop, closed while that loop shuts down.
         self._async_scripts: PerLoop[_LoopScript] = PerLoop(

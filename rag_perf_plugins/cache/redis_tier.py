@@ -46,7 +46,7 @@ from ..redis.client import (
     CircuitBreaker,
     RedisUnavailable,
     describe_error,
-    make_redis_client,
+    own_or_given,
     redact_url,
     redis,
 )
@@ -139,12 +139,9 @@ class RedisTier:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
-        self._client = (
-            client
-            if client is not None
-            else make_redis_client(url, timeout=timeout, max_connections=max_connections)
+        self._client, self._owns_client = own_or_given(
+            url, client, timeout=timeout, max_connections=max_connections
         )
-        self._owns_client = client is None
         self._value_prefix = f"{prefix}:c:"
         self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
         self._lock = threading.Lock()

@@ -45,6 +45,7 @@ __all__ = [
     "describe_error",
     "make_async_redis_client",
     "make_redis_client",
+    "own_or_given",
     "redact_url",
 ]
 
@@ -87,6 +88,20 @@ def make_redis_client(url: str, *, timeout: float, max_connections: int = 32) ->
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # close() also closes the pool we made
     return client
+
+
+def own_or_given(
+    url: str, client: redis.Redis | None, *, timeout: float, max_connections: int
+) -> tuple[redis.Redis, bool]:
+    """``client`` when given, else :func:`make_redis_client` of ``url``; and who closes it.
+
+    Example: ``self._client, self._owns_client = own_or_given(url, client, timeout=0.25,
+    max_connections=32)``. The second value is ``True`` when the client was made here (its
+    owner closes it), ``False`` for a client the caller passed (the caller closes it).
+    """
+    if client is not None:
+        return client, False
+    return make_redis_client(url, timeout=timeout, max_connections=max_connections), True
 
 
 class CircuitBreaker:
