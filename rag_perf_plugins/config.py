@@ -172,7 +172,11 @@ class PerformanceConfig:
         ge=1,
         le=2048,
     )
-    enable_metrics: bool = _opt(True, "Record per-operation statistics in the tracker.")
+    enable_metrics: bool = _opt(
+        True,
+        "Record per-operation statistics in the tracker (false: components built with this "
+        "config record nothing; the process-wide tracker follows the loaded config).",
+    )
 
     # --- pooled clients ---------------------------------------------------------------
     min_connections: int = _opt(
@@ -383,7 +387,11 @@ class PerformanceConfig:
 
     # --- statistics -------------------------------------------------------------------
     metrics_window_seconds: float = _opt(
-        60.0, "Sliding window for throughput.", unit="seconds", gt=0
+        60.0,
+        "Sliding window for throughput, of the process-wide tracker (built from the loaded "
+        "config, like the process-wide cache) and of PerformanceTracker.from_config.",
+        unit="seconds",
+        gt=0,
     )
 
     # Where each value came from, for `rag-perf config show`; not part of equality.

@@ -21,15 +21,13 @@ from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from .._signature import checked_kwargs
+from ..config import PerformanceConfig
 from .call import TrackedCall
 from .exporters import to_prometheus
 from .histogram import LogHistogram
-
-if TYPE_CHECKING:
-    from ..config import PerformanceConfig
 
 __all__ = [
     "NULL_TRACKER",
@@ -574,30 +572,40 @@ _GLOBAL_LOCK = threading.Lock()
 
 
 def get_performance_tracker() -> PerformanceTracker:
-    """The process-wide tracker, created on first use with default settings.
+    """The process-wide tracker, built on first use from ``PerformanceConfig.load()``.
 
-    Example: ``get_performance_tracker().get_metrics()``. Replace it with
-    :func:`set_performance_tracker` (e.g. one built with ``PerformanceTracker.from_config``).
+    Example: ``get_performance_tracker().get_metrics()``. Its ``enable_metrics`` and
+    ``metrics_window_seconds`` come from the config file and ``RAG_PERF_*`` variables, as
+    the process-wide cache manager's settings do (``RAG_PERF_ENABLE_METRICS=false`` makes
+    it record nothing). Replace it with :func:`set_performance_tracker`.
+
+    Raises:
+        ConfigError: the config file or environment holds a bad key or value (nothing is
+            kept; the next call tries again).
     """
     global _GLOBAL
     tracker = _GLOBAL
     if tracker is None:
         with _GLOBAL_LOCK:
             if _GLOBAL is None:
-                _GLOBAL = PerformanceTracker()
+                _GLOBAL = PerformanceTracker.from_config(PerformanceConfig.load())
             tracker = _GLOBAL
     return tracker
 
 
-def set_performance_tracker(tracker: PerformanceTracker) -> PerformanceTracker:
-    """Make ``tracker`` the process-wide one; returns the previous one (for tests to restore)."""
+def set_performance_tracker(tracker: PerformanceTracker | None) -> PerformanceTracker | None:
+    """Make ``tracker`` the process-wide one; returns the previous one (for tests to restore).
+
+    ``None`` drops the process-wide tracker: the next :func:`get_performance_tracker`
+    builds a new one from ``PerformanceConfig.load()``. Components keep the tracker they
+    resolved when they were built.
+    """
     global _GLOBAL
-    if not isinstance(tracker, PerformanceTracker):
-        msg = f"tracker must be a PerformanceTracker, got {type(tracker).__name__}"
+    if tracker is not None and not isinstance(tracker, PerformanceTracker):
+        msg = f"tracker must be a PerformanceTracker or None, got {type(tracker).__name__}"
         raise TypeError(msg)
     with _GLOBAL_LOCK:
-        previous = _GLOBAL if _GLOBAL is not None else PerformanceTracker()
-        _GLOBAL = tracker
+        previous, _GLOBAL = _GLOBAL, tracker
     return previous
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import threading
 from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.errors import ConfigError
 from rag_perf_plugins.tracking import (
     STATS_SCHEMA,
     LogHistogram,
@@ -400,6 +402,48 @@ def test_global_tracker_is_swappable() -> None:
             pass
         assert get_performance_tracker() is mine
         assert mine.operations == ["g", "h"]
+    finally:
+        set_performance_tracker(previous)
+
+
+def test_the_process_tracker_is_built_from_the_loaded_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # As get_cache_manager() does: the file and RAG_PERF_* variables apply, so
+    # metrics_window_seconds and enable_metrics reach the tracker every component shares.
+    previous = set_performance_tracker(None)
+    try:
+        default = get_performance_tracker()
+        assert (default.enabled, default.window_s) == (True, 60.0)
+        assert get_performance_tracker() is default  # built once
+
+        monkeypatch.setenv("RAG_PERF_METRICS_WINDOW_SECONDS", "10")
+        monkeypatch.setenv("RAG_PERF_ENABLE_METRICS", "false")
+        assert set_performance_tracker(None) is default
+        tracker = get_performance_tracker()
+        assert (tracker.enabled, tracker.window_s) == (False, 10.0)
+
+        @track_performance("off")
+        def off() -> None:
+            pass
+
+        off()
+        assert tracker.operations == []  # enable_metrics: false records nothing
+
+        monkeypatch.delenv("RAG_PERF_ENABLE_METRICS")
+        monkeypatch.delenv("RAG_PERF_METRICS_WINDOW_SECONDS")
+        path = tmp_path / "perf.yaml"
+        path.write_text("metrics_window_seconds: 30\n")
+        monkeypatch.setenv("RAG_PERF_CONFIG", str(path))
+        set_performance_tracker(None)
+        assert get_performance_tracker().window_s == 30.0
+
+        monkeypatch.setenv("RAG_PERF_METRICS_WINDOW_SECONDS", "-1")
+        set_performance_tracker(None)
+        with pytest.raises(ConfigError, match="metrics_window_seconds"):
+            get_performance_tracker()
+        monkeypatch.delenv("RAG_PERF_METRICS_WINDOW_SECONDS")
+        assert get_performance_tracker().window_s == 30.0  # nothing was kept: tried again
     finally:
         set_performance_tracker(previous)
 
