@@ -55,6 +55,7 @@ __all__ = [
     "BatcherClosed",
     "ProviderProfile",
     "is_batch_too_large",
+    "split_batches",
 ]
 
 T = TypeVar("T")
@@ -93,6 +94,46 @@ class ProviderProfile:
     name: str
     max_inputs: int | None = None
     max_tokens: int | None = None
+
+    def limits(self, batch_size: int, max_batch_tokens: int | None) -> tuple[int, int | None]:
+        """(most items, most estimated tokens) of one request: ours within the provider's.
+
+        Example: ``PROFILES["cohere"].limits(200, None) == (96, None)``.
+        """
+        items = batch_size if self.max_inputs is None else min(batch_size, self.max_inputs)
+        tokens = max_batch_tokens
+        if self.max_tokens is not None:
+            tokens = self.max_tokens if tokens is None else min(tokens, self.max_tokens)
+        return items, tokens
+
+
+def split_batches(texts: list[str], *, max_items: int, max_tokens: int | None) -> list[list[str]]:
+    """``texts`` cut in order into requests of ``max_items`` texts and ``max_tokens`` tokens.
+
+    Example: with ``items, tokens = PROFILES["cohere"].limits(200, None)``,
+    ``split_batches(texts, max_items=items, max_tokens=tokens)`` cuts 200 texts into
+    requests of 96, 96 and 8. Tokens are estimated; a text over the token cap goes alone.
+    The micro-batcher applies the same limits to the batches it forms; this is for callers
+    that send their texts themselves.
+    """
+    if len(texts) <= max_items and max_tokens is None:
+        return [texts]
+    batches: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for text in texts:
+        tokens = estimate_tokens(text) if max_tokens is not None else 0
+        full = len(current) >= max_items or (
+            max_tokens is not None and current and used + tokens > max_tokens
+        )
+        if full:
+            batches.append(current)
+            current, used = [], 0
+        current.append(text)
+        used += tokens
+    if current:
+        batches.append(current)
+    return batches
 
 
 # Documented provider limits on one embeddings request. Cohere's embed endpoint takes at
@@ -422,17 +463,11 @@ class _Shell(Generic[T, W, P]):
                 raise ValueError(msg)
             profile = PROFILES[profile]
         self.profile = profile
-        max_items = batch_size
-        max_tokens = max_batch_tokens
-        if profile is not None:
-            if profile.max_inputs is not None:
-                max_items = min(max_items, profile.max_inputs)
-            if profile.max_tokens is not None:
-                max_tokens = (
-                    profile.max_tokens
-                    if max_tokens is None
-                    else min(max_tokens, profile.max_tokens)
-                )
+        max_items, max_tokens = (
+            (batch_size, max_batch_tokens)
+            if profile is None
+            else profile.limits(batch_size, max_batch_tokens)
+        )
         self.batch_size = max_items
         self.max_batch_tokens = max_tokens
         self.max_wait_time = float(max_wait_time)

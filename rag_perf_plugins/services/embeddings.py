@@ -58,7 +58,7 @@ from .._secrets import describe_error
 from .._signature import checked_kwargs
 from .._threads import run_blocking
 from ..admission.retry import aobserve_failure, observe_failure
-from ..batching import AsyncBatchProcessor, BatchProcessor
+from ..batching import PROFILES, AsyncBatchProcessor, BatchProcessor, split_batches
 from ..cache import (
     CacheManager,
     cache_manager_for,
@@ -472,10 +472,12 @@ class EmbeddingService(ProviderCalls):
         return store.dtype if store is not None else self._plain_dtype
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
-        size = self.config.batch_size
-        if len(texts) <= size:
-            return [texts]
-        return [texts[i : i + size] for i in range(0, len(texts), size)]
+        """Provider requests for texts sent without the micro-batcher: the same limits."""
+        config = self.config
+        max_items, max_tokens = PROFILES[config.provider_profile].limits(
+            config.batch_size, config.batch_max_tokens
+        )
+        return split_batches(texts, max_items=max_items, max_tokens=max_tokens)
 
     def _record(
         self,

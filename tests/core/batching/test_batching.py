@@ -478,3 +478,35 @@ def test_stats_snapshot_and_the_real_tracker() -> None:
     stats = tracker.get_operation_stats("embed")
     assert stats.count == 2 and stats.batches == 2 and stats.batch_size_max == 3
     assert stats.counters == {"batch.dedup_saved": 1}
+
+
+def test_split_batches_applies_the_provider_limits() -> None:
+    from rag_perf_plugins.batching import PROFILES, split_batches
+
+    texts = [f"text number {i}" for i in range(200)]
+    items, tokens = PROFILES["cohere"].limits(200, None)
+    assert [len(b) for b in split_batches(texts, max_items=items, max_tokens=tokens)] == [96, 96, 8]
+    items, tokens = PROFILES["openai"].limits(50, 300_000)
+    assert [len(b) for b in split_batches(texts, max_items=items, max_tokens=tokens)] == [50] * 4
+    tight = split_batches(["a " * 30, "b " * 30, "c"], max_items=10, max_tokens=40)
+    assert [len(b) for b in tight] == [1, 2]  # token cap: the long texts do not share
+    assert [t for batch in tight for t in batch] == ["a " * 30, "b " * 30, "c"]
+
+
+def test_unbatched_embedding_calls_respect_the_provider_profile() -> None:
+    from rag_perf_plugins import EmbeddingService, PerformanceConfig
+
+    sizes: list[int] = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        sizes.append(len(texts))
+        return [[1.0] for _ in texts]
+
+    config = PerformanceConfig(
+        provider_profile="cohere", batch_size=200, enable_caching=False, enable_metrics=False
+    )
+    service = EmbeddingService(
+        embed, provider="p", model="m", symmetric=True, config=config, batching=False
+    )
+    assert len(service.embed_documents([f"t{i}" for i in range(200)])) == 200
+    assert sizes == [96, 96, 8]  # Cohere takes at most 96 texts per request
