@@ -266,7 +266,7 @@ class AsyncConnectionPool(Generic[T]):
         finally:
             timer.cancel()
         if timed_out and not self._core.gave_up(waiter, self.clock(), timed_out=True):
-            message = self._core.timeout_message(self.clock() - waiter.since)
+            message = self._core.timeout_message(self.clock() - waiter.since, limit)
             raise PoolTimeout(message)
         grant = self._core.claimed(waiter, self.clock())
         if isinstance(grant, (Entry, _Create)):

@@ -371,9 +371,11 @@ class TestPoolContract:
         pool = make(max_connections=1, connection_timeout=60.0)
         pool.borrow()
         started = time.monotonic()
-        with pytest.raises(PoolTimeout):
+        with pytest.raises(PoolTimeout) as caught:
             pool.borrow(timeout=SHORT)
         assert time.monotonic() - started < 30.0  # not the config's 60 s
+        # The message names the timeout that was waited, not the config's.
+        assert f"(timeout={SHORT:g} s): 1 of max_connections=1 in use" in str(caught.value)
         assert pool.stats().timeouts == 1
 
     def test_waiters_are_served_first_come_first_served(self, make: Callable[..., Driver]) -> None:
