@@ -88,7 +88,7 @@ class AsyncConnectionPool(Generic[T]):
             ``config.validate_on_borrow``; never called on fresh connections.
         close: Closes one connection (may be async); by default its ``aclose()`` or
             ``close()`` method.
-        broken_on: Exception types that mark a connection broken inside :meth:`acquire`
+        broken_on: Exception types that mark a connection broken inside :meth:`connection`
             (default: :data:`DEFAULT_ABROKEN_ON`).
         clock: Seconds, monotonic; ages, idle expiry and wait statistics use it.
 
