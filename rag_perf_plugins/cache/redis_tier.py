@@ -94,8 +94,12 @@ class RedisTier:
         max_connections: Size of redis-py's connection pool (per process).
         client: An existing redis-py client to use instead of building one from ``url``.
 
-    Tags (model names, for :meth:`purge_tag`) are kept in one Redis set per tag, which
-    grows until the tag is purged or the tier cleared; a stale member costs a few bytes.
+    Tags (model names, for :meth:`purge_tag`) are kept in one Redis set of keys per tag,
+    added to by every tagged write and emptied only when the tag is purged or the tier
+    cleared. So, unlike the memory and disk tiers (which keep the tag of a key's last
+    write), a key stays in every tag it was ever stored with: :meth:`purge_tag` also
+    deletes it after a rewrite under another tag or none (such as a copy the manager
+    promoted, untagged, from a lower tier). A member whose key is gone costs a few bytes.
     :meth:`stats` scans the prefix (``O(items)``): call it for reports, not per request.
     Does not: sign entries, or shield them from a writer who can already write to Redis.
     """

@@ -30,7 +30,7 @@ __all__ = [
     "ConnectionPool",
     "ConnectionPoolConfig",
     "PoolStats",
-    # Which exceptions mark a connection broken inside connection() / acquire().
+    # Which exceptions mark a connection broken inside connection() (sync / async).
     "DEFAULT_ABROKEN_ON",
     "DEFAULT_BROKEN_ON",
     # Errors, re-exported for convenience.

@@ -88,7 +88,7 @@ class AsyncConnectionPool(Generic[T]):
             ``config.validate_on_borrow``; never called on fresh connections.
         close: Closes one connection (may be async); by default its ``aclose()`` or
             ``close()`` method.
-        broken_on: Exception types that mark a connection broken inside :meth:`acquire`
+        broken_on: Exception types that mark a connection broken inside :meth:`connection`
             (default: :data:`DEFAULT_ABROKEN_ON`).
         clock: Seconds, monotonic; ages, idle expiry and wait statistics use it.
 
@@ -266,7 +266,7 @@ class AsyncConnectionPool(Generic[T]):
         finally:
             timer.cancel()
         if timed_out and not self._core.gave_up(waiter, self.clock(), timed_out=True):
-            message = self._core.timeout_message(self.clock() - waiter.since)
+            message = self._core.timeout_message(self.clock() - waiter.since, limit)
             raise PoolTimeout(message)
         grant = self._core.claimed(waiter, self.clock())
         if isinstance(grant, (Entry, _Create)):

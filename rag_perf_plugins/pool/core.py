@@ -417,11 +417,15 @@ class PoolCore(Generic[T]):
             f"waiting: {len(self.waiters)} | max: {self.config.max_connections}]>"
         )
 
-    def timeout_message(self, waited: float) -> str:
-        """Why a borrower gave up, with the numbers that explain it."""
+    def timeout_message(self, waited: float, limit: float) -> str:
+        """Why a borrower gave up, with the numbers that explain it.
+
+        ``limit`` is the timeout the borrower waited: ``connection_timeout``, or the
+        ``timeout=`` of that call, which the message then names instead.
+        """
+        name = "connection_timeout" if limit == self.config.connection_timeout else "timeout"
         return (
-            f"no connection free after waiting {waited:.3f} s "
-            f"(connection_timeout={self.config.connection_timeout:g} s): "
+            f"no connection free after waiting {waited:.3f} s ({name}={limit:g} s): "
             f"{len(self.in_use)} of max_connections={self.config.max_connections} in use, "
             f"{len(self.waiters)} other borrowers waiting"
         )

@@ -216,7 +216,7 @@ class ConnectionPool(Generic[T]):
         with self._lock:
             now = self.clock()
             if not signalled and not self._core.gave_up(waiter, now, timed_out=True):
-                message = self._core.timeout_message(now - waiter.since)
+                message = self._core.timeout_message(now - waiter.since, limit)
                 raise PoolTimeout(message)
             grant = self._core.claimed(waiter, now)
         if isinstance(grant, (Entry, _Create)):
