@@ -639,11 +639,20 @@ class CacheManager:
         return removed
 
     def purge_model(self, model: str) -> int:
-        """Delete every entry stored with ``model=model``, in every namespace and tier."""
+        """Delete every entry stored with ``model=model``, in every namespace and tier.
+
+        Returns the tagged entries removed. A copy promoted from a shared tier into this
+        manager's memory tier carries no tag, so the memory tier's untagged entries are
+        dropped too (an answer of the purged model must not be served from them; they are
+        read again from the shared tiers). Other processes' memory tiers keep their copies
+        until they expire: bump a namespace to reach them.
+        """
         removed = 0
         for tier in self.tiers:
             try:
                 removed += tier.purge_tag(model)
+                if isinstance(tier, MemoryTier):
+                    tier.drop_untagged()
             except Exception as exc:
                 self._fault(tier.name, "purge", exc)
         return removed

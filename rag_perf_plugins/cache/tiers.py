@@ -210,6 +210,10 @@ class MemoryTier:
         """Drop the keys stored with ``tag`` (a scan; purges are rare)."""
         return self._drop_where(lambda _key, t: t == tag)
 
+    def drop_untagged(self) -> int:
+        """Drop the keys stored without a tag, such as copies promoted from a shared tier."""
+        return self._drop_where(lambda _key, t: t is None)
+
     def stats(self) -> dict[str, Any]:
         """Items, bytes (payload, keys and bookkeeping) and evictions."""
         return {"items": len(self._data), "bytes": self._bytes, "evictions": self.evictions}

@@ -362,3 +362,14 @@ def test_envelope_refuses_foreign_schema() -> None:
     blob[3] = 99
     with pytest.raises(ValueError, match="schema 99"):
         decode(bytes(blob))
+
+
+def test_purge_model_also_drops_copies_promoted_without_a_tag(cache_dir: Path) -> None:
+    writer = make(cache_dir)
+    writer.set("k", "old answer", namespace="llm", model="m")
+    reader = make(cache_dir)
+    assert reader.get("k", namespace="llm") == "old answer"  # promoted into reader's memory
+    assert reader.purge_model("m") >= 1
+    assert reader.get("k", namespace="llm") is None  # not served from the memory tier
+    writer.close()
+    reader.close()
