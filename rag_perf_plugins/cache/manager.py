@@ -685,6 +685,11 @@ class CacheManager:
                 return hit  # type: ignore[no-any-return]
 
         def compute() -> T:
+            if control.read:
+                # A leader that finished between our lookup and our claim has stored it.
+                late = self.get(key, _MISSING, namespace=namespace)
+                if late is not _MISSING:
+                    return late  # type: ignore[no-any-return]
             value = fn()
             return self._store_computed(key, value, ttl, namespace, model, write=control.write)
 
@@ -879,6 +884,11 @@ class CacheManager:
                 return hit  # type: ignore[no-any-return]
 
         async def compute() -> T:
+            if control.read:
+                # A leader that finished between our lookup and our claim has stored it.
+                late = await self.aget(key, _MISSING, namespace=namespace)
+                if late is not _MISSING:
+                    return late  # type: ignore[no-any-return]
             value = await fn()
             try:
                 blobs = self._encode_many({key: value}, ttl, vector=False)

@@ -533,7 +533,7 @@ class LLMService(ProviderCalls):
         codec: ResultCodec[T], call: _Call, value: T, data: Any, usage: Usage | None
     ) -> T:
         """What a caller returns from the flight: its own answer, or the leader's (decoded)."""
-        if call.led or data is _UNSTORED:
+        if call.led or call.cache_hit or data is _UNSTORED:
             return value
         # A follower of another caller's request: billed nothing, saved what the leader paid.
         call.coalesced, call.saved = True, usage.total if usage is not None else 0
@@ -635,6 +635,15 @@ class LLMService(ProviderCalls):
         state.cache_hit = False
 
         def lead() -> tuple[T, Any, Usage | None]:
+            if state.control.read:
+                # Another leader may have stored the answer between our lookup and our
+                # claim (its flight had just ended): read again before calling the provider.
+                with applied(state.control):
+                    entry = cache.get(key, namespace=self.namespace)
+                found = self._read_entry("result", entry)
+                late = self._hit("result", entry, codec.decode, state)
+                if found is not None and not isinstance(late, _Miss):
+                    return late, found[0], found[1]
             state.led = True
             value = self._provider(request, call, codec, state)
             data = self._encode(codec, value)
@@ -722,6 +731,15 @@ class LLMService(ProviderCalls):
         state.cache_hit = False
 
         async def lead() -> tuple[T, Any, Usage | None]:
+            if state.control.read:
+                # Another leader may have stored the answer between our lookup and our
+                # claim (its flight had just ended): read again before calling the provider.
+                with applied(state.control):
+                    entry = await cache.aget(key, namespace=self.namespace)
+                found = self._read_entry("result", entry)
+                late = self._hit("result", entry, codec.decode, state)
+                if found is not None and not isinstance(late, _Miss):
+                    return late, found[0], found[1]
             state.led = True
             value = await self._aprovider(request, call, codec, state)
             data = self._encode(codec, value)

@@ -526,3 +526,56 @@ def test_bad_arguments() -> None:
         LLMRequest(model="", messages=[])
     with pytest.raises(ValueError, match="operation"):
         LLMService(operation="")
+
+
+async def test_a_miss_read_before_the_leader_stored_makes_no_second_call(
+    tmp_path: Path, tracker: PerformanceTracker
+) -> None:
+    """The window between a caller's lookup and its claim: the leader stored meanwhile."""
+    import threading
+
+    from rag_perf_plugins.cache import DiskTier, MemoryTier
+
+    class SlowDisk(DiskTier):
+        block_next = False
+        entered = threading.Event()
+        release = threading.Event()
+
+        def get_many(self, keys: Any) -> dict[str, bytes]:
+            found = super().get_many(keys)
+            if SlowDisk.block_next:
+                SlowDisk.block_next = False
+                SlowDisk.entered.set()
+                SlowDisk.release.wait(10)
+            return found
+
+    config = PerformanceConfig(cache_dir=str(tmp_path / "c"))
+    cache = CacheManager(
+        config, tiers=[MemoryTier(max_items=100, max_bytes=2**20), SlowDisk(tmp_path / "c")]
+    )
+    service = LLMService(config=config, cache=cache, tracker=tracker)
+    provider, go = Provider(), asyncio.Event()
+    req = request()
+
+    async def slow_answer() -> Answer:
+        await go.wait()
+        return provider.answer(req)
+
+    async def fast_answer() -> Answer:
+        return provider.answer(req)
+
+    leader = asyncio.create_task(service.agenerate(req, slow_answer, Codec()))
+    for _ in range(1000):
+        if service.provider_calls:
+            break
+        await asyncio.sleep(0)
+    SlowDisk.block_next = True
+    late = asyncio.create_task(service.agenerate(req, fast_answer, Codec()))
+    await asyncio.get_running_loop().run_in_executor(None, SlowDisk.entered.wait, 10)
+    go.set()
+    first = await leader
+    SlowDisk.release.set()
+    second = await late
+    assert provider.calls == 1
+    assert second["text"] == first["text"] and second.get("cache_hit") is True
+    await cache.aclose()

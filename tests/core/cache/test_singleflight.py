@@ -196,3 +196,53 @@ async def test_blocking_code_on_the_leaders_loop_computes_instead_of_deadlocking
     release.set()
     assert await leader == "async"
     assert flight.computed == 3 and flight.coalesced == 0
+
+
+async def test_a_caller_whose_miss_was_read_before_the_leader_stored_does_not_compute_again(
+    cache_dir: Path,
+) -> None:
+    """The window between a lookup and a claim: the leader stored and released meanwhile."""
+    import threading as th
+
+    from rag_perf_plugins.cache import DiskTier, MemoryTier
+
+    class SlowDisk(DiskTier):
+        block_next = False
+        entered = th.Event()
+        release = th.Event()
+
+        def get_many(self, keys: Any) -> dict[str, bytes]:
+            found = super().get_many(keys)  # read now (a miss) ...
+            if SlowDisk.block_next:
+                SlowDisk.block_next = False
+                SlowDisk.entered.set()
+                SlowDisk.release.wait(10)  # ... and answer only after the leader is done
+            return found
+
+    config = PerformanceConfig(cache_dir=str(cache_dir))
+    manager = CacheManager(
+        config, tiers=[MemoryTier(max_items=100, max_bytes=2**20), SlowDisk(cache_dir)]
+    )
+    leader_go = asyncio.Event()
+    calls: list[str] = []
+
+    async def first() -> str:
+        calls.append("first")
+        await leader_go.wait()
+        return "answer"
+
+    async def second() -> str:
+        calls.append("second")
+        return "another answer"
+
+    leader = asyncio.create_task(manager.aget_or_compute("k", first))
+    await _until(lambda: calls == ["first"])
+    SlowDisk.block_next = True
+    late = asyncio.create_task(manager.aget_or_compute("k", second))
+    await asyncio.get_running_loop().run_in_executor(None, SlowDisk.entered.wait, 10)
+    leader_go.set()
+    assert await leader == "answer"  # stored, and its flight released
+    SlowDisk.release.set()
+    assert await late == "answer"  # read again after claiming: no second computation
+    assert calls == ["first"]
+    await manager.aclose()
