@@ -44,7 +44,13 @@ ENV_PREFIX = "RAG_PERF_"
 # Environment variables with our prefix that are not config keys: they steer tests,
 # examples and CI, and from_env() must not reject them as typos.
 NON_CONFIG_ENV = frozenset(
-    {"RAG_PERF_CONFIG", "RAG_PERF_REQUIRE_REDIS", "RAG_PERF_BASE_URL", "RAG_PERF_BENCH_QUICK"}
+    {
+        "RAG_PERF_CONFIG",
+        "RAG_PERF_REQUIRE_REDIS",
+        "RAG_PERF_TEST_REDIS_DB",
+        "RAG_PERF_BASE_URL",
+        "RAG_PERF_BENCH_QUICK",
+    }
 )
 # The config file read when none is named: RAG_PERF_CONFIG, else this file if present.
 CONFIG_ENV = "RAG_PERF_CONFIG"

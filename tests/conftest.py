@@ -14,6 +14,8 @@ from rag_perf_plugins._clock import FakeClock
 pytest_plugins = ["rag_perf_plugins.simulator.testing"]
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# The database the Redis tests use and flush; two test runs at once need two databases.
+REDIS_DB = int(os.environ.get("RAG_PERF_TEST_REDIS_DB", "15"))
 REQUIRE_REDIS = os.environ.get("RAG_PERF_REQUIRE_REDIS", "") not in ("", "0", "false")
 
 
@@ -21,7 +23,10 @@ REQUIRE_REDIS = os.environ.get("RAG_PERF_REQUIRE_REDIS", "") not in ("", "0", "f
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test away from the user's cache directory and RAG_PERF_* settings."""
     for name in list(os.environ):
-        if name.startswith("RAG_PERF_") and name != "RAG_PERF_REQUIRE_REDIS":
+        if name.startswith("RAG_PERF_") and name not in (
+            "RAG_PERF_REQUIRE_REDIS",
+            "RAG_PERF_TEST_REDIS_DB",
+        ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("RAG_PERF_CACHE_DIR", str(tmp_path / "default-cache"))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
@@ -52,7 +57,8 @@ def redis_available(host: str = REDIS_HOST, port: int = REDIS_PORT) -> bool:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """URL of the real Redis at 127.0.0.1:6379 (database 15, flushed around the test).
+    """URL of the real Redis at 127.0.0.1:6379 (database 15, or ``RAG_PERF_TEST_REDIS_DB``,
+    flushed around the test).
 
     Skips when Redis is not answering, unless RAG_PERF_REQUIRE_REDIS=1 (as in CI), in which
     case the test fails.
@@ -62,7 +68,7 @@ def redis_url() -> Iterator[str]:
         if REQUIRE_REDIS:
             pytest.fail(message + " and RAG_PERF_REQUIRE_REDIS=1")
         pytest.skip(message)
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     _flush(url)
     yield url
     _flush(url)
