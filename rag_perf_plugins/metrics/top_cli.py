@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"rag-perf top: {exc}", file=sys.stderr)
         return 2
-    console = Console()
+    console = Console(width=max(140, Console().width))
     previous: dict[str, Any] | None = None
     taken = time.monotonic()
     shown = 0

@@ -124,14 +124,26 @@ def tracer() -> Any:
     return tracing.current()
 
 
-def provider_name(provider: str | None) -> str:
-    """``gen_ai.provider.name`` of a service provider id: ``openai/https://...`` → ``openai``.
+_KNOWN = (
+    "azure", "openai", "anthropic", "cohere", "mistral", "vertex", "gemini", "bedrock",
+    "ollama", "groq", "voyage", "huggingface", "deepseek", "together", "fireworks",
+)  # fmt: skip
 
-    Only the part before the first ``/``: the rest is a base URL, which may hold
-    credentials and is never put in a span.
+
+def provider_name(provider: str | None) -> str:
+    """``gen_ai.provider.name`` of a service provider id, e.g. ``openai``.
+
+    The adapters' ids name the framework class (``langchain/langchain_openai.chat_models
+    .base.ChatOpenAI/…``): the first well-known provider named in the id's first two
+    parts wins; else the part before the first ``/``. Never the rest: it may be a base
+    URL, which may hold credentials and is never put in a span.
     """
     if not provider:
         return "unknown"
+    head = "/".join(provider.split("/", 2)[:2]).lower()
+    for name in _KNOWN:
+        if name in head:
+            return name
     return provider.split("/", 1)[0]
 
 

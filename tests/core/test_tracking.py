@@ -487,7 +487,12 @@ def test_prometheus_text_parses(fake_clock: FakeClock) -> None:
     latency = families["rag_perf_operation_latency_seconds"]
     assert latency.type == "summary"
     samples = {
-        (s.name, s.labels.get("operation"), s.labels.get("cache"), s.labels.get("quantile")): s.value
+        (
+            s.name,
+            s.labels.get("operation"),
+            s.labels.get("cache"),
+            s.labels.get("quantile"),
+        ): s.value
         for s in latency.samples
     }
     op = 'llm "chat"\n'
