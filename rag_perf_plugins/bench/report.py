@@ -191,7 +191,7 @@ def _records_charts(r: Result, points: list[dict[str, Any]]) -> list[Chart]:
         question = f"Does throughput keep up with the Little's-law bound as {x_key} grows?"
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         ax.plot(xs, [p["littles_law_bound_qps"] for p in points], color=BASELINE, ls="--",
-                marker="o", label=f"Little's-law bound ({x_key} / latency of one query)")  # fmt: skip
+                marker="o", label=f"Little's-law bound ({x_key} / 1-query latency)")  # fmt: skip
         ax.plot(xs, [p["throughput_qps"] for p in points], color=OURS, marker="o", lw=2,
                 label="ours: measured throughput")  # fmt: skip
         _axes(ax, x_key, "queries per second", log_x, log_x, question)
@@ -202,16 +202,17 @@ def _records_charts(r: Result, points: list[dict[str, Any]]) -> list[Chart]:
         used |= set(latency)
         question = f"How long does a query take as {x_key} grows?"
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
-        for k, style in zip(latency, ("-", "--"), strict=False):
-            ax.plot(xs, [p[k] for p in points], color=OURS, ls=style, marker="o",
-                    label=f"ours: {k.removesuffix('_ms')}")  # fmt: skip
+        for lat_key, style in zip(latency, ("-", "--"), strict=False):
+            ax.plot(xs, [p[lat_key] for p in points], color=OURS, ls=style, marker="o",
+                    label=f"ours: {lat_key.removesuffix('_ms')}")  # fmt: skip
         goal = _target_value(r.target.describe() if r.target else None)
         if goal is not None and r.name.endswith("p95_ms"):
             ax.axhline(goal, color=TARGET, ls="--", lw=1.5, label=f"target: p95 < {_fmt(goal)} ms")
         _axes(ax, x_key, "latency (ms)", log_x, False, question)
         _data_ticks(ax, xs, log_x)
         out.append(Chart(f"{r.category}__{r.name}__latency", question, fig))
-    for k in numeric:
+    for key in numeric:
+        k = str(key)
         if k in used:
             continue
         question = f"{k.replace('_', ' ')} as {x_key} grows"
@@ -368,7 +369,8 @@ h1{font-size:24px;margin:0 0 4px} h2{font-size:19px;margin:36px 0 8px;border-bot
 .sw{display:inline-block;width:14px;height:10px;margin-right:4px;vertical-align:middle}
 figure{margin:12px 0 20px} figure svg{max-width:100%;height:auto}
 figcaption{color:#555;font-size:12px}
-table{border-collapse:collapse;font-size:12px;width:100%} th,td{padding:3px 6px;border-bottom:1px solid #eee}
+table{border-collapse:collapse;font-size:12px;width:100%}
+th,td{padding:3px 6px;border-bottom:1px solid #eee}
 th{text-align:left;background:#f6f6f6} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .PASS{color:#1a7f37;font-weight:600} .FAIL{color:#d62728;font-weight:600} .ERROR{color:#d62728}
 """

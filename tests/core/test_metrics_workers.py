@@ -23,7 +23,7 @@ def _free_range(n: int) -> int:
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+            base = int(s.getsockname()[1])
         socks = []
         try:
             for port in range(base, base + n):

@@ -14,7 +14,6 @@ import pytest
 
 from rag_perf_plugins.bench.report import render_html
 from rag_perf_plugins.cli import main
-
 from tests.report_browser import CHROMIUM, open_report
 
 FULL = Path(__file__).resolve().parents[2] / "docs" / "results" / "full.json"
@@ -48,7 +47,7 @@ def test_report_of_the_committed_run_renders_every_chart(chromium: Path, tmp_pat
     assert "peers" in keys and "concurrency__concurrency_throughput_qps__throughput" in keys
     assert "scalability__disk_cache_get_us" in keys
     for chart in seen.charts:  # drawn: a real box and shapes in it, a question as its title
-        assert chart["width"] > 300 and chart["height"] > 150, chart
+        assert float(str(chart["width"])) > 300 and float(str(chart["height"])) > 150, chart
         assert int(str(chart["shapes"])) > 20, chart
         assert str(chart["title"]).strip(), chart
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
