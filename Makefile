@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint pytest bench clean
+.PHONY: install browser demo test lint pytest bench report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,15 @@ lint: install
 	$(VENV)/bin/lint-imports
 	$(PY) tests/unasync.py --check
 
-pytest: install
+# Debian's Chromium for the HTML report's browser test (Playwright drives it through
+# executable_path; `playwright install` would download a browser and is never run).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	    else echo "make browser: $(CHROMIUM) is missing; run as root: apt-get install -y chromium" >&2; fi; }
+
+pytest: install browser
 	$(VENV)/bin/pytest
 
 test: lint pytest
@@ -34,6 +42,11 @@ demo: install
 
 bench: install
 	$(VENV)/bin/rag-perf bench --output bench-results/results.json --markdown bench-results/results.md --plots bench-results/plots
+
+# The committed full run's HTML report, its charts, and the screenshot in docs/img.
+report: install browser
+	$(VENV)/bin/rag-perf bench --render docs/results/full.json --html docs/results/full.html --plots docs/img
+	$(PY) tests/report_browser.py docs/results/full.html docs/img/bench-report.png
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .demo bench-results

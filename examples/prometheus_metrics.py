@@ -1,46 +1,28 @@
-"""Export the tracker's statistics as Prometheus text and serve them at ``/metrics``.
+"""Serve the tracker's statistics at ``/metrics`` for Prometheus, and read them back.
 
 Run it with ``python examples/prometheus_metrics.py``. It starts the bundled provider
 simulator unless ``RAG_PERF_BASE_URL`` points at a running OpenAI-compatible provider.
 
-Calls to the provider are timed with ``track(...)`` (latency histogram, tokens
-from the answer's usage), ``PerformanceTracker.to_prometheus()`` renders every operation
-in the Prometheus text format, and a small standard-library HTTP server on loopback serves
-it at ``/metrics`` for a scraper. The example scrapes it once and checks that
-``prometheus_client``'s own parser reads it. For OpenTelemetry, see
-``rag_perf_plugins.tracking.OTelExporter``.
+Calls to the provider are timed with ``track(...)`` (latency histogram, tokens from the
+answer's usage, a cache result per call), ``start_metrics_server`` serves the process
+tracker on loopback in the Prometheus format (``prometheus_client`` writes it; the
+``metrics`` extra), and the example scrapes it once, as Prometheus or ``rag-perf stats
+URL`` would. In a multi-worker server, call ``start_metrics_server(BASE, workers=N)`` in
+each worker (see docs/components/metrics.md). For spans, see
+``rag_perf_plugins.tracking.spans``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from rag_perf_plugins import get_performance_tracker, track
+from rag_perf_plugins.metrics import read_endpoint, start_metrics_server
 from rag_perf_plugins.pool.http import openai_client
 from rag_perf_plugins.simulator import provider_url
-
-
-class MetricsHandler(BaseHTTPRequestHandler):
-    """GET /metrics: the process tracker in Prometheus text format (version 0.0.4)."""
-
-    def do_GET(self) -> None:
-        if self.path != "/metrics":
-            self.send_error(404)
-            return
-        body = get_performance_tracker().to_prometheus().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet
-        pass
 
 
 def main() -> None:
@@ -52,22 +34,25 @@ def main() -> None:
                     model="gpt-4o-mini",
                     messages=[{"role": "user", "content": f"Question {i}: what is RAG?"}],
                 )
+                call.cache_hit = False  # no cache here: every call reached the provider
                 if reply.usage is not None:
                     call.tokens_in = reply.usage.prompt_tokens
                     call.tokens_out = reply.usage.completion_tokens
-    server = ThreadingHTTPServer(("127.0.0.1", 0), MetricsHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Port 0 is not allowed (a scraper needs a known port): find a free one near 9464.
+    server = start_metrics_server(19464, workers=50, worker="0")
     try:
-        metrics_url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-        text = httpx.get(metrics_url).text
+        text = httpx.get(server.url).text
+        stats = read_endpoint(server.url)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     families = {family.name for family in text_string_to_metric_families(text)}
-    print(f"scraped {metrics_url}: {len(text.splitlines())} lines, {len(families)} metric families")
+    print(f"scraped {server.url}: {len(text.splitlines())} lines, {len(families)} families")
     for line in text.splitlines():
-        if 'example.chat"' in line and ("_count" in line or "token" in line):
+        if 'operation="example.chat"' in line and line.startswith("rag_perf_calls_total"):
             print("  " + line)
+    chat = stats["operations"]["example.chat"]
+    print(f"  miss p95 {chat['latency_miss_p95_s'] * 1000:.1f} ms over {chat['count']} calls")
+    assert get_performance_tracker().get_operation_stats("example.chat").count == 20
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ class Command:
 # subcommand -> where it lives and what it needs; one line per subcommand.
 COMMANDS: dict[str, Command] = {
     "bench": Command("rag_perf_plugins.bench.cli", "bench", ("aiohttp", "matplotlib")),
-    "stats": Command("rag_perf_plugins.tracking.cli"),
+    "stats": Command("rag_perf_plugins.metrics.stats_cli"),
+    "top": Command("rag_perf_plugins.metrics.top_cli", "metrics", ("prometheus_client",)),
     "cache": Command("rag_perf_plugins.cache.cli"),
     "simulate": Command("rag_perf_plugins.simulator.cli", "simulator", ("aiohttp",)),
 }

@@ -19,7 +19,7 @@ EXPECTED = {
     "async_engine.py": "40/40 answered",
     "pool_and_cached.py": "@cached: 5 calls, 2 computed",
     "prometheus_metrics.py": (
-        'gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name="example.chat"} 20'
+        'rag_perf_calls_total{cache="miss",operation="example.chat",worker="0"} 20.0'
     ),
 }
 # Scripts owned elsewhere that need more than a plain run (Redis), checked by their owners.

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .budget import BudgetStore
 from .gate import AdmissionGate
 
-__all__ = ["get_gate", "key_fingerprint"]
+__all__ = ["get_gate", "key_fingerprint", "live_gates"]
 
 
 def key_fingerprint(api_key: str | None) -> str:
@@ -68,3 +68,9 @@ def get_gate(
             msg = f"get_gate({key!r}): this key's gate already exists with another config"
             raise ConfigError(msg, key="config")
         return gate
+
+
+def live_gates() -> list[AdmissionGate]:
+    """The process-wide gates made by :func:`get_gate` so far (the metrics endpoint's)."""
+    with _GATES_LOCK:
+        return list(_GATES.values())

@@ -5,7 +5,7 @@ Example::
     rag-perf bench --list
     rag-perf bench --only tracker --quick --output results.json
     rag-perf bench --preset high-throughput --compare old.json --plots plots/
-    rag-perf bench --render results.json --markdown results.md
+    rag-perf bench --render results.json --markdown results.md --html report.html
     python -m rag_perf_plugins.bench --only cache
 
 Exit status: 0 when every benchmark ran (targets missed are shown as FAIL but do not change
@@ -27,6 +27,7 @@ from typing import Any
 
 from ..config import PerformanceConfig
 from .registry import BenchContext, Benchmark, Result
+from .report import render_html, write_pngs
 from .runner import (
     UnknownCategoryError,
     build_document,
@@ -34,7 +35,6 @@ from .runner import (
     collect_meta,
     compare_documents,
     load_benchmarks,
-    plot_curves,
     render_markdown,
     run,
     select,
@@ -73,14 +73,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare", metavar="OLD_JSON", help="show the change against an earlier results file"
     )
-    parser.add_argument("--plots", metavar="DIR", help="write PNGs of results that carry curves")
+    parser.add_argument(
+        "--plots", metavar="DIR", help="write the report's charts as PNGs (one question each)"
+    )
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML report: charts against same-run baselines, tables",
+    )
     parser.add_argument(
         "--markdown", metavar="FILE", help="write the results as a Markdown table ('-': stdout)"
     )
     parser.add_argument(
         "--render",
         metavar="RESULTS_JSON",
-        help="run nothing: show an earlier results file (with --markdown/--plots to write them)",
+        help="run nothing: show an earlier results file (--markdown/--plots/--html write them)",
     )
     parser.add_argument(
         "--no-peers",
@@ -282,8 +289,13 @@ def _write_extras(
             out.write_text(text, encoding="utf-8")
             console.print(f"wrote {out}")
     if args.plots:
-        for path in plot_curves(results, Path(args.plots)):
+        for path in write_pngs(results, Path(args.plots)):
             console.print(f"plot {path}")
+    if args.html:
+        out = Path(args.html)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_html(document), encoding="utf-8")
+        console.print(f"wrote {out}")
 
 
 def _read_json(option: str, path: str, err: Any) -> Any:

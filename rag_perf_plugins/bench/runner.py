@@ -43,7 +43,6 @@ __all__ = [
     "collect_meta",
     "compare_documents",
     "load_benchmarks",
-    "plot_curves",
     "render_markdown",
     "run",
     "select",
@@ -440,81 +439,3 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             + "."
         )
     return "\n".join(lines) + "\n"
-
-
-# --- plots --------------------------------------------------------------------------------
-def _curve_series(
-    data: Any,
-) -> list[tuple[str, str, list[float], dict[str, list[float]], bool, bool]]:
-    """Normalise ``extra["curve"]`` into panels: (x_label, y_label, x, series, log_x, log_y).
-
-    Two shapes are accepted: the dict from :func:`registry.curve`, and a list of records
-    (``[{"concurrency": 1, "p95_ms": 52.0, ...}, ...]``: the first numeric key is x and
-    every other numeric key gets its own panel).
-    """
-    if isinstance(data, dict) and "x" in data and "series" in data:
-        return [
-            (
-                str(data.get("x_label", "x")),
-                str(data.get("y_label", "")),
-                [float(v) for v in data["x"]],
-                {str(k): [float(v) for v in ys] for k, ys in data["series"].items()},
-                bool(data.get("log_x", False)),
-                bool(data.get("log_y", False)),
-            )
-        ]
-    if isinstance(data, list) and len(data) >= 2 and all(isinstance(p, dict) for p in data):
-        numeric = [
-            k
-            for k, v in data[0].items()
-            if isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and all(isinstance(p.get(k), (int, float)) for p in data)
-        ]
-        if len(numeric) < 2:
-            return []
-        x_key, xs = numeric[0], [float(p[numeric[0]]) for p in data]
-        spread = max(xs) / min(xs) if min(xs) > 0 else 0.0
-        return [
-            (x_key, k, xs, {k: [float(p[k]) for p in data]}, spread >= 100, False)
-            for k in numeric[1:]
-        ]
-    return []
-
-
-def plot_curves(results: Iterable[Result], directory: Path) -> list[Path]:
-    """Write one PNG per result that carries ``extra["curve"]``; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never open a window
-    import matplotlib.pyplot as plt
-
-    directory.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for result in results:
-        panels = _curve_series(result.extra.get("curve"))[:8]
-        if not panels:
-            continue
-        fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3.2 * len(panels)), squeeze=False)
-        for ax, (x_label, y_label, xs, series, log_x, log_y) in zip(
-            axes[:, 0], panels, strict=True
-        ):
-            for label, ys in series.items():
-                ax.plot(xs, ys, marker="o", label=label)
-            ax.set_xlabel(x_label)
-            ax.set_ylabel(y_label)
-            if log_x:
-                ax.set_xscale("log")
-            if log_y:
-                ax.set_yscale("log")
-            ax.grid(True, alpha=0.3)
-            if len(series) > 1:
-                ax.legend()
-        fig.suptitle(f"{result.category}: {result.name}")
-        fig.tight_layout()
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in result.name)
-        path = directory / f"{result.category}__{safe}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written

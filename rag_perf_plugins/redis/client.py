@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Final, Literal
 
@@ -43,6 +44,7 @@ __all__ = [
     "CircuitBreaker",
     "RedisUnavailable",
     "describe_error",
+    "live_breakers",
     "make_async_redis_client",
     "make_redis_client",
     "own_or_given",
@@ -104,6 +106,11 @@ def own_or_given(
     return make_redis_client(url, timeout=timeout, max_connections=max_connections), True
 
 
+def live_breakers() -> list[CircuitBreaker]:
+    """Every :class:`CircuitBreaker` still in use in this process (the metrics endpoint's)."""
+    return list(_BREAKERS)
+
+
 class CircuitBreaker:
     """Closed while calls succeed; open for ``retry_interval`` seconds after a failure.
 
@@ -121,6 +128,7 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "__weakref__",
         "_clock",
         "_lock",
         "_open_until",
@@ -141,6 +149,7 @@ class CircuitBreaker:
         self._probe_at: float | None = None  # when the current probe was let through
         self.recoveries = 0
         self.trips = 0
+        _BREAKERS.add(self)
 
     @property
     def state(self) -> Literal["closed", "open"]:
@@ -218,3 +227,6 @@ def make_async_redis_client(
         retry=AsyncRetry(NoBackoff(), 0),
     )
     return redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
+
+
+_BREAKERS: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()

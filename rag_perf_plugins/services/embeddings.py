@@ -70,7 +70,7 @@ from ..cache.serialize import round_vectors
 from ..cache.singleflight import Flight, SingleFlight
 from ..config import PerformanceConfig, resolve_config
 from ..tokens import estimate_tokens
-from ..tracking import PerformanceTracker, resolve_tracker
+from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
@@ -490,7 +490,8 @@ class EmbeddingService(ProviderCalls):
         error: bool,
     ) -> None:
         tracker = self._tracker
-        if not tracker.enabled:
+        span_tracer = spans.tracer()
+        if not tracker.enabled and span_tracer is None:
             return
         operation = f"{self.operation}.{role}"
         coalesced = len(plan.texts) - hits - len(sent)
@@ -502,12 +503,18 @@ class EmbeddingService(ProviderCalls):
                 tokens_in += estimate_tokens(text)
             else:
                 saved += estimate_tokens(text)
+        cache_hit = None if self._store is None else not sent
+        latency = self._clock() - started
+        if span_tracer is not None:
+            self._span(span_tracer, latency, tokens_in, saved, cache_hit, len(plan.keys), error)
+        if not tracker.enabled:
+            return
         tracker.record(
             operation,
-            self._clock() - started,
+            latency,
             error=error,
             tokens_in=tokens_in,
-            cache_hit=None if self._store is None else not sent,
+            cache_hit=cache_hit,
             batch_size=len(plan.keys),
             tokens_saved=saved,
         )
@@ -523,13 +530,20 @@ class EmbeddingService(ProviderCalls):
     ) -> None:
         """:meth:`_record` of a one-text call without a store (see :meth:`_embed_one`)."""
         tracker = self._tracker
-        if not tracker.enabled:
+        span_tracer = spans.tracer()
+        if not tracker.enabled and span_tracer is None:
             return
         operation = f"{self.operation}.{role}"
         tokens = estimate_tokens(text)
+        latency = self._clock() - started
+        if span_tracer is not None:
+            used, spared = (tokens, 0) if sent else (0, tokens)
+            self._span(span_tracer, latency, used, spared, None, 1, error)
+        if not tracker.enabled:
+            return
         tracker.record(
             operation,
-            self._clock() - started,
+            latency,
             error=error,
             tokens_in=tokens if sent else 0,
             cache_hit=None,
@@ -538,6 +552,30 @@ class EmbeddingService(ProviderCalls):
         )
         if not sent:
             tracker.incr("coalesced", 1, operation=operation)
+
+    def _span(
+        self,
+        tracer: Any,
+        latency: float,
+        tokens_in: int,
+        saved: int,
+        cache_hit: bool | None,
+        texts: int,
+        error: bool,
+    ) -> None:
+        """One OpenTelemetry span of a call (see :mod:`rag_perf_plugins.tracking.spans`)."""
+        attributes: dict[str, Any] = {
+            "gen_ai.provider.name": spans.provider_name(self.identity.provider),
+            "gen_ai.usage.input_tokens": tokens_in,
+            "rag_perf.tokens_saved": saved,
+            "rag_perf.batch_size": texts,
+        }
+        if cache_hit is not None:
+            attributes["rag_perf.cache.hit"] = cache_hit
+            if cache_hit:
+                attributes["rag_perf.cache.hit_kind"] = "exact"
+                attributes["gen_ai.usage.cache_read.input_tokens"] = 0
+        spans.emit(tracer, "embeddings", self.identity.model, latency, attributes, error=error)
 
     def _tokens(self, texts: list[str]) -> int:
         """Estimated tokens of a provider request for the gate; 0 without a token budget."""

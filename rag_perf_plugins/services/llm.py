@@ -98,7 +98,7 @@ from ..cache import (
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
 from ..tokens import estimate_tokens
-from ..tracking import PerformanceTracker, resolve_tracker
+from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
@@ -283,6 +283,8 @@ class _Call:
     ttft: float | None = None
     abandoned: bool = False
     led: bool = False  # this caller led its single-flight (made the provider call)
+    request: LLMRequest | None = None  # for the span: model and provider
+    on_cache: Callable[[bool], None] | None = None  # told the cache result at the end
 
 
 @dataclass(slots=True)
@@ -415,9 +417,18 @@ class LLMService(ProviderCalls):
             return None
         return key + _STREAM_SUFFIX if stream else key
 
-    def _begin(self, request: LLMRequest, stream: bool, control: CacheControl | None) -> _Call:
+    def _begin(
+        self,
+        request: LLMRequest,
+        stream: bool,
+        control: CacheControl | None,
+        on_cache: Callable[[bool], None] | None = None,
+    ) -> _Call:
         control = control if control is not None else current_control()
-        return _Call(self._clock(), self._key(request, stream, control), control)
+        call = _Call(self._clock(), self._key(request, stream, control), control)
+        call.request = request
+        call.on_cache = on_cache
+        return call
 
     @staticmethod
     def _entry(kind: str, data: Any, usage: Usage | None) -> dict[str, Any]:
@@ -468,10 +479,15 @@ class LLMService(ProviderCalls):
         logger.warning("unreadable LLM cache entry (%s); calling the provider", describe_error(exc))
 
     def _record(self, operation: str, call: _Call, *, error: bool) -> None:
+        if call.on_cache is not None and call.cache_hit is not None:
+            call.on_cache(call.cache_hit)
+        usage = call.usage if call.cache_hit is not True and not call.coalesced else None
+        span_tracer = spans.tracer()
+        if span_tracer is not None:
+            self._span(span_tracer, call, usage, error=error)
         tracker = self._tracker
         if not tracker.enabled:
             return
-        usage = call.usage if call.cache_hit is not True and not call.coalesced else None
         tracker.record(
             operation,
             self._clock() - call.started,
@@ -491,6 +507,31 @@ class LLMService(ProviderCalls):
             tracker.incr("cache.misses", operation=operation)
         if call.coalesced:
             tracker.incr("coalesced", operation=operation)
+
+    def _span(self, tracer: Any, call: _Call, usage: Usage | None, *, error: bool) -> None:
+        """One OpenTelemetry span of this call (see :mod:`rag_perf_plugins.tracking.spans`)."""
+        request = call.request
+        attributes: dict[str, Any] = {
+            "gen_ai.provider.name": spans.provider_name(request.provider if request else None),
+            "gen_ai.usage.input_tokens": usage.tokens_in if usage else 0,
+            "gen_ai.usage.output_tokens": usage.tokens_out if usage else 0,
+            "rag_perf.retries": max(0, call.attempts - 1),
+            "rag_perf.coalesced": call.coalesced,
+            "rag_perf.tokens_saved": call.saved,
+        }
+        if call.cache_hit is not None:
+            attributes["rag_perf.cache.hit"] = call.cache_hit
+            if call.cache_hit:
+                attributes["rag_perf.cache.hit_kind"] = "exact"
+                attributes["gen_ai.usage.cache_read.input_tokens"] = 0
+        if call.queue_wait is not None:
+            attributes["rag_perf.queue_wait_s"] = call.queue_wait
+        if call.ttft is not None:
+            attributes["rag_perf.ttft_s"] = call.ttft
+        if call.abandoned:
+            attributes["rag_perf.stream.abandoned"] = True
+        model = request.model if request else "unknown"
+        spans.emit(tracer, "chat", model, self._clock() - call.started, attributes, error=error)
 
     def _admitted(self, ticket: Any, call: _Call) -> None:
         """One provider request goes out now (behind ``ticket`` when a gate gave one)."""
@@ -595,6 +636,7 @@ class LLMService(ProviderCalls):
         codec: ResultCodec[T],
         *,
         control: CacheControl | None = None,
+        on_cache: Callable[[bool], None] | None = None,
     ) -> T:
         """The answer to ``request``: from the cache, another caller's flight, or ``call()``.
 
@@ -604,8 +646,12 @@ class LLMService(ProviderCalls):
         :func:`~rag_perf_plugins.cache.cache_control` in effect. The same keyword exists on
         :meth:`agenerate`, :meth:`stream` and :meth:`astream` (for streams it is read when
         iteration starts and applied to the cache operations only, never to the consumer).
+
+        ``on_cache`` (all four methods): called once with ``True`` (hit) or ``False`` (miss,
+        coalesced onto another caller's request included) when the call ends, if the cache
+        was consulted; adapters pass it to tell a framework run what happened.
         """
-        state = self._begin(request, False, control)
+        state = self._begin(request, False, control, on_cache)
         op = self.operation
         try:
             value = self._generate(request, call, codec, state)
@@ -691,6 +737,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         blocking: Callable[[], T] | None = None,
+        on_cache: Callable[[bool], None] | None = None,
     ) -> T:
         """Async twin of :meth:`generate`; never blocks the event loop (cache I/O included).
 
@@ -701,8 +748,10 @@ class LLMService(ProviderCalls):
         config, the call runs :meth:`generate` with it in a worker thread instead.
         """
         if blocking is not None and not self.config.async_enabled:
-            return await run_blocking(self.generate, request, blocking, codec, control=control)
-        state = self._begin(request, False, control)
+            return await run_blocking(
+                self.generate, request, blocking, codec, control=control, on_cache=on_cache
+            )
+        state = self._begin(request, False, control, on_cache)
         op = self.operation
         try:
             value = await self._agenerate(request, call, codec, state)
@@ -785,6 +834,7 @@ class LLMService(ProviderCalls):
         codec: ChunkCodec[C],
         *,
         control: CacheControl | None = None,
+        on_cache: Callable[[bool], None] | None = None,
     ) -> Generator[C, None, None]:
         """Chunks of the answer: replayed from the cache, or teed from ``open_stream()``.
 
@@ -792,7 +842,7 @@ class LLMService(ProviderCalls):
         returned generator (or stop iterating and drop it) to abandon the stream: the
         provider stream is closed and nothing is stored.
         """
-        state = self._begin(request, True, control)
+        state = self._begin(request, True, control, on_cache)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -878,6 +928,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         blocking: Callable[[], Iterator[C]] | None = None,
+        on_cache: Callable[[bool], None] | None = None,
     ) -> AsyncGenerator[C, None]:
         """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
 
@@ -890,13 +941,13 @@ class LLMService(ProviderCalls):
         """
         if blocking is not None and not self.config.async_enabled:
             threaded = iterate_blocking(
-                lambda: self.stream(request, blocking, codec, control=control)
+                lambda: self.stream(request, blocking, codec, control=control, on_cache=on_cache)
             )
             async with contextlib.aclosing(threaded):
                 async for chunk in threaded:
                     yield chunk
             return
-        state = self._begin(request, True, control)
+        state = self._begin(request, True, control, on_cache)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .call import TrackedCall
 from .decorators import track, track_performance
-from .exporters import OTelExporter, to_prometheus
+from .exporters import OTelExporter
 from .histogram import LogHistogram
 from .tracker import (
     NULL_TRACKER,
@@ -47,5 +47,4 @@ __all__ = [
     # histograms and exporters
     "LogHistogram",
     "OTelExporter",
-    "to_prometheus",
 ]

@@ -1,55 +1,87 @@
-"""``rag-perf stats FILE``: show an exported tracker JSON as a table.
+"""The tables of ``rag-perf stats``: a tracker export (a file or an endpoint) as text.
 
 Example::
 
-    # in the application: Path("stats.json").write_text(json.dumps(tracker.to_dict()))
-    rag-perf stats stats.json
-    rag-perf stats stats.json --prometheus      # the same data as Prometheus text
+    from rich.console import Console
+    render(tracker.to_dict(), Console())
 
-The file is what ``PerformanceTracker.to_dict()`` returns (schema ``rag-perf-stats/1``).
-Times are shown in milliseconds. Does not: merge several files or watch a live process.
+Numbers are fixed-point with their unit in the column header (milliseconds, calls per
+second, tokens, percent), never in exponent notation. The command itself is
+:mod:`rag_perf_plugins.metrics.stats_cli`. Does not: merge several exports.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from .tracker import STATS_SCHEMA
 
-__all__ = ["register", "render"]
+__all__ = ["fixed", "load_export", "milliseconds", "render"]
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``stats`` subcommand to ``rag-perf``."""
-    parser = subparsers.add_parser("stats", help="show an exported tracker stats JSON file")
-    parser.add_argument("file", metavar="FILE", help="JSON written from tracker.to_dict()")
-    parser.add_argument(
-        "--prometheus", action="store_true", help="print Prometheus text instead of a table"
-    )
-    parser.set_defaults(func=_run)
+def fixed(x: Any, *, digits: int | None = None) -> str:
+    """Fixed-point with thousands separators: ``1780.4`` → ``1,780``; ``—`` for None/NaN.
+
+    Without ``digits``, the decimals follow the size (3 significant digits, at least 0 and
+    at most 3 decimals): ``0.0543`` → ``0.054``, ``17.84`` → ``17.8``, ``1780`` → ``1,780``.
+    """
+    if x is None or (isinstance(x, float) and x != x):
+        return "—"
+    v = float(x)
+    if digits is None:
+        size = abs(v)
+        digits = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 else 3
+    return f"{v:,.{digits}f}"
 
 
-def _ms(seconds: Any) -> str:
-    return "—" if seconds is None else f"{seconds * 1000:.3g}"
+def milliseconds(seconds: Any) -> str:
+    """Seconds shown as fixed-point milliseconds (``0.0123`` → ``12.3``)."""
+    return "—" if seconds is None else fixed(float(seconds) * 1000.0)
 
 
-def _num(x: Any, fmt: str = "{:,}") -> str:
-    return "—" if x is None else fmt.format(x)
+def _int(x: Any) -> str:
+    return "—" if x is None else f"{int(x):,}"
+
+
+def load_export(path: Path) -> dict[str, Any]:
+    """A tracker export read from ``path``.
+
+    Raises:
+        ValueError: the file cannot be read, is not JSON, or is not a tracker export (the
+            message names the file and what was found).
+    """
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read {path}: {exc}"
+        raise ValueError(msg) from exc
+    if not isinstance(stats, dict) or stats.get("schema") != STATS_SCHEMA:
+        found = stats.get("schema") if isinstance(stats, dict) else type(stats).__name__
+        msg = f"{path} is not a tracker export (schema {STATS_SCHEMA!r} expected, found {found!r})"
+        raise ValueError(msg)
+    return stats
+
+
+COLUMNS = (
+    "operation", "calls", "errors", "hit %", "p50 ms", "p95 ms", "miss p95 ms", "hit p95 ms",
+    "p99 ms", "calls/s", "tokens in/out", "tokens saved", "queue p95 ms", "retries",
+    "batch mean", "ttft p50 ms", "abandoned",
+)  # fmt: skip
+"""The operations table's columns; units in the header."""
 
 
 def render(stats: dict[str, Any], console: Any) -> None:
     """Print per-operation, counter and process tables for a stats export."""
     from rich.table import Table
 
-    table = Table(title=f"operations (window {stats.get('window_s', '?')} s)")
-    columns = (
-        "operation", "count", "err", "p50 ms", "p95 ms", "p99 ms", "max ms", "/s",
-        "tok in/out", "hit", "saved", "queue p95", "retry", "batch", "ttft p50", "aband.",
-    )  # fmt: skip
-    for column in columns:
+    window = stats.get("window_s")
+    where = stats.get("source") or (f"window {fixed(window)} s" if window else "export")
+    worker = stats.get("worker")
+    title = f"operations ({where}{'' if worker is None else f', worker {worker}'})"
+    table = Table(title=title)
+    for column in COLUMNS:
         if column == "operation":
             table.add_column(column, no_wrap=True)
         else:
@@ -58,21 +90,22 @@ def render(stats: dict[str, Any], console: Any) -> None:
         hit_rate = op.get("cache_hit_rate")
         table.add_row(
             name,
-            _num(op["count"]),
-            _num(op["errors"]),
-            _ms(op.get("latency_p50_s")),
-            _ms(op.get("latency_p95_s")),
-            _ms(op.get("latency_p99_s")),
-            _ms(op.get("latency_max_s")),
-            _num(op.get("throughput_per_s"), "{:.3g}"),
-            f"{op['tokens_in']:,}/{op['tokens_out']:,}",
-            "—" if hit_rate is None else f"{hit_rate:.0%}",
-            _num(op.get("tokens_saved")),
-            _ms(op.get("queue_wait_p95_s")),
-            _num(op.get("retries")),
-            _num(op.get("batch_size_mean"), "{:.3g}"),
-            _ms(op.get("ttft_p50_s")),
-            _num(op.get("streams_abandoned")),
+            _int(op["count"]),
+            _int(op["errors"]),
+            "—" if hit_rate is None else fixed(hit_rate * 100.0, digits=1),
+            milliseconds(op.get("latency_p50_s")),
+            milliseconds(op.get("latency_p95_s")),
+            milliseconds(op.get("latency_miss_p95_s")),
+            milliseconds(op.get("latency_hit_p95_s")),
+            milliseconds(op.get("latency_p99_s")),
+            fixed(op.get("throughput_per_s")),
+            f"{_int(op.get('tokens_in', 0))}/{_int(op.get('tokens_out', 0))}",
+            _int(op.get("tokens_saved")),
+            milliseconds(op.get("queue_wait_p95_s")),
+            _int(op.get("retries")),
+            fixed(op.get("batch_size_mean")),
+            milliseconds(op.get("ttft_p50_s")),
+            _int(op.get("streams_abandoned")),
         )
     console.print(table)
     counters: dict[str, int] = dict(stats.get("counters", {}))
@@ -82,44 +115,22 @@ def render(stats: dict[str, Any], console: Any) -> None:
     if counters:
         ctable = Table(title="counters")
         ctable.add_column("counter")
-        ctable.add_column("value", justify="right")
+        ctable.add_column("count", justify="right")
         for counter, n in sorted(counters.items()):
-            ctable.add_row(counter, f"{n:,}")
+            ctable.add_row(counter, _int(n))
         console.print(ctable)
     process = stats.get("process") or {}
-    if process:
-        console.print(
-            f"process {process.get('pid')}: RSS {process.get('rss_bytes', 0) / 2**20:.1f} MiB, "
-            f"CPU {process.get('cpu_user_s', 0):.2f} s user + "
-            f"{process.get('cpu_system_s', 0):.2f} s system, "
-            f"{process.get('cpu_percent', 0):.0f}% recently; "
-            f"exported {stats.get('exported_at', '?')}"
-        )
-
-
-def _run(args: argparse.Namespace) -> int:
-    import sys
-
-    from rich.console import Console
-
-    path = Path(args.file)
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        print(f"rag-perf stats: cannot read {path}: {exc}", file=sys.stderr)
-        return 2
-    if not isinstance(stats, dict) or stats.get("schema") != STATS_SCHEMA:
-        found = stats.get("schema") if isinstance(stats, dict) else type(stats).__name__
-        print(
-            f"rag-perf stats: {path} is not a tracker export (schema {STATS_SCHEMA!r} "
-            f"expected, found {found!r})",
-            file=sys.stderr,
-        )
-        return 2
-    if args.prometheus:
-        from .exporters import to_prometheus
-
-        sys.stdout.write(to_prometheus(stats))
-        return 0
-    render(stats, Console(width=max(160, Console().width)))
-    return 0
+    if "rss_bytes" in process:
+        cpu = process.get("cpu_seconds")
+        if cpu is None and "cpu_user_s" in process:
+            cpu = process["cpu_user_s"] + process.get("cpu_system_s", 0.0)
+        line = f"process: RSS {fixed(process['rss_bytes'] / 2**20, digits=1)} MiB"
+        if cpu is not None:
+            line += f", CPU {fixed(cpu, digits=2)} s"
+        if "cpu_percent" in process:
+            line += f" ({fixed(process['cpu_percent'], digits=0)} % recently)"
+        if "pid" in process:
+            line = line.replace("process:", f"process {process['pid']}:")
+        if stats.get("exported_at"):
+            line += f"; exported {stats['exported_at']}"
+        console.print(line)

@@ -1,8 +1,6 @@
-"""Exporters: Prometheus text exposition and OpenTelemetry metrics.
+"""Exporter: the tracker's figures as OpenTelemetry metrics (the ``otel`` extra).
 
 Example::
-
-    text = get_performance_tracker().to_prometheus()      # serve at /metrics
 
     from opentelemetry.sdk.metrics import MeterProvider
     exporter = OTelExporter(tracker, meter_provider=MeterProvider(metric_readers=[reader]))
@@ -13,21 +11,18 @@ Names follow the OpenTelemetry GenAI semantic conventions where one exists:
 ``gen_ai.client.operation.duration`` (s), ``gen_ai.client.token.usage`` ({token}, with
 ``gen_ai.token.type`` = input/output) and ``gen_ai.client.operation.time_to_first_chunk``
 (s), keyed by ``gen_ai.operation.name`` (our operation name). What the conventions lack
-(cache hits/misses, tokens saved, queue wait, retries, batch sizes, abandoned streams,
-named counters) is under ``rag_perf.*``; process RSS/CPU use Prometheus' standard
-``process_*`` names. In Prometheus text, dots become underscores and units/``_total``
-suffixes are appended, as the OTel-to-Prometheus mapping does.
+(cache hits/misses, tokens saved, retries, abandoned streams) is under ``rag_perf.*``;
+process RSS/CPU use ``process.memory.usage`` / ``process.cpu.time``. The Prometheus
+endpoint is :mod:`rag_perf_plugins.metrics` (the ``metrics`` extra); spans are
+:mod:`rag_perf_plugins.tracking.spans`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["OTelExporter", "to_prometheus"]
-
-_OP = "gen_ai_operation_name"
+__all__ = ["OTelExporter"]
 
 
 class StatsSource(Protocol):
@@ -57,132 +52,6 @@ class StatsSource(Protocol):
     def has_sink(self, sink: Callable[..., None]) -> bool:
         """Whether ``sink`` is attached."""
         ...
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _num(value: Any) -> str:
-    if value is None:
-        return "NaN"
-    x = float(value)
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    return repr(x) if not x.is_integer() else str(int(x)) if abs(x) < 1e15 else repr(x)
-
-
-class _Family:
-    __slots__ = ("help", "kind", "name", "samples")
-
-    def __init__(self, name: str, kind: str, help_text: str) -> None:
-        self.name, self.kind, self.help = name, kind, help_text
-        self.samples: list[tuple[str, dict[str, str], Any]] = []
-
-    def add(self, suffix: str, labels: dict[str, str], value: Any) -> None:
-        self.samples.append((self.name + suffix, labels, value))
-
-    def lines(self) -> Iterator[str]:
-        if not self.samples:
-            return
-        yield f"# HELP {self.name} {_escape(self.help)}"
-        yield f"# TYPE {self.name} {self.kind}"
-        for sample_name, labels, value in self.samples:
-            yield f"{sample_name}{_labels(labels)} {_num(value)}"
-
-
-def to_prometheus(stats: Mapping[str, Any]) -> str:
-    """Render a tracker export (``tracker.to_dict()``) as Prometheus text format 0.0.4.
-
-    Latency, queue wait and TTFT are summaries (quantiles 0.5/0.95/0.99 where known, with
-    ``_count``/``_sum`` for latency); totals are counters; throughput and hit rates are
-    gauges. Does not: emit histogram buckets (our buckets are finer than Prometheus' fixed
-    ``le`` layout would keep), or timestamps.
-    """
-    duration = _Family(
-        "gen_ai_client_operation_duration_seconds", "summary", "Duration of tracked operations."
-    )
-    errors = _Family("rag_perf_operation_errors_total", "counter", "Calls that raised or failed.")
-    tokens = _Family("gen_ai_client_token_usage_total", "counter", "Tokens sent and received.")
-    ttft = _Family(
-        "gen_ai_client_operation_time_to_first_chunk_seconds",
-        "summary",
-        "Time to the first chunk of streamed responses.",
-    )
-    throughput = _Family(
-        "rag_perf_operation_throughput_per_second",
-        "gauge",
-        "Calls per second over the sliding window.",
-    )
-    cache = _Family("rag_perf_cache_lookups_total", "counter", "Cache lookups by result.")
-    saved = _Family(
-        "rag_perf_tokens_saved_total", "counter", "Provider tokens not spent thanks to caching."
-    )
-    queue = _Family(
-        "rag_perf_queue_wait_seconds", "summary", "Time spent waiting for admission or a batch."
-    )
-    retries = _Family("rag_perf_retries_total", "counter", "Extra attempts after the first.")
-    batches = _Family("rag_perf_batches_total", "counter", "Calls that sent a batch.")
-    batch_mean = _Family("rag_perf_batch_size_mean", "gauge", "Mean items per batch.")
-    abandoned = _Family(
-        "rag_perf_streams_abandoned_total", "counter", "Streams closed before their end."
-    )
-    op_counters = _Family(
-        "rag_perf_events_total", "counter", "Named event counters (tracker.incr)."
-    )
-    rss = _Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
-    cpu = _Family("process_cpu_seconds_total", "counter", "User and system CPU time in seconds.")
-
-    for name, op in sorted(stats.get("operations", {}).items()):
-        lab = {_OP: name}
-        for q, key in ((0.5, "latency_p50_s"), (0.95, "latency_p95_s"), (0.99, "latency_p99_s")):
-            if op.get(key) is not None:
-                duration.add("", {**lab, "quantile": str(q)}, op[key])
-        duration.add("_count", lab, op["count"])
-        mean = op.get("latency_mean_s")
-        duration.add("_sum", lab, 0.0 if mean is None else mean * op["count"])
-        errors.add("", lab, op["errors"])
-        tokens.add("", {**lab, "gen_ai_token_type": "input"}, op["tokens_in"])
-        tokens.add("", {**lab, "gen_ai_token_type": "output"}, op["tokens_out"])
-        for q, key in ((0.5, "ttft_p50_s"), (0.95, "ttft_p95_s")):
-            if op.get(key) is not None:
-                ttft.add("", {**lab, "quantile": str(q)}, op[key])
-        throughput.add("", lab, op["throughput_per_s"])
-        cache.add("", {**lab, "result": "hit"}, op["cache_hits"])
-        cache.add("", {**lab, "result": "miss"}, op["cache_misses"])
-        saved.add("", lab, op["tokens_saved"])
-        for q, key in ((0.5, "queue_wait_p50_s"), (0.95, "queue_wait_p95_s")):
-            if op.get(key) is not None:
-                queue.add("", {**lab, "quantile": str(q)}, op[key])
-        retries.add("", lab, op["retries"])
-        batches.add("", lab, op["batches"])
-        if op.get("batch_size_mean") is not None:
-            batch_mean.add("", lab, op["batch_size_mean"])
-        abandoned.add("", lab, op["streams_abandoned"])
-        for counter, n in sorted(op.get("counters", {}).items()):
-            op_counters.add("", {"event": counter, **lab}, n)
-    for counter, n in sorted(stats.get("counters", {}).items()):
-        op_counters.add("", {"event": counter}, n)
-    process = stats.get("process") or {}
-    if "rss_bytes" in process:
-        rss.add("", {}, process["rss_bytes"])
-    if "cpu_user_s" in process:
-        cpu.add("", {}, process["cpu_user_s"] + process["cpu_system_s"])
-
-    families: Iterable[_Family] = (
-        duration, errors, tokens, ttft, throughput, cache, saved, queue, retries, batches,
-        batch_mean, abandoned, op_counters, rss, cpu,
-    )  # fmt: skip
-    lines = [line for family in families for line in family.lines()]
-    return "\n".join(lines) + "\n" if lines else ""
 
 
 class OTelExporter:

@@ -26,7 +26,6 @@ from typing import Any, Final
 from .._signature import checked_kwargs
 from ..config import PerformanceConfig
 from .call import TrackedCall
-from .exporters import to_prometheus
 from .histogram import LogHistogram
 
 __all__ = [
@@ -95,6 +94,8 @@ class _OpState:
         "errors",
         "first_seen",
         "latency",
+        "latency_hit",
+        "latency_miss",
         "lock",
         "queue_wait",
         "retries",
@@ -111,6 +112,10 @@ class _OpState:
         self.errors = 0
         self.abandoned = 0
         self.latency = LogHistogram()
+        # The same calls split by cache result (calls that reported none are only in
+        # ``latency``): a cache makes the overall p95 look better than what a miss costs.
+        self.latency_hit = LogHistogram()
+        self.latency_miss = LogHistogram()
         self.queue_wait = LogHistogram()
         self.ttft = LogHistogram()
         self.batch = LogHistogram(min_value=1.0)
@@ -133,6 +138,8 @@ class OperationStats:
 
     Percentiles are NaN when nothing was recorded for them (``to_dict`` turns NaN into
     ``None``). ``cache_hit_rate`` counts only calls that reported a hit or a miss.
+    ``latency_hit_*`` and ``latency_miss_*`` are the percentiles of those calls alone: the
+    overall ones mix cheap hits with misses, so ``latency_miss_p95_s`` is what a miss costs.
     """
 
     operation: str
@@ -144,6 +151,11 @@ class OperationStats:
     latency_p99_s: float
     latency_max_s: float
     latency_mean_s: float
+    latency_hit_p50_s: float
+    latency_hit_p95_s: float
+    latency_miss_p50_s: float
+    latency_miss_p95_s: float
+    latency_miss_p99_s: float
     throughput_per_s: float
     tokens_in: int
     tokens_out: int
@@ -341,10 +353,27 @@ class PerformanceTracker:
             if tokens_out:
                 state.tokens_out += tokens_out
             if cache_hit is not None:
+                # The same bucket in the hit or the miss histogram (same layout, inlined).
                 if cache_hit:
                     state.cache_hits += 1
+                    split = state.latency_hit
                 else:
                     state.cache_misses += 1
+                    split = state.latency_miss
+                split.count += 1
+                split.sum += latency_s
+                if latency_s < split.min:
+                    split.min = latency_s
+                if latency_s > split.max:
+                    split.max = latency_s
+                if index is _ZERO:
+                    split.zero_count += 1
+                else:
+                    pos = index - split._offset
+                    if 0 <= pos < len(split._counts):
+                        split._counts[pos] += 1
+                    else:
+                        split._count_new(index, 1)
             if queue_wait_s is not None:
                 state.queue_wait.add(queue_wait_s)
             if batch_size is not None:
@@ -444,13 +473,19 @@ class PerformanceTracker:
             return dict(self._counters)
 
     def histograms(self, operation: str) -> dict[str, LogHistogram]:
-        """Copies of ``operation``'s histograms: latency, queue_wait, ttft, batch_size."""
+        """Copies of ``operation``'s histograms.
+
+        Keys: ``latency``, ``latency_hit``, ``latency_miss`` (seconds; the calls that
+        reported a cache hit or miss), ``queue_wait``, ``ttft`` (seconds), ``batch_size``.
+        """
         state = self._ops.get(operation)
         if state is None:
             return {}
         with state.lock:
             return {
                 "latency": state.latency.copy(),
+                "latency_hit": state.latency_hit.copy(),
+                "latency_miss": state.latency_miss.copy(),
                 "queue_wait": state.queue_wait.copy(),
                 "ttft": state.ttft.copy(),
                 "batch_size": state.batch.copy(),
@@ -498,10 +533,6 @@ class PerformanceTracker:
             "process": self.process_stats(),
         }
 
-    def to_prometheus(self) -> str:
-        """Prometheus text exposition format (see :mod:`rag_perf_plugins.tracking.exporters`)."""
-        return to_prometheus(self.to_dict(histograms=False))
-
     def reset(self) -> None:
         """Forget every operation and counter (sinks stay attached)."""
         with self._lock:
@@ -524,6 +555,8 @@ def _copy_state(state: _OpState) -> _OpState:
     for name in _OpState.__slots__:
         setattr(copy, name, getattr(state, name))
     copy.latency = state.latency.copy()
+    copy.latency_hit = state.latency_hit.copy()
+    copy.latency_miss = state.latency_miss.copy()
     copy.queue_wait = state.queue_wait.copy()
     copy.ttft = state.ttft.copy()
     copy.batch = state.batch.copy()
@@ -547,6 +580,11 @@ def _snapshot(operation: str, s: _OpState, now: float) -> OperationStats:
         latency_p99_s=s.latency.quantile(0.99),
         latency_max_s=s.latency.max if s.count else math.nan,
         latency_mean_s=s.latency.mean,
+        latency_hit_p50_s=s.latency_hit.quantile(0.5),
+        latency_hit_p95_s=s.latency_hit.quantile(0.95),
+        latency_miss_p50_s=s.latency_miss.quantile(0.5),
+        latency_miss_p95_s=s.latency_miss.quantile(0.95),
+        latency_miss_p99_s=s.latency_miss.quantile(0.99),
         throughput_per_s=s.window.rate(now, s.first_seen) if s.count else 0.0,
         tokens_in=s.tokens_in,
         tokens_out=s.tokens_out,

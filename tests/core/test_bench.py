@@ -114,8 +114,9 @@ def test_bench_cli_end_to_end(
     shown = capsys.readouterr().out
     assert "fake_latency_ms" in shown and "PASS" in shown and "FAIL" in shown
     assert sorted(p.name for p in plots.iterdir()) == [
-        "fakecat__fake_records_curve.png",
+        "fakecat__fake_records_curve__latency.png",
         "fakecat__fake_throughput.png",
+        "fakecat__ratios.png",
     ]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots.iterdir())
 
@@ -193,8 +194,9 @@ def test_markdown_and_render_reproduce_the_table_and_plots(
     assert again.read_text() == text
     assert "fake_latency_ms" in capsys.readouterr().out
     assert sorted(p.name for p in plots.iterdir()) == [
-        "fakecat__fake_records_curve.png",
+        "fakecat__fake_records_curve__latency.png",
         "fakecat__fake_throughput.png",
+        "fakecat__ratios.png",
     ]
     capsys.readouterr()
     assert main(["bench", "--render", str(out), "--markdown", "-"]) == 0

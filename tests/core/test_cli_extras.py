@@ -103,6 +103,7 @@ def test_every_extra_a_command_names_exists_and_brings_what_it_needs() -> None:
     from importlib.metadata import packages_distributions, requires
 
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     requirements = [Requirement(line) for line in requires("rag-perf-plugins") or []]
     distributions = packages_distributions()
@@ -111,10 +112,12 @@ def test_every_extra_a_command_names_exists_and_brings_what_it_needs() -> None:
         if command.extra is None:
             continue
         in_extra = {
-            r.name.lower()
+            canonicalize_name(r.name)
             for r in requirements
             if r.marker is not None and r.marker.evaluate({"extra": command.extra})
         }
         for module in command.needs:
-            assert {d.lower() for d in distributions[module]} & in_extra, (name, module)
+            # Names compared as PyPI does (prometheus_client's metadata spells it with "_").
+            found = {canonicalize_name(d) for d in distributions[module]}
+            assert found & in_extra, (name, module)
     assert (COMMANDS["simulate"].extra, COMMANDS["bench"].extra) == ("simulator", "bench")

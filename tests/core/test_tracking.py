@@ -480,32 +480,44 @@ def test_json_export_round_trips(fake_clock: FakeClock) -> None:
 
 
 def test_prometheus_text_parses(fake_clock: FakeClock) -> None:
-    text = _busy_tracker(fake_clock).to_prometheus()
+    from rag_perf_plugins.metrics import to_prometheus
+
+    text = to_prometheus(_busy_tracker(fake_clock))
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    duration = families["gen_ai_client_operation_duration_seconds"]
-    assert duration.type == "summary"
+    latency = families["rag_perf_operation_latency_seconds"]
+    assert latency.type == "summary"
     samples = {
-        (s.name, s.labels.get("gen_ai_operation_name"), s.labels.get("quantile")): s.value
-        for s in duration.samples
+        (
+            s.name,
+            s.labels.get("operation"),
+            s.labels.get("cache"),
+            s.labels.get("quantile"),
+        ): s.value
+        for s in latency.samples
     }
     op = 'llm "chat"\n'
-    assert samples[("gen_ai_client_operation_duration_seconds_count", op, None)] == 100
-    assert samples[("gen_ai_client_operation_duration_seconds", op, "0.5")] == pytest.approx(
+    assert samples[("rag_perf_operation_latency_seconds_count", op, "all", None)] == 100
+    assert samples[("rag_perf_operation_latency_seconds", op, "all", "0.5")] == pytest.approx(
         0.5, rel=0.01
     )
     tokens = {
-        s.labels["gen_ai_token_type"]: s.value
-        for s in families["gen_ai_client_token_usage"].samples
-        if s.labels["gen_ai_operation_name"] == op
+        s.labels["direction"]: s.value
+        for s in families["rag_perf_tokens"].samples
+        if s.labels["operation"] == op and s.name.endswith("_total")
     }
     assert tokens == {"input": 1000, "output": 200}
-    cache = {s.labels["result"]: s.value for s in families["rag_perf_cache_lookups"].samples}
-    assert cache == {"hit": 25, "miss": 75}
-    events = {
-        (s.labels["event"], s.labels.get("gen_ai_operation_name")): s.value
-        for s in families["rag_perf_events"].samples
+    calls = {
+        s.labels["cache"]: s.value
+        for s in families["rag_perf_calls"].samples
+        if s.labels["operation"] == op and s.name.endswith("_total")
     }
-    assert events == {("cache.errors", None): 1, ("coalesced", "embed"): 4}
+    assert calls == {"hit": 25, "miss": 75, "none": 0}
+    events = {
+        (s.labels["event"], s.labels.get("operation")): s.value
+        for s in families["rag_perf_events"].samples
+        if s.name.endswith("_total")
+    }
+    assert events == {("cache.errors", ""): 1, ("coalesced", "embed"): 4}
     assert families["process_resident_memory_bytes"].samples[0].value > 0
 
 

@@ -33,7 +33,9 @@ def test_stats_table(
     out = capsys.readouterr().out
     assert "retrieve" in out and "llm.chat" in out
     assert "900/120" in out  # tokens in/out
-    assert "50%" in out  # retrieve cache hit rate
+    assert "50.0" in out  # retrieve cache hit rate, percent
+    assert "e+" not in out and "e-0" not in out  # fixed-point, never exponents
+    assert "miss" in out and "queue" in out and "ms" in out  # units in the headers
     assert "cache.errors" in out and "retrieve: coalesced" in out
     assert "RSS" in out
 
@@ -45,8 +47,9 @@ def test_stats_prometheus(
     assert main(["stats", str(path), "--prometheus"]) == 0
     families = {f.name: f for f in text_string_to_metric_families(capsys.readouterr().out)}
     errors = {
-        s.labels["gen_ai_operation_name"]: s.value
-        for s in families["rag_perf_operation_errors"].samples
+        s.labels["operation"]: s.value
+        for s in families["rag_perf_errors"].samples
+        if s.name.endswith("_total")
     }
     assert errors == {"llm.chat": 1, "retrieve": 0}
 

@@ -79,6 +79,7 @@ from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
 
+from .callbacks import cache_listener
 from .control import control_from_metadata
 
 __all__ = ["PerfChatModel", "plain", "request_of"]
@@ -449,7 +450,13 @@ class PerfChatModel(BaseChatModel):
         def call() -> ChatResult:
             return self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
-        return self._service.generate(request, call, _RESULTS, control=_control(run_manager))
+        return self._service.generate(
+            request,
+            call,
+            _RESULTS,
+            control=_control(run_manager),
+            on_cache=cache_listener(run_manager),
+        )
 
     @override
     async def _agenerate(
@@ -470,7 +477,12 @@ class PerfChatModel(BaseChatModel):
             return self.inner._generate(messages, stop=stop, **kwargs)
 
         return await self._service.agenerate(
-            request, call, _RESULTS, control=_control(run_manager), blocking=blocking
+            request,
+            call,
+            _RESULTS,
+            control=_control(run_manager),
+            blocking=blocking,
+            on_cache=cache_listener(run_manager),
         )
 
     @override
@@ -488,7 +500,13 @@ class PerfChatModel(BaseChatModel):
         def open_stream() -> Iterator[ChatGenerationChunk]:
             return self.inner._stream(messages, stop=stop, **kwargs)
 
-        stream = self._service.stream(request, open_stream, _CHUNKS, control=_control(run_manager))
+        stream = self._service.stream(
+            request,
+            open_stream,
+            _CHUNKS,
+            control=_control(run_manager),
+            on_cache=cache_listener(run_manager),
+        )
         with contextlib.closing(stream):
             yield from stream
 
@@ -509,7 +527,12 @@ class PerfChatModel(BaseChatModel):
             return self.inner._stream(messages, stop=stop, **kwargs)
 
         stream = self._service.astream(
-            request, open_stream, _CHUNKS, control=_control(run_manager), blocking=blocking
+            request,
+            open_stream,
+            _CHUNKS,
+            control=_control(run_manager),
+            blocking=blocking,
+            on_cache=cache_listener(run_manager),
         )
         async with contextlib.aclosing(stream):
             async for chunk in stream:
