@@ -74,7 +74,7 @@ from rag_perf_plugins._secrets import redact_data
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheControl, CacheManager
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
-from rag_perf_plugins.resilience import Target
+from rag_perf_plugins.resilience import Breakers, Target
 from rag_perf_plugins.services.defaults import (
     api_key_of,
     default_gate,
@@ -334,6 +334,8 @@ class PerfChatModel(BaseChatModel):
             LLMService`). An answer from one carries
             ``response_metadata["fallback_target"]``; streams fall back only before their
             first chunk. Each gets its own gate (its provider, model and key).
+        breakers: The circuit breakers; ``None``: the process-wide ones of ``config``
+            (in Redis, shared by every process, when ``redis_url`` is set).
         **kwargs: Other ``BaseChatModel`` fields (``callbacks``, ``tags``, ``metadata``).
 
     Raises:
@@ -361,6 +363,7 @@ class PerfChatModel(BaseChatModel):
         tracker: PerformanceTracker | None = None,
         operation: str = "llm.chat",
         fallbacks: Sequence[BaseChatModel] = (),
+        breakers: Breakers | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(inner, BaseChatModel):
@@ -394,6 +397,7 @@ class PerfChatModel(BaseChatModel):
             tracker=tracker,
             operation=operation,
             target=default_target(gate, self._provider, model),
+            breakers=breakers,
         )
 
     @property
