@@ -117,12 +117,13 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """A state change caused by a recorded outcome: ``opened`` or ``closed``.
+    """A state change caused by a recorded outcome: ``opened``, ``reopened`` or ``closed``.
 
-    ``open_s`` is, for ``closed``, how long the breaker was not closed (seconds).
+    ``reopened``: a failing probe opened a half-open breaker again. ``open_s`` is, for
+    ``closed``, how long the breaker was not closed (seconds).
     """
 
-    kind: Literal["opened", "closed"]
+    kind: Literal["opened", "reopened", "closed"]
     open_s: float = 0.0
 
 
@@ -217,13 +218,14 @@ class BreakerCore:
         return 0.0
 
     def _open(self, settings: BreakerSettings, now: float) -> Transition:
+        kind: Literal["opened", "reopened"] = "reopened"
         if self.state == "closed":
-            self.opened_at = now
+            self.opened_at, kind = now, "opened"
         self.state = "open"
         self.open_until = max(self.open_until, now + settings.cooldown)
         self.probes_out = self.probe_ok = 0
         self._clear()
-        return Transition("opened")
+        return Transition(kind)
 
     def _close(self, now: float) -> Transition:
         self.state = "closed"

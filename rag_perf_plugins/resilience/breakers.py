@@ -184,7 +184,9 @@ class Breakers:
             stats.transitions[transition.kind] = stats.transitions.get(transition.kind, 0) + 1
             stats.open_s += transition.open_s
         (self._tracker or get_performance_tracker()).incr(f"breaker.{transition.kind}")
-        if transition.kind == "opened":
+        if transition.kind == "reopened":  # a failed probe: once per cool-down, not a warning
+            log.info("circuit breaker of %s: the probe failed; open again", target)
+        elif transition.kind == "opened":
             log.warning(
                 "circuit breaker of %s opened: calls go elsewhere or fail fast for %g s, "
                 "then %d probe call(s)",

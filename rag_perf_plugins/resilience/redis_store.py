@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from .._loops import PerLoop
 from ..config import PerformanceConfig
@@ -102,14 +102,18 @@ local function clear()
 end
 
 local function open()
-  if st == 'closed' then oa = now end
+  local kind = 'reopened'
+  if st == 'closed' then
+    oa = now
+    kind = 'opened'
+  end
   st = 'open'
   ou = math.max(ou, now + cooldown)
   po = 0
   pk = 0
   clear()
   save()
-  return 'opened|0'
+  return kind .. '|0'
 end
 
 local function close()
@@ -243,8 +247,8 @@ def _admission(raw: Any) -> Admission:
 def _transition(raw: Any) -> Transition | None:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     kind, open_s = text.split("|")
-    if kind == "opened":
-        return Transition("opened")
+    if kind in ("opened", "reopened"):
+        return Transition(cast(Literal["opened", "reopened"], kind))
     if kind == "closed":
         return Transition("closed", float(open_s))
     return None

@@ -149,7 +149,7 @@ async def test_a_failing_probe_opens_it_again(board: Board) -> None:
     board.clock.advance(5.0)
     probe = await board.admit()
     assert probe.probe
-    assert await board.record("failure", probe=True) == Transition("opened")
+    assert await board.record("failure", probe=True) == Transition("reopened")
     state, retry_in = board.peek()
     assert state == "open"
     assert retry_in == pytest.approx(5.0, abs=1e-5)
@@ -170,7 +170,7 @@ async def test_a_cooldown_is_never_shortened(board: Board) -> None:
     long = BreakerSettings(failure_ratio=0.5, min_calls=4, window=10.0, cooldown=30.0, probes=2)
     board.clock.advance(5.0)
     assert (await board.admit(long)).probe  # half-open now
-    assert await board.record("failure", probe=True, settings=long) == Transition("opened")
+    assert await board.record("failure", probe=True, settings=long) == Transition("reopened")
     # Until 1035; a writer with a 5 s cool-down must not shorten it.
     assert (await board.admit()).probe is False
     await board.admit()
