@@ -2,8 +2,8 @@
 
 Example::
 
-    primary = Target("openai/gpt-4o-mini/k-3f9a@e1", gate=get_gate("openai", "gpt-4o-mini", key))
-    fallback = Target("azure/gpt-4o-mini/k-77c1@e2", gate=azure_gate)
+    primary = Target("openai/gpt-4o-mini/k-3f9a~e1", gate=get_gate("openai", "gpt-4o-mini", key))
+    fallback = Target("azure/gpt-4o-mini/k-77c1~e2", gate=azure_gate)
 
 A target's ``name`` keys its circuit breaker (provider, model, API-key fingerprint and
 endpoint; never a credential); ``scope`` is its rate-limit scope: after a 429 from one

@@ -112,11 +112,11 @@ def default_target(gate: Any, provider: str, model: str) -> Target:
     """The breaker target of a model: its gate's key plus a fingerprint of its endpoint.
 
     Example: ``default_target(gate, "langchain/...ChatOpenAI/1f2e", "gpt-4o-mini")`` is
-    ``Target("openai/gpt-4o-mini/k-3f9a0c1b22de@9c41d2", gate=gate)``. ``provider`` is the
+    ``Target("openai/gpt-4o-mini/k-3f9a0c1b22de~9c41d2", gate=gate)``. ``provider`` is the
     adapter's provider id (class and endpoint): two deployments of one model at two URLs
     get two breakers and two rate-limit scopes; the same model, endpoint and key share one.
     """
     key = getattr(gate, "key", None)
     base = key if isinstance(key, str) and key else f"{provider}/{model}"
     endpoint = hashlib.blake2b(provider.encode(), digest_size=3).hexdigest()
-    return Target(f"{base}@{endpoint}", gate=gate)
+    return Target(f"{base}~{endpoint}", gate=gate)

@@ -275,7 +275,7 @@ class Fallback:
 
     Example::
 
-        Fallback(Target("azure/gpt-4o-mini/k-77c1@e2", gate=azure_gate),
+        Fallback(Target("azure/gpt-4o-mini/k-77c1~e2", gate=azure_gate),
                  request=LLMRequest(model="gpt-4o-mini", ...), call=lambda: azure_call())
 
     ``request`` is the effective request of *that* model (its key caches its answers);
@@ -674,6 +674,8 @@ class LLMService(ProviderCalls):
             attributes["rag_perf.ttft_s"] = call.ttft
         if call.abandoned:
             attributes["rag_perf.stream.abandoned"] = True
+        if call.answered_by is not None:
+            attributes["rag_perf.fallback.target"] = call.answered_by
         model = request.model if request else "unknown"
         spans.emit(tracer, "chat", model, self._clock() - call.started, attributes, error=error)
 

@@ -104,13 +104,13 @@ def test_breakers_for_is_one_per_settings_and_redis() -> None:
 
 
 def test_the_redis_key_holds_the_prefix_and_target() -> None:
-    assert breaker_key("app", "openai/m/k-1@e") == "app:cb:openai/m/k-1@e"
+    assert breaker_key("app", "openai/m/k-1~e") == "app:cb:openai/m/k-1~e"
 
 
 def test_provider_unavailable_names_each_target_and_state() -> None:
-    error = ProviderUnavailable([("a/m/k-1@e", "open", 3.21), ("b/m/k-2@f", "half_open", 1.0)])
+    error = ProviderUnavailable([("a/m/k-1~e", "open", 3.21), ("b/m/k-2~f", "half_open", 1.0)])
     assert str(error) == (
-        "no provider can take the call: a/m/k-1@e open (retry in 3.2 s); "
-        "b/m/k-2@f half_open (probe in flight, retry in 1.0 s)"
+        "no provider can take the call: a/m/k-1~e open (retry in 3.2 s); "
+        "b/m/k-2~f half_open (probe in flight, retry in 1.0 s)"
     )
     assert error.retry_in == 1.0

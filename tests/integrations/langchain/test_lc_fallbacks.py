@@ -234,3 +234,37 @@ def test_cache_fallback_answers(simulator_factory: SimulatorFactory, clock: Fake
             assert FALLBACK_TARGET not in again.response_metadata
             assert again.response_metadata.get("cache_hit") is None
         sim.add_outage(model=PRIMARY, duration_s=5.0)  # down again for the next round
+
+
+def test_statistics_in_prometheus_and_the_span_of_a_fallback_answer(
+    simulator_factory: SimulatorFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from rag_perf_plugins.metrics import to_prometheus
+    from rag_perf_plugins.tracking import PerformanceTracker, spans
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr(spans, "tracer", lambda: tracer)
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=100.0)
+    llm = chain(sim, clock)
+    for i in range(6):
+        llm.invoke(f"q{i}")
+    finished = memory.get_finished_spans()
+    assert len(finished) == 6
+    for span in finished:
+        assert span.attributes is not None
+        assert str(span.attributes["rag_perf.fallback.target"]).startswith("openai/gpt-4o/")
+    text = to_prometheus(PerformanceTracker())
+    primary = next(n for n in llm.service.breakers().stats() if "gpt-4o-mini" in n)
+    assert f'rag_perf_breaker_state{{target="{primary}"}} 2.0' in text
+    assert f'rag_perf_breaker_transitions_total{{target="{primary}",to="opened"}} 1.0' in text
+    assert f'rag_perf_failovers_total{{reason="open",target="{primary}"}} 2.0' in text
+    assert f'rag_perf_target_calls_total{{target="{primary}"}} 4.0' in text  # then open
+    provider.shutdown()
