@@ -117,6 +117,6 @@ def default_target(gate: Any, provider: str, model: str) -> Target:
     get two breakers and two rate-limit scopes; the same model, endpoint and key share one.
     """
     key = getattr(gate, "key", None)
-    base = key if isinstance(key, str) and key else f"{provider}/{model}"
+    base = key if isinstance(key, str) and key else model  # the provider id may hold a URL
     endpoint = hashlib.blake2b(provider.encode(), digest_size=3).hexdigest()
     return Target(f"{base}~{endpoint}", gate=gate)

@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import sys
 import time
@@ -503,8 +504,11 @@ class LLMService(ProviderCalls):
         if self._target is not None:
             return self._target
         key = getattr(self._gate, "key", None)
-        name = key if isinstance(key, str) and key else f"{request.provider}/{request.model}"
-        return Target(name, gate=self._gate)
+        if not isinstance(key, str) or not key:
+            # The provider id may hold a URL: a digest of it goes into names and logs.
+            digest = hashlib.blake2b(str(request.provider).encode(), digest_size=3).hexdigest()
+            key = f"{request.model}~{digest}"
+        return Target(key, gate=self._gate)
 
     def breakers(self) -> Breakers:
         """The circuit breakers of this service's chains: ``breakers_for(config)`` unless given."""
