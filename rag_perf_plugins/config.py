@@ -373,7 +373,11 @@ class PerformanceConfig:
         ge=1,
     )
     breaker_window: float = _opt(
-        30.0, "Sliding window over which a breaker counts failures.", unit="seconds", gt=0
+        10.0,
+        "Sliding window over which a breaker counts failures (a full outage trips it once "
+        "failures are breaker_failure_ratio of the window's calls: about half of it).",
+        unit="seconds",
+        gt=0,
     )
     breaker_cooldown: float = _opt(
         5.0,

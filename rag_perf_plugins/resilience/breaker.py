@@ -2,7 +2,7 @@
 
 Example::
 
-    settings = BreakerSettings(failure_ratio=0.5, min_calls=10, window=30.0, cooldown=5.0)
+    settings = BreakerSettings(failure_ratio=0.5, min_calls=10, window=10.0, cooldown=5.0)
     core = BreakerCore()
     admission = core.admit(settings, now=clock())       # Admission(allowed=True, ...)
     core.record(settings, "failure", probe=admission.probe, now=clock())
@@ -65,7 +65,7 @@ class BreakerSettings:
 
     failure_ratio: float = 0.5
     min_calls: int = 10
-    window: float = 30.0
+    window: float = 10.0
     cooldown: float = 5.0
     probes: int = 1
 
