@@ -329,12 +329,12 @@ class RetryPolicy:
         "_budget",
         "_clock",
         "_counts",
-        "_warned_at",
         "_lock",
         "_operation",
         "_rng",
         "_sleep",
         "_tracker",
+        "_warned_at",
         "config",
     )
 
