@@ -31,7 +31,7 @@ from ..tracking.tracker import PerformanceTracker, get_performance_tracker
 from .breaker import Admission, BreakerSettings, Outcome, State, Transition
 from .store import BreakerStore, LocalBreakerStore
 
-__all__ = ["Breakers", "breakers_for", "live_breakers", "outcome_of"]
+__all__ = ["Breakers", "breakers_for", "failover_reason", "live_breakers", "outcome_of"]
 
 log = logging.getLogger("rag_perf_plugins.resilience")
 
@@ -48,6 +48,20 @@ def outcome_of(exc: BaseException | None) -> Outcome:
     if isinstance(exc, Overloaded):
         return "neutral"
     return "failure" if classify(exc).retryable else "neutral"
+
+
+def failover_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` moves a call to the next target, or ``None`` when it reaches the caller.
+
+    Example: ``failover_reason(openai.RateLimitError(...))`` is ``"rate_limited"``. A full
+    or slow gate (``Overloaded``) is ``"gate"``; 429s, 5xx, timeouts and connection
+    errors are their kind; other 4xx and our own refusals (a spent budget, a deadline) are
+    ``None``: another target would not change them.
+    """
+    if isinstance(exc, Overloaded):
+        return "gate"
+    failure = classify(exc)
+    return failure.kind if failure.retryable else None
 
 
 class _TargetStats:

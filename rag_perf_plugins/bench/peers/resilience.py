@@ -201,7 +201,7 @@ def _litellm(cooldown: float) -> Callable[[str], Call]:
     def make(base_url: str) -> Call:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
         import litellm
-        from litellm import Router
+        from litellm.router import Router
 
         litellm.telemetry = False
         litellm.suppress_debug_info = True

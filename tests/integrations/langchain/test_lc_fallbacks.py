@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
@@ -268,3 +269,53 @@ def test_statistics_in_prometheus_and_the_span_of_a_fallback_answer(
     assert f'rag_perf_failovers_total{{reason="open",target="{primary}"}} 2.0' in text
     assert f'rag_perf_target_calls_total{{target="{primary}"}} 4.0' in text  # then open
     provider.shutdown()
+
+
+# --- embeddings: only the same model and dimensions ----------------------------------------
+def embeddings(sim: Simulator, **options: Any) -> Any:
+    from rag_perf_plugins.langchain import pooled_openai_embeddings
+
+    params = {"model": "text-embedding-3-small", "api_key": f"sk-{uuid.uuid4().hex[:8]}"}
+    params.update(options)
+    return pooled_openai_embeddings(
+        base_url=sim.base_url, check_embedding_ctx_length=False, **params
+    )
+
+
+def test_an_embedding_fallback_of_another_model_or_size_is_refused(
+    simulator_factory: SimulatorFactory,
+) -> None:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    sim = simulator_factory()
+    with pytest.raises(ValueError, match="must use the primary's model 'text-embedding-3-small'"):
+        PerfEmbeddings(
+            embeddings(sim), CONFIG, fallbacks=[embeddings(sim, model="text-embedding-3-large")]
+        )
+    with pytest.raises(ValueError, match="dimensions 256"):
+        PerfEmbeddings(embeddings(sim), CONFIG, fallbacks=[embeddings(sim, dimensions=256)])
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_an_embedding_fallback_gives_the_same_vectors(
+    simulator_factory: SimulatorFactory, clock: FakeClock, asynchronous: bool
+) -> None:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    down, other_region = simulator_factory(clock=clock), simulator_factory()
+    down.add_outage(duration_s=100.0)
+    breakers = Breakers(BreakerSettings.from_config(CONFIG), LocalBreakerStore(), clock=clock)
+    wrapped = PerfEmbeddings(
+        embeddings(down), CONFIG, fallbacks=[embeddings(other_region)], breakers=breakers
+    )
+    texts = [f"passage {i}" for i in range(12)]
+    if asynchronous:
+        got = await wrapped.aembed_documents(texts)
+        query = await wrapped.aembed_query("tide pools")
+    else:
+        got = wrapped.embed_documents(texts)
+        query = wrapped.embed_query("tide pools")
+    plain = embeddings(other_region)
+    assert got == [list(v) for v in np.asarray(plain.embed_documents(texts), dtype=np.float32)]
+    assert query == list(np.asarray(plain.embed_query("tide pools"), dtype=np.float32))
+    assert down.stats()["faults_by_kind"]["outage"] >= 1
