@@ -275,7 +275,10 @@ def test_statistics_in_prometheus_and_the_span_of_a_fallback_answer(
 def embeddings(sim: Simulator, **options: Any) -> Any:
     from rag_perf_plugins.langchain import pooled_openai_embeddings
 
-    params = {"model": "text-embedding-3-small", "api_key": f"sk-{uuid.uuid4().hex[:8]}"}
+    params: dict[str, Any] = {
+        "model": "text-embedding-3-small",
+        "api_key": f"sk-{uuid.uuid4().hex[:8]}",
+    }
     params.update(options)
     return pooled_openai_embeddings(
         base_url=sim.base_url, check_embedding_ctx_length=False, **params
