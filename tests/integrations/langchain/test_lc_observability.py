@@ -156,7 +156,7 @@ def test_label_values_do_not_grow_with_input(
     after = _labels(to_prometheus(tracker))
     assert after == before
     assert set(after) <= {"operation", "cache", "direction", "event", "gate", "client",
-                          "state", "reason", "tier"}  # fmt: skip
+                          "state", "reason", "tier", "target", "to"}  # fmt: skip
 
 
 def test_operation_names_past_the_bound_fold_into_other() -> None:
