@@ -392,6 +392,13 @@ class PerformanceConfig:
         unit="calls",
         ge=1,
     )
+    breaker_consecutive_failures: int | None = _opt(
+        5,
+        "Failures in a row (no success between) that open a breaker at once, whatever the "
+        "window's ratio; catches a sudden outage of a busy target. Null: only the ratio.",
+        unit="calls",
+        ge=1,
+    )
     cache_fallback_answers: bool = _opt(
         False,
         "Let an answer produced by a fallback model answer later requests for the primary "

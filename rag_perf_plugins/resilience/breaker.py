@@ -11,7 +11,9 @@ States:
 
 - **closed**: every call goes through. Outcomes are counted in a sliding window of
   ``window`` seconds (ten buckets). When at least ``min_calls`` outcomes are in the window
-  and the failures are at least ``failure_ratio`` of them, the breaker opens. Failures are
+  and the failures are at least ``failure_ratio`` of them, the breaker opens; so it does
+  after ``consecutive`` failures in a row (no success between), which catches a sudden
+  outage of a busy target long before its failures are half of the window. Failures are
   429s, 5xx answers, timeouts and refused connections; 4xx client errors and our own
   refusals are *neutral* (they say nothing about the provider and are not counted).
 - **open**: every call is refused for ``cooldown`` seconds (``retry_in`` says how long is
@@ -61,6 +63,7 @@ class BreakerSettings:
         window: Length of the sliding window (seconds).
         cooldown: How long it stays open before probing (seconds).
         probes: Probe calls let through when half-open (calls).
+        consecutive: Failures in a row that open it at once (calls); ``None``: only the ratio.
     """
 
     failure_ratio: float = 0.5
@@ -68,13 +71,16 @@ class BreakerSettings:
     window: float = 10.0
     cooldown: float = 5.0
     probes: int = 1
+    consecutive: int | None = 5
 
     def __post_init__(self) -> None:
         if not 0 < self.failure_ratio <= 1:
             msg = f"failure_ratio must be in (0, 1], got {self.failure_ratio!r}"
             raise ValueError(msg)
-        for name in ("min_calls", "probes"):
+        for name in ("min_calls", "probes", "consecutive"):
             value = getattr(self, name)
+            if name == "consecutive" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{name} must be an integer >= 1 (calls), got {value!r}"
                 raise ValueError(msg)
@@ -93,6 +99,7 @@ class BreakerSettings:
             window=config.breaker_window,
             cooldown=config.breaker_cooldown,
             probes=config.breaker_probes,
+            consecutive=config.breaker_consecutive_failures,
         )
 
 
@@ -135,6 +142,7 @@ class BreakerCore:
 
     __slots__ = (
         "buckets",
+        "in_a_row",
         "open_until",
         "opened_at",
         "probe_at",
@@ -150,6 +158,7 @@ class BreakerCore:
         self.probes_out = 0
         self.probe_ok = 0
         self.probe_at = 0.0
+        self.in_a_row = 0  # failures since the last success (closed state)
         # [bucket index, outcomes, failures] per slot; a stale index is an empty bucket.
         self.buckets = [[-1, 0, 0] for _ in range(SLOTS)]
 
@@ -197,8 +206,12 @@ class BreakerCore:
             bucket[0], bucket[1], bucket[2] = index, 0, 0
         bucket[1] += 1
         if outcome != "failure":
+            self.in_a_row = 0
             return None
         bucket[2] += 1
+        self.in_a_row += 1
+        if settings.consecutive is not None and self.in_a_row >= settings.consecutive:
+            return self._open(settings, now)
         oldest = index - SLOTS
         calls = failures = 0
         for i, c, f in self.buckets:
@@ -223,13 +236,13 @@ class BreakerCore:
             self.opened_at, kind = now, "opened"
         self.state = "open"
         self.open_until = max(self.open_until, now + settings.cooldown)
-        self.probes_out = self.probe_ok = 0
+        self.probes_out = self.probe_ok = self.in_a_row = 0
         self._clear()
         return Transition(kind)
 
     def _close(self, now: float) -> Transition:
         self.state = "closed"
-        self.probes_out = self.probe_ok = 0
+        self.probes_out = self.probe_ok = self.in_a_row = 0
         self._clear()
         return Transition("closed", max(0.0, now - self.opened_at))
 

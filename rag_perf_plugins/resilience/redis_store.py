@@ -65,8 +65,8 @@ def breaker_key(prefix: str, target: str) -> str:
 
 
 # The rules of BreakerCore, once more, in Lua. ARGV: op, now, failure_ratio, min_calls,
-# window, cooldown, probes, outcome, probe (1/0). Numbers go back inside strings: Redis
-# turns Lua numbers into integers.
+# window, cooldown, probes, outcome, probe (1/0), consecutive (0: none). Numbers go back
+# inside strings: Redis turns Lua numbers into integers.
 _SCRIPT: Final = r"""
 local key = KEYS[1]
 local op = ARGV[1]
@@ -78,20 +78,22 @@ local cooldown = tonumber(ARGV[6])
 local probes = tonumber(ARGV[7])
 local outcome = ARGV[8]
 local probe = ARGV[9] == '1'
+local consecutive = tonumber(ARGV[10])
 local slots = 10
-local s = redis.call('HMGET', key, 'st', 'ou', 'oa', 'po', 'pk', 'pa')
+local s = redis.call('HMGET', key, 'st', 'ou', 'oa', 'po', 'pk', 'pa', 'cf')
 local st = s[1] or 'closed'
 local ou = tonumber(s[2]) or 0
 local oa = tonumber(s[3]) or 0
 local po = tonumber(s[4]) or 0
 local pk = tonumber(s[5]) or 0
 local pa = tonumber(s[6]) or 0
+local cf = tonumber(s[7]) or 0
 
 local function num(x) return string.format('%.6f', x) end
 
 local function save()
   redis.call('HSET', key, 'st', st, 'ou', num(ou), 'oa', num(oa), 'po', po, 'pk', pk,
-             'pa', num(pa))
+             'pa', num(pa), 'cf', cf)
   redis.call('EXPIRE', key, 3600)
 end
 
@@ -111,6 +113,7 @@ local function open()
   ou = math.max(ou, now + cooldown)
   po = 0
   pk = 0
+  cf = 0
   clear()
   save()
   return kind .. '|0'
@@ -120,6 +123,7 @@ local function close()
   st = 'closed'
   po = 0
   pk = 0
+  cf = 0
   clear()
   save()
   return 'closed|' .. num(math.max(0, now - oa))
@@ -184,7 +188,13 @@ elseif op == 'record' then
   if outcome == 'failure' then bf = bf + 1 end
   redis.call('HSET', key, field, bi .. ':' .. bc .. ':' .. bf)
   redis.call('EXPIRE', key, 3600)
-  if outcome ~= 'failure' then return '|0' end
+  if outcome ~= 'failure' then
+    redis.call('HSET', key, 'cf', 0)
+    return '|0'
+  end
+  cf = cf + 1
+  redis.call('HSET', key, 'cf', cf)
+  if consecutive > 0 and cf >= consecutive then return open() end
   local oldest = index - slots
   local calls, failures = 0, 0
   for i = 0, slots - 1 do
@@ -233,6 +243,7 @@ def _args(op: str, settings: BreakerSettings, now: float, outcome: str, probe: b
         settings.probes,
         outcome,
         "1" if probe else "0",
+        settings.consecutive or 0,
     ]
 
 

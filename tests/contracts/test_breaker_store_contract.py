@@ -103,6 +103,18 @@ async def test_neutral_outcomes_do_not_count(board: Board) -> None:
     assert board.peek()[0] == "closed"
 
 
+async def test_failures_in_a_row_open_it_before_the_ratio_does(board: Board) -> None:
+    busy = BreakerSettings(min_calls=4, window=10.0, cooldown=5.0, consecutive=3)
+    for _ in range(20):
+        await board.record("success", settings=busy)
+    await board.record("failure", settings=busy)
+    await board.record("failure", settings=busy)
+    await board.record("success", settings=busy)  # a success resets the run
+    await board.record("failure", settings=busy)
+    assert await board.record("failure", settings=busy) is None
+    assert await board.record("failure", settings=busy) == Transition("opened")  # 5 of 25
+
+
 async def test_old_outcomes_leave_the_window(board: Board) -> None:
     for _ in range(3):
         await board.record("failure")

@@ -1025,6 +1025,10 @@ EFFECTS: dict[str, Effect] = {
         2, "calls let through (of five) when the cool-down ends",
         probes_let_through_after_the_cooldown, 1, 2, {"breaker_min_calls": 2},
     ),
+    "breaker_consecutive_failures": Effect(
+        3, "the breaker's state after four failures in a row (min_calls 20)",
+        state_after("ffff"), "closed", "open", {"breaker_min_calls": 20},
+    ),
     "cache_fallback_answers": Effect(
         True, "who answers the primary's request after a fallback answered it",
         who_answers_the_primary_after_a_fallback_did, "primary", "fallback", MEMORY_ONLY,
