@@ -117,6 +117,7 @@ ProviderProfile = Literal["openai", "cohere", "voyage", "custom"]
 VectorDtype = Literal["float32", "float64"]
 RedisPosition = Literal["before-disk", "after-disk", "instead-of-disk"]
 LimiterFallback = Literal["local-share", "fail-closed"]
+HttpTransport = Literal["httpx", "aiohttp"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,12 @@ class PerformanceConfig:
     )
     keepalive_expiry: float = _opt(
         30.0, "Idle time after which a kept-alive HTTP connection is closed.", unit="seconds", gt=0
+    )
+    http_transport: HttpTransport = _opt(
+        "httpx",
+        "What carries the shared async HTTP clients' requests: httpx (httpcore) or aiohttp"
+        " (the aiohttp extra; several times the requests per second under concurrency)."
+        " The clients are httpx.AsyncClient either way.",
     )
     idle_timeout: float | None = _opt(
         300.0,
@@ -932,8 +939,10 @@ def reference_markdown() -> str:
         default = "null" if spec.default is None else repr(spec.default)
         if isinstance(spec.default, bool):
             default = str(spec.default).lower()
+        # A "|" inside a cell (a Literal's alternatives) would split it: escape it.
+        type_name = spec.type_name.replace("|", "\\|")
         rows.append(
-            f"| `{spec.name}` | {spec.type_name} | `{default}` | {spec.unit or ''} "
+            f"| `{spec.name}` | {type_name} | `{default}` | {spec.unit or ''} "
             f"| `{ENV_PREFIX}{spec.name.upper()}` | {spec.doc} Allowed: {spec.allowed()}. |"
         )
     presets = ["", "| key | " + " | ".join(PRESETS) + " |", "| --- |" + " --- |" * len(PRESETS)]

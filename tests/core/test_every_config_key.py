@@ -224,6 +224,22 @@ def connections_for_three_requests(ctx: Ctx, config: PerformanceConfig) -> int:
     return opened
 
 
+def async_pool_carrying_a_request(ctx: Ctx, config: PerformanceConfig) -> str:
+    sim = ctx.simulator
+    registry = HttpClientRegistry()
+    client: Any = registry.get_async_client(sim.base_url, config=config)
+
+    async def one() -> str:
+        (await client.get(sim.base_url + "/models")).raise_for_status()
+        (pool,) = client._transport._pools.resources()
+        return type(pool).__name__
+
+    try:
+        return asyncio.run(one())
+    finally:
+        registry.close()
+
+
 # --- cache --------------------------------------------------------------------------------
 def value_after_set(ctx: Ctx, config: PerformanceConfig) -> Any:
     with CacheManager(config) as cache:
@@ -774,6 +790,10 @@ EFFECTS: dict[str, Effect] = {
     "keepalive_expiry": Effect(
         1e-6, "TCP connections the simulator accepts for three requests",
         connections_for_three_requests, 1, 3,
+    ),
+    "http_transport": Effect(
+        "aiohttp", "the class of the event loop's pool that carried a request",
+        async_pool_carrying_a_request, "AsyncHTTPTransport", "AiohttpPool",
     ),
     "idle_timeout": Effect(
         10.0, "connections made for two borrows a minute apart",
