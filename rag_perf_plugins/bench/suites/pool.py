@@ -184,6 +184,7 @@ def http_backends(ctx: BenchContext) -> Iterator[Result]:
 
         def sdk(backend: HttpTransport) -> float:
             import openai  # the SDK comes with the langchain and llama-index extras
+
             registry = HttpClientRegistry()
             http = registry.get_async_client(
                 base_url, config=config.replace(http_transport=backend)
