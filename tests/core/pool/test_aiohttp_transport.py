@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from rag_perf_plugins.config import HttpTransport, PerformanceConfig
-from rag_perf_plugins.pool._aiohttp import AiohttpPool
+from rag_perf_plugins.pool._aiohttp import AiohttpPool, _FifoSlots
 from rag_perf_plugins.pool.http import (
     HttpPoolStats,
     LoopRoutingTransport,
@@ -298,3 +298,42 @@ async def test_aiohttp_keeps_its_connector_state_where_we_read_it() -> None:
     assert isinstance(pool._connector._acquired, set)
     assert isinstance(pool._connector._conns, dict)
     await pool.aclose()
+
+
+# --- first come, first served -------------------------------------------------------------
+async def test_a_freed_slot_goes_to_the_longest_waiter_not_a_newcomer() -> None:
+    slots = _FifoSlots(1)
+    await slots.acquire(None)
+    served: list[int] = []
+
+    async def take(i: int) -> None:
+        await slots.acquire(5.0)
+        served.append(i)
+
+    waiting = [asyncio.create_task(take(i)) for i in range(3)]
+    await asyncio.sleep(0)  # all three are queued
+    slots.release()
+    newcomer = asyncio.create_task(take(99))  # what aiohttp's own limit lets overtake
+    await asyncio.sleep(0.01)
+    assert served == [0]
+    for _ in range(3):
+        slots.release()
+        await asyncio.sleep(0.01)
+    assert served == [0, 1, 2, 99]
+    await asyncio.gather(*waiting, newcomer)
+
+
+async def test_a_waiter_that_gives_up_does_not_keep_or_lose_a_slot() -> None:
+    slots = _FifoSlots(1)
+    await slots.acquire(None)
+    with pytest.raises(TimeoutError):
+        await slots.acquire(0.01)
+    slots.release()  # nobody waits any more: the slot is free again
+    await asyncio.wait_for(slots.acquire(None), 1.0)
+    cancelled = asyncio.create_task(slots.acquire(None))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    slots.release()
+    await asyncio.wait_for(slots.acquire(None), 1.0)
