@@ -95,6 +95,18 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
         "counter", ("operation",), "tokens",
         "Tokens not spent: answered from the cache or by another caller's identical request.",
     ),
+    "rag_perf_cost_usd_total": (
+        "counter", ("operation",), "USD",
+        "Dollars spent by provider calls at the price table's prices (known prices only).",
+    ),
+    "rag_perf_cost_saved_usd_total": (
+        "counter", ("operation",), "USD",
+        "Dollars not spent: the cost of the answers cache hits and coalesced calls replayed.",
+    ),
+    "rag_perf_cost_unknown_calls_total": (
+        "counter", ("operation",), "calls",
+        "Calls whose cost is unknown (no price for the model, or no usage reported).",
+    ),
     "rag_perf_queue_wait_seconds": (
         "summary", ("operation",), "seconds",
         "Time spent waiting for admission (gate) or a batch, quantiles of this worker.",
@@ -191,7 +203,8 @@ class _Op:
             k: float(entry.get(k) or 0)
             for k in (
                 "count", "errors", "cache_hits", "cache_misses", "tokens_in", "tokens_out",
-                "tokens_saved", "retries", "streams_abandoned",
+                "tokens_saved", "retries", "streams_abandoned", "cost_usd", "cost_saved_usd",
+                "cost_unknown_calls",
             )
         }  # fmt: skip
         self.throughput = float(entry.get("throughput_per_s") or 0.0)
@@ -389,6 +402,9 @@ class TrackerCollector(Collector):
             add("rag_perf_tokens_total", [name, "input"], f["tokens_in"])
             add("rag_perf_tokens_total", [name, "output"], f["tokens_out"])
             add("rag_perf_tokens_saved_total", [name], f["tokens_saved"])
+            add("rag_perf_cost_usd_total", [name], f["cost_usd"])
+            add("rag_perf_cost_saved_usd_total", [name], f["cost_saved_usd"])
+            add("rag_perf_cost_unknown_calls_total", [name], f["cost_unknown_calls"])
             add("rag_perf_retries_total", [name], f["retries"])
             add("rag_perf_streams_abandoned_total", [name], f["streams_abandoned"])
             add("rag_perf_throughput_per_second", [name], op.throughput)

@@ -97,6 +97,7 @@ from ..cache import (
 )
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
+from ..cost import price_table
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -123,10 +124,32 @@ _UNSTORED: Final[Any] = object()
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``."""
+    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``.
+
+    ``cached_in`` (input tokens read from the provider's prompt cache), ``cache_write``
+    (input tokens written to it, Anthropic) and ``reasoning`` (output tokens spent on
+    reasoning) are parts of ``tokens_in`` / ``tokens_out``, priced at their own rates.
+    """
 
     tokens_in: int = 0
     tokens_out: int = 0
+    cached_in: int = 0
+    reasoning: int = 0
+    cache_write: int = 0
+
+    def plus(self, other: Usage) -> Usage:
+        """The sum of two usages (the generations of one answer)."""
+        return Usage(
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cached_in + other.cached_in,
+            self.reasoning + other.reasoning,
+            self.cache_write + other.cache_write,
+        )
+
+    def as_list(self) -> list[int]:
+        """The stored form: ``[in, out, cached_in, reasoning, cache_write]``."""
+        return [self.tokens_in, self.tokens_out, self.cached_in, self.reasoning, self.cache_write]
 
     @property
     def total(self) -> int:
@@ -278,6 +301,7 @@ class _Call:
     coalesced: bool = False
     usage: Usage | None = None
     saved: int = 0
+    saved_usage: Usage | None = None  # the replayed answer's usage (hits, coalesced calls)
     queue_wait: float | None = None
     attempts: int = 0
     ttft: float | None = None
@@ -341,6 +365,7 @@ class LLMService(ProviderCalls):
         "_clock",
         "_flight",
         "_gate",
+        "_prices",
         "_retry",
         "_tracker",
         "config",
@@ -372,6 +397,7 @@ class LLMService(ProviderCalls):
         self._gate = gate
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
+        self._prices = price_table(self.config)
         self.operation = operation
         self.namespace = namespace
         self._clock = clock
@@ -432,8 +458,7 @@ class LLMService(ProviderCalls):
 
     @staticmethod
     def _entry(kind: str, data: Any, usage: Usage | None) -> dict[str, Any]:
-        u = usage or Usage()
-        return {"kind": kind, "data": data, "usage": [u.tokens_in, u.tokens_out]}
+        return {"kind": kind, "data": data, "usage": (usage or Usage()).as_list()}
 
     @staticmethod
     def _read_entry(kind: str, entry: Any) -> tuple[Any, Usage] | None:
@@ -442,13 +467,13 @@ class LLMService(ProviderCalls):
         raw = entry.get("usage")
         if (
             not isinstance(raw, list)
-            or len(raw) != 2
+            or len(raw) not in (2, 5)  # entries written before cached/reasoning tokens: 2
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in raw)
         ):
             return None
         if kind == "stream" and not isinstance(entry["data"], list):
             return None
-        return entry["data"], Usage(raw[0], raw[1])
+        return entry["data"], Usage(*raw)
 
     def _ttl(self, call: _Call) -> float | None:
         return call.control.ttl or self.config.cache_ttl
@@ -482,9 +507,10 @@ class LLMService(ProviderCalls):
         if call.on_cache is not None and call.cache_hit is not None:
             call.on_cache(call.cache_hit)
         usage = call.usage if call.cache_hit is not True and not call.coalesced else None
+        cost, saved, unknown = self._costs(call, usage, error)
         span_tracer = spans.tracer()
         if span_tracer is not None:
-            self._span(span_tracer, call, usage, error=error)
+            self._span(span_tracer, call, usage, (cost, saved, unknown), error=error)
         tracker = self._tracker
         if not tracker.enabled:
             return
@@ -500,6 +526,10 @@ class LLMService(ProviderCalls):
             tokens_saved=call.saved,
             ttft_s=call.ttft,
             abandoned=call.abandoned,
+            cost_usd=cost,
+            cost_saved_usd=saved,
+            cost_unknown=unknown,
+            model=call.request.model if call.request is not None else None,
         )
         if call.cache_hit is True:
             tracker.incr("cache.hits", operation=operation)
@@ -508,7 +538,43 @@ class LLMService(ProviderCalls):
         if call.coalesced:
             tracker.incr("coalesced", operation=operation)
 
-    def _span(self, tracer: Any, call: _Call, usage: Usage | None, *, error: bool) -> None:
+    def _costs(self, call: _Call, usage: Usage | None, error: bool) -> tuple[float, float, bool]:
+        """USD spent and saved by ``call``, and whether its cost is unknown.
+
+        Spent: the provider's usage of this call at the model's prices. Saved: the stored
+        usage of the answer a hit (or a coalesced call) replays, at the same prices. A
+        model without a price, or a completed provider call that reported no usage, is
+        unknown (never $0). A failed call spent nothing we can see.
+        """
+        request = call.request
+        if request is None:
+            return 0.0, 0.0, False
+        if usage is None and call.saved_usage is None:
+            unknown = not error and call.attempts > 0 and call.cache_hit is not True
+            return 0.0, 0.0, unknown and not call.coalesced
+        u = usage if usage is not None else call.saved_usage
+        assert u is not None
+        cost = self._prices.chat_cost(
+            request.model,
+            u.tokens_in,
+            u.tokens_out,
+            cached_in=u.cached_in,
+            reasoning=u.reasoning,
+            cache_write=u.cache_write,
+        )
+        if cost is None:
+            return 0.0, 0.0, True
+        return (cost, 0.0, False) if usage is not None else (0.0, cost, False)
+
+    def _span(
+        self,
+        tracer: Any,
+        call: _Call,
+        usage: Usage | None,
+        costs: tuple[float, float, bool],
+        *,
+        error: bool,
+    ) -> None:
         """One OpenTelemetry span of this call (see :mod:`rag_perf_plugins.tracking.spans`)."""
         request = call.request
         attributes: dict[str, Any] = {
@@ -519,6 +585,11 @@ class LLMService(ProviderCalls):
             "rag_perf.coalesced": call.coalesced,
             "rag_perf.tokens_saved": call.saved,
         }
+        if costs[2]:
+            attributes["rag_perf.cost.unknown"] = True
+        else:
+            attributes["rag_perf.cost_usd"] = costs[0]
+            attributes["rag_perf.cost_saved_usd"] = costs[1]
         if call.cache_hit is not None:
             attributes["rag_perf.cache.hit"] = call.cache_hit
             if call.cache_hit:
@@ -566,7 +637,7 @@ class LLMService(ProviderCalls):
         except Exception as exc:
             self._corrupt(exc)
             return _MISS
-        call.cache_hit, call.saved = True, found[1].total
+        call.cache_hit, call.saved, call.saved_usage = True, found[1].total, found[1]
         return value
 
     @staticmethod
@@ -578,6 +649,7 @@ class LLMService(ProviderCalls):
             return value
         # A follower of another caller's request: billed nothing, saved what the leader paid.
         call.coalesced, call.saved = True, usage.total if usage is not None else 0
+        call.saved_usage = usage
         return codec.decode(data)
 
     def _passed(self, codec: ChunkCodec[C], chunk: C, call: _Call, tee: _Tee) -> C:

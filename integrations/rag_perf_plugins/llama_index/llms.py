@@ -47,7 +47,7 @@ import hashlib
 import inspect
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -149,11 +149,34 @@ def _plain_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if isinstance(k, str) and _plain(v)}
 
 
-def _usage_of(extra: dict[str, Any]) -> Usage | None:
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def _token_details(raw: Any) -> tuple[int, int]:
+    """Cached input and reasoning tokens in a raw OpenAI answer or chunk (0 when absent)."""
+    usage = _field(raw, "usage") if raw is not None else None
+    if usage is None:
+        return 0, 0
+    cached = _field(_field(usage, "prompt_tokens_details"), "cached_tokens")
+    reasoning = _field(_field(usage, "completion_tokens_details"), "reasoning_tokens")
+    return (
+        cached if isinstance(cached, int) else 0,
+        reasoning if isinstance(reasoning, int) else 0,
+    )
+
+
+def _usage_of(extra: dict[str, Any], raw: Any = None) -> Usage | None:
     p, c = extra.get("prompt_tokens"), extra.get("completion_tokens")
     if not isinstance(p, int) and not isinstance(c, int):
         return None
-    return Usage(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    cached, reasoning = _token_details(raw)
+    return Usage(
+        p if isinstance(p, int) else 0,
+        c if isinstance(c, int) else 0,
+        cached_in=cached,
+        reasoning=reasoning,
+    )
 
 
 def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
@@ -161,10 +184,15 @@ def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage | None:
-    found = [u for u in (_usage_of(c.additional_kwargs) for c in chunks) if u is not None]
+    found = [u for u in (_usage_of(c.additional_kwargs, c.raw) for c in chunks) if u is not None]
     if not found:
         return None
-    return Usage(max(u.tokens_in for u in found), max(u.tokens_out for u in found))
+    return Usage(
+        max(u.tokens_in for u in found),
+        max(u.tokens_out for u in found),
+        cached_in=max(u.cached_in for u in found),
+        reasoning=max(u.reasoning for u in found),
+    )
 
 
 class _ChatCodec:
@@ -185,7 +213,7 @@ class _ChatCodec:
         )
 
     def usage(self, value: ChatResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _usage_of(value.additional_kwargs, value.raw)
 
 
 class _CompletionCodec:
@@ -200,7 +228,7 @@ class _CompletionCodec:
         )
 
     def usage(self, value: CompletionResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _usage_of(value.additional_kwargs, value.raw)
 
 
 class _ChatChunkCodec:
