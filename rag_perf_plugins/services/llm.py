@@ -120,6 +120,9 @@ NAMESPACE: Final = "llm"
 _STREAM_SUFFIX: Final = ":stream"
 _END: Final[Any] = object()
 _UNSTORED: Final[Any] = object()
+# The output limit assumed for a dollar-budget estimate when neither the request nor the
+# price table gives one (tokens).
+_DEFAULT_MAX_OUTPUT: Final = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,18 +269,25 @@ class LLMRequest:
         small over-estimate), plus 3 framing tokens per message; the gate reconciles the
         estimate with the provider's usage afterwards.
         """
+        return self.estimated_input_tokens() + (self.max_output_tokens() or 0)
+
+    def estimated_input_tokens(self) -> int:
+        """Estimated prompt tokens (see :meth:`estimated_tokens`)."""
         total = 3
         messages = self.messages if isinstance(self.messages, list | tuple) else [self.messages]
         for message in messages:
             total += 3 + _string_tokens(message)
         if self.tools:
             total += _string_tokens(self.tools)
+        return total
+
+    def max_output_tokens(self) -> int | None:
+        """The request's output limit (``max_tokens`` or its newer names), or ``None``."""
         for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = self.params.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                total += value
-                break
-        return total
+                return value
+        return None
 
 
 def _string_tokens(value: Any) -> int:
@@ -361,6 +371,7 @@ class LLMService(ProviderCalls):
     """
 
     __slots__ = (
+        "_budgeted",
         "_cache",
         "_clock",
         "_flight",
@@ -398,6 +409,8 @@ class LLMService(ProviderCalls):
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
         self._prices = price_table(self.config)
+        # Dollar budgets need the call's estimated cost; only a gate that has some gets it.
+        self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self.operation = operation
         self.namespace = namespace
         self._clock = clock
@@ -617,11 +630,57 @@ class LLMService(ProviderCalls):
         call.usage = codec.usage(value)
         if ticket is not None:
             reconcile_ticket(ticket, self._total(call.usage))
+            self._reconcile_cost(ticket, call)
         return value
 
     @staticmethod
     def _total(usage: Usage | None) -> int | None:
         return None if usage is None else usage.total
+
+    def _spend(self, request: LLMRequest) -> dict[str, Any]:
+        """The gate's dollar-budget arguments for ``request`` (none when it has no budgets).
+
+        The estimate is the most the call can cost: its estimated input tokens at the
+        input price and its output limit (``max_tokens``, else the model's
+        ``max_output_tokens`` in the price table, else 16,384) at the dearer of the output
+        and reasoning prices. ``None`` when the model has no price (the gate refuses it).
+        """
+        if not self._budgeted:
+            return {}
+        price = self._prices.get(request.model)
+        if price is None or price.input is None or price.output is None:
+            self._prices.chat_cost(request.model, 0, 0)  # the one warning per model
+            return {"cost_usd": None, "model": request.model}
+        out = request.max_output_tokens() or price.max_output_tokens or _DEFAULT_MAX_OUTPUT
+        dear_reasoning = price.reasoning is not None and price.reasoning > price.output
+        cost = price.chat_cost(
+            request.estimated_input_tokens(), out, reasoning=out if dear_reasoning else 0
+        )
+        return {"cost_usd": cost, "model": request.model}
+
+    def _actual_cost(self, call: _Call) -> float | None:
+        """What the provider call of ``call`` cost (USD), for the gate; ``None``: unknown."""
+        usage, request = call.usage, call.request
+        if not self._budgeted or usage is None or request is None:
+            return None
+        return self._prices.chat_cost(
+            request.model,
+            usage.tokens_in,
+            usage.tokens_out,
+            cached_in=usage.cached_in,
+            reasoning=usage.reasoning,
+            cache_write=usage.cache_write,
+        )
+
+    def _reconcile_cost(self, ticket: Any, call: _Call) -> None:
+        cost = self._actual_cost(call)
+        if cost is not None and ticket is not None:
+            ticket.reconcile_cost(cost)
+
+    async def _areconcile_cost(self, ticket: Any, call: _Call) -> None:
+        cost = self._actual_cost(call)
+        if cost is not None and ticket is not None:
+            await ticket.areconcile_cost(cost)
 
     def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
@@ -664,6 +723,7 @@ class LLMService(ProviderCalls):
         """A live stream ran to its end: its usage, reconciled; the chunks to store, if any."""
         call.usage = codec.usage(tee.live)
         reconcile_ticket(ticket, self._total(call.usage))
+        self._reconcile_cost(ticket, call)
         return tee.recorded if call.control.write else None
 
     @staticmethod
@@ -781,13 +841,14 @@ class LLMService(ProviderCalls):
     ) -> T:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request)
 
         def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, call(), None, state)
-            with gate.acquire(tokens=tokens) as ticket:
+            with gate.acquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = call()
@@ -796,6 +857,7 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 reconcile_ticket(ticket, self._total(state.usage))
+                self._reconcile_cost(ticket, state)
                 return value
 
         return retry.call(attempt) if retry is not None else attempt()
@@ -879,13 +941,14 @@ class LLMService(ProviderCalls):
     ) -> T:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request)
 
         async def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, await call(), None, state)
-            async with gate.aacquire(tokens=tokens) as ticket:
+            async with gate.aacquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = await call()
@@ -894,6 +957,7 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 await areconcile_ticket(ticket, self._total(state.usage))
+                await self._areconcile_cost(ticket, state)
                 return value
 
         return await retry.acall(attempt) if retry is not None else await attempt()
@@ -966,6 +1030,7 @@ class LLMService(ProviderCalls):
     ) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request)
 
         def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
             state.attempts += 1
@@ -973,7 +1038,7 @@ class LLMService(ProviderCalls):
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = stack.enter_context(gate.acquire(tokens=tokens))
+                    ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
                 self._admitted(ticket, state)
                 chunks_in = iter(open_stream())
                 stack.callback(_close_quietly, chunks_in)
@@ -1047,6 +1112,7 @@ class LLMService(ProviderCalls):
             raise
         chunks = self._ended(codec, tee, None, state)
         await areconcile_ticket(ticket, self._total(state.usage))
+        await self._areconcile_cost(ticket, state)
         await stack.__aexit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
             await self._aput(cache, key, "stream", chunks, state, request.model)
@@ -1061,6 +1127,7 @@ class LLMService(ProviderCalls):
     ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request)
 
         async def attempt() -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
             state.attempts += 1
@@ -1068,7 +1135,7 @@ class LLMService(ProviderCalls):
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = await stack.enter_async_context(gate.aacquire(tokens=tokens))
+                    ticket = await stack.enter_async_context(gate.aacquire(tokens=tokens, **spend))
                 self._admitted(ticket, state)
                 chunks_in = aiter(open_stream())
                 stack.push_async_callback(_aclose_quietly, chunks_in)
