@@ -97,7 +97,7 @@ from ..cache import (
 )
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
-from ..cost import price_table
+from ..cost import current_cost_scope, price_table
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -228,6 +228,9 @@ class LLMRequest:
     tool_choice: Any = None
     response_format: Any = None
     seed: int | None = None
+    # The output limit when ``params`` does not carry it (an adapter whose model holds it
+    # in its identity); used for dollar-budget estimates only, never part of the key.
+    output_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -287,7 +290,7 @@ class LLMRequest:
             value = self.params.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
-        return None
+        return self.output_limit
 
 
 def _string_tokens(value: Any) -> int:
@@ -319,6 +322,7 @@ class _Call:
     led: bool = False  # this caller led its single-flight (made the provider call)
     request: LLMRequest | None = None  # for the span: model and provider
     on_cache: Callable[[bool], None] | None = None  # told the cache result at the end
+    scope: str | None = None  # the tenant charged (dollar budgets)
 
 
 @dataclass(slots=True)
@@ -462,11 +466,13 @@ class LLMService(ProviderCalls):
         stream: bool,
         control: CacheControl | None,
         on_cache: Callable[[bool], None] | None = None,
+        scope: str | None = None,
     ) -> _Call:
         control = control if control is not None else current_control()
         call = _Call(self._clock(), self._key(request, stream, control), control)
         call.request = request
         call.on_cache = on_cache
+        call.scope = scope if scope is not None else current_cost_scope()
         return call
 
     @staticmethod
@@ -637,7 +643,7 @@ class LLMService(ProviderCalls):
     def _total(usage: Usage | None) -> int | None:
         return None if usage is None else usage.total
 
-    def _spend(self, request: LLMRequest) -> dict[str, Any]:
+    def _spend(self, request: LLMRequest, call: _Call) -> dict[str, Any]:
         """The gate's dollar-budget arguments for ``request`` (none when it has no budgets).
 
         The estimate is the most the call can cost: its estimated input tokens at the
@@ -650,13 +656,13 @@ class LLMService(ProviderCalls):
         price = self._prices.get(request.model)
         if price is None or price.input is None or price.output is None:
             self._prices.chat_cost(request.model, 0, 0)  # the one warning per model
-            return {"cost_usd": None, "model": request.model}
+            return {"cost_usd": None, "model": request.model, "tenant": call.scope}
         out = request.max_output_tokens() or price.max_output_tokens or _DEFAULT_MAX_OUTPUT
         dear_reasoning = price.reasoning is not None and price.reasoning > price.output
         cost = price.chat_cost(
             request.estimated_input_tokens(), out, reasoning=out if dear_reasoning else 0
         )
-        return {"cost_usd": cost, "model": request.model}
+        return {"cost_usd": cost, "model": request.model, "tenant": call.scope}
 
     def _actual_cost(self, call: _Call) -> float | None:
         """What the provider call of ``call`` cost (USD), for the gate; ``None``: unknown."""
@@ -769,6 +775,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> T:
         """The answer to ``request``: from the cache, another caller's flight, or ``call()``.
 
@@ -782,8 +789,11 @@ class LLMService(ProviderCalls):
         ``on_cache`` (all four methods): called once with ``True`` (hit) or ``False`` (miss,
         coalesced onto another caller's request included) when the call ends, if the cache
         was consulted; adapters pass it to tell a framework run what happened.
+
+        ``cost_scope`` (all four methods): the tenant or user the call is charged to in the
+        dollar budgets; ``None``: the :func:`~rag_perf_plugins.cost.cost_scope` in effect.
         """
-        state = self._begin(request, False, control, on_cache)
+        state = self._begin(request, False, control, on_cache, cost_scope)
         op = self.operation
         try:
             value = self._generate(request, call, codec, state)
@@ -841,7 +851,7 @@ class LLMService(ProviderCalls):
     ) -> T:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
-        spend = self._spend(request)
+        spend = self._spend(request, state)
 
         def attempt() -> T:
             state.attempts += 1
@@ -872,6 +882,7 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], T] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> T:
         """Async twin of :meth:`generate`; never blocks the event loop (cache I/O included).
 
@@ -883,9 +894,15 @@ class LLMService(ProviderCalls):
         """
         if blocking is not None and not self.config.async_enabled:
             return await run_blocking(
-                self.generate, request, blocking, codec, control=control, on_cache=on_cache
+                self.generate,
+                request,
+                blocking,
+                codec,
+                control=control,
+                on_cache=on_cache,
+                cost_scope=cost_scope if cost_scope is not None else current_cost_scope(),
             )
-        state = self._begin(request, False, control, on_cache)
+        state = self._begin(request, False, control, on_cache, cost_scope)
         op = self.operation
         try:
             value = await self._agenerate(request, call, codec, state)
@@ -941,7 +958,7 @@ class LLMService(ProviderCalls):
     ) -> T:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
-        spend = self._spend(request)
+        spend = self._spend(request, state)
 
         async def attempt() -> T:
             state.attempts += 1
@@ -971,6 +988,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> Generator[C, None, None]:
         """Chunks of the answer: replayed from the cache, or teed from ``open_stream()``.
 
@@ -978,7 +996,7 @@ class LLMService(ProviderCalls):
         returned generator (or stop iterating and drop it) to abandon the stream: the
         provider stream is closed and nothing is stored.
         """
-        state = self._begin(request, True, control, on_cache)
+        state = self._begin(request, True, control, on_cache, cost_scope)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -1030,7 +1048,7 @@ class LLMService(ProviderCalls):
     ) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
-        spend = self._spend(request)
+        spend = self._spend(request, state)
 
         def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
             state.attempts += 1
@@ -1066,6 +1084,7 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], Iterator[C]] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> AsyncGenerator[C, None]:
         """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
 
@@ -1077,14 +1096,17 @@ class LLMService(ProviderCalls):
         the chunks come from :meth:`stream` with it, each read in a worker thread.
         """
         if blocking is not None and not self.config.async_enabled:
+            scope = cost_scope if cost_scope is not None else current_cost_scope()
             threaded = iterate_blocking(
-                lambda: self.stream(request, blocking, codec, control=control, on_cache=on_cache)
+                lambda: self.stream(
+                    request, blocking, codec, control=control, on_cache=on_cache, cost_scope=scope
+                )
             )
             async with contextlib.aclosing(threaded):
                 async for chunk in threaded:
                     yield chunk
             return
-        state = self._begin(request, True, control, on_cache)
+        state = self._begin(request, True, control, on_cache, cost_scope)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -1127,7 +1149,7 @@ class LLMService(ProviderCalls):
     ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
-        spend = self._spend(request)
+        spend = self._spend(request, state)
 
         async def attempt() -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
             state.attempts += 1

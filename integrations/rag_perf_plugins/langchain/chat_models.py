@@ -80,7 +80,7 @@ from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLi
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .callbacks import cache_listener
-from .control import control_from_metadata
+from .control import control_from_metadata, scope_from_metadata
 
 __all__ = ["PerfChatModel", "plain", "request_of"]
 
@@ -474,6 +474,7 @@ class PerfChatModel(BaseChatModel):
             call,
             _RESULTS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             on_cache=cache_listener(run_manager),
         )
 
@@ -500,6 +501,7 @@ class PerfChatModel(BaseChatModel):
             call,
             _RESULTS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             blocking=blocking,
             on_cache=cache_listener(run_manager),
         )
@@ -524,6 +526,7 @@ class PerfChatModel(BaseChatModel):
             open_stream,
             _CHUNKS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             on_cache=cache_listener(run_manager),
         )
         with contextlib.closing(stream):
@@ -550,6 +553,7 @@ class PerfChatModel(BaseChatModel):
             open_stream,
             _CHUNKS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             blocking=blocking,
             on_cache=cache_listener(run_manager),
         )
@@ -572,6 +576,11 @@ class PerfChatModel(BaseChatModel):
 def _control(run_manager: Any) -> CacheControl | None:
     metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
     return control_from_metadata(metadata)
+
+
+def _scope(run_manager: Any) -> str | None:
+    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
+    return scope_from_metadata(metadata)
 
 
 def _repoint(runnable: Any, old: BaseChatModel, new: BaseChatModel, replaced: list[bool]) -> Any:

@@ -81,6 +81,22 @@ from rag_perf_plugins.tracking import PerformanceTracker
 
 from .embeddings import CACHE_KWARG
 
+COST_SCOPE_KWARG = "cost_scope"
+
+
+def _output_limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _cost_scope(kwargs: dict[str, Any]) -> str | None:
+    """A call's ``cost_scope="tenant-42"`` keyword (dollar budgets), taken out of ``kwargs``."""
+    scope = kwargs.pop(COST_SCOPE_KWARG, None)
+    if scope is not None and (not isinstance(scope, str) or not scope):
+        msg = f"{COST_SCOPE_KWARG} must be a non-empty string, got {scope!r}"
+        raise ValueError(msg)
+    return scope
+
+
 __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
 
 RT = TypeVar("RT", ChatResponse, CompletionResponse)
@@ -531,12 +547,14 @@ class PerfLLM(LLM):
             tool_choice=kwargs.get("tool_choice"),
             response_format=kwargs.get("response_format"),
             seed=kwargs.get("seed"),
+            output_limit=_output_limit(kwargs.get("max_tokens", identity.get("max_tokens"))),
         )
 
     # --- chat ---------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("chat"), self._inner
         response: ChatResponse = self._service.generate(
@@ -544,12 +562,14 @@ class PerfLLM(LLM):
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
         )
         return _mark(response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("achat"), self._inner
         sync_impl = self._impl("chat")
@@ -558,6 +578,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, messages, **kwargs),
         )
         return _mark(response)
@@ -565,6 +586,7 @@ class PerfLLM(LLM):
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Streamed chat: replayed chunk by chunk from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_chat"), self._inner
         return _marked_sync(
@@ -573,6 +595,7 @@ class PerfLLM(LLM):
                 lambda: impl(inner, messages, **kwargs),
                 _ChatChunkCodec(),
                 control=control,
+                cost_scope=scope,
             )
         )
 
@@ -581,6 +604,7 @@ class PerfLLM(LLM):
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_chat"), self._inner
         sync_impl = self._impl("stream_chat")
@@ -595,6 +619,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _ChatChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, messages, **kwargs),
             )
         )
@@ -603,6 +628,7 @@ class PerfLLM(LLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Completion, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("complete"), self._inner
         response: CompletionResponse = self._service.generate(
@@ -610,6 +636,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
         )
         return _mark(response)
 
@@ -618,6 +645,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("acomplete"), self._inner
         sync_impl = self._impl("complete")
@@ -626,6 +654,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
         )
         return _mark(response)
@@ -635,6 +664,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Streamed completion: replayed from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_complete"), self._inner
         return _marked_sync(
@@ -643,6 +673,7 @@ class PerfLLM(LLM):
                 lambda: impl(inner, prompt, formatted, **kwargs),
                 _CompletionChunkCodec(),
                 control=control,
+                cost_scope=scope,
             )
         )
 
@@ -651,6 +682,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_complete"), self._inner
         sync_impl = self._impl("stream_complete")
@@ -665,6 +697,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _CompletionChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
             )
         )

@@ -154,9 +154,9 @@ async def test_async_twin_and_cancellation_give_the_reservation_back() -> None:
 def test_unknown_cost_is_refused_while_a_budget_applies_and_no_budget_means_no_check() -> None:
     wall = Wall()
     g = gate(wall, budget_usd_per_day=10.0, budget_scopes="key")
-    with pytest.raises(BudgetExceeded, match="price of 'mystery' is unknown") as info:
-        with g.acquire(cost_usd=None, model="mystery"):
-            pass
+    unknown = pytest.raises(BudgetExceeded, match="price of 'mystery' is unknown")
+    with unknown as info, g.acquire(cost_usd=None, model="mystery"):
+        pass
     assert info.value.unknown_model == "mystery" and info.value.window == "day"
     free = gate(wall)
     assert free.dollar_budgets is None
