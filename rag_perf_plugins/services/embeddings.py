@@ -300,6 +300,7 @@ class EmbeddingService(ProviderCalls):
         "_aembed_many",
         "_aembed_query",
         "_batcher",
+        "_budgeted",
         "_clock",
         "_embed_many",
         "_embed_query",
@@ -381,6 +382,7 @@ class EmbeddingService(ProviderCalls):
         self._gate = gate
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
+        self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
         self._prices = price_table(self.config)
@@ -609,6 +611,22 @@ class EmbeddingService(ProviderCalls):
                 attributes["gen_ai.usage.cache_read.input_tokens"] = 0
         spans.emit(tracer, "embeddings", self.identity.model, latency, attributes, error=error)
 
+    def _spend(self, texts: list[str]) -> dict[str, Any]:
+        """The gate's dollar-budget arguments for a provider request (none without budgets).
+
+        Embedding answers carry no usage the frameworks pass on, so the estimate (the
+        texts' estimated tokens at the model's embedding price) is also what is charged.
+        """
+        if not self._budgeted:
+            return {}
+        model = self.identity.model
+        price = self._prices.get(model)
+        if price is None or price.embedding is None:
+            self._prices.embedding_cost(model, 0)  # the one warning per model
+            return {"cost_usd": None, "model": model}
+        tokens = sum(estimate_tokens(t) for t in texts)
+        return {"cost_usd": tokens * price.embedding / 1e6, "model": model}
+
     def _tokens(self, texts: list[str]) -> int:
         """Estimated tokens of a provider request for the gate; 0 without a token budget."""
         return sum(estimate_tokens(t) for t in texts) if self._gate_tokens else 0
@@ -766,7 +784,7 @@ class EmbeddingService(ProviderCalls):
             return retry.call(call) if retry is not None else call()
 
         def admitted() -> R:
-            with gate.acquire(tokens=self._tokens(texts)):
+            with gate.acquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
                     return call()
                 except Exception as exc:
@@ -903,7 +921,7 @@ class EmbeddingService(ProviderCalls):
         async def admitted() -> Sequence[Sequence[float]]:
             if gate is None:
                 return await call()
-            async with gate.aacquire(tokens=self._tokens(texts)):
+            async with gate.aacquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
                     return await call()
                 except Exception as exc:

@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 from llama_index.core.llms import ChatMessage
-from rag_perf_plugins.langchain import PerfChatModel, pooled_chat_openai
+from rag_perf_plugins.langchain import (
+    PerfChatModel,
+    PerfEmbeddings,
+    pooled_chat_openai,
+    pooled_openai_embeddings,
+)
 from rag_perf_plugins.llama_index import pooled_openai_llm, wrap_llm
 
 from rag_perf_plugins.admission import AdmissionGate
@@ -102,6 +107,42 @@ def test_refused_calls_never_reach_the_provider_and_scopes_come_from_each_framew
         li.chat([ChatMessage(role="user", content="Question: one more?")], cost_scope="tenant-a")
     li.chat([ChatMessage(role="user", content="Question: one more?")], cost_scope="tenant-c")
     assert chat_requests(simulator) == admitted + 2
+
+
+def test_embedding_calls_count_against_the_budget_too(simulator: Simulator, tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    entry = {"embedding": 20_000.0, "as_of": "2026-12-01", "source": "this test"}
+    path.write_text(json.dumps({"models": {"text-embedding-3-small": entry}}))
+    config = PerformanceConfig(
+        enable_caching=False,
+        price_table_path=str(path),
+        budget_usd_per_minute=0.2,
+        budget_scopes="tenant",
+    )
+    gate = AdmissionGate(
+        config, key="sim/emb/k", tracker=NULL_TRACKER, spend_store=LocalSpendStore()
+    )
+    emb = PerfEmbeddings(
+        pooled_openai_embeddings(
+            model="text-embedding-3-small", base_url=simulator.base_url, api_key="sk-test"
+        ),
+        config,
+        gate=gate,
+        batching=False,
+    )
+    sent = refused = 0
+    with cost_scope("tenant-e"):
+        for i in range(10):  # about 3 tokens, $0.06, each
+            try:
+                emb.embed_query(f"passage number {i}")
+                sent += 1
+            except BudgetExceeded as exc:
+                refused += 1
+                assert exc.scope == "tenant:tenant-e"
+    requests = int(simulator.stats()["requests_by_endpoint"].get("/v1/embeddings", 0))
+    assert sent and refused and requests == sent
+    tokens = simulator.stats()["tokens_by_model"]["text-embedding-3-small"]["embedding"]
+    assert tokens * 20_000.0 / 1e6 <= 0.2
 
 
 def test_four_processes_share_one_dollar_a_minute_through_redis(
