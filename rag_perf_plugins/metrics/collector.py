@@ -107,6 +107,13 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
         "counter", ("operation",), "calls",
         "Calls whose cost is unknown (no price for the model, or no usage reported).",
     ),
+    "rag_perf_model_cost_usd_total": (
+        "counter", ("model", "kind"), "USD",
+        "Dollars per model: kind=spent by provider calls, kind=saved by hits and coalesced calls.",
+    ),
+    "rag_perf_model_cost_unknown_calls_total": (
+        "counter", ("model",), "calls", "Calls of the model whose cost is unknown.",
+    ),
     "rag_perf_queue_wait_seconds": (
         "summary", ("operation",), "seconds",
         "Time spent waiting for admission (gate) or a batch, quantiles of this worker.",
@@ -325,6 +332,7 @@ class TrackerCollector(Collector):
         self._operations = _Bound(max_operations)
         self._events = _Bound(max_events)
         self._gates = _Bound(50)
+        self._models = _Bound(50)
         self._clients = _Bound(50)
 
     @property
@@ -418,6 +426,16 @@ class TrackerCollector(Collector):
             if batch.count:
                 add("rag_perf_batches_total", [name], float(batch.count))
                 add("rag_perf_batch_items_total", [name], batch.sum)
+        models: dict[str, list[float]] = {}
+        for model, entry in sorted((stats.get("models") or {}).items()):
+            sums = models.setdefault(self._models(model), [0.0, 0.0, 0.0])
+            sums[0] += float(entry.get("cost_usd") or 0.0)
+            sums[1] += float(entry.get("cost_saved_usd") or 0.0)
+            sums[2] += float(entry.get("cost_unknown_calls") or 0)
+        for model, (spent, saved, unknown) in models.items():
+            add("rag_perf_model_cost_usd_total", [model, "spent"], spent)
+            add("rag_perf_model_cost_usd_total", [model, "saved"], saved)
+            add("rag_perf_model_cost_unknown_calls_total", [model], unknown)
         events: dict[tuple[str, str], float] = {}
         for name, entry in (stats.get("operations") or {}).items():
             for event, n in (entry.get("counters") or {}).items():

@@ -69,6 +69,13 @@ def test_prometheus_counters_and_their_scrape() -> None:
     assert {s.labels["operation"]: s.value for s in saved}["llm.chat"] == 0.25
     unknown = families["rag_perf_cost_unknown_calls"].samples
     assert {s.labels["operation"]: s.value for s in unknown}["llm.chat"] == 1
+    per_model = {
+        (s.labels["model"], s.labels["kind"]): s.value
+        for s in families["rag_perf_model_cost_usd"].samples
+    }
+    assert per_model[("gpt-4o-mini", "spent")] == per_model[("gpt-4o-mini", "saved")] == 0.25
+    unknown_models = families["rag_perf_model_cost_unknown_calls"].samples
+    assert {s.labels["model"]: s.value for s in unknown_models}["mystery"] == 1
     back = parse_metrics(text)["operations"]["llm.chat"]
     assert (back["cost_usd"], back["cost_saved_usd"], back["cost_unknown_calls"]) == (0.25, 0.25, 1)
 
@@ -102,3 +109,17 @@ def test_llm_spans_carry_cost_and_saved(tmp_path: Path, monkeypatch: pytest.Monk
     assert miss["rag_perf.cost_usd"] == pytest.approx(want) and miss["rag_perf.cost_saved_usd"] == 0
     assert hit["rag_perf.cost_usd"] == 0 and hit["rag_perf.cost_saved_usd"] == pytest.approx(want)
     provider.shutdown()
+
+
+def test_model_labels_fold_past_fifty() -> None:
+    tracker = PerformanceTracker()
+    for i in range(60):
+        tracker.record("llm", 0.01, cost_usd=0.01, model=f"model-{i:02d}")
+    families = {f.name: f for f in text_string_to_metric_families(to_prometheus(tracker))}
+    spent = {
+        s.labels["model"]: s.value
+        for s in families["rag_perf_model_cost_usd"].samples
+        if s.labels["kind"] == "spent"
+    }
+    assert len(spent) == 51 and spent["_other"] == pytest.approx(0.10)
+    assert sum(spent.values()) == pytest.approx(0.60)
