@@ -4,7 +4,7 @@ Example::
 
     budgets = DollarBudgets.from_config(
         PerformanceConfig(budget_usd_per_minute=1.0, budget_scopes="tenant,key"),
-        key="openai/gpt-4o-mini/k-3f9a0c1b22de", store=LocalSpendStore())
+        key="openai/gpt-4o-mini/k-3f9a0c1b22de", store=LocalSpendStore(), wall_clock=time.time)
     held = budgets.reserve(0.004, tenant="tenant-42", model="gpt-4o-mini")   # or BudgetExceeded
     budgets.adjust(held, 0.0031 - 0.004)                                    # the actual cost
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -188,7 +188,7 @@ class DollarBudgets:
         scopes: Sequence[str],
         limits: Sequence[tuple[int, str, float]],
         store: SpendStore,
-        wall_clock: object,
+        wall_clock: Callable[[], float],
     ) -> None:
         self.key = key
         self._scopes = tuple(scopes)
@@ -198,7 +198,12 @@ class DollarBudgets:
 
     @classmethod
     def from_config(
-        cls, config: PerformanceConfig, *, key: str, store: SpendStore, wall_clock: object
+        cls,
+        config: PerformanceConfig,
+        *,
+        key: str,
+        store: SpendStore,
+        wall_clock: Callable[[], float],
     ) -> DollarBudgets | None:
         """The budgets ``config`` sets for the gate ``key``; ``None`` when it sets none."""
         limits = [
@@ -226,9 +231,7 @@ class DollarBudgets:
         return out
 
     def _now(self) -> float:
-        clock = self.wall_clock
-        assert callable(clock)
-        return float(clock())
+        return float(self.wall_clock())
 
     def _refuse(
         self, limit: _Limit, answer: Spend, amount: int, cost: float | None
