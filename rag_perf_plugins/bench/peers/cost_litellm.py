@@ -163,7 +163,7 @@ def budget_accuracy(ctx: BenchContext) -> Iterator[Result]:
 
     from ...simulator import Simulator
 
-    calls = ctx.scale(120, quick=40)
+    calls = ctx.scale(120, quick=24)
     workload = _workload(calls)
     prices = ctx.workdir / "cost-prices.json"
     entry = {"input": RATE, "output": RATE, "as_of": "2026-12-01", "source": "bench"}
