@@ -106,6 +106,7 @@ from ..cache import (
 )
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
+from ..cost import current_cost_scope, price_table
 from ..errors import Overloaded, ProviderUnavailable
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..tokens import estimate_tokens
@@ -132,14 +133,39 @@ NAMESPACE: Final = "llm"
 _STREAM_SUFFIX: Final = ":stream"
 _END: Final[Any] = object()
 _UNSTORED: Final[Any] = object()
+# The output limit assumed for a dollar-budget estimate when neither the request nor the
+# price table gives one (tokens).
+_DEFAULT_MAX_OUTPUT: Final = 16_384
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``."""
+    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``.
+
+    ``cached_in`` (input tokens read from the provider's prompt cache), ``cache_write``
+    (input tokens written to it, Anthropic) and ``reasoning`` (output tokens spent on
+    reasoning) are parts of ``tokens_in`` / ``tokens_out``, priced at their own rates.
+    """
 
     tokens_in: int = 0
     tokens_out: int = 0
+    cached_in: int = 0
+    reasoning: int = 0
+    cache_write: int = 0
+
+    def plus(self, other: Usage) -> Usage:
+        """The sum of two usages (the generations of one answer)."""
+        return Usage(
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cached_in + other.cached_in,
+            self.reasoning + other.reasoning,
+            self.cache_write + other.cache_write,
+        )
+
+    def as_list(self) -> list[int]:
+        """The stored form: ``[in, out, cached_in, reasoning, cache_write]``."""
+        return [self.tokens_in, self.tokens_out, self.cached_in, self.reasoning, self.cache_write]
 
     @property
     def total(self) -> int:
@@ -215,6 +241,9 @@ class LLMRequest:
     tool_choice: Any = None
     response_format: Any = None
     seed: int | None = None
+    # The output limit when ``params`` does not carry it (an adapter whose model holds it
+    # in its identity); used for dollar-budget estimates only, never part of the key.
+    output_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -256,18 +285,25 @@ class LLMRequest:
         small over-estimate), plus 3 framing tokens per message; the gate reconciles the
         estimate with the provider's usage afterwards.
         """
+        return self.estimated_input_tokens() + (self.max_output_tokens() or 0)
+
+    def estimated_input_tokens(self) -> int:
+        """Estimated prompt tokens (see :meth:`estimated_tokens`)."""
         total = 3
         messages = self.messages if isinstance(self.messages, list | tuple) else [self.messages]
         for message in messages:
             total += 3 + _string_tokens(message)
         if self.tools:
             total += _string_tokens(self.tools)
+        return total
+
+    def max_output_tokens(self) -> int | None:
+        """The request's output limit (``max_tokens`` or its newer names), or ``None``."""
         for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = self.params.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                total += value
-                break
-        return total
+                return value
+        return self.output_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +345,7 @@ class _Call:
     coalesced: bool = False
     usage: Usage | None = None
     saved: int = 0
+    saved_usage: Usage | None = None  # the replayed answer's usage (hits, coalesced calls)
     queue_wait: float | None = None
     attempts: int = 0
     ttft: float | None = None
@@ -320,6 +357,7 @@ class _Call:
     answered_by: str | None = None  # a fallback target that answered (None: the primary)
     answered_request: LLMRequest | None = None  # that fallback's request (its cache key)
     on_target: Callable[[str], None] | None = None  # told a fallback answered, at once
+    scope: str | None = None  # the tenant charged (dollar budgets)
 
 
 @dataclass(slots=True)
@@ -393,10 +431,12 @@ class LLMService(ProviderCalls):
 
     __slots__ = (
         "_breakers",
+        "_budgeted",
         "_cache",
         "_clock",
         "_flight",
         "_gate",
+        "_prices",
         "_retry",
         "_target",
         "_tracker",
@@ -431,6 +471,9 @@ class LLMService(ProviderCalls):
         self._gate = gate
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
+        self._prices = price_table(self.config)
+        # Dollar budgets need the call's estimated cost; only a gate that has some gets it.
+        self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self.operation = operation
         self.namespace = namespace
         self._clock = clock
@@ -484,6 +527,7 @@ class LLMService(ProviderCalls):
         stream: bool,
         control: CacheControl | None,
         on_cache: Callable[[bool], None] | None = None,
+        scope: str | None = None,
         fallbacks: Sequence[Fallback] = (),
         on_target: Callable[[str], None] | None = None,
         call_fn: Callable[[], Any] | None = None,
@@ -497,6 +541,7 @@ class LLMService(ProviderCalls):
         if call_fn is not None and (enabled is True or (enabled is None and fallbacks)):
             primary = Fallback(self._primary_target(request), request, call_fn)
             call.chain = [primary, *fallbacks]
+        call.scope = scope if scope is not None else current_cost_scope()
         return call
 
     # --- fallback chains: the shared, I/O-free parts ----------------------------------
@@ -577,8 +622,7 @@ class LLMService(ProviderCalls):
     def _entry(
         kind: str, data: Any, usage: Usage | None, target: str | None = None
     ) -> dict[str, Any]:
-        u = usage or Usage()
-        entry = {"kind": kind, "data": data, "usage": [u.tokens_in, u.tokens_out]}
+        entry = {"kind": kind, "data": data, "usage": (usage or Usage()).as_list()}
         if target is not None:
             entry["target"] = target  # a fallback's answer stored for the primary
         return entry
@@ -590,13 +634,13 @@ class LLMService(ProviderCalls):
         raw = entry.get("usage")
         if (
             not isinstance(raw, list)
-            or len(raw) != 2
+            or len(raw) not in (2, 5)  # entries written before cached/reasoning tokens: 2
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in raw)
         ):
             return None
         if kind == "stream" and not isinstance(entry["data"], list):
             return None
-        return entry["data"], Usage(raw[0], raw[1])
+        return entry["data"], Usage(*raw)
 
     def _ttl(self, call: _Call) -> float | None:
         return call.control.ttl or self.config.cache_ttl
@@ -630,9 +674,10 @@ class LLMService(ProviderCalls):
         if call.on_cache is not None and call.cache_hit is not None:
             call.on_cache(call.cache_hit)
         usage = call.usage if call.cache_hit is not True and not call.coalesced else None
+        cost, saved, unknown = self._costs(call, usage, error)
         span_tracer = spans.tracer()
         if span_tracer is not None:
-            self._span(span_tracer, call, usage, error=error)
+            self._span(span_tracer, call, usage, (cost, saved, unknown), error=error)
         tracker = self._tracker
         if not tracker.enabled:
             return
@@ -648,6 +693,10 @@ class LLMService(ProviderCalls):
             tokens_saved=call.saved,
             ttft_s=call.ttft,
             abandoned=call.abandoned,
+            cost_usd=cost,
+            cost_saved_usd=saved,
+            cost_unknown=unknown,
+            model=call.request.model if call.request is not None else None,
         )
         if call.cache_hit is True:
             tracker.incr("cache.hits", operation=operation)
@@ -656,7 +705,44 @@ class LLMService(ProviderCalls):
         if call.coalesced:
             tracker.incr("coalesced", operation=operation)
 
-    def _span(self, tracer: Any, call: _Call, usage: Usage | None, *, error: bool) -> None:
+    def _costs(self, call: _Call, usage: Usage | None, error: bool) -> tuple[float, float, bool]:
+        """USD spent and saved by ``call``, and whether its cost is unknown.
+
+        Spent: the provider's usage of this call at the model's prices. Saved: the stored
+        usage of the answer a hit (or a coalesced call) replays, at the same prices. A
+        model without a price, or a completed provider call that reported no usage, is
+        unknown (never $0). A failed call spent nothing we can see. A fallback's answer is
+        priced as the fallback model's.
+        """
+        request = call.answered_request or call.request
+        if request is None:
+            return 0.0, 0.0, False
+        if usage is None and call.saved_usage is None:
+            unknown = not error and call.attempts > 0 and call.cache_hit is not True
+            return 0.0, 0.0, unknown and not call.coalesced
+        u = usage if usage is not None else call.saved_usage
+        assert u is not None
+        cost = self._prices.chat_cost(
+            request.model,
+            u.tokens_in,
+            u.tokens_out,
+            cached_in=u.cached_in,
+            reasoning=u.reasoning,
+            cache_write=u.cache_write,
+        )
+        if cost is None:
+            return 0.0, 0.0, True
+        return (cost, 0.0, False) if usage is not None else (0.0, cost, False)
+
+    def _span(
+        self,
+        tracer: Any,
+        call: _Call,
+        usage: Usage | None,
+        costs: tuple[float, float, bool],
+        *,
+        error: bool,
+    ) -> None:
         """One OpenTelemetry span of this call (see :mod:`rag_perf_plugins.tracking.spans`)."""
         request = call.request
         attributes: dict[str, Any] = {
@@ -667,6 +753,11 @@ class LLMService(ProviderCalls):
             "rag_perf.coalesced": call.coalesced,
             "rag_perf.tokens_saved": call.saved,
         }
+        if costs[2]:
+            attributes["rag_perf.cost.unknown"] = True
+        else:
+            attributes["rag_perf.cost_usd"] = costs[0]
+            attributes["rag_perf.cost_saved_usd"] = costs[1]
         if call.cache_hit is not None:
             attributes["rag_perf.cache.hit"] = call.cache_hit
             if call.cache_hit:
@@ -696,11 +787,74 @@ class LLMService(ProviderCalls):
         call.usage = codec.usage(value)
         if ticket is not None:
             reconcile_ticket(ticket, self._total(call.usage))
+            self._reconcile_cost(ticket, call)
         return value
 
     @staticmethod
     def _total(usage: Usage | None) -> int | None:
         return None if usage is None else usage.total
+
+    def _spend(self, request: LLMRequest, call: _Call, gate: Any = None) -> dict[str, Any]:
+        """The gate's dollar-budget arguments for ``request`` (none when it has no budgets).
+
+        The estimate is the most the call can cost: its estimated input tokens at the
+        input price and its output limit (``max_tokens``, else the model's
+        ``max_output_tokens`` in the price table, else 16,384) at the dearer of the output
+        and reasoning prices. ``None`` when the model has no price (the gate refuses it).
+        ``gate``: a fallback target's gate (``None``: this service's).
+        """
+        if not self._has_budgets(gate):
+            return {}
+        price = self._prices.get(request.model)
+        if price is None or price.input is None or price.output is None:
+            self._prices.chat_cost(request.model, 0, 0)  # the one warning per model
+            return {"cost_usd": None, "model": request.model, "tenant": call.scope}
+        out = request.max_output_tokens() or price.max_output_tokens or _DEFAULT_MAX_OUTPUT
+        dear_reasoning = price.reasoning is not None and price.reasoning > price.output
+        cost = price.chat_cost(
+            request.estimated_input_tokens(), out, reasoning=out if dear_reasoning else 0
+        )
+        return {"cost_usd": cost, "model": request.model, "tenant": call.scope}
+
+    def _has_budgets(self, gate: Any) -> bool:
+        if gate is None:
+            return self._budgeted
+        return getattr(gate, "dollar_budgets", None) is not None
+
+    def _actual_cost(
+        self, call: _Call, request: LLMRequest | None = None, gate: Any = None
+    ) -> float | None:
+        """What the provider call of ``call`` cost (USD), for the gate; ``None``: unknown.
+
+        ``request`` and ``gate``: a fallback target's (``None``: the answering request and
+        this service's gate).
+        """
+        usage = call.usage
+        request = request or call.answered_request or call.request
+        if not self._has_budgets(gate) or usage is None or request is None:
+            return None
+        return self._prices.chat_cost(
+            request.model,
+            usage.tokens_in,
+            usage.tokens_out,
+            cached_in=usage.cached_in,
+            reasoning=usage.reasoning,
+            cache_write=usage.cache_write,
+        )
+
+    def _reconcile_cost(
+        self, ticket: Any, call: _Call, request: LLMRequest | None = None, gate: Any = None
+    ) -> None:
+        cost = self._actual_cost(call, request, gate)
+        if cost is not None and ticket is not None:
+            ticket.reconcile_cost(cost)
+
+    async def _areconcile_cost(
+        self, ticket: Any, call: _Call, request: LLMRequest | None = None, gate: Any = None
+    ) -> None:
+        cost = self._actual_cost(call, request, gate)
+        if cost is not None and ticket is not None:
+            await ticket.areconcile_cost(cost)
 
     def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
@@ -716,7 +870,7 @@ class LLMService(ProviderCalls):
         except Exception as exc:
             self._corrupt(exc)
             return _MISS
-        call.cache_hit, call.saved = True, found[1].total
+        call.cache_hit, call.saved, call.saved_usage = True, found[1].total, found[1]
         target = entry.get("target")
         if isinstance(target, str):
             call.answered_by = target
@@ -742,6 +896,7 @@ class LLMService(ProviderCalls):
                 call.on_target(target)
         # A follower of another caller's request: billed nothing, saved what the leader paid.
         call.coalesced, call.saved = True, usage.total if usage is not None else 0
+        call.saved_usage = usage
         return codec.decode(data)
 
     def _passed(self, codec: ChunkCodec[C], chunk: C, call: _Call, tee: _Tee) -> C:
@@ -756,6 +911,7 @@ class LLMService(ProviderCalls):
         """A live stream ran to its end: its usage, reconciled; the chunks to store, if any."""
         call.usage = codec.usage(tee.live)
         reconcile_ticket(ticket, self._total(call.usage))
+        self._reconcile_cost(ticket, call)
         return tee.recorded if call.control.write else None
 
     @staticmethod
@@ -815,6 +971,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
         fallbacks: Sequence[Fallback] = (),
         on_target: Callable[[str], None] | None = None,
     ) -> T:
@@ -831,10 +988,15 @@ class LLMService(ProviderCalls):
         coalesced onto another caller's request included) when the call ends, if the cache
         was consulted; adapters pass it to tell a framework run what happened.
 
+        ``cost_scope`` (all four methods): the tenant or user the call is charged to in the
+        dollar budgets; ``None``: the :func:`~rag_perf_plugins.cost.cost_scope` in effect.
+
         ``fallbacks`` (all four methods): other targets to try in order (see the class
         docstring); ``on_target``: called with a fallback target's name when it answered.
         """
-        state = self._begin(request, False, control, on_cache, fallbacks, on_target, call)
+        state = self._begin(
+            request, False, control, on_cache, cost_scope, fallbacks, on_target, call
+        )
         op = self.operation
         try:
             value = self._generate(request, call, codec, state)
@@ -906,13 +1068,14 @@ class LLMService(ProviderCalls):
 
             return retry.call(run_chain) if retry is not None else run_chain()
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, call(), None, state)
-            with gate.acquire(tokens=tokens) as ticket:
+            with gate.acquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = call()
@@ -921,6 +1084,7 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 reconcile_ticket(ticket, self._total(state.usage))
+                self._reconcile_cost(ticket, state)
                 return value
 
         return retry.call(attempt) if retry is not None else attempt()
@@ -935,6 +1099,7 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], T] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
         fallbacks: Sequence[Fallback] = (),
         on_target: Callable[[str], None] | None = None,
         blocking_fallbacks: Sequence[Fallback] = (),
@@ -956,10 +1121,13 @@ class LLMService(ProviderCalls):
                 codec,
                 control=control,
                 on_cache=on_cache,
+                cost_scope=cost_scope if cost_scope is not None else current_cost_scope(),
                 fallbacks=blocking_fallbacks,
                 on_target=on_target,
             )
-        state = self._begin(request, False, control, on_cache, fallbacks, on_target, call)
+        state = self._begin(
+            request, False, control, on_cache, cost_scope, fallbacks, on_target, call
+        )
         op = self.operation
         try:
             value = await self._agenerate(request, call, codec, state)
@@ -1029,13 +1197,14 @@ class LLMService(ProviderCalls):
 
             return await retry.acall(run_chain) if retry is not None else await run_chain()
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         async def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, await call(), None, state)
-            async with gate.aacquire(tokens=tokens) as ticket:
+            async with gate.aacquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = await call()
@@ -1044,6 +1213,7 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 await areconcile_ticket(ticket, self._total(state.usage))
+                await self._areconcile_cost(ticket, state)
                 return value
 
         return await retry.acall(attempt) if retry is not None else await attempt()
@@ -1105,7 +1275,8 @@ class LLMService(ProviderCalls):
             answer = alt.call()
             return self._answered(codec, answer, None, state)
         tokens = alt.request.estimated_tokens()
-        with gate.acquire(tokens=tokens) as ticket:
+        spend = self._spend(alt.request, state, gate)
+        with gate.acquire(tokens=tokens, **spend) as ticket:
             self._admitted(ticket, state)
             try:
                 answer = alt.call()
@@ -1114,6 +1285,7 @@ class LLMService(ProviderCalls):
                 raise
             value = self._answered(codec, answer, None, state)
             reconcile_ticket(ticket, self._total(state.usage))
+            self._reconcile_cost(ticket, state, alt.request, gate)
             return value
 
     # unasync: generated from _alookup_fallback
@@ -1190,7 +1362,8 @@ class LLMService(ProviderCalls):
             answer = await alt.call()
             return self._answered(codec, answer, None, state)
         tokens = alt.request.estimated_tokens()
-        async with gate.aacquire(tokens=tokens) as ticket:
+        spend = self._spend(alt.request, state, gate)
+        async with gate.aacquire(tokens=tokens, **spend) as ticket:
             self._admitted(ticket, state)
             try:
                 answer = await alt.call()
@@ -1199,6 +1372,7 @@ class LLMService(ProviderCalls):
                 raise
             value = self._answered(codec, answer, None, state)
             await areconcile_ticket(ticket, self._total(state.usage))
+            await self._areconcile_cost(ticket, state, alt.request, gate)
             return value
 
     async def _alookup_fallback(
@@ -1229,6 +1403,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
         fallbacks: Sequence[Fallback] = (),
         on_target: Callable[[str], None] | None = None,
     ) -> Generator[C, None, None]:
@@ -1241,7 +1416,9 @@ class LLMService(ProviderCalls):
         With ``fallbacks``, opening the stream (up to its first chunk) fails over; once a
         chunk was passed on, an error reaches the consumer (never a second model's text).
         """
-        state = self._begin(request, True, control, on_cache, fallbacks, on_target, open_stream)
+        state = self._begin(
+            request, True, control, on_cache, cost_scope, fallbacks, on_target, open_stream
+        )
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -1297,12 +1474,13 @@ class LLMService(ProviderCalls):
         def one(alt: Fallback) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
             gate = alt.target.gate
             tokens = alt.request.estimated_tokens() if gate is not None else 0
+            spend = self._spend(alt.request, state, gate)
             state.attempts += 1
             stack = contextlib.ExitStack()
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = stack.enter_context(gate.acquire(tokens=tokens))
+                    ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
                 self._admitted(ticket, state)
                 chunks_in = iter(alt.call())
                 stack.callback(_close_quietly, chunks_in)
@@ -1335,6 +1513,7 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], Iterator[C]] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
         fallbacks: Sequence[Fallback] = (),
         on_target: Callable[[str], None] | None = None,
         blocking_fallbacks: Sequence[Fallback] = (),
@@ -1349,6 +1528,7 @@ class LLMService(ProviderCalls):
         the chunks come from :meth:`stream` with it, each read in a worker thread.
         """
         if blocking is not None and not self.config.async_enabled:
+            scope = cost_scope if cost_scope is not None else current_cost_scope()
             threaded = iterate_blocking(
                 lambda: self.stream(
                     request,
@@ -1356,6 +1536,7 @@ class LLMService(ProviderCalls):
                     codec,
                     control=control,
                     on_cache=on_cache,
+                    cost_scope=scope,
                     fallbacks=blocking_fallbacks,
                     on_target=on_target,
                 )
@@ -1364,7 +1545,9 @@ class LLMService(ProviderCalls):
                 async for chunk in threaded:
                     yield chunk
             return
-        state = self._begin(request, True, control, on_cache, fallbacks, on_target, open_stream)
+        state = self._begin(
+            request, True, control, on_cache, cost_scope, fallbacks, on_target, open_stream
+        )
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -1392,6 +1575,7 @@ class LLMService(ProviderCalls):
             raise
         chunks = self._ended(codec, tee, None, state)
         await areconcile_ticket(ticket, self._total(state.usage))
+        await self._areconcile_cost(ticket, state)
         await stack.__aexit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
             for where, model, target in self._answer_keys(key, state, True):
@@ -1412,12 +1596,14 @@ class LLMService(ProviderCalls):
         ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
             gate = alt.target.gate
             tokens = alt.request.estimated_tokens() if gate is not None else 0
+            spend = self._spend(alt.request, state, gate)
             state.attempts += 1
             stack = contextlib.AsyncExitStack()
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = await stack.enter_async_context(gate.aacquire(tokens=tokens))
+                    admission = gate.aacquire(tokens=tokens, **spend)
+                    ticket = await stack.enter_async_context(admission)
                 self._admitted(ticket, state)
                 chunks_in = aiter(alt.call())
                 stack.push_async_callback(_aclose_quietly, chunks_in)

@@ -27,6 +27,7 @@ of TCP connections accepted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import random
@@ -38,7 +39,15 @@ from typing import Any
 from aiohttp import web
 
 from .._clock import Clock, monotonic
-from .chat import ChatInputError, ChatPlan, ChatRequest, completion_body, plan_chat, stream_events
+from .chat import (
+    ChatInputError,
+    ChatPlan,
+    ChatRequest,
+    PromptCache,
+    completion_body,
+    plan_chat,
+    stream_events,
+)
 from .embeddings import KNOWN_MODELS, Embedder, EmbeddingInputError
 from .limits import FaultDice, Roll, TokenBucket, format_reset
 from .options import SimulatorOptions
@@ -150,6 +159,7 @@ class Simulator:
         self._sleep = sleep
         self._stats = SimulatorStats()
         self._embedder = Embedder(default_dim=self.options.embedding_dim)
+        self._prompt_cache = PromptCache()
         self._dice = FaultDice(self.options)
         o = self.options
         self._rpm = (
@@ -507,7 +517,7 @@ class Simulator:
             json.dumps(model).encode(),
             b'{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens),
         )
-        self._stats.tokens(embedding=tokens, inputs=len(inputs))
+        self._stats.tokens(embedding=tokens, inputs=len(inputs), model=model)
         return await self._send_json(request, body, roll)
 
     @staticmethod
@@ -548,15 +558,24 @@ class Simulator:
         self, request: web.BaseRequest, payload: Any, roll: Roll
     ) -> web.StreamResponse | None:
         try:
-            plan = plan_chat(ChatRequest.parse(payload), sample=roll.sample)
+            chat = ChatRequest.parse(payload)
+            plan = plan_chat(chat, sample=roll.sample)
         except ChatInputError as exc:
             raise _Refused(400, _error_body(str(exc), "invalid_request_error")) from None
         self._admit_budget(plan.total_tokens)
         self._fail_injected(roll)
+        cached = self._prompt_cache.cached_tokens(chat)
+        if cached:
+            plan = dataclasses.replace(plan, cached_tokens=min(cached, plan.prompt_tokens))
         completion_id = f"chatcmpl-sim{next(self._ids):08x}"
         created = int(time.time())
         self._stats.tokens(
-            prompt=plan.prompt_tokens, completion=plan.completion_tokens, stream=plan.stream
+            prompt=plan.prompt_tokens,
+            completion=plan.completion_tokens,
+            stream=plan.stream,
+            model=plan.model,
+            cached=plan.cached_tokens,
+            reasoning=plan.reasoning_tokens,
         )
         if plan.stream:
             return await self._stream(request, plan, completion_id, created, roll)

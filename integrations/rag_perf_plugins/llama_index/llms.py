@@ -54,6 +54,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Generator,
+    Mapping,
     Sequence,
 )
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
@@ -90,6 +91,22 @@ from rag_perf_plugins.services.llm import Fallback, LLMRequest, LLMService, Usag
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .embeddings import CACHE_KWARG
+
+COST_SCOPE_KWARG = "cost_scope"
+
+
+def _output_limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _cost_scope(kwargs: dict[str, Any]) -> str | None:
+    """A call's ``cost_scope="tenant-42"`` keyword (dollar budgets), taken out of ``kwargs``."""
+    scope = kwargs.pop(COST_SCOPE_KWARG, None)
+    if scope is not None and (not isinstance(scope, str) or not scope):
+        msg = f"{COST_SCOPE_KWARG} must be a non-empty string, got {scope!r}"
+        raise ValueError(msg)
+    return scope
+
 
 __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
 
@@ -159,11 +176,34 @@ def _plain_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if isinstance(k, str) and _plain(v)}
 
 
-def _usage_of(extra: dict[str, Any]) -> Usage | None:
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def _token_details(raw: Any) -> tuple[int, int]:
+    """Cached input and reasoning tokens in a raw OpenAI answer or chunk (0 when absent)."""
+    usage = _field(raw, "usage") if raw is not None else None
+    if usage is None:
+        return 0, 0
+    cached = _field(_field(usage, "prompt_tokens_details"), "cached_tokens")
+    reasoning = _field(_field(usage, "completion_tokens_details"), "reasoning_tokens")
+    return (
+        cached if isinstance(cached, int) else 0,
+        reasoning if isinstance(reasoning, int) else 0,
+    )
+
+
+def _usage_of(extra: dict[str, Any], raw: Any = None) -> Usage | None:
     p, c = extra.get("prompt_tokens"), extra.get("completion_tokens")
     if not isinstance(p, int) and not isinstance(c, int):
         return None
-    return Usage(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    cached, reasoning = _token_details(raw)
+    return Usage(
+        p if isinstance(p, int) else 0,
+        c if isinstance(c, int) else 0,
+        cached_in=cached,
+        reasoning=reasoning,
+    )
 
 
 def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
@@ -171,10 +211,15 @@ def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage | None:
-    found = [u for u in (_usage_of(c.additional_kwargs) for c in chunks) if u is not None]
+    found = [u for u in (_usage_of(c.additional_kwargs, c.raw) for c in chunks) if u is not None]
     if not found:
         return None
-    return Usage(max(u.tokens_in for u in found), max(u.tokens_out for u in found))
+    return Usage(
+        max(u.tokens_in for u in found),
+        max(u.tokens_out for u in found),
+        cached_in=max(u.cached_in for u in found),
+        reasoning=max(u.reasoning for u in found),
+    )
 
 
 class _ChatCodec:
@@ -195,7 +240,7 @@ class _ChatCodec:
         )
 
     def usage(self, value: ChatResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _usage_of(value.additional_kwargs, value.raw)
 
 
 class _CompletionCodec:
@@ -210,7 +255,7 @@ class _CompletionCodec:
         )
 
     def usage(self, value: CompletionResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _usage_of(value.additional_kwargs, value.raw)
 
 
 class _ChatChunkCodec:
@@ -577,6 +622,7 @@ class PerfLLM(LLM):
             tool_choice=kwargs.get("tool_choice"),
             response_format=kwargs.get("response_format"),
             seed=kwargs.get("seed"),
+            output_limit=_output_limit(kwargs.get("max_tokens", identity.get("max_tokens"))),
         )
 
     def _fallbacks(
@@ -612,6 +658,7 @@ class PerfLLM(LLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("chat"), self._inner
         key = _messages_key(messages)
@@ -621,6 +668,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
             fallbacks=self._fallbacks("chat", key, kwargs, "chat", (messages,)),
             on_target=answered.append,
         )
@@ -629,6 +677,7 @@ class PerfLLM(LLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("achat"), self._inner
         sync_impl = self._impl("chat")
@@ -639,6 +688,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, messages, **kwargs),
             fallbacks=self._fallbacks("chat", key, kwargs, "achat", (messages,)),
             blocking_fallbacks=self._fallbacks("chat", key, kwargs, "chat", (messages,)),
@@ -649,6 +699,7 @@ class PerfLLM(LLM):
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Streamed chat: replayed chunk by chunk from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_chat"), self._inner
         key = _messages_key(messages)
@@ -659,6 +710,7 @@ class PerfLLM(LLM):
                 lambda: impl(inner, messages, **kwargs),
                 _ChatChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 fallbacks=self._fallbacks("chat", key, kwargs, "stream_chat", (messages,)),
                 on_target=answered.append,
             ),
@@ -670,6 +722,7 @@ class PerfLLM(LLM):
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_chat"), self._inner
         sync_impl = self._impl("stream_chat")
@@ -687,6 +740,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _ChatChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, messages, **kwargs),
                 fallbacks=self._fallbacks(
                     "chat", key, kwargs, "astream_chat", (messages,), stream=True
@@ -701,6 +755,7 @@ class PerfLLM(LLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Completion, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("complete"), self._inner
         keyed = {**kwargs, "formatted": formatted}
@@ -710,6 +765,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
             fallbacks=self._fallbacks("complete", prompt, keyed, "complete", (prompt,)),
             on_target=answered.append,
         )
@@ -720,6 +776,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("acomplete"), self._inner
         sync_impl = self._impl("complete")
@@ -730,6 +787,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
             fallbacks=self._fallbacks("complete", prompt, keyed, "acomplete", (prompt,)),
             blocking_fallbacks=self._fallbacks("complete", prompt, keyed, "complete", (prompt,)),
@@ -742,6 +800,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Streamed completion: replayed from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_complete"), self._inner
         keyed = {**kwargs, "formatted": formatted}
@@ -752,6 +811,7 @@ class PerfLLM(LLM):
                 lambda: impl(inner, prompt, formatted, **kwargs),
                 _CompletionChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 fallbacks=self._fallbacks("complete", prompt, keyed, "stream_complete", (prompt,)),
                 on_target=answered.append,
             ),
@@ -763,6 +823,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_complete"), self._inner
         sync_impl = self._impl("stream_complete")
@@ -779,6 +840,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _CompletionChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
                 fallbacks=self._fallbacks(
                     "complete", prompt, keyed, "astream_complete", (prompt,), stream=True
