@@ -45,8 +45,6 @@ the wrapper does not call; use our gate), and LangChain serialization of the wra
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -75,6 +73,7 @@ from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheControl, CacheManager
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.services.defaults import api_key_of, default_gate, default_retry
+from rag_perf_plugins.services.identity import IdentityGuard, ModelIdentity, model_identity
 from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
@@ -115,16 +114,15 @@ def _message_key(message: BaseMessage) -> dict[str, Any]:
     return {"type": data["type"], "data": plain(body)}
 
 
-def _provider_of(inner: BaseChatModel) -> str:
-    """Class and endpoint of the inner model: two servers may answer differently."""
-    cls = type(inner)
-    extra = {
-        name: getattr(inner, name)
-        for name in ("openai_api_base", "base_url", "azure_endpoint", "deployment_name")
-        if isinstance(getattr(inner, name, None), str)
-    }
-    fingerprint = hashlib.blake2b(json.dumps(extra, sort_keys=True).encode(), digest_size=6)
-    return f"langchain/{cls.__module__}.{cls.__qualname__}/{fingerprint.hexdigest()}"
+def _provider_of(inner: BaseChatModel, found: ModelIdentity | None = None) -> str:
+    """The inner model's whole identity: qualified class and a digest of its settings.
+
+    Every non-default public field counts but credentials, clients, timeouts, retries,
+    callbacks and LangChain's cache switch (``services.identity.model_identity``): two
+    endpoints, or two settings nobody listed, never share entries.
+    """
+    found = found if found is not None else model_identity(inner)
+    return f"langchain/{found.cls}/{found.fingerprint()}"
 
 
 def request_of(
@@ -301,6 +299,7 @@ class PerfChatModel(BaseChatModel):
 
     _service: LLMService = PrivateAttr()
     _provider: str = PrivateAttr()
+    _guard: IdentityGuard = PrivateAttr()
     _base_params: dict[str, Any] = PrivateAttr()
     _model: str = PrivateAttr()
 
@@ -330,8 +329,10 @@ class PerfChatModel(BaseChatModel):
                 kwargs[name] = value
         super().__init__(inner=inner.model_copy(update={"cache": False}), **kwargs)
         config = resolve_config(config)
-        # Computed once: the inner copy is private, so its identity and defaults stay put.
-        self._provider = _provider_of(self.inner)
+        # Computed once, and again when a field of the inner copy changes (a dict it shares
+        # with the caller's model, or ``llm.inner.temperature = ...``): IdentityGuard.
+        self._guard = IdentityGuard(self.inner)
+        self._provider = _provider_of(self.inner, self._guard.identity)
         self._base_params = dict(self.inner._get_invocation_params(stop=None))
         ls = self.inner._get_ls_params()
         provider = str(ls.get("ls_provider") or type(inner).__name__)
@@ -428,6 +429,10 @@ class PerfChatModel(BaseChatModel):
 
     # --- the four hooks: one service call each ----------------------------------------
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
+        found = self._guard.changed()
+        if found is not None:
+            self._provider = _provider_of(self.inner, found)
+            self._base_params = dict(self.inner._get_invocation_params(stop=None))
         return request_of(
             self.inner,
             messages,
@@ -450,13 +455,16 @@ class PerfChatModel(BaseChatModel):
         def call() -> ChatResult:
             return self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
-        return self._service.generate(
-            request,
-            call,
-            _RESULTS,
-            control=_control(run_manager),
-            on_cache=cache_listener(run_manager),
-        )
+        try:
+            return self._service.generate(
+                request,
+                call,
+                _RESULTS,
+                control=_control(run_manager),
+                on_cache=cache_listener(run_manager),
+            )
+        finally:
+            self._guard.settle()
 
     @override
     async def _agenerate(
@@ -476,14 +484,17 @@ class PerfChatModel(BaseChatModel):
         def blocking() -> ChatResult:  # with async_enabled off, run in a worker thread
             return self.inner._generate(messages, stop=stop, **kwargs)
 
-        return await self._service.agenerate(
-            request,
-            call,
-            _RESULTS,
-            control=_control(run_manager),
-            blocking=blocking,
-            on_cache=cache_listener(run_manager),
-        )
+        try:
+            return await self._service.agenerate(
+                request,
+                call,
+                _RESULTS,
+                control=_control(run_manager),
+                blocking=blocking,
+                on_cache=cache_listener(run_manager),
+            )
+        finally:
+            self._guard.settle()
 
     @override
     def _stream(
@@ -507,8 +518,11 @@ class PerfChatModel(BaseChatModel):
             control=_control(run_manager),
             on_cache=cache_listener(run_manager),
         )
-        with contextlib.closing(stream):
-            yield from stream
+        try:
+            with contextlib.closing(stream):
+                yield from stream
+        finally:
+            self._guard.settle()
 
     @override
     async def _astream(
@@ -534,9 +548,12 @@ class PerfChatModel(BaseChatModel):
             blocking=blocking,
             on_cache=cache_listener(run_manager),
         )
-        async with contextlib.aclosing(stream):
-            async for chunk in stream:
-                yield chunk
+        try:
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    yield chunk
+        finally:
+            self._guard.settle()
 
     def __repr__(self) -> str:
         # Not the inner model's pydantic repr: it prints every field, default_headers and a

@@ -46,7 +46,6 @@ import contextlib
 import hashlib
 import inspect
 import json
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -64,7 +63,6 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins._secrets import is_secret_name, redact_data
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, canonical_json
@@ -76,6 +74,7 @@ from rag_perf_plugins.services.defaults import (
     default_gate,
     default_retry,
 )
+from rag_perf_plugins.services.identity import IdentityGuard, ModelIdentity, model_identity
 from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
@@ -85,24 +84,18 @@ __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
 
 RT = TypeVar("RT", ChatResponse, CompletionResponse)
 
-# Fields of an LLM that do not change its answers (or are secrets): left out of keys.
+# Fields of a LlamaIndex LLM left out of its identity besides the core's deny-list
+# (rag_perf_plugins.services.identity.NON_IDENTITY_FIELDS): secrets, transport, and the
+# prompt-formatting callables the wrapper copies and applies itself.
 _NON_IDENTITY_FIELDS = frozenset(
     {
         "api_key",
-        "callback_manager",
-        "default_headers",
-        "max_retries",
-        "timeout",
-        "reuse_client",
-        "rate_limiter",
-        "http_client",
         "async_http_client",
         "messages_to_prompt",
         "completion_to_prompt",
         "output_parser",
     }
 )
-_UNSTABLE = re.compile(r"<[\w\s_\. ]+ at 0x[a-z0-9]+>")
 _ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # Per-call keywords that have their own LLMRequest field.
 _REQUEST_FIELDS = frozenset({"tools", "tool_choice", "response_format", "seed"})
@@ -117,24 +110,34 @@ _COPIED_FIELDS = (
 
 
 def llm_identity(llm: LLM) -> dict[str, Any]:
-    """The fields of ``llm`` that decide its answers, as a JSON-safe, stable dict.
+    """The identity of ``llm``: what decides its answers, as a JSON-safe, stable dict.
 
     Example: ``llm_identity(OpenAI(model="gpt-4o-mini", temperature=0))["temperature"]``.
-    Secrets and transport settings (API key, headers, timeout, retries, clients) are left
-    out, as is every field named like a credential (``token``, ``aws_secret_access_key``);
-    credentials nested deeper (``additional_kwargs``, a password in ``api_base``) are
-    masked. Objects that are not JSON values are replaced by their type name.
+    The rule of :func:`rag_perf_plugins.services.identity.model_identity`: the qualified
+    class and every public field not at its class default, but credentials, clients,
+    timeouts, retries and callbacks; credentials nested deeper (``additional_kwargs``, a
+    password in ``api_base``) are masked. ``temperature`` is always present (the sampling
+    policy reads it), and ``stream_options`` in ``additional_kwargs`` is left out (whether a
+    stream reports usage does not change the answer).
     """
-    raw = llm.to_dict()
-    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS and not is_secret_name(k)}
+    return _llm_identity_dict(model_identity(llm, deny=_NON_IDENTITY_FIELDS), llm)
+
+
+def _llm_identity_dict(found: ModelIdentity, llm: LLM) -> dict[str, Any]:
+    kept: dict[str, Any] = dict(found.fields)
     extra = kept.get("additional_kwargs")
     if isinstance(extra, dict) and "stream_options" in extra:
-        # Whether a stream reports usage does not change the answer.
-        kept["additional_kwargs"] = {k: v for k, v in extra.items() if k != "stream_options"}
+        rest = {k: v for k, v in extra.items() if k != "stream_options"}
+        if rest:
+            kept["additional_kwargs"] = rest
+        else:  # the class default ({}) is left out
+            del kept["additional_kwargs"]
+    temperature = getattr(llm, "temperature", None)
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        kept.setdefault("temperature", temperature)
+    kept["class"] = found.cls
     kept["class_name"] = llm.class_name()
-    text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
-    loaded: dict[str, Any] = redact_data(json.loads(_UNSTABLE.sub("", text)))
-    return loaded
+    return kept
 
 
 def _plain(value: Any) -> bool:
@@ -376,6 +379,7 @@ class PerfLLM(LLM):
         _model: str
         _metadata: LLMMetadata
         _identity_digest: str
+        _guard: IdentityGuard
         _provider: str
         _raw: dict[str, Callable[..., Any]]
 
@@ -403,7 +407,8 @@ class PerfLLM(LLM):
             callback_manager=inner.callback_manager,
             **{name: getattr(inner, name) for name in _COPIED_FIELDS},
         )
-        identity = llm_identity(inner)
+        guard = IdentityGuard(inner, deny=_NON_IDENTITY_FIELDS)
+        identity = _llm_identity_dict(guard.identity, inner)
         # Read once: some classes compute metadata on every access (OpenAI: ~100 µs), and
         # LlamaIndex reads it for every event payload.
         metadata = inner.metadata
@@ -426,6 +431,7 @@ class PerfLLM(LLM):
             _inner=inner,
             _config=config,
             _identity=identity,
+            _guard=guard,
             _metadata=metadata,
             _identity_digest=digest,
             _model=model,
@@ -488,6 +494,8 @@ class PerfLLM(LLM):
 
     def _request(self, call: str, messages: Any, kwargs: dict[str, Any]) -> LLMRequest:
         """The effective request: the inner model's identity plus this call's arguments."""
+        if self._guard.changed() is not None:
+            self._rekey()
         identity = self._identity
         params = {k: v for k, v in kwargs.items() if k not in _REQUEST_FIELDS}
         params["temperature"] = kwargs.get("temperature", identity.get("temperature"))
@@ -503,6 +511,20 @@ class PerfLLM(LLM):
             tool_choice=kwargs.get("tool_choice"),
             response_format=kwargs.get("response_format"),
             seed=kwargs.get("seed"),
+        )
+
+    def _rekey(self) -> None:
+        """Take the inner model's identity again after one of its fields changed."""
+        inner = self._inner
+        identity = _llm_identity_dict(self._guard.identity, inner)
+        metadata = inner.metadata
+        digest = hashlib.blake2b(canonical_json(identity).encode(), digest_size=16).hexdigest()
+        _set(
+            self,
+            _identity=identity,
+            _identity_digest=digest,
+            _metadata=metadata,
+            _model=metadata.model_name or "unknown",
         )
 
     # --- chat ---------------------------------------------------------------------------
