@@ -10,8 +10,13 @@ Example::
     retriever = store.as_retriever(search_kwargs={"k": 2})
 
 Cached: ``similarity_search``, ``similarity_search_with_score``,
-``similarity_search_by_vector``, ``max_marginal_relevance_search`` and their async twins
-(and, through them, the retriever and ``similarity_search_with_relevance_scores``). The key
+``similarity_search_with_relevance_scores``, ``similarity_search_by_vector``,
+``max_marginal_relevance_search``, ``max_marginal_relevance_search_by_vector`` and their
+async twins (and, through them, ``search`` and the retriever). Scores keep their type
+(FAISS's numpy float32 comes back as float32). Passed through: ``get_by_ids``, the
+embeddings, the relevance function. Methods a store adds beyond LangChain's
+``VectorStore`` (``FAISS.save_local``, ``Chroma.update_documents``) are not wrapped: call
+them on ``inner`` and call :meth:`invalidate` after a write there. The key
 holds the operation, the query (or a hash of the float32 query vector), ``k``, ``filter``,
 every other search parameter, the store's name and its write version.
 
@@ -79,12 +84,29 @@ def _docs_in(data: list[Any]) -> list[Document]:
     return [_doc_in(d) for d in data]
 
 
+# Scores keep their type through the cache: FAISS returns numpy float32, most stores a
+# Python float. The value is stored as a float64 (exact for a float32) with its dtype.
+_SCORE_TYPES: dict[str, Callable[[float], Any]] = {"f4": np.float32, "f8": np.float64}
+
+
+def _score_out(score: Any) -> list[Any]:
+    if isinstance(score, np.floating):
+        return [float(score), score.dtype.str[1:]]
+    return [float(score)]
+
+
 def _scored_out(pairs: list[tuple[Document, float]]) -> list[Any]:
-    return [[_doc_out(d), float(s)] for d, s in pairs]
+    return [[_doc_out(d), *_score_out(s)] for d, s in pairs]
 
 
 def _scored_in(data: list[Any]) -> list[tuple[Document, float]]:
-    return [(_doc_in(d), float(s)) for d, s in data]
+    out: list[tuple[Document, float]] = []
+    for item in data:
+        score = float(item[1])
+        if len(item) > 2:
+            score = _SCORE_TYPES[item[2]](score)
+        out.append((_doc_in(item[0]), score))
+    return out
 
 
 def _vector_digest(embedding: Sequence[float]) -> str:
@@ -155,6 +177,18 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
     @override
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return self.inner._select_relevance_score_fn()
+
+    @override
+    def _similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self.inner._similarity_search_with_relevance_scores(query, k, **kwargs)
+
+    @override
+    async def _asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return await self.inner._asimilarity_search_with_relevance_scores(query, k, **kwargs)
 
     @override
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
@@ -373,6 +407,80 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
             ),
             _docs_out,
             _docs_in,
+        )
+
+    # unasync: generated from amax_marginal_relevance_search_by_vector
+    @override
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        params = {"fetch_k": fetch_k, "lambda_mult": lambda_mult, **kwargs}
+        return self._cached(
+            "max_marginal_relevance_search_by_vector",
+            _vector_digest(embedding),
+            k,
+            params,
+            lambda: self.inner.max_marginal_relevance_search_by_vector(
+                embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            ),
+            _docs_out,
+            _docs_in,
+        )
+
+    @override
+    async def amax_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        params = {"fetch_k": fetch_k, "lambda_mult": lambda_mult, **kwargs}
+        return await self._acached(
+            "max_marginal_relevance_search_by_vector",
+            _vector_digest(embedding),
+            k,
+            params,
+            lambda: self.inner.amax_marginal_relevance_search_by_vector(
+                embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            ),
+            _docs_out,
+            _docs_in,
+        )
+
+    # unasync: generated from asimilarity_search_with_relevance_scores
+    @override
+    def similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self._cached(
+            "similarity_search_with_relevance_scores",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.similarity_search_with_relevance_scores(query, k=k, **kwargs),
+            _scored_out,
+            _scored_in,
+        )
+
+    @override
+    async def asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return await self._acached(
+            "similarity_search_with_relevance_scores",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.asimilarity_search_with_relevance_scores(query, k=k, **kwargs),
+            _scored_out,
+            _scored_in,
         )
 
     # --- retriever and construction -------------------------------------------------
