@@ -26,14 +26,18 @@ frameworks:
   sizes, which do not change what the model returns. Credentials nested in values (a
   password in a URL, ``api_key`` in a kwargs dict) are masked.
 - Values that are not plain data (a client object, a tokenizer) count by their type name.
+- A loaded local model kept in a private attribute (a sentence-transformers model) counts
+  by its truncation, prompts, maximum sequence length and module stack, which a class may
+  set from constructor arguments it does not keep as fields.
 
 :class:`IdentityGuard` watches a model after wrapping: a user who changes a field of the
 wrapped model (``inner.encode_kwargs["normalize_embeddings"] = True``) gets new keys from
 the next call on, never the old vectors.
 
-Not done: state the model hides from its fields (a private attribute set in ``__init__``
-from an argument that is not kept as a field) is invisible; such a class needs the
-wrapper's ``provider=`` override. A change made while a call is in flight may be stored
+Not done: other state a model hides from its fields (a private attribute set in
+``__init__`` from an argument it does not keep, such as a model revision) is invisible;
+such a class needs the wrapper's ``provider=`` override. :class:`IdentityGuard` watches
+the public fields only. A change made while a call is in flight may be stored
 under the old key.
 """
 
@@ -197,6 +201,46 @@ class ModelIdentity:
         return hashlib.blake2b(self.canonical().encode(), digest_size=8).hexdigest()
 
 
+def _engine_state(value: Any) -> dict[str, Any] | None:
+    """The output-deciding state of a loaded local model held in a private attribute.
+
+    Today: a sentence-transformers model (duck-typed: ``encode``, ``prompts``,
+    ``truncate_dim``), whose truncation, prompts, sequence length and module stack a
+    wrapper class may set from constructor arguments it does not keep as fields
+    (LlamaIndex's ``HuggingFaceEmbedding(truncate_dim=64)``).
+    """
+    if not (
+        callable(getattr(value, "encode", None))
+        and hasattr(value, "prompts")
+        and hasattr(value, "truncate_dim")
+    ):
+        return None
+    try:
+        modules = [_qualified(type(module)) for module in value]
+    except TypeError:
+        modules = []
+    return {
+        "__type__": _qualified(type(value)),
+        "truncate_dim": _plain(value.truncate_dim),
+        "prompts": _plain(dict(value.prompts or {})),
+        "default_prompt_name": _plain(getattr(value, "default_prompt_name", None)),
+        "max_seq_length": _plain(getattr(value, "max_seq_length", None)),
+        "modules": modules,
+    }
+
+
+def _private_engines(model: Any) -> dict[str, Any]:
+    private = getattr(model, "__pydantic_private__", None)
+    if not isinstance(private, Mapping):
+        return {}
+    found = {}
+    for name, value in private.items():
+        state = _engine_state(value)
+        if state is not None:
+            found[name] = state
+    return found
+
+
 def model_identity(model: Any, *, deny: frozenset[str] = frozenset()) -> ModelIdentity:
     """The identity of ``model``: its qualified class and its non-default public fields.
 
@@ -217,6 +261,7 @@ def model_identity(model: Any, *, deny: frozenset[str] = frozenset()) -> ModelId
         if value is _MISSING or (default is not _MISSING and _same(value, default)):
             continue
         fields[name] = _plain(value)
+    fields.update(_private_engines(model))
     return ModelIdentity(_qualified(type(model)), redact_data(fields))
 
 
