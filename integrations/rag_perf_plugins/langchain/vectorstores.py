@@ -57,7 +57,7 @@ from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.search import SearchCache, SearchCacheViews
+from rag_perf_plugins.services.search import SearchCache, SearchCacheViews, store_identity
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .control import applied, control_from_metadata
@@ -121,7 +121,7 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
 
     Args:
         inner: The vector store that really searches.
-        config: ``enable_caching``, ``cache_ttl`` (seconds), ``version_check_interval``
+        config: ``enable_caching``, ``retrieval_ttl`` (seconds), ``version_check_interval``
             (seconds), ``enable_metrics``, and the cache's directory, tiers and Redis;
             ``None`` means ``PerformanceConfig.load()``.
         cache: The cache manager; ``None`` uses the one for ``config``'s cache settings.
@@ -129,7 +129,7 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
             to wrappers of the same data in other processes so their writes invalidate
             each other's searches. ``None``: a fresh random name, so this wrapper never
             serves another store's results (right for in-memory stores).
-        ttl: Seconds a cached search lives (``None``: ``config.cache_ttl``, whatever
+        ttl: Seconds a cached search lives (``None``: ``config.retrieval_ttl``, whatever
             the cache manager's own default is).
         tracker: Statistics sink (``vectorstore.<operation>``); ``None``: the process
             tracker when metrics are on.
@@ -161,7 +161,8 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
         self._searches = SearchCache(
             config,
             name=name,
-            default_name=type(inner).__name__,
+            default_name=store_identity(inner),
+            random_prefix=type(inner).__name__,
             cache=cache,
             ttl=ttl,
             tracker=tracker,

@@ -64,7 +64,7 @@ from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.search import SearchCache, SearchCacheViews
+from rag_perf_plugins.services.search import SearchCache, SearchCacheViews, store_identity
 from rag_perf_plugins.tracking import PerformanceTracker
 
 __all__ = ["PerfVectorStore"]
@@ -148,7 +148,7 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
 
     Args:
         inner: The vector store that really stores and searches.
-        config: ``enable_caching``, ``cache_ttl`` (seconds), cache directory and tiers,
+        config: ``enable_caching``, ``retrieval_ttl`` (seconds), cache directory and tiers,
             ``enable_metrics``; ``None`` means ``PerformanceConfig.load()``.
         cache: The cache manager; ``None`` uses the one shared by every wrapper built with
             an equal config (the process-wide one when the config matches it).
@@ -156,7 +156,7 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
             name to wrappers of the same data in other processes so their writes invalidate
             each other's queries. ``None``: a fresh random name, so this wrapper never
             serves another store's results (right for in-memory stores).
-        ttl: Seconds a cached query lives (``None``: ``config.cache_ttl``, whatever the
+        ttl: Seconds a cached query lives (``None``: ``config.retrieval_ttl``, whatever the
             cache manager's own default is).
         tracker: Statistics sink; ``None`` means the process tracker when metrics are on.
         clock: Seconds, monotonic, for the timings.
@@ -193,7 +193,8 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
         searches = SearchCache(
             config,
             name=name,
-            default_name=type(inner).__name__,
+            default_name=store_identity(inner),
+            random_prefix=type(inner).__name__,
             cache=cache,
             ttl=ttl,
             tracker=tracker,
