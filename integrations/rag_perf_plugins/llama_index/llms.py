@@ -33,8 +33,11 @@ inner events; our handlers count nested LLM spans once.)
 Per-call cache control: ``cache_control(...)`` around the call, or the
 ``rag_perf_cache="bypass"`` (or ``{"mode": ..., "ttl": s}``) keyword on any method.
 
-Not done: ``structured_predict`` and friends run through ``chat``/``complete`` and are
-cached there, not as a whole; a per-call keyword that cannot be keyed (an arbitrary object)
+``structured_predict`` and its async and streaming twins run the inner class's own method
+(so the provider receives the request the unwrapped model sends), with its model calls
+routed through the wrapper: they are cached there, not as a whole.
+
+Not done: a per-call keyword that cannot be keyed (an arbitrary object)
 makes that call uncached (counted as ``cache.unkeyable``). All the request-path work
 is :class:`rag_perf_plugins.services.llm.LLMService`'s (the one LangChain uses too);
 this module only converts LlamaIndex's calls and answers.
@@ -170,19 +173,60 @@ def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage 
     return Usage(max(u.tokens_in for u in found), max(u.tokens_out for u in found))
 
 
+# Provider SDK models a message's additional_kwargs may hold (OpenAI's tool calls): their
+# class is stored by name and rebuilt on a hit, so a hit holds the same types as a live
+# answer. Only classes under these module prefixes are ever imported.
+_SDK_MODULES = ("openai.types.",)
+
+
+def _sdk_types(message: ChatMessage) -> dict[str, list[str]]:
+    """``{kwarg: [module:Class per item]}`` for lists of provider SDK models in the message."""
+    found: dict[str, list[str]] = {}
+    for name, value in message.additional_kwargs.items():
+        if isinstance(value, list) and value:
+            kinds = [f"{type(v).__module__}:{type(v).__qualname__}" for v in value]
+            if all(k.startswith(_SDK_MODULES) for k in kinds):
+                found[name] = kinds
+    return found
+
+
+def _rebuild_sdk_types(message: ChatMessage, kinds: dict[str, list[str]]) -> None:
+    import importlib
+
+    for name, classes in kinds.items():
+        items = message.additional_kwargs.get(name)
+        if not isinstance(items, list) or len(items) != len(classes):
+            continue
+        rebuilt = []
+        for item, kind in zip(items, classes, strict=True):
+            module, _, qualname = kind.partition(":")
+            if not module.startswith(_SDK_MODULES):
+                return
+            cls = getattr(importlib.import_module(module), qualname)
+            rebuilt.append(cls.model_validate(item))
+        message.additional_kwargs[name] = rebuilt
+
+
 class _ChatCodec:
     """A whole ``ChatResponse`` as plain data (message via LlamaIndex's own serializer)."""
 
     def encode(self, value: ChatResponse) -> Any:
-        return {
+        data = {
             "m": value.message.model_dump(mode="json"),
             "k": _plain_kwargs(value.additional_kwargs),
             "d": value.delta,
         }
+        kinds = _sdk_types(value.message)
+        if kinds:
+            data["t"] = kinds
+        return data
 
     def decode(self, data: Any) -> ChatResponse:
+        message = ChatMessage.model_validate(data["m"])
+        if data.get("t"):
+            _rebuild_sdk_types(message, data["t"])
         return ChatResponse(
-            message=ChatMessage.model_validate(data["m"]),
+            message=message,
             delta=data["d"],
             additional_kwargs=_hit_kwargs(data["k"]),
         )
@@ -662,6 +706,69 @@ class PerfLLM(LLM):
                 blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
             )
         )
+
+    # --- structured output: the inner class's own method, its requests through us ------
+    def _through_us(self) -> LLM:
+        """A copy of the inner model whose chat/complete calls are this wrapper's.
+
+        The inner class's ``structured_predict`` and friends then build exactly the
+        request the unwrapped model sends (``OpenAI``: ``response_format`` with a strict
+        JSON schema, where LlamaIndex's base method would force a tool call), and every
+        model call they make is cached, gated and counted here.
+        """
+        proxy = self._inner.model_copy()
+        for name in _ROUTED:
+            object.__setattr__(proxy, name, getattr(self, name))
+        return proxy
+
+    def structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """The inner model's ``structured_predict``, its model calls through the cache."""
+        return self._through_us().structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+    async def astructured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """Async :meth:`structured_predict`."""
+        return await self._through_us().astructured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+    def stream_structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """The inner model's ``stream_structured_predict``, streamed through the cache."""
+        return self._through_us().stream_structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+    async def astream_structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """Async :meth:`stream_structured_predict`."""
+        return await self._through_us().astream_structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+
+# The model calls a structured-output method of the inner class makes: routed to the wrapper.
+_ROUTED = (
+    "chat",
+    "achat",
+    "stream_chat",
+    "astream_chat",
+    "complete",
+    "acomplete",
+    "stream_complete",
+    "astream_complete",
+)
 
 
 class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
