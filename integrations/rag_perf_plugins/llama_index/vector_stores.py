@@ -122,10 +122,27 @@ def _node_out(node: BaseNode) -> dict[str, Any]:
     return data
 
 
+# Scores keep their type through the cache (a numpy float32 stays one): stored as a float64,
+# exact for a float32, with the numpy dtype when there was one.
+_SCORE_TYPES: dict[str, Any] = {"f4": np.float32, "f8": np.float64}
+
+
+def _score_out(score: Any) -> Any:
+    if isinstance(score, np.floating):
+        return [float(score), score.dtype.str[1:]]
+    return float(score)
+
+
+def _score_in(data: Any) -> Any:
+    if isinstance(data, list):
+        return _SCORE_TYPES[data[1]](data[0])
+    return float(data)
+
+
 def _result_out(result: VectorStoreQueryResult) -> dict[str, Any]:
     return {
         "n": None if result.nodes is None else [_node_out(n) for n in result.nodes],
-        "s": None if result.similarities is None else [float(s) for s in result.similarities],
+        "s": None if result.similarities is None else [_score_out(s) for s in result.similarities],
         "i": None if result.ids is None else list(result.ids),
     }
 
@@ -134,7 +151,7 @@ def _result_in(data: dict[str, Any]) -> VectorStoreQueryResult:
     nodes = data["n"]
     return VectorStoreQueryResult(
         nodes=None if nodes is None else [json_to_doc(n) for n in nodes],
-        similarities=data["s"],
+        similarities=None if data["s"] is None else [_score_in(s) for s in data["s"]],
         ids=data["i"],
     )
 

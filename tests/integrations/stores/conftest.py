@@ -115,3 +115,53 @@ def lc_filter(kind: str, tag: str) -> Any:
 
 
 MakeStore = Callable[..., Any]
+
+
+def li_store(
+    kind: str, tmp_path: Path, postgres: LocalPostgres | None, *, collection: str | None = None,
+    dim: int = DIM, asynchronous: bool = False,
+) -> Any:  # fmt: skip
+    """An empty LlamaIndex store of ``kind`` (``dim`` dimensions)."""
+    name = collection or f"c{uuid.uuid4().hex[:12]}"
+    if kind == "faiss":
+        import faiss
+        from llama_index.vector_stores.faiss import FaissVectorStore
+
+        return FaissVectorStore(faiss_index=faiss.IndexFlatL2(dim))
+    if kind == "chroma":
+        import chromadb
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        client = chromadb.PersistentClient(
+            path=str(tmp_path / "li-chroma"),
+            settings=chromadb.config.Settings(anonymized_telemetry=False),
+        )
+        return ChromaVectorStore(chroma_collection=client.get_or_create_collection(name))
+    if kind == "qdrant":
+        from llama_index.vector_stores.qdrant import QdrantVectorStore
+        from qdrant_client import AsyncQdrantClient, QdrantClient
+
+        path = str(tmp_path / "li-qdrant")
+        if asynchronous:  # local Qdrant locks its directory: one client, sync or async
+            return QdrantVectorStore(name, aclient=AsyncQdrantClient(path=path))
+        return QdrantVectorStore(name, client=QdrantClient(path=path))
+    if kind == "pgvector":
+        from llama_index.vector_stores.postgres import PGVectorStore
+
+        assert postgres is not None
+        return PGVectorStore.from_params(
+            host="127.0.0.1", port=str(postgres.port), database="postgres", user="postgres",
+            password="", table_name=name, embed_dim=dim,
+        )  # fmt: skip
+    raise ValueError(kind)
+
+
+async def aclose_li_store(kind: str, inner: Any) -> None:
+    """Close what a LlamaIndex store opened (Qdrant's local files, PG's engines)."""
+    if kind == "qdrant":
+        if inner._client is not None:
+            inner._client.close()
+        if inner._aclient is not None:
+            await inner._aclient.close()
+    if kind == "pgvector":
+        await inner.close()
