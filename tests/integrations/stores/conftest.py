@@ -91,6 +91,8 @@ def close_lc_store(kind: str, inner: Any) -> None:
     if kind == "qdrant":
         inner.client.close()
     if kind == "pgvector" and inner._engine is not None:
+        # PGVector's ids are unique across collections: drop this one's rows for the next test.
+        inner.delete_collection()
         inner._engine.dispose()
 
 
@@ -98,6 +100,7 @@ async def aclose_lc_store(kind: str, inner: Any) -> None:
     """:func:`close_lc_store` for a store built with ``async_mode=True``."""
     close_lc_store(kind, inner)
     if kind == "pgvector" and inner._async_engine is not None:
+        await inner.adelete_collection()
         await inner._async_engine.dispose()
 
 
