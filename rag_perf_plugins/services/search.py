@@ -68,7 +68,7 @@ _URL_ATTRS = ("connection_string", "_connection_string", "url")
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return str(value) if isinstance(value, str) and value else None
 
 
 def _client_location(client: Any) -> str | None:
@@ -82,14 +82,14 @@ def _client_location(client: Any) -> str | None:
         except Exception:
             return None
         if getattr(found, "is_persistent", False) and _text(found.persist_directory):
-            return "dir:" + os.path.abspath(found.persist_directory)
+            return "dir:" + os.path.abspath(str(found.persist_directory))
         host = _text(getattr(found, "chroma_server_host", None))
         port = getattr(found, "chroma_server_http_port", None)
         return f"chroma://{host}:{port}" if host else None
     options = getattr(client, "_init_options", None)
     if isinstance(options, Mapping):  # Qdrant
         if _text(options.get("path")):
-            return "dir:" + os.path.abspath(options["path"])
+            return "dir:" + os.path.abspath(str(options["path"]))
         for name in ("url", "host"):
             if _text(options.get(name)):
                 return f"qdrant://{options[name]}:{options.get('port')}"

@@ -260,9 +260,10 @@ def store_searches_for_one_search_two_minutes_apart(ctx: Ctx, config: Performanc
     with CacheManager(config, clock=clock) as cache:
         store = SearchCache(config, name="kb", cache=cache)
         fields = {"query": "q", "k": 1}
-        store.search("similarity_search", fields, run, list, list)
+        same: Callable[[Any], Any] = lambda value: value  # noqa: E731
+        store.search("similarity_search", fields, run, same, same)
         clock.advance(120.0)
-        store.search("similarity_search", fields, run, list, list)
+        store.search("similarity_search", fields, run, same, same)
     return searches
 
 

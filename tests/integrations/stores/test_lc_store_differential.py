@@ -39,7 +39,7 @@ WORDS = [
     "mango",
 ]
 QUERIES = ["apple banana", "cherry", "kiwi lemon mango", "fig"]
-CACHES = {
+CACHES: dict[str, dict[str, Any]] = {
     "disk": {"cache_shards": 1},
     "memory": {"cache_disk_enabled": False},
 }

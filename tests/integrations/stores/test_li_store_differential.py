@@ -33,7 +33,10 @@ from .conftest import DIM, STORES, aclose_li_store, li_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
 
-CACHES = {"disk": {"cache_shards": 1}, "memory": {"cache_disk_enabled": False}}
+CACHES: dict[str, dict[str, Any]] = {
+    "disk": {"cache_shards": 1},
+    "memory": {"cache_disk_enabled": False},
+}
 # FAISS's LlamaIndex store keeps no ids of its own: it deletes nothing and filters nothing.
 DELETES = {"faiss": False}
 FILTERS = {"faiss": False}
