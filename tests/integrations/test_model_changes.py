@@ -9,6 +9,7 @@ answer the old settings produced.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from llama_index.core.llms import ChatMessage
 from llama_index.llms.openai import OpenAI
@@ -37,10 +38,11 @@ def test_langchain_chat_model_rekeys_after_a_change(simulator: Simulator, tmp_pa
     llm.invoke("hi")
     llm.invoke("hi")
     assert _chat_requests(simulator) == 1
-    llm.inner.model_kwargs["user"] = "bob"  # a dict the wrapper's copy shares with `inner`
+    inner.model_kwargs["user"] = "bob"  # a dict the wrapper's copy shares with `inner`
     llm.invoke("hi")
     assert _chat_requests(simulator) == 2
-    llm.inner.max_tokens = 7
+    wrapped_copy: Any = llm.inner  # the wrapper's own copy of the model
+    wrapped_copy.max_tokens = 7
     llm.invoke("hi")
     llm.invoke("hi")
     assert _chat_requests(simulator) == 3
