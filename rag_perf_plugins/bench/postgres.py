@@ -168,6 +168,23 @@ class LocalPostgres:
         scheme = "postgresql" if driver is None else f"postgresql+{driver}"
         return f"{scheme}://{_USER}@127.0.0.1:{self.port}/{database}"
 
+    def database(self, name: str) -> str:
+        """Create database ``name`` with the ``vector`` extension if missing; returns ``name``.
+
+        Example: ``pg.url("psycopg", pg.database("dim6"))``. LangChain's PGVector keeps every
+        collection in one table whose vector column has the first store's dimension: stores
+        of other dimensions need a database of their own.
+        """
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if found.fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        with psycopg.connect(self.url(database=name), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        return name
+
     def sessions(self, database: str = "postgres") -> int:
         """``pg_stat_database.sessions`` of ``database``: connections opened since start."""
         import psycopg

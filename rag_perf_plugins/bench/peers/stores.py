@@ -96,9 +96,9 @@ def _build(kind: str, embeddings: Any, workdir: Any, pg: Any) -> Any:
         return QdrantVectorStore(qdrant, name, embedding=embeddings)
     from langchain_postgres import PGVector
 
-    return PGVector(
-        embeddings, connection=pg.url("psycopg"), collection_name=name, embedding_length=DIM
-    )
+    # No embedding_length: langchain-postgres maps its table once per process, with the
+    # first store's length.
+    return PGVector(embeddings, connection=pg.url("psycopg"), collection_name=name)
 
 
 def _close(kind: str, inner: Any) -> None:
@@ -194,7 +194,6 @@ def _connections(ctx: BenchContext, pg: Any) -> Iterator[Result]:
     ):  # fmt: skip
         inner = PGVector(
             embeddings, connection=engine, collection_name=f"conn{uuid.uuid4().hex[:8]}",
-            embedding_length=DIM,
         )  # fmt: skip
         inner.add_texts(_texts(100), ids=[str(uuid.uuid4()) for _ in range(100)])
         config = PerformanceConfig(cache_dir=str(ctx.workdir / "cache-conn"), cache_shards=1)

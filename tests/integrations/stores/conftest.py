@@ -76,11 +76,14 @@ def lc_store(
         from langchain_postgres import PGVector
 
         assert postgres is not None
+        # One table holds every collection, and langchain-postgres maps it once per process
+        # with the first store's embedding_length: no length (any dimension), and a
+        # database per dimension so the table's rows never mix dimensions.
+        database = postgres.database(f"dim{dim}")
         return PGVector(
             embeddings,
-            connection=postgres.url("psycopg"),
+            connection=postgres.url("psycopg", database),
             collection_name=name,
-            embedding_length=dim,
             async_mode=async_mode,
         )
     raise ValueError(kind)

@@ -101,7 +101,7 @@ WRITER = textwrap.dedent(
     from langchain_postgres import PGVector
 
     store = PGVector(DeterministicFakeEmbedding(size=int(sys.argv[3])), connection=sys.argv[1],
-                     collection_name=sys.argv[2], embedding_length=int(sys.argv[3]))
+                     collection_name=sys.argv[2])
     store.add_texts([sys.argv[4]], ids=[sys.argv[5]])
     store._engine.dispose()
     """
@@ -119,7 +119,7 @@ def test_a_writer_that_bypasses_the_wrapper_is_seen_after_ttl_or_invalidate(
     store.add_texts(["apples are red"], ids=_ids(1))
     assert _texts(store.similarity_search("fruit", k=5)) == ["apples are red"]
 
-    url = postgres.url("psycopg")
+    url = postgres.url("psycopg", postgres.database(f"dim{DIM}"))
     writer = [sys.executable, "-c", WRITER, url, "bypassed", str(DIM)]
     subprocess.run([*writer, "cherries are dark", *_ids(1)], check=True)
     fresh = ["apples are red", "cherries are dark"]
