@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 from rag_perf_plugins.langchain import PerfChatModel
@@ -72,7 +72,7 @@ async def make(
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, BaseMessage):
+    if isinstance(value, AIMessage):
         return (value.content, value.additional_kwargs.get("tool_calls"), value.tool_calls)
     if isinstance(value, BaseModel):
         return value.model_dump()
