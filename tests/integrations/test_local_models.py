@@ -270,3 +270,27 @@ async def test_concurrent_async_queries_are_batched(
     calls.clear()
     again = await asyncio.gather(*(wrapped.aembed_query(q) for q in questions))
     assert calls == [] and again == vectors  # all cached
+
+
+async def test_llama_index_concurrent_async_queries_are_batched(store: CacheEmbeddingStore) -> None:
+    """The same for LlamaIndex's HuggingFaceEmbedding with a query instruction."""
+    inner = _li(query_instruction="query: ")
+    calls: list[int] = []
+    embed = inner._embed
+
+    def counting(inputs: Any, prompt_name: Any = None) -> Any:
+        calls.append(len(inputs))
+        return embed(inputs, prompt_name=prompt_name)
+
+    object.__setattr__(inner, "_embed", counting)
+    wrapped = PerfEmbedding(inner, PerformanceConfig(batch_size=16), store=store)
+    questions = [f"question number {i} about retrieval" for i in range(64)]
+    vectors = await asyncio.gather(*(wrapped.aget_query_embedding(q) for q in questions))
+    assert len(calls) <= 6 and max(calls) <= 16 and sum(calls) == 64
+    calls.clear()
+    for question, vector in zip(questions[:4], vectors[:4], strict=True):
+        assert _close(vector, inner.get_query_embedding(question))  # the unwrapped answer
+    assert calls == [1, 1, 1, 1]
+    calls.clear()
+    again = await asyncio.gather(*(wrapped.aget_query_embedding(q) for q in questions))
+    assert calls == [] and again == vectors

@@ -85,7 +85,8 @@ def _query_batch(inner: Embeddings) -> Callable[[list[str]], list[list[float]]] 
         ),
         None,
     )
-    if owner is None or type(inner).embed_query is not owner.embed_query:
+    defines = next(c for c in type(inner).__mro__ if "embed_query" in vars(c))
+    if owner is None or defines is not owner:  # a subclass with its own query rule: one by one
         return None
     model: Any = inner
 
