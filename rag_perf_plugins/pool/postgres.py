@@ -79,6 +79,4 @@ def async_pooled_engine(pool: AsyncConnectionPool[Any], **engine_args: Any) -> A
     from sqlalchemy.pool import NullPool
 
     _check(pool)
-    return create_async_engine(
-        _URL, async_creator=pool.getconn, poolclass=NullPool, **engine_args
-    )
+    return create_async_engine(_URL, async_creator=pool.getconn, poolclass=NullPool, **engine_args)

@@ -346,8 +346,8 @@ class EmbeddingService(ProviderCalls):
     __slots__ = (
         "_abatchers",
         "_aembed_many",
-        "_aqbatchers",
         "_aembed_query",
+        "_aqbatchers",
         "_batcher",
         "_breakers",
         "_budgeted",

@@ -255,7 +255,7 @@ async def test_concurrent_async_queries_are_batched(
         calls.append(1 if isinstance(sentences, str) else len(sentences))
         return encode(sentences, *args, **kwargs)
 
-    inner._client.encode = counting
+    inner._client.encode = counting  # type: ignore[method-assign,assignment]
     wrapped = PerfEmbeddings(inner, PerformanceConfig(batch_size=16), store=store)
     assert not wrapped.service.symmetric  # queries are not embedded like documents
     questions = [f"question number {i} about retrieval" for i in range(64)]

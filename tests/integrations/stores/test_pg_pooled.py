@@ -135,7 +135,8 @@ async def test_lc_async_tasks_open_at_most_the_pool(
                     seen.append(result)
             return seen
 
-        found = [r for part in await asyncio.gather(*(worker() for _ in range(TASKS))) for r in part]
+        parts = await asyncio.gather(*(worker() for _ in range(TASKS)))
+        found = [r for part in parts for r in part]
         assert len(found) == SEARCHES // 10 and all(r == expected for r in found)
         await inner.adelete_collection()
     finally:
@@ -147,7 +148,7 @@ async def test_lc_async_tasks_open_at_most_the_pool(
 async def test_li_async_tasks_open_at_most_the_pool(
     postgres: LocalPostgres, tmp_path: Path
 ) -> None:
-    from llama_index.core.schema import TextNode
+    from llama_index.core.schema import BaseNode, TextNode
     from llama_index.core.vector_stores.types import VectorStoreQuery
     from llama_index.vector_stores.postgres import PGVectorStore
     from rag_perf_plugins.llama_index import PerfVectorStore as LIPerfVectorStore
@@ -164,8 +165,10 @@ async def test_li_async_tasks_open_at_most_the_pool(
             engine=pooled_engine(sync_pool), async_engine=async_pooled_engine(pool),
             table_name=f"t{uuid.uuid4().hex[:8]}", embed_dim=DIM,
         )  # fmt: skip
-        nodes = [
-            TextNode(text=t, id_=str(uuid.uuid4()), embedding=[float((i * j) % 5) for j in range(DIM)])
+        nodes: list[BaseNode] = [
+            TextNode(
+                text=t, id_=str(uuid.uuid4()), embedding=[float((i * j) % 5) for j in range(DIM)]
+            )
             for i, t in enumerate(_texts())
         ]
         await inner.async_add(nodes)
