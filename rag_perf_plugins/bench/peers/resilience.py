@@ -41,6 +41,7 @@ __all__ = ["OutageRun", "run_outage"]
 PRIMARY, FALLBACK = "gpt-4o-mini", "gpt-4o"
 RATE = 50.0  # calls started per second, whatever the answers take
 LATENCY_MS = 20.0
+TRIP = 4  # failures that stop the calls to the primary, ours and LiteLLM's alike
 
 # A call: returns the model that answered.
 Call = Callable[[str], Awaitable[str]]
@@ -56,6 +57,7 @@ class OutageRun:
     healthy_latencies: list[float] = field(default_factory=list)
     outage_latencies: list[float] = field(default_factory=list)
     primary_during_outage: int = 0
+    primary_first_cooldown: int = 0
     back_to_primary_s: float = math.nan
 
     @property
@@ -68,6 +70,11 @@ class OutageRun:
         """Requests the dead primary received per call made during the outage."""
         n = len(self.outage_latencies)
         return self.primary_during_outage / n if n else math.nan
+
+    @property
+    def primary_after_first_cooldown(self) -> int:
+        """Dead-primary requests after the first cool-down of the outage: re-entries, probes."""
+        return self.primary_during_outage - self.primary_first_cooldown
 
     @property
     def healthy_p95_s(self) -> float:
@@ -94,6 +101,7 @@ async def run_outage(
     healthy_s: float,
     outage_s: float,
     after_s: float,
+    cooldown_s: float,
     rate: float = RATE,
 ) -> OutageRun:
     """Send the same paced calls through one outage of the primary on a fresh simulator.
@@ -101,7 +109,9 @@ async def run_outage(
     ``make_call(base_url)`` builds the approach's call for that simulator. Calls start on
     a fixed schedule (``rate`` per second, open loop: a slow answer does not delay the next
     call), so every approach makes the same calls on the same outage timeline and its
-    dead-primary requests compare both in total and per call.
+    dead-primary requests compare both in total and per call. The primary's request count
+    is also read one cool-down (``cooldown_s``) into the outage: what came before is the
+    price of detecting the outage, what came after the price of watching for its end.
     """
     from ...simulator import Simulator
 
@@ -154,8 +164,11 @@ async def run_outage(
                 n += 1
             await asyncio.gather(*calls)
 
-        await asyncio.gather(mark(outage_at), mark(outage_end), schedule())
-        run.primary_during_outage = marks[1] - marks[0]
+        first = outage_at + min(cooldown_s, outage_s)
+        await asyncio.gather(mark(outage_at), mark(first), mark(outage_end), schedule())
+        marks.sort()
+        run.primary_first_cooldown = marks[1] - marks[0]
+        run.primary_during_outage = marks[2] - marks[0]
         run.back_to_primary_s = min(returned) if returned else math.inf
     finally:
         threaded.stop()
@@ -172,6 +185,7 @@ def _ours(cooldown: float) -> Callable[[str], Call]:
             enable_caching=False,
             enable_metrics=False,
             breaker_min_calls=4,
+            breaker_consecutive_failures=TRIP,  # LiteLLM's threshold, for a like comparison
             breaker_cooldown=cooldown,
             breaker_window=2.0 * cooldown,
             retry_initial_backoff=0.05,
@@ -230,7 +244,7 @@ def _litellm(cooldown: float) -> Callable[[str], Call]:
         router = Router(
             model_list=[deployment("primary", PRIMARY), deployment("fallback", FALLBACK)],
             fallbacks=[{"primary": ["fallback"]}],
-            allowed_fails=3,
+            allowed_fails=TRIP - 1,  # cools a deployment down at more than this: TRIP
             cooldown_time=cooldown,
         )
 
@@ -263,7 +277,14 @@ def outage(ctx: BenchContext) -> Iterator[Result]:
     for name, make in plan:
         ctx.progress(f"{name}: {outage_s:g} s outage")
         runs[name] = asyncio.run(
-            run_outage(name, make, healthy_s=healthy_s, outage_s=outage_s, after_s=after_s)
+            run_outage(
+                name,
+                make,
+                healthy_s=healthy_s,
+                outage_s=outage_s,
+                after_s=after_s,
+                cooldown_s=cooldown,
+            )
         )
     ours, lc, lite = runs["ours"], runs["langchain"], runs["litellm"]
     extra = {
@@ -271,6 +292,8 @@ def outage(ctx: BenchContext) -> Iterator[Result]:
             "calls": r.calls,
             "success": round(r.success, 4),
             "primary_during_outage": r.primary_during_outage,
+            "primary_first_cooldown": r.primary_first_cooldown,
+            "primary_after_first_cooldown": r.primary_after_first_cooldown,
             "outage_calls": len(r.outage_latencies),
             "outage_p95_ms": _ms(r.outage_p95_s),
             "healthy_p95_ms": _ms(r.healthy_p95_s),
@@ -299,8 +322,10 @@ def outage(ctx: BenchContext) -> Iterator[Result]:
     best = min((lc, lite), key=lambda r: (r.primary_during_outage, r.primary_share))
     counts = (
         f"{len(ours.outage_latencies)} calls started during the outage by each; the dead "
-        f"primary received {ours.primary_during_outage} requests (ours), LangChain "
-        f"{lc.primary_during_outage}, LiteLLM {lite.primary_during_outage}"
+        f"primary received (in the first cool-down + after it) ours "
+        f"{ours.primary_first_cooldown}+{ours.primary_after_first_cooldown}, LangChain "
+        f"{lc.primary_first_cooldown}+{lc.primary_after_first_cooldown}, LiteLLM "
+        f"{lite.primary_first_cooldown}+{lite.primary_after_first_cooldown}"
     )
     yield Result.compare(
         "resilience_dead_primary_requests",
