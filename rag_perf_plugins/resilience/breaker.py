@@ -12,8 +12,9 @@ States:
 - **closed**: every call goes through. Outcomes are counted in a sliding window of
   ``window`` seconds (ten buckets). When at least ``min_calls`` outcomes are in the window
   and the failures are at least ``failure_ratio`` of them, the breaker opens; so it does
-  after ``consecutive`` failures in a row (no success between), which catches a sudden
-  outage of a busy target long before its failures are half of the window. Failures are
+  after ``consecutive`` failures in a row, which catches a sudden outage of a busy target
+  long before its failures are half of the window. Only a success of a call admitted after
+  the latest failure ends the run: calls in flight when an outage began are old news. Failures are
   429s, 5xx answers, timeouts and refused connections; 4xx client errors and our own
   refusals are *neutral* (they say nothing about the provider and are not counted).
 - **open**: every call is refused for ``cooldown`` seconds (``retry_in`` says how long is

@@ -5,22 +5,25 @@ Example::
     rag-perf bench --only resilience --quick
 
 The same scenario, three times, each on a fresh simulator in this process (20 ms per
-answer): eight concurrent callers send chat calls for ``healthy + outage + after``
+answer): chat calls start on a fixed schedule (``RATE`` per second, open loop, so every
+approach makes the same calls on the same timeline) for ``healthy + outage + after``
 seconds; the primary model (``gpt-4o-mini``) answers 503 to everything during the outage
 and recovers after it; a fallback model (``gpt-4o``) stays healthy. Compared:
 
 - **ours**: ``PerfChatModel(ChatOpenAI(primary), fallbacks=[ChatOpenAI(fallback)])``
-  (SDK retries off, our retry policy and circuit breaker: 4 calls, half failed, trip it;
-  one probe per cool-down);
+  (SDK retries off, our retry policy and circuit breaker: opens at ``TRIP`` failures in a
+  row; one probe per cool-down);
 - **LangChain**: ``ChatOpenAI(primary).with_fallbacks([ChatOpenAI(fallback)])`` over the
   OpenAI SDK's own retries (``max_retries=2``, its default);
 - **LiteLLM**: ``Router`` with the two deployments, ``fallbacks`` and its cooldowns
-  (``allowed_fails=3``, ``cooldown_time`` equal to our cool-down), in-process, no proxy.
+  (``allowed_fails=TRIP - 1``: cooled down at the ``TRIP``-th failure of the minute;
+  ``cooldown_time`` equal to our cool-down), in-process, no proxy.
 
 Measured per approach: the fraction of calls that succeeded, the p95 latency of calls
 started during the outage (and, for ours, over the healthy p95 before it), the requests
-the dead primary received during the outage (the simulator counts them), and the seconds
-from the end of the outage to the first call answered by the primary again.
+the dead primary received during the outage (the simulator counts them: first attempts,
+retries and probes alike; in total, per call, and split at one cool-down into the outage),
+and the seconds from the end of the outage to the first call answered by the primary again.
 """
 
 from __future__ import annotations
