@@ -422,8 +422,10 @@ class PerformanceConfig:
     )
     breaker_consecutive_failures: int | None = _opt(
         5,
-        "Failures in a row (no success between) that open a breaker at once, whatever the "
-        "window's ratio; catches a sudden outage of a busy target. Null: only the ratio.",
+        "Failures in a row that open a breaker at once, whatever the window's ratio; catches "
+        "a sudden outage of a busy target. Only a success of a call sent after the latest "
+        "failure ends the run (calls in flight when the outage began do not). Null: only "
+        "the ratio.",
         unit="calls",
         ge=1,
     )
