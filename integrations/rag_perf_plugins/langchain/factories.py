@@ -39,7 +39,6 @@ from langchain_anthropic import ChatAnthropic
 from langchain_openai import AzureChatOpenAI, AzureOpenAIEmbeddings, ChatOpenAI, OpenAIEmbeddings
 
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
-from rag_perf_plugins.pool._httpx2 import get_async_httpx2_client, get_httpx2_client
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client, http_timeout
 
 __all__ = [
@@ -192,10 +191,9 @@ def pooled_chat_anthropic(
     api_key=key, temperature=0)``.
 
     ``ChatAnthropic`` has no client fields: it builds its ``anthropic.Client`` /
-    ``AsyncClient`` on first use, on ``httpx2`` clients of its own. This factory builds
-    both up front on the process-wide ``httpx2`` clients for ``base_url``'s origin
-    (:mod:`rag_perf_plugins.pool._httpx2`: the pool settings of ``config``, one pool per
-    event loop for the async one), with the model's own API key, headers and
+    ``AsyncClient`` on first use, each on an ``httpx`` client of its own. This factory
+    builds both up front on the registry's shared clients for ``base_url``'s origin (one
+    pool per event loop for the async one), with the model's own API key, headers and
     ``max_retries=0``. Our retry policy then owns retries: 429 (``retry-after``) and 529
     (overloaded) included.
 
@@ -220,9 +218,9 @@ def pooled_chat_anthropic(
     # The two clients are cached properties of the model: filled here, they are never built
     # again (and model_copy, as PerfChatModel does, keeps them).
     model.__dict__["_client"] = anthropic.Client(
-        **params, http_client=get_httpx2_client(url, config=config)
+        **params, http_client=get_http_client(url, config=config)
     )
     model.__dict__["_async_client"] = anthropic.AsyncClient(
-        **params, http_client=get_async_httpx2_client(url, config=config)
+        **params, http_client=get_async_http_client(url, config=config)
     )
     return model

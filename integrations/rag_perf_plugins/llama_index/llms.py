@@ -156,6 +156,33 @@ def _usage_of(extra: dict[str, Any]) -> Usage | None:
     return Usage(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
 
 
+def _raw_usage(raw: Any) -> Usage | None:
+    """Usage from a provider's raw answer when ``additional_kwargs`` has none (Anthropic).
+
+    Anthropic reports ``input_tokens`` without the prompt-cache parts, so the cache reads
+    and writes are added back: the tokens the prompt really had.
+    """
+    usage = raw.get("usage") if isinstance(raw, dict) else getattr(raw, "usage", None)
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        dump = getattr(usage, "model_dump", None)
+        usage = dump() if callable(dump) else None
+    if not isinstance(usage, dict):
+        return None
+    parts = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    counts = [usage.get(name) for name in parts]
+    out = usage.get("output_tokens")
+    if not isinstance(counts[0], int) and not isinstance(out, int):
+        return None
+    return Usage(sum(c for c in counts if isinstance(c, int)), out if isinstance(out, int) else 0)
+
+
+def _response_usage(value: ChatResponse | CompletionResponse) -> Usage | None:
+    found = _usage_of(value.additional_kwargs)
+    return found if found is not None else _raw_usage(value.raw)
+
+
 def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**extra, **_ZERO_USAGE, "cache_hit": True}
 
@@ -185,7 +212,7 @@ class _ChatCodec:
         )
 
     def usage(self, value: ChatResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _response_usage(value)
 
 
 class _CompletionCodec:
@@ -200,7 +227,7 @@ class _CompletionCodec:
         )
 
     def usage(self, value: CompletionResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _response_usage(value)
 
 
 class _ChatChunkCodec:
