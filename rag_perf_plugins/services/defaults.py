@@ -47,6 +47,7 @@ __all__ = [
     "default_embedding_store",
     "default_gate",
     "default_retry",
+    "deployment_of",
     "resolve_config",
 ]
 
@@ -69,6 +70,27 @@ def api_key_of(model: Any) -> str | None:
         key = secret() if callable(secret) else value
         if isinstance(key, str) and key:
             return key
+    return None
+
+
+# Attributes that name an Azure OpenAI deployment in the model classes of both frameworks.
+_DEPLOYMENT_FIELDS = ("deployment_name", "azure_deployment", "deployment", "engine")
+
+
+def deployment_of(model: Any) -> str | None:
+    """The Azure deployment a framework model calls, if it has one (Azure limits per deployment).
+
+    Example: ``deployment_of(AzureOpenAIEmbeddings(azure_deployment="embed", ...))`` is
+    ``"embed"``; ``None`` for other models. The adapters key the default gate by it instead
+    of the model name. Only classes named ``Azure...`` are read: LangChain's
+    ``OpenAIEmbeddings`` has a ``deployment`` field too, defaulting to an unrelated model.
+    """
+    if "azure" not in type(model).__name__.lower():
+        return None
+    for name in _DEPLOYMENT_FIELDS:
+        value = getattr(model, name, None)
+        if isinstance(value, str) and value:
+            return value
     return None
 
 

@@ -33,6 +33,7 @@ from rag_perf_plugins.services.defaults import (
     default_embedding_store,
     default_gate,
     default_retry,
+    deployment_of,
 )
 from rag_perf_plugins.services.embeddings import EmbeddingService, EmbeddingStore
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
@@ -153,7 +154,12 @@ class PerfEmbeddings(Embeddings):
             store=store if store is not None else default_embedding_store(config),
             gate=gate
             if gate is not None
-            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+            else default_gate(
+                config,
+                provider=provider,
+                model=deployment_of(inner) or model,
+                api_key=api_key_of(inner),
+            ),
             retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             batching=batching,

@@ -75,6 +75,7 @@ from rag_perf_plugins.services.defaults import (
     default_cache,
     default_gate,
     default_retry,
+    deployment_of,
 )
 from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
@@ -442,7 +443,12 @@ class PerfLLM(LLM):
             cache=cache if cache is not None else default_cache(config),
             gate=gate
             if gate is not None
-            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+            else default_gate(
+                config,
+                provider=provider,
+                model=deployment_of(inner) or model,
+                api_key=api_key_of(inner),
+            ),
             retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             clock=clock,
