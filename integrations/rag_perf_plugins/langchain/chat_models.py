@@ -120,7 +120,14 @@ def _provider_of(inner: BaseChatModel) -> str:
     cls = type(inner)
     extra = {
         name: getattr(inner, name)
-        for name in ("openai_api_base", "base_url", "azure_endpoint", "deployment_name")
+        for name in (
+            "openai_api_base",
+            "base_url",
+            "azure_endpoint",
+            "deployment_name",
+            "openai_api_version",
+            "anthropic_api_url",
+        )
         if isinstance(getattr(inner, name, None), str)
     }
     fingerprint = hashlib.blake2b(json.dumps(extra, sort_keys=True).encode(), digest_size=6)

@@ -259,7 +259,7 @@ def pooled_azure_openai_embedding(
 
 def pooled_anthropic_llm(
     *,
-    model: str = "claude-3-5-haiku-latest",
+    model: str = "claude-sonnet-4-5",
     base_url: str | None = None,
     temperature: float = 0.0,
     config: PerformanceConfig | None = None,

@@ -1,4 +1,4 @@
-"""Anthropic's and Azure's rate-limit headers and errors, as the gate and the retry policy read them."""
+"""Anthropic's and Azure's rate-limit headers and errors, as the gate and retry policy read them."""
 
 from __future__ import annotations
 
