@@ -34,7 +34,7 @@ OPTION_DOCS: dict[str, str] = {
     "max_concurrency": "requests handled at once; more get 429 at once; None = unlimited",
     "error_rate": "share of requests answered 500 or 503 (seeded), 0..1",
     "rate_limit_rate": "share of requests answered 429 with Retry-After (seeded), 0..1",
-    "retry_after_s": "Retry-After sent with injected 429s, seconds",
+    "retry_after_s": "Retry-After sent with injected 429s and 529s, seconds",
     "slow_rate": "share of requests delayed by slow_ms extra (seeded), 0..1",
     "slow_ms": "extra delay of a slow request, ms",
     "truncate_rate": "share of answers cut off midway, connection closed (seeded), 0..1",

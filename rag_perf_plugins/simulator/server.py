@@ -26,7 +26,7 @@ reads it) and ``retry-after-ms``.
 Provider headers: Anthropic answers carry ``anthropic-ratelimit-{requests,tokens}-{limit,
 remaining,reset}`` (reset as an RFC 3339 time) for the limits that are set, and its errors
 use Anthropic's envelope (``rate_limit_error`` 429, ``overloaded_error`` 529, the latter
-drawn with ``overload_rate``). Azure answers always carry
+drawn with ``overload_rate`` and sent with ``retry_after_s`` as ``Retry-After``). Azure answers always carry
 ``x-ratelimit-remaining-{requests,tokens}`` and ``x-ratelimit-reset-{requests,tokens}``
 (seconds); for a limit that is not set they send ``-1`` and ``0``, as Azure does for
 deployments without that quota. ``limit_scope`` (``account`` or ``model``) says whether
@@ -469,7 +469,11 @@ class Simulator:
         if roll.overload:
             self._stats.fault("529" if style == _STYLE_ANTHROPIC else "503")
             if style == _STYLE_ANTHROPIC:
-                raise _Refused(529, anthropic_error_body("overloaded_error", "Overloaded"))
+                raise _Refused(
+                    529,
+                    anthropic_error_body("overloaded_error", "Overloaded"),
+                    self._retry_headers(self.options.retry_after_s),
+                )
             message = "The engine is currently overloaded (injected)."
             raise _Refused(503, _error_body(message, "server_error"))
         if roll.error:
