@@ -122,6 +122,18 @@ def _redis_url_problem(url: str) -> str | None:
     return None
 
 
+BUDGET_SCOPES = ("tenant", "key", "model")
+
+
+def _budget_scopes_problem(value: str) -> str | None:
+    """Why ``value`` is not a comma-separated list of budget scopes, or ``None``."""
+    names = [part.strip() for part in value.split(",")]
+    bad = [name for name in names if name not in BUDGET_SCOPES]
+    if not value.strip() or bad:
+        return f"{', '.join(repr(b) for b in bad) or 'empty'} is not a budget scope"
+    return None
+
+
 ProviderProfile = Literal["openai", "cohere", "voyage", "custom"]
 VectorDtype = Literal["float32", "float64"]
 RedisPosition = Literal["before-disk", "after-disk", "instead-of-disk"]
@@ -415,6 +427,40 @@ class PerformanceConfig:
     degrade_shed_below_priority: int | None = _opt(
         None,
         "Under overload, refuse queries whose priority is below this; null sheds none.",
+    )
+
+    # --- cost -------------------------------------------------------------------------
+    price_table_path: str | None = _opt(
+        None,
+        "A JSON price file (the shipped table's format, USD per 1,000,000 tokens) whose "
+        "entries add to or replace the shipped prices; null uses the shipped table only.",
+    )
+    budget_usd_per_minute: float | None = _opt(
+        None,
+        "Dollar budget of each scope in budget_scopes per clock minute; past it calls get "
+        "BudgetExceeded; null means none.",
+        unit="USD/minute",
+        gt=0,
+    )
+    budget_usd_per_hour: float | None = _opt(
+        None,
+        "Dollar budget of each scope in budget_scopes per clock hour; null means none.",
+        unit="USD/hour",
+        gt=0,
+    )
+    budget_usd_per_day: float | None = _opt(
+        None,
+        "Dollar budget of each scope in budget_scopes per UTC day; null means none.",
+        unit="USD/day",
+        gt=0,
+    )
+    budget_scopes: str = _opt(
+        "tenant,key",
+        "Comma-separated scopes each dollar budget applies to, separately: tenant (the "
+        "cost_scope of the call; calls without one are not limited by it), key (provider, "
+        "model and API key: one gate), model (the model, across API keys).",
+        validator=_budget_scopes_problem,
+        allowed="a comma-separated subset of tenant, key, model",
     )
 
     # --- statistics -------------------------------------------------------------------

@@ -102,6 +102,7 @@ TWINS: tuple[Twins, ...] = (
             "gate.aacquire(": "gate.acquire(",
             "await aobserve_failure(": "observe_failure(",
             "await areconcile_ticket(": "reconcile_ticket(",
+            "self._areconcile_cost(": "self._reconcile_cost(",
             "retry.acall(": "retry.call(",
             "async def attempt()": "def attempt()",
         },

@@ -95,6 +95,25 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
         "counter", ("operation",), "tokens",
         "Tokens not spent: answered from the cache or by another caller's identical request.",
     ),
+    "rag_perf_cost_usd_total": (
+        "counter", ("operation",), "USD",
+        "Dollars spent by provider calls at the price table's prices (known prices only).",
+    ),
+    "rag_perf_cost_saved_usd_total": (
+        "counter", ("operation",), "USD",
+        "Dollars not spent: the cost of the answers cache hits and coalesced calls replayed.",
+    ),
+    "rag_perf_cost_unknown_calls_total": (
+        "counter", ("operation",), "calls",
+        "Calls whose cost is unknown (no price for the model, or no usage reported).",
+    ),
+    "rag_perf_model_cost_usd_total": (
+        "counter", ("model", "kind"), "USD",
+        "Dollars per model: kind=spent by provider calls, kind=saved by hits and coalesced calls.",
+    ),
+    "rag_perf_model_cost_unknown_calls_total": (
+        "counter", ("model",), "calls", "Calls of the model whose cost is unknown.",
+    ),
     "rag_perf_queue_wait_seconds": (
         "summary", ("operation",), "seconds",
         "Time spent waiting for admission (gate) or a batch, quantiles of this worker.",
@@ -191,7 +210,8 @@ class _Op:
             k: float(entry.get(k) or 0)
             for k in (
                 "count", "errors", "cache_hits", "cache_misses", "tokens_in", "tokens_out",
-                "tokens_saved", "retries", "streams_abandoned",
+                "tokens_saved", "retries", "streams_abandoned", "cost_usd", "cost_saved_usd",
+                "cost_unknown_calls",
             )
         }  # fmt: skip
         self.throughput = float(entry.get("throughput_per_s") or 0.0)
@@ -312,6 +332,7 @@ class TrackerCollector(Collector):
         self._operations = _Bound(max_operations)
         self._events = _Bound(max_events)
         self._gates = _Bound(50)
+        self._models = _Bound(50)
         self._clients = _Bound(50)
 
     @property
@@ -389,6 +410,9 @@ class TrackerCollector(Collector):
             add("rag_perf_tokens_total", [name, "input"], f["tokens_in"])
             add("rag_perf_tokens_total", [name, "output"], f["tokens_out"])
             add("rag_perf_tokens_saved_total", [name], f["tokens_saved"])
+            add("rag_perf_cost_usd_total", [name], f["cost_usd"])
+            add("rag_perf_cost_saved_usd_total", [name], f["cost_saved_usd"])
+            add("rag_perf_cost_unknown_calls_total", [name], f["cost_unknown_calls"])
             add("rag_perf_retries_total", [name], f["retries"])
             add("rag_perf_streams_abandoned_total", [name], f["streams_abandoned"])
             add("rag_perf_throughput_per_second", [name], op.throughput)
@@ -402,6 +426,16 @@ class TrackerCollector(Collector):
             if batch.count:
                 add("rag_perf_batches_total", [name], float(batch.count))
                 add("rag_perf_batch_items_total", [name], batch.sum)
+        models: dict[str, list[float]] = {}
+        for model, entry in sorted((stats.get("models") or {}).items()):
+            sums = models.setdefault(self._models(model), [0.0, 0.0, 0.0])
+            sums[0] += float(entry.get("cost_usd") or 0.0)
+            sums[1] += float(entry.get("cost_saved_usd") or 0.0)
+            sums[2] += float(entry.get("cost_unknown_calls") or 0)
+        for model, (spent, saved, unknown) in models.items():
+            add("rag_perf_model_cost_usd_total", [model, "spent"], spent)
+            add("rag_perf_model_cost_usd_total", [model, "saved"], saved)
+            add("rag_perf_model_cost_unknown_calls_total", [model], unknown)
         events: dict[tuple[str, str], float] = {}
         for name, entry in (stats.get("operations") or {}).items():
             for event, n in (entry.get("counters") or {}).items():

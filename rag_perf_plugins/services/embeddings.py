@@ -69,6 +69,7 @@ from ..cache import (
 from ..cache.serialize import round_vectors
 from ..cache.singleflight import Flight, SingleFlight
 from ..config import PerformanceConfig, resolve_config
+from ..cost import price_table
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -299,6 +300,7 @@ class EmbeddingService(ProviderCalls):
         "_aembed_many",
         "_aembed_query",
         "_batcher",
+        "_budgeted",
         "_clock",
         "_embed_many",
         "_embed_query",
@@ -307,6 +309,7 @@ class EmbeddingService(ProviderCalls):
         "_gate_tokens",
         "_plain_dtype",
         "_prerounded",
+        "_prices",
         "_retry",
         "_store",
         "_store_failed",
@@ -379,8 +382,10 @@ class EmbeddingService(ProviderCalls):
         self._gate = gate
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
+        self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
+        self._prices = price_table(self.config)
         self._clock = clock
         self._flights: SingleFlight[Vector] = SingleFlight()
         self._batcher: BatchProcessor[str, Vector] | None = None
@@ -505,8 +510,11 @@ class EmbeddingService(ProviderCalls):
                 saved += estimate_tokens(text)
         cache_hit = None if self._store is None else not sent
         latency = self._clock() - started
+        costs = self._costs(0 if error else tokens_in, saved)
         if span_tracer is not None:
-            self._span(span_tracer, latency, tokens_in, saved, cache_hit, len(plan.keys), error)
+            self._span(
+                span_tracer, latency, tokens_in, saved, cache_hit, len(plan.keys), error, costs
+            )
         if not tracker.enabled:
             return
         tracker.record(
@@ -517,6 +525,10 @@ class EmbeddingService(ProviderCalls):
             cache_hit=cache_hit,
             batch_size=len(plan.keys),
             tokens_saved=saved,
+            cost_usd=costs[0],
+            cost_saved_usd=costs[1],
+            cost_unknown=costs[2],
+            model=self.identity.model,
         )
         if hits:
             tracker.incr("cache.hits", hits, operation=operation)
@@ -536,22 +548,38 @@ class EmbeddingService(ProviderCalls):
         operation = f"{self.operation}.{role}"
         tokens = estimate_tokens(text)
         latency = self._clock() - started
+        used, spared = (tokens, 0) if sent else (0, tokens)
+        costs = self._costs(0 if error else used, spared)
         if span_tracer is not None:
-            used, spared = (tokens, 0) if sent else (0, tokens)
-            self._span(span_tracer, latency, used, spared, None, 1, error)
+            self._span(span_tracer, latency, used, spared, None, 1, error, costs)
         if not tracker.enabled:
             return
         tracker.record(
             operation,
             latency,
             error=error,
-            tokens_in=tokens if sent else 0,
+            tokens_in=used,
             cache_hit=None,
             batch_size=1,
-            tokens_saved=0 if sent else tokens,
+            tokens_saved=spared,
+            cost_usd=costs[0],
+            cost_saved_usd=costs[1],
+            cost_unknown=costs[2],
+            model=self.identity.model,
         )
         if not sent:
             tracker.incr("coalesced", 1, operation=operation)
+
+    def _costs(self, tokens_in: int, saved: int) -> tuple[float, float, bool]:
+        """USD spent on ``tokens_in`` and saved on ``saved`` tokens; whether unknown."""
+        if not tokens_in and not saved:
+            return 0.0, 0.0, False
+        price = self._prices.get(self.identity.model)
+        rate = None if price is None else price.embedding
+        if rate is None:
+            self._prices.embedding_cost(self.identity.model, 0)  # the one warning per model
+            return 0.0, 0.0, True
+        return tokens_in * rate / 1e6, saved * rate / 1e6, False
 
     def _span(
         self,
@@ -562,6 +590,7 @@ class EmbeddingService(ProviderCalls):
         cache_hit: bool | None,
         texts: int,
         error: bool,
+        costs: tuple[float, float, bool],
     ) -> None:
         """One OpenTelemetry span of a call (see :mod:`rag_perf_plugins.tracking.spans`)."""
         attributes: dict[str, Any] = {
@@ -570,12 +599,33 @@ class EmbeddingService(ProviderCalls):
             "rag_perf.tokens_saved": saved,
             "rag_perf.batch_size": texts,
         }
+        if costs[2]:
+            attributes["rag_perf.cost.unknown"] = True
+        else:
+            attributes["rag_perf.cost_usd"] = costs[0]
+            attributes["rag_perf.cost_saved_usd"] = costs[1]
         if cache_hit is not None:
             attributes["rag_perf.cache.hit"] = cache_hit
             if cache_hit:
                 attributes["rag_perf.cache.hit_kind"] = "exact"
                 attributes["gen_ai.usage.cache_read.input_tokens"] = 0
         spans.emit(tracer, "embeddings", self.identity.model, latency, attributes, error=error)
+
+    def _spend(self, texts: list[str]) -> dict[str, Any]:
+        """The gate's dollar-budget arguments for a provider request (none without budgets).
+
+        Embedding answers carry no usage the frameworks pass on, so the estimate (the
+        texts' estimated tokens at the model's embedding price) is also what is charged.
+        """
+        if not self._budgeted:
+            return {}
+        model = self.identity.model
+        price = self._prices.get(model)
+        if price is None or price.embedding is None:
+            self._prices.embedding_cost(model, 0)  # the one warning per model
+            return {"cost_usd": None, "model": model}
+        tokens = sum(estimate_tokens(t) for t in texts)
+        return {"cost_usd": tokens * price.embedding / 1e6, "model": model}
 
     def _tokens(self, texts: list[str]) -> int:
         """Estimated tokens of a provider request for the gate; 0 without a token budget."""
@@ -734,7 +784,7 @@ class EmbeddingService(ProviderCalls):
             return retry.call(call) if retry is not None else call()
 
         def admitted() -> R:
-            with gate.acquire(tokens=self._tokens(texts)):
+            with gate.acquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
                     return call()
                 except Exception as exc:
@@ -871,7 +921,7 @@ class EmbeddingService(ProviderCalls):
         async def admitted() -> Sequence[Sequence[float]]:
             if gate is None:
                 return await call()
-            async with gate.aacquire(tokens=self._tokens(texts)):
+            async with gate.aacquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
                     return await call()
                 except Exception as exc:

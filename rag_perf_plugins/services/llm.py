@@ -97,6 +97,7 @@ from ..cache import (
 )
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
+from ..cost import current_cost_scope, price_table
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -119,14 +120,39 @@ NAMESPACE: Final = "llm"
 _STREAM_SUFFIX: Final = ":stream"
 _END: Final[Any] = object()
 _UNSTORED: Final[Any] = object()
+# The output limit assumed for a dollar-budget estimate when neither the request nor the
+# price table gives one (tokens).
+_DEFAULT_MAX_OUTPUT: Final = 16_384
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``."""
+    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``.
+
+    ``cached_in`` (input tokens read from the provider's prompt cache), ``cache_write``
+    (input tokens written to it, Anthropic) and ``reasoning`` (output tokens spent on
+    reasoning) are parts of ``tokens_in`` / ``tokens_out``, priced at their own rates.
+    """
 
     tokens_in: int = 0
     tokens_out: int = 0
+    cached_in: int = 0
+    reasoning: int = 0
+    cache_write: int = 0
+
+    def plus(self, other: Usage) -> Usage:
+        """The sum of two usages (the generations of one answer)."""
+        return Usage(
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cached_in + other.cached_in,
+            self.reasoning + other.reasoning,
+            self.cache_write + other.cache_write,
+        )
+
+    def as_list(self) -> list[int]:
+        """The stored form: ``[in, out, cached_in, reasoning, cache_write]``."""
+        return [self.tokens_in, self.tokens_out, self.cached_in, self.reasoning, self.cache_write]
 
     @property
     def total(self) -> int:
@@ -202,6 +228,9 @@ class LLMRequest:
     tool_choice: Any = None
     response_format: Any = None
     seed: int | None = None
+    # The output limit when ``params`` does not carry it (an adapter whose model holds it
+    # in its identity); used for dollar-budget estimates only, never part of the key.
+    output_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -243,18 +272,25 @@ class LLMRequest:
         small over-estimate), plus 3 framing tokens per message; the gate reconciles the
         estimate with the provider's usage afterwards.
         """
+        return self.estimated_input_tokens() + (self.max_output_tokens() or 0)
+
+    def estimated_input_tokens(self) -> int:
+        """Estimated prompt tokens (see :meth:`estimated_tokens`)."""
         total = 3
         messages = self.messages if isinstance(self.messages, list | tuple) else [self.messages]
         for message in messages:
             total += 3 + _string_tokens(message)
         if self.tools:
             total += _string_tokens(self.tools)
+        return total
+
+    def max_output_tokens(self) -> int | None:
+        """The request's output limit (``max_tokens`` or its newer names), or ``None``."""
         for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = self.params.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                total += value
-                break
-        return total
+                return value
+        return self.output_limit
 
 
 def _string_tokens(value: Any) -> int:
@@ -278,6 +314,7 @@ class _Call:
     coalesced: bool = False
     usage: Usage | None = None
     saved: int = 0
+    saved_usage: Usage | None = None  # the replayed answer's usage (hits, coalesced calls)
     queue_wait: float | None = None
     attempts: int = 0
     ttft: float | None = None
@@ -285,6 +322,7 @@ class _Call:
     led: bool = False  # this caller led its single-flight (made the provider call)
     request: LLMRequest | None = None  # for the span: model and provider
     on_cache: Callable[[bool], None] | None = None  # told the cache result at the end
+    scope: str | None = None  # the tenant charged (dollar budgets)
 
 
 @dataclass(slots=True)
@@ -337,10 +375,12 @@ class LLMService(ProviderCalls):
     """
 
     __slots__ = (
+        "_budgeted",
         "_cache",
         "_clock",
         "_flight",
         "_gate",
+        "_prices",
         "_retry",
         "_tracker",
         "config",
@@ -372,6 +412,9 @@ class LLMService(ProviderCalls):
         self._gate = gate
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
+        self._prices = price_table(self.config)
+        # Dollar budgets need the call's estimated cost; only a gate that has some gets it.
+        self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self.operation = operation
         self.namespace = namespace
         self._clock = clock
@@ -423,17 +466,18 @@ class LLMService(ProviderCalls):
         stream: bool,
         control: CacheControl | None,
         on_cache: Callable[[bool], None] | None = None,
+        scope: str | None = None,
     ) -> _Call:
         control = control if control is not None else current_control()
         call = _Call(self._clock(), self._key(request, stream, control), control)
         call.request = request
         call.on_cache = on_cache
+        call.scope = scope if scope is not None else current_cost_scope()
         return call
 
     @staticmethod
     def _entry(kind: str, data: Any, usage: Usage | None) -> dict[str, Any]:
-        u = usage or Usage()
-        return {"kind": kind, "data": data, "usage": [u.tokens_in, u.tokens_out]}
+        return {"kind": kind, "data": data, "usage": (usage or Usage()).as_list()}
 
     @staticmethod
     def _read_entry(kind: str, entry: Any) -> tuple[Any, Usage] | None:
@@ -442,13 +486,13 @@ class LLMService(ProviderCalls):
         raw = entry.get("usage")
         if (
             not isinstance(raw, list)
-            or len(raw) != 2
+            or len(raw) not in (2, 5)  # entries written before cached/reasoning tokens: 2
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in raw)
         ):
             return None
         if kind == "stream" and not isinstance(entry["data"], list):
             return None
-        return entry["data"], Usage(raw[0], raw[1])
+        return entry["data"], Usage(*raw)
 
     def _ttl(self, call: _Call) -> float | None:
         return call.control.ttl or self.config.cache_ttl
@@ -482,9 +526,10 @@ class LLMService(ProviderCalls):
         if call.on_cache is not None and call.cache_hit is not None:
             call.on_cache(call.cache_hit)
         usage = call.usage if call.cache_hit is not True and not call.coalesced else None
+        cost, saved, unknown = self._costs(call, usage, error)
         span_tracer = spans.tracer()
         if span_tracer is not None:
-            self._span(span_tracer, call, usage, error=error)
+            self._span(span_tracer, call, usage, (cost, saved, unknown), error=error)
         tracker = self._tracker
         if not tracker.enabled:
             return
@@ -500,6 +545,10 @@ class LLMService(ProviderCalls):
             tokens_saved=call.saved,
             ttft_s=call.ttft,
             abandoned=call.abandoned,
+            cost_usd=cost,
+            cost_saved_usd=saved,
+            cost_unknown=unknown,
+            model=call.request.model if call.request is not None else None,
         )
         if call.cache_hit is True:
             tracker.incr("cache.hits", operation=operation)
@@ -508,7 +557,43 @@ class LLMService(ProviderCalls):
         if call.coalesced:
             tracker.incr("coalesced", operation=operation)
 
-    def _span(self, tracer: Any, call: _Call, usage: Usage | None, *, error: bool) -> None:
+    def _costs(self, call: _Call, usage: Usage | None, error: bool) -> tuple[float, float, bool]:
+        """USD spent and saved by ``call``, and whether its cost is unknown.
+
+        Spent: the provider's usage of this call at the model's prices. Saved: the stored
+        usage of the answer a hit (or a coalesced call) replays, at the same prices. A
+        model without a price, or a completed provider call that reported no usage, is
+        unknown (never $0). A failed call spent nothing we can see.
+        """
+        request = call.request
+        if request is None:
+            return 0.0, 0.0, False
+        if usage is None and call.saved_usage is None:
+            unknown = not error and call.attempts > 0 and call.cache_hit is not True
+            return 0.0, 0.0, unknown and not call.coalesced
+        u = usage if usage is not None else call.saved_usage
+        assert u is not None
+        cost = self._prices.chat_cost(
+            request.model,
+            u.tokens_in,
+            u.tokens_out,
+            cached_in=u.cached_in,
+            reasoning=u.reasoning,
+            cache_write=u.cache_write,
+        )
+        if cost is None:
+            return 0.0, 0.0, True
+        return (cost, 0.0, False) if usage is not None else (0.0, cost, False)
+
+    def _span(
+        self,
+        tracer: Any,
+        call: _Call,
+        usage: Usage | None,
+        costs: tuple[float, float, bool],
+        *,
+        error: bool,
+    ) -> None:
         """One OpenTelemetry span of this call (see :mod:`rag_perf_plugins.tracking.spans`)."""
         request = call.request
         attributes: dict[str, Any] = {
@@ -519,6 +604,11 @@ class LLMService(ProviderCalls):
             "rag_perf.coalesced": call.coalesced,
             "rag_perf.tokens_saved": call.saved,
         }
+        if costs[2]:
+            attributes["rag_perf.cost.unknown"] = True
+        else:
+            attributes["rag_perf.cost_usd"] = costs[0]
+            attributes["rag_perf.cost_saved_usd"] = costs[1]
         if call.cache_hit is not None:
             attributes["rag_perf.cache.hit"] = call.cache_hit
             if call.cache_hit:
@@ -546,11 +636,57 @@ class LLMService(ProviderCalls):
         call.usage = codec.usage(value)
         if ticket is not None:
             reconcile_ticket(ticket, self._total(call.usage))
+            self._reconcile_cost(ticket, call)
         return value
 
     @staticmethod
     def _total(usage: Usage | None) -> int | None:
         return None if usage is None else usage.total
+
+    def _spend(self, request: LLMRequest, call: _Call) -> dict[str, Any]:
+        """The gate's dollar-budget arguments for ``request`` (none when it has no budgets).
+
+        The estimate is the most the call can cost: its estimated input tokens at the
+        input price and its output limit (``max_tokens``, else the model's
+        ``max_output_tokens`` in the price table, else 16,384) at the dearer of the output
+        and reasoning prices. ``None`` when the model has no price (the gate refuses it).
+        """
+        if not self._budgeted:
+            return {}
+        price = self._prices.get(request.model)
+        if price is None or price.input is None or price.output is None:
+            self._prices.chat_cost(request.model, 0, 0)  # the one warning per model
+            return {"cost_usd": None, "model": request.model, "tenant": call.scope}
+        out = request.max_output_tokens() or price.max_output_tokens or _DEFAULT_MAX_OUTPUT
+        dear_reasoning = price.reasoning is not None and price.reasoning > price.output
+        cost = price.chat_cost(
+            request.estimated_input_tokens(), out, reasoning=out if dear_reasoning else 0
+        )
+        return {"cost_usd": cost, "model": request.model, "tenant": call.scope}
+
+    def _actual_cost(self, call: _Call) -> float | None:
+        """What the provider call of ``call`` cost (USD), for the gate; ``None``: unknown."""
+        usage, request = call.usage, call.request
+        if not self._budgeted or usage is None or request is None:
+            return None
+        return self._prices.chat_cost(
+            request.model,
+            usage.tokens_in,
+            usage.tokens_out,
+            cached_in=usage.cached_in,
+            reasoning=usage.reasoning,
+            cache_write=usage.cache_write,
+        )
+
+    def _reconcile_cost(self, ticket: Any, call: _Call) -> None:
+        cost = self._actual_cost(call)
+        if cost is not None and ticket is not None:
+            ticket.reconcile_cost(cost)
+
+    async def _areconcile_cost(self, ticket: Any, call: _Call) -> None:
+        cost = self._actual_cost(call)
+        if cost is not None and ticket is not None:
+            await ticket.areconcile_cost(cost)
 
     def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
@@ -566,7 +702,7 @@ class LLMService(ProviderCalls):
         except Exception as exc:
             self._corrupt(exc)
             return _MISS
-        call.cache_hit, call.saved = True, found[1].total
+        call.cache_hit, call.saved, call.saved_usage = True, found[1].total, found[1]
         return value
 
     @staticmethod
@@ -578,6 +714,7 @@ class LLMService(ProviderCalls):
             return value
         # A follower of another caller's request: billed nothing, saved what the leader paid.
         call.coalesced, call.saved = True, usage.total if usage is not None else 0
+        call.saved_usage = usage
         return codec.decode(data)
 
     def _passed(self, codec: ChunkCodec[C], chunk: C, call: _Call, tee: _Tee) -> C:
@@ -592,6 +729,7 @@ class LLMService(ProviderCalls):
         """A live stream ran to its end: its usage, reconciled; the chunks to store, if any."""
         call.usage = codec.usage(tee.live)
         reconcile_ticket(ticket, self._total(call.usage))
+        self._reconcile_cost(ticket, call)
         return tee.recorded if call.control.write else None
 
     @staticmethod
@@ -637,6 +775,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> T:
         """The answer to ``request``: from the cache, another caller's flight, or ``call()``.
 
@@ -650,8 +789,11 @@ class LLMService(ProviderCalls):
         ``on_cache`` (all four methods): called once with ``True`` (hit) or ``False`` (miss,
         coalesced onto another caller's request included) when the call ends, if the cache
         was consulted; adapters pass it to tell a framework run what happened.
+
+        ``cost_scope`` (all four methods): the tenant or user the call is charged to in the
+        dollar budgets; ``None``: the :func:`~rag_perf_plugins.cost.cost_scope` in effect.
         """
-        state = self._begin(request, False, control, on_cache)
+        state = self._begin(request, False, control, on_cache, cost_scope)
         op = self.operation
         try:
             value = self._generate(request, call, codec, state)
@@ -709,13 +851,14 @@ class LLMService(ProviderCalls):
     ) -> T:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, call(), None, state)
-            with gate.acquire(tokens=tokens) as ticket:
+            with gate.acquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = call()
@@ -724,6 +867,7 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 reconcile_ticket(ticket, self._total(state.usage))
+                self._reconcile_cost(ticket, state)
                 return value
 
         return retry.call(attempt) if retry is not None else attempt()
@@ -738,6 +882,7 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], T] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> T:
         """Async twin of :meth:`generate`; never blocks the event loop (cache I/O included).
 
@@ -749,9 +894,15 @@ class LLMService(ProviderCalls):
         """
         if blocking is not None and not self.config.async_enabled:
             return await run_blocking(
-                self.generate, request, blocking, codec, control=control, on_cache=on_cache
+                self.generate,
+                request,
+                blocking,
+                codec,
+                control=control,
+                on_cache=on_cache,
+                cost_scope=cost_scope if cost_scope is not None else current_cost_scope(),
             )
-        state = self._begin(request, False, control, on_cache)
+        state = self._begin(request, False, control, on_cache, cost_scope)
         op = self.operation
         try:
             value = await self._agenerate(request, call, codec, state)
@@ -807,13 +958,14 @@ class LLMService(ProviderCalls):
     ) -> T:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         async def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, await call(), None, state)
-            async with gate.aacquire(tokens=tokens) as ticket:
+            async with gate.aacquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = await call()
@@ -822,6 +974,7 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 await areconcile_ticket(ticket, self._total(state.usage))
+                await self._areconcile_cost(ticket, state)
                 return value
 
         return await retry.acall(attempt) if retry is not None else await attempt()
@@ -835,6 +988,7 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> Generator[C, None, None]:
         """Chunks of the answer: replayed from the cache, or teed from ``open_stream()``.
 
@@ -842,7 +996,7 @@ class LLMService(ProviderCalls):
         returned generator (or stop iterating and drop it) to abandon the stream: the
         provider stream is closed and nothing is stored.
         """
-        state = self._begin(request, True, control, on_cache)
+        state = self._begin(request, True, control, on_cache, cost_scope)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -894,6 +1048,7 @@ class LLMService(ProviderCalls):
     ) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
             state.attempts += 1
@@ -901,7 +1056,7 @@ class LLMService(ProviderCalls):
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = stack.enter_context(gate.acquire(tokens=tokens))
+                    ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
                 self._admitted(ticket, state)
                 chunks_in = iter(open_stream())
                 stack.callback(_close_quietly, chunks_in)
@@ -929,6 +1084,7 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], Iterator[C]] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
     ) -> AsyncGenerator[C, None]:
         """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
 
@@ -940,14 +1096,17 @@ class LLMService(ProviderCalls):
         the chunks come from :meth:`stream` with it, each read in a worker thread.
         """
         if blocking is not None and not self.config.async_enabled:
+            scope = cost_scope if cost_scope is not None else current_cost_scope()
             threaded = iterate_blocking(
-                lambda: self.stream(request, blocking, codec, control=control, on_cache=on_cache)
+                lambda: self.stream(
+                    request, blocking, codec, control=control, on_cache=on_cache, cost_scope=scope
+                )
             )
             async with contextlib.aclosing(threaded):
                 async for chunk in threaded:
                     yield chunk
             return
-        state = self._begin(request, True, control, on_cache)
+        state = self._begin(request, True, control, on_cache, cost_scope)
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -975,6 +1134,7 @@ class LLMService(ProviderCalls):
             raise
         chunks = self._ended(codec, tee, None, state)
         await areconcile_ticket(ticket, self._total(state.usage))
+        await self._areconcile_cost(ticket, state)
         await stack.__aexit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
             await self._aput(cache, key, "stream", chunks, state, request.model)
@@ -989,6 +1149,7 @@ class LLMService(ProviderCalls):
     ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
         gate, retry = self._gate, self._retry
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         async def attempt() -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
             state.attempts += 1
@@ -996,7 +1157,7 @@ class LLMService(ProviderCalls):
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = await stack.enter_async_context(gate.aacquire(tokens=tokens))
+                    ticket = await stack.enter_async_context(gate.aacquire(tokens=tokens, **spend))
                 self._admitted(ticket, state)
                 chunks_in = aiter(open_stream())
                 stack.push_async_callback(_aclose_quietly, chunks_in)

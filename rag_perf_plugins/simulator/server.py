@@ -26,11 +26,12 @@ reads it) and ``retry-after-ms``.
 Provider headers: Anthropic answers carry ``anthropic-ratelimit-{requests,tokens}-{limit,
 remaining,reset}`` (reset as an RFC 3339 time) for the limits that are set, and its errors
 use Anthropic's envelope (``rate_limit_error`` 429, ``overloaded_error`` 529, the latter
-drawn with ``overload_rate`` and sent with ``retry_after_s`` as ``Retry-After``). Azure answers always carry
-``x-ratelimit-remaining-{requests,tokens}`` and ``x-ratelimit-reset-{requests,tokens}``
-(seconds); for a limit that is not set they send ``-1`` and ``0``, as Azure does for
-deployments without that quota. ``limit_scope`` (``account`` or ``model``) says whether
-one budget covers every model and route or each model / deployment has its own.
+drawn with ``overload_rate`` and sent with ``retry_after_s`` as ``Retry-After``). Azure
+answers always carry ``x-ratelimit-remaining-{requests,tokens}`` and
+``x-ratelimit-reset-{requests,tokens}`` (seconds); for a limit that is not set they send
+``-1`` and ``0``, as Azure does for deployments without that quota. ``limit_scope``
+(``account`` or ``model``) says whether one budget covers every model and route or each
+model / deployment has its own.
 
 It listens on 127.0.0.1 only, with no authentication (any API key is accepted). Built on
 aiohttp's low-level :class:`aiohttp.web.Server`, whose protocol hooks give an exact count
@@ -40,6 +41,7 @@ of TCP connections accepted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import math
@@ -53,13 +55,21 @@ from aiohttp import web
 from .._clock import Clock, monotonic
 from .anthropic import (
     MessagesRequest,
-    PromptCache,
     anthropic_error_body,
     message_body,
     message_events,
     parse_messages,
 )
-from .chat import ChatInputError, ChatPlan, ChatRequest, completion_body, plan_chat, stream_events
+from .anthropic import PromptCache as MessagesPromptCache
+from .chat import (
+    ChatInputError,
+    ChatPlan,
+    ChatRequest,
+    PromptCache,
+    completion_body,
+    plan_chat,
+    stream_events,
+)
 from .embeddings import KNOWN_MODELS, Embedder, EmbeddingInputError
 from .limits import FaultDice, Roll, TokenBucket, format_reset
 from .options import SimulatorOptions
@@ -175,10 +185,11 @@ class Simulator:
         self._sleep = sleep
         self._stats = SimulatorStats()
         self._embedder = Embedder(default_dim=self.options.embedding_dim)
+        self._prompt_cache = PromptCache()
         self._dice = FaultDice(self.options)
         self._budgets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] = {}
         self._rpm, self._tpm = self._budget("")
-        self._prompt_cache = PromptCache()
+        self._messages_cache = MessagesPromptCache()
         self._ids = itertools.count(1)
         self._runner: web.ServerRunner | None = None
         self._port: int | None = None
@@ -559,7 +570,7 @@ class Simulator:
             json.dumps(model).encode(),
             b'{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens),
         )
-        self._stats.tokens(embedding=tokens, inputs=len(inputs))
+        self._stats.tokens(embedding=tokens, inputs=len(inputs), model=model)
         return await self._send_json(request, body, roll, model, style)
 
     @staticmethod
@@ -600,15 +611,24 @@ class Simulator:
         self, request: web.BaseRequest, payload: Any, roll: Roll, style: str = _STYLE_OPENAI
     ) -> web.StreamResponse | None:
         try:
-            plan = plan_chat(ChatRequest.parse(payload), sample=roll.sample)
+            chat = ChatRequest.parse(payload)
+            plan = plan_chat(chat, sample=roll.sample)
         except ChatInputError as exc:
             raise _Refused(400, _error_body(str(exc), "invalid_request_error")) from None
         self._admit_budget(plan.total_tokens, plan.model)
         self._fail_injected(roll, style)
+        cached = self._prompt_cache.cached_tokens(chat)
+        if cached:
+            plan = dataclasses.replace(plan, cached_tokens=min(cached, plan.prompt_tokens))
         completion_id = f"chatcmpl-sim{next(self._ids):08x}"
         created = int(time.time())
         self._stats.tokens(
-            prompt=plan.prompt_tokens, completion=plan.completion_tokens, stream=plan.stream
+            prompt=plan.prompt_tokens,
+            completion=plan.completion_tokens,
+            stream=plan.stream,
+            model=plan.model,
+            cached=plan.cached_tokens,
+            reasoning=plan.reasoning_tokens,
         )
         if plan.stream:
             events = stream_events(plan, completion_id, created=created)
@@ -636,9 +656,13 @@ class Simulator:
         self._admit_budget(plan.total_tokens, plan.model)
         self._fail_injected(roll, _STYLE_ANTHROPIC)
         message_id = f"msg_sim{next(self._ids):08x}"
-        cache = self._prompt_cache.use(parsed)
+        cache = self._messages_cache.use(parsed)
         self._stats.tokens(
-            prompt=plan.prompt_tokens, completion=plan.completion_tokens, stream=plan.stream
+            prompt=plan.prompt_tokens,
+            completion=plan.completion_tokens,
+            stream=plan.stream,
+            model=plan.model,
+            cached=cache[1],
         )
         if plan.stream:
             events = message_events(plan, parsed, message_id, cache=cache)

@@ -19,6 +19,8 @@ from typing import Any
 
 __all__ = ["SimulatorStats"]
 
+_PER_MODEL = ("prompt", "cached", "completion", "reasoning", "embedding")
+
 
 class SimulatorStats:
     """Counters of one simulator: requests, connections, concurrency, 429s, faults, tokens.
@@ -44,11 +46,16 @@ class SimulatorStats:
     - ``tokens_total`` = ``prompt_tokens_total`` + ``completion_tokens_total`` +
       ``embedding_tokens_total``: tokens of every answer the simulator started to send
       (truncated ones included, refused ones not).
+    - ``cached_tokens_total`` (of the prompt tokens, read from the prompt cache) and
+      ``reasoning_tokens_total`` (of the completion tokens, spent reasoning).
+    - ``tokens_by_model``: model -> ``prompt``, ``cached``, ``completion``, ``reasoning``,
+      ``embedding`` tokens (the same counts, per model asked for).
     - ``embedding_inputs_total`` (texts embedded), ``streams_total`` (streamed answers).
     """
 
     __slots__ = (
         "_by_endpoint",
+        "_by_model",
         "_by_status",
         "_counts",
         "_faults_by_kind",
@@ -66,7 +73,9 @@ class SimulatorStats:
         "rate_limited_total",
         "errors_injected_total",
         "prompt_tokens_total",
+        "cached_tokens_total",
         "completion_tokens_total",
+        "reasoning_tokens_total",
         "embedding_tokens_total",
         "embedding_inputs_total",
         "streams_total",
@@ -79,6 +88,7 @@ class SimulatorStats:
         self._counts: dict[str, int] = {}
         self._by_endpoint: dict[str, int] = {}
         self._by_status: dict[int, int] = {}
+        self._by_model: dict[str, dict[str, int]] = {}
         self._limited_by_reason: dict[str, int] = {}
         self._faults_by_kind: dict[str, int] = {}
         self._peak = 0
@@ -90,6 +100,7 @@ class SimulatorStats:
             self._counts = dict.fromkeys(self._COUNTS, 0)
             self._by_endpoint = {}
             self._by_status = {}
+            self._by_model = {}
             self._limited_by_reason = {}
             self._faults_by_kind = {}
             self._peak = self._inflight
@@ -144,15 +155,33 @@ class SimulatorStats:
         embedding: int = 0,
         inputs: int = 0,
         stream: bool = False,
+        model: str | None = None,
+        cached: int = 0,
+        reasoning: int = 0,
     ) -> None:
-        """Tokens of an answer being sent (and texts embedded, streams started)."""
+        """Tokens of an answer being sent (and texts embedded, streams started).
+
+        ``cached`` and ``reasoning`` are parts of ``prompt`` and ``completion``; with
+        ``model`` the tokens are also counted per model (``tokens_by_model``).
+        """
         with self._lock:
             c = self._counts
             c["prompt_tokens_total"] += prompt
+            c["cached_tokens_total"] += cached
             c["completion_tokens_total"] += completion
+            c["reasoning_tokens_total"] += reasoning
             c["embedding_tokens_total"] += embedding
             c["embedding_inputs_total"] += inputs
             c["streams_total"] += stream
+            if model is not None:
+                per = self._by_model.get(model)
+                if per is None:
+                    per = self._by_model[model] = dict.fromkeys(_PER_MODEL, 0)
+                per["prompt"] += prompt
+                per["cached"] += cached
+                per["completion"] += completion
+                per["reasoning"] += reasoning
+                per["embedding"] += embedding
 
     def snapshot(self) -> dict[str, Any]:
         """A plain, JSON-ready dict of every count (see the class docstring for the keys)."""
@@ -171,6 +200,7 @@ class SimulatorStats:
                 "rate_limited_by_reason": dict(self._limited_by_reason),
                 "errors_injected_total": c.pop("errors_injected_total"),
                 "faults_by_kind": dict(self._faults_by_kind),
+                "tokens_by_model": {m: dict(v) for m, v in sorted(self._by_model.items())},
             }
         out["tokens_total"] = (
             c["prompt_tokens_total"] + c["completion_tokens_total"] + c["embedding_tokens_total"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import socket
 import sqlite3
@@ -47,16 +48,25 @@ from rag_perf_plugins import (
 )
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy
+from rag_perf_plugins.admission.spend import LocalSpendStore
 from rag_perf_plugins.cache.manager import default_cache_dir
 from rag_perf_plugins.cache.redis_tier import RedisTier
 from rag_perf_plugins.cache.tiers import DiskTier
-from rag_perf_plugins.errors import DeadlineExceeded, Overloaded, PoolTimeout, ProviderError
+from rag_perf_plugins.cost import price_table
+from rag_perf_plugins.errors import (
+    BudgetExceeded,
+    DeadlineExceeded,
+    Overloaded,
+    PoolTimeout,
+    ProviderError,
+)
 from rag_perf_plugins.pool.http import HttpClientRegistry
 from rag_perf_plugins.redis.client import RedisUnavailable
 from rag_perf_plugins.services import Usage
 from rag_perf_plugins.services.defaults import default_gate
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.tracking import (
+    NULL_TRACKER,
     PerformanceTracker,
     get_performance_tracker,
     set_performance_tracker,
@@ -743,6 +753,62 @@ def throughput_and_process_window(ctx: Ctx, config: PerformanceConfig) -> tuple[
     return throughput, window
 
 
+# --- cost -------------------------------------------------------------------------------
+def price_file(ctx: Ctx) -> str:
+    """A price file with gpt-4o-mini at $2 per million input and output tokens."""
+    path = ctx.tmp_path / f"prices-{next(ctx._names)}.json"
+    entry = {"input": 2.0, "output": 2.0, "as_of": "2026-12-01", "source": "test"}
+    path.write_text(json.dumps({"models": {"gpt-4o-mini": entry}}))
+    return str(path)
+
+
+def million_input_tokens_cost(ctx: Ctx, config: PerformanceConfig) -> float | None:
+    return price_table(config).chat_cost("gpt-4o-mini", 1_000_000, 0)
+
+
+DAY_START = 20_834 * 86_400.0  # a UTC midnight: every minute, hour and day window starts here
+
+
+def admitted_of_five(spacing_s: float) -> Observe:
+    """How many of five $0.30 calls, ``spacing_s`` apart, a gate admits."""
+
+    def observe(ctx: Ctx, config: PerformanceConfig) -> int:
+        wall = [DAY_START]
+        gate = AdmissionGate(
+            config,
+            key=ctx.unique("usd"),
+            tracker=NULL_TRACKER,
+            spend_store=LocalSpendStore(),
+            wall_clock=lambda: wall[0],
+        )
+        admitted = 0
+        for _ in range(5):
+            try:
+                with gate.acquire(cost_usd=0.3):
+                    admitted += 1
+            except BudgetExceeded:
+                pass
+            wall[0] += spacing_s
+        return admitted
+
+    return observe
+
+
+def two_tenants_admitted(ctx: Ctx, config: PerformanceConfig) -> tuple[bool, bool]:
+    """Whether tenant a's and then tenant b's $0.60 call are admitted under $1/minute."""
+    gate = AdmissionGate(
+        config, key=ctx.unique("usd"), tracker=NULL_TRACKER, spend_store=LocalSpendStore()
+    )
+    out = []
+    for tenant in ("a", "b"):
+        try:
+            with gate.acquire(cost_usd=0.6, tenant=tenant):
+                out.append(True)
+        except BudgetExceeded:
+            out.append(False)
+    return out[0], out[1]
+
+
 # --- the table ----------------------------------------------------------------------------
 MEMORY_ONLY = {"cache_disk_enabled": False}
 
@@ -964,6 +1030,25 @@ EFFECTS: dict[str, Effect] = {
         1, "a priority-0 query's answer while another holds the one slot",
         second_query_while_one_runs(priority=0), "second from 4 passages", "Overloaded",
         {"max_concurrent_requests": 1},
+    ),
+    # --- cost ---
+    "price_table_path": Effect(
+        price_file, "USD of a million gpt-4o-mini input tokens", million_input_tokens_cost,
+        0.15, 2.0,
+    ),
+    "budget_usd_per_minute": Effect(
+        1.0, "$0.30 calls admitted of five at once", admitted_of_five(0.0), 5, 3,
+    ),
+    "budget_usd_per_hour": Effect(
+        1.0, "$0.30 calls admitted of five ten minutes apart", admitted_of_five(600.0), 5, 3,
+    ),
+    "budget_usd_per_day": Effect(
+        1.0, "$0.30 calls admitted of five three hours apart", admitted_of_five(10_800.0),
+        5, 3,
+    ),
+    "budget_scopes": Effect(
+        "tenant", "tenant a's then tenant b's $0.60 call admitted, under $1/minute",
+        two_tenants_admitted, (True, False), (True, True), {"budget_usd_per_minute": 1.0},
     ),
     # --- statistics ---
     "metrics_window_seconds": Effect(

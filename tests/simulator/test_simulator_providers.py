@@ -13,7 +13,7 @@ from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.simulator import Simulator, SimulatorOptions
 from rag_perf_plugins.simulator.testing import SimulatorFactory
 
-CLAUDE = "claude-3-5-haiku-latest"
+CLAUDE = "claude-sonnet-4-5"
 CONTEXT = "Paris is the capital of France.\n\nBerlin is the capital of Germany."
 SYSTEM: list[Any] = [{"type": "text", "text": CONTEXT, "cache_control": {"type": "ephemeral"}}]
 ASK: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]

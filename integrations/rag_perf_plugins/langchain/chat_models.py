@@ -80,7 +80,7 @@ from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLi
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .callbacks import cache_listener
-from .control import control_from_metadata
+from .control import control_from_metadata, scope_from_metadata
 
 __all__ = ["PerfChatModel", "plain", "request_of"]
 
@@ -179,7 +179,31 @@ def _usage_of(message: BaseMessage) -> Usage | None:
     usage = getattr(message, "usage_metadata", None)
     if not usage:
         return None
-    return Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+    details_in = usage.get("input_token_details") or {}
+    details_out = usage.get("output_token_details") or {}
+    return Usage(
+        int(usage.get("input_tokens", 0) or 0),
+        int(usage.get("output_tokens", 0) or 0),
+        cached_in=int(details_in.get("cache_read", 0) or 0),
+        reasoning=int(details_out.get("reasoning", 0) or 0),
+        cache_write=int(details_in.get("cache_creation", 0) or 0),
+    )
+
+
+def _openai_usage(token_usage: Mapping[str, Any]) -> Usage:
+    """An OpenAI ``usage`` object (``llm_output["token_usage"]``) as a :class:`Usage`."""
+    details_in = token_usage.get("prompt_tokens_details") or {}
+    details_out = token_usage.get("completion_tokens_details") or {}
+    return Usage(
+        int(token_usage.get("prompt_tokens", 0) or 0),
+        int(token_usage.get("completion_tokens", 0) or 0),
+        cached_in=int(details_in.get("cached_tokens", 0) or 0)
+        if isinstance(details_in, dict)
+        else 0,
+        reasoning=(
+            int(details_out.get("reasoning_tokens", 0) or 0) if isinstance(details_out, dict) else 0
+        ),
+    )
 
 
 _ZERO_USAGE: Final = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
@@ -232,17 +256,11 @@ class _ResultCodec:
         for generation in value.generations:
             found = _usage_of(generation.message)
             if found is not None:
-                total = Usage(
-                    (total.tokens_in if total else 0) + found.tokens_in,
-                    (total.tokens_out if total else 0) + found.tokens_out,
-                )
+                total = found if total is None else total.plus(found)
         if total is None and isinstance(value.llm_output, dict):
             token_usage = value.llm_output.get("token_usage") or {}
             if isinstance(token_usage, dict) and token_usage:
-                total = Usage(
-                    int(token_usage.get("prompt_tokens", 0) or 0),
-                    int(token_usage.get("completion_tokens", 0) or 0),
-                )
+                total = _openai_usage(token_usage)
         return total
 
 
@@ -260,10 +278,11 @@ class _ChunkCodec:
         return ChatGenerationChunk(message=message, generation_info=data["info"])
 
     def usage(self, chunks: Sequence[ChatGenerationChunk]) -> Usage | None:
-        found = [u for u in (_usage_of(c.message) for c in chunks) if u is not None]
-        if not found:
-            return None
-        return Usage(sum(u.tokens_in for u in found), sum(u.tokens_out for u in found))
+        total: Usage | None = None
+        for found in (_usage_of(c.message) for c in chunks):
+            if found is not None:
+                total = found if total is None else total.plus(found)
+        return total
 
 
 def _field_names(cls: type[BaseModel] | None) -> list[str]:
@@ -462,6 +481,7 @@ class PerfChatModel(BaseChatModel):
             call,
             _RESULTS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             on_cache=cache_listener(run_manager),
         )
 
@@ -488,6 +508,7 @@ class PerfChatModel(BaseChatModel):
             call,
             _RESULTS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             blocking=blocking,
             on_cache=cache_listener(run_manager),
         )
@@ -512,6 +533,7 @@ class PerfChatModel(BaseChatModel):
             open_stream,
             _CHUNKS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             on_cache=cache_listener(run_manager),
         )
         with contextlib.closing(stream):
@@ -538,6 +560,7 @@ class PerfChatModel(BaseChatModel):
             open_stream,
             _CHUNKS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             blocking=blocking,
             on_cache=cache_listener(run_manager),
         )
@@ -560,6 +583,11 @@ class PerfChatModel(BaseChatModel):
 def _control(run_manager: Any) -> CacheControl | None:
     metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
     return control_from_metadata(metadata)
+
+
+def _scope(run_manager: Any) -> str | None:
+    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
+    return scope_from_metadata(metadata)
 
 
 def _repoint(runnable: Any, old: BaseChatModel, new: BaseChatModel, replaced: list[bool]) -> Any:

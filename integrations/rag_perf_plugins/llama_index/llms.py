@@ -47,7 +47,7 @@ import hashlib
 import inspect
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -81,6 +81,22 @@ from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .embeddings import CACHE_KWARG
+
+COST_SCOPE_KWARG = "cost_scope"
+
+
+def _output_limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _cost_scope(kwargs: dict[str, Any]) -> str | None:
+    """A call's ``cost_scope="tenant-42"`` keyword (dollar budgets), taken out of ``kwargs``."""
+    scope = kwargs.pop(COST_SCOPE_KWARG, None)
+    if scope is not None and (not isinstance(scope, str) or not scope):
+        msg = f"{COST_SCOPE_KWARG} must be a non-empty string, got {scope!r}"
+        raise ValueError(msg)
+    return scope
+
 
 __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
 
@@ -150,11 +166,34 @@ def _plain_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if isinstance(k, str) and _plain(v)}
 
 
-def _usage_of(extra: dict[str, Any]) -> Usage | None:
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def _token_details(raw: Any) -> tuple[int, int]:
+    """Cached input and reasoning tokens in a raw OpenAI answer or chunk (0 when absent)."""
+    usage = _field(raw, "usage") if raw is not None else None
+    if usage is None:
+        return 0, 0
+    cached = _field(_field(usage, "prompt_tokens_details"), "cached_tokens")
+    reasoning = _field(_field(usage, "completion_tokens_details"), "reasoning_tokens")
+    return (
+        cached if isinstance(cached, int) else 0,
+        reasoning if isinstance(reasoning, int) else 0,
+    )
+
+
+def _usage_of(extra: dict[str, Any], raw: Any = None) -> Usage | None:
     p, c = extra.get("prompt_tokens"), extra.get("completion_tokens")
     if not isinstance(p, int) and not isinstance(c, int):
         return None
-    return Usage(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    cached, reasoning = _token_details(raw)
+    return Usage(
+        p if isinstance(p, int) else 0,
+        c if isinstance(c, int) else 0,
+        cached_in=cached,
+        reasoning=reasoning,
+    )
 
 
 def _raw_usage(raw: Any) -> Usage | None:
@@ -176,11 +215,17 @@ def _raw_usage(raw: Any) -> Usage | None:
     out = usage.get("output_tokens")
     if not isinstance(counts[0], int) and not isinstance(out, int):
         return None
-    return Usage(sum(c for c in counts if isinstance(c, int)), out if isinstance(out, int) else 0)
+    read, write = (c if isinstance(c, int) else 0 for c in counts[1:])
+    return Usage(
+        sum(c for c in counts if isinstance(c, int)),
+        out if isinstance(out, int) else 0,
+        cached_in=read,
+        cache_write=write,
+    )
 
 
 def _response_usage(value: ChatResponse | CompletionResponse) -> Usage | None:
-    found = _usage_of(value.additional_kwargs)
+    found = _usage_of(value.additional_kwargs, value.raw)
     return found if found is not None else _raw_usage(value.raw)
 
 
@@ -189,10 +234,15 @@ def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage | None:
-    found = [u for u in (_usage_of(c.additional_kwargs) for c in chunks) if u is not None]
+    found = [u for u in (_usage_of(c.additional_kwargs, c.raw) for c in chunks) if u is not None]
     if not found:
         return None
-    return Usage(max(u.tokens_in for u in found), max(u.tokens_out for u in found))
+    return Usage(
+        max(u.tokens_in for u in found),
+        max(u.tokens_out for u in found),
+        cached_in=max(u.cached_in for u in found),
+        reasoning=max(u.reasoning for u in found),
+    )
 
 
 class _ChatCodec:
@@ -536,12 +586,14 @@ class PerfLLM(LLM):
             tool_choice=kwargs.get("tool_choice"),
             response_format=kwargs.get("response_format"),
             seed=kwargs.get("seed"),
+            output_limit=_output_limit(kwargs.get("max_tokens", identity.get("max_tokens"))),
         )
 
     # --- chat ---------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("chat"), self._inner
         response: ChatResponse = self._service.generate(
@@ -549,12 +601,14 @@ class PerfLLM(LLM):
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
         )
         return _mark(response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("achat"), self._inner
         sync_impl = self._impl("chat")
@@ -563,6 +617,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, messages, **kwargs),
         )
         return _mark(response)
@@ -570,6 +625,7 @@ class PerfLLM(LLM):
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Streamed chat: replayed chunk by chunk from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_chat"), self._inner
         return _marked_sync(
@@ -578,6 +634,7 @@ class PerfLLM(LLM):
                 lambda: impl(inner, messages, **kwargs),
                 _ChatChunkCodec(),
                 control=control,
+                cost_scope=scope,
             )
         )
 
@@ -586,6 +643,7 @@ class PerfLLM(LLM):
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_chat"), self._inner
         sync_impl = self._impl("stream_chat")
@@ -600,6 +658,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _ChatChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, messages, **kwargs),
             )
         )
@@ -608,6 +667,7 @@ class PerfLLM(LLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Completion, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("complete"), self._inner
         response: CompletionResponse = self._service.generate(
@@ -615,6 +675,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
         )
         return _mark(response)
 
@@ -623,6 +684,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("acomplete"), self._inner
         sync_impl = self._impl("complete")
@@ -631,6 +693,7 @@ class PerfLLM(LLM):
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
         )
         return _mark(response)
@@ -640,6 +703,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Streamed completion: replayed from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_complete"), self._inner
         return _marked_sync(
@@ -648,6 +712,7 @@ class PerfLLM(LLM):
                 lambda: impl(inner, prompt, formatted, **kwargs),
                 _CompletionChunkCodec(),
                 control=control,
+                cost_scope=scope,
             )
         )
 
@@ -656,6 +721,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_complete"), self._inner
         sync_impl = self._impl("stream_complete")
@@ -670,6 +736,7 @@ class PerfLLM(LLM):
                 open_stream,
                 _CompletionChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
             )
         )

@@ -155,8 +155,9 @@ def test_label_values_do_not_grow_with_input(
     traffic("second", 20)  # other prompts, texts, queries: no new label value
     after = _labels(to_prometheus(tracker))
     assert after == before
+    # model: the models called (bounded, 50 then _other); kind: spent or saved.
     assert set(after) <= {"operation", "cache", "direction", "event", "gate", "client",
-                          "state", "reason", "tier"}  # fmt: skip
+                          "state", "reason", "tier", "model", "kind"}  # fmt: skip
 
 
 def test_operation_names_past_the_bound_fold_into_other() -> None:
