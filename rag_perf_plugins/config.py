@@ -389,6 +389,60 @@ class PerformanceConfig:
         gt=0,
     )
 
+    # --- circuit breakers and fallbacks -------------------------------------------------
+    breaker_enabled: bool | None = _opt(
+        None,
+        "Circuit breaker per provider target (provider, model, API-key fingerprint): "
+        "true on, false off, null on only for models given fallbacks. Shared by every "
+        "process through Redis when redis_url is set.",
+    )
+    breaker_failure_ratio: float = _opt(
+        0.5,
+        "Share of failed calls (429, 5xx, timeouts; not other 4xx) in the window that "
+        "opens a breaker.",
+        unit="ratio",
+        gt=0,
+        le=1,
+    )
+    breaker_min_calls: int = _opt(
+        10,
+        "Calls that must have ended in the window before a breaker may open.",
+        unit="calls",
+        ge=1,
+    )
+    breaker_window: float = _opt(
+        10.0,
+        "Sliding window over which a breaker counts failures (a full outage trips it once "
+        "failures are breaker_failure_ratio of the window's calls: about half of it).",
+        unit="seconds",
+        gt=0,
+    )
+    breaker_cooldown: float = _opt(
+        5.0,
+        "How long an open breaker refuses calls before letting probes through; a later "
+        "opening never shortens it.",
+        unit="seconds",
+        gt=0,
+    )
+    breaker_probes: int = _opt(
+        1,
+        "Probe calls let through by a half-open breaker; all must succeed to close it.",
+        unit="calls",
+        ge=1,
+    )
+    breaker_consecutive_failures: int | None = _opt(
+        5,
+        "Failures in a row (no success between) that open a breaker at once, whatever the "
+        "window's ratio; catches a sudden outage of a busy target. Null: only the ratio.",
+        unit="calls",
+        ge=1,
+    )
+    cache_fallback_answers: bool = _opt(
+        False,
+        "Let an answer produced by a fallback model answer later requests for the primary "
+        "model from the cache (it is always cached under the fallback's own key).",
+    )
+
     # --- batching ---------------------------------------------------------------------
     max_wait_time: float = _opt(
         0.005,

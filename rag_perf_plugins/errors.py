@@ -15,6 +15,8 @@ Config errors also derive from :class:`ValueError`, and timeouts from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "BudgetExceeded",
     "CacheError",
@@ -25,6 +27,7 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "ProviderError",
+    "ProviderUnavailable",
     "RagPerfError",
     "RetryBudgetExhausted",
     "UnkeyableArgument",
@@ -154,6 +157,31 @@ class ProviderError(RagPerfError):
         super().__init__(message)
         self.status_code = status_code
         self.retry_after = retry_after
+
+
+class ProviderUnavailable(RagPerfError):
+    """No target of a call could take it: every breaker open, or every target failed.
+
+    The message names each target with its state and when it may be tried again, e.g.
+    ``no provider can take the call: openai/gpt-4o-mini/k-3f9a open (retry in 3.2 s);
+    azure/gpt-4o-mini/k-77c1 half_open (probe in flight, retry in 1.0 s)``.
+
+    Attributes:
+        targets: ``(name, state, retry_in seconds)`` of each target, in chain order.
+        retry_in: The shortest ``retry_in`` (seconds).
+    """
+
+    def __init__(self, targets: Sequence[tuple[str, str, float]], *, reason: str = "") -> None:
+        parts = []
+        for name, state, retry_in in targets:
+            note = "probe in flight, " if state == "half_open" else ""
+            parts.append(f"{name} {state} ({note}retry in {retry_in:.1f} s)")
+        message = "no provider can take the call: " + "; ".join(parts)
+        if reason:
+            message += f" ({reason})"
+        super().__init__(message)
+        self.targets = list(targets)
+        self.retry_in = min((t[2] for t in targets), default=0.0)
 
 
 class PoolError(RagPerfError):

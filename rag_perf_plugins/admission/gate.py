@@ -396,6 +396,14 @@ class AdmissionGate:
             seconds = self._count_pause(seconds)
             await self._store.apause(self.key, self.limits, seconds=seconds, now=self._clock())
 
+    def paused_for(self) -> float:
+        """Seconds this key stays paused by a provider's ``Retry-After`` (0 when not paused)."""
+        return self._store.paused_for(self.key, now=self._clock())
+
+    async def apaused_for(self) -> float:
+        """Async :meth:`paused_for` (a Redis store is not waited on from the event loop)."""
+        return await self._store.apaused_for(self.key, now=self._clock())
+
     def observe_response(self, status: int, headers: Mapping[str, str] | None) -> None:
         """Learn from a provider answer: pause on 429 + Retry-After, follow remaining budgets.
 

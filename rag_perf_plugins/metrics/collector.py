@@ -191,6 +191,25 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
     "rag_perf_redis_breaker_trips_total": (
         "counter", (), "trips", "Times a Redis circuit breaker opened.",
     ),
+    "rag_perf_breaker_state": (
+        "gauge", ("target",), "state",
+        "Circuit breaker of a provider target: 0 closed, 1 half-open, 2 open.",
+    ),
+    "rag_perf_breaker_transitions_total": (
+        "counter", ("target", "to"), "transitions",
+        "Breaker transitions seen by this process: opened, reopened, half_open, closed.",
+    ),
+    "rag_perf_breaker_open_seconds_total": (
+        "counter", ("target",), "seconds", "Time a breaker was not closed, summed as it closes.",
+    ),
+    "rag_perf_target_calls_total": (
+        "counter", ("target",), "calls", "Calls a breaker let through to a target.",
+    ),
+    "rag_perf_failovers_total": (
+        "counter", ("target", "reason"), "calls",
+        "Calls moved past a target: open, rate_limited, server_error, timeout, connection, "
+        "gate, paused, same_rate_limit_scope.",
+    ),
     "process_resident_memory_bytes": (
         "gauge", (), "bytes", "Resident memory size of this process.",
     ),
@@ -198,6 +217,9 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
         "counter", (), "seconds", "User and system CPU time of this process.",
     ),
 }  # fmt: skip
+
+
+_STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
 class _Op:
@@ -334,6 +356,7 @@ class TrackerCollector(Collector):
         self._gates = _Bound(50)
         self._models = _Bound(50)
         self._clients = _Bound(50)
+        self._targets = _Bound(50)
 
     @property
     def live(self) -> bool:
@@ -504,6 +527,33 @@ class TrackerCollector(Collector):
         breakers = client.live_breakers() if client is not None else []
         add("rag_perf_redis_breaker_open", [], float(sum(b.state == "open" for b in breakers)))
         add("rag_perf_redis_breaker_trips_total", [], float(sum(b.trips for b in breakers)))
+        resilience = sys.modules.get("rag_perf_plugins.resilience.breakers")
+        # Summed per label: one target may have breakers of several settings, and targets
+        # past the label bound fold into one.
+        sums: dict[tuple[str, tuple[str, ...]], float] = {}
+        states: dict[str, float] = {}
+        for board in resilience.live_breakers() if resilience is not None else []:
+            for name, figures in board.stats().items():
+                label = self._targets(redact_url(name))
+                states[label] = max(states.get(label, 0.0), _STATE_VALUE[figures["state"]])
+                rows: list[tuple[str, tuple[str, ...], float]] = [
+                    ("rag_perf_breaker_open_seconds_total", (label,), figures["open_s"]),
+                    ("rag_perf_target_calls_total", (label,), figures["calls"]),
+                ]
+                rows += [
+                    ("rag_perf_breaker_transitions_total", (label, to), n)
+                    for to, n in figures["transitions"].items()
+                ]
+                rows += [
+                    ("rag_perf_failovers_total", (label, reason), n)
+                    for reason, n in figures["failovers"].items()
+                ]
+                for metric, labels, n in rows:
+                    sums[(metric, labels)] = sums.get((metric, labels), 0.0) + float(n)
+        for label, value in sorted(states.items()):
+            add("rag_perf_breaker_state", [label], value)
+        for (metric, labels), n in sorted(sums.items()):
+            add(metric, list(labels), n)
 
     def __repr__(self) -> str:
         source = "file" if self._source is not None else "live"

@@ -45,6 +45,7 @@ import dataclasses
 import itertools
 import json
 import math
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,7 @@ from .chat import (
 from .embeddings import KNOWN_MODELS, Embedder, EmbeddingInputError
 from .limits import FaultDice, Roll, TokenBucket, format_reset
 from .options import SimulatorOptions
+from .outage import Outage
 from .stats import SimulatorStats
 
 __all__ = ["Simulator", "ThreadedSimulator"]
@@ -191,6 +193,11 @@ class Simulator:
         self._rpm, self._tpm = self._budget("")
         self._messages_cache = MessagesPromptCache()
         self._ids = itertools.count(1)
+        self._born = clock()  # outage windows count from here
+        self._outages: list[Outage] = list(self.options.outages)
+        # Its own draws: other rolls keep their order.
+        self._outage_rng = random.Random(self.options.seed)
+        self._outage_lock = threading.Lock()
         self._runner: web.ServerRunner | None = None
         self._port: int | None = None
         models = sorted({*_CHAT_MODELS, *KNOWN_MODELS})
@@ -277,6 +284,35 @@ class Simulator:
     def reset_stats(self) -> None:
         """Zero the counters (not the rate-limit buckets); thread-safe."""
         self._stats.reset()
+
+    def elapsed(self) -> float:
+        """Seconds on the simulator's clock since it was built (the outages' time axis)."""
+        return self._clock() - self._born
+
+    def add_outage(self, outage: Outage | None = None, **fields: Any) -> Outage:
+        """Schedule an outage; ``start_s`` defaults to now. Thread-safe.
+
+        Example: ``sim.add_outage(model="gpt-4o-mini", duration_s=10.0)`` (503s from now
+        for 10 s), or ``sim.add_outage(Outage(...))`` with its own start.
+        """
+        if outage is None:
+            fields.setdefault("start_s", self.elapsed())
+            outage = Outage(**fields)
+        with self._outage_lock:
+            self._outages.append(outage)
+        return outage
+
+    def _outage(self, route: str, model: str | None) -> Outage | None:
+        if not self._outages:
+            return None
+        elapsed = self.elapsed()
+        with self._outage_lock:
+            for outage in self._outages:
+                if outage.active(elapsed, route, model) and (
+                    outage.rate >= 1.0 or self._outage_rng.random() < outage.rate
+                ):
+                    return outage
+        return None
 
     def __repr__(self) -> str:
         where = self.base_url if self.running else "stopped"
@@ -375,6 +411,10 @@ class Simulator:
                 payload = {**payload, "model": scope}
             elif isinstance(payload, dict) and isinstance(payload.get("model"), str):
                 scope = payload["model"]
+            model = payload.get("model") if isinstance(payload, dict) else None
+            model = model if isinstance(model, str) else None
+            self._stats.model_request(model)
+            self._fail_outage(endpoint, model)
             if endpoint == _MESSAGES:
                 return await self._messages(request, payload, roll)
             if endpoint in (_EMBEDDINGS, _AZURE_EMBEDDINGS):
@@ -475,6 +515,23 @@ class Simulator:
             headers["x-ratelimit-remaining-tokens"] = str(tpm.remaining()) if tpm else "0"
             headers["x-ratelimit-reset-tokens"] = format_reset(tpm.reset_after() if tpm else 0)
         return headers
+
+    def _fail_outage(self, route: str, model: str | None) -> None:
+        outage = self._outage(route, model)
+        if outage is None:
+            return
+        self._stats.fault("outage")
+        if outage.status == 429:
+            self._stats.rate_limited("outage")
+            raise _Refused(
+                429,
+                _error_body(
+                    "Rate limit reached (scheduled outage).", "requests", "rate_limit_exceeded"
+                ),
+                self._retry_headers(outage.retry_after_s),
+            )
+        message = f"The model {model or '?'} is unavailable (scheduled outage)."
+        raise _Refused(outage.status, _error_body(message, "server_error"))
 
     def _fail_injected(self, roll: Roll, style: str = _STYLE_OPENAI) -> None:
         if roll.overload:

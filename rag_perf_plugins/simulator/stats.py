@@ -51,6 +51,9 @@ class SimulatorStats:
     - ``tokens_by_model``: model -> ``prompt``, ``cached``, ``completion``, ``reasoning``,
       ``embedding`` tokens (the same counts, per model asked for).
     - ``embedding_inputs_total`` (texts embedded), ``streams_total`` (streamed answers).
+    - ``requests_by_model``: chat and embedding requests per requested ``model`` (refused
+      ones included: what a provider's dashboard would count); ``faults_by_kind["outage"]``
+      counts answers failed by a scheduled outage.
     """
 
     __slots__ = (
@@ -64,6 +67,7 @@ class SimulatorStats:
         "_lock",
         "_open_connections",
         "_peak",
+        "_requests_by_model",
     )
 
     _COUNTS = (
@@ -87,6 +91,7 @@ class SimulatorStats:
         self._open_connections = 0
         self._counts: dict[str, int] = {}
         self._by_endpoint: dict[str, int] = {}
+        self._requests_by_model: dict[str, int] = {}
         self._by_status: dict[int, int] = {}
         self._by_model: dict[str, dict[str, int]] = {}
         self._limited_by_reason: dict[str, int] = {}
@@ -99,6 +104,7 @@ class SimulatorStats:
         with self._lock:
             self._counts = dict.fromkeys(self._COUNTS, 0)
             self._by_endpoint = {}
+            self._requests_by_model = {}
             self._by_status = {}
             self._by_model = {}
             self._limited_by_reason = {}
@@ -127,6 +133,12 @@ class SimulatorStats:
                 self._peak = self._inflight
             return self._inflight
 
+    def model_request(self, model: str | None) -> None:
+        """A chat or embedding request named ``model`` (``None``: none or not a string)."""
+        name = model if model is not None else "?"
+        with self._lock:
+            self._requests_by_model[name] = self._requests_by_model.get(name, 0) + 1
+
     def request_finished(self, status: int | None) -> None:
         """A request left the handler, answered with ``status`` (``None``: no answer)."""
         with self._lock:
@@ -135,13 +147,13 @@ class SimulatorStats:
                 self._by_status[status] = self._by_status.get(status, 0) + 1
 
     def rate_limited(self, reason: str) -> None:
-        """A 429 was sent, for ``reason`` (``rpm``, ``tpm``, ``concurrency``, ``injected``)."""
+        """A 429 was sent, for ``reason`` (``rpm``, ``tpm``, ``concurrency``, ``outage``...)."""
         with self._lock:
             self._counts["rate_limited_total"] += 1
             self._limited_by_reason[reason] = self._limited_by_reason.get(reason, 0) + 1
 
     def fault(self, kind: str) -> None:
-        """A fault was injected: ``500``, ``503``, ``drop``, ``truncate`` or ``slow``."""
+        """A fault was injected: ``500``, ``503``, ``drop``, ``truncate``, ``slow``, ``outage``."""
         with self._lock:
             if kind != "slow":
                 self._counts["errors_injected_total"] += 1
@@ -190,6 +202,7 @@ class SimulatorStats:
             out: dict[str, Any] = {
                 "requests_total": c.pop("requests_total"),
                 "requests_by_endpoint": dict(self._by_endpoint),
+                "requests_by_model": dict(self._requests_by_model),
                 "responses_by_status": {str(k): v for k, v in sorted(self._by_status.items())},
                 "connections_opened": c.pop("connections_opened"),
                 "connections_closed": c.pop("connections_closed"),

@@ -59,11 +59,14 @@ from rag_perf_plugins.errors import (
     Overloaded,
     PoolTimeout,
     ProviderError,
+    ProviderUnavailable,
 )
 from rag_perf_plugins.pool.http import HttpClientRegistry
 from rag_perf_plugins.redis.client import RedisUnavailable
+from rag_perf_plugins.resilience import Breakers, BreakerSettings, LocalBreakerStore, Target
 from rag_perf_plugins.services import Usage
 from rag_perf_plugins.services.defaults import default_gate
+from rag_perf_plugins.services.llm import Fallback
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.tracking import (
     NULL_TRACKER,
@@ -753,6 +756,96 @@ def throughput_and_process_window(ctx: Ctx, config: PerformanceConfig) -> tuple[
     return throughput, window
 
 
+# --- circuit breakers and fallbacks -----------------------------------------------------
+class _PlainCodec:
+    """Answers are plain strings: stored as they are."""
+
+    def encode(self, value: str) -> str:
+        return value
+
+    def decode(self, data: str) -> str:
+        return data
+
+    def usage(self, value: str) -> Usage | None:
+        return None
+
+
+def _breakers(config: PerformanceConfig, clock: FakeClock) -> Breakers:
+    return Breakers(BreakerSettings.from_config(config), LocalBreakerStore(), clock=clock)
+
+
+def provider_calls_of_ten_calls_to_a_dead_model(ctx: Ctx, config: PerformanceConfig) -> int:
+    """Calls that reached a model answering 503 out of ten, no fallback."""
+    service = LLMService(config=config, breakers=_breakers(config, FakeClock()))
+    request = LLMRequest(model="m", provider="p", messages=[{"role": "user", "content": "q"}])
+    sent = 0
+
+    def call() -> str:
+        nonlocal sent
+        sent += 1
+        raise ProviderError("down", status_code=503)
+
+    for _ in range(10):
+        with contextlib.suppress(ProviderError, ProviderUnavailable):
+            service.generate(request, call, _PlainCodec())
+    return sent
+
+
+def state_after(outcomes: str, gap_s: float = 0.0) -> Observe:
+    """The breaker's state after ``outcomes`` (``f`` failure, ``s`` success) ``gap_s`` apart."""
+
+    def observe(ctx: Ctx, config: PerformanceConfig) -> str:
+        clock = FakeClock()
+        breakers = _breakers(config, clock)
+        for outcome in outcomes:
+            breakers.record("t", "failure" if outcome == "f" else "success", probe=False)
+            clock.advance(gap_s)
+        return breakers.peek("t")[0]
+
+    return observe
+
+
+def admitted_two_seconds_after_opening(ctx: Ctx, config: PerformanceConfig) -> bool:
+    clock = FakeClock()
+    breakers = _breakers(config, clock)
+    for _ in range(config.breaker_min_calls):
+        breakers.record("t", "failure", probe=False)
+    clock.advance(2.0)
+    return breakers.admit("t").allowed
+
+
+def probes_let_through_after_the_cooldown(ctx: Ctx, config: PerformanceConfig) -> int:
+    clock = FakeClock()
+    breakers = _breakers(config, clock)
+    for _ in range(config.breaker_min_calls):
+        breakers.record("t", "failure", probe=False)
+    clock.advance(config.breaker_cooldown)
+    return sum(breakers.admit("t").allowed for _ in range(5))
+
+
+def who_answers_the_primary_after_a_fallback_did(ctx: Ctx, config: PerformanceConfig) -> str:
+    """The primary is down for one call (the fallback answers), then back: who answers it."""
+    service = LLMService(config=config, breakers=_breakers(config, FakeClock()))
+    question = [{"role": "user", "content": "q"}]
+    primary = LLMRequest(model="primary", provider="p", messages=question)
+    fallback = Fallback(
+        Target("fallback"),
+        LLMRequest(model="fallback", provider="p", messages=question),
+        lambda: "fallback",
+    )
+    down = [True]
+
+    def call() -> str:
+        if down.pop() if down else False:
+            raise ProviderError("down", status_code=503)
+        return "primary"
+
+    first = service.generate(primary, call, _PlainCodec(), fallbacks=[fallback])
+    assert first == "fallback"
+    answer: str = service.generate(primary, call, _PlainCodec(), fallbacks=[fallback])
+    return answer
+
+
 # --- cost -------------------------------------------------------------------------------
 def price_file(ctx: Ctx) -> str:
     """A price file with gpt-4o-mini at $2 per million input and output tokens."""
@@ -1001,6 +1094,39 @@ EFFECTS: dict[str, Effect] = {
     "request_deadline": Effect(
         1.0, "(error, attempts) of a failing call (longest jitter)", outcome_under_a_deadline,
         ("ProviderError", 4), ("DeadlineExceeded", 2),
+    ),
+    # --- circuit breakers and fallbacks ---
+    "breaker_enabled": Effect(
+        True, "calls of ten that reach a model answering 503 (no fallback)",
+        provider_calls_of_ten_calls_to_a_dead_model, 10, 2,
+        {"breaker_min_calls": 2, "retry_max_attempts": 1, "request_deadline": 1.0},
+    ),
+    "breaker_failure_ratio": Effect(
+        0.9, "the breaker's state after success, failure, success, failure",
+        state_after("sfsf"), "open", "closed", {"breaker_min_calls": 4},
+    ),
+    "breaker_min_calls": Effect(
+        3, "the breaker's state after three failures", state_after("fff"), "closed", "open"
+    ),
+    "breaker_window": Effect(
+        1.0, "the breaker's state after four failures 0.5 s apart", state_after("ffff", 0.5),
+        "open", "closed", {"breaker_min_calls": 4},
+    ),
+    "breaker_cooldown": Effect(
+        1.0, "whether a call is let through 2 s after the breaker opened",
+        admitted_two_seconds_after_opening, False, True, {"breaker_min_calls": 2},
+    ),
+    "breaker_probes": Effect(
+        2, "calls let through (of five) when the cool-down ends",
+        probes_let_through_after_the_cooldown, 1, 2, {"breaker_min_calls": 2},
+    ),
+    "breaker_consecutive_failures": Effect(
+        3, "the breaker's state after four failures in a row (min_calls 20)",
+        state_after("ffff"), "closed", "open", {"breaker_min_calls": 20},
+    ),
+    "cache_fallback_answers": Effect(
+        True, "who answers the primary's request after a fallback answered it",
+        who_answers_the_primary_after_a_fallback_did, "primary", "fallback", MEMORY_ONLY,
     ),
     # --- batching ---
     "max_wait_time": Effect(
