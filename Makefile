@@ -10,9 +10,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Reinstall when the project's metadata changes.
+# Reinstall when the project's metadata changes. torch first, pinned: its CPU wheel is what
+# the local-models extra's sentence-transformers gets (a bare `torch` would pull a CUDA build).
+TORCH := torch==2.13.0
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[all,dev]'
+	$(PY) -m pip install --quiet '$(TORCH)'
+	$(PY) -m pip install --quiet -e '.[all,dev,stores,local-models]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,12 +36,12 @@ browser:
 	    else echo "make browser: $(CHROMIUM) is missing; run as root: apt-get install -y chromium" >&2; fi; }
 
 pytest: install browser
-	$(VENV)/bin/pytest
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest
 
 test: lint pytest
 
 demo: install
-	$(PY) examples/demo.py
+	HF_HUB_OFFLINE=1 $(PY) examples/demo.py
 
 bench: install
 	$(VENV)/bin/rag-perf bench --output bench-results/results.json --markdown bench-results/results.md --plots bench-results/plots

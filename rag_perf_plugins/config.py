@@ -267,6 +267,15 @@ class PerformanceConfig:
     cache_skip_sampled: bool = _opt(
         False, "Do not cache LLM calls that sample (temperature above 0 and no seed)."
     )
+    retrieval_ttl: float | None = _opt(
+        60.0,
+        "How long a vector store's cached search lives (a wrapper's ttl= argument wins); "
+        "bounds how long a write that bypassed the wrappers (another process writing to "
+        "the store directly) stays unseen; null means until the next write through a "
+        "wrapper of the same store.",
+        unit="seconds",
+        gt=0,
+    )
     version_check_interval: float = _opt(
         1.0,
         "How old a cached namespace or store write version may be before it is read again "

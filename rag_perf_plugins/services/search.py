@@ -27,8 +27,10 @@ codec; everything else is here:
   wrapper with the same ``name`` on the same storage, in any process, is seen within it
   (at once in the writing process, by every manager on that storage). The async path
   reads it off the event loop.
-- **Entries** live in the ``retrieval`` namespace for ``ttl`` seconds (``config.cache_ttl``
-  when not given), whatever the cache manager's own default.
+- **Entries** live in the ``retrieval`` namespace for ``ttl`` seconds
+  (``config.retrieval_ttl``, 60 s by default, when not given), whatever the cache
+  manager's own default: that bounds how long a write that bypassed every wrapper (another
+  process writing to the same table) stays unseen.
 - **Timing**: every search and write is recorded as ``vectorstore.<operation>`` (searches
   with their cache hit or miss).
 
@@ -40,22 +42,113 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._clock import Clock, monotonic
+from .._secrets import redact_url
 from .._signature import checked_kwargs
 from ..cache import CacheManager, cache_manager_for, retrieval_key
 from ..config import PerformanceConfig, resolve_config
 from ..errors import CacheError
 from ..tracking import PerformanceTracker, resolve_tracker
 
-__all__ = ["NAMESPACE", "SearchCache", "SearchCacheViews"]
+__all__ = ["NAMESPACE", "SearchCache", "SearchCacheViews", "store_identity"]
 
 NAMESPACE: Final = "retrieval"
 R = TypeVar("R")
 _MISSING: Final[Any] = object()
+
+
+_COLLECTION_ATTRS = ("collection_name", "_collection_name", "table_name", "index_name")
+_PATH_ATTRS = ("_persist_directory", "persist_directory", "persist_dir", "path")
+_URL_ATTRS = ("connection_string", "_connection_string", "url")
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value else None
+
+
+def _client_location(client: Any) -> str | None:
+    """Where a store client's data lives: a directory, a server, or ``None`` (in memory)."""
+    if client is None:
+        return None
+    settings = getattr(client, "get_settings", None)
+    if callable(settings):  # Chroma
+        try:
+            found = settings()
+        except Exception:
+            return None
+        if getattr(found, "is_persistent", False) and _text(found.persist_directory):
+            return "dir:" + os.path.abspath(str(found.persist_directory))
+        host = _text(getattr(found, "chroma_server_host", None))
+        port = getattr(found, "chroma_server_http_port", None)
+        return f"chroma://{host}:{port}" if host else None
+    options = getattr(client, "_init_options", None)
+    if isinstance(options, Mapping):  # Qdrant
+        if _text(options.get("path")):
+            return "dir:" + os.path.abspath(str(options["path"]))
+        for name in ("url", "host"):
+            if _text(options.get(name)):
+                return f"qdrant://{options[name]}:{options.get('port')}"
+        location = _text(options.get("location"))
+        return None if location in (None, ":memory:") else f"qdrant://{location}"
+    return None
+
+
+def _location(store: Any) -> str | None:
+    for name in _PATH_ATTRS:
+        path = _text(getattr(store, name, None))
+        if path:
+            return "dir:" + os.path.abspath(path)
+    for name in _URL_ATTRS:
+        url = _text(getattr(store, name, None))
+        if url and ":memory:" not in url:
+            return redact_url(url)
+    engine = getattr(store, "_engine", None) or getattr(store, "_async_engine", None)
+    url = getattr(engine, "url", None)
+    if url is not None:  # SQLAlchemy: a URL object; rendered without its password
+        render = getattr(url, "render_as_string", None)
+        return redact_url(render(hide_password=True) if callable(render) else str(url))
+    for name in ("client", "_client"):
+        found = _client_location(getattr(store, name, None))
+        if found:
+            return found
+    collection = getattr(store, "_collection", None)
+    return _client_location(getattr(collection, "_client", None))
+
+
+def store_identity(store: Any) -> str | None:
+    """A name for the data ``store`` holds: class, location and collection; ``None`` if none.
+
+    Example: ``store_identity(Chroma("docs", persist_directory="/srv/chroma"))`` is
+    ``'langchain_chroma.vectorstores.Chroma:dir:/srv/chroma/docs'``; a PGVector store gives
+    its server URL (password masked) and collection; FAISS or any in-memory store gives
+    ``None`` (its data lives in this object only).
+
+    Both ``PerfVectorStore`` wrappers take it as their default ``name``, so two wrappers
+    over the same collection (in this process or another, on the same cache storage)
+    invalidate each other's searches without being named. Read from the store's public
+    and well-known private attributes (collection or table name, persist directory,
+    connection URL, client options); a store it does not recognise gets a random name.
+    """
+    collection = None
+    for name in _COLLECTION_ATTRS:
+        collection = _text(getattr(store, name, None))
+        if collection:
+            break
+    if collection is None:
+        collection = _text(getattr(getattr(store, "_collection", None), "name", None))
+    schema = _text(getattr(store, "schema_name", None))
+    if collection and schema:
+        collection = f"{schema}.{collection}"
+    location = _location(store) if collection else None
+    if collection is None or location is None:
+        return None
+    cls = type(store)
+    return f"{cls.__module__}.{cls.__qualname__}:{location}/{collection}"
 
 
 class SearchCache:
@@ -64,15 +157,18 @@ class SearchCache:
     Example: ``SearchCache(config, name="kb-prod").search(op, fields, run, dump, load)``.
 
     Args:
-        config: ``enable_caching``, ``cache_ttl`` (seconds), ``version_check_interval``
+        config: ``enable_caching``, ``retrieval_ttl`` (seconds), ``version_check_interval``
             (seconds), the cache's directory/tiers/Redis and ``enable_metrics``; ``None``
             means ``PerformanceConfig.load()``.
         name: The store's identity in keys and in the write version. Wrappers of the same
-            data with the same name invalidate each other's searches. ``None``: a fresh
-            random name (this wrapper never shares entries or invalidation).
-        default_name: Prefix of the random name (e.g. the inner store's class).
+            data with the same name invalidate each other's searches. ``None``:
+            ``default_name`` when given, else a fresh random name (this wrapper never
+            shares entries or invalidation).
+        default_name: The name when ``name`` is ``None`` (the wrappers pass
+            :func:`store_identity` of the inner store), or ``None`` for a random one.
+        random_prefix: Prefix of the random name (e.g. the inner store's class).
         cache: The cache manager; ``None``: the one for ``config``'s cache settings.
-        ttl: Seconds a cached search lives; ``None``: ``config.cache_ttl``.
+        ttl: Seconds a cached search lives; ``None``: ``config.retrieval_ttl``.
         tracker: Statistics sink; ``None``: the process tracker when metrics are on.
         clock: Seconds, monotonic, for the timings.
 
@@ -88,7 +184,8 @@ class SearchCache:
         config: PerformanceConfig | None = None,
         *,
         name: str | None = None,
-        default_name: str = "store",
+        default_name: str | None = None,
+        random_prefix: str = "store",
         cache: CacheManager | None = None,
         ttl: float | None = None,
         tracker: PerformanceTracker | None = None,
@@ -102,10 +199,18 @@ class SearchCache:
             raise ValueError(msg)
         self.config = resolve_config(config)
         self.cache = cache if cache is not None else cache_manager_for(self.config)
-        self.name = name if name is not None else f"{default_name}/{uuid.uuid4().hex}"
+        self.name = (
+            name
+            if name is not None
+            else default_name
+            if default_name
+            else f"{random_prefix}/{uuid.uuid4().hex}"
+        )
         self.ttl = ttl
-        cache_ttl = self.config.cache_ttl
-        self._entry_ttl = ttl if ttl is not None else math.inf if cache_ttl is None else cache_ttl
+        retrieval_ttl = self.config.retrieval_ttl
+        self._entry_ttl = (
+            ttl if ttl is not None else math.inf if retrieval_ttl is None else retrieval_ttl
+        )
         self.enabled = self.config.enable_caching and self.cache.enabled
         self._tracker = resolve_tracker(tracker, self.config)
         self._clock = clock
@@ -310,7 +415,7 @@ class SearchCacheViews:
 
     @property
     def ttl(self) -> float | None:
-        """The ``ttl=`` argument in seconds (``None``: ``config.cache_ttl``)."""
+        """The ``ttl=`` argument in seconds (``None``: ``config.retrieval_ttl``)."""
         return self.searches.ttl
 
     @property

@@ -276,6 +276,27 @@ def value_two_minutes_later(ctx: Ctx, config: PerformanceConfig) -> Any:
         return cache.get("k")
 
 
+def store_searches_for_one_search_two_minutes_apart(ctx: Ctx, config: PerformanceConfig) -> int:
+    from rag_perf_plugins.services.search import SearchCache
+
+    clock = FakeClock(start=1000.0)
+    searches = 0
+
+    def run() -> list[str]:
+        nonlocal searches
+        searches += 1
+        return ["doc"]
+
+    with CacheManager(config, clock=clock) as cache:
+        store = SearchCache(config, name="kb", cache=cache)
+        fields = {"query": "q", "k": 1}
+        same: Callable[[Any], Any] = lambda value: value  # noqa: E731
+        store.search("similarity_search", fields, run, same, same)
+        clock.advance(120.0)
+        store.search("similarity_search", fields, run, same, same)
+    return searches
+
+
 def small_and_large_kept(ctx: Ctx, config: PerformanceConfig) -> tuple[bool, bool]:
     with CacheManager(config) as cache:
         cache.set("small", "s")
@@ -1004,6 +1025,10 @@ EFFECTS: dict[str, Effect] = {
     "cache_skip_sampled": Effect(
         True, "provider calls for one temperature-0.7 request made twice",
         provider_calls_for_one_sampled_call_twice, 1, 2, MEMORY_ONLY,
+    ),
+    "retrieval_ttl": Effect(
+        300.0, "store searches for one search made twice, two minutes apart",
+        store_searches_for_one_search_two_minutes_apart, 2, 1, MEMORY_ONLY,
     ),
     "version_check_interval": Effect(
         0.0, "the namespace version read just after another writer bumped it",

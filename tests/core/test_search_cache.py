@@ -154,7 +154,7 @@ async def test_async_searches_read_the_version_off_the_event_loop(tmp_path: Path
 
 def test_entries_live_the_wrappers_ttl(tmp_path: Path, fake_clock: FakeClock) -> None:
     manager = CacheManager(_config(tmp_path / "c", cache_ttl=3600.0), clock=fake_clock)
-    cache = SearchCache(_config(tmp_path / "c", cache_ttl=5.0), name="kb", cache=manager)
+    cache = SearchCache(_config(tmp_path / "c", retrieval_ttl=5.0), name="kb", cache=manager)
     store = Store()
     _search(cache, store)
     fake_clock.advance(4.0)

@@ -16,7 +16,7 @@ from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.llms import ChatMessage
 from llama_index.core.tools import FunctionTool
-from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
+from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
 from llama_index.llms.openai import OpenAI as LlamaOpenAI
 from pydantic import BaseModel, Field, SecretStr
 

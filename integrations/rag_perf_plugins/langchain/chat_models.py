@@ -45,8 +45,6 @@ the wrapper does not call; use our gate), and LangChain serialization of the wra
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -81,6 +79,7 @@ from rag_perf_plugins.services.defaults import (
     default_retry,
     default_target,
 )
+from rag_perf_plugins.services.identity import IdentityGuard, ModelIdentity, model_identity
 from rag_perf_plugins.services.llm import Fallback, LLMRequest, LLMService, Usage
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
@@ -121,23 +120,15 @@ def _message_key(message: BaseMessage) -> dict[str, Any]:
     return {"type": data["type"], "data": plain(body)}
 
 
-def _provider_of(inner: BaseChatModel) -> str:
-    """Class and endpoint of the inner model: two servers may answer differently."""
-    cls = type(inner)
-    extra = {
-        name: getattr(inner, name)
-        for name in (
-            "openai_api_base",
-            "base_url",
-            "azure_endpoint",
-            "deployment_name",
-            "openai_api_version",
-            "anthropic_api_url",
-        )
-        if isinstance(getattr(inner, name, None), str)
-    }
-    fingerprint = hashlib.blake2b(json.dumps(extra, sort_keys=True).encode(), digest_size=6)
-    return f"langchain/{cls.__module__}.{cls.__qualname__}/{fingerprint.hexdigest()}"
+def _provider_of(inner: BaseChatModel, found: ModelIdentity | None = None) -> str:
+    """The inner model's whole identity: qualified class and a digest of its settings.
+
+    Every non-default public field counts but credentials, clients, timeouts, retries,
+    callbacks and LangChain's cache switch (``services.identity.model_identity``): two
+    endpoints, or two settings nobody listed, never share entries.
+    """
+    found = found if found is not None else model_identity(inner)
+    return f"langchain/{found.cls}/{found.fingerprint()}"
 
 
 def request_of(
@@ -373,6 +364,7 @@ class PerfChatModel(BaseChatModel):
 
     _service: LLMService = PrivateAttr()
     _provider: str = PrivateAttr()
+    _guard: IdentityGuard = PrivateAttr()
     _base_params: dict[str, Any] = PrivateAttr()
     _model: str = PrivateAttr()
     _fallbacks: list[_Alternative] = PrivateAttr(default_factory=list)
@@ -405,8 +397,10 @@ class PerfChatModel(BaseChatModel):
                 kwargs[name] = value
         super().__init__(inner=inner.model_copy(update={"cache": False}), **kwargs)
         config = resolve_config(config)
-        # Computed once: the inner copy is private, so its identity and defaults stay put.
-        self._provider = _provider_of(self.inner)
+        # Computed once, and again when a field of the inner copy changes (a dict it shares
+        # with the caller's model, or ``llm.inner.temperature = ...``): IdentityGuard.
+        self._guard = IdentityGuard(self.inner)
+        self._provider = _provider_of(self.inner, self._guard.identity)
         self._base_params = dict(self.inner._get_invocation_params(stop=None))
         ls = self.inner._get_ls_params()
         provider = str(ls.get("ls_provider") or type(inner).__name__)
@@ -506,6 +500,10 @@ class PerfChatModel(BaseChatModel):
 
     # --- the four hooks: one service call each ----------------------------------------
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
+        found = self._guard.changed()
+        if found is not None:
+            self._provider = _provider_of(self.inner, found)
+            self._base_params = dict(self.inner._get_invocation_params(stop=None))
         return request_of(
             self.inner,
             messages,
@@ -535,16 +533,19 @@ class PerfChatModel(BaseChatModel):
 
             return Fallback(alt.target, self._alt_request(alt, messages, stop, kwargs), call)
 
-        result = self._service.generate(
-            request,
-            call,
-            _RESULTS,
-            control=_control(run_manager),
-            cost_scope=_scope(run_manager),
-            on_cache=cache_listener(run_manager),
-            fallbacks=[alternative(alt) for alt in self._fallbacks],
-            on_target=answered.append,
-        )
+        try:
+            result = self._service.generate(
+                request,
+                call,
+                _RESULTS,
+                control=_control(run_manager),
+                cost_scope=_scope(run_manager),
+                on_cache=cache_listener(run_manager),
+                fallbacks=[alternative(alt) for alt in self._fallbacks],
+                on_target=answered.append,
+            )
+        finally:
+            self._guard.settle()
         _mark([g.message for g in result.generations], answered[-1] if answered else None)
         return result
 
@@ -584,18 +585,21 @@ class PerfChatModel(BaseChatModel):
                 out.append(Fallback(alt.target, fallback_request, acall if asynchronous else bcall))
             return out
 
-        result = await self._service.agenerate(
-            request,
-            call,
-            _RESULTS,
-            control=_control(run_manager),
-            cost_scope=_scope(run_manager),
-            blocking=blocking,
-            on_cache=cache_listener(run_manager),
-            fallbacks=alternatives(True) if self._fallbacks else (),
-            blocking_fallbacks=alternatives(False) if self._fallbacks else (),
-            on_target=answered.append,
-        )
+        try:
+            result = await self._service.agenerate(
+                request,
+                call,
+                _RESULTS,
+                control=_control(run_manager),
+                cost_scope=_scope(run_manager),
+                blocking=blocking,
+                on_cache=cache_listener(run_manager),
+                fallbacks=alternatives(True) if self._fallbacks else (),
+                blocking_fallbacks=alternatives(False) if self._fallbacks else (),
+                on_target=answered.append,
+            )
+        finally:
+            self._guard.settle()
         _mark([g.message for g in result.generations], answered[-1] if answered else None)
         return result
 
@@ -625,10 +629,13 @@ class PerfChatModel(BaseChatModel):
             fallbacks=self._stream_fallbacks(messages, stop, kwargs, asynchronous=False),
             on_target=answered.append,
         )
-        with contextlib.closing(stream):
-            for chunk in stream:
-                _mark([chunk.message], answered[-1] if answered else None)
-                yield chunk
+        try:
+            with contextlib.closing(stream):
+                for chunk in stream:
+                    _mark([chunk.message], answered[-1] if answered else None)
+                    yield chunk
+        finally:
+            self._guard.settle()
 
     @override
     async def _astream(
@@ -659,10 +666,13 @@ class PerfChatModel(BaseChatModel):
             blocking_fallbacks=self._stream_fallbacks(messages, stop, kwargs, asynchronous=False),
             on_target=answered.append,
         )
-        async with contextlib.aclosing(stream):
-            async for chunk in stream:
-                _mark([chunk.message], answered[-1] if answered else None)
-                yield chunk
+        try:
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    _mark([chunk.message], answered[-1] if answered else None)
+                    yield chunk
+        finally:
+            self._guard.settle()
 
     def _alt_request(
         self,

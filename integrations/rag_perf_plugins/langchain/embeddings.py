@@ -19,8 +19,6 @@ batched); statistics per call (LangChain has no embedding callbacks).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,9 +38,11 @@ from rag_perf_plugins.services.defaults import (
 )
 from rag_perf_plugins.services.embeddings import (
     EmbeddingFallback,
+    EmbeddingIdentity,
     EmbeddingService,
     EmbeddingStore,
 )
+from rag_perf_plugins.services.identity import IdentityGuard, ModelIdentity, model_identity
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
 
@@ -69,20 +69,25 @@ def _overrides(inner: Embeddings, name: str) -> bool:
     return getattr(type(inner), name, None) is not getattr(Embeddings, name)
 
 
-def _identity(inner: Embeddings) -> tuple[str, str, int | None]:
-    """(provider, model, dimensions) of the inner model, read from its public fields."""
-    cls = type(inner)
-    model = getattr(inner, "model", None) or getattr(inner, "model_name", None)
+def _identity(inner: Embeddings, found: ModelIdentity) -> tuple[str, str, int | None]:
+    """(provider, model, dimensions) of the inner model.
+
+    The provider holds the model's whole identity (its qualified class and every
+    non-default public field but credentials, clients, timeouts and retries:
+    :func:`rag_perf_plugins.services.identity.model_identity`), so any setting that can
+    change vectors changes every key; model and dimensions are read out for display.
+    """
+    model = next(
+        (
+            value
+            for name in ("model", "model_name", "model_id", "deployment")
+            if isinstance(value := getattr(inner, name, None), str) and value
+        ),
+        None,
+    )
     dims = getattr(inner, "dimensions", None) or getattr(inner, "size", None)
-    # The endpoint is part of the provider: two servers may serve different vectors
-    # under one model name. Credentials and timeouts are not (they do not change vectors).
-    extra = {
-        name: getattr(inner, name)
-        for name in ("openai_api_base", "base_url", "deployment", "embedding_ctx_length")
-        if isinstance(getattr(inner, name, None), (str, int))
-    }
-    fingerprint = hashlib.blake2b(json.dumps(extra, sort_keys=True).encode(), digest_size=6)
-    provider = f"langchain/{cls.__module__}.{cls.__qualname__}/{fingerprint.hexdigest()}"
+    provider = f"langchain/{found.cls}/{found.fingerprint()}"
+    cls = type(inner)
     return provider, str(model or cls.__name__), dims if isinstance(dims, int) else None
 
 
@@ -90,7 +95,7 @@ def _fallback(inner: Embeddings, config: PerformanceConfig, symmetric: bool) -> 
     if not isinstance(inner, Embeddings) or isinstance(inner, PerfEmbeddings):
         msg = f"fallbacks must be unwrapped LangChain Embeddings, got {type(inner).__name__}"
         raise TypeError(msg)
-    provider, model, dims = _identity(inner)
+    provider, model, dims = _identity(inner, model_identity(inner))
     gate = default_gate(
         config,
         provider=provider,
@@ -134,7 +139,11 @@ class PerfEmbeddings(Embeddings):
         symmetric: Override :func:`is_symmetric`.
         batching: ``False`` sends each call's misses on their own.
         provider, model, dimensions: Override the identity read from ``inner`` (every
-            cache key includes it).
+            cache key includes it). By default the provider part holds the inner model's
+            whole identity (docs/components/identity.md): its qualified class and every
+            non-default public field but credentials, clients, timeouts and retries. A
+            field changed after wrapping re-keys the next call (an explicit ``provider``
+            is kept as given).
         fallbacks: Other deployments of the *same* model (same ``model`` and
             ``dimensions``: two regions, two Azure deployments), tried in order when
             ``inner`` fails or its circuit breaker is open. Another model is refused with
@@ -170,7 +179,9 @@ class PerfEmbeddings(Embeddings):
             msg = "inner is already a PerfEmbeddings; wrap the underlying model once"
             raise TypeError(msg)
         config = resolve_config(config)
-        found_provider, found_model, found_dims = _identity(inner)
+        self._guard = IdentityGuard(inner)
+        self._overrides = (provider, model, dimensions)
+        found_provider, found_model, found_dims = _identity(inner, self._guard.identity)
         provider = provider or found_provider
         model = model or found_model
         dims = dimensions if dimensions is not None else found_dims
@@ -207,21 +218,34 @@ class PerfEmbeddings(Embeddings):
             breakers=breakers,
         )
 
+    def _rekey(self) -> EmbeddingService:
+        """The service, re-keyed first when a field of the inner model changed since."""
+        found = self._guard.changed()
+        if found is not None:
+            provider, model, dims = self._overrides
+            found_provider, found_model, found_dims = _identity(self.inner, found)
+            self.service.identity = EmbeddingIdentity(
+                provider or found_provider,
+                model or found_model,
+                dims if dims is not None else found_dims,
+            )
+        return self.service
+
     @override
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.service.embed_documents(texts)
+        return self._rekey().embed_documents(texts)
 
     @override
     def embed_query(self, text: str) -> list[float]:
-        return self.service.embed_query(text)
+        return self._rekey().embed_query(text)
 
     @override
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return await self.service.aembed_documents(texts)
+        return await self._rekey().aembed_documents(texts)
 
     @override
     async def aembed_query(self, text: str) -> list[float]:
-        return await self.service.aembed_query(text)
+        return await self._rekey().aembed_query(text)
 
     def __repr__(self) -> str:
         return f"PerfEmbeddings({type(self.inner).__name__}, {self.service!r})"
@@ -229,6 +253,6 @@ class PerfEmbeddings(Embeddings):
     def __getattr__(self, name: str) -> Any:
         # Fields of the inner model (``model``, ``dimensions`` ...) read through, so code
         # that inspects the embeddings object keeps working. Only called on a miss.
-        if name in ("inner", "service", "config"):
+        if name in ("inner", "service", "config", "_guard", "_overrides"):
             raise AttributeError(name)
         return getattr(self.inner, name)

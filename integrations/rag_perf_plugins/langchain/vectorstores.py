@@ -10,8 +10,13 @@ Example::
     retriever = store.as_retriever(search_kwargs={"k": 2})
 
 Cached: ``similarity_search``, ``similarity_search_with_score``,
-``similarity_search_by_vector``, ``max_marginal_relevance_search`` and their async twins
-(and, through them, the retriever and ``similarity_search_with_relevance_scores``). The key
+``similarity_search_with_relevance_scores``, ``similarity_search_by_vector``,
+``max_marginal_relevance_search``, ``max_marginal_relevance_search_by_vector`` and their
+async twins (and, through them, ``search`` and the retriever). Scores keep their type
+(FAISS's numpy float32 comes back as float32). Passed through: ``get_by_ids``, the
+embeddings, the relevance function. Methods a store adds beyond LangChain's
+``VectorStore`` (``FAISS.save_local``, ``Chroma.update_documents``) are not wrapped: call
+them on ``inner`` and call :meth:`invalidate` after a write there. The key
 holds the operation, the query (or a hash of the float32 query vector), ``k``, ``filter``,
 every other search parameter, the store's name and its write version.
 
@@ -52,7 +57,7 @@ from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.search import SearchCache, SearchCacheViews
+from rag_perf_plugins.services.search import SearchCache, SearchCacheViews, store_identity
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .control import applied, control_from_metadata
@@ -79,12 +84,29 @@ def _docs_in(data: list[Any]) -> list[Document]:
     return [_doc_in(d) for d in data]
 
 
+# Scores keep their type through the cache: FAISS returns numpy float32, most stores a
+# Python float. The value is stored as a float64 (exact for a float32) with its dtype.
+_SCORE_TYPES: dict[str, Callable[[float], Any]] = {"f4": np.float32, "f8": np.float64}
+
+
+def _score_out(score: Any) -> list[Any]:
+    if isinstance(score, np.floating):
+        return [float(score), score.dtype.str[1:]]
+    return [float(score)]
+
+
 def _scored_out(pairs: list[tuple[Document, float]]) -> list[Any]:
-    return [[_doc_out(d), float(s)] for d, s in pairs]
+    return [[_doc_out(d), *_score_out(s)] for d, s in pairs]
 
 
 def _scored_in(data: list[Any]) -> list[tuple[Document, float]]:
-    return [(_doc_in(d), float(s)) for d, s in data]
+    out: list[tuple[Document, float]] = []
+    for item in data:
+        score = float(item[1])
+        if len(item) > 2:
+            score = _SCORE_TYPES[item[2]](score)
+        out.append((_doc_in(item[0]), score))
+    return out
 
 
 def _vector_digest(embedding: Sequence[float]) -> str:
@@ -99,7 +121,7 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
 
     Args:
         inner: The vector store that really searches.
-        config: ``enable_caching``, ``cache_ttl`` (seconds), ``version_check_interval``
+        config: ``enable_caching``, ``retrieval_ttl`` (seconds), ``version_check_interval``
             (seconds), ``enable_metrics``, and the cache's directory, tiers and Redis;
             ``None`` means ``PerformanceConfig.load()``.
         cache: The cache manager; ``None`` uses the one for ``config``'s cache settings.
@@ -107,7 +129,7 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
             to wrappers of the same data in other processes so their writes invalidate
             each other's searches. ``None``: a fresh random name, so this wrapper never
             serves another store's results (right for in-memory stores).
-        ttl: Seconds a cached search lives (``None``: ``config.cache_ttl``, whatever
+        ttl: Seconds a cached search lives (``None``: ``config.retrieval_ttl``, whatever
             the cache manager's own default is).
         tracker: Statistics sink (``vectorstore.<operation>``); ``None``: the process
             tracker when metrics are on.
@@ -139,7 +161,8 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
         self._searches = SearchCache(
             config,
             name=name,
-            default_name=type(inner).__name__,
+            default_name=store_identity(inner),
+            random_prefix=type(inner).__name__,
             cache=cache,
             ttl=ttl,
             tracker=tracker,
@@ -155,6 +178,18 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
     @override
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return self.inner._select_relevance_score_fn()
+
+    @override
+    def _similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self.inner._similarity_search_with_relevance_scores(query, k, **kwargs)
+
+    @override
+    async def _asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return await self.inner._asimilarity_search_with_relevance_scores(query, k, **kwargs)
 
     @override
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
@@ -373,6 +408,80 @@ class PerfVectorStore(SearchCacheViews, VectorStore):
             ),
             _docs_out,
             _docs_in,
+        )
+
+    # unasync: generated from amax_marginal_relevance_search_by_vector
+    @override
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        params = {"fetch_k": fetch_k, "lambda_mult": lambda_mult, **kwargs}
+        return self._cached(
+            "max_marginal_relevance_search_by_vector",
+            _vector_digest(embedding),
+            k,
+            params,
+            lambda: self.inner.max_marginal_relevance_search_by_vector(
+                embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            ),
+            _docs_out,
+            _docs_in,
+        )
+
+    @override
+    async def amax_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        params = {"fetch_k": fetch_k, "lambda_mult": lambda_mult, **kwargs}
+        return await self._acached(
+            "max_marginal_relevance_search_by_vector",
+            _vector_digest(embedding),
+            k,
+            params,
+            lambda: self.inner.amax_marginal_relevance_search_by_vector(
+                embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            ),
+            _docs_out,
+            _docs_in,
+        )
+
+    # unasync: generated from asimilarity_search_with_relevance_scores
+    @override
+    def similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self._cached(
+            "similarity_search_with_relevance_scores",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.similarity_search_with_relevance_scores(query, k=k, **kwargs),
+            _scored_out,
+            _scored_in,
+        )
+
+    @override
+    async def asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return await self._acached(
+            "similarity_search_with_relevance_scores",
+            query,
+            k,
+            kwargs,
+            lambda: self.inner.asimilarity_search_with_relevance_scores(query, k=k, **kwargs),
+            _scored_out,
+            _scored_in,
         )
 
     # --- retriever and construction -------------------------------------------------

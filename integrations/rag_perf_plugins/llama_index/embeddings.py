@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from typing import Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from rag_perf_plugins._secrets import is_secret_name, redact_data
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache.control import applied, parse_control
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
@@ -46,7 +44,12 @@ from rag_perf_plugins.services.defaults import (
     default_retry,
     deployment_of,
 )
-from rag_perf_plugins.services.embeddings import EmbeddingService, EmbeddingStore
+from rag_perf_plugins.services.embeddings import (
+    EmbeddingIdentity,
+    EmbeddingService,
+    EmbeddingStore,
+)
+from rag_perf_plugins.services.identity import IdentityGuard, ModelIdentity, model_identity
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 
 __all__ = ["CACHE_KWARG", "PerfEmbedding", "inner_identity"]
@@ -59,49 +62,33 @@ CACHE_KWARG = "rag_perf_cache"
 # largest value it allows, so the service's micro-batcher decides the provider batches.
 _LLAMA_MAX_BATCH = 2048
 
-# Fields of an embedding model that do not change its vectors: left out of the identity (and
-# of to_dict(), which is part of IngestionCache keys), so a new API key, timeout or retry
-# count neither invalidates caches nor leaks a secret into a key or a log.
-_NON_IDENTITY_FIELDS = frozenset(
-    {
-        "api_key",
-        "callback_manager",
-        "default_headers",
-        "embed_batch_size",
-        "embeddings_cache",
-        "max_retries",
-        "num_workers",
-        "rate_limiter",
-        "reuse_client",
-        "timeout",
-    }
-)
-# LlamaIndex's IngestionCache strips these from to_dict() strings too.
-_UNSTABLE = re.compile(r"<[\w\s_\. ]+ at 0x[a-z0-9]+>")
+# Fields of a LlamaIndex embedding model that do not change its vectors, besides the core's
+# deny-list (rag_perf_plugins.services.identity.NON_IDENTITY_FIELDS): left out of the
+# identity (and of to_dict(), which is part of IngestionCache keys), so a new API key,
+# timeout or retry count neither invalidates caches nor leaks a secret into a key or a log.
+_NON_IDENTITY_FIELDS = frozenset({"api_key"})
 
 
 def inner_identity(model: BaseEmbedding) -> dict[str, Any]:
-    """The fields of ``model`` that decide its vectors, as a JSON-safe, stable dict.
+    """The identity of ``model``: what decides its vectors, as a JSON-safe, stable dict.
 
     Example::
 
-        inner_identity(OpenAIEmbedding(model="text-embedding-3-small", api_key="sk-..."))
-        # {'api_base': 'https://api.openai.com/v1', 'api_version': '', 'additional_kwargs': {},
-        #  'class_name': 'OpenAIEmbedding', 'dimensions': None,
-        #  'model_name': 'text-embedding-3-small'}
+        inner_identity(OpenAIEmbedding(model="text-embedding-3-large", api_key="sk-..."))
+        # {'class': 'llama_index.embeddings.openai.base.OpenAIEmbedding',
+        #  'class_name': 'OpenAIEmbedding', 'model_name': 'text-embedding-3-large'}
 
-    Secrets and transport settings (API key, headers, timeout, retries, batch size, workers)
-    are left out, as is every field named like a credential (``token``,
-    ``aws_secret_access_key``); credentials nested deeper (``additional_kwargs``, a password
-    in ``api_base``) are masked. Objects that are not JSON values are replaced by their type
-    name.
+    The rule of :func:`rag_perf_plugins.services.identity.model_identity`: the qualified
+    class (a subclass never shares its parent's entries, though LlamaIndex's
+    ``class_name()`` is inherited) and every public field not at its class default, but
+    credentials, clients, timeouts, retries, callbacks and batch sizes. Credentials nested
+    deeper (``additional_kwargs``, a password in ``api_base``) are masked.
     """
-    raw = model.to_dict()
-    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS and not is_secret_name(k)}
-    kept["class_name"] = model.class_name()
-    text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
-    loaded: dict[str, Any] = redact_data(json.loads(_UNSTABLE.sub("", text)))
-    return loaded
+    return _identity_dict(model_identity(model, deny=_NON_IDENTITY_FIELDS), model)
+
+
+def _identity_dict(found: ModelIdentity, model: BaseEmbedding) -> dict[str, Any]:
+    return {**found.fields, "class": found.cls, "class_name": model.class_name()}
 
 
 def _dimensions(model: BaseEmbedding) -> int | None:
@@ -178,6 +165,7 @@ class PerfEmbedding(BaseEmbedding):
     _service: EmbeddingService = PrivateAttr()
     _config: PerformanceConfig = PrivateAttr()
     _identity: dict[str, Any] = PrivateAttr()
+    _guard: IdentityGuard = PrivateAttr()
 
     @checked_kwargs
     def __init__(
@@ -205,10 +193,12 @@ class PerfEmbedding(BaseEmbedding):
             num_workers=None,
             callback_manager=inner.callback_manager,
         )
-        identity = inner_identity(inner)
+        guard = IdentityGuard(inner, deny=_NON_IDENTITY_FIELDS)
+        identity = _identity_dict(guard.identity, inner)
         self._inner = inner
         self._config = config
         self._identity = identity
+        self._guard = guard
         self._service = _build_service(
             inner,
             identity,
@@ -249,22 +239,22 @@ class PerfEmbedding(BaseEmbedding):
     # The per-call methods read the service with _service_of(self), not self._service:
     # pydantic resolves self._x in a Python __getattr__, about 1.7 us per read here.
     def _get_query_embedding(self, query: str) -> Embedding:
-        return _service_of(self).embed_query(query)
+        return _checked(self).embed_query(query)
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await _service_of(self).aembed_query(query)
+        return await _checked(self).aembed_query(query)
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return _service_of(self).embed_documents([text])[0]
+        return _checked(self).embed_documents([text])[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await _service_of(self).aembed_documents([text]))[0]
+        return (await _checked(self).aembed_documents([text]))[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return _service_of(self).embed_documents(texts)
+        return _checked(self).embed_documents(texts)
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await _service_of(self).aembed_documents(texts)
+        return await _checked(self).aembed_documents(texts)
 
     def get_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
@@ -338,6 +328,21 @@ def _private(model: PerfEmbedding, name: str) -> Any:
         raise AttributeError(msg) from None
 
 
+def _checked(model: PerfEmbedding) -> EmbeddingService:
+    """The service, re-keyed first when a field of the inner model changed since wrapping."""
+    service = _service_of(model)
+    guard: IdentityGuard = _private(model, "_guard")
+    found = guard.changed()
+    if found is not None:
+        inner = _inner_of(model)
+        identity = _identity_dict(found, inner)
+        model.__pydantic_private__["_identity"] = identity  # type: ignore[index]
+        service.identity = EmbeddingIdentity(
+            _provider(inner, identity), inner.model_name or "unknown", _dimensions(inner)
+        )
+    return service
+
+
 def _service_of(model: PerfEmbedding) -> EmbeddingService:
     """``model._service``, read the fast way (see :func:`_private`)."""
     service: EmbeddingService = _private(model, "_service")
@@ -350,11 +355,11 @@ def _inner_of(model: PerfEmbedding) -> BaseEmbedding:
     return inner
 
 
-def _fingerprint(identity: dict[str, Any]) -> str:
-    # Everything that decides vectors except model name and dimensions (their own key fields).
-    rest = {k: v for k, v in identity.items() if k not in ("model_name", "dimensions")}
-    digest = hashlib.blake2b(json.dumps(rest, sort_keys=True).encode(), digest_size=8)
-    return digest.hexdigest()
+def _provider(inner: BaseEmbedding, identity: dict[str, Any]) -> str:
+    """The provider part of every key: class name and a digest of the whole identity."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return f"llama_index/{inner.class_name()}/{digest}"
 
 
 def _build_service(
@@ -389,7 +394,7 @@ def _build_service(
     native_async = _overrides(inner, "_aget_text_embeddings") or (
         _overrides(inner, "_aget_text_embedding") and not _overrides(inner, "_get_text_embeddings")
     )
-    provider = f"llama_index/{inner.class_name()}/{_fingerprint(identity)}"
+    provider = _provider(inner, identity)
     model = inner.model_name or "unknown"
     return EmbeddingService(
         embed_many,

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_index.embeddings.azure_openai import AzureOpenAIEmbedding  # type: ignore[import-untyped]
-from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
-from llama_index.embeddings.openai.utils import resolve_openai_credentials  # type: ignore[import-untyped]
+from llama_index.embeddings.azure_openai import AzureOpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
+from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
+from llama_index.embeddings.openai.utils import resolve_openai_credentials  # type: ignore[import-untyped, unused-ignore]
 from llama_index.llms.anthropic import Anthropic
-from llama_index.llms.azure_openai import AzureOpenAI  # type: ignore[import-untyped]
+from llama_index.llms.azure_openai import AzureOpenAI  # type: ignore[import-untyped, unused-ignore]
 from llama_index.llms.openai import OpenAI
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client

@@ -33,8 +33,11 @@ inner events; our handlers count nested LLM spans once.)
 Per-call cache control: ``cache_control(...)`` around the call, or the
 ``rag_perf_cache="bypass"`` (or ``{"mode": ..., "ttl": s}``) keyword on any method.
 
-Not done: ``structured_predict`` and friends run through ``chat``/``complete`` and are
-cached there, not as a whole; a per-call keyword that cannot be keyed (an arbitrary object)
+``structured_predict`` and its async and streaming twins run the inner class's own method
+(so the provider receives the request the unwrapped model sends), with its model calls
+routed through the wrapper: they are cached there, not as a whole.
+
+Not done: a per-call keyword that cannot be keyed (an arbitrary object)
 makes that call uncached (counted as ``cache.unkeyable``). All the request-path work
 is :class:`rag_perf_plugins.services.llm.LLMService`'s (the one LangChain uses too);
 this module only converts LlamaIndex's calls and answers.
@@ -47,7 +50,6 @@ import functools
 import hashlib
 import inspect
 import json
-import re
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -73,7 +75,6 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from rag_perf_plugins._clock import Clock, monotonic
-from rag_perf_plugins._secrets import is_secret_name, redact_data
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, canonical_json
@@ -88,6 +89,7 @@ from rag_perf_plugins.services.defaults import (
     default_target,
     deployment_of,
 )
+from rag_perf_plugins.services.identity import IdentityGuard, ModelIdentity, model_identity
 from rag_perf_plugins.services.llm import Fallback, LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
@@ -113,24 +115,18 @@ __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
 
 RT = TypeVar("RT", ChatResponse, CompletionResponse)
 
-# Fields of an LLM that do not change its answers (or are secrets): left out of keys.
+# Fields of a LlamaIndex LLM left out of its identity besides the core's deny-list
+# (rag_perf_plugins.services.identity.NON_IDENTITY_FIELDS): secrets, transport, and the
+# prompt-formatting callables the wrapper copies and applies itself.
 _NON_IDENTITY_FIELDS = frozenset(
     {
         "api_key",
-        "callback_manager",
-        "default_headers",
-        "max_retries",
-        "timeout",
-        "reuse_client",
-        "rate_limiter",
-        "http_client",
         "async_http_client",
         "messages_to_prompt",
         "completion_to_prompt",
         "output_parser",
     }
 )
-_UNSTABLE = re.compile(r"<[\w\s_\. ]+ at 0x[a-z0-9]+>")
 _ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # Per-call keywords that have their own LLMRequest field.
 _REQUEST_FIELDS = frozenset({"tools", "tool_choice", "response_format", "seed"})
@@ -145,24 +141,34 @@ _COPIED_FIELDS = (
 
 
 def llm_identity(llm: LLM) -> dict[str, Any]:
-    """The fields of ``llm`` that decide its answers, as a JSON-safe, stable dict.
+    """The identity of ``llm``: what decides its answers, as a JSON-safe, stable dict.
 
     Example: ``llm_identity(OpenAI(model="gpt-4o-mini", temperature=0))["temperature"]``.
-    Secrets and transport settings (API key, headers, timeout, retries, clients) are left
-    out, as is every field named like a credential (``token``, ``aws_secret_access_key``);
-    credentials nested deeper (``additional_kwargs``, a password in ``api_base``) are
-    masked. Objects that are not JSON values are replaced by their type name.
+    The rule of :func:`rag_perf_plugins.services.identity.model_identity`: the qualified
+    class and every public field not at its class default, but credentials, clients,
+    timeouts, retries and callbacks; credentials nested deeper (``additional_kwargs``, a
+    password in ``api_base``) are masked. ``temperature`` is always present (the sampling
+    policy reads it), and ``stream_options`` in ``additional_kwargs`` is left out (whether a
+    stream reports usage does not change the answer).
     """
-    raw = llm.to_dict()
-    kept = {k: v for k, v in raw.items() if k not in _NON_IDENTITY_FIELDS and not is_secret_name(k)}
+    return _llm_identity_dict(model_identity(llm, deny=_NON_IDENTITY_FIELDS), llm)
+
+
+def _llm_identity_dict(found: ModelIdentity, llm: LLM) -> dict[str, Any]:
+    kept: dict[str, Any] = dict(found.fields)
     extra = kept.get("additional_kwargs")
     if isinstance(extra, dict) and "stream_options" in extra:
-        # Whether a stream reports usage does not change the answer.
-        kept["additional_kwargs"] = {k: v for k, v in extra.items() if k != "stream_options"}
+        rest = {k: v for k, v in extra.items() if k != "stream_options"}
+        if rest:
+            kept["additional_kwargs"] = rest
+        else:  # the class default ({}) is left out
+            del kept["additional_kwargs"]
+    temperature = getattr(llm, "temperature", None)
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        kept.setdefault("temperature", temperature)
+    kept["class"] = found.cls
     kept["class_name"] = llm.class_name()
-    text = json.dumps(kept, sort_keys=True, default=lambda o: type(o).__qualname__)
-    loaded: dict[str, Any] = redact_data(json.loads(_UNSTABLE.sub("", text)))
-    return loaded
+    return kept
 
 
 def _plain(value: Any) -> bool:
@@ -256,19 +262,60 @@ def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage 
     )
 
 
+# Provider SDK models a message's additional_kwargs may hold (OpenAI's tool calls): their
+# class is stored by name and rebuilt on a hit, so a hit holds the same types as a live
+# answer. Only classes under these module prefixes are ever imported.
+_SDK_MODULES = ("openai.types.",)
+
+
+def _sdk_types(message: ChatMessage) -> dict[str, list[str]]:
+    """``{kwarg: [module:Class per item]}`` for lists of provider SDK models in the message."""
+    found: dict[str, list[str]] = {}
+    for name, value in message.additional_kwargs.items():
+        if isinstance(value, list) and value:
+            kinds = [f"{type(v).__module__}:{type(v).__qualname__}" for v in value]
+            if all(k.startswith(_SDK_MODULES) for k in kinds):
+                found[name] = kinds
+    return found
+
+
+def _rebuild_sdk_types(message: ChatMessage, kinds: dict[str, list[str]]) -> None:
+    import importlib
+
+    for name, classes in kinds.items():
+        items = message.additional_kwargs.get(name)
+        if not isinstance(items, list) or len(items) != len(classes):
+            continue
+        rebuilt = []
+        for item, kind in zip(items, classes, strict=True):
+            module, _, qualname = kind.partition(":")
+            if not module.startswith(_SDK_MODULES):
+                return
+            cls = getattr(importlib.import_module(module), qualname)
+            rebuilt.append(cls.model_validate(item))
+        message.additional_kwargs[name] = rebuilt
+
+
 class _ChatCodec:
     """A whole ``ChatResponse`` as plain data (message via LlamaIndex's own serializer)."""
 
     def encode(self, value: ChatResponse) -> Any:
-        return {
+        data = {
             "m": value.message.model_dump(mode="json"),
             "k": _plain_kwargs(value.additional_kwargs),
             "d": value.delta,
         }
+        kinds = _sdk_types(value.message)
+        if kinds:
+            data["t"] = kinds
+        return data
 
     def decode(self, data: Any) -> ChatResponse:
+        message = ChatMessage.model_validate(data["m"])
+        if data.get("t"):
+            _rebuild_sdk_types(message, data["t"])
         return ChatResponse(
-            message=ChatMessage.model_validate(data["m"]),
+            message=message,
             delta=data["d"],
             additional_kwargs=_hit_kwargs(data["k"]),
         )
@@ -521,6 +568,7 @@ class PerfLLM(LLM):
         _model: str
         _metadata: LLMMetadata
         _identity_digest: str
+        _guard: IdentityGuard
         _provider: str
         _raw: dict[str, Callable[..., Any]]
         _alternatives: list[_Alternative]
@@ -551,7 +599,8 @@ class PerfLLM(LLM):
             callback_manager=inner.callback_manager,
             **{name: getattr(inner, name) for name in _COPIED_FIELDS},
         )
-        identity = llm_identity(inner)
+        guard = IdentityGuard(inner, deny=_NON_IDENTITY_FIELDS)
+        identity = _llm_identity_dict(guard.identity, inner)
         # Read once: some classes compute metadata on every access (OpenAI: ~100 µs), and
         # LlamaIndex reads it for every event payload.
         metadata = inner.metadata
@@ -582,6 +631,7 @@ class PerfLLM(LLM):
             _inner=inner,
             _config=config,
             _identity=identity,
+            _guard=guard,
             _metadata=metadata,
             _identity_digest=digest,
             _model=model,
@@ -650,6 +700,8 @@ class PerfLLM(LLM):
 
         ``alt``: a fallback model's request instead of the inner model's.
         """
+        if alt is None and self._guard.changed() is not None:
+            self._rekey()
         identity = self._identity if alt is None else alt.identity
         params = {k: v for k, v in kwargs.items() if k not in _REQUEST_FIELDS}
         params["temperature"] = kwargs.get("temperature", identity.get("temperature"))
@@ -697,6 +749,20 @@ class PerfLLM(LLM):
             else:
                 out.append(Fallback(alt.target, request, run))
         return out
+
+    def _rekey(self) -> None:
+        """Take the inner model's identity again after one of its fields changed."""
+        inner = self._inner
+        identity = _llm_identity_dict(self._guard.identity, inner)
+        metadata = inner.metadata
+        digest = hashlib.blake2b(canonical_json(identity).encode(), digest_size=16).hexdigest()
+        _set(
+            self,
+            _identity=identity,
+            _identity_digest=digest,
+            _metadata=metadata,
+            _model=metadata.model_name or "unknown",
+        )
 
     # --- chat ---------------------------------------------------------------------------
     @llm_chat_callback()
@@ -896,6 +962,69 @@ class PerfLLM(LLM):
             ),
             answered,
         )
+
+    # --- structured output: the inner class's own method, its requests through us ------
+    def _through_us(self) -> LLM:
+        """A copy of the inner model whose chat/complete calls are this wrapper's.
+
+        The inner class's ``structured_predict`` and friends then build exactly the
+        request the unwrapped model sends (``OpenAI``: ``response_format`` with a strict
+        JSON schema, where LlamaIndex's base method would force a tool call), and every
+        model call they make is cached, gated and counted here.
+        """
+        proxy = self._inner.model_copy()
+        for name in _ROUTED:
+            object.__setattr__(proxy, name, getattr(self, name))
+        return proxy
+
+    def structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """The inner model's ``structured_predict``, its model calls through the cache."""
+        return self._through_us().structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+    async def astructured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """Async :meth:`structured_predict`."""
+        return await self._through_us().astructured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+    def stream_structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """The inner model's ``stream_structured_predict``, streamed through the cache."""
+        return self._through_us().stream_structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+    async def astream_structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:  # fmt: skip
+        """Async :meth:`stream_structured_predict`."""
+        return await self._through_us().astream_structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args
+        )
+
+
+# The model calls a structured-output method of the inner class makes: routed to the wrapper.
+_ROUTED = (
+    "chat",
+    "achat",
+    "stream_chat",
+    "astream_chat",
+    "complete",
+    "acomplete",
+    "stream_complete",
+    "astream_complete",
+)
 
 
 class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):

@@ -64,7 +64,7 @@ from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.search import SearchCache, SearchCacheViews
+from rag_perf_plugins.services.search import SearchCache, SearchCacheViews, store_identity
 from rag_perf_plugins.tracking import PerformanceTracker
 
 __all__ = ["PerfVectorStore"]
@@ -122,10 +122,27 @@ def _node_out(node: BaseNode) -> dict[str, Any]:
     return data
 
 
+# Scores keep their type through the cache (a numpy float32 stays one): stored as a float64,
+# exact for a float32, with the numpy dtype when there was one.
+_SCORE_TYPES: dict[str, Any] = {"f4": np.float32, "f8": np.float64}
+
+
+def _score_out(score: Any) -> Any:
+    if isinstance(score, np.floating):
+        return [float(score), score.dtype.str[1:]]
+    return float(score)
+
+
+def _score_in(data: Any) -> Any:
+    if isinstance(data, list):
+        return _SCORE_TYPES[data[1]](data[0])
+    return float(data)
+
+
 def _result_out(result: VectorStoreQueryResult) -> dict[str, Any]:
     return {
         "n": None if result.nodes is None else [_node_out(n) for n in result.nodes],
-        "s": None if result.similarities is None else [float(s) for s in result.similarities],
+        "s": None if result.similarities is None else [_score_out(s) for s in result.similarities],
         "i": None if result.ids is None else list(result.ids),
     }
 
@@ -134,7 +151,7 @@ def _result_in(data: dict[str, Any]) -> VectorStoreQueryResult:
     nodes = data["n"]
     return VectorStoreQueryResult(
         nodes=None if nodes is None else [json_to_doc(n) for n in nodes],
-        similarities=data["s"],
+        similarities=None if data["s"] is None else [_score_in(s) for s in data["s"]],
         ids=data["i"],
     )
 
@@ -148,7 +165,7 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
 
     Args:
         inner: The vector store that really stores and searches.
-        config: ``enable_caching``, ``cache_ttl`` (seconds), cache directory and tiers,
+        config: ``enable_caching``, ``retrieval_ttl`` (seconds), cache directory and tiers,
             ``enable_metrics``; ``None`` means ``PerformanceConfig.load()``.
         cache: The cache manager; ``None`` uses the one shared by every wrapper built with
             an equal config (the process-wide one when the config matches it).
@@ -156,7 +173,7 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
             name to wrappers of the same data in other processes so their writes invalidate
             each other's queries. ``None``: a fresh random name, so this wrapper never
             serves another store's results (right for in-memory stores).
-        ttl: Seconds a cached query lives (``None``: ``config.cache_ttl``, whatever the
+        ttl: Seconds a cached query lives (``None``: ``config.retrieval_ttl``, whatever the
             cache manager's own default is).
         tracker: Statistics sink; ``None`` means the process tracker when metrics are on.
         clock: Seconds, monotonic, for the timings.
@@ -193,7 +210,8 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
         searches = SearchCache(
             config,
             name=name,
-            default_name=type(inner).__name__,
+            default_name=store_identity(inner),
+            random_prefix=type(inner).__name__,
             cache=cache,
             ttl=ttl,
             tracker=tracker,

@@ -181,6 +181,16 @@ def test_anthropic_fields_that_change_the_answer_are_in_the_key(
     assert requests(simulator) == before + 1  # a different request: a miss
 
 
+def test_anthropic_timeout_is_not_in_the_key(
+    simulator: Simulator, config: PerformanceConfig
+) -> None:
+    PerfChatModel(claude(simulator, config), config).invoke(ask())
+    before = requests(simulator)
+    slow = PerfChatModel(claude(simulator, config, default_request_timeout=600.0), config)
+    assert slow.invoke(ask()).response_metadata["cache_hit"] is True
+    assert requests(simulator) == before
+
+
 def test_anthropic_system_blocks_are_in_the_key(
     simulator: Simulator, config: PerformanceConfig
 ) -> None:

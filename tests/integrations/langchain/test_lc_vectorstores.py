@@ -213,16 +213,16 @@ def test_memory_only_cache_stops_serving_a_deleted_document(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_config_cache_ttl_expires_cached_searches(
+def test_config_retrieval_ttl_expires_cached_searches(
     tmp_path: Path, fake_clock: Any, asynchronous: bool
 ) -> None:
-    """The wrapper's ``cache_ttl`` decides, even over a manager with a longer default."""
+    """The wrapper's ``retrieval_ttl`` decides, even over a manager with a longer default."""
     import asyncio
 
     cache = CacheManager(
         PerformanceConfig(cache_dir=str(tmp_path / "c"), cache_ttl=3600.0), clock=fake_clock
     )
-    store = _store(cache, config=PerformanceConfig(cache_ttl=1.0))
+    store = _store(cache, config=PerformanceConfig(retrieval_ttl=1.0, cache_ttl=3600.0))
 
     def search() -> Any:
         if asynchronous:

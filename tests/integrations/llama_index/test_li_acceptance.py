@@ -16,7 +16,7 @@ from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.ingestion import DocstoreStrategy, IngestionCache, IngestionPipeline
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.storage.docstore import SimpleDocumentStore
-from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
+from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
 from llama_index.llms.openai import OpenAI
 from rag_perf_plugins.llama_index import PerfEmbedding, configure_settings, restore_settings
 

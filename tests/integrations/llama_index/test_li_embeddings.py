@@ -14,7 +14,7 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.embedding import EmbeddingStartEvent
-from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
+from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
 from llama_index_instrumentation import get_dispatcher
 from rag_perf_plugins.llama_index import PerfEmbedding
 from rag_perf_plugins.llama_index.embeddings import inner_identity

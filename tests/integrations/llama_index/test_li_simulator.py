@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
-from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped]
+from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
 from rag_perf_plugins.llama_index import PerfEmbedding
 
 from rag_perf_plugins.config import PerformanceConfig
@@ -25,7 +26,7 @@ async def openai_embedding(simulator: Simulator) -> AsyncIterator[MakeModel]:
     """Builds OpenAIEmbedding models pointed at the simulator; closes their clients."""
     made: list[OpenAIEmbedding] = []
 
-    def make(**kw: object) -> OpenAIEmbedding:
+    def make(**kw: Any) -> OpenAIEmbedding:
         model = OpenAIEmbedding(api_base=simulator.base_url, api_key="sk-test", max_retries=0, **kw)
         made.append(model)
         return model

@@ -253,14 +253,14 @@ def test_memory_only_cache_stops_serving_a_deleted_node(
     assert after == inner.query(_query("node 9", k=1)).ids and "n9" not in (after or [])
 
 
-def test_config_cache_ttl_expires_cached_queries(
+def test_config_retrieval_ttl_expires_cached_queries(
     inner: CountingStore, cache_dir: Path, fake_clock: Any
 ) -> None:
-    """The wrapper's ``cache_ttl`` decides, even over a manager with a longer default."""
+    """The wrapper's ``retrieval_ttl`` decides, even over a manager with a longer default."""
     cache = CacheManager(
         PerformanceConfig(cache_dir=str(cache_dir), cache_ttl=3600.0), clock=fake_clock
     )
-    store = PerfVectorStore(inner, PerformanceConfig(cache_ttl=1.0), cache=cache)
+    store = PerfVectorStore(inner, PerformanceConfig(retrieval_ttl=1.0), cache=cache)
     store.query(_query())
     store.query(_query())
     assert inner.queries == 1
