@@ -557,7 +557,10 @@ async def test_a_miss_read_before_the_leader_stored_makes_no_second_call(
     provider, go = Provider(), asyncio.Event()
     req = request()
 
+    calling = asyncio.Event()
+
     async def slow_answer() -> Answer:
+        calling.set()
         await go.wait()
         return provider.answer(req)
 
@@ -568,11 +571,7 @@ async def test_a_miss_read_before_the_leader_stored_makes_no_second_call(
 
     # Wait (in time, not loop turns: the leader's own disk lookup runs in a thread, slow on
     # a loaded machine) until the leader is inside the provider call, past its lookup.
-    async def leader_calling() -> None:
-        while not service.provider_calls:
-            await asyncio.sleep(0.001)
-
-    await asyncio.wait_for(leader_calling(), 30)
+    await asyncio.wait_for(calling.wait(), 30)
     SlowDisk.block_next = True
     late = asyncio.create_task(service.agenerate(req, fast_answer, Codec()))
     await asyncio.get_running_loop().run_in_executor(None, SlowDisk.entered.wait, 10)
