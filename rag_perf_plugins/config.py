@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -89,6 +90,14 @@ def _opt(
         "allowed": allowed,
     }
     return field(default=default, metadata=metadata)
+
+
+_SCOPE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _scope_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a shared rate budget, or ``None``."""
+    return None if _SCOPE_NAME.fullmatch(name) else "not a scope name"
 
 
 def _redis_url_problem(url: str) -> str | None:
@@ -323,6 +332,16 @@ class PerformanceConfig:
         unit="tokens/minute",
         ge=1,
     )
+    rate_limit_scope: str | None = _opt(
+        None,
+        "Name of a rate budget several models share: every wrapper and factory built with "
+        "a config naming the same scope takes one gate (scope/NAME), whatever its provider, "
+        "model and API key, e.g. chat and embeddings under one account-wide limit. Null "
+        "means the provider's own scope: OpenAI per model, Azure per deployment, Anthropic "
+        "per model family (the name without its date or -latest suffix), each per API key.",
+        validator=_scope_problem,
+        allowed="a name of letters, digits and . _ - : (at most 64 characters)",
+    )
     rate_burst_seconds: float = _opt(
         1.0,
         "Largest burst, as seconds of budget (rate/60 x this); a fresh gate never sends "
@@ -422,8 +441,10 @@ class PerformanceConfig:
     )
     breaker_consecutive_failures: int | None = _opt(
         5,
-        "Failures in a row (no success between) that open a breaker at once, whatever the "
-        "window's ratio; catches a sudden outage of a busy target. Null: only the ratio.",
+        "Failures in a row that open a breaker at once, whatever the window's ratio; catches "
+        "a sudden outage of a busy target. Only a success of a call sent after the latest "
+        "failure ends the run (calls in flight when the outage began do not). Null: only "
+        "the ratio.",
         unit="calls",
         ge=1,
     )

@@ -23,14 +23,16 @@ from __future__ import annotations
 from .budget import BudgetStore, LocalBudgetStore, RateLimits
 from .gate import AdmissionGate, Ticket
 from .headers import parse_reset, parse_retry_after
-from .registry import get_gate, key_fingerprint
+from .registry import budget_model, get_gate, get_scope_gate, key_fingerprint
 from .retry import Failure, RetryBudget, RetryPolicy, classify
 
 __all__ = [
     # the gate
     "AdmissionGate",
     "Ticket",
+    "budget_model",
     "get_gate",
+    "get_scope_gate",
     "key_fingerprint",
     # budgets
     "BudgetStore",

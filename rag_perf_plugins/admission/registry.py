@@ -12,6 +12,7 @@ budget across every wrapper, thread and event loop of the process that calls tha
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 
 from ..config import PerformanceConfig
@@ -19,7 +20,7 @@ from ..errors import ConfigError
 from .budget import BudgetStore
 from .gate import AdmissionGate
 
-__all__ = ["get_gate", "key_fingerprint", "live_gates"]
+__all__ = ["budget_model", "get_gate", "get_scope_gate", "key_fingerprint", "live_gates"]
 
 
 def key_fingerprint(api_key: str | None) -> str:
@@ -74,3 +75,65 @@ def live_gates() -> list[AdmissionGate]:
     """The process-wide gates made by :func:`get_gate` so far (the metrics endpoint's)."""
     with _GATES_LOCK:
         return list(_GATES.values())
+
+
+# The config keys a gate reads: two configs equal in these make the same gate.
+_GATE_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "rate_burst_seconds",
+    "max_concurrent_requests",
+    "max_queue",
+    "max_queue_wait",
+    "retry_after_cap",
+    "shared_rate_limit",
+    "redis_url",
+    "limiter_fallback",
+    "worker_count",
+    "cache_namespace_prefix",
+    "enable_metrics",
+)
+
+
+def get_scope_gate(name: str, *, config: PerformanceConfig) -> AdmissionGate:
+    """The process-wide gate of the shared budget ``name`` (config key ``rate_limit_scope``).
+
+    Example: ``get_scope_gate("acme-openai", config=config)``: chat and embedding wrappers
+    whose configs both say ``rate_limit_scope: acme-openai`` reserve from this one gate
+    (key ``scope/acme-openai``; in Redis too with ``shared_rate_limit``).
+
+    Configs that differ elsewhere (cache settings, retries) share it when they agree on what
+    a gate reads (limits, queue, Redis store); otherwise :class:`ConfigError` names
+    ``rate_limit_scope``: one budget cannot have two sets of limits.
+    """
+    key = f"scope/{name}"
+    with _GATES_LOCK:
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = AdmissionGate(config, key=key)
+            return gate
+    if any(getattr(config, f) != getattr(gate.config, f) for f in _GATE_FIELDS):
+        differ = [f for f in _GATE_FIELDS if getattr(config, f) != getattr(gate.config, f)]
+        msg = (
+            f"rate_limit_scope {name!r} is already in use with other limits "
+            f"({', '.join(differ)} differ); give every config of one scope the same limits"
+        )
+        raise ConfigError(msg, key="rate_limit_scope")
+    return gate
+
+
+_DATED = re.compile(r"-(?:\d{8}|latest)$")
+
+
+def budget_model(provider: str, model: str) -> str:
+    """The model name a provider's rate budget is kept under: its default limit scope.
+
+    Example: ``budget_model("anthropic", "claude-3-5-haiku-20241022")`` is
+    ``"claude-3-5-haiku"``, as is ``"claude-3-5-haiku-latest"``: Anthropic limits per model
+    family, so the dated and ``-latest`` names share one budget. Every other provider keeps
+    the name as it is (OpenAI limits per model; for Azure the name is the deployment's,
+    which is what Azure limits).
+    """
+    if "anthropic" in provider.lower():
+        return _DATED.sub("", model)
+    return model

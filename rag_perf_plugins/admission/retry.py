@@ -10,10 +10,12 @@ Example::
     reply = await policy.acall(send, gate=get_gate("openai", model, key), tokens=900,
                                usage=lambda r: r.usage.total_tokens)
 
-Retried: HTTP 408, 429 and 5xx answers, timeouts and connection errors, recognised on
+Retried: HTTP 408, 429 and 5xx answers (Anthropic's 529 ``overloaded_error`` included,
+classified ``overloaded``), timeouts and connection errors, recognised on
 ``httpx`` errors, on the OpenAI SDK's errors (``RateLimitError``, ``APIStatusError``,
 ``APITimeoutError``, ``APIConnectionError``, matched by their ``status_code``/``response``
-and, when ``openai`` is already imported, by class; this module never imports it), on
+and, when ``openai`` is already imported, by class; this module never imports it; the
+Anthropic SDK's classes of the same names alike), on
 aiohttp's ``ClientResponseError`` (its ``.status`` and ``.headers``; any exception with an
 int ``.status`` from 100 to 599 is read the same way; aiohttp is never imported here either)
 and on :class:`~rag_perf_plugins.errors.ProviderError`. Never retried: other 4xx (400, 401, 403,
@@ -76,8 +78,18 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 FailureKind = Literal[
-    "rate_limited", "server_error", "timeout", "connection", "client_error", "not_retryable"
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "timeout",
+    "connection",
+    "client_error",
+    "not_retryable",
 ]
+
+# Anthropic's "overloaded_error": the service as a whole is busy, not this key's budget. It
+# is retried with back-off like a 5xx and does not pause the gate (a 429 does).
+_OVERLOADED = 529
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +98,8 @@ class Failure:
 
     Attributes:
         retryable: Whether another attempt may help.
-        kind: ``rate_limited``, ``server_error``, ``timeout``, ``connection``,
+        kind: ``rate_limited`` (429), ``overloaded`` (529, Anthropic's
+            ``overloaded_error``), ``server_error``, ``timeout``, ``connection``,
             ``client_error`` or ``not_retryable``.
         status: The HTTP status, when there was one.
         retry_after: Seconds the provider asked us to wait, when it said.
@@ -135,6 +148,8 @@ def classify(exc: BaseException) -> Failure:
             retry_after = exc.retry_after
         if status == 429:
             return Failure(True, "rate_limited", status, retry_after, headers)
+        if status == _OVERLOADED:
+            return Failure(True, "overloaded", status, retry_after, headers)
         if status >= 500 or status == 408:
             return Failure(True, "server_error", status, retry_after, headers)
         return Failure(False, "client_error", status, None, headers)
@@ -144,12 +159,14 @@ def classify(exc: BaseException) -> Failure:
         return _NOT_RETRYABLE  # a bad URL stays bad
     if isinstance(exc, (ConnectionError, httpx.TransportError)):
         return Failure(True, "connection")
-    # The SDK's own classes, only if the caller already imported the SDK (we never do).
-    openai: Any = sys.modules.get("openai")
-    if openai is not None:
-        if isinstance(exc, openai.APITimeoutError):
+    # The SDKs' own classes, only if the caller already imported the SDK (we never do).
+    for name in ("openai", "anthropic"):
+        sdk: Any = sys.modules.get(name)
+        if sdk is None:
+            continue
+        if isinstance(exc, sdk.APITimeoutError):
             return Failure(True, "timeout")
-        if isinstance(exc, openai.APIConnectionError):
+        if isinstance(exc, sdk.APIConnectionError):
             return Failure(True, "connection")
     aiohttp: Any = sys.modules.get("aiohttp")
     if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectionError):

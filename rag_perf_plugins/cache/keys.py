@@ -54,6 +54,7 @@ NON_OUTPUT_PARAMS: Final = frozenset(
     {
         "timeout",
         "request_timeout",
+        "default_request_timeout",  # ChatAnthropic's
         "max_retries",
         "retries",
         "stream",

@@ -12,8 +12,9 @@ States:
 - **closed**: every call goes through. Outcomes are counted in a sliding window of
   ``window`` seconds (ten buckets). When at least ``min_calls`` outcomes are in the window
   and the failures are at least ``failure_ratio`` of them, the breaker opens; so it does
-  after ``consecutive`` failures in a row (no success between), which catches a sudden
-  outage of a busy target long before its failures are half of the window. Failures are
+  after ``consecutive`` failures in a row, which catches a sudden outage of a busy target
+  long before its failures are half of the window. Only a success of a call admitted after
+  the latest failure ends the run: calls in flight when an outage began are old news. Failures are
   429s, 5xx answers, timeouts and refused connections; 4xx client errors and our own
   refusals are *neutral* (they say nothing about the provider and are not counted).
 - **open**: every call is refused for ``cooldown`` seconds (``retry_in`` says how long is
@@ -113,6 +114,8 @@ class Admission:
         state: The breaker's state after this decision.
         retry_in: Refused: seconds until a call may be let through again (0 when allowed).
         transition: ``"half_open"`` when this decision moved an open breaker to half-open.
+        at: The store's ``now`` of this decision (seconds); pass it back as ``since`` when
+            recording the call's outcome.
     """
 
     allowed: bool
@@ -120,6 +123,7 @@ class Admission:
     state: State
     retry_in: float = 0.0
     transition: str | None = None
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,7 @@ class BreakerCore:
 
     __slots__ = (
         "buckets",
+        "failed_at",
         "in_a_row",
         "open_until",
         "opened_at",
@@ -159,6 +164,7 @@ class BreakerCore:
         self.probe_ok = 0
         self.probe_at = 0.0
         self.in_a_row = 0  # failures since the last success (closed state)
+        self.failed_at = -math.inf  # when the last failure was recorded (closed state)
         # [bucket index, outcomes, failures] per slot; a stale index is an empty bucket.
         self.buckets = [[-1, 0, 0] for _ in range(SLOTS)]
 
@@ -182,9 +188,21 @@ class BreakerCore:
         return Admission(True, False, "closed")
 
     def record(
-        self, settings: BreakerSettings, outcome: Outcome, *, probe: bool, now: float
+        self,
+        settings: BreakerSettings,
+        outcome: Outcome,
+        *,
+        probe: bool,
+        now: float,
+        since: float | None = None,
     ) -> Transition | None:
-        """Count one call's ``outcome``; the transition it caused, if any."""
+        """Count one call's ``outcome``; the transition it caused, if any.
+
+        ``since``: when the call was admitted (``Admission.at``). A success of a call
+        admitted before the last failure was recorded is old news: it counts in the window
+        but does not end the run of failures in a row (calls that were in flight when an
+        outage began must not hold the breaker closed while new calls fail).
+        """
         if probe:
             if self.state != "half_open":
                 return None  # the breaker moved on while the probe ran
@@ -206,10 +224,12 @@ class BreakerCore:
             bucket[0], bucket[1], bucket[2] = index, 0, 0
         bucket[1] += 1
         if outcome != "failure":
-            self.in_a_row = 0
+            if since is None or since >= self.failed_at:
+                self.in_a_row = 0
             return None
         bucket[2] += 1
         self.in_a_row += 1
+        self.failed_at = now
         if settings.consecutive is not None and self.in_a_row >= settings.consecutive:
             return self._open(settings, now)
         oldest = index - SLOTS
@@ -237,12 +257,14 @@ class BreakerCore:
         self.state = "open"
         self.open_until = max(self.open_until, now + settings.cooldown)
         self.probes_out = self.probe_ok = self.in_a_row = 0
+        self.failed_at = -math.inf
         self._clear()
         return Transition(kind)
 
     def _close(self, now: float) -> Transition:
         self.state = "closed"
         self.probes_out = self.probe_ok = self.in_a_row = 0
+        self.failed_at = -math.inf
         self._clear()
         return Transition("closed", max(0.0, now - self.opened_at))
 

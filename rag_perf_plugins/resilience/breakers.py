@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .._clock import Clock
@@ -110,27 +111,38 @@ class Breakers:
 
     # --- decisions ----------------------------------------------------------------------
     def admit(self, target: str) -> Admission:
-        """May a call go to ``target`` now."""
-        admission = self.store.admit(target, self.settings, self._clock())
+        """May a call go to ``target`` now (``at``: the store time of the decision)."""
+        now = self._clock()
+        admission = replace(self.store.admit(target, self.settings, now), at=now)
         self._admitted(target, admission)
         return admission
 
     async def aadmit(self, target: str) -> Admission:
         """Async twin of :meth:`admit`."""
-        admission = await self.store.aadmit(target, self.settings, self._clock())
+        now = self._clock()
+        admission = replace(await self.store.aadmit(target, self.settings, now), at=now)
         self._admitted(target, admission)
         return admission
 
-    def record(self, target: str, outcome: Outcome, *, probe: bool) -> Transition | None:
-        """Count ``outcome`` of a call to ``target``; logs and counts a transition."""
-        transition = self.store.record(target, self.settings, outcome, probe, self._clock())
+    def record(
+        self, target: str, outcome: Outcome, *, probe: bool, since: float | None = None
+    ) -> Transition | None:
+        """Count ``outcome`` of a call to ``target``; logs and counts a transition.
+
+        ``since``: the call's ``Admission.at`` (a success of a call admitted before the
+        last failure does not end a run of failures).
+        """
+        now = self._clock()
+        transition = self.store.record(target, self.settings, outcome, probe, now, since)
         self._transitioned(target, transition)
         return transition
 
-    async def arecord(self, target: str, outcome: Outcome, *, probe: bool) -> Transition | None:
+    async def arecord(
+        self, target: str, outcome: Outcome, *, probe: bool, since: float | None = None
+    ) -> Transition | None:
         """Async twin of :meth:`record`."""
         now = self._clock()
-        transition = await self.store.arecord(target, self.settings, outcome, probe, now)
+        transition = await self.store.arecord(target, self.settings, outcome, probe, now, since)
         self._transitioned(target, transition)
         return transition
 

@@ -65,7 +65,8 @@ def breaker_key(prefix: str, target: str) -> str:
 
 
 # The rules of BreakerCore, once more, in Lua. ARGV: op, now, failure_ratio, min_calls,
-# window, cooldown, probes, outcome, probe (1/0), consecutive (0: none). Numbers go back
+# window, cooldown, probes, outcome, probe (1/0), consecutive (0: none), since (admission
+# time of the recorded call; empty: unknown). Numbers go back
 # inside strings: Redis turns Lua numbers into integers.
 _SCRIPT: Final = r"""
 local key = KEYS[1]
@@ -79,8 +80,9 @@ local probes = tonumber(ARGV[7])
 local outcome = ARGV[8]
 local probe = ARGV[9] == '1'
 local consecutive = tonumber(ARGV[10])
+local since = tonumber(ARGV[11])
 local slots = 10
-local s = redis.call('HMGET', key, 'st', 'ou', 'oa', 'po', 'pk', 'pa', 'cf')
+local s = redis.call('HMGET', key, 'st', 'ou', 'oa', 'po', 'pk', 'pa', 'cf', 'lf')
 local st = s[1] or 'closed'
 local ou = tonumber(s[2]) or 0
 local oa = tonumber(s[3]) or 0
@@ -88,12 +90,14 @@ local po = tonumber(s[4]) or 0
 local pk = tonumber(s[5]) or 0
 local pa = tonumber(s[6]) or 0
 local cf = tonumber(s[7]) or 0
+local lf = tonumber(s[8])
 
 local function num(x) return string.format('%.6f', x) end
 
 local function save()
   redis.call('HSET', key, 'st', st, 'ou', num(ou), 'oa', num(oa), 'po', po, 'pk', pk,
              'pa', num(pa), 'cf', cf)
+  redis.call('HDEL', key, 'lf')
   redis.call('EXPIRE', key, 3600)
 end
 
@@ -189,11 +193,12 @@ elseif op == 'record' then
   redis.call('HSET', key, field, bi .. ':' .. bc .. ':' .. bf)
   redis.call('EXPIRE', key, 3600)
   if outcome ~= 'failure' then
-    redis.call('HSET', key, 'cf', 0)
+    -- a success of a call admitted before the last failure does not end the run
+    if since == nil or lf == nil or since >= lf then redis.call('HSET', key, 'cf', 0) end
     return '|0'
   end
   cf = cf + 1
-  redis.call('HSET', key, 'cf', cf)
+  redis.call('HSET', key, 'cf', cf, 'lf', num(now))
   if consecutive > 0 and cf >= consecutive then return open() end
   local oldest = index - slots
   local calls, failures = 0, 0
@@ -232,7 +237,14 @@ async def _close_loop_script(entry: _LoopScript) -> None:
     await entry.client.aclose()
 
 
-def _args(op: str, settings: BreakerSettings, now: float, outcome: str, probe: bool) -> list[Any]:
+def _args(
+    op: str,
+    settings: BreakerSettings,
+    now: float,
+    outcome: str,
+    probe: bool,
+    since: float | None = None,
+) -> list[Any]:
     return [
         op,
         repr(float(now)),
@@ -244,6 +256,7 @@ def _args(op: str, settings: BreakerSettings, now: float, outcome: str, probe: b
         outcome,
         "1" if probe else "0",
         settings.consecutive or 0,
+        "" if since is None else repr(float(since)),
     ]
 
 
@@ -413,21 +426,33 @@ class RedisBreakerStore:
         return self.local.admit(target, settings, now) if raw is None else _admission(raw)
 
     def record(
-        self, target: str, settings: BreakerSettings, outcome: Outcome, probe: bool, now: float
+        self,
+        target: str,
+        settings: BreakerSettings,
+        outcome: Outcome,
+        probe: bool,
+        now: float,
+        since: float | None = None,
     ) -> Transition | None:
         """Count one outcome of ``target`` in the shared breaker."""
-        raw = self._call(target, _args("record", settings, now, outcome, probe))
+        raw = self._call(target, _args("record", settings, now, outcome, probe, since))
         if raw is None:
-            return self.local.record(target, settings, outcome, probe, now)
+            return self.local.record(target, settings, outcome, probe, now, since)
         return _transition(raw)
 
     async def arecord(
-        self, target: str, settings: BreakerSettings, outcome: Outcome, probe: bool, now: float
+        self,
+        target: str,
+        settings: BreakerSettings,
+        outcome: Outcome,
+        probe: bool,
+        now: float,
+        since: float | None = None,
     ) -> Transition | None:
         """Async twin of :meth:`record`."""
-        raw = await self._acall(target, _args("record", settings, now, outcome, probe))
+        raw = await self._acall(target, _args("record", settings, now, outcome, probe, since))
         if raw is None:
-            return self.local.record(target, settings, outcome, probe, now)
+            return self.local.record(target, settings, outcome, probe, now, since)
         return _transition(raw)
 
     def peek(self, target: str, settings: BreakerSettings, now: float) -> tuple[State, float]:

@@ -34,13 +34,28 @@ class BreakerStore(Protocol):
         ...
 
     def record(
-        self, target: str, settings: BreakerSettings, outcome: Outcome, probe: bool, now: float
+        self,
+        target: str,
+        settings: BreakerSettings,
+        outcome: Outcome,
+        probe: bool,
+        now: float,
+        since: float | None = None,
     ) -> Transition | None:
-        """Count one outcome of ``target``; the transition it caused."""
+        """Count one outcome of ``target``; the transition it caused.
+
+        ``since``: when the call was admitted (see :meth:`BreakerCore.record`).
+        """
         ...
 
     async def arecord(
-        self, target: str, settings: BreakerSettings, outcome: Outcome, probe: bool, now: float
+        self,
+        target: str,
+        settings: BreakerSettings,
+        outcome: Outcome,
+        probe: bool,
+        now: float,
+        since: float | None = None,
     ) -> Transition | None:
         """Async twin of :meth:`record`."""
         ...
@@ -78,17 +93,29 @@ class LocalBreakerStore:
         return self.admit(target, settings, now)
 
     def record(
-        self, target: str, settings: BreakerSettings, outcome: Outcome, probe: bool, now: float
+        self,
+        target: str,
+        settings: BreakerSettings,
+        outcome: Outcome,
+        probe: bool,
+        now: float,
+        since: float | None = None,
     ) -> Transition | None:
         """Count one outcome of ``target``."""
         with self._lock:
-            return self._core(target).record(settings, outcome, probe=probe, now=now)
+            return self._core(target).record(settings, outcome, probe=probe, now=now, since=since)
 
     async def arecord(
-        self, target: str, settings: BreakerSettings, outcome: Outcome, probe: bool, now: float
+        self,
+        target: str,
+        settings: BreakerSettings,
+        outcome: Outcome,
+        probe: bool,
+        now: float,
+        since: float | None = None,
     ) -> Transition | None:
         """Async twin of :meth:`record` (no I/O: the same call)."""
-        return self.record(target, settings, outcome, probe, now)
+        return self.record(target, settings, outcome, probe, now, since)
 
     def peek(self, target: str, settings: BreakerSettings, now: float) -> tuple[State, float]:
         """``(state, retry_in)`` of ``target``; an unknown target is closed."""

@@ -19,9 +19,13 @@ One rule for both frameworks (the LangChain and LlamaIndex adapters call only th
 - **cache**: :func:`rag_perf_plugins.cache.cache_manager_for` of that config, so its
   ``cache_dir``, ``redis_url`` and ``cache_namespace_prefix`` apply; ``None`` when
   ``enable_caching`` is off.
-- **gate**: the process-wide gate of (provider, model, API-key fingerprint) built from that
-  config; a key whose gate already exists with other limits gets a private gate with this
-  config, so two wrappers with different limits never silently share the first one's.
+- **gate**: with ``rate_limit_scope`` set, the one gate of that named budget, shared by
+  every component whose config names it (a scope already in use with other limits is a
+  ``ConfigError``); else the process-wide gate of (provider, model, API-key fingerprint)
+  built from that config, the model as the provider limits it
+  (:func:`~rag_perf_plugins.admission.budget_model`: Anthropic per model family); a key
+  whose gate already exists with other limits gets a private gate with this config, so two
+  wrappers with different limits never silently share the first one's.
 - **retry**: a :class:`~rag_perf_plugins.admission.RetryPolicy` of that config (the one
   retry owner: the pooled factories turn SDK retries off).
 - **tracker**: :func:`rag_perf_plugins.tracking.resolve_tracker`.
@@ -32,7 +36,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..admission import AdmissionGate, RetryPolicy, get_gate
+from ..admission import AdmissionGate, RetryPolicy, budget_model, get_gate, get_scope_gate
 from ..cache import CacheManager, cache_manager_for
 from ..config import PerformanceConfig, resolve_config
 from ..errors import ConfigError
@@ -45,6 +49,7 @@ __all__ = [
     "default_embedding_store",
     "default_gate",
     "default_retry",
+    "deployment_of",
     "default_target",
     "resolve_config",
 ]
@@ -68,6 +73,27 @@ def api_key_of(model: Any) -> str | None:
         key = secret() if callable(secret) else value
         if isinstance(key, str) and key:
             return key
+    return None
+
+
+# Attributes that name an Azure OpenAI deployment in the model classes of both frameworks.
+_DEPLOYMENT_FIELDS = ("deployment_name", "azure_deployment", "deployment", "engine")
+
+
+def deployment_of(model: Any) -> str | None:
+    """The Azure deployment a framework model calls, if it has one (Azure limits per deployment).
+
+    Example: ``deployment_of(AzureOpenAIEmbeddings(azure_deployment="embed", ...))`` is
+    ``"embed"``; ``None`` for other models. The adapters key the default gate by it instead
+    of the model name. Only classes named ``Azure...`` are read: LangChain's
+    ``OpenAIEmbeddings`` has a ``deployment`` field too, defaulting to an unrelated model.
+    """
+    if "azure" not in type(model).__name__.lower():
+        return None
+    for name in _DEPLOYMENT_FIELDS:
+        value = getattr(model, name, None)
+        if isinstance(value, str) and value:
+            return value
     return None
 
 
@@ -95,8 +121,15 @@ def default_gate(
     Example: ``default_gate(config, provider="openai", model="gpt-4o-mini", api_key=key)``.
 
     When that key's gate already exists with another config, a private gate with this
-    config is made instead, so a wrapper's limits are never silently another's.
+    config is made instead, so a wrapper's limits are never silently another's. With
+    ``rate_limit_scope`` set, the scope's shared gate instead (see the module docstring).
+
+    Raises:
+        ConfigError: ``rate_limit_scope`` names a scope in use with other limits.
     """
+    if config.rate_limit_scope:
+        return get_scope_gate(config.rate_limit_scope, config=config)
+    model = budget_model(provider, model)
     try:
         return get_gate(provider, model, api_key, config=config)
     except ConfigError:

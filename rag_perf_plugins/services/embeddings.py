@@ -946,14 +946,16 @@ class EmbeddingService(ProviderCalls):
                                 observe_failure(p.gate, exc)
                                 raise
                 except Exception as exc:
-                    breakers.record(name, outcome_of(exc), probe=admission.probe)
+                    breakers.record(
+                        name, outcome_of(exc), probe=admission.probe, since=admission.at
+                    )
                     reason = failover_reason(exc)
                     if reason is None:
                         raise
                     breakers.failover(name, reason)
                     last = exc
                     continue
-                breakers.record(name, "success", probe=admission.probe)
+                breakers.record(name, "success", probe=admission.probe, since=admission.at)
                 return value
             if last is not None:
                 raise last
@@ -994,14 +996,16 @@ class EmbeddingService(ProviderCalls):
                                 await aobserve_failure(p.gate, exc)
                                 raise
                 except Exception as exc:
-                    await breakers.arecord(name, outcome_of(exc), probe=admission.probe)
+                    await breakers.arecord(
+                        name, outcome_of(exc), probe=admission.probe, since=admission.at
+                    )
                     reason = failover_reason(exc)
                     if reason is None:
                         raise
                     breakers.failover(name, reason)
                     last = exc
                     continue
-                await breakers.arecord(name, "success", probe=admission.probe)
+                await breakers.arecord(name, "success", probe=admission.probe, since=admission.at)
                 return value
             if last is not None:
                 raise last

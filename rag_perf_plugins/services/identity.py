@@ -70,8 +70,10 @@ NON_IDENTITY_FIELDS: Final = frozenset(
         "default_headers",
         "default_query",
         "openai_proxy",
+        "anthropic_proxy",
         "reuse_client",
         # time and retries
+        "default_request_timeout",  # ChatAnthropic's timeout
         "max_retries",
         "request_timeout",
         "retry_max_seconds",

@@ -1253,12 +1253,14 @@ class LLMService(ProviderCalls):
                 try:
                     value = one(alt)
                 except Exception as exc:
-                    breakers.record(target.name, outcome_of(exc), probe=admission.probe)
+                    breakers.record(
+                        target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+                    )
                     if not self._fail_over(alt, exc, limited, breakers):
                         raise
                     last = exc
                     continue
-                breakers.record(target.name, "success", probe=admission.probe)
+                breakers.record(target.name, "success", probe=admission.probe, since=admission.at)
                 self._answered_by(state, alt, index)
                 return value
             if last is not None:
@@ -1340,12 +1342,16 @@ class LLMService(ProviderCalls):
                 try:
                     value = await one(alt)
                 except Exception as exc:
-                    await breakers.arecord(target.name, outcome_of(exc), probe=admission.probe)
+                    await breakers.arecord(
+                        target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+                    )
                     if not self._fail_over(alt, exc, limited, breakers):
                         raise
                     last = exc
                     continue
-                await breakers.arecord(target.name, "success", probe=admission.probe)
+                await breakers.arecord(
+                    target.name, "success", probe=admission.probe, since=admission.at
+                )
                 self._answered_by(state, alt, index)
                 return value
             if last is not None:

@@ -72,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             kind: Callable[[str], Any] = _optional(float)
         elif field.name == "max_concurrency":
             kind = _optional(int)
+        elif isinstance(default, str):
+            kind = str
         elif isinstance(default, int):
             kind = int
         else:

@@ -116,6 +116,7 @@ class Roll:
     truncate: bool
     jitter_s: float
     sample: int
+    overload: bool = False
 
 
 class FaultDice:
@@ -138,7 +139,12 @@ class FaultDice:
         self._random = random.Random(options.seed)
         o = options
         self._zero = not (
-            o.drop_rate or o.rate_limit_rate or o.error_rate or o.slow_rate or o.truncate_rate
+            o.drop_rate
+            or o.rate_limit_rate
+            or o.error_rate
+            or o.slow_rate
+            or o.truncate_rate
+            or o.overload_rate
         ) and not (o.jitter_ms)
 
     def roll(self) -> Roll:
@@ -155,4 +161,7 @@ class FaultDice:
         slow = r() < o.slow_rate
         truncate = r() < o.truncate_rate
         jitter_s = r() * o.jitter_ms / 1000.0
-        return Roll(drop, rate_limit, error, slow, truncate, jitter_s, self._random.getrandbits(32))
+        sample = self._random.getrandbits(32)
+        # Drawn last and only when asked for, so seeded runs without it keep their sequence.
+        overload = bool(o.overload_rate) and r() < o.overload_rate
+        return Roll(drop, rate_limit, error, slow, truncate, jitter_s, sample, overload)

@@ -31,10 +31,12 @@ OPTION_DOCS: dict[str, str] = {
     "rpm": "requests per minute (token bucket); None = unlimited",
     "tpm": "tokens per minute (token bucket over each answer's total tokens); None = unlimited",
     "burst_seconds": "bucket capacity, in seconds of the RPM/TPM rate",
+    "limit_scope": "what one RPM/TPM budget covers: account (every model and deployment) or model",
+    "overload_rate": "share of requests answered 529 overloaded (Anthropic) or 503 (seeded), 0..1",
     "max_concurrency": "requests handled at once; more get 429 at once; None = unlimited",
     "error_rate": "share of requests answered 500 or 503 (seeded), 0..1",
     "rate_limit_rate": "share of requests answered 429 with Retry-After (seeded), 0..1",
-    "retry_after_s": "Retry-After sent with injected 429s, seconds",
+    "retry_after_s": "Retry-After sent with injected 429s and 529s, seconds",
     "slow_rate": "share of requests delayed by slow_ms extra (seeded), 0..1",
     "slow_ms": "extra delay of a slow request, ms",
     "truncate_rate": "share of answers cut off midway, connection closed (seeded), 0..1",
@@ -45,7 +47,15 @@ OPTION_DOCS: dict[str, str] = {
     "rate=1): the model or route fails with status for duration seconds",
 }
 
-_RATES = ("error_rate", "rate_limit_rate", "slow_rate", "truncate_rate", "drop_rate")
+_RATES = (
+    "error_rate",
+    "rate_limit_rate",
+    "slow_rate",
+    "truncate_rate",
+    "drop_rate",
+    "overload_rate",
+)
+LIMIT_SCOPES = ("account", "model")
 _NON_NEGATIVE = (
     "latency_ms",
     "latency_per_token_ms",
@@ -74,8 +84,11 @@ class SimulatorOptions:
     one request and its answer's total tokens (prompt + completion for chat, input for
     embeddings; the simulator knows the answer before it admits the request). Rates (``*_rate``)
     are probabilities in [0, 1] drawn from one generator seeded with ``seed``, in the order
-    requests arrive. The options do not model per-key or per-organisation limits: every
-    client shares one budget.
+    requests arrive. ``limit_scope`` says what one budget covers: ``"account"`` (the
+    default) puts every model, deployment and route (OpenAI, Azure, Anthropic) under one
+    RPM/TPM budget, as one organisation-wide limit; ``"model"`` gives each model (each
+    Azure deployment, each Anthropic model) its own budget of ``rpm``/``tpm``, as OpenAI and
+    Anthropic limit per model and Azure per deployment. API keys are not told apart.
     """
 
     latency_ms: float = 0.0
@@ -86,6 +99,7 @@ class SimulatorOptions:
     rpm: float | None = None
     tpm: float | None = None
     burst_seconds: float = 1.0
+    limit_scope: str = "account"
     max_concurrency: int | None = None
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
@@ -94,6 +108,7 @@ class SimulatorOptions:
     slow_ms: float = 1000.0
     truncate_rate: float = 0.0
     drop_rate: float = 0.0
+    overload_rate: float = 0.0
     seed: int = 0
     embedding_dim: int = 1536
     outages: tuple[Outage, ...] = ()
@@ -110,6 +125,9 @@ class SimulatorOptions:
         _check_number("burst_seconds", self.burst_seconds, low=0.0, strict=True)
         if self.max_concurrency is not None:
             _check_int("max_concurrency", self.max_concurrency, low=1, none_hint=True)
+        if self.limit_scope not in LIMIT_SCOPES:
+            msg = f"limit_scope must be one of {', '.join(LIMIT_SCOPES)}, got {self.limit_scope!r}"
+            raise ValueError(msg)
         _check_int("seed", self.seed, low=None)
         _check_int("embedding_dim", self.embedding_dim, low=1)
         if not isinstance(self.outages, tuple) or not all(

@@ -11,13 +11,27 @@ Example::
         ...                                   # sync code (from_texts, from_documents)
 
 Endpoints: ``POST /v1/embeddings``, ``POST /v1/chat/completions`` (JSON or SSE stream),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /stats`` and ``POST /stats/reset``
-(control endpoints, not counted). Each answer to a ``/v1`` request passes, in order:
-a dropped-connection roll, the concurrency cap, the injected-429 roll, the RPM and TPM
-buckets, the 500/503 roll, then the latency model (plus a slow roll) and, last, the
-truncation roll. Every ``/v1`` response carries ``x-ratelimit-*`` headers for the limits
+``GET /v1/models``, ``GET /v1/models/{id}``; Anthropic's ``POST /v1/messages`` (JSON or SSE
+events, tool use, prompt-cache usage: :mod:`.anthropic`); Azure OpenAI's
+``POST /openai/deployments/{deployment}/chat/completions`` and ``.../embeddings`` (the
+``api-version`` query parameter is required; the deployment name is the model); ``GET
+/stats`` and ``POST /stats/reset`` (control endpoints, not counted). Each answer to a
+provider request passes, in order: a dropped-connection roll, the concurrency cap, the
+injected-429 roll, the RPM and TPM buckets, the overload roll (529 on Anthropic's route,
+503 elsewhere), the 500/503 roll, then the latency model (plus a slow roll) and, last, the
+truncation roll. Every OpenAI response carries ``x-ratelimit-*`` headers for the limits
 that are set; a 429 carries ``Retry-After`` (seconds, fractions allowed, as the OpenAI SDK
 reads it) and ``retry-after-ms``.
+
+Provider headers: Anthropic answers carry ``anthropic-ratelimit-{requests,tokens}-{limit,
+remaining,reset}`` (reset as an RFC 3339 time) for the limits that are set, and its errors
+use Anthropic's envelope (``rate_limit_error`` 429, ``overloaded_error`` 529, the latter
+drawn with ``overload_rate`` and sent with ``retry_after_s`` as ``Retry-After``). Azure
+answers always carry ``x-ratelimit-remaining-{requests,tokens}`` and
+``x-ratelimit-reset-{requests,tokens}`` (seconds); for a limit that is not set they send
+``-1`` and ``0``, as Azure does for deployments without that quota. ``limit_scope``
+(``account`` or ``model``) says whether one budget covers every model and route or each
+model / deployment has its own.
 
 It listens on 127.0.0.1 only, with no authentication (any API key is accepted). Built on
 aiohttp's low-level :class:`aiohttp.web.Server`, whose protocol hooks give an exact count
@@ -30,6 +44,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import math
 import random
 import threading
 import time
@@ -39,6 +54,14 @@ from typing import Any
 from aiohttp import web
 
 from .._clock import Clock, monotonic
+from .anthropic import (
+    MessagesRequest,
+    anthropic_error_body,
+    message_body,
+    message_events,
+    parse_messages,
+)
+from .anthropic import PromptCache as MessagesPromptCache
 from .chat import (
     ChatInputError,
     ChatPlan,
@@ -66,6 +89,11 @@ _SHUTDOWN_TIMEOUT_S = 0.25
 _EMBEDDINGS = "/v1/embeddings"
 _CHAT = "/v1/chat/completions"
 _MODELS = "/v1/models"
+_MESSAGES = "/v1/messages"
+_AZURE = "/openai/deployments/"
+_AZURE_CHAT = "azure:chat/completions"
+_AZURE_EMBEDDINGS = "azure:embeddings"
+_STYLE_OPENAI, _STYLE_ANTHROPIC, _STYLE_AZURE = "openai", "anthropic", "azure"
 
 
 class _CountingServer(web.Server):
@@ -161,21 +189,14 @@ class Simulator:
         self._embedder = Embedder(default_dim=self.options.embedding_dim)
         self._prompt_cache = PromptCache()
         self._dice = FaultDice(self.options)
-        o = self.options
-        self._rpm = (
-            TokenBucket(rate_per_minute=o.rpm, burst_seconds=o.burst_seconds, clock=clock)
-            if o.rpm is not None
-            else None
-        )
-        self._tpm = (
-            TokenBucket(rate_per_minute=o.tpm, burst_seconds=o.burst_seconds, clock=clock)
-            if o.tpm is not None
-            else None
-        )
+        self._budgets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] = {}
+        self._rpm, self._tpm = self._budget("")
+        self._messages_cache = MessagesPromptCache()
         self._ids = itertools.count(1)
         self._born = clock()  # outage windows count from here
-        self._outages: list[Outage] = list(o.outages)
-        self._outage_rng = random.Random(o.seed)  # its own draws: other rolls keep their order
+        self._outages: list[Outage] = list(self.options.outages)
+        # Its own draws: other rolls keep their order.
+        self._outage_rng = random.Random(self.options.seed)
         self._outage_lock = threading.Lock()
         self._runner: web.ServerRunner | None = None
         self._port: int | None = None
@@ -183,6 +204,22 @@ class Simulator:
         self._models_body = json.dumps(
             {"object": "list", "data": [self._model_json(m) for m in models]}
         ).encode()
+
+    def _budget(self, model: str) -> tuple[TokenBucket | None, TokenBucket | None]:
+        """The RPM and TPM buckets of ``model``'s scope (one pair for ``account`` scope)."""
+        scope = model if self.options.limit_scope == "model" else ""
+        pair = self._budgets.get(scope)
+        if pair is None:
+            o = self.options
+            pair = self._budgets[scope] = (
+                TokenBucket(rate_per_minute=o.rpm, burst_seconds=o.burst_seconds, clock=self._clock)
+                if o.rpm is not None
+                else None,
+                TokenBucket(rate_per_minute=o.tpm, burst_seconds=o.burst_seconds, clock=self._clock)
+                if o.tpm is not None
+                else None,
+            )
+        return pair
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -295,9 +332,14 @@ class Simulator:
         path = request.path
         if path == "/stats" or path == "/stats/reset":
             return self._control(request)
-        endpoint = path if path in (_EMBEDDINGS, _CHAT, _MODELS) else "other"
+        endpoint = path if path in (_EMBEDDINGS, _CHAT, _MODELS, _MESSAGES) else "other"
         if endpoint == "other" and path.startswith(_MODELS + "/"):
             endpoint = _MODELS
+        elif endpoint == "other" and path.startswith(_AZURE):
+            tail = path[len(_AZURE) :].partition("/")[2]
+            endpoint = {"chat/completions": _AZURE_CHAT, "embeddings": _AZURE_EMBEDDINGS}.get(
+                tail, "other"
+            )
         inflight = self._stats.request_started(endpoint)
         status: int | None = None
         try:
@@ -324,12 +366,31 @@ class Simulator:
             body = _error_body(f"no route for {method} {path}", "invalid_request_error")
             return web.Response(status=status, body=body, content_type=_JSON)
         body_bytes = await request.read()
+        style = (
+            _STYLE_ANTHROPIC
+            if endpoint == _MESSAGES
+            else _STYLE_AZURE
+            if endpoint in (_AZURE_CHAT, _AZURE_EMBEDDINGS)
+            else _STYLE_OPENAI
+        )
+        scope = ""
         roll = self._dice.roll()
         if roll.drop:
             self._stats.fault("drop")
             self._drop(request)
             return None
         try:
+            if style == _STYLE_AZURE:
+                scope = path[len(_AZURE) :].partition("/")[0]
+                if not request.query.get("api-version"):
+                    raise _Refused(
+                        404,
+                        _error_body(
+                            "Resource not found: the api-version query parameter is required.",
+                            "invalid_request_error",
+                            "404",
+                        ),
+                    )
             self._admit_concurrency(inflight)
             if roll.rate_limit:
                 wait = self.options.retry_after_s
@@ -346,17 +407,26 @@ class Simulator:
             if endpoint == _MODELS:
                 return await self._models(request, path, roll)
             payload = self._decode(body_bytes)
+            if style == _STYLE_AZURE and isinstance(payload, dict):
+                payload = {**payload, "model": scope}
+            elif isinstance(payload, dict) and isinstance(payload.get("model"), str):
+                scope = payload["model"]
             model = payload.get("model") if isinstance(payload, dict) else None
             model = model if isinstance(model, str) else None
             self._stats.model_request(model)
             self._fail_outage(endpoint, model)
-            if endpoint == _EMBEDDINGS:
-                return await self._embeddings(request, payload, roll)
-            return await self._chat(request, payload, roll)
+            if endpoint == _MESSAGES:
+                return await self._messages(request, payload, roll)
+            if endpoint in (_EMBEDDINGS, _AZURE_EMBEDDINGS):
+                return await self._embeddings(request, payload, roll, style)
+            return await self._chat(request, payload, roll, style)
         except _Refused as refused:
-            headers = self._limit_headers()
+            headers = self._limit_headers(scope, style)
             headers.update(refused.headers)
-            return web.Response(status=refused.status, body=refused.body, headers=headers)
+            body = refused.body
+            if style == _STYLE_ANTHROPIC:
+                body = _anthropic_error(refused)
+            return web.Response(status=refused.status, body=body, headers=headers)
 
     @staticmethod
     def _decode(body: bytes) -> Any:
@@ -381,8 +451,8 @@ class Simulator:
                 self._retry_headers(self.options.retry_after_s),
             )
 
-    def _admit_budget(self, tokens: int) -> None:
-        rpm, tpm = self._rpm, self._tpm
+    def _admit_budget(self, tokens: int, model: str = "") -> None:
+        rpm, tpm = self._budget(model)
         wait_r = rpm.wait_for(1.0) if rpm is not None else 0.0
         wait_t = tpm.wait_for(float(tokens)) if tpm is not None else 0.0
         if wait_r > 0.0 or wait_t > 0.0:
@@ -408,17 +478,42 @@ class Simulator:
             "retry-after-ms": str(max(1, round(seconds * 1000))),
         }
 
-    def _limit_headers(self) -> dict[str, str]:
+    def _limit_headers(self, model: str = "", style: str = _STYLE_OPENAI) -> dict[str, str]:
         # Content-Type set here, not through content_type=: aiohttp parses that argument.
         headers = {"Content-Type": _JSON, "x-request-id": f"req_sim_{next(self._ids):x}"}
+        rpm, tpm = self._budget(model)
+        if style == _STYLE_ANTHROPIC:
+            now = time.time()
+            for name, bucket, limit in (
+                ("requests", rpm, self.options.rpm),
+                ("tokens", tpm, self.options.tpm),
+            ):
+                if bucket is None or limit is None:
+                    continue
+                reset = time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + math.ceil(bucket.reset_after()))
+                )
+                headers[f"anthropic-ratelimit-{name}-limit"] = f"{limit:g}"
+                headers[f"anthropic-ratelimit-{name}-remaining"] = str(bucket.remaining())
+                headers[f"anthropic-ratelimit-{name}-reset"] = reset
+            return headers
+        if style == _STYLE_AZURE:
+            for name, bucket in (("requests", rpm), ("tokens", tpm)):
+                if bucket is None:
+                    headers[f"x-ratelimit-remaining-{name}"] = "-1"
+                    headers[f"x-ratelimit-reset-{name}"] = "0"
+                else:
+                    headers[f"x-ratelimit-remaining-{name}"] = str(bucket.remaining())
+                    headers[f"x-ratelimit-reset-{name}"] = str(math.ceil(bucket.reset_after()))
+            return headers
         if self._rpm is not None:
             headers["x-ratelimit-limit-requests"] = f"{self.options.rpm:g}"
-            headers["x-ratelimit-remaining-requests"] = str(self._rpm.remaining())
-            headers["x-ratelimit-reset-requests"] = format_reset(self._rpm.reset_after())
+            headers["x-ratelimit-remaining-requests"] = str(rpm.remaining()) if rpm else "0"
+            headers["x-ratelimit-reset-requests"] = format_reset(rpm.reset_after() if rpm else 0)
         if self._tpm is not None:
             headers["x-ratelimit-limit-tokens"] = f"{self.options.tpm:g}"
-            headers["x-ratelimit-remaining-tokens"] = str(self._tpm.remaining())
-            headers["x-ratelimit-reset-tokens"] = format_reset(self._tpm.reset_after())
+            headers["x-ratelimit-remaining-tokens"] = str(tpm.remaining()) if tpm else "0"
+            headers["x-ratelimit-reset-tokens"] = format_reset(tpm.reset_after() if tpm else 0)
         return headers
 
     def _fail_outage(self, route: str, model: str | None) -> None:
@@ -438,7 +533,17 @@ class Simulator:
         message = f"The model {model or '?'} is unavailable (scheduled outage)."
         raise _Refused(outage.status, _error_body(message, "server_error"))
 
-    def _fail_injected(self, roll: Roll) -> None:
+    def _fail_injected(self, roll: Roll, style: str = _STYLE_OPENAI) -> None:
+        if roll.overload:
+            self._stats.fault("529" if style == _STYLE_ANTHROPIC else "503")
+            if style == _STYLE_ANTHROPIC:
+                raise _Refused(
+                    529,
+                    anthropic_error_body("overloaded_error", "Overloaded"),
+                    self._retry_headers(self.options.retry_after_s),
+                )
+            message = "The engine is currently overloaded (injected)."
+            raise _Refused(503, _error_body(message, "server_error"))
         if roll.error:
             self._stats.fault(str(roll.error))
             message = (
@@ -464,9 +569,14 @@ class Simulator:
             transport.close()
 
     async def _send_json(
-        self, request: web.BaseRequest, body: bytes, roll: Roll
+        self,
+        request: web.BaseRequest,
+        body: bytes,
+        roll: Roll,
+        model: str = "",
+        style: str = _STYLE_OPENAI,
     ) -> web.StreamResponse | None:
-        headers = self._limit_headers()
+        headers = self._limit_headers(model, style)
         if not roll.truncate:
             return web.Response(body=body, headers=headers)
         # Truncated: promise the whole body, send half, then close the connection.
@@ -495,15 +605,15 @@ class Simulator:
         return await self._send_json(request, json.dumps(self._model_json(model)).encode(), roll)
 
     async def _embeddings(
-        self, request: web.BaseRequest, payload: Any, roll: Roll
+        self, request: web.BaseRequest, payload: Any, roll: Roll, style: str = _STYLE_OPENAI
     ) -> web.StreamResponse | None:
         model, inputs, dimensions, encoding = self._embedding_request(payload)
         try:
             values, tokens = self._embedder.embed_json(model, inputs, dimensions, encoding)
         except EmbeddingInputError as exc:
             raise _Refused(400, _error_body(str(exc), "invalid_request_error")) from None
-        self._admit_budget(tokens)
-        self._fail_injected(roll)
+        self._admit_budget(tokens, model)
+        self._fail_injected(roll, style)
         delay = self._base_delay(roll) + tokens * self.options.embedding_latency_per_token_ms / 1e3
         if delay > 0.0:
             await self._sleep(delay)
@@ -518,7 +628,7 @@ class Simulator:
             b'{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens),
         )
         self._stats.tokens(embedding=tokens, inputs=len(inputs), model=model)
-        return await self._send_json(request, body, roll)
+        return await self._send_json(request, body, roll, model, style)
 
     @staticmethod
     def _embedding_request(payload: Any) -> tuple[str, list[Any], int | None, str]:
@@ -555,15 +665,15 @@ class Simulator:
         return model, inputs, payload.get("dimensions"), encoding
 
     async def _chat(
-        self, request: web.BaseRequest, payload: Any, roll: Roll
+        self, request: web.BaseRequest, payload: Any, roll: Roll, style: str = _STYLE_OPENAI
     ) -> web.StreamResponse | None:
         try:
             chat = ChatRequest.parse(payload)
             plan = plan_chat(chat, sample=roll.sample)
         except ChatInputError as exc:
             raise _Refused(400, _error_body(str(exc), "invalid_request_error")) from None
-        self._admit_budget(plan.total_tokens)
-        self._fail_injected(roll)
+        self._admit_budget(plan.total_tokens, plan.model)
+        self._fail_injected(roll, style)
         cached = self._prompt_cache.cached_tokens(chat)
         if cached:
             plan = dataclasses.replace(plan, cached_tokens=min(cached, plan.prompt_tokens))
@@ -578,7 +688,8 @@ class Simulator:
             reasoning=plan.reasoning_tokens,
         )
         if plan.stream:
-            return await self._stream(request, plan, completion_id, created, roll)
+            events = stream_events(plan, completion_id, created=created)
+            return await self._stream(request, plan, events, roll, style)
         o = self.options
         pieces = max((len(p) for p in plan.pieces), default=0)
         delay = (
@@ -589,13 +700,51 @@ class Simulator:
         if delay > 0.0:
             await self._sleep(delay)
         body = json.dumps(completion_body(plan, completion_id, created=created)).encode()
-        return await self._send_json(request, body, roll)
+        return await self._send_json(request, body, roll, plan.model, style)
+
+    async def _messages(
+        self, request: web.BaseRequest, payload: Any, roll: Roll
+    ) -> web.StreamResponse | None:
+        try:
+            parsed: MessagesRequest = parse_messages(payload)
+            plan = plan_chat(parsed.chat, sample=roll.sample)
+        except ChatInputError as exc:
+            raise _Refused(400, anthropic_error_body("invalid_request_error", str(exc))) from None
+        self._admit_budget(plan.total_tokens, plan.model)
+        self._fail_injected(roll, _STYLE_ANTHROPIC)
+        message_id = f"msg_sim{next(self._ids):08x}"
+        cache = self._messages_cache.use(parsed)
+        self._stats.tokens(
+            prompt=plan.prompt_tokens,
+            completion=plan.completion_tokens,
+            stream=plan.stream,
+            model=plan.model,
+            cached=cache[1],
+        )
+        if plan.stream:
+            events = message_events(plan, parsed, message_id, cache=cache)
+            return await self._stream(request, plan, events, roll, _STYLE_ANTHROPIC)
+        o = self.options
+        pieces = max((len(p) for p in plan.pieces), default=0)
+        delay = (
+            self._base_delay(roll)
+            + plan.completion_tokens * o.latency_per_token_ms / 1e3
+            + max(0, pieces - 1) * o.chunk_latency_ms / 1e3
+        )
+        if delay > 0.0:
+            await self._sleep(delay)
+        body = json.dumps(message_body(plan, parsed, message_id, cache=cache)).encode()
+        return await self._send_json(request, body, roll, plan.model, _STYLE_ANTHROPIC)
 
     async def _stream(
-        self, request: web.BaseRequest, plan: ChatPlan, completion_id: str, created: int, roll: Roll
+        self,
+        request: web.BaseRequest,
+        plan: ChatPlan,
+        events: list[tuple[bytes, int]],
+        roll: Roll,
+        style: str = _STYLE_OPENAI,
     ) -> web.StreamResponse | None:
         o = self.options
-        events = stream_events(plan, completion_id, created=created)
         if roll.truncate:
             # Stop midway: no finish reason, no usage, no [DONE]; then the connection closes.
             self._stats.fault("truncate")
@@ -603,7 +752,7 @@ class Simulator:
         delay = self._base_delay(roll)
         if delay > 0.0:
             await self._sleep(delay)
-        headers = self._limit_headers()
+        headers = self._limit_headers(plan.model, style)
         headers["Content-Type"] = "text/event-stream"
         headers["Cache-Control"] = "no-cache"
         response = web.StreamResponse(headers=headers)
@@ -634,6 +783,23 @@ class Simulator:
             # The client went away mid-stream (or we truncated): nothing left to send.
             return None
         return response
+
+
+def _anthropic_error(refused: _Refused) -> bytes:
+    """A refusal's body in Anthropic's envelope (already there for 529 and bad input)."""
+    try:
+        data = json.loads(refused.body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("type") == "error":
+        return refused.body
+    message = ""
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        message = str(data["error"].get("message", ""))
+    kind = {429: "rate_limit_error", 529: "overloaded_error", 404: "not_found_error"}.get(
+        refused.status, "api_error" if refused.status >= 500 else "invalid_request_error"
+    )
+    return anthropic_error_body(kind, message)
 
 
 class ThreadedSimulator:

@@ -3,7 +3,9 @@
 Both stores take ``now`` from the caller, so a ``FakeClock`` drives them and every answer
 is exact: the Lua script in Redis must decide exactly as :class:`BreakerCore` does.
 
-- closed until ``min_calls`` outcomes are in the window and failures reach the ratio;
+- closed until ``min_calls`` outcomes are in the window and failures reach the ratio, or
+  ``consecutive`` failures in a row (a success of a call admitted before the last failure
+  does not end the run);
 - neutral outcomes (4xx) are not counted; old buckets leave the window;
 - open refuses with the exact time left; the cool-down ends in half-open with ``probes``
   probe slots; all probes succeeding closes it, a failing probe opens it again;
@@ -43,11 +45,16 @@ class Board:
         return self.store.admit(self.target, settings, self.clock())
 
     async def record(
-        self, outcome: Outcome, probe: bool = False, settings: BreakerSettings = SETTINGS
+        self,
+        outcome: Outcome,
+        probe: bool = False,
+        settings: BreakerSettings = SETTINGS,
+        since: float | None = None,
     ) -> Transition | None:
+        now = self.clock()
         if self.twin == "async":
-            return await self.store.arecord(self.target, settings, outcome, probe, self.clock())
-        return self.store.record(self.target, settings, outcome, probe, self.clock())
+            return await self.store.arecord(self.target, settings, outcome, probe, now, since)
+        return self.store.record(self.target, settings, outcome, probe, now, since)
 
     def peek(self) -> tuple[State, float]:
         return self.store.peek(self.target, SETTINGS, self.clock())
@@ -113,6 +120,35 @@ async def test_failures_in_a_row_open_it_before_the_ratio_does(board: Board) -> 
     await board.record("failure", settings=busy)
     assert await board.record("failure", settings=busy) is None
     assert await board.record("failure", settings=busy) == Transition("opened")  # 5 of 25
+
+
+async def test_a_success_admitted_before_the_last_failure_does_not_end_the_run(
+    board: Board,
+) -> None:
+    busy = BreakerSettings(min_calls=4, window=10.0, cooldown=5.0, consecutive=3)
+    for _ in range(20):
+        await board.record("success", settings=busy)
+    sent_early = board.clock()  # a call in flight when the outage began
+    board.clock.advance(0.01)
+    await board.record("failure", settings=busy)
+    board.clock.advance(0.01)
+    await board.record("failure", settings=busy)
+    assert await board.record("success", settings=busy, since=sent_early) is None  # old news
+    board.clock.advance(0.01)
+    assert await board.record("failure", settings=busy) == Transition("opened")  # 3 in a row
+    assert board.peek()[0] == "open"
+
+
+async def test_a_success_admitted_after_the_last_failure_ends_the_run(board: Board) -> None:
+    busy = BreakerSettings(min_calls=4, window=10.0, cooldown=5.0, consecutive=3)
+    for _ in range(20):
+        await board.record("success", settings=busy)
+    await board.record("failure", settings=busy)
+    await board.record("failure", settings=busy)
+    board.clock.advance(0.01)
+    assert await board.record("success", settings=busy, since=board.clock()) is None
+    assert await board.record("failure", settings=busy) is None  # the run began again
+    assert board.peek()[0] == "closed"
 
 
 async def test_old_outcomes_leave_the_window(board: Board) -> None:

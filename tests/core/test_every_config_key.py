@@ -65,6 +65,7 @@ from rag_perf_plugins.pool.http import HttpClientRegistry
 from rag_perf_plugins.redis.client import RedisUnavailable
 from rag_perf_plugins.resilience import Breakers, BreakerSettings, LocalBreakerStore, Target
 from rag_perf_plugins.services import Usage
+from rag_perf_plugins.services.defaults import default_gate
 from rag_perf_plugins.services.llm import Fallback
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.tracking import (
@@ -477,6 +478,15 @@ def waits_for(calls: int, *, tokens: int = 0) -> Observe:
         return [round(s, 9) for s in clock.slept]
 
     return observe
+
+
+def gates_of_chat_and_embeddings(ctx: Ctx, config: PerformanceConfig) -> int:
+    """How many gates a chat model and an embedding model of one key get from the defaults."""
+    chat = default_gate(config, provider="openai", model="gpt-4o-mini", api_key="sk-scope")
+    embed = default_gate(
+        config, provider="openai", model="text-embedding-3-small", api_key="sk-scope"
+    )
+    return len({id(chat), id(embed)})
 
 
 def admitted_at_once(ctx: Ctx, config: PerformanceConfig) -> int:
@@ -1062,6 +1072,10 @@ EFFECTS: dict[str, Effect] = {
     ),
     "tokens_per_minute": Effect(
         600, "waits (s) of three 10-token admissions", waits_for(3, tokens=10), [], [1.0, 1.0]
+    ),
+    "rate_limit_scope": Effect(
+        "every-key-scope", "gates a chat and an embedding model get", gates_of_chat_and_embeddings,
+        2, 1,
     ),
     "rate_burst_seconds": Effect(
         5.0, "waits (s) of five admissions at 60/min", waits_for(5), [1.0] * 4, [],

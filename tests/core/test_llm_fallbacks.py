@@ -134,3 +134,51 @@ def test_a_429_skips_targets_of_the_same_rate_limit_scope() -> None:
     ]
     assert llm.generate(request, primary, Codec(), fallbacks=chain) == "other scope"
     assert sent == ["primary", "fallback"]
+
+
+def test_an_answer_in_flight_when_the_outage_began_does_not_hold_the_breaker_closed() -> None:
+    clock = FakeClock()
+    settings = BreakerSettings(min_calls=50, cooldown=5.0, consecutive=3)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock)
+    llm = LLMService(
+        config=CONFIG, breakers=breakers, tracker=NullTracker(), target=Target("primary")
+    )
+    request = LLMRequest(model="m", provider="p", messages=QUESTION)
+    sent: list[str] = []
+
+    async def fb() -> str:
+        return "from fallback"
+
+    other = Fallback(Target("fb"), LLMRequest(model="fb", provider="p", messages=QUESTION), fb)
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow_ok() -> str:  # sent before the outage, answers after two failures
+            sent.append("slow")
+            await release.wait()
+            return "late answer"
+
+        async def down() -> str:
+            sent.append("down")
+            raise ProviderError("unavailable", status_code=503)
+
+        in_flight = asyncio.ensure_future(
+            llm.agenerate(request, slow_ok, Codec(), fallbacks=[other])
+        )
+        await asyncio.sleep(0)
+        clock.advance(0.01)
+        for _ in range(2):
+            assert await llm.agenerate(request, down, Codec(), fallbacks=[other]) == (
+                "from fallback"
+            )
+            clock.advance(0.01)
+        release.set()
+        assert await in_flight == "late answer"  # a success, but older than the failures
+        assert breakers.peek("primary")[0] == "closed"
+        await llm.agenerate(request, down, Codec(), fallbacks=[other])  # third in a row
+        assert breakers.peek("primary")[0] == "open"
+        assert await llm.agenerate(request, down, Codec(), fallbacks=[other]) == ("from fallback")
+
+    asyncio.run(scenario())
+    assert sent == ["slow", "down", "down", "down"]  # the open breaker kept the 4th call away

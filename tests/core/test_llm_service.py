@@ -557,7 +557,10 @@ async def test_a_miss_read_before_the_leader_stored_makes_no_second_call(
     provider, go = Provider(), asyncio.Event()
     req = request()
 
+    calling = asyncio.Event()
+
     async def slow_answer() -> Answer:
+        calling.set()
         await go.wait()
         return provider.answer(req)
 
@@ -565,10 +568,10 @@ async def test_a_miss_read_before_the_leader_stored_makes_no_second_call(
         return provider.answer(req)
 
     leader = asyncio.create_task(service.agenerate(req, slow_answer, Codec()))
-    for _ in range(1000):
-        if service.provider_calls:
-            break
-        await asyncio.sleep(0)
+
+    # Wait (in time, not loop turns: the leader's own disk lookup runs in a thread, slow on
+    # a loaded machine) until the leader is inside the provider call, past its lookup.
+    await asyncio.wait_for(calling.wait(), 30)
     SlowDisk.block_next = True
     late = asyncio.create_task(service.agenerate(req, fast_answer, Codec()))
     await asyncio.get_running_loop().run_in_executor(None, SlowDisk.entered.wait, 10)

@@ -20,7 +20,13 @@ from .callbacks import PerfCallbackHandler, install_callback_handler, uninstall_
 from .chat_models import PerfChatModel
 from .control import cache_control, control_from_config
 from .embeddings import PerfEmbeddings
-from .factories import pooled_chat_openai, pooled_openai_embeddings
+from .factories import (
+    pooled_azure_chat_openai,
+    pooled_azure_openai_embeddings,
+    pooled_chat_anthropic,
+    pooled_chat_openai,
+    pooled_openai_embeddings,
+)
 from .rate_limiters import PerfRateLimiter
 from .vectorstores import PerfVectorStore
 
@@ -39,6 +45,9 @@ __all__ = [
     "cache_control",
     "control_from_config",
     # factories
+    "pooled_azure_chat_openai",
+    "pooled_azure_openai_embeddings",
+    "pooled_chat_anthropic",
     "pooled_chat_openai",
     "pooled_openai_embeddings",
 ]

@@ -34,6 +34,7 @@ from rag_perf_plugins.services.defaults import (
     default_gate,
     default_retry,
     default_target,
+    deployment_of,
 )
 from rag_perf_plugins.services.embeddings import (
     EmbeddingFallback,
@@ -125,7 +126,12 @@ def _fallback(inner: Embeddings, config: PerformanceConfig, symmetric: bool) -> 
         msg = f"fallbacks must be unwrapped LangChain Embeddings, got {type(inner).__name__}"
         raise TypeError(msg)
     provider, model, dims = _identity(inner, model_identity(inner))
-    gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
+    gate = default_gate(
+        config,
+        provider=provider,
+        model=deployment_of(inner) or model,
+        api_key=api_key_of(inner),
+    )
     return EmbeddingFallback(
         default_target(gate, provider, model),
         model=model,
@@ -213,7 +219,12 @@ class PerfEmbeddings(Embeddings):
         self.inner = inner
         self.config = config
         if gate is None:
-            gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
+            gate = default_gate(
+                config,
+                provider=provider,
+                model=deployment_of(inner) or model,
+                api_key=api_key_of(inner),
+            )
         self.service = EmbeddingService(
             inner.embed_documents,
             aembed_many=inner.aembed_documents if _overrides(inner, "aembed_documents") else None,

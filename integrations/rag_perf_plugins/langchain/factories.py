@@ -1,9 +1,13 @@
-"""Build LangChain's OpenAI classes on the registry's pooled HTTP clients, retries off.
+"""Build LangChain's OpenAI, Azure OpenAI and Anthropic classes on pooled clients, retries off.
 
 Example::
 
     llm = pooled_chat_openai(model="gpt-4o-mini", base_url="http://127.0.0.1:8000/v1")
     embeddings = pooled_openai_embeddings(model="text-embedding-3-small", base_url=url)
+    claude = pooled_chat_anthropic(model="claude-3-5-haiku-latest", base_url=anthropic_url)
+    azure = pooled_azure_chat_openai(azure_deployment="chat", azure_endpoint=endpoint,
+                                     api_version="2024-10-21")
+    azure_embeddings = pooled_azure_openai_embeddings(azure_deployment="embed", ...)
 
 Both share one connection pool per origin (and per event loop, for async calls) with every
 other client the registry hands out, so 50 concurrent tasks open at most
@@ -30,14 +34,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+import anthropic
+from langchain_anthropic import ChatAnthropic
+from langchain_openai import AzureChatOpenAI, AzureOpenAIEmbeddings, ChatOpenAI, OpenAIEmbeddings
 
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client, http_timeout
 
-__all__ = ["pooled_chat_openai", "pooled_openai_embeddings"]
+__all__ = [
+    "pooled_azure_chat_openai",
+    "pooled_azure_openai_embeddings",
+    "pooled_chat_anthropic",
+    "pooled_chat_openai",
+    "pooled_openai_embeddings",
+]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
 
 def _pooled(
@@ -98,3 +111,116 @@ def pooled_openai_embeddings(
     options = dict(options)
     options.setdefault("check_embedding_ctx_length", False)
     return OpenAIEmbeddings(**_pooled(base_url, config, options))
+
+
+def _azure(
+    azure_endpoint: str, config: PerformanceConfig | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    for name in ("http_client", "http_async_client", "max_retries", "base_url"):
+        if name in options:
+            msg = f"{name} is set by the pooled factory; build the class yourself to choose it"
+            raise TypeError(msg)
+    if "api_version" not in options and "openai_api_version" not in options:
+        msg = "api_version is required for Azure OpenAI (e.g. api_version='2024-10-21')"
+        raise TypeError(msg)
+    config = resolve_config(config)
+    options.setdefault("timeout", http_timeout(config))
+    return {
+        "azure_endpoint": azure_endpoint,
+        "http_client": get_http_client(azure_endpoint, config=config),
+        "http_async_client": get_async_http_client(azure_endpoint, config=config),
+        "max_retries": 0,
+        **options,
+    }
+
+
+def pooled_azure_chat_openai(
+    *, azure_endpoint: str, config: PerformanceConfig | None = None, **options: Any
+) -> AzureChatOpenAI:
+    """An ``AzureChatOpenAI`` on the shared pooled clients, SDK retries off, usage on streams.
+
+    Example::
+
+        llm = pooled_azure_chat_openai(
+            azure_endpoint="https://my-resource.openai.azure.com", azure_deployment="chat",
+            api_version="2024-10-21", api_key=key, temperature=0,
+        )
+
+    The deployment and the API version are part of the model's identity (cache keys), and
+    the admission gate is the deployment's (Azure limits per deployment), unless
+    ``rate_limit_scope`` names a shared budget.
+
+    Args:
+        azure_endpoint: The resource endpoint (``https://NAME.openai.azure.com``).
+        config: Pool size, timeouts (seconds); ``None`` means ``PerformanceConfig.load()``.
+        **options: Other ``AzureChatOpenAI`` fields; ``azure_deployment`` and
+            ``api_version`` are needed.
+
+    Raises:
+        TypeError: ``api_version`` is missing, or ``http_client``, ``http_async_client``,
+            ``max_retries`` or ``base_url`` was passed.
+    """
+    options = dict(options)
+    options.setdefault("stream_usage", True)
+    return AzureChatOpenAI(**_azure(azure_endpoint, config, options))
+
+
+def pooled_azure_openai_embeddings(
+    *, azure_endpoint: str, config: PerformanceConfig | None = None, **options: Any
+) -> AzureOpenAIEmbeddings:
+    """An ``AzureOpenAIEmbeddings`` on the shared pooled clients, retries off, no tiktoken.
+
+    Example: ``pooled_azure_openai_embeddings(azure_endpoint=url, azure_deployment="embed",
+    api_version="2024-10-21", api_key=key)``. ``check_embedding_ctx_length`` defaults to
+    ``False`` as in :func:`pooled_openai_embeddings`.
+
+    Raises:
+        TypeError: as :func:`pooled_azure_chat_openai`.
+    """
+    options = dict(options)
+    options.setdefault("check_embedding_ctx_length", False)
+    return AzureOpenAIEmbeddings(**_azure(azure_endpoint, config, options))
+
+
+def pooled_chat_anthropic(
+    *, base_url: str | None = None, config: PerformanceConfig | None = None, **options: Any
+) -> ChatAnthropic:
+    """A ``ChatAnthropic`` whose Anthropic SDK clients use the shared pools, SDK retries off.
+
+    Example: ``pooled_chat_anthropic(model="claude-3-5-haiku-latest", base_url=url,
+    api_key=key, temperature=0)``.
+
+    ``ChatAnthropic`` has no client fields: it builds its ``anthropic.Client`` /
+    ``AsyncClient`` on first use, each on an ``httpx`` client of its own. This factory
+    builds both up front on the registry's shared clients for ``base_url``'s origin (one
+    pool per event loop for the async one), with the model's own API key, headers and
+    ``max_retries=0``. Our retry policy then owns retries: 429 (``retry-after``) and 529
+    (overloaded) included.
+
+    Args:
+        base_url: The API root, without ``/v1`` (``None``: api.anthropic.com).
+        config: Pool size, timeouts (seconds); ``None`` means ``PerformanceConfig.load()``.
+        **options: Other ``ChatAnthropic`` fields (``model``, ``max_tokens``,
+            ``temperature``, ``top_k``, ``thinking``, ``api_key``...).
+
+    Raises:
+        TypeError: ``max_retries`` was passed.
+    """
+    if "max_retries" in options:
+        msg = "max_retries is set by the pooled factory; build the class yourself to choose it"
+        raise TypeError(msg)
+    config = resolve_config(config)
+    url = base_url or ANTHROPIC_BASE_URL
+    options.setdefault("default_request_timeout", config.request_deadline)
+    model = ChatAnthropic(base_url=url, max_retries=0, **options)
+    params = dict(model._client_params)
+    params["max_retries"] = 0
+    # The two clients are cached properties of the model: filled here, they are never built
+    # again (and model_copy, as PerfChatModel does, keeps them).
+    model.__dict__["_client"] = anthropic.Client(
+        **params, http_client=get_http_client(url, config=config)
+    )
+    model.__dict__["_async_client"] = anthropic.AsyncClient(
+        **params, http_client=get_async_http_client(url, config=config)
+    )
+    return model

@@ -24,7 +24,13 @@ except ImportError as exc:  # pragma: no cover - exercised by the boundary test
     raise ImportError(msg) from exc
 
 from .embeddings import PerfEmbedding
-from .factories import pooled_openai_embedding, pooled_openai_llm
+from .factories import (
+    pooled_anthropic_llm,
+    pooled_azure_openai_embedding,
+    pooled_azure_openai_llm,
+    pooled_openai_embedding,
+    pooled_openai_llm,
+)
 from .instrumentation import (
     Instrumentation,
     PerfEventHandler,
@@ -46,6 +52,9 @@ __all__ = [
     "PerfLLM",
     "wrap_llm",
     # factories
+    "pooled_anthropic_llm",
+    "pooled_azure_openai_embedding",
+    "pooled_azure_openai_llm",
     "pooled_openai_embedding",
     "pooled_openai_llm",
     # instrumentation

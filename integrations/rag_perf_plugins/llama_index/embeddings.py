@@ -42,6 +42,7 @@ from rag_perf_plugins.services.defaults import (
     default_embedding_store,
     default_gate,
     default_retry,
+    deployment_of,
 )
 from rag_perf_plugins.services.embeddings import (
     EmbeddingIdentity,
@@ -437,7 +438,12 @@ def _build_service(
         store=store if store is not None else default_embedding_store(config),
         gate=gate
         if gate is not None
-        else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+        else default_gate(
+            config,
+            provider=provider,
+            model=deployment_of(inner) or model,
+            api_key=api_key_of(inner),
+        ),
         retry=retry if retry is not None else default_retry(config),
         tracker=tracker,
         batching=batching,

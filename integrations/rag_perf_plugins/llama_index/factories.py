@@ -1,4 +1,4 @@
-"""LlamaIndex OpenAI models built on our pooled, loop-safe HTTP clients, SDK retries off.
+"""LlamaIndex OpenAI, Azure OpenAI and Anthropic models on pooled, loop-safe clients, retries off.
 
 Example::
 
@@ -8,19 +8,34 @@ Example::
     embed_model = PerfEmbedding(inner)        # our retry policy is the only retry owner
 
     llm = wrap_llm(pooled_openai_llm(model="gpt-4o-mini", api_base="http://127.0.0.1:8600/v1"))
+    claude = wrap_llm(pooled_anthropic_llm(model="claude-3-5-haiku-latest", base_url=url))
+    azure = wrap_llm(pooled_azure_openai_llm(engine="chat", azure_endpoint=endpoint,
+                                             api_version="2024-10-21"))
+    azure_embed = PerfEmbedding(pooled_azure_openai_embedding(azure_deployment="embed", ...))
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from llama_index.embeddings.azure_openai import AzureOpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
 from llama_index.embeddings.openai import OpenAIEmbedding  # type: ignore[import-untyped, unused-ignore]
 from llama_index.embeddings.openai.utils import resolve_openai_credentials  # type: ignore[import-untyped, unused-ignore]
+from llama_index.llms.anthropic import Anthropic
+from llama_index.llms.azure_openai import AzureOpenAI  # type: ignore[import-untyped, unused-ignore]
 from llama_index.llms.openai import OpenAI
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client
 
-__all__ = ["pooled_openai_embedding", "pooled_openai_llm"]
+__all__ = [
+    "pooled_anthropic_llm",
+    "pooled_azure_openai_embedding",
+    "pooled_azure_openai_llm",
+    "pooled_openai_embedding",
+    "pooled_openai_llm",
+]
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
 
 def pooled_openai_embedding(
@@ -157,3 +172,132 @@ def _pooled_kwargs(
         "http_client": get_http_client(api_base, config=config, proxy=proxy),
         "async_http_client": get_async_http_client(api_base, config=config, proxy=proxy),
     }
+
+
+def _azure_kwargs(
+    factory: str,
+    azure_endpoint: str,
+    api_version: str,
+    config: PerformanceConfig | None,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    for name in ("max_retries", "http_client", "async_http_client", "api_base"):
+        if name in kwargs:
+            msg = f"{factory}() sets {name} itself (retries off, shared clients); do not pass it"
+            raise ValueError(msg)
+    if not api_version:
+        msg = f"{factory}() needs api_version (e.g. '2024-10-21')"
+        raise ValueError(msg)
+    config = resolve_config(config)
+    kwargs.setdefault(
+        "timeout", config.request_deadline if config.request_deadline is not None else 600.0
+    )
+    return {
+        **kwargs,
+        "azure_endpoint": azure_endpoint,
+        "api_version": api_version,
+        "max_retries": 0,
+        "http_client": get_http_client(azure_endpoint, config=config),
+        "async_http_client": get_async_http_client(azure_endpoint, config=config),
+    }
+
+
+def pooled_azure_openai_llm(
+    *,
+    engine: str,
+    azure_endpoint: str,
+    api_version: str,
+    temperature: float = 0.0,
+    config: PerformanceConfig | None = None,
+    **kwargs: Any,
+) -> AzureOpenAI:
+    """LlamaIndex's ``AzureOpenAI`` on the registry's shared HTTP clients, SDK retries off.
+
+    Example: ``wrap_llm(pooled_azure_openai_llm(engine="chat", azure_endpoint=url,
+    api_version="2024-10-21", api_key=key))``.
+
+    ``engine`` (the deployment) and ``api_version`` are part of the model's identity (cache
+    keys); the wrapper's gate is the deployment's, as Azure limits per deployment.
+
+    Args:
+        engine: The deployment name.
+        azure_endpoint: ``https://NAME.openai.azure.com``.
+        api_version: The API version, e.g. ``"2024-10-21"``.
+        temperature: Sampling temperature (0.0 by default: answers worth caching).
+        config: Pool sizes and timeouts; ``None`` means ``PerformanceConfig.load()``.
+        **kwargs: Other ``AzureOpenAI`` options (``model``, ``api_key``, ``max_tokens``...).
+
+    Raises:
+        ValueError: ``api_version`` is empty, or ``max_retries``, ``http_client``,
+            ``async_http_client`` or ``api_base`` was passed.
+    """
+    kwargs = _azure_kwargs("pooled_azure_openai_llm", azure_endpoint, api_version, config, kwargs)
+    return AzureOpenAI(engine=engine, temperature=temperature, **kwargs)
+
+
+def pooled_azure_openai_embedding(
+    *,
+    azure_deployment: str,
+    azure_endpoint: str,
+    api_version: str,
+    config: PerformanceConfig | None = None,
+    **kwargs: Any,
+) -> AzureOpenAIEmbedding:
+    """LlamaIndex's ``AzureOpenAIEmbedding`` on the shared HTTP clients, SDK retries off.
+
+    Example: ``PerfEmbedding(pooled_azure_openai_embedding(azure_deployment="embed",
+    azure_endpoint=url, api_version="2024-10-21", api_key=key))``.
+
+    Raises:
+        ValueError: as :func:`pooled_azure_openai_llm`.
+    """
+    kwargs = _azure_kwargs(
+        "pooled_azure_openai_embedding", azure_endpoint, api_version, config, kwargs
+    )
+    return AzureOpenAIEmbedding(azure_deployment=azure_deployment, **kwargs)
+
+
+def pooled_anthropic_llm(
+    *,
+    model: str = "claude-sonnet-4-5",
+    base_url: str | None = None,
+    temperature: float = 0.0,
+    config: PerformanceConfig | None = None,
+    **kwargs: Any,
+) -> Anthropic:
+    """LlamaIndex's ``Anthropic`` LLM on the shared HTTP clients, SDK retries off.
+
+    Example: ``wrap_llm(pooled_anthropic_llm(model="claude-3-5-haiku-latest", base_url=url,
+    api_key=key, max_tokens=512))``.
+
+    The class builds its ``anthropic.Anthropic`` / ``AsyncAnthropic`` clients itself; this
+    factory rebuilds both (``with_options``: same key and headers) on the registry's shared
+    clients of ``base_url``'s origin (one pool per event loop for the async one) with
+    ``max_retries=0``. Vertex and Bedrock variants are not pooled here.
+
+    Args:
+        model: The Claude model.
+        base_url: The API root, without ``/v1`` (``None``: api.anthropic.com).
+        temperature: Sampling temperature (0.0 by default: answers worth caching).
+        config: Pool sizes and timeouts; ``None`` means ``PerformanceConfig.load()``.
+        **kwargs: Other ``Anthropic`` options (``api_key``, ``max_tokens``,
+            ``system_prompt``, ``thinking_dict``...).
+
+    Raises:
+        ValueError: ``max_retries``, ``region``/``project_id`` or ``aws_region`` was passed.
+    """
+    for name in ("max_retries", "region", "project_id", "aws_region"):
+        if name in kwargs:
+            msg = f"pooled_anthropic_llm() does not take {name} (retries off, shared clients)"
+            raise ValueError(msg)
+    config = resolve_config(config)
+    url = base_url or ANTHROPIC_BASE_URL
+    kwargs.setdefault("timeout", config.request_deadline)
+    llm = Anthropic(model=model, base_url=url, temperature=temperature, max_retries=0, **kwargs)
+    llm._client = llm._client.with_options(
+        http_client=get_http_client(url, config=config), max_retries=0
+    )
+    llm._aclient = llm._aclient.with_options(
+        http_client=get_async_http_client(url, config=config), max_retries=0
+    )
+    return llm

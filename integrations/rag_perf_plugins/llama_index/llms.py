@@ -87,6 +87,7 @@ from rag_perf_plugins.services.defaults import (
     default_gate,
     default_retry,
     default_target,
+    deployment_of,
 )
 from rag_perf_plugins.services.identity import IdentityGuard, ModelIdentity, model_identity
 from rag_perf_plugins.services.llm import Fallback, LLMRequest, LLMService, Usage
@@ -212,6 +213,39 @@ def _usage_of(extra: dict[str, Any], raw: Any = None) -> Usage | None:
     )
 
 
+def _raw_usage(raw: Any) -> Usage | None:
+    """Usage from a provider's raw answer when ``additional_kwargs`` has none (Anthropic).
+
+    Anthropic reports ``input_tokens`` without the prompt-cache parts, so the cache reads
+    and writes are added back: the tokens the prompt really had.
+    """
+    usage = raw.get("usage") if isinstance(raw, dict) else getattr(raw, "usage", None)
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        dump = getattr(usage, "model_dump", None)
+        usage = dump() if callable(dump) else None
+    if not isinstance(usage, dict):
+        return None
+    parts = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    counts = [usage.get(name) for name in parts]
+    out = usage.get("output_tokens")
+    if not isinstance(counts[0], int) and not isinstance(out, int):
+        return None
+    read, write = (c if isinstance(c, int) else 0 for c in counts[1:])
+    return Usage(
+        sum(c for c in counts if isinstance(c, int)),
+        out if isinstance(out, int) else 0,
+        cached_in=read,
+        cache_write=write,
+    )
+
+
+def _response_usage(value: ChatResponse | CompletionResponse) -> Usage | None:
+    found = _usage_of(value.additional_kwargs, value.raw)
+    return found if found is not None else _raw_usage(value.raw)
+
+
 def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**extra, **_ZERO_USAGE, "cache_hit": True}
 
@@ -287,7 +321,7 @@ class _ChatCodec:
         )
 
     def usage(self, value: ChatResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs, value.raw)
+        return _response_usage(value)
 
 
 class _CompletionCodec:
@@ -302,7 +336,7 @@ class _CompletionCodec:
         )
 
     def usage(self, value: CompletionResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs, value.raw)
+        return _response_usage(value)
 
 
 class _ChatChunkCodec:
@@ -467,7 +501,12 @@ class _Alternative:
         kind = f"llama_index/{inner.class_name()}"
         api_base = getattr(inner, "api_base", None)
         self.provider = f"{kind}/{api_base}" if isinstance(api_base, str) else kind
-        gate = default_gate(config, provider=kind, model=self.model, api_key=api_key_of(inner))
+        gate = default_gate(
+            config,
+            provider=kind,
+            model=deployment_of(inner) or self.model,
+            api_key=api_key_of(inner),
+        )
         self.target = default_target(gate, self.provider, self.model)
         self.raw: dict[str, Callable[..., Any]] = {}
 
@@ -576,7 +615,12 @@ class PerfLLM(LLM):
         api_base = getattr(inner, "api_base", None)
         provider = f"llama_index/{inner.class_name()}"
         if gate is None:
-            gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
+            gate = default_gate(
+                config,
+                provider=provider,
+                model=deployment_of(inner) or model,
+                api_key=api_key_of(inner),
+            )
         provider_id = f"{provider}/{api_base}" if isinstance(api_base, str) else provider
         service = LLMService(
             config=config,
