@@ -312,6 +312,11 @@ class EmbeddingService(ProviderCalls):
         embed_query: ``str -> vector`` for queries of an asymmetric model (query prefix,
             ``input_type``); defaults to ``embed_many([text])[0]``.
         aembed_query: Async twin of ``embed_query``.
+        embed_queries: ``list[str] -> vectors`` for queries of an asymmetric model, one
+            model call per list (e.g. a local model's query prompt over a batch). With it,
+            distinct queries from concurrent callers share batches of up to ``batch_size``
+            (async callers: run in a worker thread), like documents; without it each
+            distinct query is its own call. Not used with fallbacks (queries go one by one).
         provider: Provider name, part of every key (e.g. ``"openai"``).
         model: Model name, part of every key.
         dimensions: Output dimensions, part of every key (``None``: the model's default).
@@ -342,11 +347,13 @@ class EmbeddingService(ProviderCalls):
         "_abatchers",
         "_aembed_many",
         "_aembed_query",
+        "_aqbatchers",
         "_batcher",
         "_breakers",
         "_budgeted",
         "_clock",
         "_embed_many",
+        "_embed_queries",
         "_embed_query",
         "_fallbacks",
         "_flights",
@@ -355,6 +362,7 @@ class EmbeddingService(ProviderCalls):
         "_plain_dtype",
         "_prerounded",
         "_prices",
+        "_qbatcher",
         "_retry",
         "_store",
         "_store_failed",
@@ -379,6 +387,7 @@ class EmbeddingService(ProviderCalls):
         aembed_many: AEmbedMany | None = None,
         embed_query: EmbedOne | None = None,
         aembed_query: AEmbedOne | None = None,
+        embed_queries: EmbedMany | None = None,
         config: PerformanceConfig | None = None,
         store: EmbeddingStore | None = None,
         gate: AdmissionGateLike | None = None,
@@ -391,7 +400,10 @@ class EmbeddingService(ProviderCalls):
         target: Target | None = None,
         breakers: Breakers | None = None,
     ) -> None:
-        for name, fn in (("embed_many", embed_many), ("embed_query", embed_query)):
+        for name, fn in (
+            ("embed_many", embed_many), ("embed_query", embed_query),
+            ("embed_queries", embed_queries),
+        ):  # fmt: skip
             if fn is not None and not callable(fn):
                 msg = f"{name} must be callable, got {fn!r}"
                 raise TypeError(msg)
@@ -428,6 +440,7 @@ class EmbeddingService(ProviderCalls):
         self._aembed_many = aembed_many
         self._embed_query = embed_query
         self._aembed_query = aembed_query
+        self._embed_queries = embed_queries
         self._store = store if self.config.enable_caching else None
         self._store_failed = False
         # The service rounds vectors to the store's dtype already: the cache package's store
@@ -446,8 +459,12 @@ class EmbeddingService(ProviderCalls):
         self._clock = clock
         self._flights: SingleFlight[Vector] = SingleFlight()
         self._batcher: BatchProcessor[str, Vector] | None = None
+        self._qbatcher: BatchProcessor[str, Vector] | None = None  # the query lane
         # AsyncBatchProcessor is bound to one event loop; keep one per loop, dropped with it.
         self._abatchers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncBatchProcessor[str, Vector]
+        ] = weakref.WeakKeyDictionary()
+        self._aqbatchers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, AsyncBatchProcessor[str, Vector]
         ] = weakref.WeakKeyDictionary()
         self.provider_calls = 0
@@ -498,16 +515,18 @@ class EmbeddingService(ProviderCalls):
 
     def close(self) -> None:
         """Send what the sync batcher holds and refuse nothing afterwards (idempotent)."""
-        if self._batcher is not None:
-            self._batcher.close()
-            self._batcher = None
+        for batcher in (self._batcher, self._qbatcher):
+            if batcher is not None:
+                batcher.close()
+        self._batcher = self._qbatcher = None
 
     async def aclose(self) -> None:
         """Flush this loop's async batcher; other loops' batchers go with their loops."""
         loop = asyncio.get_running_loop()
-        batcher = self._abatchers.pop(loop, None)
-        if batcher is not None:
-            await batcher.aclose()
+        for batchers in (self._abatchers, self._aqbatchers):
+            batcher = batchers.pop(loop, None)
+            if batcher is not None:
+                await batcher.aclose()
         self.close()
 
     @property
@@ -542,7 +561,11 @@ class EmbeddingService(ProviderCalls):
         return _Plan(keys, distinct)
 
     def _batched(self, role: Role) -> bool:
-        return self.batching and (role == "document" or self.symmetric)
+        return self.batching and (role == "document" or self.symmetric or self._query_lane())
+
+    def _query_lane(self) -> bool:
+        """Asymmetric queries batched through ``embed_queries`` (not with fallbacks)."""
+        return self._embed_queries is not None and not self.symmetric and not self._fallbacks
 
     def _dtype(self) -> str:
         store = self._store
@@ -821,6 +844,16 @@ class EmbeddingService(ProviderCalls):
             self._store_error(exc)
 
     def _compute(self, texts: list[str], role: Role) -> list[Vector]:
+        if self._batched(role) and role == "query" and not self.symmetric:
+            if self._qbatcher is None:
+                self._qbatcher = BatchProcessor.from_config(
+                    self.config,
+                    self._provider_queries,
+                    operation=f"{self.operation}.batch",
+                    tracker=self._tracker,
+                    clock=self._clock,
+                )
+            return self._qbatcher.submit_many(texts)
         if self._batched(role):
             if self._batcher is None:
                 self._batcher = BatchProcessor.from_config(
@@ -847,6 +880,18 @@ class EmbeddingService(ProviderCalls):
             vectors = self._chained(on, texts)
         else:
             vectors = self._guarded(on(self._primary_provider()), texts)
+        _check_count(vectors, texts)
+        return round_vectors(vectors, self._dtype())
+
+    def _provider_queries(self, texts: list[str]) -> list[Vector]:
+        embed_queries = self._embed_queries
+        assert embed_queries is not None  # only the query lane calls this
+
+        def call() -> Sequence[Sequence[float]]:
+            self.provider_calls += 1
+            return embed_queries(texts)
+
+        vectors = self._guarded(call, texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 
@@ -1067,6 +1112,19 @@ class EmbeddingService(ProviderCalls):
             self._store_error(exc)
 
     async def _acompute(self, texts: list[str], role: Role) -> list[Vector]:
+        if self._batched(role) and role == "query" and not self.symmetric:
+            loop = asyncio.get_running_loop()
+            qbatcher = self._aqbatchers.get(loop)
+            if qbatcher is None:
+                qbatcher = AsyncBatchProcessor.from_config(
+                    self.config,
+                    self._aprovider_queries,
+                    operation=f"{self.operation}.batch",
+                    tracker=self._tracker,
+                    clock=self._clock,
+                )
+                self._aqbatchers[loop] = qbatcher
+            return await qbatcher.submit_many(texts)
         if self._batched(role):
             loop = asyncio.get_running_loop()
             batcher = self._abatchers.get(loop)
@@ -1102,6 +1160,19 @@ class EmbeddingService(ProviderCalls):
             vectors = await self._achained(on, texts)
         else:
             vectors = await self._aguarded(on(self._primary_provider()), texts)
+        _check_count(vectors, texts)
+        return round_vectors(vectors, self._dtype())
+
+    async def _aprovider_queries(self, texts: list[str]) -> list[Vector]:
+        embed_queries = self._embed_queries
+        assert embed_queries is not None  # only the query lane calls this
+
+        async def call() -> Sequence[Sequence[float]]:
+            self.provider_calls += 1
+            # A sync model (a local one is CPU-bound) runs in a worker: the loop keeps serving.
+            return await asyncio.to_thread(embed_queries, texts)
+
+        vectors = await self._aguarded(call, texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 

@@ -197,6 +197,43 @@ async def test_asymmetric_queries_coalesce_only_when_identical() -> None:
     assert len(provider.query_calls) == 6
 
 
+def _query_lane(provider: Provider, batches: list[list[str]], **config: object) -> EmbeddingService:
+    def embed_queries(texts: list[str]) -> list[list[float]]:
+        with provider.lock:
+            batches.append(list(texts))
+        return [provider.embed_query(t) for t in texts]
+
+    cfg = PerformanceConfig(**{"batch_size": 16, "max_wait_time": 0.020, **config})  # type: ignore[arg-type]
+    return EmbeddingService(
+        provider.embed_many, embed_query=provider.embed_query, embed_queries=embed_queries,
+        provider="test", model="m", dimensions=provider.dim, symmetric=False, config=cfg,
+        tracker=PerformanceTracker(),
+    )  # fmt: skip
+
+
+async def test_asymmetric_queries_share_batches_through_embed_queries() -> None:
+    """With embed_queries, distinct concurrent queries go in batches of up to batch_size."""
+    provider, batches = Provider(), list[list[str]]()
+    service = _query_lane(provider, batches)
+    vectors = await asyncio.gather(*(service.aembed_query(f"q{i}") for i in range(64)))
+    assert sum(len(b) for b in batches) == 64 and max(len(b) for b in batches) <= 16
+    assert len(batches) == service.provider_calls <= 6
+    assert provider.calls == []  # never embedded as documents
+    lone = Provider()
+    assert vectors[7] == round_vectors([lone.embed_query("q7")], "float32")[0]
+    await service.aclose()
+
+
+def test_asymmetric_queries_share_batches_from_threads() -> None:
+    provider, batches = Provider(), list[list[str]]()
+    service = _query_lane(provider, batches, max_wait_time=0.050)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: service.embed_query(f"q{i}"), range(64)))
+    assert sum(len(b) for b in batches) == 64 and len(batches) < 64
+    assert max(len(b) for b in batches) <= 16
+    service.close()
+
+
 async def test_identical_concurrent_queries_make_one_call() -> None:
     provider = Provider()
     service = make(provider)

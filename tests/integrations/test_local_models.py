@@ -240,3 +240,57 @@ async def test_a_cpu_bound_model_does_not_block_the_loop(store: CacheEmbeddingSt
     await task
     assert len(vectors) == 64 and ticks > 2
     assert wrapped.service.provider_calls <= 4  # 64 callers, batches of up to 32
+
+
+@pytest.mark.parametrize("query_kwargs", [{}, {"prompt": "query: "}])
+async def test_concurrent_async_queries_are_batched(
+    store: CacheEmbeddingStore, query_kwargs: dict[str, Any]
+) -> None:
+    """64 distinct queries from concurrent callers share model calls of up to batch_size."""
+    inner = _lc(query_encode_kwargs=query_kwargs)
+    calls: list[int] = []
+    encode = inner._client.encode
+
+    def counting(sentences: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1 if isinstance(sentences, str) else len(sentences))
+        return encode(sentences, *args, **kwargs)
+
+    inner._client.encode = counting  # type: ignore[method-assign,assignment]
+    wrapped = PerfEmbeddings(inner, PerformanceConfig(batch_size=16), store=store)
+    assert not wrapped.service.symmetric  # queries are not embedded like documents
+    questions = [f"question number {i} about retrieval" for i in range(64)]
+    vectors = await asyncio.gather(*(wrapped.aembed_query(q) for q in questions))
+    assert len(calls) == wrapped.service.provider_calls
+    assert len(calls) <= 6 and max(calls) <= 16  # 64 callers, batches of up to 16
+    assert sum(calls) == 64
+    calls.clear()
+    for question, vector in zip(questions[:4], vectors[:4], strict=True):
+        assert _close(vector, inner.embed_query(question))  # the unwrapped answer
+    assert calls == [1, 1, 1, 1]
+    calls.clear()
+    again = await asyncio.gather(*(wrapped.aembed_query(q) for q in questions))
+    assert calls == [] and again == vectors  # all cached
+
+
+async def test_llama_index_concurrent_async_queries_are_batched(store: CacheEmbeddingStore) -> None:
+    """The same for LlamaIndex's HuggingFaceEmbedding with a query instruction."""
+    inner = _li(query_instruction="query: ")
+    calls: list[int] = []
+    embed = inner._embed
+
+    def counting(inputs: Any, prompt_name: Any = None) -> Any:
+        calls.append(len(inputs))
+        return embed(inputs, prompt_name=prompt_name)
+
+    object.__setattr__(inner, "_embed", counting)
+    wrapped = PerfEmbedding(inner, PerformanceConfig(batch_size=16), store=store)
+    questions = [f"question number {i} about retrieval" for i in range(64)]
+    vectors = await asyncio.gather(*(wrapped.aget_query_embedding(q) for q in questions))
+    assert len(calls) <= 6 and max(calls) <= 16 and sum(calls) == 64
+    calls.clear()
+    for question, vector in zip(questions[:4], vectors[:4], strict=True):
+        assert _close(vector, inner.get_query_embedding(question))  # the unwrapped answer
+    assert calls == [1, 1, 1, 1]
+    calls.clear()
+    again = await asyncio.gather(*(wrapped.aget_query_embedding(q) for q in questions))
+    assert calls == [] and again == vectors

@@ -447,6 +447,13 @@ class PerfChatModel(BaseChatModel):
         return self.inner._get_invocation_params(stop=stop, **kwargs)
 
     @override
+    def _combine_llm_outputs(self, llm_outputs: list[dict[str, Any] | None]) -> dict[str, Any]:
+        # generate()/agenerate() merge the per-prompt llm_output with this: the inner
+        # model's own rule (ChatOpenAI sums token usage, keeps model_name and
+        # system_fingerprint), not BaseChatModel's empty dict.
+        return self.inner._combine_llm_outputs(llm_outputs)
+
+    @override
     def to_json(self) -> Any:
         # LangChain already turns declared secrets (openai_api_key) into references; headers
         # and URLs are plain fields, so mask what they hold before a tracer stores it.

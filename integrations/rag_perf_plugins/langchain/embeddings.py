@@ -19,8 +19,8 @@ batched); statistics per call (LangChain has no embedding callbacks).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from typing_extensions import override
@@ -67,6 +67,36 @@ def is_symmetric(inner: Embeddings) -> bool:
 
 def _overrides(inner: Embeddings, name: str) -> bool:
     return getattr(type(inner), name, None) is not getattr(Embeddings, name)
+
+
+def _query_batch(inner: Embeddings) -> Callable[[list[str]], list[list[float]]] | None:
+    """``embed_queries`` for models that can embed many queries in one call, else ``None``.
+
+    Example: ``_query_batch(HuggingFaceEmbeddings(...))(["q1", "q2"])`` is
+    ``[embed_query("q1"), embed_query("q2")]`` in one ``encode`` call. Known:
+    langchain-huggingface's ``HuggingFaceEmbeddings`` (its ``embed_query`` is ``_embed([text],
+    query kwargs)[0]``), unless a subclass overrides ``embed_query``.
+    """
+    owner = next(
+        (
+            cls
+            for cls in type(inner).__mro__
+            if cls.__name__ == "HuggingFaceEmbeddings"
+            and cls.__module__.startswith("langchain_huggingface")
+        ),
+        None,
+    )
+    defines = next(c for c in type(inner).__mro__ if "embed_query" in vars(c))
+    if owner is None or defines is not owner:  # a subclass with its own query rule: one by one
+        return None
+    model: Any = inner
+
+    def embed_queries(texts: list[str]) -> list[list[float]]:
+        # The same rule as HuggingFaceEmbeddings.embed_query, read at call time.
+        kwargs = model.query_encode_kwargs or model.encode_kwargs
+        return cast("list[list[float]]", model._embed(list(texts), kwargs))
+
+    return embed_queries
 
 
 def _identity(inner: Embeddings, found: ModelIdentity) -> tuple[str, str, int | None]:
@@ -202,6 +232,7 @@ class PerfEmbeddings(Embeddings):
             aembed_query=(
                 inner.aembed_query if not sym and _overrides(inner, "aembed_query") else None
             ),
+            embed_queries=None if sym else _query_batch(inner),
             provider=provider,
             model=model,
             dimensions=dims,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -362,6 +362,34 @@ def _provider(inner: BaseEmbedding, identity: dict[str, Any]) -> str:
     return f"llama_index/{inner.class_name()}/{digest}"
 
 
+def _query_batch(inner: BaseEmbedding) -> Callable[[list[str]], list[list[float]]] | None:
+    """``embed_queries`` for models that embed many queries in one call, else ``None``.
+
+    Example: ``_query_batch(HuggingFaceEmbedding(...))(["q1", "q2"])`` equals each query's
+    ``_get_query_embedding`` in one ``encode`` call. Known: llama-index-embeddings-huggingface's
+    ``HuggingFaceEmbedding`` (its query is ``_embed([query], prompt_name="query")[0]``),
+    unless a subclass overrides ``_get_query_embedding``.
+    """
+    owner = next(
+        (
+            cls
+            for cls in type(inner).__mro__
+            if cls.__name__ == "HuggingFaceEmbedding"
+            and cls.__module__.startswith("llama_index.embeddings.huggingface")
+        ),
+        None,
+    )
+    defines = next(c for c in type(inner).__mro__ if "_get_query_embedding" in vars(c))
+    if owner is None or defines is not owner:  # a subclass with its own query rule: one by one
+        return None
+    model: Any = inner
+
+    def embed_queries(texts: list[str]) -> list[list[float]]:
+        return cast("list[list[float]]", model._embed(list(texts), prompt_name="query"))
+
+    return embed_queries
+
+
 def _build_service(
     inner: BaseEmbedding,
     identity: dict[str, Any],
@@ -401,6 +429,7 @@ def _build_service(
         aembed_many=aembed_native if native_async else None,
         embed_query=None if symmetric else embed_query,
         aembed_query=None if symmetric else aembed_query,
+        embed_queries=None if symmetric else _query_batch(inner),
         provider=provider,
         model=model,
         dimensions=_dimensions(inner),

@@ -360,13 +360,17 @@ class _ChatChunkCodec:
         self._sent += chunk.delta or ""
         text = "".join(texts)
         own = None if text == self._sent else text
-        return {
+        data = {
             "m": message,
             "t": bool(texts),
             "x": own,
             "d": chunk.delta,
             "k": _plain_kwargs(chunk.additional_kwargs),
         }
+        kinds = _sdk_types(chunk.message)  # streamed tool calls: ChoiceDeltaToolCall
+        if kinds:
+            data["s"] = kinds
+        return data
 
     def decode(self, data: Any) -> ChatResponse:
         self._replayed += data["d"] or ""
@@ -374,8 +378,11 @@ class _ChatChunkCodec:
         if data["t"]:
             text = self._replayed if data["x"] is None else data["x"]
             message["blocks"] = [{"block_type": "text", "text": text}, *message["blocks"]]
+        rebuilt = ChatMessage.model_validate(message)
+        if data.get("s"):
+            _rebuild_sdk_types(rebuilt, data["s"])
         return ChatResponse(
-            message=ChatMessage.model_validate(message),
+            message=rebuilt,
             delta=data["d"],
             additional_kwargs=_hit_kwargs(data["k"]),
         )
