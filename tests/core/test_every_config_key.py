@@ -842,7 +842,7 @@ EFFECTS: dict[str, Effect] = {
     ),
     "shared_rate_limit": Effect(
         True, "Redis keys after one admission", budget_keys_in_redis,
-        [], ["rag-perf:rl:every-key-shared"], with_redis(requests_per_minute=600),
+        [], ["rag-perf:rl:{every-key-shared}"], with_redis(requests_per_minute=600),
     ),
     "limiter_fallback": Effect(
         "fail-closed", "one admission while Redis is down", admission_while_redis_is_down,

@@ -125,7 +125,7 @@ def test_redis_going_away_mid_run_degrades_and_recovers(
         assert tier["state"] == "closed" and tier["recoveries"] == 1
         assert app.provider_calls == calls_before + 10  # refilled Redis once per text...
         assert app.redis_hits() == hits_while_down + 20  # ...then hits through Redis again
-        assert tier["items"] == 10  # the ten vectors are back in the new Redis
+        assert app.tier.scan_stats()["items"] == 10  # the ten vectors are back in the new Redis
     finally:
         app.close()
 
