@@ -31,6 +31,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -120,12 +121,16 @@ def _client(port: int) -> redis.Redis:
     return redis.Redis(host=HOST, port=port, socket_timeout=1.0, socket_connect_timeout=1.0)
 
 
-def _answers(port: int, command: str, *args: str) -> object:
+def _answers(port: int, command: str, *args: str) -> Any:
     client = _client(port)
     try:
-        return client.execute_command(command, *args)
+        return client.execute_command(command, *args)  # type: ignore[no-untyped-call]
     finally:
         client.close()
+
+
+def _pings(port: int) -> Callable[[], bool]:
+    return lambda: bool(_answers(port, "PING"))
 
 
 class ClusterSet:
@@ -156,7 +161,7 @@ class ClusterSet:
                 "--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
             )  # fmt: skip
         for port in self.ports:
-            _wait(f"cluster node {port} answers", lambda p=port: bool(_answers(p, "PING")))
+            _wait(f"cluster node {port} answers", _pings(port))
         subprocess.run(
             [_binary("redis-cli"), "--cluster", "create",
              *(f"{HOST}:{p}" for p in self.ports), "--cluster-replicas", "1", "--cluster-yes"],
@@ -178,9 +183,9 @@ class ClusterSet:
 
     def master_of(self, key: str) -> int:
         """The port of the master serving ``key``'s slot now."""
-        slot = int(_answers(self.ports[0], "CLUSTER", "KEYSLOT", key))  # type: ignore[call-overload]
+        slot = int(_answers(self.ports[0], "CLUSTER", "KEYSLOT", key))
         raw = _answers(self.ports[0], "CLUSTER", "SLOTS")
-        for entry in raw:  # type: ignore[attr-defined]
+        for entry in raw:
             start, end, master = int(entry[0]), int(entry[1]), entry[2]
             if start <= slot <= end:
                 return int(master[1])
@@ -246,7 +251,7 @@ class SentinelSet:
         for port in self.sentinel_ports:
             client = _client(port)
             try:
-                fields = client.sentinel_master(MASTER_NAME)
+                fields: Any = client.sentinel_master(MASTER_NAME)
             finally:
                 client.close()
             if int(fields["num-other-sentinels"]) < 2 or int(fields["num-slaves"]) < 1:
@@ -256,7 +261,7 @@ class SentinelSet:
     def master_port_now(self) -> int:
         """The master's port as the first sentinel reports it."""
         addr = _answers(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
-        return int(addr[1])  # type: ignore[index]
+        return int(addr[1])
 
     def kill_master(self) -> int:
         """SIGKILL the master (by the pid started here); its port."""

@@ -233,7 +233,7 @@ class RedisTier:
             pipe = client.pipeline(transaction=False)
             for start in range(0, len(keys), _MGET_CHUNK):
                 pipe.mget([value(k) for k in keys[start : start + _MGET_CHUNK]])
-            return pipe.execute()
+            return list(pipe.execute())
 
         chunks: list[Any] = self._call("get", run, skip=[])
         found: dict[str, bytes] = {}

@@ -201,7 +201,7 @@ class RedisTarget:
         return redact_url(self.url)
 
     def _master_kwargs(self) -> dict[str, Any]:
-        parsed = parse_url(self.url) if "://" in self.url else {}
+        parsed: dict[str, Any] = parse_url(self.url)  # type: ignore[no-untyped-call]
         return {k: parsed[k] for k in ("username", "password", "db") if k in parsed}
 
     def client(self, *, timeout: float, max_connections: int = 32) -> Any:
