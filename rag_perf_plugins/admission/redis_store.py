@@ -357,8 +357,9 @@ class RedisBudgetStore:
         with self._lock:
             self._counts[name] += 1
 
-    def _begin(self, call: _Call) -> tuple[list[str], list[Any]] | None:
-        """The script's keys and args for ``call``; ``None`` while the breaker is open."""
+    def _begin(self, call: _Call) -> tuple[list[str], list[Any], bool] | None:
+        """The script's keys and args for ``call``, and whether it re-seeds the key;
+        ``None`` while the breaker is open."""
         if not self.breaker.allow():
             self._count("fallback_calls")
             return None
@@ -370,31 +371,38 @@ class RedisBudgetStore:
             burst = call.limits.burst_seconds
         keys = [self.keys.budget(call.key)]
         args = [call.op, repr(ir), repr(it), repr(burst), call.requests, call.tokens]
-        return keys, [*args, repr(call.arg), repr(self._seed(call))]
+        seed = self._seed(call)
+        return keys, [*args, repr(call.arg), repr(seed)], seed >= 0
 
     def _seed(self, call: _Call) -> float:
         """Seconds of the full rate this process's local share still has scheduled, if
-        ``call.key`` was served locally since Redis last answered; else -1 (no re-seed)."""
+        ``call.key`` was served locally since Redis last answered; else -1 (no re-seed).
+
+        One call per key carries the seed (concurrent callers would add it up); it goes
+        back to the key if that call does not reach Redis.
+        """
         with self._lock:
             if call.key not in self._local_keys or call.limits is None:
                 return -1.0
+            self._local_keys.discard(call.key)
         ahead = max(0.0, self._due.get(call.key, call.now) - call.now)
         return ahead / self.worker_count
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, call: _Call, seeded: bool, exc: BaseException) -> None:
+        if seeded:
+            with self._lock:
+                self._local_keys.add(call.key)
         self._count("redis_errors")
         self._count("fallback_calls")
         if self.breaker.failure():
             self._report_outage(exc)
 
-    def _answered(self, call: _Call, raw: Any) -> float:
+    def _answered(self, call: _Call, seeded: bool, raw: Any) -> float:
         self._count("redis_calls")
         if self.breaker.success():
             log.info("shared rate limit: redis at %s answers again", self.target.describe())
-        with self._lock:
-            if call.key in self._local_keys and call.limits is not None:
-                self._local_keys.discard(call.key)
-                self._counts["reseeds"] += 1
+        if seeded:
+            self._count("reseeds")
         wait = float(raw)
         if call.op == "reserve" and wait <= call.arg:
             self._granted(call.key, call.now + wait)
@@ -413,9 +421,9 @@ class RedisBudgetStore:
         try:
             raw = self._script(keys=script[0], args=script[1])
         except OUTAGE_ERRORS as exc:
-            self._failed(exc)
+            self._failed(call, script[2], exc)
             return None
-        return self._answered(call, raw)
+        return self._answered(call, script[2], raw)
 
     async def _aredis(self, call: _Call) -> float | None:
         """:meth:`_redis` on this event loop's asyncio client: the loop is never blocked."""
@@ -426,9 +434,9 @@ class RedisBudgetStore:
             run = (await self._async_scripts.get()).script
             raw = await run(keys=script[0], args=script[1])
         except OUTAGE_ERRORS as exc:
-            self._failed(exc)
+            self._failed(call, script[2], exc)
             return None
-        return self._answered(call, raw)
+        return self._answered(call, script[2], raw)
 
     def _run(self, call: _Call) -> float:
         wait = self._redis(call)

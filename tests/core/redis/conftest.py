@@ -23,8 +23,8 @@ def _free_port() -> int:
 class RedisServer:
     """A ``redis-server`` child on a free port: ``start()``, ``stop()``, ``url``."""
 
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.port = _free_port() if port is None else port
         self.directory = directory
         self.proc: subprocess.Popen[bytes] | None = None
 
