@@ -299,12 +299,14 @@ class PerformanceConfig:
         "How redis_url is reached: standalone (one server), cluster (any node of a Redis "
         "Cluster, e.g. redis://10.0.0.1:7000/0; the others are discovered) or sentinel (the "
         "master named redis_master_name, found through redis_sentinels; redis_url then gives "
-        "only the password, database and scheme, its host is not used).",
+        "the master's password and database, and its host:port is the sentinel when "
+        "redis_sentinels is empty).",
     )
     redis_sentinels: str = _opt(
         "",
         "Sentinels of redis_mode sentinel, comma-separated host:port, e.g. "
-        "10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379.",
+        "10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379; empty: the host:port of redis_url "
+        "is the one sentinel.",
         validator=_sentinels_problem,
         allowed="comma-separated host:port entries",
     )
@@ -477,12 +479,6 @@ class PerformanceConfig:
     def __post_init__(self) -> None:
         for spec in _fields().values():
             spec.check(getattr(self, spec.name))
-        if self.redis_mode == "sentinel" and self.redis_url and not self.redis_sentinels:
-            msg = (
-                "redis_sentinels must list the sentinels (host:port,host:port) when "
-                "redis_mode is 'sentinel'"
-            )
-            raise ConfigError(msg, key="redis_sentinels", value="")
         if self.redis_mode == "cluster" and (self.redis_url or "").lower().startswith("unix:"):
             msg = (
                 "redis_url=unix://...: a Redis Cluster is reached over TCP; allowed with "

@@ -22,6 +22,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -150,8 +151,9 @@ class RedisTarget:
     behave alike during an outage: ``timeout`` seconds per connect and per reply, no
     redis-py retries (the caller's :class:`CircuitBreaker` takes over).
 
-    In sentinel mode the URL gives the master's password, username and database; its
-    host and port are not used (the sentinels name the master, again after a failover).
+    In sentinel mode the URL gives the master's password, username and database, and
+    ``from_config`` takes its host:port as the one sentinel when ``redis_sentinels`` is
+    empty; the sentinels name the master (again after a failover).
     In cluster mode the URL names any node; the others are discovered, and a failover to a
     replica is found again by redis-py's topology refresh.
     """
@@ -180,7 +182,12 @@ class RedisTarget:
         if not config.redis_url:
             msg = "redis_url is not set (e.g. redis://127.0.0.1:6379/0)"
             raise ValueError(msg)
-        sentinels = parse_sentinels(config.redis_sentinels) if config.redis_sentinels else ()
+        sentinels: tuple[tuple[str, int], ...] = ()
+        if config.redis_sentinels:
+            sentinels = parse_sentinels(config.redis_sentinels)
+        elif config.redis_mode == "sentinel":  # the URL names the one sentinel
+            parts = urlsplit(config.redis_url)
+            sentinels = ((parts.hostname or "127.0.0.1", parts.port or 26379),)
         return cls(config.redis_url, config.redis_mode, sentinels, config.redis_master_name)
 
     @property
