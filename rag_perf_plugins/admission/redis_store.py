@@ -15,7 +15,8 @@ process and host using the Redis. Time is Redis's ``TIME`` (seconds), not the ca
 clock, so processes whose monotonic clocks disagree still share one schedule; waits are
 returned as relative seconds, which is all the gate needs. State lives in one small hash per
 key under ``{prefix}:rl:{{gate key}}`` (the gate key, an API-key fingerprint and never the
-key, is the Redis Cluster hash tag: :class:`~rag_perf_plugins.redis.keys.RedisKeys`) and expires once the bucket is idle and full again. The in-process
+key, is the Redis Cluster hash tag: :class:`~rag_perf_plugins.redis.keys.RedisKeys`) and
+expires once the bucket is idle and full again. The in-process
 :class:`~rag_perf_plugins.admission.gate.AdmissionGate` stays in front: concurrency cap, FIFO
 order and the bounded queue are per process; only the rate budget is shared.
 
@@ -358,8 +359,7 @@ class RedisBudgetStore:
             self._counts[name] += 1
 
     def _begin(self, call: _Call) -> tuple[list[str], list[Any], bool] | None:
-        """The script's keys and args for ``call``, and whether it re-seeds the key;
-        ``None`` while the breaker is open."""
+        """The script's keys and args for ``call`` and whether it re-seeds; None: breaker open."""
         if not self.breaker.allow():
             self._count("fallback_calls")
             return None
@@ -375,11 +375,11 @@ class RedisBudgetStore:
         return keys, [*args, repr(call.arg), repr(seed)], seed >= 0
 
     def _seed(self, call: _Call) -> float:
-        """Seconds of the full rate this process's local share still has scheduled, if
-        ``call.key`` was served locally since Redis last answered; else -1 (no re-seed).
+        """Seconds of the rate still scheduled by the local share of ``call.key``, or -1.
 
-        One call per key carries the seed (concurrent callers would add it up); it goes
-        back to the key if that call does not reach Redis.
+        -1 (no re-seed) unless the key was served locally since Redis last answered. One
+        call per key carries the seed (concurrent callers would add it up); it goes back to
+        the key if that call does not reach Redis.
         """
         with self._lock:
             if call.key not in self._local_keys or call.limits is None:
@@ -447,8 +447,11 @@ class RedisBudgetStore:
         return self._local_answer(call) if wait is None else wait
 
     def _local_answer(self, call: _Call) -> float:
-        """``call`` served by the fallback; the first one of a key after Redis answered
-        starts that key's local share empty, after what Redis had scheduled for us."""
+        """``call`` served by the fallback (the local share, or fail-closed).
+
+        The first local call of a key after Redis answered starts that key's local share
+        empty, after what Redis had scheduled for this process.
+        """
         if call.limits is not None and self.fallback == "local-share":
             with self._lock:
                 first = call.key not in self._local_keys

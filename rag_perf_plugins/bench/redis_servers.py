@@ -142,6 +142,7 @@ class ClusterSet:
 
     @property
     def url(self) -> str:
+        """``redis_url`` of the cluster (its first node; redis_mode: cluster)."""
         return f"redis://{HOST}:{self.ports[0]}/0"
 
     @contextlib.contextmanager

@@ -722,9 +722,11 @@ class CacheManager:
         return next((t for t in self.tiers if hasattr(t, "try_lease")), None)
 
     def _lease_step(self, tier: Any, stored: str, *, waiting: bool) -> tuple[str, Any]:
-        """One look at the shared flight of ``stored``: ("lead", lease) when this process
-        takes it, ("ready", None) when the value is stored, ("wait", None) while another
-        process holds the lease. Blocking; raises when Redis is away."""
+        """One look at the shared flight of ``stored``; blocking, raises when Redis is away.
+
+        ("lead", lease) when this process takes it, ("ready", None) when the value is
+        stored, ("wait", None) while another process holds the lease.
+        """
         if waiting:
             if tier.get_many([stored]):
                 return "ready", None

@@ -179,7 +179,7 @@ class RedisTier:
 
     @classmethod
     def from_config(cls, config: Any, **options: Any) -> RedisTier:
-        """The tier of ``redis_url`` (and ``redis_mode``...), ``cache_namespace_prefix``, ``redis_timeout``."""
+        """The tier of ``redis_url`` (any ``redis_mode``), the config's prefix and timeout."""
         if not config.redis_url:
             msg = "from_config needs redis_url set (e.g. redis://127.0.0.1:6379/0)"
             raise ValueError(msg)

@@ -22,9 +22,9 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from .._secrets import describe_error, redact_url
 from ..config import RedisMode, parse_sentinels
@@ -178,7 +178,7 @@ class RedisTarget:
 
     @classmethod
     def from_config(cls, config: Any) -> RedisTarget:
-        """The target of ``redis_url``, ``redis_mode``, ``redis_sentinels``, ``redis_master_name``."""
+        """Target of ``redis_url``, ``redis_mode``, ``redis_sentinels``, ``redis_master_name``."""
         if not config.redis_url:
             msg = "redis_url is not set (e.g. redis://127.0.0.1:6379/0)"
             raise ValueError(msg)

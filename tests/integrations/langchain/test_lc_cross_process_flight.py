@@ -45,10 +45,10 @@ def _config(redis_url: str, prefix: str, lease: float) -> Any:
 def _ask(spec: dict[str, Any], out: Any) -> None:
     """One worker: ``callers`` concurrent identical questions at ``start_at`` (wall time)."""
     from langchain_core.messages import HumanMessage
-
-    from rag_perf_plugins.cache import CacheManager
     from rag_perf_plugins.langchain import PerfChatModel
     from rag_perf_plugins.langchain.factories import pooled_chat_openai
+
+    from rag_perf_plugins.cache import CacheManager
 
     config = _config(spec["redis_url"], spec["prefix"], spec["lease"])
     inner = pooled_chat_openai(
@@ -100,7 +100,9 @@ def _chat_calls(sim: Simulator) -> int:
     return by_endpoint.get("/v1/chat/completions", 0)
 
 
-def _spec(sim: Simulator, redis_url: str, prefix: str, start_at: float, **more: Any) -> dict[str, Any]:
+def _spec(
+    sim: Simulator, redis_url: str, prefix: str, start_at: float, **more: Any
+) -> dict[str, Any]:
     return {
         "base_url": sim.base_url, "redis_url": redis_url, "prefix": prefix, "lease": LEASE_S,
         "start_at": start_at, "callers": 25, **more,
