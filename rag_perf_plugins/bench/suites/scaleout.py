@@ -24,6 +24,7 @@ hosts (one host stands in for many), or Redis over a real network (loopback only
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -556,3 +557,175 @@ def cross_process_hits(ctx: BenchContext) -> Iterator[Result]:
         written=ours.written,
         read_us_per_key=round(ours.read_us_per_key, 2),
     )
+
+
+HA_RPM = 1200  # 20 requests/s: a failover's seconds stay countable
+
+
+def _ha_ports() -> tuple[int, int]:
+    return (
+        int(os.environ.get("RAG_PERF_HA_CLUSTER_PORT", "7100")),
+        int(os.environ.get("RAG_PERF_HA_SENTINEL_PORT", "7200")),
+    )
+
+
+def _failover_run(
+    base_url: str, url: str, keys: Mapping[str, Any], lose: Callable[[str], None], *, quick: bool
+) -> SharedBudgetRun:
+    """4 processes on one budget; ``lose(budget key)`` runs 3 s in (kills a master)."""
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    from ...redis.keys import RedisKeys
+
+    budget_key = RedisKeys(prefix).budget(f"simulator/{MODEL}/{key_fingerprint(API_KEY)}")
+
+    def during(start_at: float) -> None:
+        time.sleep(max(0.0, start_at + 3.0 - time.time()))
+        lose(budget_key)
+
+    try:
+        return run_shared_budget(
+            base_url, url, processes=4, rpm=HA_RPM, duration_s=10.0 if quick else 14.0,
+            warmup_s=1.5, prefix=prefix, redis=keys, during=during,
+        )  # fmt: skip
+    finally:
+        delete_prefix(url, prefix, keys)
+
+
+@benchmark("scaleout", "Redis standalone, Cluster and Sentinel: one budget, hits, a failover")
+def redis_modes(ctx: BenchContext) -> Iterator[Result]:
+    """Per Redis mode: budget fraction, reservation p95, hit rate, failover over-admission.
+
+    With 4 processes on one budget: the fraction of the limit achieved and the p95 of one
+    reservation; the cross-process hit rate; and the requests over-admitted (429s at the
+    simulator) when the master is lost mid-run.
+
+    Starts its own servers on loopback (a standalone ``redis-server``, a 3+3 Cluster on
+    ports 7100-7105, a Sentinel set on 7200-7201 and 27200-27202; moved with
+    ``RAG_PERF_HA_CLUSTER_PORT`` / ``RAG_PERF_HA_SENTINEL_PORT``). Full runs only: the
+    servers and three 10 s runs per mode do not fit ``--quick``'s 3 s per row.
+    """
+    if ctx.quick:
+        ctx.progress("redis modes: full runs only (11 redis-server processes, ~100 s)")
+        return
+    import tempfile
+    from pathlib import Path
+
+    from ..redis_servers import MASTER_NAME, ClusterSet, SentinelSet, _Servers
+    from .concurrency import simulator_process
+
+    cluster_port, sentinel_port = _ha_ports()
+    standalone_port = sentinel_port + 1  # never at the same time as the Sentinel set
+    runs: dict[str, tuple[SharedBudgetRun, CrossProcessHits, SharedBudgetRun]] = {}
+    with (
+        tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp,
+        simulator_process(rpm=HA_RPM, burst_seconds=SIM_BURST_S, latency_ms=20.0) as base_url,
+    ):
+        for mode in ("standalone", "cluster", "sentinel"):
+            ctx.progress(f"redis modes: {mode}")
+            servers: Any
+            keys: dict[str, Any] = {"redis_mode": mode}
+            if mode == "standalone":
+                servers = _Servers(Path(tmp) / mode)
+                servers.start(standalone_port)
+                url = f"redis://127.0.0.1:{standalone_port}/0"
+                time.sleep(0.5)  # the server binds its port
+
+                def lose(key: str, s: Any = servers) -> None:
+                    s.kill(standalone_port)  # and back, empty, 5 s later
+                    time.sleep(5.0)
+                    s.start(standalone_port)
+
+                context: Any = contextlib.nullcontext(servers)
+            elif mode == "cluster":
+                servers = ClusterSet(Path(tmp) / mode, base_port=cluster_port)
+                url = servers.url
+                context = servers.started()
+
+                def lose(key: str, s: Any = servers) -> None:
+                    s.kill_master(key)
+            else:
+                servers = SentinelSet(Path(tmp) / mode, base_port=sentinel_port)
+                url = servers.url
+                keys |= {"redis_sentinels": servers.sentinels, "redis_master_name": MASTER_NAME}
+                context = servers.started()
+
+                def lose(key: str, s: Any = servers) -> None:
+                    s.kill_master()
+
+            try:
+                with context:
+                    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+                    try:
+                        steady = run_shared_budget(
+                            base_url, url, processes=4, rpm=HA_RPM, duration_s=8.0,
+                            warmup_s=1.5, prefix=prefix, redis=keys,
+                        )  # fmt: skip
+                        hits = run_cross_process_hits(url, n=1000, prefix=prefix, redis=keys)
+                    finally:
+                        delete_prefix(url, prefix, keys)
+                    time.sleep(SIM_BURST_S + 0.5)  # the simulator's bucket fills up again
+                    failover = _failover_run(base_url, url, keys, lose, quick=False)
+                    time.sleep(SIM_BURST_S + 0.5)
+            finally:
+                if mode == "standalone":
+                    servers.stop()
+            runs[mode] = (steady, hits, failover)
+    base_steady, base_hits, _ = runs["standalone"]
+    for mode, (steady, hits, failover) in runs.items():
+        row: dict[str, Any] = {
+            "mode": mode,
+            "fraction_of_limit": round(steady.fraction, 4),
+            "p95_reserve_ms": _ms(steady.p95_reserve_s),
+            "rate_limited": steady.rate_limited,
+            "hit_rate": round(hits.hit_rate, 4),
+            "failover_429s": failover.rate_limited,
+            "failover_errors": failover.errors + failover.rejected,
+            "failover_trips": failover.trips,
+            "failover_recoveries": failover.recoveries,
+        }
+        yield Result.compare(
+            f"scaleout_{mode}_fraction_4p",
+            steady.fraction,
+            "ratio",
+            better="higher",
+            target=Target.value_at_least(0.95),
+            notes=f"4 processes x {TASKS_PER_PROCESS} tasks, one {HA_RPM} RPM budget in {mode} "
+            f"Redis: {steady.throughput_per_s:.1f}/s of {steady.limit_per_s:.1f}/s",
+            **row,
+        )
+        yield Result.compare(
+            f"scaleout_{mode}_reserve_p95_ms_4p",
+            _ms(steady.p95_reserve_s),
+            "ms",
+            baseline=None
+            if mode == "standalone"
+            else ("standalone Redis", _ms(base_steady.p95_reserve_s)),
+            better="lower",
+            notes="one budget reservation (a Lua script call) as 4 processes see it",
+            **row,
+        )
+        yield Result.compare(
+            f"scaleout_{mode}_cross_process_hit_rate",
+            hits.hit_rate,
+            "ratio",
+            baseline=None if mode == "standalone" else ("standalone Redis", base_hits.hit_rate),
+            better="higher",
+            target=Target.value_at_least(0.99),
+            notes=f"1000 vectors written by one process, read by a fresh one ({mode})",
+            **row,
+        )
+        lost = (
+            "Redis killed 3 s in, back empty 5 s later"
+            if mode == "standalone"
+            else "the budget key's master SIGKILLed 3 s in"
+        )
+        yield Result.compare(
+            f"scaleout_{mode}_failover_over_admitted",
+            failover.rate_limited,
+            "requests",
+            better="lower",
+            target=Target.value_at_most(8),
+            notes=f"429s at a simulator with the same RPM, 4 processes: {lost}; bound: one "
+            f"request per process per switch; {failover.errors + failover.rejected} failed calls",
+            **row,
+        )
