@@ -485,6 +485,15 @@ class PerformanceConfig:
                 "redis_mode 'cluster': a redis:// or rediss:// URL of any node"
             )
             raise ConfigError(msg, key="redis_url", value="unix://...")
+        if self.redis_mode == "cluster" and self.redis_url:
+            db = urlsplit(self.redis_url).path.strip("/")
+            if db not in ("", "0"):
+                msg = (
+                    "redis_url names database "
+                    f"{db!r}: a Redis Cluster has one database; allowed with redis_mode "
+                    "'cluster': /0 or no database"
+                )
+                raise ConfigError(msg, key="redis_url", value=f".../{db}")
 
     # --- constructors -----------------------------------------------------------------
     @classmethod

@@ -365,3 +365,7 @@ def test_redis_mode_is_one_of_three_and_a_cluster_needs_tcp() -> None:
     with pytest.raises(ConfigError) as info:
         PerformanceConfig(redis_url="unix:///run/redis.sock", redis_mode="cluster")
     assert info.value.key == "redis_url"
+    with pytest.raises(ConfigError) as info:
+        PerformanceConfig(redis_url="redis://10.0.0.1:7000/3", redis_mode="cluster")
+    assert info.value.key == "redis_url" and "one database" in str(info.value)
+    assert PerformanceConfig(redis_url="redis://10.0.0.1:7000", redis_mode="cluster")
