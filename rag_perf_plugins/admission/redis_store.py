@@ -256,10 +256,12 @@ class RedisBudgetStore:
         "_async_scripts",
         "_client",
         "_counts",
-        "_due",
         "_local",
+        "_local_due",
         "_local_keys",
         "_lock",
+        "_redis_due",
+        "_seeding",
         "_owns_client",
         "_script",
         "_shares",
@@ -313,11 +315,14 @@ class RedisBudgetStore:
             ),
             _close_loop_script,
         )
-        # Per key: when the latest reservation granted to this process is due to be sent
-        # (monotonic seconds of the callers' ``now``), and the keys served by the local
-        # share since Redis last answered (they re-seed Redis on its next answer).
-        self._due: dict[str, float] = {}
+        # Per key: when the latest reservation granted to this process by Redis, and by
+        # the local share, is due to be sent (monotonic seconds of the callers' ``now``);
+        # the keys served by the local share since Redis last answered (they re-seed Redis
+        # on its next answer), and those whose re-seeding call is in flight.
+        self._redis_due: dict[str, float] = {}
+        self._local_due: dict[str, float] = {}
         self._local_keys: set[str] = set()
+        self._seeding: set[str] = set()
         self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
         self._local = LocalBudgetStore()
         self._shares: dict[RateLimits, RateLimits] = {}
@@ -378,20 +383,22 @@ class RedisBudgetStore:
         """Seconds of the rate still scheduled by the local share of ``call.key``, or -1.
 
         -1 (no re-seed) unless the key was served locally since Redis last answered. One
-        call per key carries the seed (concurrent callers would add it up); it goes back to
-        the key if that call does not reach Redis.
+        call per key carries the seed (concurrent callers would add it up); another call
+        carries it if that one does not reach Redis.
         """
         with self._lock:
-            if call.key not in self._local_keys or call.limits is None:
+            if call.limits is None or call.key not in self._local_keys:
                 return -1.0
-            self._local_keys.discard(call.key)
-        ahead = max(0.0, self._due.get(call.key, call.now) - call.now)
+            if call.key in self._seeding:
+                return -1.0
+            self._seeding.add(call.key)
+        ahead = max(0.0, self._local_due.get(call.key, call.now) - call.now)
         return ahead / self.worker_count
 
     def _failed(self, call: _Call, seeded: bool, exc: BaseException) -> None:
         if seeded:
             with self._lock:
-                self._local_keys.add(call.key)
+                self._seeding.discard(call.key)
         self._count("redis_errors")
         self._count("fallback_calls")
         if self.breaker.failure():
@@ -402,16 +409,19 @@ class RedisBudgetStore:
         if self.breaker.success():
             log.info("shared rate limit: redis at %s answers again", self.target.describe())
         if seeded:
-            self._count("reseeds")
+            with self._lock:
+                self._seeding.discard(call.key)
+                self._local_keys.discard(call.key)
+                self._counts["reseeds"] += 1
         wait = float(raw)
         if call.op == "reserve" and wait <= call.arg:
-            self._granted(call.key, call.now + wait)
+            self._granted(self._redis_due, call.key, call.now + wait)
         return wait
 
-    def _granted(self, key: str, due: float) -> None:
+    def _granted(self, book: dict[str, float], key: str, due: float) -> None:
         with self._lock:
-            if due > self._due.get(key, -math.inf):
-                self._due[key] = due
+            if due > book.get(key, -math.inf):
+                book[key] = due
 
     def _redis(self, call: _Call) -> float | None:
         """Run ``call`` in Redis; ``None`` when Redis is unreachable (the caller falls back)."""
@@ -460,14 +470,14 @@ class RedisBudgetStore:
                 self._start_local_share(call.key, call.limits, call.now)
         wait = call.fallback()
         if call.op == "reserve" and wait <= call.arg:
-            self._granted(call.key, call.now + wait)
+            self._granted(self._local_due, call.key, call.now + wait)
         return wait
 
     def _start_local_share(self, key: str, limits: RateLimits, now: float) -> None:
         share = self._share(limits)
         tokens = None if limits.tokens_per_minute is None else 0
         self._local.clamp(key, share, requests=0, tokens=tokens, now=now)  # empty, no burst
-        due = self._due.get(key, now)
+        due = self._redis_due.get(key, now)
         rpm = share.requests_per_minute
         if due > now and rpm is not None:
             # Reservations Redis already granted us, still to be sent: the share comes after.

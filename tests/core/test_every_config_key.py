@@ -886,7 +886,8 @@ EFFECTS: dict[str, Effect] = {
     ),
     "redis_mode": Effect(
         "cluster", "the client a Redis tier builds for a standalone server",
-        client_a_tier_builds, "Redis", "RedisClusterException", with_redis(),
+        client_a_tier_builds, "Redis", "RedisClusterException",
+        lambda ctx: {"redis_url": ctx.redis_url.rsplit("/", 1)[0]},  # a cluster has no db
     ),
     "redis_sentinels": Effect(
         lambda ctx: ctx.request.getfixturevalue("redis_sentinel").sentinels,
