@@ -260,10 +260,10 @@ class RedisBudgetStore:
         "_local_due",
         "_local_keys",
         "_lock",
-        "_redis_due",
-        "_seeding",
         "_owns_client",
+        "_redis_due",
         "_script",
+        "_seeding",
         "_shares",
         "_warned",
         "breaker",
@@ -323,7 +323,9 @@ class RedisBudgetStore:
         self._local_due: dict[str, float] = {}
         self._local_keys: set[str] = set()
         self._seeding: set[str] = set()
-        self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
+        # Aligned probes: every process of a host rejoins the shared budget at one moment
+        # (a process back on Redis while others still use their shares would over-admit).
+        self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock, aligned=True)
         self._local = LocalBudgetStore()
         self._shares: dict[RateLimits, RateLimits] = {}
         self._lock = threading.Lock()
@@ -425,11 +427,19 @@ class RedisBudgetStore:
 
     def _redis(self, call: _Call) -> float | None:
         """Run ``call`` in Redis; ``None`` when Redis is unreachable (the caller falls back)."""
+        probe = self.breaker.state == "open"
         script = self._begin(call)
         if script is None:
             return None
         try:
-            raw = self._script(keys=script[0], args=script[1])
+            try:
+                raw = self._script(keys=script[0], args=script[1])
+            except OUTAGE_ERRORS:
+                if not probe:
+                    raise
+                # A probe's pooled connection may be one the restarted server dropped:
+                # one more try on a fresh connection, so every process rejoins together.
+                raw = self._script(keys=script[0], args=script[1])
         except OUTAGE_ERRORS as exc:
             self._failed(call, script[2], exc)
             return None
@@ -437,12 +447,18 @@ class RedisBudgetStore:
 
     async def _aredis(self, call: _Call) -> float | None:
         """:meth:`_redis` on this event loop's asyncio client: the loop is never blocked."""
+        probe = self.breaker.state == "open"
         script = self._begin(call)
         if script is None:
             return None
         try:
             run = (await self._async_scripts.get()).script
-            raw = await run(keys=script[0], args=script[1])
+            try:
+                raw = await run(keys=script[0], args=script[1])
+            except OUTAGE_ERRORS:
+                if not probe:
+                    raise
+                raw = await run(keys=script[0], args=script[1])  # see _redis
         except OUTAGE_ERRORS as exc:
             self._failed(call, script[2], exc)
             return None

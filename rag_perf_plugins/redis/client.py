@@ -17,6 +17,7 @@ Needs the ``redis`` extra (``pip install 'rag-perf-plugins[redis]'``).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -390,6 +391,9 @@ class CircuitBreaker:
 
     While open, :meth:`allow` lets one probe through every ``retry_interval`` seconds (on
     ``clock``, seconds, monotonic); every other caller is refused at once. Thread-safe.
+    ``aligned``: the first probe waits for the next multiple of ``retry_interval`` on
+    ``clock`` (``time.monotonic`` is one clock for every process of a host), so processes
+    that saw one outage at slightly different moments probe, and rejoin, together.
     Does not: count successes or failures in a window (one failure opens it).
     """
 
@@ -399,16 +403,24 @@ class CircuitBreaker:
         "_lock",
         "_open_until",
         "_probe_at",
+        "aligned",
         "recoveries",
         "retry_interval",
         "trips",
     )
 
-    def __init__(self, *, retry_interval: float = 2.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        retry_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        aligned: bool = False,
+    ):
         if not retry_interval > 0:
             msg = f"retry_interval must be > 0 seconds, got {retry_interval!r}"
             raise ValueError(msg)
         self.retry_interval = retry_interval
+        self.aligned = aligned
         self._clock = clock
         self._lock = threading.Lock()
         self._open_until: float | None = None  # None: closed
@@ -456,7 +468,10 @@ class CircuitBreaker:
             tripped = self._open_until is None
             if tripped:
                 self.trips += 1
-            self._open_until = self._clock() + self.retry_interval
+            until = self._clock() + self.retry_interval
+            if self.aligned:
+                until = math.ceil(until / self.retry_interval) * self.retry_interval
+            self._open_until = until
             self._probe_at = None
             return tripped
 
