@@ -391,9 +391,10 @@ class CircuitBreaker:
 
     While open, :meth:`allow` lets one probe through every ``retry_interval`` seconds (on
     ``clock``, seconds, monotonic); every other caller is refused at once. Thread-safe.
-    ``aligned``: the first probe waits for the next multiple of ``retry_interval`` on
-    ``clock`` (``time.monotonic`` is one clock for every process of a host), so processes
-    that saw one outage at slightly different moments probe, and rejoin, together.
+    ``aligned``: probes happen on multiples of ``retry_interval`` of ``clock`` (at least half
+    an interval after the failure; ``time.monotonic`` is one clock for every process of a
+    host), so processes that saw one outage at slightly different moments probe, and
+    rejoin, together.
     Does not: count successes or failures in a window (one failure opens it).
     """
 
@@ -468,9 +469,16 @@ class CircuitBreaker:
             tripped = self._open_until is None
             if tripped:
                 self.trips += 1
-            until = self._clock() + self.retry_interval
+            now = self._clock()
+            until = now + self.retry_interval
             if self.aligned:
-                until = math.ceil(until / self.retry_interval) * self.retry_interval
+                # The next multiple of the interval, at least half an interval away: a probe
+                # that failed just after a boundary is retried at the next one, with the
+                # other processes' probes, not an interval later than theirs.
+                interval = self.retry_interval
+                until = (math.floor(now / interval) + 1) * interval
+                if until - now < interval / 2:
+                    until += interval
             self._open_until = until
             self._probe_at = None
             return tripped

@@ -97,7 +97,6 @@ def test_both_budget_switches_stay_within_the_documented_bound(
     assert run.trips >= 4 and run.recoveries >= 4, run
     assert sim.stats()["rate_limited_total"] == run.rate_limited
     assert run.rate_limited <= 2 * 4, (run.rate_limited, after_kill, after_return)
-    # And the budget was used, not starved: at least 80% of the rate after the outage began
-    # and 60% after Redis came back (a pause after a 429 at the return can cost a second).
+    # And the budget was used, not starved: at least 80% of the rate after each switch.
     assert after_kill[0] >= 0.8 * rpm / 60 * 5.0, after_kill
-    assert after_return[0] >= 0.6 * rpm / 60 * 5.0, after_return
+    assert after_return[0] >= 0.8 * rpm / 60 * 5.0, after_return
