@@ -166,11 +166,38 @@ class Phase:
             "provider_requests": self.provider.get("requests_total", 0),
             "provider_chat_calls": self.chat_calls,
             "provider_tokens": self.provider.get("tokens_total", 0),
+            "provider_usd": dollars(self.provider),
             "connections_opened": self.provider.get("connections_opened", 0),
             "connection_reuse_rate": reuse_rate(self.provider),
             "rate_limited_429": self.provider.get("rate_limited_total", 0),
             "samples": self.samples,
         }
+
+
+def dollars(provider: dict[str, Any]) -> float | None:
+    """What the simulator's token counters would cost at the shipped prices (USD).
+
+    Priced per model from the simulator's own counts (prompt, cached, completion,
+    reasoning, embedding tokens), so wrapped and unwrapped runs are priced alike; ``None``
+    when a model has no price.
+    """
+    from rag_perf_plugins.cost import price_table
+
+    table, total = price_table(), 0.0
+    for model, n in provider.get("tokens_by_model", {}).items():
+        price = table.get(model)
+        if price is None:
+            return None
+        if n["embedding"]:
+            total += price.embedding_cost(n["embedding"]) or 0.0
+        if n["prompt"] or n["completion"]:
+            cost = price.chat_cost(
+                n["prompt"], n["completion"], cached_in=n["cached"], reasoning=n["reasoning"]
+            )
+            if cost is None:
+                return None
+            total += cost
+    return total
 
 
 def reuse_rate(provider: dict[str, Any]) -> float | None:
@@ -395,6 +422,15 @@ def _ms(x: float | None) -> str:
     return "—" if x is None else f"{x:,.1f}"
 
 
+def _usd(x: float | None) -> str:
+    return "unknown" if x is None else f"${x:,.4f}"
+
+
+def _per_1000(p: Phase) -> float | None:
+    spent = dollars(p.provider)
+    return None if spent is None or not p.questions else spent / p.questions * 1000
+
+
 def print_table(console: Console, phases: list[Phase], baseline_tokens_per_q: float | None) -> None:
     """One column per phase, one row per figure."""
     table = Table(title="Cold vs warm vs unwrapped: the same simulator and question list")
@@ -419,6 +455,8 @@ def print_table(console: Console, phases: list[Phase], baseline_tokens_per_q: fl
         ("provider calls", lambda p: f"{p.provider.get('requests_total', 0):,}"),
         ("provider tokens", lambda p: f"{p.provider.get('tokens_total', 0):,}"),
         ("tokens saved*", saved),
+        ("$ spent**", lambda p: _usd(dollars(p.provider))),
+        ("$ per 1k questions**", lambda p: _usd(_per_1000(p))),
         ("TCP connections", lambda p: str(p.provider.get("connections_opened", 0))),
         ("connection reuse", lambda p: _pct(reuse_rate(p.provider))),
         ("429s seen", lambda p: str(p.provider.get("rate_limited_total", 0))),
@@ -432,7 +470,8 @@ def print_table(console: Console, phases: list[Phase], baseline_tokens_per_q: fl
         "tokens. LLM cache hit rate: questions answered without a chat call to the "
         "provider. Calls, tokens, connections and 429s are the simulator's own counters; "
         "latencies are per question, end to end (with "
-        f"{CONCURRENCY} in flight on 2 cores they include waiting for the CPU)."
+        f"{CONCURRENCY} in flight on 2 cores they include waiting for the CPU). ** the "
+        "simulator's tokens per model at the shipped prices (rag-perf prices)."
     )
 
 
@@ -513,7 +552,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else None
     )
     print_table(console, phases, per_q)
-    lc_warm, lc_base = phases[1], phases[-1]
+    lc_cold, lc_warm, lc_base = phases[0], phases[1], phases[-1]
+    spent = [_per_1000(p) for p in (lc_cold, lc_warm, lc_base)]
+    if None not in spent:
+        console.print(
+            "Dollars per 1,000 questions, LangChain: "
+            f"cold {_usd(spent[0])}, warm {_usd(spent[1])}, unwrapped {_usd(spent[2])}."
+        )
     if lc_warm.p95_ms and lc_base.p95_ms:
         p50 = (lc_base.p50_ms or 0.0) / max(lc_warm.p50_ms or 0.0, 0.1)
         p95 = lc_base.p95_ms / max(lc_warm.p95_ms, 0.1)

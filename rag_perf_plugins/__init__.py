@@ -26,8 +26,10 @@ from .cache import (
     set_cache_manager,
 )
 from .config import PerformanceConfig
+from .cost import cost_scope, price_table, register_price
 from .engine import AsyncRAGEngine, QueryResult, RAGEngine, process_queries_concurrently
 from .errors import (
+    BudgetExceeded,
     CacheError,
     ConfigError,
     DeadlineExceeded,
@@ -106,7 +108,12 @@ __all__ = [
     "set_performance_tracker",
     "track",
     "track_performance",
+    # cost
+    "cost_scope",
+    "price_table",
+    "register_price",
     # errors
+    "BudgetExceeded",
     "CacheError",
     "ConfigError",
     "DeadlineExceeded",

@@ -53,6 +53,7 @@ COMMANDS: dict[str, Command] = {
     "stats": Command("rag_perf_plugins.metrics.stats_cli"),
     "top": Command("rag_perf_plugins.metrics.top_cli", "metrics", ("prometheus_client",)),
     "cache": Command("rag_perf_plugins.cache.cli"),
+    "prices": Command("rag_perf_plugins.cost.cli"),
     "simulate": Command("rag_perf_plugins.simulator.cli", "simulator", ("aiohttp",)),
 }
 

@@ -146,11 +146,24 @@ def _sentinels_problem(text: str) -> str | None:
     return None
 
 
+BUDGET_SCOPES = ("tenant", "key", "model")
+
+
+def _budget_scopes_problem(value: str) -> str | None:
+    """Why ``value`` is not a comma-separated list of budget scopes, or ``None``."""
+    names = [part.strip() for part in value.split(",")]
+    bad = [name for name in names if name not in BUDGET_SCOPES]
+    if not value.strip() or bad:
+        return f"{', '.join(repr(b) for b in bad) or 'empty'} is not a budget scope"
+    return None
+
+
 ProviderProfile = Literal["openai", "cohere", "voyage", "custom"]
 VectorDtype = Literal["float32", "float64"]
 RedisPosition = Literal["before-disk", "after-disk", "instead-of-disk"]
 LimiterFallback = Literal["local-share", "fail-closed"]
 RedisMode = Literal["standalone", "cluster", "sentinel"]
+HttpTransport = Literal["httpx", "aiohttp"]
 
 
 @dataclass(frozen=True)
@@ -224,6 +237,12 @@ class PerformanceConfig:
     )
     keepalive_expiry: float = _opt(
         30.0, "Idle time after which a kept-alive HTTP connection is closed.", unit="seconds", gt=0
+    )
+    http_transport: HttpTransport = _opt(
+        "httpx",
+        "What carries the shared async HTTP clients' requests: httpx (httpcore) or aiohttp"
+        " (the aiohttp extra; several times the requests per second under concurrency)."
+        " The clients are httpx.AsyncClient either way.",
     )
     idle_timeout: float | None = _opt(
         300.0,
@@ -413,6 +432,60 @@ class PerformanceConfig:
         gt=0,
     )
 
+    # --- circuit breakers and fallbacks -------------------------------------------------
+    breaker_enabled: bool | None = _opt(
+        None,
+        "Circuit breaker per provider target (provider, model, API-key fingerprint): "
+        "true on, false off, null on only for models given fallbacks. Shared by every "
+        "process through Redis when redis_url is set.",
+    )
+    breaker_failure_ratio: float = _opt(
+        0.5,
+        "Share of failed calls (429, 5xx, timeouts; not other 4xx) in the window that "
+        "opens a breaker.",
+        unit="ratio",
+        gt=0,
+        le=1,
+    )
+    breaker_min_calls: int = _opt(
+        10,
+        "Calls that must have ended in the window before a breaker may open.",
+        unit="calls",
+        ge=1,
+    )
+    breaker_window: float = _opt(
+        10.0,
+        "Sliding window over which a breaker counts failures (a full outage trips it once "
+        "failures are breaker_failure_ratio of the window's calls: about half of it).",
+        unit="seconds",
+        gt=0,
+    )
+    breaker_cooldown: float = _opt(
+        5.0,
+        "How long an open breaker refuses calls before letting probes through; a later "
+        "opening never shortens it.",
+        unit="seconds",
+        gt=0,
+    )
+    breaker_probes: int = _opt(
+        1,
+        "Probe calls let through by a half-open breaker; all must succeed to close it.",
+        unit="calls",
+        ge=1,
+    )
+    breaker_consecutive_failures: int | None = _opt(
+        5,
+        "Failures in a row (no success between) that open a breaker at once, whatever the "
+        "window's ratio; catches a sudden outage of a busy target. Null: only the ratio.",
+        unit="calls",
+        ge=1,
+    )
+    cache_fallback_answers: bool = _opt(
+        False,
+        "Let an answer produced by a fallback model answer later requests for the primary "
+        "model from the cache (it is always cached under the fallback's own key).",
+    )
+
     # --- batching ---------------------------------------------------------------------
     max_wait_time: float = _opt(
         0.005,
@@ -451,6 +524,40 @@ class PerformanceConfig:
     degrade_shed_below_priority: int | None = _opt(
         None,
         "Under overload, refuse queries whose priority is below this; null sheds none.",
+    )
+
+    # --- cost -------------------------------------------------------------------------
+    price_table_path: str | None = _opt(
+        None,
+        "A JSON price file (the shipped table's format, USD per 1,000,000 tokens) whose "
+        "entries add to or replace the shipped prices; null uses the shipped table only.",
+    )
+    budget_usd_per_minute: float | None = _opt(
+        None,
+        "Dollar budget of each scope in budget_scopes per clock minute; past it calls get "
+        "BudgetExceeded; null means none.",
+        unit="USD/minute",
+        gt=0,
+    )
+    budget_usd_per_hour: float | None = _opt(
+        None,
+        "Dollar budget of each scope in budget_scopes per clock hour; null means none.",
+        unit="USD/hour",
+        gt=0,
+    )
+    budget_usd_per_day: float | None = _opt(
+        None,
+        "Dollar budget of each scope in budget_scopes per UTC day; null means none.",
+        unit="USD/day",
+        gt=0,
+    )
+    budget_scopes: str = _opt(
+        "tenant,key",
+        "Comma-separated scopes each dollar budget applies to, separately: tenant (the "
+        "cost_scope of the call; calls without one are not limited by it), key (provider, "
+        "model and API key: one gate), model (the model, across API keys).",
+        validator=_budget_scopes_problem,
+        allowed="a comma-separated subset of tenant, key, model",
     )
 
     # --- statistics -------------------------------------------------------------------
@@ -1009,8 +1116,10 @@ def reference_markdown() -> str:
         default = "null" if spec.default is None else repr(spec.default)
         if isinstance(spec.default, bool):
             default = str(spec.default).lower()
+        # A "|" inside a cell (a Literal's alternatives) would split it: escape it.
+        type_name = spec.type_name.replace("|", "\\|")
         rows.append(
-            f"| `{spec.name}` | {spec.type_name} | `{default}` | {spec.unit or ''} "
+            f"| `{spec.name}` | {type_name} | `{default}` | {spec.unit or ''} "
             f"| `{ENV_PREFIX}{spec.name.upper()}` | {spec.doc} Allowed: {spec.allowed()}. |"
         )
     presets = ["", "| key | " + " | ".join(PRESETS) + " |", "| --- |" + " --- |" * len(PRESETS)]

@@ -15,7 +15,10 @@ Config errors also derive from :class:`ValueError`, and timeouts from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
+    "BudgetExceeded",
     "CacheError",
     "ConfigError",
     "DeadlineExceeded",
@@ -24,6 +27,7 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "ProviderError",
+    "ProviderUnavailable",
     "RagPerfError",
     "RetryBudgetExhausted",
     "UnkeyableArgument",
@@ -63,6 +67,70 @@ class Overloaded(RagPerfError):
     """The admission queue is full or would wait too long; the call was refused at once."""
 
 
+class BudgetExceeded(RagPerfError):
+    """A dollar budget would be passed: the call was refused at once, before the provider.
+
+    Example::
+
+        try:
+            with cost_scope("tenant-42"):
+                llm.invoke(question)
+        except BudgetExceeded as exc:
+            retry_in = exc.frees_in_s        # seconds until the window starts over
+
+    Attributes:
+        scope: The budget's scope: ``tenant:<name>``, ``key:<gate key>`` or ``model:<name>``.
+        limit_usd: The limit, in US dollars per ``window``.
+        window: ``"minute"``, ``"hour"`` or ``"day"`` (clock windows, UTC).
+        spent_usd: Dollars spent (and reserved by calls in flight) in this window, or
+            ``None`` when unknown.
+        asked_usd: The refused call's estimated cost, or ``None`` when unknown.
+        frees_in_s: Seconds until the window ends and the budget frees, or ``None``.
+        unavailable: The shared budget store could not be reached (fail closed).
+        unknown_model: The model whose price is unknown, when that is why (a budget
+            cannot be kept for a call of unknown cost).
+    """
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        limit_usd: float,
+        window: str,
+        spent_usd: float | None,
+        asked_usd: float | None,
+        frees_in_s: float | None,
+        unavailable: bool = False,
+        unknown_model: str | None = None,
+    ) -> None:
+        self.scope = scope
+        self.limit_usd = limit_usd
+        self.window = window
+        self.spent_usd = spent_usd
+        self.asked_usd = asked_usd
+        self.frees_in_s = frees_in_s
+        self.unavailable = unavailable
+        self.unknown_model = unknown_model
+        budget = f"{scope}: budget ${limit_usd:,.4f} per {window}"
+        if unknown_model is not None:
+            message = (
+                f"{budget}: the price of {unknown_model!r} is unknown, so the call's cost "
+                "cannot be kept within the budget; add it with register_price() or "
+                "price_table_path (see rag-perf prices)"
+            )
+        elif unavailable:
+            message = (
+                f"{budget}: the shared budget store (Redis) is unreachable; refusing "
+                "(fail closed; with worker_count > 1 each process would use its share)"
+            )
+        else:
+            message = (
+                f"{budget} reached: ${spent_usd or 0.0:,.6f} spent or reserved, this call "
+                f"needs ${asked_usd or 0.0:,.6f}; frees in {frees_in_s or 0.0:.1f} s"
+            )
+        super().__init__(message)
+
+
 class DeadlineExceeded(RagPerfError, TimeoutError):
     """The deadline of a logical call passed while it was queued, running or backing off."""
 
@@ -89,6 +157,31 @@ class ProviderError(RagPerfError):
         super().__init__(message)
         self.status_code = status_code
         self.retry_after = retry_after
+
+
+class ProviderUnavailable(RagPerfError):
+    """No target of a call could take it: every breaker open, or every target failed.
+
+    The message names each target with its state and when it may be tried again, e.g.
+    ``no provider can take the call: openai/gpt-4o-mini/k-3f9a open (retry in 3.2 s);
+    azure/gpt-4o-mini/k-77c1 half_open (probe in flight, retry in 1.0 s)``.
+
+    Attributes:
+        targets: ``(name, state, retry_in seconds)`` of each target, in chain order.
+        retry_in: The shortest ``retry_in`` (seconds).
+    """
+
+    def __init__(self, targets: Sequence[tuple[str, str, float]], *, reason: str = "") -> None:
+        parts = []
+        for name, state, retry_in in targets:
+            note = "probe in flight, " if state == "half_open" else ""
+            parts.append(f"{name} {state} ({note}retry in {retry_in:.1f} s)")
+        message = "no provider can take the call: " + "; ".join(parts)
+        if reason:
+            message += f" ({reason})"
+        super().__init__(message)
+        self.targets = list(targets)
+        self.retry_in = min((t[2] for t in targets), default=0.0)
 
 
 class PoolError(RagPerfError):

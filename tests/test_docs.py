@@ -71,6 +71,13 @@ def test_configuration_reference_is_current() -> None:
     )
 
 
+def test_configuration_reference_rows_have_six_cells() -> None:
+    """A "|" inside a cell (a Literal's alternatives) must be escaped, or the row shifts."""
+    for line in reference_markdown().split("\n\n### Presets")[0].splitlines():
+        cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        assert len(cells) == 6, line
+
+
 def test_benchmark_table_is_the_committed_full_run() -> None:
     document = json.loads((DOCS / "results" / "full.json").read_text(encoding="utf-8"))
     assert validate_document(document) == []

@@ -19,8 +19,12 @@ FRAMEWORKS = {
 }
 # Installed by the simulator / bench extras, imported only by rag_perf_plugins.simulator
 # and rag_perf_plugins.bench (which the core never imports).
-EXTRAS_ONLY = {"aiohttp", "matplotlib", "aiolimiter"}
-OPTIONAL_PACKAGES = ("rag_perf_plugins.simulator", "rag_perf_plugins.bench")
+EXTRAS_ONLY = {"aiohttp", "httpx_aiohttp", "matplotlib", "aiolimiter"}
+OPTIONAL_PACKAGES = (
+    "rag_perf_plugins.simulator",
+    "rag_perf_plugins.bench",
+    "rag_perf_plugins.pool._aiohttp",  # http_transport: aiohttp, the [aiohttp] extra
+)
 
 
 def _run(code: str) -> str:

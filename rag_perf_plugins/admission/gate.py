@@ -55,10 +55,12 @@ from typing import Any, Literal
 
 from .._clock import AsyncSleep, Clock, Sleep, monotonic
 from ..config import PerformanceConfig, resolve_config
+from ..cost import current_cost_scope
 from ..errors import ConfigError, DeadlineExceeded, Overloaded
 from ..tracking.tracker import PerformanceTracker, resolve_tracker
 from .budget import BudgetStore, LocalBudgetStore, RateLimits
 from .headers import read_limit_headers
+from .spend import NOTHING_HELD, DollarBudgets, Held, LocalSpendStore, SpendStore, micro_usd
 
 __all__ = ["AdmissionGate", "Ticket"]
 
@@ -114,18 +116,49 @@ class Ticket:
     Example: ``ticket.reconcile(response.usage.total_tokens)`` refunds the tokens reserved
     but not used (or debits the extra) on the key's budget.
 
+    ``ticket.reconcile_cost(0.0031)`` moves the call's dollar reservation (its estimate)
+    to its actual cost, in every dollar budget it was counted in.
+
     Attributes:
         tokens: Tokens currently charged for this call.
         queue_wait_s: Seconds spent waiting for a slot and for the budget (clock seconds).
+        held: The dollar reservations of this call (empty without dollar budgets).
+        cost_reconciled: ``reconcile_cost`` was called; otherwise the estimate stays
+            charged when the call ends well, and is refunded when it fails.
     """
 
-    __slots__ = ("_gate", "admitted_at", "queue_wait_s", "tokens")
+    __slots__ = ("_gate", "admitted_at", "cost_reconciled", "held", "queue_wait_s", "tokens")
 
     def __init__(self, gate: AdmissionGate, tokens: int, queue_wait_s: float, admitted_at: float):
         self._gate = gate
         self.tokens = tokens
         self.queue_wait_s = queue_wait_s
         self.admitted_at = admitted_at
+        self.held: Held = NOTHING_HELD
+        self.cost_reconciled = False
+
+    def reconcile_cost(self, actual_usd: float) -> None:
+        """Charge ``actual_usd`` (US dollars) instead of the estimate in the dollar budgets."""
+        budgets, delta = self._cost_delta(actual_usd)
+        if budgets is not None:
+            budgets.adjust(self.held, delta)
+
+    async def areconcile_cost(self, actual_usd: float) -> None:
+        """Async :meth:`reconcile_cost`: with a Redis store, the event loop is not blocked."""
+        budgets, delta = self._cost_delta(actual_usd)
+        if budgets is not None:
+            await budgets.aadjust(self.held, delta)
+
+    def _cost_delta(self, actual_usd: float) -> tuple[DollarBudgets | None, int]:
+        if not actual_usd >= 0:
+            msg = f"actual_usd must be >= 0 (US dollars), got {actual_usd!r}"
+            raise ValueError(msg)
+        budgets = self._gate._dollars
+        if budgets is None or self.cost_reconciled or not self.held.counters:
+            self.cost_reconciled = True
+            return None, 0
+        self.cost_reconciled = True
+        return budgets, micro_usd(actual_usd) - self.held.amount
 
     def reconcile(self, actual_tokens: int) -> None:
         """Charge ``actual_tokens`` instead of the estimate (refund or debit the difference)."""
@@ -202,6 +235,10 @@ class AdmissionGate:
         jitter_allowance: Seconds of burst held back (at most half the burst) so requests
             that reach the provider later and closer together than they were admitted
             still fit its bucket. The long-run rate is the configured one.
+        spend_store: Where dollar budgets are counted (``budget_usd_per_minute`` ...):
+            defaults to the Redis budget store when ``redis_url`` is set (shared by every
+            process), else a process-wide :class:`~.spend.LocalSpendStore`.
+        wall_clock: Seconds since the epoch, for the dollar budgets' clock windows.
         **overrides: Config keys that replace those of ``config``.
 
     Does not: retry, estimate tokens, or order callers by priority. The slot cap is per
@@ -213,6 +250,7 @@ class AdmissionGate:
         "_ahead_tokens",
         "_async_sleep",
         "_clock",
+        "_dollars",
         "_hold_avg",
         "_in_use",
         "_lock",
@@ -246,6 +284,8 @@ class AdmissionGate:
         tracker: PerformanceTracker | None = None,
         operation: str = "admission",
         jitter_allowance: float = 0.05,
+        spend_store: SpendStore | None = None,
+        wall_clock: Clock = time.time,
         **overrides: Any,
     ) -> None:
         config = resolve_config(config)
@@ -268,6 +308,12 @@ class AdmissionGate:
         burst -= min(jitter_allowance, burst / 2)
         self.limits = RateLimits(config.requests_per_minute, config.tokens_per_minute, burst)
         self._store: BudgetStore = store if store is not None else _store_for(config)
+        self._dollars = DollarBudgets.from_config(
+            config,
+            key=key,
+            store=spend_store if spend_store is not None else _spend_store_for(config, self._store),
+            wall_clock=wall_clock,
+        )
         self._clock = clock
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -289,7 +335,15 @@ class AdmissionGate:
         self._recent_waits: collections.deque[float] = collections.deque(maxlen=_RECENT_WAITS)
 
     # --- public API -------------------------------------------------------------------
-    def aacquire(self, *, tokens: int = 0, timeout: float | None = None) -> _AsyncAdmission:
+    def aacquire(
+        self,
+        *,
+        tokens: int = 0,
+        timeout: float | None = None,
+        cost_usd: float | None = 0.0,
+        model: str | None = None,
+        tenant: str | None = None,
+    ) -> _AsyncAdmission:
         """``async with gate.aacquire(tokens=n) as ticket:``: wait for a slot and the budget.
 
         Args:
@@ -297,16 +351,38 @@ class AdmissionGate:
             timeout: Seconds this caller may wait at most; past it
                 :class:`~rag_perf_plugins.errors.DeadlineExceeded`. ``None``: only
                 ``max_queue_wait`` bounds the wait.
+            cost_usd: Estimated cost of the call in US dollars, reserved in the dollar
+                budgets before anything else (``None``: unknown, refused while a dollar
+                budget applies). Move it to the actual cost with ``ticket.reconcile_cost``.
+            model: The model called (the ``model`` budget scope).
+            tenant: The tenant or user charged (the ``tenant`` scope); ``None``: the
+                :func:`~rag_perf_plugins.cost.cost_scope` in effect.
 
         Raises:
+            BudgetExceeded: A dollar budget would be passed (at once, nothing reserved).
             Overloaded: The queue is full or the expected wait is too long (at once).
             DeadlineExceeded: The wait would pass ``timeout``.
         """
-        return _AsyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout))
+        spend = _Spend(cost_usd, model, tenant) if self._dollars is not None else None
+        return _AsyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout), spend)
 
-    def acquire(self, *, tokens: int = 0, timeout: float | None = None) -> _SyncAdmission:
+    def acquire(
+        self,
+        *,
+        tokens: int = 0,
+        timeout: float | None = None,
+        cost_usd: float | None = 0.0,
+        model: str | None = None,
+        tenant: str | None = None,
+    ) -> _SyncAdmission:
         """``with gate.acquire(tokens=n) as ticket:``: the blocking twin of :meth:`aacquire`."""
-        return _SyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout))
+        spend = _Spend(cost_usd, model, tenant) if self._dollars is not None else None
+        return _SyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout), spend)
+
+    @property
+    def dollar_budgets(self) -> DollarBudgets | None:
+        """The dollar budgets this gate enforces, or ``None`` when the config sets none."""
+        return self._dollars
 
     def pause(self, seconds: float) -> None:
         """Stop every caller on this key for ``seconds`` (capped by ``retry_after_cap``)."""
@@ -319,6 +395,14 @@ class AdmissionGate:
         if seconds > 0:
             seconds = self._count_pause(seconds)
             await self._store.apause(self.key, self.limits, seconds=seconds, now=self._clock())
+
+    def paused_for(self) -> float:
+        """Seconds this key stays paused by a provider's ``Retry-After`` (0 when not paused)."""
+        return self._store.paused_for(self.key, now=self._clock())
+
+    async def apaused_for(self) -> float:
+        """Async :meth:`paused_for` (a Redis store is not waited on from the event loop)."""
+        return await self._store.apaused_for(self.key, now=self._clock())
 
     def observe_response(self, status: int, headers: Mapping[str, str] | None) -> None:
         """Learn from a provider answer: pause on 429 + Retry-After, follow remaining budgets.
@@ -643,17 +727,40 @@ class AdmissionGate:
         return self._admit(tokens, start)
 
 
-class _AsyncAdmission:
-    __slots__ = ("_gate", "_ticket", "_timeout", "_tokens")
+class _Spend(collections.namedtuple("_Spend", "cost_usd model tenant")):
+    """What a call asks of the dollar budgets (only made when the gate has some)."""
 
-    def __init__(self, gate: AdmissionGate, tokens: int, timeout: float | None) -> None:
+    __slots__ = ()
+
+
+# The dollar reservation comes first, before the slot and the rate budget: a call past a
+# dollar budget is refused at once and never waits. It is refunded when admission fails
+# or the call raises before ``reconcile_cost``; a call that ends well without reconciling
+# keeps its estimate charged (its usage was unknown: the budget errs on the safe side).
+class _AsyncAdmission:
+    __slots__ = ("_gate", "_spend", "_ticket", "_timeout", "_tokens")
+
+    def __init__(
+        self, gate: AdmissionGate, tokens: int, timeout: float | None, spend: _Spend | None
+    ) -> None:
         self._gate = gate
         self._tokens = tokens
         self._timeout = timeout
+        self._spend = spend
         self._ticket: Ticket | None = None
 
     async def __aenter__(self) -> Ticket:
-        self._ticket = await self._gate._aenter(self._tokens, self._timeout)
+        gate, spend, held = self._gate, self._spend, NOTHING_HELD
+        if spend is not None and gate._dollars is not None:
+            tenant = spend.tenant if spend.tenant is not None else current_cost_scope()
+            held = await gate._dollars.areserve(spend.cost_usd, tenant=tenant, model=spend.model)
+        try:
+            self._ticket = await gate._aenter(self._tokens, self._timeout)
+        except BaseException:
+            if gate._dollars is not None:
+                await gate._dollars.aadjust(held, -held.amount)
+            raise
+        self._ticket.held = held
         return self._ticket
 
     async def __aexit__(
@@ -662,21 +769,39 @@ class _AsyncAdmission:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._ticket is not None
-        self._gate._leave(self._ticket, exc_type is not None)
+        ticket = self._ticket
+        assert ticket is not None
+        self._gate._leave(ticket, exc_type is not None)
+        if exc_type is not None and ticket.held.counters and not ticket.cost_reconciled:
+            ticket.cost_reconciled = True
+            assert self._gate._dollars is not None
+            await self._gate._dollars.aadjust(ticket.held, -ticket.held.amount)
 
 
 class _SyncAdmission:
-    __slots__ = ("_gate", "_ticket", "_timeout", "_tokens")
+    __slots__ = ("_gate", "_spend", "_ticket", "_timeout", "_tokens")
 
-    def __init__(self, gate: AdmissionGate, tokens: int, timeout: float | None) -> None:
+    def __init__(
+        self, gate: AdmissionGate, tokens: int, timeout: float | None, spend: _Spend | None
+    ) -> None:
         self._gate = gate
         self._tokens = tokens
         self._timeout = timeout
+        self._spend = spend
         self._ticket: Ticket | None = None
 
     def __enter__(self) -> Ticket:
-        self._ticket = self._gate._enter_sync(self._tokens, self._timeout)
+        gate, spend, held = self._gate, self._spend, NOTHING_HELD
+        if spend is not None and gate._dollars is not None:
+            tenant = spend.tenant if spend.tenant is not None else current_cost_scope()
+            held = gate._dollars.reserve(spend.cost_usd, tenant=tenant, model=spend.model)
+        try:
+            self._ticket = gate._enter_sync(self._tokens, self._timeout)
+        except BaseException:
+            if gate._dollars is not None:
+                gate._dollars.adjust(held, -held.amount)
+            raise
+        self._ticket.held = held
         return self._ticket
 
     def __exit__(
@@ -685,8 +810,13 @@ class _SyncAdmission:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._ticket is not None
-        self._gate._leave(self._ticket, exc_type is not None)
+        ticket = self._ticket
+        assert ticket is not None
+        self._gate._leave(ticket, exc_type is not None)
+        if exc_type is not None and ticket.held.counters and not ticket.cost_reconciled:
+            ticket.cost_reconciled = True
+            assert self._gate._dollars is not None
+            self._gate._dollars.adjust(ticket.held, -ticket.held.amount)
 
 
 def _check_tokens(tokens: int) -> int:
@@ -715,6 +845,20 @@ def _num(x: float | None) -> str:
 
 
 _DEFAULT_STORE = LocalBudgetStore()
+_DEFAULT_SPEND_STORE = LocalSpendStore()
+
+
+def _spend_store_for(config: PerformanceConfig, store: BudgetStore) -> SpendStore:
+    """Where dollar budgets are counted: Redis when ``redis_url`` is set, else this process."""
+    budgets = ("budget_usd_per_minute", "budget_usd_per_hour", "budget_usd_per_day")
+    if not config.redis_url or all(getattr(config, o) is None for o in budgets):
+        return _DEFAULT_SPEND_STORE
+    if isinstance(store, SpendStore):  # the gate's shared Redis budget store already
+        return store
+    # Imported here: redis-py is an optional extra, and redis_store imports this package.
+    from .redis_store import shared_budget_store
+
+    return shared_budget_store(config)
 
 
 def _store_for(config: PerformanceConfig) -> BudgetStore:

@@ -88,6 +88,7 @@ from ..redis.client import (
 )
 from ..redis.keys import RedisKeys
 from .budget import LocalBudgetStore, RateLimits
+from .spend import LocalSpendStore, Spend
 
 if TYPE_CHECKING:  # redis-py comes through ..redis.client, behind its install hint
     from redis.commands.core import AsyncScript
@@ -186,6 +187,27 @@ return redis.error_reply('unknown op ' .. op)
 """
 
 
+# Dollar budgets (a dimension beside RPM/TPM): one integer counter of micro-dollars per
+# scope and clock window, under {prefix}:usd:{{scope}|{window name}}:{window index}, expiring
+# one window after its end. 'spend' adds the amount only if the counter stays within the
+# limit; 'adjust' adds a signed amount, never below zero. Returns {granted, spent before}.
+_SPEND_SCRIPT: Final = r"""
+local key = KEYS[1]
+local amount = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[4])
+local spent = tonumber(redis.call('GET', key) or '0')
+if ARGV[1] == 'spend' then
+  if spent + amount > tonumber(ARGV[3]) then return {0, spent} end
+  redis.call('INCRBY', key, amount)
+  redis.call('PEXPIRE', key, ttl)
+  return {1, spent}
+end
+local now = math.max(0, spent + amount)
+redis.call('SET', key, now, 'PX', ttl)
+return {1, now}
+"""
+
+
 def _interval(per_minute: float | None) -> float:
     return 0.0 if per_minute is None else 60.0 / per_minute
 
@@ -211,11 +233,12 @@ class _Call:
 class _LoopScript:
     """One event loop's asyncio client and the budget script registered on it."""
 
-    __slots__ = ("client", "script")
+    __slots__ = ("client", "script", "spend")
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.script: AsyncScript = client.register_script(_SCRIPT)
+        self.spend: AsyncScript = client.register_script(_SPEND_SCRIPT)
 
 
 async def _close_loop_script(entry: _LoopScript) -> None:
@@ -265,6 +288,8 @@ class RedisBudgetStore:
         "_script",
         "_seeding",
         "_shares",
+        "_spend_local",
+        "_spend_script",
         "_warned",
         "breaker",
         "fallback",
@@ -308,6 +333,8 @@ class RedisBudgetStore:
             target, client, timeout=timeout, max_connections=max_connections
         )
         self._script = self._client.register_script(_SCRIPT)
+        self._spend_script = self._client.register_script(_SPEND_SCRIPT)
+        self._spend_local = LocalSpendStore()  # the outage share of dollar budgets
         # One asyncio client per event loop, closed while that loop shuts down.
         self._async_scripts: PerLoop[_LoopScript] = PerLoop(
             lambda: _LoopScript(
@@ -397,10 +424,13 @@ class RedisBudgetStore:
         ahead = max(0.0, self._local_due.get(call.key, call.now) - call.now)
         return ahead / self.worker_count
 
-    def _failed(self, call: _Call, seeded: bool, exc: BaseException) -> None:
-        if seeded:
+    def _call_failed(self, call: _Call, seeded: bool, exc: BaseException) -> None:
+        if seeded:  # another call carries the re-seed
             with self._lock:
                 self._seeding.discard(call.key)
+        self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
         self._count("redis_errors")
         self._count("fallback_calls")
         if self.breaker.failure():
@@ -441,7 +471,7 @@ class RedisBudgetStore:
                 # one more try on a fresh connection, so every process rejoins together.
                 raw = self._script(keys=script[0], args=script[1])
         except OUTAGE_ERRORS as exc:
-            self._failed(call, script[2], exc)
+            self._call_failed(call, script[2], exc)
             return None
         return self._answered(call, script[2], raw)
 
@@ -460,7 +490,7 @@ class RedisBudgetStore:
                     raise
                 raw = await run(keys=script[0], args=script[1])  # see _redis
         except OUTAGE_ERRORS as exc:
-            self._failed(call, script[2], exc)
+            self._call_failed(call, script[2], exc)
             return None
         return self._answered(call, script[2], raw)
 
@@ -681,6 +711,101 @@ class RedisBudgetStore:
     ) -> None:
         """Async :meth:`clamp`."""
         await self._arun(self._clamp_call(key, limits, requests, tokens, now))
+
+    # --- SpendStore: dollar budgets (see rag_perf_plugins.admission.spend) --------------------
+    # Redis unreachable: with worker_count > 1 each process spends its share of the limit
+    # locally; with 1 (the default, where every process would get the whole limit) the call
+    # is refused (fail closed), whatever limiter_fallback says for RPM/TPM.
+    def _spend_key(self, key: str, window: int) -> str:
+        return self.keys.part("usd", key, str(window))
+
+    def _spend_args(self, op: str, amount: int, limit: int, window_s: int) -> list[Any]:
+        return [op, amount, limit, (2 * window_s) * 1000]
+
+    def _spend_fallback(
+        self, key: str, window_s: int, limit: int, amount: int, now: float
+    ) -> Spend:
+        if self.worker_count > 1:
+            share = limit // self.worker_count
+            return self._spend_local.try_spend(
+                key, window_s=window_s, limit=share, amount=amount, now=now
+            )
+        window = int(now // window_s)
+        return Spend(False, 0, window, (window + 1) * window_s - now, unavailable=True)
+
+    def _spend_answer(self, raw: Any, window: int, window_s: int, now: float) -> Spend:
+        self._count("redis_calls")
+        if self.breaker.success():
+            log.info("shared rate limit: redis at %s answers again", self.target.describe())
+        return Spend(bool(int(raw[0])), int(raw[1]), window, (window + 1) * window_s - now)
+
+    def try_spend(self, key: str, *, window_s: int, limit: int, amount: int, now: float) -> Spend:
+        """Add ``amount`` micro-USD to ``key``'s current window if it stays within ``limit``."""
+        window = int(now // window_s)
+        if self.breaker.allow():
+            try:
+                raw = self._spend_script(
+                    keys=[self._spend_key(key, window)],
+                    args=self._spend_args("spend", amount, limit, window_s),
+                )
+            except OUTAGE_ERRORS as exc:
+                self._failed(exc)
+            else:
+                return self._spend_answer(raw, window, window_s, now)
+        else:
+            self._count("fallback_calls")
+        return self._spend_fallback(key, window_s, limit, amount, now)
+
+    async def atry_spend(
+        self, key: str, *, window_s: int, limit: int, amount: int, now: float
+    ) -> Spend:
+        """Async :meth:`try_spend` on this event loop's asyncio client."""
+        window = int(now // window_s)
+        if self.breaker.allow():
+            try:
+                run = (await self._async_scripts.get()).spend
+                raw = await run(
+                    keys=[self._spend_key(key, window)],
+                    args=self._spend_args("spend", amount, limit, window_s),
+                )
+            except OUTAGE_ERRORS as exc:
+                self._failed(exc)
+            else:
+                return self._spend_answer(raw, window, window_s, now)
+        else:
+            self._count("fallback_calls")
+        return self._spend_fallback(key, window_s, limit, amount, now)
+
+    def adjust_spend(self, key: str, *, window_s: int, window: int, amount: int) -> None:
+        """Add ``amount`` (negative: refund) to window ``window`` of ``key``, never below 0."""
+        if self.breaker.allow():
+            try:
+                self._spend_script(
+                    keys=[self._spend_key(key, window)],
+                    args=self._spend_args("adjust", amount, 0, window_s),
+                )
+            except OUTAGE_ERRORS as exc:
+                self._failed(exc)
+            else:
+                self._count("redis_calls")
+                return
+        self._spend_local.adjust_spend(key, window_s=window_s, window=window, amount=amount)
+
+    async def aadjust_spend(self, key: str, *, window_s: int, window: int, amount: int) -> None:
+        """Async :meth:`adjust_spend`."""
+        if self.breaker.allow():
+            try:
+                run = (await self._async_scripts.get()).spend
+                await run(
+                    keys=[self._spend_key(key, window)],
+                    args=self._spend_args("adjust", amount, 0, window_s),
+                )
+            except OUTAGE_ERRORS as exc:
+                self._failed(exc)
+            else:
+                self._count("redis_calls")
+                return
+        self._spend_local.adjust_spend(key, window_s=window_s, window=window, amount=amount)
 
     # --- inspection and lifecycle ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:

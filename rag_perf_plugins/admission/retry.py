@@ -39,6 +39,7 @@ SDK's own retries off (``max_retries=0``) so this policy is the only one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import sys
@@ -71,6 +72,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 FailureKind = Literal[
     "rate_limited", "server_error", "timeout", "connection", "client_error", "not_retryable"
@@ -331,6 +334,7 @@ class RetryPolicy:
         "_rng",
         "_sleep",
         "_tracker",
+        "_warned_at",
         "config",
     )
 
@@ -382,6 +386,7 @@ class RetryPolicy:
             0,
         )
         self._attempt_counts = [0] * (config.retry_max_attempts + 1)
+        self._warned_at: float | None = None  # the last budget-exhausted warning
 
     # --- public API -------------------------------------------------------------------
     def call(
@@ -541,10 +546,26 @@ class RetryPolicy:
             raise DeadlineExceeded(msg) from exc
         if not self._budget.try_spend(now):
             self._count("budget_exhausted")
+            self._warn_exhausted(now)
             self._finish(state, ok=False)
             raise exc
         self._count("retries")
         return delay
+
+    def _warn_exhausted(self, now: float) -> None:
+        """One warning per budget window while retries are refused, not one per call."""
+        window = self.config.retry_budget_window
+        with self._lock:
+            if self._warned_at is not None and now - self._warned_at < window:
+                return
+            self._warned_at = now
+        log.warning(
+            "retry budget exhausted (retries above %g of calls in %g s): failing calls fast "
+            "without retrying; %d refused so far",
+            self.config.retry_budget_ratio,
+            window,
+            self._counts["budget_exhausted"],
+        )
 
     def _finish(self, state: _CallState, *, ok: bool) -> None:
         with self._lock:

@@ -95,6 +95,25 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
         "counter", ("operation",), "tokens",
         "Tokens not spent: answered from the cache or by another caller's identical request.",
     ),
+    "rag_perf_cost_usd_total": (
+        "counter", ("operation",), "USD",
+        "Dollars spent by provider calls at the price table's prices (known prices only).",
+    ),
+    "rag_perf_cost_saved_usd_total": (
+        "counter", ("operation",), "USD",
+        "Dollars not spent: the cost of the answers cache hits and coalesced calls replayed.",
+    ),
+    "rag_perf_cost_unknown_calls_total": (
+        "counter", ("operation",), "calls",
+        "Calls whose cost is unknown (no price for the model, or no usage reported).",
+    ),
+    "rag_perf_model_cost_usd_total": (
+        "counter", ("model", "kind"), "USD",
+        "Dollars per model: kind=spent by provider calls, kind=saved by hits and coalesced calls.",
+    ),
+    "rag_perf_model_cost_unknown_calls_total": (
+        "counter", ("model",), "calls", "Calls of the model whose cost is unknown.",
+    ),
     "rag_perf_queue_wait_seconds": (
         "summary", ("operation",), "seconds",
         "Time spent waiting for admission (gate) or a batch, quantiles of this worker.",
@@ -172,6 +191,25 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
     "rag_perf_redis_breaker_trips_total": (
         "counter", (), "trips", "Times a Redis circuit breaker opened.",
     ),
+    "rag_perf_breaker_state": (
+        "gauge", ("target",), "state",
+        "Circuit breaker of a provider target: 0 closed, 1 half-open, 2 open.",
+    ),
+    "rag_perf_breaker_transitions_total": (
+        "counter", ("target", "to"), "transitions",
+        "Breaker transitions seen by this process: opened, reopened, half_open, closed.",
+    ),
+    "rag_perf_breaker_open_seconds_total": (
+        "counter", ("target",), "seconds", "Time a breaker was not closed, summed as it closes.",
+    ),
+    "rag_perf_target_calls_total": (
+        "counter", ("target",), "calls", "Calls a breaker let through to a target.",
+    ),
+    "rag_perf_failovers_total": (
+        "counter", ("target", "reason"), "calls",
+        "Calls moved past a target: open, rate_limited, server_error, timeout, connection, "
+        "gate, paused, same_rate_limit_scope.",
+    ),
     "process_resident_memory_bytes": (
         "gauge", (), "bytes", "Resident memory size of this process.",
     ),
@@ -179,6 +217,9 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
         "counter", (), "seconds", "User and system CPU time of this process.",
     ),
 }  # fmt: skip
+
+
+_STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
 class _Op:
@@ -191,7 +232,8 @@ class _Op:
             k: float(entry.get(k) or 0)
             for k in (
                 "count", "errors", "cache_hits", "cache_misses", "tokens_in", "tokens_out",
-                "tokens_saved", "retries", "streams_abandoned",
+                "tokens_saved", "retries", "streams_abandoned", "cost_usd", "cost_saved_usd",
+                "cost_unknown_calls",
             )
         }  # fmt: skip
         self.throughput = float(entry.get("throughput_per_s") or 0.0)
@@ -312,7 +354,9 @@ class TrackerCollector(Collector):
         self._operations = _Bound(max_operations)
         self._events = _Bound(max_events)
         self._gates = _Bound(50)
+        self._models = _Bound(50)
         self._clients = _Bound(50)
+        self._targets = _Bound(50)
 
     @property
     def live(self) -> bool:
@@ -389,6 +433,9 @@ class TrackerCollector(Collector):
             add("rag_perf_tokens_total", [name, "input"], f["tokens_in"])
             add("rag_perf_tokens_total", [name, "output"], f["tokens_out"])
             add("rag_perf_tokens_saved_total", [name], f["tokens_saved"])
+            add("rag_perf_cost_usd_total", [name], f["cost_usd"])
+            add("rag_perf_cost_saved_usd_total", [name], f["cost_saved_usd"])
+            add("rag_perf_cost_unknown_calls_total", [name], f["cost_unknown_calls"])
             add("rag_perf_retries_total", [name], f["retries"])
             add("rag_perf_streams_abandoned_total", [name], f["streams_abandoned"])
             add("rag_perf_throughput_per_second", [name], op.throughput)
@@ -402,6 +449,16 @@ class TrackerCollector(Collector):
             if batch.count:
                 add("rag_perf_batches_total", [name], float(batch.count))
                 add("rag_perf_batch_items_total", [name], batch.sum)
+        models: dict[str, list[float]] = {}
+        for model, entry in sorted((stats.get("models") or {}).items()):
+            sums = models.setdefault(self._models(model), [0.0, 0.0, 0.0])
+            sums[0] += float(entry.get("cost_usd") or 0.0)
+            sums[1] += float(entry.get("cost_saved_usd") or 0.0)
+            sums[2] += float(entry.get("cost_unknown_calls") or 0)
+        for model, (spent, saved, unknown) in models.items():
+            add("rag_perf_model_cost_usd_total", [model, "spent"], spent)
+            add("rag_perf_model_cost_usd_total", [model, "saved"], saved)
+            add("rag_perf_model_cost_unknown_calls_total", [model], unknown)
         events: dict[tuple[str, str], float] = {}
         for name, entry in (stats.get("operations") or {}).items():
             for event, n in (entry.get("counters") or {}).items():
@@ -470,6 +527,33 @@ class TrackerCollector(Collector):
         breakers = client.live_breakers() if client is not None else []
         add("rag_perf_redis_breaker_open", [], float(sum(b.state == "open" for b in breakers)))
         add("rag_perf_redis_breaker_trips_total", [], float(sum(b.trips for b in breakers)))
+        resilience = sys.modules.get("rag_perf_plugins.resilience.breakers")
+        # Summed per label: one target may have breakers of several settings, and targets
+        # past the label bound fold into one.
+        sums: dict[tuple[str, tuple[str, ...]], float] = {}
+        states: dict[str, float] = {}
+        for board in resilience.live_breakers() if resilience is not None else []:
+            for name, figures in board.stats().items():
+                label = self._targets(redact_url(name))
+                states[label] = max(states.get(label, 0.0), _STATE_VALUE[figures["state"]])
+                rows: list[tuple[str, tuple[str, ...], float]] = [
+                    ("rag_perf_breaker_open_seconds_total", (label,), figures["open_s"]),
+                    ("rag_perf_target_calls_total", (label,), figures["calls"]),
+                ]
+                rows += [
+                    ("rag_perf_breaker_transitions_total", (label, to), n)
+                    for to, n in figures["transitions"].items()
+                ]
+                rows += [
+                    ("rag_perf_failovers_total", (label, reason), n)
+                    for reason, n in figures["failovers"].items()
+                ]
+                for metric, labels, n in rows:
+                    sums[(metric, labels)] = sums.get((metric, labels), 0.0) + float(n)
+        for label, value in sorted(states.items()):
+            add("rag_perf_breaker_state", [label], value)
+        for (metric, labels), n in sorted(sums.items()):
+            add(metric, list(labels), n)
 
     def __repr__(self) -> str:
         source = "file" if self._source is not None else "live"

@@ -32,7 +32,9 @@ _COUNTERS = {
     "rag_perf_streams_abandoned": "streams_abandoned",
     "rag_perf_batches": "batches",
     "rag_perf_batch_items": "batch_items",
+    "rag_perf_cost_unknown_calls": "cost_unknown_calls",
 }
+_DOLLARS = {"rag_perf_cost_usd": "cost_usd", "rag_perf_cost_saved_usd": "cost_saved_usd"}
 
 
 def read_endpoint(url: str, *, timeout: float = 5.0) -> dict[str, Any]:
@@ -72,6 +74,9 @@ def _op(ops: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
             "streams_abandoned": 0,
             "batches": 0,
             "batch_items": 0,
+            "cost_usd": 0.0,
+            "cost_saved_usd": 0.0,
+            "cost_unknown_calls": 0,
             "throughput_per_s": None,
             "counters": {},
         }
@@ -101,6 +106,8 @@ def parse_metrics(text: str) -> dict[str, Any]:
                     op["cache_misses"] = int(value)
             elif family.name in _COUNTERS and sample.name.endswith("_total"):
                 _op(ops, name or "")[_COUNTERS[family.name]] = int(value)
+            elif family.name in _DOLLARS and sample.name.endswith("_total"):
+                _op(ops, name or "")[_DOLLARS[family.name]] = value
             elif family.name == "rag_perf_tokens" and sample.name.endswith("_total"):
                 key = "tokens_in" if labels.get("direction") == "input" else "tokens_out"
                 _op(ops, name or "")[key] = int(value)

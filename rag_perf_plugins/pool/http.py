@@ -57,10 +57,12 @@ import httpx
 
 from .._loops import PerLoop
 from .._secrets import redact_url
-from ..config import PerformanceConfig, resolve_config
+from ..config import HttpTransport, PerformanceConfig, resolve_config
 
-if TYPE_CHECKING:  # openai is not a core dependency: imported lazily by the helpers
+if TYPE_CHECKING:  # openai and aiohttp are not core dependencies: imported lazily
     import openai
+
+    from ._aiohttp import AiohttpPool
 
 __all__ = [
     "HttpClientRegistry",
@@ -171,6 +173,11 @@ class _Meter:
                 self._streams.add(stream)
                 self.opened += 1
 
+    def count_opened(self) -> None:
+        """One TCP connection opened (the aiohttp backend reports them as they open)."""
+        with self._lock:
+            self.opened += 1
+
     def failed(self, exc: BaseException) -> None:
         with self._lock:
             if isinstance(exc, httpx.PoolTimeout):
@@ -178,16 +185,10 @@ class _Meter:
             else:
                 self.errors += 1
 
-    def snapshot(self, pools: list[Any]) -> HttpPoolStats:
-        active = idle = 0
-        for pool in pools:
-            for conn in pool.connections:
-                if conn.is_closed():
-                    continue
-                if conn.is_idle():
-                    idle += 1
-                else:
-                    active += 1
+    def snapshot(self, pools: list[tuple[int, int]]) -> HttpPoolStats:
+        """Counters plus ``(active, idle)`` connections of each event loop's pool."""
+        active = sum(counts[0] for counts in pools)
+        idle = sum(counts[1] for counts in pools)
         with self._lock:
             requests, opened = self.requests, self.opened
             return HttpPoolStats(
@@ -206,6 +207,22 @@ def _httpcore_pool(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) ->
     # httpx keeps its httpcore pool in `_pool`; `connections` on it is public httpcore
     # API. tests/core/pool/test_http_registry.py fails if httpx renames the attribute.
     return transport._pool
+
+
+def _counts(transport: Any) -> tuple[int, int]:
+    """``(active, idle)`` connections of one pool, httpx (httpcore) or aiohttp."""
+    if not isinstance(transport, (httpx.HTTPTransport, httpx.AsyncHTTPTransport)):
+        counts: tuple[int, int] = transport.counts()  # the aiohttp backend's AiohttpPool
+        return counts
+    active = idle = 0
+    for conn in _httpcore_pool(transport).connections:
+        if conn.is_closed():
+            continue
+        if conn.is_idle():
+            idle += 1
+        else:
+            active += 1
+    return active, idle
 
 
 # --- the sync transport --------------------------------------------------------------
@@ -267,7 +284,7 @@ class _CountingTransport(httpx.BaseTransport):
         self._inner.close()
 
     def stats(self) -> HttpPoolStats:
-        return self._meter.snapshot([_httpcore_pool(self._inner)])
+        return self._meter.snapshot([_counts(self._inner)])
 
     def _acquire(self, request: httpx.Request) -> Callable[[], None]:
         slots = self._slots
@@ -301,6 +318,11 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
         limits: Connection limits of each loop's pool.
         proxy: Proxy URL for every request, or ``None``.
         verify: TLS verification, as for ``httpx.AsyncHTTPTransport``.
+        backend: ``"httpx"`` (httpcore pools) or ``"aiohttp"`` (one ``aiohttp.ClientSession``
+            per loop, the ``aiohttp`` extra: see :mod:`rag_perf_plugins.pool._aiohttp`).
+
+    Raises:
+        ImportError: ``backend="aiohttp"`` without the ``aiohttp`` extra installed.
 
     Not done: moving connections between loops (impossible: a socket's transport
     belongs to one loop); retries (``retries=0``: a failed request is never re-sent).
@@ -312,6 +334,7 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
         limits: httpx.Limits,
         proxy: str | None = None,
         verify: bool = True,
+        backend: HttpTransport = "httpx",
     ) -> None:
         self._options: dict[str, Any] = {
             "limits": limits,
@@ -320,11 +343,24 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
             "trust_env": False,
             "retries": 0,
         }
-        # One httpcore pool per event loop, closed while that loop shuts down.
-        self._pools: PerLoop[httpx.AsyncHTTPTransport] = PerLoop(
-            lambda: httpx.AsyncHTTPTransport(**self._options), _close_transport
-        )
         self._meter = _Meter()
+        self.backend = backend
+        make: Callable[[], httpx.AsyncBaseTransport]
+        if backend == "aiohttp":
+            pool_class = _aiohttp_pool_class()
+            meter = self._meter
+
+            def make() -> httpx.AsyncBaseTransport:
+                return pool_class(
+                    limits=limits, opened=meter.count_opened, proxy=proxy, verify=verify
+                )
+        else:
+
+            def make() -> httpx.AsyncBaseTransport:
+                return httpx.AsyncHTTPTransport(**self._options)
+
+        # One pool per event loop, closed while that loop shuts down.
+        self._pools: PerLoop[httpx.AsyncBaseTransport] = PerLoop(make, _close_transport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the running loop's pool."""
@@ -358,7 +394,7 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
 
     def stats(self) -> HttpPoolStats:
         """Requests, connections opened, reuse ratio, active/idle connections, timeouts."""
-        return self._meter.snapshot([_httpcore_pool(t) for t in self._pools.resources()])
+        return self._meter.snapshot([_counts(t) for t in self._pools.resources()])
 
     def __repr__(self) -> str:
         stats = self.stats()
@@ -369,8 +405,21 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
         )
 
 
-async def _close_transport(transport: httpx.AsyncHTTPTransport) -> None:
+async def _close_transport(transport: httpx.AsyncBaseTransport) -> None:
     await transport.aclose()
+
+
+def _aiohttp_pool_class() -> type[AiohttpPool]:
+    """The aiohttp backend's pool class, imported only when that backend is chosen."""
+    try:
+        from ._aiohttp import AiohttpPool
+    except ImportError as exc:
+        msg = (
+            "http_transport='aiohttp' needs aiohttp and httpx-aiohttp: "
+            "pip install 'rag-perf-plugins[aiohttp]' (or set http_transport='httpx')"
+        )
+        raise ImportError(msg) from exc
+    return AiohttpPool
 
 
 # --- shared clients ------------------------------------------------------------------
@@ -451,12 +500,20 @@ class HttpClientRegistry:
         """The shared, loop-safe ``httpx.AsyncClient`` for ``base_url``'s origin.
 
         Without pooling: a fresh ``httpx.AsyncClient`` (no keep-alive) that the caller
-        must close.
+        must close. ``http_transport: aiohttp`` puts aiohttp under the same interface
+        (a separate shared client per origin).
 
         Raises:
             ValueError: ``base_url`` is not an absolute http(s) URL.
+            ImportError: ``http_transport: aiohttp`` without the ``aiohttp`` extra.
         """
-        config, key = self._pooled("async", base_url, config, proxy)
+        config = resolve_config(config)
+        aiohttp = config.http_transport == "aiohttp"
+        config, key = self._pooled("async-aiohttp" if aiohttp else "async", base_url, config, proxy)
+        if key is None and aiohttp:  # a client of its own, no keep-alive, on aiohttp
+            limits = http_limits(config)
+            transport = LoopRoutingTransport(limits=limits, proxy=proxy, backend="aiohttp")
+            return httpx.AsyncClient(transport=transport, timeout=http_timeout(config))
         if key is None:
             return httpx.AsyncClient(**_unpooled(config, proxy))
         return self._entry(self._async, key, lambda: _new_async_entry(config, proxy))[0]
@@ -566,7 +623,9 @@ def _new_sync_entry(
 def _new_async_entry(
     config: PerformanceConfig, proxy: str | None
 ) -> tuple[_SharedAsyncClient, LoopRoutingTransport]:
-    transport = LoopRoutingTransport(limits=http_limits(config), proxy=proxy)
+    transport = LoopRoutingTransport(
+        limits=http_limits(config), proxy=proxy, backend=config.http_transport
+    )
     client = _SharedAsyncClient(transport=transport, timeout=http_timeout(config), trust_env=False)
     return client, transport
 

@@ -29,12 +29,14 @@ One rule for both frameworks (the LangChain and LlamaIndex adapters call only th
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ..admission import AdmissionGate, RetryPolicy, get_gate
 from ..cache import CacheManager, cache_manager_for
 from ..config import PerformanceConfig, resolve_config
 from ..errors import ConfigError
+from ..resilience import Target
 from .embeddings import CacheEmbeddingStore
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "default_embedding_store",
     "default_gate",
     "default_retry",
+    "default_target",
     "resolve_config",
 ]
 
@@ -103,3 +106,17 @@ def default_gate(
 def default_retry(config: PerformanceConfig) -> RetryPolicy:
     """A retry policy from ``config``: the single retry owner (SDK retries must be off)."""
     return RetryPolicy(config)
+
+
+def default_target(gate: Any, provider: str, model: str) -> Target:
+    """The breaker target of a model: its gate's key plus a fingerprint of its endpoint.
+
+    Example: ``default_target(gate, "langchain/...ChatOpenAI/1f2e", "gpt-4o-mini")`` is
+    ``Target("openai/gpt-4o-mini/k-3f9a0c1b22de~9c41d2", gate=gate)``. ``provider`` is the
+    adapter's provider id (class and endpoint): two deployments of one model at two URLs
+    get two breakers and two rate-limit scopes; the same model, endpoint and key share one.
+    """
+    key = getattr(gate, "key", None)
+    base = key if isinstance(key, str) and key else model  # the provider id may hold a URL
+    endpoint = hashlib.blake2b(provider.encode(), digest_size=3).hexdigest()
+    return Target(f"{base}~{endpoint}", gate=gate)

@@ -47,6 +47,7 @@ the storage itself (see :class:`EmbeddingStore`; the cache package provides the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -69,11 +70,16 @@ from ..cache import (
 from ..cache.serialize import round_vectors
 from ..cache.singleflight import Flight, SingleFlight
 from ..config import PerformanceConfig, resolve_config
+from ..cost import price_table
+from ..errors import ProviderUnavailable
+from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
+from ..resilience.breakers import failover_reason
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
+    "EmbeddingFallback",
     "CacheEmbeddingStore",
     "EmbeddingIdentity",
     "EmbeddingService",
@@ -90,6 +96,44 @@ EmbedMany = Callable[[list[str]], Sequence[Sequence[float]]]
 AEmbedMany = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
 EmbedOne = Callable[[str], Sequence[float]]
 AEmbedOne = Callable[[str], Awaitable[Sequence[float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingFallback:
+    """Another deployment of the *same* embedding model, tried when the primary fails.
+
+    Example::
+
+        EmbeddingFallback(Target("azure/text-embedding-3-small/k-77c1~e2", gate=gate),
+                          model="text-embedding-3-small", dimensions=None,
+                          embed_many=other_region.embed_documents)
+
+    A fallback must give the same vectors as the primary: :class:`EmbeddingService`
+    refuses one whose ``model`` or ``dimensions`` differ (vectors of two models live in
+    two spaces; mixing them in one index answers searches wrongly).
+    """
+
+    target: Target
+    model: str
+    dimensions: int | None
+    embed_many: EmbedMany
+    aembed_many: AEmbedMany | None = None
+    embed_query: EmbedOne | None = None
+    aembed_query: AEmbedOne | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Provider:
+    """One target of a provider call: the primary or a fallback, with its calls and gate."""
+
+    target: Target | None
+    gate: Any
+    embed_many: EmbedMany
+    aembed_many: AEmbedMany | None
+    embed_query: EmbedOne | None
+    aembed_query: AEmbedOne | None
+
+
 R = TypeVar("R")
 
 
@@ -299,14 +343,18 @@ class EmbeddingService(ProviderCalls):
         "_aembed_many",
         "_aembed_query",
         "_batcher",
+        "_breakers",
+        "_budgeted",
         "_clock",
         "_embed_many",
         "_embed_query",
+        "_fallbacks",
         "_flights",
         "_gate",
         "_gate_tokens",
         "_plain_dtype",
         "_prerounded",
+        "_prices",
         "_retry",
         "_store",
         "_store_failed",
@@ -339,6 +387,9 @@ class EmbeddingService(ProviderCalls):
         batching: bool = True,
         operation: str = "embedding",
         clock: Clock = monotonic,
+        fallbacks: Sequence[EmbeddingFallback] = (),
+        target: Target | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         for name, fn in (("embed_many", embed_many), ("embed_query", embed_query)):
             if fn is not None and not callable(fn):
@@ -359,6 +410,15 @@ class EmbeddingService(ProviderCalls):
         ):
             msg = f"dimensions must be an int >= 1 or None, got {dimensions!r}"
             raise ValueError(msg)
+        for fallback in fallbacks:
+            if fallback.model != model or fallback.dimensions != dimensions:
+                msg = (
+                    f"fallbacks: {fallback.target.name} embeds with model {fallback.model!r}, "
+                    f"dimensions {fallback.dimensions!r}; an embedding fallback must use the "
+                    f"primary's model {model!r} and dimensions {dimensions!r} (another "
+                    "model's vectors live in another space and would answer searches wrongly)"
+                )
+                raise ValueError(msg)
         self.config = resolve_config(config)
         self.identity = EmbeddingIdentity(provider, model, dimensions)
         self.symmetric = bool(symmetric)
@@ -379,8 +439,10 @@ class EmbeddingService(ProviderCalls):
         self._gate = gate
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
+        self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
+        self._prices = price_table(self.config)
         self._clock = clock
         self._flights: SingleFlight[Vector] = SingleFlight()
         self._batcher: BatchProcessor[str, Vector] | None = None
@@ -389,6 +451,21 @@ class EmbeddingService(ProviderCalls):
             asyncio.AbstractEventLoop, AsyncBatchProcessor[str, Vector]
         ] = weakref.WeakKeyDictionary()
         self.provider_calls = 0
+        primary = target if target is not None else _default_target(gate, provider, model)
+        self._fallbacks: tuple[_Provider, ...] = ()
+        enabled = self.config.breaker_enabled
+        if fallbacks or enabled is True:
+            self._fallbacks = (
+                _Provider(primary, gate, embed_many, aembed_many, embed_query, aembed_query),
+                *(
+                    _Provider(
+                        f.target, f.target.gate, f.embed_many, f.aembed_many, f.embed_query,
+                        f.aembed_query,
+                    )
+                    for f in fallbacks
+                ),
+            )  # fmt: skip
+        self._breakers = breakers
 
     # --- public API -----------------------------------------------------------------
     def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
@@ -505,8 +582,11 @@ class EmbeddingService(ProviderCalls):
                 saved += estimate_tokens(text)
         cache_hit = None if self._store is None else not sent
         latency = self._clock() - started
+        costs = self._costs(0 if error else tokens_in, saved)
         if span_tracer is not None:
-            self._span(span_tracer, latency, tokens_in, saved, cache_hit, len(plan.keys), error)
+            self._span(
+                span_tracer, latency, tokens_in, saved, cache_hit, len(plan.keys), error, costs
+            )
         if not tracker.enabled:
             return
         tracker.record(
@@ -517,6 +597,10 @@ class EmbeddingService(ProviderCalls):
             cache_hit=cache_hit,
             batch_size=len(plan.keys),
             tokens_saved=saved,
+            cost_usd=costs[0],
+            cost_saved_usd=costs[1],
+            cost_unknown=costs[2],
+            model=self.identity.model,
         )
         if hits:
             tracker.incr("cache.hits", hits, operation=operation)
@@ -536,22 +620,38 @@ class EmbeddingService(ProviderCalls):
         operation = f"{self.operation}.{role}"
         tokens = estimate_tokens(text)
         latency = self._clock() - started
+        used, spared = (tokens, 0) if sent else (0, tokens)
+        costs = self._costs(0 if error else used, spared)
         if span_tracer is not None:
-            used, spared = (tokens, 0) if sent else (0, tokens)
-            self._span(span_tracer, latency, used, spared, None, 1, error)
+            self._span(span_tracer, latency, used, spared, None, 1, error, costs)
         if not tracker.enabled:
             return
         tracker.record(
             operation,
             latency,
             error=error,
-            tokens_in=tokens if sent else 0,
+            tokens_in=used,
             cache_hit=None,
             batch_size=1,
-            tokens_saved=0 if sent else tokens,
+            tokens_saved=spared,
+            cost_usd=costs[0],
+            cost_saved_usd=costs[1],
+            cost_unknown=costs[2],
+            model=self.identity.model,
         )
         if not sent:
             tracker.incr("coalesced", 1, operation=operation)
+
+    def _costs(self, tokens_in: int, saved: int) -> tuple[float, float, bool]:
+        """USD spent on ``tokens_in`` and saved on ``saved`` tokens; whether unknown."""
+        if not tokens_in and not saved:
+            return 0.0, 0.0, False
+        price = self._prices.get(self.identity.model)
+        rate = None if price is None else price.embedding
+        if rate is None:
+            self._prices.embedding_cost(self.identity.model, 0)  # the one warning per model
+            return 0.0, 0.0, True
+        return tokens_in * rate / 1e6, saved * rate / 1e6, False
 
     def _span(
         self,
@@ -562,6 +662,7 @@ class EmbeddingService(ProviderCalls):
         cache_hit: bool | None,
         texts: int,
         error: bool,
+        costs: tuple[float, float, bool],
     ) -> None:
         """One OpenTelemetry span of a call (see :mod:`rag_perf_plugins.tracking.spans`)."""
         attributes: dict[str, Any] = {
@@ -570,12 +671,38 @@ class EmbeddingService(ProviderCalls):
             "rag_perf.tokens_saved": saved,
             "rag_perf.batch_size": texts,
         }
+        if costs[2]:
+            attributes["rag_perf.cost.unknown"] = True
+        else:
+            attributes["rag_perf.cost_usd"] = costs[0]
+            attributes["rag_perf.cost_saved_usd"] = costs[1]
         if cache_hit is not None:
             attributes["rag_perf.cache.hit"] = cache_hit
             if cache_hit:
                 attributes["rag_perf.cache.hit_kind"] = "exact"
                 attributes["gen_ai.usage.cache_read.input_tokens"] = 0
         spans.emit(tracer, "embeddings", self.identity.model, latency, attributes, error=error)
+
+    def _spend(self, texts: list[str], gate: Any = None) -> dict[str, Any]:
+        """The gate's dollar-budget arguments for a provider request (none without budgets).
+
+        Embedding answers carry no usage the frameworks pass on, so the estimate (the
+        texts' estimated tokens at the model's embedding price) is also what is charged.
+        ``gate``: a fallback target's gate (``None``: this service's); a fallback embeds
+        with the same model, so at the same price.
+        """
+        budgeted = (
+            self._budgeted if gate is None else getattr(gate, "dollar_budgets", None) is not None
+        )
+        if not budgeted:
+            return {}
+        model = self.identity.model
+        price = self._prices.get(model)
+        if price is None or price.embedding is None:
+            self._prices.embedding_cost(model, 0)  # the one warning per model
+            return {"cost_usd": None, "model": model}
+        tokens = sum(estimate_tokens(t) for t in texts)
+        return {"cost_usd": tokens * price.embedding / 1e6, "model": model}
 
     def _tokens(self, texts: list[str]) -> int:
         """Estimated tokens of a provider request for the gate; 0 without a token budget."""
@@ -709,24 +836,144 @@ class EmbeddingService(ProviderCalls):
         return [self._provider_query(text) for text in texts]
 
     def _provider_batch(self, texts: list[str]) -> list[Vector]:
-        def call() -> Sequence[Sequence[float]]:
-            self.provider_calls += 1
-            return self._embed_many(texts)
+        def on(p: _Provider) -> Callable[[], Sequence[Sequence[float]]]:
+            def call() -> Sequence[Sequence[float]]:
+                self.provider_calls += 1
+                return p.embed_many(texts)
 
-        vectors = self._guarded(call, texts)
+            return call
+
+        if self._fallbacks:
+            vectors = self._chained(on, texts)
+        else:
+            vectors = self._guarded(on(self._primary_provider()), texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 
     def _provider_query(self, text: str) -> Vector:
-        def call() -> Sequence[Sequence[float]]:
-            self.provider_calls += 1
-            if self._embed_query is not None:
-                return [self._embed_query(text)]
-            return self._embed_many([text])
+        def on(p: _Provider) -> Callable[[], Sequence[Sequence[float]]]:
+            def call() -> Sequence[Sequence[float]]:
+                self.provider_calls += 1
+                if p.embed_query is not None:
+                    return [p.embed_query(text)]
+                return p.embed_many([text])
 
-        vectors = self._guarded(call, [text])
+            return call
+
+        if self._fallbacks:
+            vectors = self._chained(on, [text])
+        else:
+            vectors = self._guarded(on(self._primary_provider()), [text])
         _check_count(vectors, [text])
         return round_vectors(vectors, self._dtype())[0]
+
+    # --- fallbacks: the chain of targets (blocking and async twins, kept by hand) ------
+    def _chain_breakers(self) -> Breakers:
+        if self._breakers is None:
+            self._breakers = breakers_for(self.config)
+        return self._breakers
+
+    def _chained(self, on: Callable[[_Provider], Callable[[], R]], texts: list[str]) -> R:
+        """``on(target)()`` on the first target that answers (see ``LLMService``'s chain)."""
+        breakers = self._chain_breakers()
+
+        def attempt() -> R:
+            refused: list[tuple[str, Admission]] = []
+            last: Exception | None = None
+            for p in self._fallbacks:
+                name = p.target.name if p.target is not None else "primary"
+                admission = breakers.admit(name)
+                if not admission.allowed:
+                    refused.append((name, admission))
+                    breakers.failover(name, "open")
+                    continue
+                call = on(p)
+                try:
+                    if p.gate is None:
+                        value = call()
+                    else:
+                        with p.gate.acquire(
+                            tokens=self._tokens(texts), **self._spend(texts, p.gate)
+                        ):
+                            try:
+                                value = call()
+                            except Exception as exc:
+                                observe_failure(p.gate, exc)
+                                raise
+                except Exception as exc:
+                    breakers.record(name, outcome_of(exc), probe=admission.probe)
+                    reason = failover_reason(exc)
+                    if reason is None:
+                        raise
+                    breakers.failover(name, reason)
+                    last = exc
+                    continue
+                breakers.record(name, "success", probe=admission.probe)
+                return value
+            if last is not None:
+                raise last
+            raise _unavailable(refused)
+
+        retry = self._retry
+        return retry.call(attempt) if retry is not None else attempt()
+
+    async def _achained(
+        self,
+        on: Callable[[_Provider], Callable[[], Awaitable[Sequence[Sequence[float]]]]],
+        texts: list[str],
+    ) -> Sequence[Sequence[float]]:
+        """Async twin of :meth:`_chained`."""
+        breakers = self._chain_breakers()
+
+        async def attempt() -> Sequence[Sequence[float]]:
+            refused: list[tuple[str, Admission]] = []
+            last: Exception | None = None
+            for p in self._fallbacks:
+                name = p.target.name if p.target is not None else "primary"
+                admission = await breakers.aadmit(name)
+                if not admission.allowed:
+                    refused.append((name, admission))
+                    breakers.failover(name, "open")
+                    continue
+                call = on(p)
+                try:
+                    if p.gate is None:
+                        value = await call()
+                    else:
+                        async with p.gate.aacquire(
+                            tokens=self._tokens(texts), **self._spend(texts, p.gate)
+                        ):
+                            try:
+                                value = await call()
+                            except Exception as exc:
+                                await aobserve_failure(p.gate, exc)
+                                raise
+                except Exception as exc:
+                    await breakers.arecord(name, outcome_of(exc), probe=admission.probe)
+                    reason = failover_reason(exc)
+                    if reason is None:
+                        raise
+                    breakers.failover(name, reason)
+                    last = exc
+                    continue
+                await breakers.arecord(name, "success", probe=admission.probe)
+                return value
+            if last is not None:
+                raise last
+            raise _unavailable(refused)
+
+        retry = self._retry
+        return await retry.acall(attempt) if retry is not None else await attempt()
+
+    def _primary_provider(self) -> _Provider:
+        return _Provider(
+            None,
+            self._gate,
+            self._embed_many,
+            self._aembed_many,
+            self._embed_query,
+            self._aembed_query,
+        )
 
     def _guarded(self, call: Callable[[], R], texts: list[str]) -> R:
         gate, retry = self._gate, self._retry
@@ -734,7 +981,7 @@ class EmbeddingService(ProviderCalls):
             return retry.call(call) if retry is not None else call()
 
         def admitted() -> R:
-            with gate.acquire(tokens=self._tokens(texts)):
+            with gate.acquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
                     return call()
                 except Exception as exc:
@@ -837,29 +1084,41 @@ class EmbeddingService(ProviderCalls):
         return list(await asyncio.gather(*(self._aprovider_query(t) for t in texts)))
 
     async def _aprovider_batch(self, texts: list[str]) -> list[Vector]:
-        async def call() -> Sequence[Sequence[float]]:
-            self.provider_calls += 1
-            if self._aembed_many is not None:
-                return await self._aembed_many(texts)
-            # A sync-only provider runs in a worker thread: the loop keeps serving.
-            return await asyncio.to_thread(self._embed_many, texts)
+        def on(p: _Provider) -> Callable[[], Awaitable[Sequence[Sequence[float]]]]:
+            async def call() -> Sequence[Sequence[float]]:
+                self.provider_calls += 1
+                if p.aembed_many is not None:
+                    return await p.aembed_many(texts)
+                # A sync-only provider runs in a worker thread: the loop keeps serving.
+                return await asyncio.to_thread(p.embed_many, texts)
 
-        vectors = await self._aguarded(call, texts)
+            return call
+
+        if self._fallbacks:
+            vectors = await self._achained(on, texts)
+        else:
+            vectors = await self._aguarded(on(self._primary_provider()), texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 
     async def _aprovider_query(self, text: str) -> Vector:
-        async def call() -> Sequence[Sequence[float]]:
-            self.provider_calls += 1
-            if self._aembed_query is not None:
-                return [await self._aembed_query(text)]
-            if self._embed_query is not None:
-                return [await asyncio.to_thread(self._embed_query, text)]
-            if self._aembed_many is not None:
-                return await self._aembed_many([text])
-            return await asyncio.to_thread(self._embed_many, [text])
+        def on(p: _Provider) -> Callable[[], Awaitable[Sequence[Sequence[float]]]]:
+            async def call() -> Sequence[Sequence[float]]:
+                self.provider_calls += 1
+                if p.aembed_query is not None:
+                    return [await p.aembed_query(text)]
+                if p.embed_query is not None:
+                    return [await asyncio.to_thread(p.embed_query, text)]
+                if p.aembed_many is not None:
+                    return await p.aembed_many([text])
+                return await asyncio.to_thread(p.embed_many, [text])
 
-        vectors = await self._aguarded(call, [text])
+            return call
+
+        if self._fallbacks:
+            vectors = await self._achained(on, [text])
+        else:
+            vectors = await self._aguarded(on(self._primary_provider()), [text])
         _check_count(vectors, [text])
         return round_vectors(vectors, self._dtype())[0]
 
@@ -871,7 +1130,7 @@ class EmbeddingService(ProviderCalls):
         async def admitted() -> Sequence[Sequence[float]]:
             if gate is None:
                 return await call()
-            async with gate.aacquire(tokens=self._tokens(texts)):
+            async with gate.aacquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
                     return await call()
                 except Exception as exc:
@@ -916,3 +1175,13 @@ def _check_count(vectors: Sequence[Sequence[float]], texts: list[str]) -> None:
     if len(vectors) != len(texts):
         msg = f"the provider returned {len(vectors)} vectors for {len(texts)} texts"
         raise ValueError(msg)
+
+
+def _default_target(gate: Any, provider: str, model: str) -> Target:
+    key = getattr(gate, "key", None)
+    digest = hashlib.blake2b(provider.encode(), digest_size=3).hexdigest()
+    return Target(f"{key if isinstance(key, str) and key else model}~{digest}", gate=gate)
+
+
+def _unavailable(refused: list[tuple[str, Admission]]) -> ProviderUnavailable:
+    return ProviderUnavailable([(name, a.state, a.retry_in) for name, a in refused])

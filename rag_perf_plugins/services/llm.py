@@ -62,10 +62,13 @@ job); choosing the gate and retry policy (the adapter passes them or ``None``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import sys
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -83,7 +86,13 @@ from .._clock import Clock, monotonic
 from .._secrets import describe_error
 from .._signature import checked_kwargs
 from .._threads import iterate_blocking, run_blocking
-from ..admission.retry import aobserve_failure, areconcile_ticket, observe_failure, reconcile_ticket
+from ..admission.retry import (
+    aobserve_failure,
+    areconcile_ticket,
+    classify,
+    observe_failure,
+    reconcile_ticket,
+)
 from ..cache import (
     CacheManager,
     KeyExplanation,
@@ -97,12 +106,16 @@ from ..cache import (
 )
 from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
+from ..cost import current_cost_scope, price_table
+from ..errors import Overloaded, ProviderUnavailable
+from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
     "ChunkCodec",
+    "Fallback",
     "LLMRequest",
     "LLMService",
     "ResultCodec",
@@ -114,19 +127,45 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 C = TypeVar("C")
 V = TypeVar("V")
+R = TypeVar("R")
 
 NAMESPACE: Final = "llm"
 _STREAM_SUFFIX: Final = ":stream"
 _END: Final[Any] = object()
 _UNSTORED: Final[Any] = object()
+# The output limit assumed for a dollar-budget estimate when neither the request nor the
+# price table gives one (tokens).
+_DEFAULT_MAX_OUTPUT: Final = 16_384
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``."""
+    """Tokens of one provider answer: ``Usage(tokens_in=812, tokens_out=64)``.
+
+    ``cached_in`` (input tokens read from the provider's prompt cache), ``cache_write``
+    (input tokens written to it, Anthropic) and ``reasoning`` (output tokens spent on
+    reasoning) are parts of ``tokens_in`` / ``tokens_out``, priced at their own rates.
+    """
 
     tokens_in: int = 0
     tokens_out: int = 0
+    cached_in: int = 0
+    reasoning: int = 0
+    cache_write: int = 0
+
+    def plus(self, other: Usage) -> Usage:
+        """The sum of two usages (the generations of one answer)."""
+        return Usage(
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cached_in + other.cached_in,
+            self.reasoning + other.reasoning,
+            self.cache_write + other.cache_write,
+        )
+
+    def as_list(self) -> list[int]:
+        """The stored form: ``[in, out, cached_in, reasoning, cache_write]``."""
+        return [self.tokens_in, self.tokens_out, self.cached_in, self.reasoning, self.cache_write]
 
     @property
     def total(self) -> int:
@@ -202,6 +241,9 @@ class LLMRequest:
     tool_choice: Any = None
     response_format: Any = None
     seed: int | None = None
+    # The output limit when ``params`` does not carry it (an adapter whose model holds it
+    # in its identity); used for dollar-budget estimates only, never part of the key.
+    output_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -243,18 +285,43 @@ class LLMRequest:
         small over-estimate), plus 3 framing tokens per message; the gate reconciles the
         estimate with the provider's usage afterwards.
         """
+        return self.estimated_input_tokens() + (self.max_output_tokens() or 0)
+
+    def estimated_input_tokens(self) -> int:
+        """Estimated prompt tokens (see :meth:`estimated_tokens`)."""
         total = 3
         messages = self.messages if isinstance(self.messages, list | tuple) else [self.messages]
         for message in messages:
             total += 3 + _string_tokens(message)
         if self.tools:
             total += _string_tokens(self.tools)
+        return total
+
+    def max_output_tokens(self) -> int | None:
+        """The request's output limit (``max_tokens`` or its newer names), or ``None``."""
         for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = self.params.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                total += value
-                break
-        return total
+                return value
+        return self.output_limit
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """One target of a call's fallback chain: where it goes, what it asks, how to call it.
+
+    Example::
+
+        Fallback(Target("azure/gpt-4o-mini/k-77c1~e2", gate=azure_gate),
+                 request=LLMRequest(model="gpt-4o-mini", ...), call=lambda: azure_call())
+
+    ``request`` is the effective request of *that* model (its key caches its answers);
+    ``call`` makes one request (or, for streams, opens one stream) to it.
+    """
+
+    target: Target
+    request: LLMRequest
+    call: Callable[[], Any]
 
 
 def _string_tokens(value: Any) -> int:
@@ -278,6 +345,7 @@ class _Call:
     coalesced: bool = False
     usage: Usage | None = None
     saved: int = 0
+    saved_usage: Usage | None = None  # the replayed answer's usage (hits, coalesced calls)
     queue_wait: float | None = None
     attempts: int = 0
     ttft: float | None = None
@@ -285,6 +353,11 @@ class _Call:
     led: bool = False  # this caller led its single-flight (made the provider call)
     request: LLMRequest | None = None  # for the span: model and provider
     on_cache: Callable[[bool], None] | None = None  # told the cache result at the end
+    chain: list[Fallback] | None = None  # the targets in order (primary first), or None
+    answered_by: str | None = None  # a fallback target that answered (None: the primary)
+    answered_request: LLMRequest | None = None  # that fallback's request (its cache key)
+    on_target: Callable[[str], None] | None = None  # told a fallback answered, at once
+    scope: str | None = None  # the tenant charged (dollar budgets)
 
 
 @dataclass(slots=True)
@@ -328,6 +401,26 @@ class LLMService(ProviderCalls):
             ``<operation>.stream``.
         namespace: Cache namespace of the entries (``"llm"``).
         clock: Seconds, monotonic, for latency and TTFT statistics.
+        target: The primary model's :class:`~rag_perf_plugins.resilience.Target` (breaker
+            name, rate-limit scope); ``None``: named from the gate's key, else from the
+            request's provider and model.
+        breakers: The circuit breakers; ``None``: ``breakers_for(config)`` (shared through
+            Redis when ``redis_url`` is set), used when ``breaker_enabled`` is true, or
+            is null and a call has fallbacks.
+
+    Fallbacks (``fallbacks=[Fallback(...), ...]`` on every call method): the call goes to
+    the first target whose breaker admits it; a 429, a 5xx, a timeout, a refused
+    connection, a full gate or a paused one (a provider's ``Retry-After``, when a later
+    target exists) moves it to the next target at once, with no back-off; after a 429,
+    targets of the same rate-limit scope are skipped. Other errors (4xx, our own refusals
+    such as a spent budget) reach the caller and are never failed over. When every target
+    failed, the retry policy backs off and tries the chain again: one retry budget and one
+    deadline for the whole chain. When every breaker is open, the call waits for the
+    earliest probe if that fits the deadline, else raises
+    :class:`~rag_perf_plugins.errors.ProviderUnavailable` naming each target and its state.
+    A stream falls back only before its first chunk. A fallback's answer is cached under
+    its own request's key, and under the primary's key only with
+    ``cache_fallback_answers``; ``on_target`` is told the fallback's name.
 
     Raises:
         ValueError: ``operation`` is empty.
@@ -337,11 +430,15 @@ class LLMService(ProviderCalls):
     """
 
     __slots__ = (
+        "_breakers",
+        "_budgeted",
         "_cache",
         "_clock",
         "_flight",
         "_gate",
+        "_prices",
         "_retry",
+        "_target",
         "_tracker",
         "config",
         "namespace",
@@ -361,6 +458,8 @@ class LLMService(ProviderCalls):
         operation: str = "llm",
         namespace: str = NAMESPACE,
         clock: Clock = monotonic,
+        target: Target | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         if not isinstance(operation, str) or not operation:
             msg = f"operation must be a non-empty str, got {operation!r}"
@@ -372,11 +471,16 @@ class LLMService(ProviderCalls):
         self._gate = gate
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
+        self._prices = price_table(self.config)
+        # Dollar budgets need the call's estimated cost; only a gate that has some gets it.
+        self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self.operation = operation
         self.namespace = namespace
         self._clock = clock
         self._flight: SingleFlight[Any] = SingleFlight()
         self.provider_calls = 0
+        self._target = target
+        self._breakers = breakers
 
     @property
     def cache(self) -> CacheManager | None:
@@ -423,17 +527,105 @@ class LLMService(ProviderCalls):
         stream: bool,
         control: CacheControl | None,
         on_cache: Callable[[bool], None] | None = None,
+        scope: str | None = None,
+        fallbacks: Sequence[Fallback] = (),
+        on_target: Callable[[str], None] | None = None,
+        call_fn: Callable[[], Any] | None = None,
     ) -> _Call:
         control = control if control is not None else current_control()
         call = _Call(self._clock(), self._key(request, stream, control), control)
         call.request = request
         call.on_cache = on_cache
+        call.on_target = on_target
+        enabled = self.config.breaker_enabled
+        if call_fn is not None and (enabled is True or (enabled is None and fallbacks)):
+            primary = Fallback(self._primary_target(request), request, call_fn)
+            call.chain = [primary, *fallbacks]
+        call.scope = scope if scope is not None else current_cost_scope()
         return call
 
+    # --- fallback chains: the shared, I/O-free parts ----------------------------------
+    def _primary_target(self, request: LLMRequest) -> Target:
+        if self._target is not None:
+            return self._target
+        key = getattr(self._gate, "key", None)
+        if not isinstance(key, str) or not key:
+            # The provider id may hold a URL: a digest of it goes into names and logs.
+            digest = hashlib.blake2b(str(request.provider).encode(), digest_size=3).hexdigest()
+            key = f"{request.model}~{digest}"
+        return Target(key, gate=self._gate)
+
+    def breakers(self) -> Breakers:
+        """The circuit breakers of this service's chains: ``breakers_for(config)`` unless given."""
+        if self._breakers is None:
+            self._breakers = breakers_for(self.config)
+        return self._breakers
+
+    def _deadline_at(self, call: _Call) -> float | None:
+        seconds = self.config.request_deadline
+        return None if seconds is None else call.started + seconds
+
+    def _fail_over(
+        self, alt: Fallback, exc: Exception, limited: set[str], breakers: Breakers
+    ) -> bool:
+        """True when ``exc`` from ``alt`` moves the call to the next target (counted)."""
+        if isinstance(exc, Overloaded):
+            reason = "gate"  # its queue is full or too slow: another target may take it
+        else:
+            failure = classify(exc)
+            if not failure.retryable:
+                return False
+            reason = failure.kind
+            if reason == "rate_limited":
+                limited.add(alt.target.limit_scope)
+        breakers.failover(alt.target.name, reason)
+        self._tracker.incr("fallback.failovers", operation=self.operation)
+        return True
+
+    def _unavailable(
+        self, refused: list[tuple[Fallback, Admission]], deadline_at: float | None
+    ) -> float:
+        """Every target was refused by its breaker: seconds to wait, or raise."""
+        wait = max(0.001, min(a.retry_in for _, a in refused))
+        if deadline_at is None or self._clock() + wait < deadline_at:
+            return wait
+        states = [(alt.target.name, a.state, a.retry_in) for alt, a in refused]
+        raise ProviderUnavailable(states, reason="the earliest probe is past the deadline")
+
+    def _answered_by(self, call: _Call, alt: Fallback, index: int) -> None:
+        if index == 0:
+            return
+        call.answered_by = alt.target.name
+        call.answered_request = alt.request
+        if call.on_target is not None:
+            call.on_target(alt.target.name)
+
+    def _answer_keys(
+        self, key: str, call: _Call, stream: bool
+    ) -> list[tuple[str, str, str | None]]:
+        """Where an answer is stored: ``(key, model, target)`` entries."""
+        request = call.request
+        model = request.model if request is not None else "unknown"
+        if call.answered_by is None:
+            return [(key, model, None)]
+        keys: list[tuple[str, str, str | None]] = []
+        fallback = call.answered_request
+        if fallback is not None:
+            own = self._key(fallback, stream, call.control)
+            if own is not None:
+                keys.append((own, fallback.model, None))
+        if self.config.cache_fallback_answers:
+            keys.append((key, model, call.answered_by))
+        return keys
+
     @staticmethod
-    def _entry(kind: str, data: Any, usage: Usage | None) -> dict[str, Any]:
-        u = usage or Usage()
-        return {"kind": kind, "data": data, "usage": [u.tokens_in, u.tokens_out]}
+    def _entry(
+        kind: str, data: Any, usage: Usage | None, target: str | None = None
+    ) -> dict[str, Any]:
+        entry = {"kind": kind, "data": data, "usage": (usage or Usage()).as_list()}
+        if target is not None:
+            entry["target"] = target  # a fallback's answer stored for the primary
+        return entry
 
     @staticmethod
     def _read_entry(kind: str, entry: Any) -> tuple[Any, Usage] | None:
@@ -442,13 +634,13 @@ class LLMService(ProviderCalls):
         raw = entry.get("usage")
         if (
             not isinstance(raw, list)
-            or len(raw) != 2
+            or len(raw) not in (2, 5)  # entries written before cached/reasoning tokens: 2
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in raw)
         ):
             return None
         if kind == "stream" and not isinstance(entry["data"], list):
             return None
-        return entry["data"], Usage(raw[0], raw[1])
+        return entry["data"], Usage(*raw)
 
     def _ttl(self, call: _Call) -> float | None:
         return call.control.ttl or self.config.cache_ttl
@@ -482,9 +674,10 @@ class LLMService(ProviderCalls):
         if call.on_cache is not None and call.cache_hit is not None:
             call.on_cache(call.cache_hit)
         usage = call.usage if call.cache_hit is not True and not call.coalesced else None
+        cost, saved, unknown = self._costs(call, usage, error)
         span_tracer = spans.tracer()
         if span_tracer is not None:
-            self._span(span_tracer, call, usage, error=error)
+            self._span(span_tracer, call, usage, (cost, saved, unknown), error=error)
         tracker = self._tracker
         if not tracker.enabled:
             return
@@ -500,6 +693,10 @@ class LLMService(ProviderCalls):
             tokens_saved=call.saved,
             ttft_s=call.ttft,
             abandoned=call.abandoned,
+            cost_usd=cost,
+            cost_saved_usd=saved,
+            cost_unknown=unknown,
+            model=call.request.model if call.request is not None else None,
         )
         if call.cache_hit is True:
             tracker.incr("cache.hits", operation=operation)
@@ -508,7 +705,44 @@ class LLMService(ProviderCalls):
         if call.coalesced:
             tracker.incr("coalesced", operation=operation)
 
-    def _span(self, tracer: Any, call: _Call, usage: Usage | None, *, error: bool) -> None:
+    def _costs(self, call: _Call, usage: Usage | None, error: bool) -> tuple[float, float, bool]:
+        """USD spent and saved by ``call``, and whether its cost is unknown.
+
+        Spent: the provider's usage of this call at the model's prices. Saved: the stored
+        usage of the answer a hit (or a coalesced call) replays, at the same prices. A
+        model without a price, or a completed provider call that reported no usage, is
+        unknown (never $0). A failed call spent nothing we can see. A fallback's answer is
+        priced as the fallback model's.
+        """
+        request = call.answered_request or call.request
+        if request is None:
+            return 0.0, 0.0, False
+        if usage is None and call.saved_usage is None:
+            unknown = not error and call.attempts > 0 and call.cache_hit is not True
+            return 0.0, 0.0, unknown and not call.coalesced
+        u = usage if usage is not None else call.saved_usage
+        assert u is not None
+        cost = self._prices.chat_cost(
+            request.model,
+            u.tokens_in,
+            u.tokens_out,
+            cached_in=u.cached_in,
+            reasoning=u.reasoning,
+            cache_write=u.cache_write,
+        )
+        if cost is None:
+            return 0.0, 0.0, True
+        return (cost, 0.0, False) if usage is not None else (0.0, cost, False)
+
+    def _span(
+        self,
+        tracer: Any,
+        call: _Call,
+        usage: Usage | None,
+        costs: tuple[float, float, bool],
+        *,
+        error: bool,
+    ) -> None:
         """One OpenTelemetry span of this call (see :mod:`rag_perf_plugins.tracking.spans`)."""
         request = call.request
         attributes: dict[str, Any] = {
@@ -519,6 +753,11 @@ class LLMService(ProviderCalls):
             "rag_perf.coalesced": call.coalesced,
             "rag_perf.tokens_saved": call.saved,
         }
+        if costs[2]:
+            attributes["rag_perf.cost.unknown"] = True
+        else:
+            attributes["rag_perf.cost_usd"] = costs[0]
+            attributes["rag_perf.cost_saved_usd"] = costs[1]
         if call.cache_hit is not None:
             attributes["rag_perf.cache.hit"] = call.cache_hit
             if call.cache_hit:
@@ -530,6 +769,8 @@ class LLMService(ProviderCalls):
             attributes["rag_perf.ttft_s"] = call.ttft
         if call.abandoned:
             attributes["rag_perf.stream.abandoned"] = True
+        if call.answered_by is not None:
+            attributes["rag_perf.fallback.target"] = call.answered_by
         model = request.model if request else "unknown"
         spans.emit(tracer, "chat", model, self._clock() - call.started, attributes, error=error)
 
@@ -546,11 +787,74 @@ class LLMService(ProviderCalls):
         call.usage = codec.usage(value)
         if ticket is not None:
             reconcile_ticket(ticket, self._total(call.usage))
+            self._reconcile_cost(ticket, call)
         return value
 
     @staticmethod
     def _total(usage: Usage | None) -> int | None:
         return None if usage is None else usage.total
+
+    def _spend(self, request: LLMRequest, call: _Call, gate: Any = None) -> dict[str, Any]:
+        """The gate's dollar-budget arguments for ``request`` (none when it has no budgets).
+
+        The estimate is the most the call can cost: its estimated input tokens at the
+        input price and its output limit (``max_tokens``, else the model's
+        ``max_output_tokens`` in the price table, else 16,384) at the dearer of the output
+        and reasoning prices. ``None`` when the model has no price (the gate refuses it).
+        ``gate``: a fallback target's gate (``None``: this service's).
+        """
+        if not self._has_budgets(gate):
+            return {}
+        price = self._prices.get(request.model)
+        if price is None or price.input is None or price.output is None:
+            self._prices.chat_cost(request.model, 0, 0)  # the one warning per model
+            return {"cost_usd": None, "model": request.model, "tenant": call.scope}
+        out = request.max_output_tokens() or price.max_output_tokens or _DEFAULT_MAX_OUTPUT
+        dear_reasoning = price.reasoning is not None and price.reasoning > price.output
+        cost = price.chat_cost(
+            request.estimated_input_tokens(), out, reasoning=out if dear_reasoning else 0
+        )
+        return {"cost_usd": cost, "model": request.model, "tenant": call.scope}
+
+    def _has_budgets(self, gate: Any) -> bool:
+        if gate is None:
+            return self._budgeted
+        return getattr(gate, "dollar_budgets", None) is not None
+
+    def _actual_cost(
+        self, call: _Call, request: LLMRequest | None = None, gate: Any = None
+    ) -> float | None:
+        """What the provider call of ``call`` cost (USD), for the gate; ``None``: unknown.
+
+        ``request`` and ``gate``: a fallback target's (``None``: the answering request and
+        this service's gate).
+        """
+        usage = call.usage
+        request = request or call.answered_request or call.request
+        if not self._has_budgets(gate) or usage is None or request is None:
+            return None
+        return self._prices.chat_cost(
+            request.model,
+            usage.tokens_in,
+            usage.tokens_out,
+            cached_in=usage.cached_in,
+            reasoning=usage.reasoning,
+            cache_write=usage.cache_write,
+        )
+
+    def _reconcile_cost(
+        self, ticket: Any, call: _Call, request: LLMRequest | None = None, gate: Any = None
+    ) -> None:
+        cost = self._actual_cost(call, request, gate)
+        if cost is not None and ticket is not None:
+            ticket.reconcile_cost(cost)
+
+    async def _areconcile_cost(
+        self, ticket: Any, call: _Call, request: LLMRequest | None = None, gate: Any = None
+    ) -> None:
+        cost = self._actual_cost(call, request, gate)
+        if cost is not None and ticket is not None:
+            await ticket.areconcile_cost(cost)
 
     def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
@@ -566,18 +870,33 @@ class LLMService(ProviderCalls):
         except Exception as exc:
             self._corrupt(exc)
             return _MISS
-        call.cache_hit, call.saved = True, found[1].total
+        call.cache_hit, call.saved, call.saved_usage = True, found[1].total, found[1]
+        target = entry.get("target")
+        if isinstance(target, str):
+            call.answered_by = target
+            if call.on_target is not None:
+                call.on_target(target)
         return value
 
     @staticmethod
     def _followed(
-        codec: ResultCodec[T], call: _Call, value: T, data: Any, usage: Usage | None
+        codec: ResultCodec[T],
+        call: _Call,
+        value: T,
+        data: Any,
+        usage: Usage | None,
+        target: str | None = None,
     ) -> T:
         """What a caller returns from the flight: its own answer, or the leader's (decoded)."""
         if call.led or call.cache_hit or data is _UNSTORED:
             return value
+        if target is not None and call.answered_by is None:
+            call.answered_by = target
+            if call.on_target is not None:
+                call.on_target(target)
         # A follower of another caller's request: billed nothing, saved what the leader paid.
         call.coalesced, call.saved = True, usage.total if usage is not None else 0
+        call.saved_usage = usage
         return codec.decode(data)
 
     def _passed(self, codec: ChunkCodec[C], chunk: C, call: _Call, tee: _Tee) -> C:
@@ -592,6 +911,7 @@ class LLMService(ProviderCalls):
         """A live stream ran to its end: its usage, reconciled; the chunks to store, if any."""
         call.usage = codec.usage(tee.live)
         reconcile_ticket(ticket, self._total(call.usage))
+        self._reconcile_cost(ticket, call)
         return tee.recorded if call.control.write else None
 
     @staticmethod
@@ -609,9 +929,16 @@ class LLMService(ProviderCalls):
 
     # --- storing: sync and async shells -----------------------------------------------
     def _put(
-        self, cache: CacheManager, key: str, kind: str, data: Any, call: _Call, model: str
+        self,
+        cache: CacheManager,
+        key: str,
+        kind: str,
+        data: Any,
+        call: _Call,
+        model: str,
+        target: str | None = None,
     ) -> None:
-        entry, ttl = self._entry(kind, data, call.usage), self._ttl(call)
+        entry, ttl = self._entry(kind, data, call.usage, target), self._ttl(call)
         try:
             with applied(call.control):
                 cache.set(key, entry, ttl, namespace=self.namespace, model=model)
@@ -619,9 +946,16 @@ class LLMService(ProviderCalls):
             self._store_error(exc)
 
     async def _aput(
-        self, cache: CacheManager, key: str, kind: str, data: Any, call: _Call, model: str
+        self,
+        cache: CacheManager,
+        key: str,
+        kind: str,
+        data: Any,
+        call: _Call,
+        model: str,
+        target: str | None = None,
     ) -> None:
-        entry, ttl = self._entry(kind, data, call.usage), self._ttl(call)
+        entry, ttl = self._entry(kind, data, call.usage, target), self._ttl(call)
         try:
             with applied(call.control):
                 await cache.aset(key, entry, ttl, namespace=self.namespace, model=model)
@@ -637,6 +971,9 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
+        fallbacks: Sequence[Fallback] = (),
+        on_target: Callable[[str], None] | None = None,
     ) -> T:
         """The answer to ``request``: from the cache, another caller's flight, or ``call()``.
 
@@ -650,8 +987,16 @@ class LLMService(ProviderCalls):
         ``on_cache`` (all four methods): called once with ``True`` (hit) or ``False`` (miss,
         coalesced onto another caller's request included) when the call ends, if the cache
         was consulted; adapters pass it to tell a framework run what happened.
+
+        ``cost_scope`` (all four methods): the tenant or user the call is charged to in the
+        dollar budgets; ``None``: the :func:`~rag_perf_plugins.cost.cost_scope` in effect.
+
+        ``fallbacks`` (all four methods): other targets to try in order (see the class
+        docstring); ``on_target``: called with a fallback target's name when it answered.
         """
-        state = self._begin(request, False, control, on_cache)
+        state = self._begin(
+            request, False, control, on_cache, cost_scope, fallbacks, on_target, call
+        )
         op = self.operation
         try:
             value = self._generate(request, call, codec, state)
@@ -680,16 +1025,16 @@ class LLMService(ProviderCalls):
                 return hit
         state.cache_hit = False
 
-        def reread() -> tuple[T, Any, Usage | None] | None:
+        def reread() -> tuple[T, Any, Usage | None, str | None] | None:
             with applied(state.control):
                 entry = cache.get(key, namespace=self.namespace)
             found = self._read_entry("result", entry)
             late = self._hit("result", entry, codec.decode, state)
             if found is not None and not isinstance(late, _Miss):
-                return late, found[0], found[1]
+                return late, found[0], found[1], state.answered_by
             return None
 
-        def lead() -> tuple[T, Any, Usage | None]:
+        def lead() -> tuple[T, Any, Usage | None, str | None]:
             if state.control.read:
                 # Another leader may have stored the answer between our lookup and our
                 # claim (its flight had just ended): read again before calling the provider.
@@ -706,9 +1051,10 @@ class LLMService(ProviderCalls):
                 state.led = True
                 value = self._provider(request, call, codec, state)
                 data = self._encode(codec, value)
-                if data is not _UNSTORED and state.control.write:
-                    self._put(cache, key, "result", data, state, request.model)
-                return value, data, state.usage
+                if data is not _UNSTORED and state.control.write and not state.cache_hit:
+                    for where, model, target in self._answer_keys(key, state, False):
+                        self._put(cache, where, "result", data, state, model, target)
+                return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *self._flight.do(key, lead))
 
@@ -721,14 +1067,28 @@ class LLMService(ProviderCalls):
         state: _Call,
     ) -> T:
         gate, retry = self._gate, self._retry
+        chain = state.chain
+        if chain is not None:
+
+            def one(alt: Fallback) -> T:
+                return self._attempt(alt, codec, state)
+
+            def looked_up(alt: Fallback) -> T | _Miss:
+                return self._lookup_fallback(alt, codec, state)
+
+            def run_chain() -> T:
+                return self._chain(chain, one, looked_up, state)
+
+            return retry.call(run_chain) if retry is not None else run_chain()
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, call(), None, state)
-            with gate.acquire(tokens=tokens) as ticket:
+            with gate.acquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = call()
@@ -737,6 +1097,7 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 reconcile_ticket(ticket, self._total(state.usage))
+                self._reconcile_cost(ticket, state)
                 return value
 
         return retry.call(attempt) if retry is not None else attempt()
@@ -751,6 +1112,10 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], T] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
+        fallbacks: Sequence[Fallback] = (),
+        on_target: Callable[[str], None] | None = None,
+        blocking_fallbacks: Sequence[Fallback] = (),
     ) -> T:
         """Async twin of :meth:`generate`; never blocks the event loop (cache I/O included).
 
@@ -758,13 +1123,24 @@ class LLMService(ProviderCalls):
         coalesced onto it and is stored when it completes.
 
         ``blocking``: the blocking twin of ``call``. With ``async_enabled: false`` in the
-        config, the call runs :meth:`generate` with it in a worker thread instead.
+        config, the call runs :meth:`generate` with it in a worker thread instead, with
+        ``blocking_fallbacks`` (the fallbacks with blocking calls).
         """
         if blocking is not None and not self.config.async_enabled:
             return await run_blocking(
-                self.generate, request, blocking, codec, control=control, on_cache=on_cache
+                self.generate,
+                request,
+                blocking,
+                codec,
+                control=control,
+                on_cache=on_cache,
+                cost_scope=cost_scope if cost_scope is not None else current_cost_scope(),
+                fallbacks=blocking_fallbacks,
+                on_target=on_target,
             )
-        state = self._begin(request, False, control, on_cache)
+        state = self._begin(
+            request, False, control, on_cache, cost_scope, fallbacks, on_target, call
+        )
         op = self.operation
         try:
             value = await self._agenerate(request, call, codec, state)
@@ -792,16 +1168,16 @@ class LLMService(ProviderCalls):
                 return hit
         state.cache_hit = False
 
-        async def reread() -> tuple[T, Any, Usage | None] | None:
+        async def reread() -> tuple[T, Any, Usage | None, str | None] | None:
             with applied(state.control):
                 entry = await cache.aget(key, namespace=self.namespace)
             found = self._read_entry("result", entry)
             late = self._hit("result", entry, codec.decode, state)
             if found is not None and not isinstance(late, _Miss):
-                return late, found[0], found[1]
+                return late, found[0], found[1], state.answered_by
             return None
 
-        async def lead() -> tuple[T, Any, Usage | None]:
+        async def lead() -> tuple[T, Any, Usage | None, str | None]:
             if state.control.read:
                 # Another leader may have stored the answer between our lookup and our
                 # claim (its flight had just ended): read again before calling the provider.
@@ -818,9 +1194,10 @@ class LLMService(ProviderCalls):
                 state.led = True
                 value = await self._aprovider(request, call, codec, state)
                 data = self._encode(codec, value)
-                if data is not _UNSTORED and state.control.write:
-                    await self._aput(cache, key, "result", data, state, request.model)
-                return value, data, state.usage
+                if data is not _UNSTORED and state.control.write and not state.cache_hit:
+                    for where, model, target in self._answer_keys(key, state, False):
+                        await self._aput(cache, where, "result", data, state, model, target)
+                return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *await self._flight.ado(key, lead))
 
@@ -832,14 +1209,28 @@ class LLMService(ProviderCalls):
         state: _Call,
     ) -> T:
         gate, retry = self._gate, self._retry
+        chain = state.chain
+        if chain is not None:
+
+            async def one(alt: Fallback) -> T:
+                return await self._aattempt(alt, codec, state)
+
+            async def looked_up(alt: Fallback) -> T | _Miss:
+                return await self._alookup_fallback(alt, codec, state)
+
+            async def run_chain() -> T:
+                return await self._achain(chain, one, looked_up, state)
+
+            return await retry.acall(run_chain) if retry is not None else await run_chain()
         tokens = request.estimated_tokens() if gate is not None else 0
+        spend = self._spend(request, state)
 
         async def attempt() -> T:
             state.attempts += 1
             if gate is None:
                 self.provider_calls += 1
                 return self._answered(codec, await call(), None, state)
-            async with gate.aacquire(tokens=tokens) as ticket:
+            async with gate.aacquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
                     answer = await call()
@@ -848,9 +1239,186 @@ class LLMService(ProviderCalls):
                     raise
                 value = self._answered(codec, answer, None, state)
                 await areconcile_ticket(ticket, self._total(state.usage))
+                await self._areconcile_cost(ticket, state)
                 return value
 
         return await retry.acall(attempt) if retry is not None else await attempt()
+
+    # --- fallback chains: generated blocking twins -------------------------------------
+    # unasync: generated from _achain
+    def _chain(
+        self,
+        chain: list[Fallback],
+        one: Callable[[Fallback], R],
+        looked_up: Callable[[Fallback], R | _Miss] | None,
+        state: _Call,
+    ) -> R:
+        breakers = self.breakers()
+        deadline_at = self._deadline_at(state)
+        while True:
+            limited: set[str] = set()
+            refused: list[tuple[Fallback, Admission]] = []
+            last: Exception | None = None
+            for index, alt in enumerate(chain):
+                if index > 0 and looked_up is not None:
+                    found = looked_up(alt)
+                    if not isinstance(found, _Miss):
+                        return found
+                target = alt.target
+                if target.limit_scope in limited:
+                    breakers.failover(target.name, "same_rate_limit_scope")
+                    continue
+                if index < len(chain) - 1 and _paused(target.gate):
+                    breakers.failover(target.name, "paused")
+                    continue
+                admission = breakers.admit(target.name)
+                if not admission.allowed:
+                    refused.append((alt, admission))
+                    breakers.failover(target.name, "open")
+                    continue
+                try:
+                    value = one(alt)
+                except Exception as exc:
+                    breakers.record(target.name, outcome_of(exc), probe=admission.probe)
+                    if not self._fail_over(alt, exc, limited, breakers):
+                        raise
+                    last = exc
+                    continue
+                breakers.record(target.name, "success", probe=admission.probe)
+                self._answered_by(state, alt, index)
+                return value
+            if last is not None:
+                raise last  # the retry policy decides: back off and run the chain again, or not
+            time.sleep(self._unavailable(refused, deadline_at))
+
+    # unasync: generated from _aattempt
+    def _attempt(self, alt: Fallback, codec: ResultCodec[T], state: _Call) -> T:
+        state.attempts += 1
+        gate = alt.target.gate
+        answer: T
+        if gate is None:
+            self.provider_calls += 1
+            answer = alt.call()
+            return self._answered(codec, answer, None, state)
+        tokens = alt.request.estimated_tokens()
+        spend = self._spend(alt.request, state, gate)
+        with gate.acquire(tokens=tokens, **spend) as ticket:
+            self._admitted(ticket, state)
+            try:
+                answer = alt.call()
+            except Exception as exc:
+                observe_failure(gate, exc)  # a 429's Retry-After pauses this target
+                raise
+            value = self._answered(codec, answer, None, state)
+            reconcile_ticket(ticket, self._total(state.usage))
+            self._reconcile_cost(ticket, state, alt.request, gate)
+            return value
+
+    # unasync: generated from _alookup_fallback
+    def _lookup_fallback(self, alt: Fallback, codec: ResultCodec[T], state: _Call) -> T | _Miss:
+        cache = self._cache
+        if cache is None or not state.control.read:
+            return _MISS
+        key = self._key(alt.request, False, state.control)
+        if key is None:
+            return _MISS
+        with applied(state.control):
+            entry = cache.get(key, namespace=self.namespace)
+        hit = self._hit("result", entry, codec.decode, state)
+        if not isinstance(hit, _Miss):
+            state.answered_by, state.answered_request = alt.target.name, alt.request
+            if state.on_target is not None:
+                state.on_target(alt.target.name)
+        return hit
+
+    # --- fallback chains: async source of the generated blocking twins ----------------
+    async def _achain(
+        self,
+        chain: list[Fallback],
+        one: Callable[[Fallback], Awaitable[R]],
+        looked_up: Callable[[Fallback], Awaitable[R | _Miss]] | None,
+        state: _Call,
+    ) -> R:
+        """One pass over the chain (again while every breaker is open, within the deadline)."""
+        breakers = self.breakers()
+        deadline_at = self._deadline_at(state)
+        while True:
+            limited: set[str] = set()
+            refused: list[tuple[Fallback, Admission]] = []
+            last: Exception | None = None
+            for index, alt in enumerate(chain):
+                if index > 0 and looked_up is not None:
+                    found = await looked_up(alt)
+                    if not isinstance(found, _Miss):
+                        return found
+                target = alt.target
+                if target.limit_scope in limited:
+                    breakers.failover(target.name, "same_rate_limit_scope")
+                    continue
+                if index < len(chain) - 1 and await _apaused(target.gate):
+                    breakers.failover(target.name, "paused")
+                    continue
+                admission = await breakers.aadmit(target.name)
+                if not admission.allowed:
+                    refused.append((alt, admission))
+                    breakers.failover(target.name, "open")
+                    continue
+                try:
+                    value = await one(alt)
+                except Exception as exc:
+                    await breakers.arecord(target.name, outcome_of(exc), probe=admission.probe)
+                    if not self._fail_over(alt, exc, limited, breakers):
+                        raise
+                    last = exc
+                    continue
+                await breakers.arecord(target.name, "success", probe=admission.probe)
+                self._answered_by(state, alt, index)
+                return value
+            if last is not None:
+                raise last  # the retry policy decides: back off and run the chain again, or not
+            await asyncio.sleep(self._unavailable(refused, deadline_at))
+
+    async def _aattempt(self, alt: Fallback, codec: ResultCodec[T], state: _Call) -> T:
+        """One provider request to ``alt``'s target, behind its gate."""
+        state.attempts += 1
+        gate = alt.target.gate
+        answer: T
+        if gate is None:
+            self.provider_calls += 1
+            answer = await alt.call()
+            return self._answered(codec, answer, None, state)
+        tokens = alt.request.estimated_tokens()
+        spend = self._spend(alt.request, state, gate)
+        async with gate.aacquire(tokens=tokens, **spend) as ticket:
+            self._admitted(ticket, state)
+            try:
+                answer = await alt.call()
+            except Exception as exc:
+                await aobserve_failure(gate, exc)  # a 429's Retry-After pauses this target
+                raise
+            value = self._answered(codec, answer, None, state)
+            await areconcile_ticket(ticket, self._total(state.usage))
+            await self._areconcile_cost(ticket, state, alt.request, gate)
+            return value
+
+    async def _alookup_fallback(
+        self, alt: Fallback, codec: ResultCodec[T], state: _Call
+    ) -> T | _Miss:
+        """A fallback's own cached answer (the primary failed or is open), or a miss."""
+        cache = self._cache
+        if cache is None or not state.control.read:
+            return _MISS
+        key = self._key(alt.request, False, state.control)
+        if key is None:
+            return _MISS
+        with applied(state.control):
+            entry = await cache.aget(key, namespace=self.namespace)
+        hit = self._hit("result", entry, codec.decode, state)
+        if not isinstance(hit, _Miss):
+            state.answered_by, state.answered_request = alt.target.name, alt.request
+            if state.on_target is not None:
+                state.on_target(alt.target.name)
+        return hit
 
     # --- streams: sync shell ----------------------------------------------------------
     def stream(
@@ -861,14 +1429,22 @@ class LLMService(ProviderCalls):
         *,
         control: CacheControl | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
+        fallbacks: Sequence[Fallback] = (),
+        on_target: Callable[[str], None] | None = None,
     ) -> Generator[C, None, None]:
         """Chunks of the answer: replayed from the cache, or teed from ``open_stream()``.
 
         ``open_stream`` starts one provider stream (no retries of its own). Close the
         returned generator (or stop iterating and drop it) to abandon the stream: the
         provider stream is closed and nothing is stored.
+
+        With ``fallbacks``, opening the stream (up to its first chunk) fails over; once a
+        chunk was passed on, an error reaches the consumer (never a second model's text).
         """
-        state = self._begin(request, True, control, on_cache)
+        state = self._begin(
+            request, True, control, on_cache, cost_scope, fallbacks, on_target, open_stream
+        )
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -893,7 +1469,8 @@ class LLMService(ProviderCalls):
         chunks = self._ended(codec, tee, ticket, state)
         stack.__exit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
-            self._put(cache, key, "stream", chunks, state, request.model)
+            for where, model, target in self._answer_keys(key, state, True):
+                self._put(cache, where, "stream", chunks, state, model, target)
         self._record(op, state, error=False)
 
     def _replay(
@@ -918,18 +1495,20 @@ class LLMService(ProviderCalls):
         state: _Call,
         op: str,
     ) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
-        gate, retry = self._gate, self._retry
-        tokens = request.estimated_tokens() if gate is not None else 0
+        retry, chain = self._retry, state.chain
 
-        def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
+        def one(alt: Fallback) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
+            gate = alt.target.gate
+            tokens = alt.request.estimated_tokens() if gate is not None else 0
+            spend = self._spend(alt.request, state, gate)
             state.attempts += 1
             stack = contextlib.ExitStack()
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = stack.enter_context(gate.acquire(tokens=tokens))
+                    ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
                 self._admitted(ticket, state)
-                chunks_in = iter(open_stream())
+                chunks_in = iter(alt.call())
                 stack.callback(_close_quietly, chunks_in)
                 first = next(chunks_in, _END)
             except BaseException as exc:
@@ -938,6 +1517,11 @@ class LLMService(ProviderCalls):
                 stack.__exit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
+
+        def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
+            if chain is None:
+                return one(Fallback(Target("primary", gate=self._gate), request, open_stream))
+            return self._chain(chain, one, None, state)
 
         try:
             return retry.call(attempt) if retry is not None else attempt()
@@ -955,6 +1539,10 @@ class LLMService(ProviderCalls):
         control: CacheControl | None = None,
         blocking: Callable[[], Iterator[C]] | None = None,
         on_cache: Callable[[bool], None] | None = None,
+        cost_scope: str | None = None,
+        fallbacks: Sequence[Fallback] = (),
+        on_target: Callable[[str], None] | None = None,
+        blocking_fallbacks: Sequence[Fallback] = (),
     ) -> AsyncGenerator[C, None]:
         """Async twin of :meth:`stream`; cache I/O never blocks the event loop.
 
@@ -966,14 +1554,26 @@ class LLMService(ProviderCalls):
         the chunks come from :meth:`stream` with it, each read in a worker thread.
         """
         if blocking is not None and not self.config.async_enabled:
+            scope = cost_scope if cost_scope is not None else current_cost_scope()
             threaded = iterate_blocking(
-                lambda: self.stream(request, blocking, codec, control=control, on_cache=on_cache)
+                lambda: self.stream(
+                    request,
+                    blocking,
+                    codec,
+                    control=control,
+                    on_cache=on_cache,
+                    cost_scope=scope,
+                    fallbacks=blocking_fallbacks,
+                    on_target=on_target,
+                )
             )
             async with contextlib.aclosing(threaded):
                 async for chunk in threaded:
                     yield chunk
             return
-        state = self._begin(request, True, control, on_cache)
+        state = self._begin(
+            request, True, control, on_cache, cost_scope, fallbacks, on_target, open_stream
+        )
         op = f"{self.operation}.stream"
         key, cache = state.key, self._cache
         if key is not None and cache is not None and state.control.read:
@@ -1001,9 +1601,11 @@ class LLMService(ProviderCalls):
             raise
         chunks = self._ended(codec, tee, None, state)
         await areconcile_ticket(ticket, self._total(state.usage))
+        await self._areconcile_cost(ticket, state)
         await stack.__aexit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
-            await self._aput(cache, key, "stream", chunks, state, request.model)
+            for where, model, target in self._answer_keys(key, state, True):
+                await self._aput(cache, where, "stream", chunks, state, model, target)
         self._record(op, state, error=False)
 
     async def _aopen(
@@ -1013,18 +1615,23 @@ class LLMService(ProviderCalls):
         state: _Call,
         op: str,
     ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
-        gate, retry = self._gate, self._retry
-        tokens = request.estimated_tokens() if gate is not None else 0
+        retry, chain = self._retry, state.chain
 
-        async def attempt() -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
+        async def one(
+            alt: Fallback,
+        ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
+            gate = alt.target.gate
+            tokens = alt.request.estimated_tokens() if gate is not None else 0
+            spend = self._spend(alt.request, state, gate)
             state.attempts += 1
             stack = contextlib.AsyncExitStack()
             try:
                 ticket = None
                 if gate is not None:
-                    ticket = await stack.enter_async_context(gate.aacquire(tokens=tokens))
+                    admission = gate.aacquire(tokens=tokens, **spend)
+                    ticket = await stack.enter_async_context(admission)
                 self._admitted(ticket, state)
-                chunks_in = aiter(open_stream())
+                chunks_in = aiter(alt.call())
                 stack.push_async_callback(_aclose_quietly, chunks_in)
                 first = await anext(chunks_in, _END)
             except BaseException as exc:
@@ -1033,6 +1640,11 @@ class LLMService(ProviderCalls):
                 await stack.__aexit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
+
+        async def attempt() -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
+            if chain is None:
+                return await one(Fallback(Target("primary", gate=self._gate), request, open_stream))
+            return await self._achain(chain, one, None, state)
 
         try:
             return await retry.acall(attempt) if retry is not None else await attempt()
@@ -1057,3 +1669,15 @@ async def _aclose_quietly(iterator: Any) -> None:
     aclose = getattr(iterator, "aclose", None)
     if callable(aclose):
         await aclose()
+
+
+async def _apaused(gate: Any) -> bool:
+    """Whether ``gate`` is paused by a provider's ``Retry-After`` (gates without it: never)."""
+    apaused_for = getattr(gate, "apaused_for", None)
+    return callable(apaused_for) and await apaused_for() > 0
+
+
+def _paused(gate: Any) -> bool:
+    """Blocking :func:`_apaused`."""
+    paused_for = getattr(gate, "paused_for", None)
+    return callable(paused_for) and paused_for() > 0

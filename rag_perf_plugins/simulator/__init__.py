@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from .embeddings import Embedder
 from .options import SimulatorOptions
+from .outage import Outage
 from .provider import provider_url
 from .server import Simulator, ThreadedSimulator
 from .stats import SimulatorStats
 
 __all__ = [
+    "Outage",
     "Embedder",
     "Simulator",
     "SimulatorOptions",

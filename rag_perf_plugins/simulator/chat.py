@@ -36,7 +36,12 @@ How an answer is made:
 - ``response_format`` ``json_object`` gives ``{"answer": ...}``; ``json_schema`` gives a
   value fitting the schema with strings taken from the answer.
 
-Token counts are :mod:`rag_perf_plugins.tokens` estimates. Not done: images and audio
+Token counts are :mod:`rag_perf_plugins.tokens` estimates. Usage carries OpenAI's details:
+``prompt_tokens_details.cached_tokens`` from a :class:`PromptCache` (a prompt whose leading
+messages were sent before, 1,024 tokens or more, is cached in 128-token steps, as OpenAI's
+automatic prompt caching does) and ``completion_tokens_details.reasoning_tokens`` (models
+named like ``o1``, ``o3-mini``, ``o4-mini`` think twice the answer's tokens first; the
+reasoning is counted in ``completion_tokens``, as OpenAI does). Not done: images and audio
 (non-text content parts are ignored), ``logprobs``, legacy ``functions``.
 """
 
@@ -59,6 +64,7 @@ __all__ = [
     "ChatPlan",
     "ChatRequest",
     "Choice",
+    "PromptCache",
     "completion_body",
     "plan_chat",
     "stream_events",
@@ -82,6 +88,12 @@ _MAX_QUOTE_WORDS = 80
 # Message framing of the chat format, as rag_perf_plugins.tokens.estimate_messages_tokens.
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_REPLY = 3
+
+# OpenAI's automatic prompt caching: prompts from this many tokens, cached in these steps.
+PROMPT_CACHE_MIN_TOKENS = 1024
+PROMPT_CACHE_STEP = 128
+_REASONING_MODEL = re.compile(r"^(?:.*/)?o\d")
+_REASONING_FACTOR = 2
 
 # Words, roles and system prompts repeat from request to request: estimate each once.
 _tokens = functools.lru_cache(maxsize=65_536)(estimate_tokens)
@@ -262,11 +274,15 @@ class ChatPlan:
     stream: bool = False
     include_usage: bool = False
     pieces: tuple[tuple[str, ...], ...] = field(default=())
+    cached_tokens: int = 0  # of prompt_tokens, read from the prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens, spent thinking (reasoning models)
     completion_tokens: int = field(init=False)  # generated tokens over all choices
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "completion_tokens", sum(c.completion_tokens for c in self.choices)
+            self,
+            "completion_tokens",
+            sum(c.completion_tokens for c in self.choices) + self.reasoning_tokens,
         )
 
     @property
@@ -274,13 +290,62 @@ class ChatPlan:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
-    def usage(self) -> dict[str, int]:
-        """The ``usage`` object of the response."""
+    def usage(self) -> dict[str, Any]:
+        """The ``usage`` object of the response, with OpenAI's token details."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": self.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
+
+
+class PromptCache:
+    """Leading messages of earlier prompts, per model: OpenAI-style prompt caching.
+
+    Example: ``cache.cached_tokens(request)`` is 0 the first time a long system prompt is
+    sent and its tokens (rounded down to 128) when it is sent again.
+
+    A prompt's cached tokens are those of its longest run of leading messages (with their
+    framing) already sent to the same model, when that run has at least
+    :data:`PROMPT_CACHE_MIN_TOKENS` tokens, rounded down to a multiple of
+    :data:`PROMPT_CACHE_STEP`. Every run of leading messages of the prompt is remembered
+    (up to ``max_entries``, oldest forgotten first). Not thread-safe: one event loop.
+    """
+
+    __slots__ = ("_seen", "max_entries")
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._seen: dict[bytes, None] = {}
+
+    def cached_tokens(self, request: ChatRequest) -> int:
+        """Tokens of ``request``'s prompt read from the cache; remembers its prefixes."""
+        digest = hashlib.blake2b(request.model.encode(), digest_size=16)
+        tokens = _TOKENS_PER_REPLY
+        if request.tools:
+            tokens += _tokens(json.dumps(list(request.tools), separators=(",", ":")))
+            digest.update(json.dumps(list(request.tools), sort_keys=True).encode())
+        best = 0
+        for m in request.messages:
+            digest.update(b"\x00" + m.role.encode() + b"\x00" + m.text.encode())
+            tokens += _TOKENS_PER_MESSAGE + _tokens(m.role) + _tokens(m.text)
+            key = digest.copy().digest()
+            if key in self._seen:
+                best = tokens
+            else:
+                self._seen[key] = None
+                if len(self._seen) > self.max_entries:
+                    del self._seen[next(iter(self._seen))]
+        if best < PROMPT_CACHE_MIN_TOKENS:
+            return 0
+        return best // PROMPT_CACHE_STEP * PROMPT_CACHE_STEP
 
 
 def text_pieces(text: str) -> list[str]:
@@ -402,8 +467,11 @@ def _tool_choice(request: ChatRequest) -> dict[str, Any] | None:
     return request.tools[0]
 
 
-def plan_chat(request: ChatRequest, *, sample: int) -> ChatPlan:
+def plan_chat(request: ChatRequest, *, sample: int, cached_tokens: int = 0) -> ChatPlan:
     """The answer to ``request``; ``sample`` varies sampled answers (temperature > 0, no seed).
+
+    ``cached_tokens``: of the prompt, read from the provider's prompt cache
+    (:meth:`PromptCache.cached_tokens`); reported in the usage's details.
 
     Raises:
         ChatInputError: ``tool_choice`` names a tool that is not given.
@@ -435,6 +503,9 @@ def plan_chat(request: ChatRequest, *, sample: int) -> ChatPlan:
         text, finish, pieces = _cut(answer, request)
         choices.append(Choice(text, (), finish, sum(map(_tokens, pieces))))
         all_pieces.append(tuple(pieces))
+    reasoning = 0
+    if _REASONING_MODEL.match(request.model):
+        reasoning = _REASONING_FACTOR * sum(c.completion_tokens for c in choices)
     return ChatPlan(
         model=request.model,
         choices=tuple(choices),
@@ -442,6 +513,8 @@ def plan_chat(request: ChatRequest, *, sample: int) -> ChatPlan:
         stream=request.stream,
         include_usage=request.include_usage,
         pieces=tuple(all_pieces),
+        cached_tokens=min(cached_tokens, prompt_tokens),
+        reasoning_tokens=reasoning,
     )
 
 

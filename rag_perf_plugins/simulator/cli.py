@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .options import OPTION_DOCS, SimulatorOptions
+from .outage import Outage
 from .server import Simulator
 
 __all__ = ["register"]
@@ -54,7 +55,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="print the counters every S seconds (0: only at exit)",
     )
     defaults = SimulatorOptions()
+    parser.add_argument(
+        "--outage",
+        dest="outages",
+        type=Outage.parse,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=f"{OPTION_DOCS['outages']}; start and duration in seconds since the start",
+    )
     for field in dataclasses.fields(SimulatorOptions):
+        if field.name == "outages":
+            continue
         default = getattr(defaults, field.name)
         if field.name in ("rpm", "tpm"):
             kind: Callable[[str], Any] = _optional(float)
@@ -76,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        options = SimulatorOptions(**{n: getattr(args, n) for n in SimulatorOptions.names()})
+        values = {n: getattr(args, n) for n in SimulatorOptions.names()}
+        values["outages"] = tuple(values["outages"])
+        options = SimulatorOptions(**values)
         simulator = Simulator(options, host=args.host, port=args.port)
     except ValueError as exc:
         print(f"rag-perf simulate: {exc}", file=sys.stderr)

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .outage import Outage
+
 __all__ = ["OPTION_DOCS", "SimulatorOptions"]
 
 # name -> one-line meaning with unit; the CLI's --help and the class docstring read this.
@@ -39,6 +41,8 @@ OPTION_DOCS: dict[str, str] = {
     "drop_rate": "share of requests whose connection is closed unanswered (seeded), 0..1",
     "seed": "seed of every random decision (faults, jitter, sampled answers)",
     "embedding_dim": "vector size of embedding models the simulator does not know",
+    "outages": "scheduled outages (repeatable --outage model=M,start=S,duration=D,status=503,"
+    "rate=1): the model or route fails with status for duration seconds",
 }
 
 _RATES = ("error_rate", "rate_limit_rate", "slow_rate", "truncate_rate", "drop_rate")
@@ -92,6 +96,7 @@ class SimulatorOptions:
     drop_rate: float = 0.0
     seed: int = 0
     embedding_dim: int = 1536
+    outages: tuple[Outage, ...] = ()
 
     def __post_init__(self) -> None:
         for name in _NON_NEGATIVE:
@@ -107,6 +112,11 @@ class SimulatorOptions:
             _check_int("max_concurrency", self.max_concurrency, low=1, none_hint=True)
         _check_int("seed", self.seed, low=None)
         _check_int("embedding_dim", self.embedding_dim, low=1)
+        if not isinstance(self.outages, tuple) or not all(
+            isinstance(o, Outage) for o in self.outages
+        ):
+            msg = f"outages must be a tuple of Outage, got {self.outages!r}"
+            raise ValueError(msg)
 
     def replace(self, **changes: Any) -> SimulatorOptions:
         """A copy with ``changes`` applied (validated again)."""

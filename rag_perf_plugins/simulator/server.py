@@ -27,8 +27,10 @@ of TCP connections accepted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -37,10 +39,19 @@ from typing import Any
 from aiohttp import web
 
 from .._clock import Clock, monotonic
-from .chat import ChatInputError, ChatPlan, ChatRequest, completion_body, plan_chat, stream_events
+from .chat import (
+    ChatInputError,
+    ChatPlan,
+    ChatRequest,
+    PromptCache,
+    completion_body,
+    plan_chat,
+    stream_events,
+)
 from .embeddings import KNOWN_MODELS, Embedder, EmbeddingInputError
 from .limits import FaultDice, Roll, TokenBucket, format_reset
 from .options import SimulatorOptions
+from .outage import Outage
 from .stats import SimulatorStats
 
 __all__ = ["Simulator", "ThreadedSimulator"]
@@ -148,6 +159,7 @@ class Simulator:
         self._sleep = sleep
         self._stats = SimulatorStats()
         self._embedder = Embedder(default_dim=self.options.embedding_dim)
+        self._prompt_cache = PromptCache()
         self._dice = FaultDice(self.options)
         o = self.options
         self._rpm = (
@@ -161,6 +173,10 @@ class Simulator:
             else None
         )
         self._ids = itertools.count(1)
+        self._born = clock()  # outage windows count from here
+        self._outages: list[Outage] = list(o.outages)
+        self._outage_rng = random.Random(o.seed)  # its own draws: other rolls keep their order
+        self._outage_lock = threading.Lock()
         self._runner: web.ServerRunner | None = None
         self._port: int | None = None
         models = sorted({*_CHAT_MODELS, *KNOWN_MODELS})
@@ -232,6 +248,35 @@ class Simulator:
         """Zero the counters (not the rate-limit buckets); thread-safe."""
         self._stats.reset()
 
+    def elapsed(self) -> float:
+        """Seconds on the simulator's clock since it was built (the outages' time axis)."""
+        return self._clock() - self._born
+
+    def add_outage(self, outage: Outage | None = None, **fields: Any) -> Outage:
+        """Schedule an outage; ``start_s`` defaults to now. Thread-safe.
+
+        Example: ``sim.add_outage(model="gpt-4o-mini", duration_s=10.0)`` (503s from now
+        for 10 s), or ``sim.add_outage(Outage(...))`` with its own start.
+        """
+        if outage is None:
+            fields.setdefault("start_s", self.elapsed())
+            outage = Outage(**fields)
+        with self._outage_lock:
+            self._outages.append(outage)
+        return outage
+
+    def _outage(self, route: str, model: str | None) -> Outage | None:
+        if not self._outages:
+            return None
+        elapsed = self.elapsed()
+        with self._outage_lock:
+            for outage in self._outages:
+                if outage.active(elapsed, route, model) and (
+                    outage.rate >= 1.0 or self._outage_rng.random() < outage.rate
+                ):
+                    return outage
+        return None
+
     def __repr__(self) -> str:
         where = self.base_url if self.running else "stopped"
         s = self._stats.snapshot()
@@ -301,6 +346,10 @@ class Simulator:
             if endpoint == _MODELS:
                 return await self._models(request, path, roll)
             payload = self._decode(body_bytes)
+            model = payload.get("model") if isinstance(payload, dict) else None
+            model = model if isinstance(model, str) else None
+            self._stats.model_request(model)
+            self._fail_outage(endpoint, model)
             if endpoint == _EMBEDDINGS:
                 return await self._embeddings(request, payload, roll)
             return await self._chat(request, payload, roll)
@@ -371,6 +420,23 @@ class Simulator:
             headers["x-ratelimit-remaining-tokens"] = str(self._tpm.remaining())
             headers["x-ratelimit-reset-tokens"] = format_reset(self._tpm.reset_after())
         return headers
+
+    def _fail_outage(self, route: str, model: str | None) -> None:
+        outage = self._outage(route, model)
+        if outage is None:
+            return
+        self._stats.fault("outage")
+        if outage.status == 429:
+            self._stats.rate_limited("outage")
+            raise _Refused(
+                429,
+                _error_body(
+                    "Rate limit reached (scheduled outage).", "requests", "rate_limit_exceeded"
+                ),
+                self._retry_headers(outage.retry_after_s),
+            )
+        message = f"The model {model or '?'} is unavailable (scheduled outage)."
+        raise _Refused(outage.status, _error_body(message, "server_error"))
 
     def _fail_injected(self, roll: Roll) -> None:
         if roll.error:
@@ -451,7 +517,7 @@ class Simulator:
             json.dumps(model).encode(),
             b'{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens),
         )
-        self._stats.tokens(embedding=tokens, inputs=len(inputs))
+        self._stats.tokens(embedding=tokens, inputs=len(inputs), model=model)
         return await self._send_json(request, body, roll)
 
     @staticmethod
@@ -492,15 +558,24 @@ class Simulator:
         self, request: web.BaseRequest, payload: Any, roll: Roll
     ) -> web.StreamResponse | None:
         try:
-            plan = plan_chat(ChatRequest.parse(payload), sample=roll.sample)
+            chat = ChatRequest.parse(payload)
+            plan = plan_chat(chat, sample=roll.sample)
         except ChatInputError as exc:
             raise _Refused(400, _error_body(str(exc), "invalid_request_error")) from None
         self._admit_budget(plan.total_tokens)
         self._fail_injected(roll)
+        cached = self._prompt_cache.cached_tokens(chat)
+        if cached:
+            plan = dataclasses.replace(plan, cached_tokens=min(cached, plan.prompt_tokens))
         completion_id = f"chatcmpl-sim{next(self._ids):08x}"
         created = int(time.time())
         self._stats.tokens(
-            prompt=plan.prompt_tokens, completion=plan.completion_tokens, stream=plan.stream
+            prompt=plan.prompt_tokens,
+            completion=plan.completion_tokens,
+            stream=plan.stream,
+            model=plan.model,
+            cached=plan.cached_tokens,
+            reasoning=plan.reasoning_tokens,
         )
         if plan.stream:
             return await self._stream(request, plan, completion_id, created, roll)

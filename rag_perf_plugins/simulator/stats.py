@@ -19,6 +19,8 @@ from typing import Any
 
 __all__ = ["SimulatorStats"]
 
+_PER_MODEL = ("prompt", "cached", "completion", "reasoning", "embedding")
+
 
 class SimulatorStats:
     """Counters of one simulator: requests, connections, concurrency, 429s, faults, tokens.
@@ -44,11 +46,19 @@ class SimulatorStats:
     - ``tokens_total`` = ``prompt_tokens_total`` + ``completion_tokens_total`` +
       ``embedding_tokens_total``: tokens of every answer the simulator started to send
       (truncated ones included, refused ones not).
+    - ``cached_tokens_total`` (of the prompt tokens, read from the prompt cache) and
+      ``reasoning_tokens_total`` (of the completion tokens, spent reasoning).
+    - ``tokens_by_model``: model -> ``prompt``, ``cached``, ``completion``, ``reasoning``,
+      ``embedding`` tokens (the same counts, per model asked for).
     - ``embedding_inputs_total`` (texts embedded), ``streams_total`` (streamed answers).
+    - ``requests_by_model``: chat and embedding requests per requested ``model`` (refused
+      ones included: what a provider's dashboard would count); ``faults_by_kind["outage"]``
+      counts answers failed by a scheduled outage.
     """
 
     __slots__ = (
         "_by_endpoint",
+        "_by_model",
         "_by_status",
         "_counts",
         "_faults_by_kind",
@@ -57,6 +67,7 @@ class SimulatorStats:
         "_lock",
         "_open_connections",
         "_peak",
+        "_requests_by_model",
     )
 
     _COUNTS = (
@@ -66,7 +77,9 @@ class SimulatorStats:
         "rate_limited_total",
         "errors_injected_total",
         "prompt_tokens_total",
+        "cached_tokens_total",
         "completion_tokens_total",
+        "reasoning_tokens_total",
         "embedding_tokens_total",
         "embedding_inputs_total",
         "streams_total",
@@ -78,7 +91,9 @@ class SimulatorStats:
         self._open_connections = 0
         self._counts: dict[str, int] = {}
         self._by_endpoint: dict[str, int] = {}
+        self._requests_by_model: dict[str, int] = {}
         self._by_status: dict[int, int] = {}
+        self._by_model: dict[str, dict[str, int]] = {}
         self._limited_by_reason: dict[str, int] = {}
         self._faults_by_kind: dict[str, int] = {}
         self._peak = 0
@@ -89,7 +104,9 @@ class SimulatorStats:
         with self._lock:
             self._counts = dict.fromkeys(self._COUNTS, 0)
             self._by_endpoint = {}
+            self._requests_by_model = {}
             self._by_status = {}
+            self._by_model = {}
             self._limited_by_reason = {}
             self._faults_by_kind = {}
             self._peak = self._inflight
@@ -116,6 +133,12 @@ class SimulatorStats:
                 self._peak = self._inflight
             return self._inflight
 
+    def model_request(self, model: str | None) -> None:
+        """A chat or embedding request named ``model`` (``None``: none or not a string)."""
+        name = model if model is not None else "?"
+        with self._lock:
+            self._requests_by_model[name] = self._requests_by_model.get(name, 0) + 1
+
     def request_finished(self, status: int | None) -> None:
         """A request left the handler, answered with ``status`` (``None``: no answer)."""
         with self._lock:
@@ -124,13 +147,13 @@ class SimulatorStats:
                 self._by_status[status] = self._by_status.get(status, 0) + 1
 
     def rate_limited(self, reason: str) -> None:
-        """A 429 was sent, for ``reason`` (``rpm``, ``tpm``, ``concurrency``, ``injected``)."""
+        """A 429 was sent, for ``reason`` (``rpm``, ``tpm``, ``concurrency``, ``outage``...)."""
         with self._lock:
             self._counts["rate_limited_total"] += 1
             self._limited_by_reason[reason] = self._limited_by_reason.get(reason, 0) + 1
 
     def fault(self, kind: str) -> None:
-        """A fault was injected: ``500``, ``503``, ``drop``, ``truncate`` or ``slow``."""
+        """A fault was injected: ``500``, ``503``, ``drop``, ``truncate``, ``slow``, ``outage``."""
         with self._lock:
             if kind != "slow":
                 self._counts["errors_injected_total"] += 1
@@ -144,15 +167,33 @@ class SimulatorStats:
         embedding: int = 0,
         inputs: int = 0,
         stream: bool = False,
+        model: str | None = None,
+        cached: int = 0,
+        reasoning: int = 0,
     ) -> None:
-        """Tokens of an answer being sent (and texts embedded, streams started)."""
+        """Tokens of an answer being sent (and texts embedded, streams started).
+
+        ``cached`` and ``reasoning`` are parts of ``prompt`` and ``completion``; with
+        ``model`` the tokens are also counted per model (``tokens_by_model``).
+        """
         with self._lock:
             c = self._counts
             c["prompt_tokens_total"] += prompt
+            c["cached_tokens_total"] += cached
             c["completion_tokens_total"] += completion
+            c["reasoning_tokens_total"] += reasoning
             c["embedding_tokens_total"] += embedding
             c["embedding_inputs_total"] += inputs
             c["streams_total"] += stream
+            if model is not None:
+                per = self._by_model.get(model)
+                if per is None:
+                    per = self._by_model[model] = dict.fromkeys(_PER_MODEL, 0)
+                per["prompt"] += prompt
+                per["cached"] += cached
+                per["completion"] += completion
+                per["reasoning"] += reasoning
+                per["embedding"] += embedding
 
     def snapshot(self) -> dict[str, Any]:
         """A plain, JSON-ready dict of every count (see the class docstring for the keys)."""
@@ -161,6 +202,7 @@ class SimulatorStats:
             out: dict[str, Any] = {
                 "requests_total": c.pop("requests_total"),
                 "requests_by_endpoint": dict(self._by_endpoint),
+                "requests_by_model": dict(self._requests_by_model),
                 "responses_by_status": {str(k): v for k, v in sorted(self._by_status.items())},
                 "connections_opened": c.pop("connections_opened"),
                 "connections_closed": c.pop("connections_closed"),
@@ -171,6 +213,7 @@ class SimulatorStats:
                 "rate_limited_by_reason": dict(self._limited_by_reason),
                 "errors_injected_total": c.pop("errors_injected_total"),
                 "faults_by_kind": dict(self._faults_by_kind),
+                "tokens_by_model": {m: dict(v) for m, v in sorted(self._by_model.items())},
             }
         out["tokens_total"] = (
             c["prompt_tokens_total"] + c["completion_tokens_total"] + c["embedding_tokens_total"]

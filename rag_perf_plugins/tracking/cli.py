@@ -18,7 +18,7 @@ from typing import Any
 
 from .tracker import STATS_SCHEMA
 
-__all__ = ["fixed", "load_export", "milliseconds", "render"]
+__all__ = ["dollars", "fixed", "load_export", "milliseconds", "render"]
 
 
 def fixed(x: Any, *, digits: int | None = None) -> str:
@@ -41,8 +41,42 @@ def milliseconds(seconds: Any) -> str:
     return "—" if seconds is None else fixed(float(seconds) * 1000.0)
 
 
+def dollars(usd: Any) -> str:
+    """US dollars in fixed point, to the hundredth of a cent: ``0.01234`` → ``$0.0123``."""
+    return "—" if usd is None else f"${float(usd):,.4f}"
+
+
 def _int(x: Any) -> str:
     return "—" if x is None else f"{int(x):,}"
+
+
+def _render_costs(stats: dict[str, Any], console: Any) -> None:
+    """Dollars spent, saved and unknown, per operation and per model (only where any)."""
+    from rich.table import Table
+
+    def has_cost(entry: dict[str, Any]) -> bool:
+        keys = ("cost_usd", "cost_saved_usd", "cost_unknown_calls")
+        return any(entry.get(k) for k in keys)
+
+    sections = (
+        ("operation", stats.get("operations") or {}),
+        ("model", stats.get("models") or {}),
+    )
+    for kind, entries in sections:
+        rows = [(name, e) for name, e in sorted(entries.items()) if has_cost(e)]
+        if not rows:
+            continue
+        table = Table(title=f"cost per {kind} (USD, at the price table's prices)")
+        for column in (kind, "$ spent", "$ saved", "unknown-cost calls"):
+            table.add_column(column, justify="left" if column == kind else "right")
+        for name, entry in rows:
+            table.add_row(
+                name,
+                dollars(entry.get("cost_usd")),
+                dollars(entry.get("cost_saved_usd")),
+                _int(entry.get("cost_unknown_calls", 0)),
+            )
+        console.print(table)
 
 
 def load_export(path: Path) -> dict[str, Any]:
@@ -108,6 +142,7 @@ def render(stats: dict[str, Any], console: Any) -> None:
             _int(op.get("streams_abandoned")),
         )
     console.print(table)
+    _render_costs(stats, console)
     counters: dict[str, int] = dict(stats.get("counters", {}))
     for name, op in stats.get("operations", {}).items():
         for counter, n in op.get("counters", {}).items():

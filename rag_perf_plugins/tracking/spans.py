@@ -43,9 +43,13 @@ Attributes (GenAI semantic conventions, then ours under ``rag_perf.*``):
 ``rag_perf.retries``                       attempts after the first
 ``rag_perf.ttft_s``                        streams: seconds to the first chunk
 ``rag_perf.stream.abandoned``              streams: closed by the consumer before the end
+``rag_perf.cost_usd``                      USD the provider call cost (price table); 0 on a hit
+``rag_perf.cost_saved_usd``                USD a hit or coalesced call did not spend
+``rag_perf.cost.unknown``                  true (instead of the two above) when the cost is
+                                           unknown: no price for the model, or no usage
 ``rag_perf.batch_size``                    embeddings: texts in the call
-``rag_perf.fallback.target``               never set by these services today (they have no
-                                           model fallback); reserved for it
+``rag_perf.fallback.target``               the fallback target that answered (its breaker
+                                           name); absent when the primary model answered
 =========================================  ==================================================
 
 An error sets the span status to ``ERROR`` with ``error.type``. Does not: record prompts,

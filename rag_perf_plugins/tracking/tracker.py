@@ -89,6 +89,9 @@ class _OpState:
         "batch",
         "cache_hits",
         "cache_misses",
+        "cost_saved_usd",
+        "cost_unknown",
+        "cost_usd",
         "count",
         "counters",
         "errors",
@@ -122,6 +125,9 @@ class _OpState:
         self.tokens_in = 0
         self.tokens_out = 0
         self.tokens_saved = 0
+        self.cost_usd = 0.0
+        self.cost_saved_usd = 0.0
+        self.cost_unknown = 0
         self.cache_hits = 0
         self.cache_misses = 0
         self.retries = 0
@@ -140,6 +146,10 @@ class OperationStats:
     ``None``). ``cache_hit_rate`` counts only calls that reported a hit or a miss.
     ``latency_hit_*`` and ``latency_miss_*`` are the percentiles of those calls alone: the
     overall ones mix cheap hits with misses, so ``latency_miss_p95_s`` is what a miss costs.
+    ``cost_usd`` is what the provider calls cost (USD, at the price table's prices),
+    ``cost_saved_usd`` what cache hits and coalesced calls did not spend, and
+    ``cost_unknown_calls`` the calls whose cost is unknown (no price for the model, or no
+    usage reported): they are not in ``cost_usd``.
     """
 
     operation: str
@@ -172,6 +182,9 @@ class OperationStats:
     ttft_p50_s: float
     ttft_p95_s: float
     streams_abandoned: int
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    cost_unknown_calls: int = 0
     counters: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,6 +229,7 @@ class PerformanceTracker:
         "_clock",
         "_counters",
         "_lock",
+        "_models",
         "_ops",
         "_process",
         "_sinks",
@@ -241,6 +255,7 @@ class PerformanceTracker:
         self._lock = threading.Lock()  # guards creating operations and the global counters
         self._ops: dict[str, _OpState] = {}
         self._counters: dict[str, int] = {}
+        self._models: dict[str, list[float]] = {}  # model -> [calls, cost, saved, unknown]
         self._sinks: tuple[Callable[..., None], ...] = ()
         self._process: Any = None
         self._started = clock()
@@ -287,6 +302,10 @@ class PerformanceTracker:
         tokens_saved: int = 0,
         ttft_s: float | None = None,
         abandoned: bool = False,
+        cost_usd: float = 0.0,
+        cost_saved_usd: float = 0.0,
+        cost_unknown: bool = False,
+        model: str | None = None,
     ) -> None:
         """Record one finished call of ``operation`` that took ``latency_s`` seconds.
 
@@ -305,6 +324,11 @@ class PerformanceTracker:
             tokens_saved: Provider tokens not spent thanks to a cache hit or de-duplication.
             ttft_s: Time to first token/chunk of a stream, in seconds.
             abandoned: A stream the consumer stopped reading before its end.
+            cost_usd: What the provider call cost, in USD (0 for a hit).
+            cost_saved_usd: What a cache hit or a coalesced call did not spend, in USD.
+            cost_unknown: The call's cost is unknown (no price for its model, or no usage).
+            model: The model called; with it the costs are also kept per model
+                (:meth:`cost_by_model`).
         """
         if not self.enabled:
             return
@@ -386,6 +410,21 @@ class PerformanceTracker:
                 state.ttft.add(ttft_s)
             if abandoned:
                 state.abandoned += 1
+            if cost_usd:
+                state.cost_usd += cost_usd
+            if cost_saved_usd:
+                state.cost_saved_usd += cost_saved_usd
+            if cost_unknown:
+                state.cost_unknown += 1
+        if model is not None:
+            with self._lock:
+                entry = self._models.get(model)
+                if entry is None:
+                    entry = self._models[model] = [0, 0.0, 0.0, 0]
+                entry[0] += 1
+                entry[1] += cost_usd
+                entry[2] += cost_saved_usd
+                entry[3] += cost_unknown
         if sinks:
             # Outside the lock: a sink (e.g. OpenTelemetry) may be slow or take its own locks.
             for sink in sinks:
@@ -467,6 +506,24 @@ class PerformanceTracker:
             return self.get_operation_stats(operation).to_dict()
         return self.to_dict(histograms=False)
 
+    def cost_by_model(self) -> dict[str, dict[str, Any]]:
+        """Calls and dollars per model (USD), for the calls recorded with ``model=``.
+
+        Example: ``tracker.cost_by_model()["gpt-4o-mini"]`` is ``{"calls": 12,
+        "cost_usd": 0.0021, "cost_saved_usd": 0.0009, "cost_unknown_calls": 0}``.
+        """
+        with self._lock:
+            items = [(m, list(v)) for m, v in self._models.items()]
+        return {
+            model: {
+                "calls": int(v[0]),
+                "cost_usd": v[1],
+                "cost_saved_usd": v[2],
+                "cost_unknown_calls": int(v[3]),
+            }
+            for model, v in sorted(items)
+        }
+
     def counters(self) -> dict[str, int]:
         """Process-wide named counters (a copy)."""
         with self._lock:
@@ -529,6 +586,7 @@ class PerformanceTracker:
             "window_s": self.window_s,
             "uptime_s": self._clock() - self._started,
             "operations": operations,
+            "models": self.cost_by_model(),
             "counters": self.counters(),
             "process": self.process_stats(),
         }
@@ -538,6 +596,7 @@ class PerformanceTracker:
         with self._lock:
             self._ops = {}
             self._counters = {}
+            self._models = {}
             self._started = self._clock()
 
     def __repr__(self) -> str:
@@ -601,6 +660,9 @@ def _snapshot(operation: str, s: _OpState, now: float) -> OperationStats:
         ttft_p50_s=s.ttft.quantile(0.5),
         ttft_p95_s=s.ttft.quantile(0.95),
         streams_abandoned=s.abandoned,
+        cost_usd=s.cost_usd,
+        cost_saved_usd=s.cost_saved_usd,
+        cost_unknown_calls=s.cost_unknown,
         counters=dict(s.counters),
     )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import socket
 import sqlite3
@@ -47,16 +48,28 @@ from rag_perf_plugins import (
 )
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy
+from rag_perf_plugins.admission.spend import LocalSpendStore
 from rag_perf_plugins.bench.redis_servers import MASTER_NAME
 from rag_perf_plugins.cache.manager import default_cache_dir
 from rag_perf_plugins.cache.redis_tier import RedisTier
 from rag_perf_plugins.cache.tiers import DiskTier
-from rag_perf_plugins.errors import DeadlineExceeded, Overloaded, PoolTimeout, ProviderError
+from rag_perf_plugins.cost import price_table
+from rag_perf_plugins.errors import (
+    BudgetExceeded,
+    DeadlineExceeded,
+    Overloaded,
+    PoolTimeout,
+    ProviderError,
+    ProviderUnavailable,
+)
 from rag_perf_plugins.pool.http import HttpClientRegistry
 from rag_perf_plugins.redis.client import RedisUnavailable
+from rag_perf_plugins.resilience import Breakers, BreakerSettings, LocalBreakerStore, Target
 from rag_perf_plugins.services import Usage
+from rag_perf_plugins.services.llm import Fallback
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.tracking import (
+    NULL_TRACKER,
     PerformanceTracker,
     get_performance_tracker,
     set_performance_tracker,
@@ -223,6 +236,22 @@ def connections_for_three_requests(ctx: Ctx, config: PerformanceConfig) -> int:
         registry.close()
     opened: int = sim.stats()["connections_opened"] - before
     return opened
+
+
+def async_pool_carrying_a_request(ctx: Ctx, config: PerformanceConfig) -> str:
+    sim = ctx.simulator
+    registry = HttpClientRegistry()
+    client: Any = registry.get_async_client(sim.base_url, config=config)
+
+    async def one() -> str:
+        (await client.get(sim.base_url + "/models")).raise_for_status()
+        (pool,) = client._transport._pools.resources()
+        return type(pool).__name__
+
+    try:
+        return asyncio.run(one())
+    finally:
+        registry.close()
 
 
 # --- cache --------------------------------------------------------------------------------
@@ -772,6 +801,152 @@ def throughput_and_process_window(ctx: Ctx, config: PerformanceConfig) -> tuple[
     return throughput, window
 
 
+# --- circuit breakers and fallbacks -----------------------------------------------------
+class _PlainCodec:
+    """Answers are plain strings: stored as they are."""
+
+    def encode(self, value: str) -> str:
+        return value
+
+    def decode(self, data: str) -> str:
+        return data
+
+    def usage(self, value: str) -> Usage | None:
+        return None
+
+
+def _breakers(config: PerformanceConfig, clock: FakeClock) -> Breakers:
+    return Breakers(BreakerSettings.from_config(config), LocalBreakerStore(), clock=clock)
+
+
+def provider_calls_of_ten_calls_to_a_dead_model(ctx: Ctx, config: PerformanceConfig) -> int:
+    """Calls that reached a model answering 503 out of ten, no fallback."""
+    service = LLMService(config=config, breakers=_breakers(config, FakeClock()))
+    request = LLMRequest(model="m", provider="p", messages=[{"role": "user", "content": "q"}])
+    sent = 0
+
+    def call() -> str:
+        nonlocal sent
+        sent += 1
+        raise ProviderError("down", status_code=503)
+
+    for _ in range(10):
+        with contextlib.suppress(ProviderError, ProviderUnavailable):
+            service.generate(request, call, _PlainCodec())
+    return sent
+
+
+def state_after(outcomes: str, gap_s: float = 0.0) -> Observe:
+    """The breaker's state after ``outcomes`` (``f`` failure, ``s`` success) ``gap_s`` apart."""
+
+    def observe(ctx: Ctx, config: PerformanceConfig) -> str:
+        clock = FakeClock()
+        breakers = _breakers(config, clock)
+        for outcome in outcomes:
+            breakers.record("t", "failure" if outcome == "f" else "success", probe=False)
+            clock.advance(gap_s)
+        return breakers.peek("t")[0]
+
+    return observe
+
+
+def admitted_two_seconds_after_opening(ctx: Ctx, config: PerformanceConfig) -> bool:
+    clock = FakeClock()
+    breakers = _breakers(config, clock)
+    for _ in range(config.breaker_min_calls):
+        breakers.record("t", "failure", probe=False)
+    clock.advance(2.0)
+    return breakers.admit("t").allowed
+
+
+def probes_let_through_after_the_cooldown(ctx: Ctx, config: PerformanceConfig) -> int:
+    clock = FakeClock()
+    breakers = _breakers(config, clock)
+    for _ in range(config.breaker_min_calls):
+        breakers.record("t", "failure", probe=False)
+    clock.advance(config.breaker_cooldown)
+    return sum(breakers.admit("t").allowed for _ in range(5))
+
+
+def who_answers_the_primary_after_a_fallback_did(ctx: Ctx, config: PerformanceConfig) -> str:
+    """The primary is down for one call (the fallback answers), then back: who answers it."""
+    service = LLMService(config=config, breakers=_breakers(config, FakeClock()))
+    question = [{"role": "user", "content": "q"}]
+    primary = LLMRequest(model="primary", provider="p", messages=question)
+    fallback = Fallback(
+        Target("fallback"),
+        LLMRequest(model="fallback", provider="p", messages=question),
+        lambda: "fallback",
+    )
+    down = [True]
+
+    def call() -> str:
+        if down.pop() if down else False:
+            raise ProviderError("down", status_code=503)
+        return "primary"
+
+    first = service.generate(primary, call, _PlainCodec(), fallbacks=[fallback])
+    assert first == "fallback"
+    answer: str = service.generate(primary, call, _PlainCodec(), fallbacks=[fallback])
+    return answer
+
+
+# --- cost -------------------------------------------------------------------------------
+def price_file(ctx: Ctx) -> str:
+    """A price file with gpt-4o-mini at $2 per million input and output tokens."""
+    path = ctx.tmp_path / f"prices-{next(ctx._names)}.json"
+    entry = {"input": 2.0, "output": 2.0, "as_of": "2026-12-01", "source": "test"}
+    path.write_text(json.dumps({"models": {"gpt-4o-mini": entry}}))
+    return str(path)
+
+
+def million_input_tokens_cost(ctx: Ctx, config: PerformanceConfig) -> float | None:
+    return price_table(config).chat_cost("gpt-4o-mini", 1_000_000, 0)
+
+
+DAY_START = 20_834 * 86_400.0  # a UTC midnight: every minute, hour and day window starts here
+
+
+def admitted_of_five(spacing_s: float) -> Observe:
+    """How many of five $0.30 calls, ``spacing_s`` apart, a gate admits."""
+
+    def observe(ctx: Ctx, config: PerformanceConfig) -> int:
+        wall = [DAY_START]
+        gate = AdmissionGate(
+            config,
+            key=ctx.unique("usd"),
+            tracker=NULL_TRACKER,
+            spend_store=LocalSpendStore(),
+            wall_clock=lambda: wall[0],
+        )
+        admitted = 0
+        for _ in range(5):
+            try:
+                with gate.acquire(cost_usd=0.3):
+                    admitted += 1
+            except BudgetExceeded:
+                pass
+            wall[0] += spacing_s
+        return admitted
+
+    return observe
+
+
+def two_tenants_admitted(ctx: Ctx, config: PerformanceConfig) -> tuple[bool, bool]:
+    """Whether tenant a's and then tenant b's $0.60 call are admitted under $1/minute."""
+    gate = AdmissionGate(
+        config, key=ctx.unique("usd"), tracker=NULL_TRACKER, spend_store=LocalSpendStore()
+    )
+    out = []
+    for tenant in ("a", "b"):
+        try:
+            with gate.acquire(cost_usd=0.6, tenant=tenant):
+                out.append(True)
+        except BudgetExceeded:
+            out.append(False)
+    return out[0], out[1]
+
+
 # --- the table ----------------------------------------------------------------------------
 MEMORY_ONLY = {"cache_disk_enabled": False}
 
@@ -829,6 +1004,10 @@ EFFECTS: dict[str, Effect] = {
     "keepalive_expiry": Effect(
         1e-6, "TCP connections the simulator accepts for three requests",
         connections_for_three_requests, 1, 3,
+    ),
+    "http_transport": Effect(
+        "aiohttp", "the class of the event loop's pool that carried a request",
+        async_pool_carrying_a_request, "AsyncHTTPTransport", "AiohttpPool",
     ),
     "idle_timeout": Effect(
         10.0, "connections made for two borrows a minute apart",
@@ -979,6 +1158,39 @@ EFFECTS: dict[str, Effect] = {
         1.0, "(error, attempts) of a failing call (longest jitter)", outcome_under_a_deadline,
         ("ProviderError", 4), ("DeadlineExceeded", 2),
     ),
+    # --- circuit breakers and fallbacks ---
+    "breaker_enabled": Effect(
+        True, "calls of ten that reach a model answering 503 (no fallback)",
+        provider_calls_of_ten_calls_to_a_dead_model, 10, 2,
+        {"breaker_min_calls": 2, "retry_max_attempts": 1, "request_deadline": 1.0},
+    ),
+    "breaker_failure_ratio": Effect(
+        0.9, "the breaker's state after success, failure, success, failure",
+        state_after("sfsf"), "open", "closed", {"breaker_min_calls": 4},
+    ),
+    "breaker_min_calls": Effect(
+        3, "the breaker's state after three failures", state_after("fff"), "closed", "open"
+    ),
+    "breaker_window": Effect(
+        1.0, "the breaker's state after four failures 0.5 s apart", state_after("ffff", 0.5),
+        "open", "closed", {"breaker_min_calls": 4},
+    ),
+    "breaker_cooldown": Effect(
+        1.0, "whether a call is let through 2 s after the breaker opened",
+        admitted_two_seconds_after_opening, False, True, {"breaker_min_calls": 2},
+    ),
+    "breaker_probes": Effect(
+        2, "calls let through (of five) when the cool-down ends",
+        probes_let_through_after_the_cooldown, 1, 2, {"breaker_min_calls": 2},
+    ),
+    "breaker_consecutive_failures": Effect(
+        3, "the breaker's state after four failures in a row (min_calls 20)",
+        state_after("ffff"), "closed", "open", {"breaker_min_calls": 20},
+    ),
+    "cache_fallback_answers": Effect(
+        True, "who answers the primary's request after a fallback answered it",
+        who_answers_the_primary_after_a_fallback_did, "primary", "fallback", MEMORY_ONLY,
+    ),
     # --- batching ---
     "max_wait_time": Effect(
         3600.0, "what sends a lone item's batch", how_a_lone_item_is_sent,
@@ -1007,6 +1219,25 @@ EFFECTS: dict[str, Effect] = {
         1, "a priority-0 query's answer while another holds the one slot",
         second_query_while_one_runs(priority=0), "second from 4 passages", "Overloaded",
         {"max_concurrent_requests": 1},
+    ),
+    # --- cost ---
+    "price_table_path": Effect(
+        price_file, "USD of a million gpt-4o-mini input tokens", million_input_tokens_cost,
+        0.15, 2.0,
+    ),
+    "budget_usd_per_minute": Effect(
+        1.0, "$0.30 calls admitted of five at once", admitted_of_five(0.0), 5, 3,
+    ),
+    "budget_usd_per_hour": Effect(
+        1.0, "$0.30 calls admitted of five ten minutes apart", admitted_of_five(600.0), 5, 3,
+    ),
+    "budget_usd_per_day": Effect(
+        1.0, "$0.30 calls admitted of five three hours apart", admitted_of_five(10_800.0),
+        5, 3,
+    ),
+    "budget_scopes": Effect(
+        "tenant", "tenant a's then tenant b's $0.60 call admitted, under $1/minute",
+        two_tenants_admitted, (True, False), (True, True), {"budget_usd_per_minute": 1.0},
     ),
     # --- statistics ---
     "metrics_window_seconds": Effect(

@@ -74,13 +74,19 @@ from rag_perf_plugins._secrets import redact_data
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheControl, CacheManager
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
-from rag_perf_plugins.services.defaults import api_key_of, default_gate, default_retry
-from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
+from rag_perf_plugins.resilience import Breakers, Target
+from rag_perf_plugins.services.defaults import (
+    api_key_of,
+    default_gate,
+    default_retry,
+    default_target,
+)
+from rag_perf_plugins.services.llm import Fallback, LLMRequest, LLMService, Usage
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .callbacks import cache_listener
-from .control import control_from_metadata
+from .control import control_from_metadata, scope_from_metadata
 
 __all__ = ["PerfChatModel", "plain", "request_of"]
 
@@ -172,7 +178,31 @@ def _usage_of(message: BaseMessage) -> Usage | None:
     usage = getattr(message, "usage_metadata", None)
     if not usage:
         return None
-    return Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+    details_in = usage.get("input_token_details") or {}
+    details_out = usage.get("output_token_details") or {}
+    return Usage(
+        int(usage.get("input_tokens", 0) or 0),
+        int(usage.get("output_tokens", 0) or 0),
+        cached_in=int(details_in.get("cache_read", 0) or 0),
+        reasoning=int(details_out.get("reasoning", 0) or 0),
+        cache_write=int(details_in.get("cache_creation", 0) or 0),
+    )
+
+
+def _openai_usage(token_usage: Mapping[str, Any]) -> Usage:
+    """An OpenAI ``usage`` object (``llm_output["token_usage"]``) as a :class:`Usage`."""
+    details_in = token_usage.get("prompt_tokens_details") or {}
+    details_out = token_usage.get("completion_tokens_details") or {}
+    return Usage(
+        int(token_usage.get("prompt_tokens", 0) or 0),
+        int(token_usage.get("completion_tokens", 0) or 0),
+        cached_in=int(details_in.get("cached_tokens", 0) or 0)
+        if isinstance(details_in, dict)
+        else 0,
+        reasoning=(
+            int(details_out.get("reasoning_tokens", 0) or 0) if isinstance(details_out, dict) else 0
+        ),
+    )
 
 
 _ZERO_USAGE: Final = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
@@ -225,17 +255,11 @@ class _ResultCodec:
         for generation in value.generations:
             found = _usage_of(generation.message)
             if found is not None:
-                total = Usage(
-                    (total.tokens_in if total else 0) + found.tokens_in,
-                    (total.tokens_out if total else 0) + found.tokens_out,
-                )
+                total = found if total is None else total.plus(found)
         if total is None and isinstance(value.llm_output, dict):
             token_usage = value.llm_output.get("token_usage") or {}
             if isinstance(token_usage, dict) and token_usage:
-                total = Usage(
-                    int(token_usage.get("prompt_tokens", 0) or 0),
-                    int(token_usage.get("completion_tokens", 0) or 0),
-                )
+                total = _openai_usage(token_usage)
         return total
 
 
@@ -253,10 +277,11 @@ class _ChunkCodec:
         return ChatGenerationChunk(message=message, generation_info=data["info"])
 
     def usage(self, chunks: Sequence[ChatGenerationChunk]) -> Usage | None:
-        found = [u for u in (_usage_of(c.message) for c in chunks) if u is not None]
-        if not found:
-            return None
-        return Usage(sum(u.tokens_in for u in found), sum(u.tokens_out for u in found))
+        total: Usage | None = None
+        for found in (_usage_of(c.message) for c in chunks):
+            if found is not None:
+                total = found if total is None else total.plus(found)
+        return total
 
 
 def _field_names(cls: type[BaseModel] | None) -> list[str]:
@@ -266,6 +291,39 @@ def _field_names(cls: type[BaseModel] | None) -> list[str]:
 
 _RESULTS = _ResultCodec()
 _CHUNKS = _ChunkCodec()
+
+# The response_metadata key naming the fallback target that answered (absent when the
+# primary model answered, so a wrapped primary answers exactly as the unwrapped one).
+FALLBACK_TARGET: Final = "fallback_target"
+
+
+class _Alternative:
+    """One fallback model: its private copy, identity, parameters and breaker target."""
+
+    __slots__ = ("base_params", "inner", "provider", "target")
+
+    def __init__(self, inner: BaseChatModel, config: PerformanceConfig) -> None:
+        if not isinstance(inner, BaseChatModel):
+            msg = f"fallbacks must be LangChain BaseChatModels, got {type(inner).__name__}"
+            raise TypeError(msg)
+        self.inner = inner.model_copy(update={"cache": False})
+        self.provider = _provider_of(self.inner)
+        self.base_params = dict(self.inner._get_invocation_params(stop=None))
+        self.target = _target_of(self.inner, self.provider, config)
+
+
+def _target_of(inner: BaseChatModel, provider_id: str, config: PerformanceConfig) -> Target:
+    ls = inner._get_ls_params()
+    provider = str(ls.get("ls_provider") or type(inner).__name__)
+    model = str(ls.get("ls_model_name") or type(inner).__name__)
+    gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
+    return default_target(gate, provider_id, model)
+
+
+def _mark(messages: Sequence[BaseMessage], target: str | None) -> None:
+    if target is not None:
+        for message in messages:
+            message.response_metadata[FALLBACK_TARGET] = target
 
 
 class PerfChatModel(BaseChatModel):
@@ -290,6 +348,13 @@ class PerfChatModel(BaseChatModel):
         retry: Retry policy for provider calls; ``None`` builds one from ``config``.
         tracker: Statistics sink; defaults to the process tracker. Calls record as
             ``operation`` (``llm.chat``) and streams as ``llm.chat.stream``.
+        fallbacks: Chat models to try in order when ``inner`` fails (429, 5xx, timeouts)
+            or its circuit breaker is open (see :class:`~rag_perf_plugins.services.llm.
+            LLMService`). An answer from one carries
+            ``response_metadata["fallback_target"]``; streams fall back only before their
+            first chunk. Each gets its own gate (its provider, model and key).
+        breakers: The circuit breakers; ``None``: the process-wide ones of ``config``
+            (in Redis, shared by every process, when ``redis_url`` is set).
         **kwargs: Other ``BaseChatModel`` fields (``callbacks``, ``tags``, ``metadata``).
 
     Raises:
@@ -303,6 +368,7 @@ class PerfChatModel(BaseChatModel):
     _provider: str = PrivateAttr()
     _base_params: dict[str, Any] = PrivateAttr()
     _model: str = PrivateAttr()
+    _fallbacks: list[_Alternative] = PrivateAttr(default_factory=list)
 
     @checked_kwargs(extra=_field_names)
     def __init__(
@@ -315,6 +381,8 @@ class PerfChatModel(BaseChatModel):
         retry: RetryPolicyLike | None = None,
         tracker: PerformanceTracker | None = None,
         operation: str = "llm.chat",
+        fallbacks: Sequence[BaseChatModel] = (),
+        breakers: Breakers | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(inner, BaseChatModel):
@@ -337,15 +405,18 @@ class PerfChatModel(BaseChatModel):
         provider = str(ls.get("ls_provider") or type(inner).__name__)
         model = str(ls.get("ls_model_name") or type(inner).__name__)
         self._model = model
+        if gate is None:
+            gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
+        self._fallbacks = [_Alternative(m, config) for m in fallbacks]
         self._service = LLMService(
             config=config,
             cache=cache_manager,
-            gate=gate
-            if gate is not None
-            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+            gate=gate,
             retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             operation=operation,
+            target=default_target(gate, self._provider, model),
+            breakers=breakers,
         )
 
     @property
@@ -446,17 +517,29 @@ class PerfChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         request = self._request(messages, stop, **kwargs)
+        answered: list[str] = []
 
         def call() -> ChatResult:
             return self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
-        return self._service.generate(
+        def alternative(alt: _Alternative) -> Fallback:
+            def call() -> ChatResult:
+                return alt.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+            return Fallback(alt.target, self._alt_request(alt, messages, stop, kwargs), call)
+
+        result = self._service.generate(
             request,
             call,
             _RESULTS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             on_cache=cache_listener(run_manager),
+            fallbacks=[alternative(alt) for alt in self._fallbacks],
+            on_target=answered.append,
         )
+        _mark([g.message for g in result.generations], answered[-1] if answered else None)
+        return result
 
     @override
     async def _agenerate(
@@ -467,6 +550,7 @@ class PerfChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         request = self._request(messages, stop, **kwargs)
+        answered: list[str] = []
 
         async def call() -> ChatResult:
             return await self.inner._agenerate(
@@ -476,14 +560,37 @@ class PerfChatModel(BaseChatModel):
         def blocking() -> ChatResult:  # with async_enabled off, run in a worker thread
             return self.inner._generate(messages, stop=stop, **kwargs)
 
-        return await self._service.agenerate(
+        def alternatives(asynchronous: bool) -> list[Fallback]:
+            out = []
+            for alt in self._fallbacks:
+                model = alt.inner
+
+                async def acall(model: BaseChatModel = model) -> ChatResult:
+                    return await model._agenerate(
+                        messages, stop=stop, run_manager=run_manager, **kwargs
+                    )
+
+                def bcall(model: BaseChatModel = model) -> ChatResult:
+                    return model._generate(messages, stop=stop, **kwargs)
+
+                fallback_request = self._alt_request(alt, messages, stop, kwargs)
+                out.append(Fallback(alt.target, fallback_request, acall if asynchronous else bcall))
+            return out
+
+        result = await self._service.agenerate(
             request,
             call,
             _RESULTS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             blocking=blocking,
             on_cache=cache_listener(run_manager),
+            fallbacks=alternatives(True) if self._fallbacks else (),
+            blocking_fallbacks=alternatives(False) if self._fallbacks else (),
+            on_target=answered.append,
         )
+        _mark([g.message for g in result.generations], answered[-1] if answered else None)
+        return result
 
     @override
     def _stream(
@@ -496,6 +603,7 @@ class PerfChatModel(BaseChatModel):
         # BaseChatModel.stream fires on_llm_new_token for every chunk we yield, live or
         # replayed; the inner model gets no run manager, or live tokens would fire twice.
         request = self._request(messages, stop, **kwargs)
+        answered: list[str] = []
 
         def open_stream() -> Iterator[ChatGenerationChunk]:
             return self.inner._stream(messages, stop=stop, **kwargs)
@@ -505,10 +613,15 @@ class PerfChatModel(BaseChatModel):
             open_stream,
             _CHUNKS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             on_cache=cache_listener(run_manager),
+            fallbacks=self._stream_fallbacks(messages, stop, kwargs, asynchronous=False),
+            on_target=answered.append,
         )
         with contextlib.closing(stream):
-            yield from stream
+            for chunk in stream:
+                _mark([chunk.message], answered[-1] if answered else None)
+                yield chunk
 
     @override
     async def _astream(
@@ -526,17 +639,61 @@ class PerfChatModel(BaseChatModel):
         def blocking() -> Iterator[ChatGenerationChunk]:
             return self.inner._stream(messages, stop=stop, **kwargs)
 
+        answered: list[str] = []
         stream = self._service.astream(
             request,
             open_stream,
             _CHUNKS,
             control=_control(run_manager),
+            cost_scope=_scope(run_manager),
             blocking=blocking,
             on_cache=cache_listener(run_manager),
+            fallbacks=self._stream_fallbacks(messages, stop, kwargs, asynchronous=True),
+            blocking_fallbacks=self._stream_fallbacks(messages, stop, kwargs, asynchronous=False),
+            on_target=answered.append,
         )
         async with contextlib.aclosing(stream):
             async for chunk in stream:
+                _mark([chunk.message], answered[-1] if answered else None)
                 yield chunk
+
+    def _alt_request(
+        self,
+        alt: _Alternative,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+    ) -> LLMRequest:
+        return request_of(
+            alt.inner,
+            messages,
+            stop,
+            provider=alt.provider,
+            base_params=alt.base_params,
+            **kwargs,
+        )
+
+    def _stream_fallbacks(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        asynchronous: bool,
+    ) -> list[Fallback]:
+        out = []
+        for alt in self._fallbacks:
+            model = alt.inner
+
+            def aopen(model: BaseChatModel = model) -> AsyncIterator[ChatGenerationChunk]:
+                return model._astream(messages, stop=stop, **kwargs)
+
+            def bopen(model: BaseChatModel = model) -> Iterator[ChatGenerationChunk]:
+                return model._stream(messages, stop=stop, **kwargs)
+
+            request = self._alt_request(alt, messages, stop, kwargs)
+            out.append(Fallback(alt.target, request, aopen if asynchronous else bopen))
+        return out
 
     def __repr__(self) -> str:
         # Not the inner model's pydantic repr: it prints every field, default_headers and a
@@ -553,6 +710,11 @@ class PerfChatModel(BaseChatModel):
 def _control(run_manager: Any) -> CacheControl | None:
     metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
     return control_from_metadata(metadata)
+
+
+def _scope(run_manager: Any) -> str | None:
+    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
+    return scope_from_metadata(metadata)
 
 
 def _repoint(runnable: Any, old: BaseChatModel, new: BaseChatModel, replaced: list[bool]) -> Any:

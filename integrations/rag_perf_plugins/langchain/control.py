@@ -32,6 +32,7 @@ __all__ = [
     "cache_control",
     "control_from_config",
     "control_from_metadata",
+    "scope_from_metadata",
 ]
 
 METADATA_KEY = "rag_perf"
@@ -56,13 +57,32 @@ def control_from_metadata(metadata: Mapping[str, Any] | None) -> CacheControl | 
             f'"ttl": 60}} or a mode string, got {type(options).__name__}'
         )
         raise ValueError(msg)
-    unknown = set(options) - {"cache", "ttl"}
+    unknown = set(options) - {"cache", "ttl", "cost_scope"}
     if unknown:
         msg = (
-            f'metadata["{METADATA_KEY}"]: unknown option(s) {sorted(unknown)}; allowed: cache, ttl'
+            f'metadata["{METADATA_KEY}"]: unknown option(s) {sorted(unknown)}; allowed: '
+            "cache, ttl, cost_scope"
         )
         raise ValueError(msg)
     return parse_control({"mode": options.get("cache", "default"), "ttl": options.get("ttl")})
+
+
+def scope_from_metadata(metadata: Mapping[str, Any] | None) -> str | None:
+    """The tenant in ``metadata["rag_perf"]["cost_scope"]`` (dollar budgets), or ``None``.
+
+    Example: ``config={"metadata": {"rag_perf": {"cost_scope": "tenant-42"}}}``.
+
+    Raises:
+        ValueError: the scope is not a non-empty string.
+    """
+    options = metadata.get(METADATA_KEY) if metadata else None
+    if not isinstance(options, Mapping) or options.get("cost_scope") is None:
+        return None
+    scope = options["cost_scope"]
+    if not isinstance(scope, str) or not scope:
+        msg = f'metadata["{METADATA_KEY}"]["cost_scope"] must be a non-empty string, got {scope!r}'
+        raise ValueError(msg)
+    return scope
 
 
 def control_from_config(config: Mapping[str, Any] | None) -> CacheControl | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
@@ -28,13 +29,19 @@ from typing_extensions import override
 
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
+from rag_perf_plugins.resilience import Breakers
 from rag_perf_plugins.services.defaults import (
     api_key_of,
     default_embedding_store,
     default_gate,
     default_retry,
+    default_target,
 )
-from rag_perf_plugins.services.embeddings import EmbeddingService, EmbeddingStore
+from rag_perf_plugins.services.embeddings import (
+    EmbeddingFallback,
+    EmbeddingService,
+    EmbeddingStore,
+)
 from rag_perf_plugins.services.protocols import AdmissionGateLike, RetryPolicyLike
 from rag_perf_plugins.tracking import PerformanceTracker
 
@@ -78,6 +85,25 @@ def _identity(inner: Embeddings) -> tuple[str, str, int | None]:
     return provider, str(model or cls.__name__), dims if isinstance(dims, int) else None
 
 
+def _fallback(inner: Embeddings, config: PerformanceConfig, symmetric: bool) -> EmbeddingFallback:
+    if not isinstance(inner, Embeddings) or isinstance(inner, PerfEmbeddings):
+        msg = f"fallbacks must be unwrapped LangChain Embeddings, got {type(inner).__name__}"
+        raise TypeError(msg)
+    provider, model, dims = _identity(inner)
+    gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
+    return EmbeddingFallback(
+        default_target(gate, provider, model),
+        model=model,
+        dimensions=dims,
+        embed_many=inner.embed_documents,
+        aembed_many=inner.aembed_documents if _overrides(inner, "aembed_documents") else None,
+        embed_query=None if symmetric else inner.embed_query,
+        aembed_query=(
+            inner.aembed_query if not symmetric and _overrides(inner, "aembed_query") else None
+        ),
+    )
+
+
 class PerfEmbeddings(Embeddings):
     """Wrap any LangChain ``Embeddings`` with our cache, batching, gate, retry and stats.
 
@@ -103,6 +129,11 @@ class PerfEmbeddings(Embeddings):
         batching: ``False`` sends each call's misses on their own.
         provider, model, dimensions: Override the identity read from ``inner`` (every
             cache key includes it).
+        fallbacks: Other deployments of the *same* model (same ``model`` and
+            ``dimensions``: two regions, two Azure deployments), tried in order when
+            ``inner`` fails or its circuit breaker is open. Another model is refused with
+            ``ValueError``: its vectors would not match the ones already in your index.
+        breakers: The circuit breakers; ``None``: the process-wide ones of ``config``.
 
     Not done here: LangChain callbacks for embeddings (LangChain has none); the statistics
     go to the tracker as ``embedding.document`` and ``embedding.query``.
@@ -123,6 +154,8 @@ class PerfEmbeddings(Embeddings):
         provider: str | None = None,
         model: str | None = None,
         dimensions: int | None = None,
+        fallbacks: Sequence[Embeddings] = (),
+        breakers: Breakers | None = None,
     ) -> None:
         if not isinstance(inner, Embeddings):
             msg = f"inner must be a LangChain Embeddings, got {type(inner).__name__}"
@@ -138,6 +171,8 @@ class PerfEmbeddings(Embeddings):
         sym = is_symmetric(inner) if symmetric is None else symmetric
         self.inner = inner
         self.config = config
+        if gate is None:
+            gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
         self.service = EmbeddingService(
             inner.embed_documents,
             aembed_many=inner.aembed_documents if _overrides(inner, "aembed_documents") else None,
@@ -151,13 +186,14 @@ class PerfEmbeddings(Embeddings):
             symmetric=sym,
             config=config,
             store=store if store is not None else default_embedding_store(config),
-            gate=gate
-            if gate is not None
-            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+            gate=gate,
             retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             batching=batching,
             operation="embedding",
+            target=default_target(gate, provider, model),
+            fallbacks=[_fallback(f, config, sym) for f in fallbacks],
+            breakers=breakers,
         )
 
     @override

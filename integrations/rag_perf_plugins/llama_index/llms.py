@@ -43,12 +43,21 @@ this module only converts LlamaIndex's calls and answers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -70,16 +79,34 @@ from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, canonical_json
 from rag_perf_plugins.cache.control import current_control, parse_control
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
+from rag_perf_plugins.resilience import Breakers
 from rag_perf_plugins.services.defaults import (
     api_key_of,
     default_cache,
     default_gate,
     default_retry,
+    default_target,
 )
-from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
+from rag_perf_plugins.services.llm import Fallback, LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
 
 from .embeddings import CACHE_KWARG
+
+COST_SCOPE_KWARG = "cost_scope"
+
+
+def _output_limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _cost_scope(kwargs: dict[str, Any]) -> str | None:
+    """A call's ``cost_scope="tenant-42"`` keyword (dollar budgets), taken out of ``kwargs``."""
+    scope = kwargs.pop(COST_SCOPE_KWARG, None)
+    if scope is not None and (not isinstance(scope, str) or not scope):
+        msg = f"{COST_SCOPE_KWARG} must be a non-empty string, got {scope!r}"
+        raise ValueError(msg)
+    return scope
+
 
 __all__ = ["PerfFunctionCallingLLM", "PerfLLM", "llm_identity", "wrap_llm"]
 
@@ -149,11 +176,34 @@ def _plain_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if isinstance(k, str) and _plain(v)}
 
 
-def _usage_of(extra: dict[str, Any]) -> Usage | None:
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def _token_details(raw: Any) -> tuple[int, int]:
+    """Cached input and reasoning tokens in a raw OpenAI answer or chunk (0 when absent)."""
+    usage = _field(raw, "usage") if raw is not None else None
+    if usage is None:
+        return 0, 0
+    cached = _field(_field(usage, "prompt_tokens_details"), "cached_tokens")
+    reasoning = _field(_field(usage, "completion_tokens_details"), "reasoning_tokens")
+    return (
+        cached if isinstance(cached, int) else 0,
+        reasoning if isinstance(reasoning, int) else 0,
+    )
+
+
+def _usage_of(extra: dict[str, Any], raw: Any = None) -> Usage | None:
     p, c = extra.get("prompt_tokens"), extra.get("completion_tokens")
     if not isinstance(p, int) and not isinstance(c, int):
         return None
-    return Usage(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+    cached, reasoning = _token_details(raw)
+    return Usage(
+        p if isinstance(p, int) else 0,
+        c if isinstance(c, int) else 0,
+        cached_in=cached,
+        reasoning=reasoning,
+    )
 
 
 def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
@@ -161,10 +211,15 @@ def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage | None:
-    found = [u for u in (_usage_of(c.additional_kwargs) for c in chunks) if u is not None]
+    found = [u for u in (_usage_of(c.additional_kwargs, c.raw) for c in chunks) if u is not None]
     if not found:
         return None
-    return Usage(max(u.tokens_in for u in found), max(u.tokens_out for u in found))
+    return Usage(
+        max(u.tokens_in for u in found),
+        max(u.tokens_out for u in found),
+        cached_in=max(u.cached_in for u in found),
+        reasoning=max(u.reasoning for u in found),
+    )
 
 
 class _ChatCodec:
@@ -185,7 +240,7 @@ class _ChatCodec:
         )
 
     def usage(self, value: ChatResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _usage_of(value.additional_kwargs, value.raw)
 
 
 class _CompletionCodec:
@@ -200,7 +255,7 @@ class _CompletionCodec:
         )
 
     def usage(self, value: CompletionResponse) -> Usage | None:
-        return _usage_of(value.additional_kwargs)
+        return _usage_of(value.additional_kwargs, value.raw)
 
 
 class _ChatChunkCodec:
@@ -310,23 +365,68 @@ def _set(model: Any, **attrs: Any) -> None:
         object.__setattr__(model, name, value)
 
 
-def _mark(r: RT) -> RT:
-    """A live answer (the codec marked replayed ones) says it was not a hit."""
+# The additional_kwargs key naming the fallback target that answered (absent when the
+# primary model answered).
+FALLBACK_TARGET: Final = "fallback_target"
+
+
+def _mark(r: RT, answered: Sequence[str] = ()) -> RT:
+    """A live answer (the codec marked replayed ones) says it was not a hit; and who answered."""
     r.additional_kwargs.setdefault("cache_hit", False)
+    if answered:
+        r.additional_kwargs[FALLBACK_TARGET] = answered[-1]
     return r
 
 
-def _marked_sync(gen: Generator[RT, None, None]) -> Generator[RT, None, None]:
+def _marked_sync(
+    gen: Generator[RT, None, None], answered: Sequence[str] = ()
+) -> Generator[RT, None, None]:
     # closing(): abandoning this stream abandons the service's at once (nothing stored).
     with contextlib.closing(gen):
         for chunk in gen:
-            yield _mark(chunk)
+            yield _mark(chunk, answered)
 
 
-async def _marked(gen: AsyncGenerator[RT, None]) -> AsyncGenerator[RT, None]:
+async def _marked(
+    gen: AsyncGenerator[RT, None], answered: Sequence[str] = ()
+) -> AsyncGenerator[RT, None]:
     async with contextlib.aclosing(gen):
         async for chunk in gen:
-            yield _mark(chunk)
+            yield _mark(chunk, answered)
+
+
+class _Alternative:
+    """One fallback model of a :class:`PerfLLM`: its identity, request fields and target."""
+
+    __slots__ = ("digest", "identity", "inner", "model", "provider", "raw", "target")
+
+    def __init__(self, inner: LLM, config: PerformanceConfig) -> None:
+        if not isinstance(inner, LLM) or isinstance(inner, PerfLLM):
+            msg = f"fallbacks must be unwrapped LlamaIndex LLMs, got {type(inner).__name__}"
+            raise TypeError(msg)
+        self.inner = inner
+        self.identity = llm_identity(inner)
+        self.digest = hashlib.blake2b(
+            canonical_json(self.identity).encode(), digest_size=16
+        ).hexdigest()
+        self.model = inner.metadata.model_name or "unknown"
+        kind = f"llama_index/{inner.class_name()}"
+        api_base = getattr(inner, "api_base", None)
+        self.provider = f"{kind}/{api_base}" if isinstance(api_base, str) else kind
+        gate = default_gate(config, provider=kind, model=self.model, api_key=api_key_of(inner))
+        self.target = default_target(gate, self.provider, self.model)
+        self.raw: dict[str, Callable[..., Any]] = {}
+
+    def impl(self, name: str) -> Callable[..., Any]:
+        fn = self.raw.get(name)
+        if fn is None:
+            fn = self.raw[name] = _undecorated(getattr(type(self.inner), name))
+        return fn
+
+
+async def _agen(run: Callable[[], Awaitable[AsyncIterator[Any]]]) -> AsyncIterator[Any]:
+    async for chunk in await run():
+        yield chunk
 
 
 def _messages_key(messages: Sequence[ChatMessage]) -> list[Any]:
@@ -357,6 +457,12 @@ class PerfLLM(LLM):
         tracker: Statistics sink (operations ``llm`` and ``llm.stream``); ``None`` means
             the process tracker when metrics are on.
         clock: Seconds, monotonic, for the statistics.
+        fallbacks: LlamaIndex LLMs to try in order when ``inner`` fails (429, 5xx,
+            timeouts) or its circuit breaker is open (see
+            :class:`~rag_perf_plugins.services.llm.LLMService`); an answer from one carries
+            ``additional_kwargs["fallback_target"]``. Streams fall back only before their
+            first chunk.
+        breakers: The circuit breakers; ``None``: the process-wide ones of ``config``.
 
     Raises:
         TypeError: ``inner`` is not a LlamaIndex ``LLM`` or is already a ``PerfLLM``.
@@ -378,6 +484,7 @@ class PerfLLM(LLM):
         _identity_digest: str
         _provider: str
         _raw: dict[str, Callable[..., Any]]
+        _alternatives: list[_Alternative]
 
     @checked_kwargs
     def __init__(
@@ -390,6 +497,8 @@ class PerfLLM(LLM):
         retry: RetryPolicy | None = None,
         tracker: PerformanceTracker | None = None,
         clock: Clock = monotonic,
+        fallbacks: Sequence[LLM] = (),
+        breakers: Breakers | None = None,
     ) -> None:
         if isinstance(inner, PerfLLM):
             msg = "inner is already a PerfLLM; wrap the model it wraps (inner.inner)"
@@ -410,15 +519,18 @@ class PerfLLM(LLM):
         model = metadata.model_name or "unknown"
         api_base = getattr(inner, "api_base", None)
         provider = f"llama_index/{inner.class_name()}"
+        if gate is None:
+            gate = default_gate(config, provider=provider, model=model, api_key=api_key_of(inner))
+        provider_id = f"{provider}/{api_base}" if isinstance(api_base, str) else provider
         service = LLMService(
             config=config,
             cache=cache if cache is not None else default_cache(config),
-            gate=gate
-            if gate is not None
-            else default_gate(config, provider=provider, model=model, api_key=api_key_of(inner)),
+            gate=gate,
             retry=retry if retry is not None else default_retry(config),
             tracker=tracker,
             clock=clock,
+            target=default_target(gate, provider_id, model),
+            breakers=breakers,
         )
         digest = hashlib.blake2b(canonical_json(identity).encode(), digest_size=16).hexdigest()
         _set(
@@ -429,9 +541,10 @@ class PerfLLM(LLM):
             _metadata=metadata,
             _identity_digest=digest,
             _model=model,
-            _provider=f"{provider}/{api_base}" if isinstance(api_base, str) else provider,
+            _provider=provider_id,
             _service=service,
             _raw={},
+            _alternatives=[_Alternative(m, config) for m in fallbacks],
         )
 
     # --- identity ---------------------------------------------------------------------
@@ -486,66 +599,122 @@ class PerfLLM(LLM):
             fn = self._raw[name] = _undecorated(getattr(type(self._inner), name))
         return fn
 
-    def _request(self, call: str, messages: Any, kwargs: dict[str, Any]) -> LLMRequest:
-        """The effective request: the inner model's identity plus this call's arguments."""
-        identity = self._identity
+    def _request(
+        self, call: str, messages: Any, kwargs: dict[str, Any], alt: _Alternative | None = None
+    ) -> LLMRequest:
+        """The effective request: the model's identity plus this call's arguments.
+
+        ``alt``: a fallback model's request instead of the inner model's.
+        """
+        identity = self._identity if alt is None else alt.identity
         params = {k: v for k, v in kwargs.items() if k not in _REQUEST_FIELDS}
         params["temperature"] = kwargs.get("temperature", identity.get("temperature"))
         # The identity goes in as a digest of its canonical form (it is fixed per wrapper):
         # normalising its ~30 fields on every call cost more than the whole cache lookup.
-        params["llama_index"] = {"call": call, "model": self._identity_digest}
+        digest = self._identity_digest if alt is None else alt.digest
+        params["llama_index"] = {"call": call, "model": digest}
         return LLMRequest(
-            model=self._model,
-            provider=self._provider,
+            model=self._model if alt is None else alt.model,
+            provider=self._provider if alt is None else alt.provider,
             messages=messages,
             params=params,
             tools=kwargs.get("tools"),
             tool_choice=kwargs.get("tool_choice"),
             response_format=kwargs.get("response_format"),
             seed=kwargs.get("seed"),
+            output_limit=_output_limit(kwargs.get("max_tokens", identity.get("max_tokens"))),
         )
+
+    def _fallbacks(
+        self,
+        call: str,
+        key_input: Any,
+        kwargs: dict[str, Any],
+        method: str,
+        args: tuple[Any, ...],
+        *,
+        stream: bool = False,
+    ) -> list[Fallback]:
+        """The fallback models' targets, requests and calls of ``method(*args, **kwargs)``.
+
+        ``call`` and ``key_input`` are what :meth:`_request` takes (the key's call kind and
+        its messages or prompt); ``stream``: an async stream, opened as an async iterator.
+        """
+        out = []
+        for alt in self._alternatives:
+            impl, model = alt.impl(method), alt.inner
+
+            def run(impl: Any = impl, model: LLM = model) -> Any:
+                return impl(model, *args, **kwargs)
+
+            request = self._request(call, key_input, kwargs, alt)
+            if stream:
+                out.append(Fallback(alt.target, request, functools.partial(_agen, run)))
+            else:
+                out.append(Fallback(alt.target, request, run))
+        return out
 
     # --- chat ---------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("chat"), self._inner
+        key = _messages_key(messages)
+        answered: list[str] = []
         response: ChatResponse = self._service.generate(
-            self._request("chat", _messages_key(messages), kwargs),
+            self._request("chat", key, kwargs),
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
+            fallbacks=self._fallbacks("chat", key, kwargs, "chat", (messages,)),
+            on_target=answered.append,
         )
-        return _mark(response)
+        return _mark(response, answered)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("achat"), self._inner
         sync_impl = self._impl("chat")
+        key = _messages_key(messages)
+        answered: list[str] = []
         response: ChatResponse = await self._service.agenerate(
-            self._request("chat", _messages_key(messages), kwargs),
+            self._request("chat", key, kwargs),
             lambda: impl(inner, messages, **kwargs),
             _ChatCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, messages, **kwargs),
+            fallbacks=self._fallbacks("chat", key, kwargs, "achat", (messages,)),
+            blocking_fallbacks=self._fallbacks("chat", key, kwargs, "chat", (messages,)),
+            on_target=answered.append,
         )
-        return _mark(response)
+        return _mark(response, answered)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Streamed chat: replayed chunk by chunk from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_chat"), self._inner
+        key = _messages_key(messages)
+        answered: list[str] = []
         return _marked_sync(
             self._service.stream(
-                self._request("chat", _messages_key(messages), kwargs),
+                self._request("chat", key, kwargs),
                 lambda: impl(inner, messages, **kwargs),
                 _ChatChunkCodec(),
                 control=control,
-            )
+                cost_scope=scope,
+                fallbacks=self._fallbacks("chat", key, kwargs, "stream_chat", (messages,)),
+                on_target=answered.append,
+            ),
+            answered,
         )
 
     @llm_chat_callback()
@@ -553,6 +722,7 @@ class PerfLLM(LLM):
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_chat"), self._inner
         sync_impl = self._impl("stream_chat")
@@ -561,61 +731,91 @@ class PerfLLM(LLM):
             async for chunk in await impl(inner, messages, **kwargs):
                 yield chunk
 
+        key = _messages_key(messages)
+
+        answered: list[str] = []
         return _marked(
             self._service.astream(
-                self._request("chat", _messages_key(messages), kwargs),
+                self._request("chat", key, kwargs),
                 open_stream,
                 _ChatChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, messages, **kwargs),
-            )
+                fallbacks=self._fallbacks(
+                    "chat", key, kwargs, "astream_chat", (messages,), stream=True
+                ),
+                blocking_fallbacks=self._fallbacks("chat", key, kwargs, "stream_chat", (messages,)),
+                on_target=answered.append,
+            ),
+            answered,
         )
 
     # --- completion ---------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Completion, from the cache when the same request was answered before."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("complete"), self._inner
+        keyed = {**kwargs, "formatted": formatted}
+        answered: list[str] = []
         response: CompletionResponse = self._service.generate(
-            self._request("complete", prompt, {**kwargs, "formatted": formatted}),
+            self._request("complete", prompt, keyed),
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
+            fallbacks=self._fallbacks("complete", prompt, keyed, "complete", (prompt,)),
+            on_target=answered.append,
         )
-        return _mark(response)
+        return _mark(response, answered)
 
     @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None))
         impl, inner = self._impl("acomplete"), self._inner
         sync_impl = self._impl("complete")
+        keyed = {**kwargs, "formatted": formatted}
+        answered: list[str] = []
         response: CompletionResponse = await self._service.agenerate(
-            self._request("complete", prompt, {**kwargs, "formatted": formatted}),
+            self._request("complete", prompt, keyed),
             lambda: impl(inner, prompt, formatted, **kwargs),
             _CompletionCodec(),
             control=control,
+            cost_scope=scope,
             blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
+            fallbacks=self._fallbacks("complete", prompt, keyed, "acomplete", (prompt,)),
+            blocking_fallbacks=self._fallbacks("complete", prompt, keyed, "complete", (prompt,)),
+            on_target=answered.append,
         )
-        return _mark(response)
+        return _mark(response, answered)
 
     @llm_completion_callback()
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Streamed completion: replayed from the cache, or live and recorded."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("stream_complete"), self._inner
+        keyed = {**kwargs, "formatted": formatted}
+        answered: list[str] = []
         return _marked_sync(
             self._service.stream(
-                self._request("complete", prompt, {**kwargs, "formatted": formatted}),
+                self._request("complete", prompt, keyed),
                 lambda: impl(inner, prompt, formatted, **kwargs),
                 _CompletionChunkCodec(),
                 control=control,
-            )
+                cost_scope=scope,
+                fallbacks=self._fallbacks("complete", prompt, keyed, "stream_complete", (prompt,)),
+                on_target=answered.append,
+            ),
+            answered,
         )
 
     @llm_completion_callback()
@@ -623,6 +823,7 @@ class PerfLLM(LLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`."""
+        scope = _cost_scope(kwargs)
         control = parse_control(kwargs.pop(CACHE_KWARG, None)) or current_control()
         impl, inner = self._impl("astream_complete"), self._inner
         sync_impl = self._impl("stream_complete")
@@ -631,14 +832,25 @@ class PerfLLM(LLM):
             async for chunk in await impl(inner, prompt, formatted, **kwargs):
                 yield chunk
 
+        keyed = {**kwargs, "formatted": formatted}
+        answered: list[str] = []
         return _marked(
             self._service.astream(
-                self._request("complete", prompt, {**kwargs, "formatted": formatted}),
+                self._request("complete", prompt, keyed),
                 open_stream,
                 _CompletionChunkCodec(),
                 control=control,
+                cost_scope=scope,
                 blocking=lambda: sync_impl(inner, prompt, formatted, **kwargs),
-            )
+                fallbacks=self._fallbacks(
+                    "complete", prompt, keyed, "astream_complete", (prompt,), stream=True
+                ),
+                blocking_fallbacks=self._fallbacks(
+                    "complete", prompt, keyed, "stream_complete", (prompt,)
+                ),
+                on_target=answered.append,
+            ),
+            answered,
         )
 
 
@@ -669,9 +881,19 @@ class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
         retry: RetryPolicy | None = None,
         tracker: PerformanceTracker | None = None,
         clock: Clock = monotonic,
+        fallbacks: Sequence[LLM] = (),
+        breakers: Breakers | None = None,
     ) -> None:
         super().__init__(
-            inner, config, cache=cache, gate=gate, retry=retry, tracker=tracker, clock=clock
+            inner,
+            config,
+            cache=cache,
+            gate=gate,
+            retry=retry,
+            tracker=tracker,
+            clock=clock,
+            fallbacks=fallbacks,
+            breakers=breakers,
         )
 
     @classmethod
@@ -723,7 +945,8 @@ def wrap_llm(inner: LLM, config: PerformanceConfig | None = None, **options: Any
     A model that is already a :class:`PerfLLM` is returned as it is when nothing else is
     asked; with a ``config`` or ``options`` it raises, rather than return the wrapper and
     silently drop them. ``options`` go to the wrapper (``cache``, ``gate``, ``retry``,
-    ``tracker``, ``clock``); an unknown one raises ``TypeError`` naming it.
+    ``tracker``, ``clock``, ``fallbacks``, ``breakers``); an unknown one raises
+    ``TypeError`` naming it.
 
     Raises:
         ValueError: ``inner`` is already wrapped and ``config`` or ``options`` were given.

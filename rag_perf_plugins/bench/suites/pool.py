@@ -9,6 +9,10 @@ in its own process (no shared GIL) and counts the TCP connections it accepts.
   Reuse rate = ``1 - connections opened / requests``, both counted by the simulator: the
   share of requests that did not open a TCP connection. The seed's target is above 0.70;
   ours is at least 0.99. Throughput of both is reported too.
+- ``pooled_http_requests_per_s_vs_aiohttp`` / ``pooled_http_aiohttp_backend_requests_per_s``:
+  the shared ``httpx.AsyncClient`` with ``http_transport`` httpx and aiohttp, next to a bare
+  ``aiohttp.ClientSession`` with the same connection limit in the same run;
+  ``sdk_embeddings_per_s_aiohttp_vs_httpx``: ``openai.AsyncOpenAI`` on each backend.
 - ``pool_acquire_release_us`` / ``async_pool_acquire_release_us``: one borrow and return
   of a TCP socket to the simulator through :class:`~rag_perf_plugins.pool.ConnectionPool`
   (and :class:`~rag_perf_plugins.pool.AsyncConnectionPool`), next to connecting and
@@ -22,10 +26,12 @@ import asyncio
 import socket
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
+import aiohttp
 import httpx
 
+from ...config import HttpTransport
 from ...pool import AsyncConnectionPool, ConnectionPool, ConnectionPoolConfig
 from ...pool.http import HttpClientRegistry
 from ..registry import BenchContext, Result, Target, benchmark
@@ -137,6 +143,109 @@ def connection_reuse(ctx: BenchContext) -> Iterator[Result]:
         better="higher",
         notes=f"GET /v1/models from {TASKS} tasks, simulator in its own process",
     )
+
+
+@benchmark(
+    "pool", "HTTP requests per second: the shared client on httpx and on aiohttp vs bare aiohttp"
+)
+def http_backends(ctx: BenchContext) -> Iterator[Result]:
+    """Requests/s from 50 tasks at pool size 20: ours on each backend, bare aiohttp, the SDK."""
+    requests = ctx.scale(10_000, quick=2_000)
+    sdk_requests = ctx.scale(3_000, quick=600)
+    config = ctx.config.replace(enable_connection_pooling=True, connection_pool_size=20)
+    with simulator_process() as base_url:
+        url = base_url + "/models"
+        control = _Control(base_url)
+
+        async def bare() -> float:
+            connector = aiohttp.TCPConnector(limit=config.connection_pool_size)
+            async with aiohttp.ClientSession(connector=connector) as session:
+
+                async def get() -> None:
+                    async with session.get(url) as response:
+                        response.raise_for_status()
+                        await response.read()
+
+                return await _per_second(get, requests)
+
+        def ours(backend: HttpTransport) -> tuple[float, dict[str, int]]:
+            registry = HttpClientRegistry()
+            client = registry.get_async_client(
+                base_url, config=config.replace(http_transport=backend)
+            )
+
+            async def get() -> None:
+                (await client.get(url)).raise_for_status()
+
+            control.reset()
+            rate = asyncio.run(_per_second(get, requests))
+            registry.close()
+            return rate, control.stats()
+
+        def sdk(backend: HttpTransport) -> float:
+            import openai  # the SDK comes with the langchain and llama-index extras
+
+            registry = HttpClientRegistry()
+            http = registry.get_async_client(
+                base_url, config=config.replace(http_transport=backend)
+            )
+            client = openai.AsyncOpenAI(
+                base_url=base_url, api_key="sk-bench", http_client=http, max_retries=0
+            )
+
+            async def embed() -> None:
+                await client.embeddings.create(model="text-embedding-3-small", input="pool")
+
+            rate = asyncio.run(_per_second(embed, sdk_requests))
+            registry.close()
+            return rate
+
+        bare_rps = asyncio.run(bare())
+        httpx_rps, httpx_stats = ours("httpx")
+        aiohttp_rps, aiohttp_stats = ours("aiohttp")
+        sdk_httpx, sdk_aiohttp = sdk("httpx"), sdk("aiohttp")
+
+    bare_name = f"bare aiohttp.ClientSession (limit={config.connection_pool_size})"
+    for name, rate, stats, backend in (
+        ("pooled_http_requests_per_s_vs_aiohttp", httpx_rps, httpx_stats, "httpx"),
+        ("pooled_http_aiohttp_backend_requests_per_s", aiohttp_rps, aiohttp_stats, "aiohttp"),
+    ):
+        yield Result.compare(
+            name,
+            rate,
+            "requests/s",
+            baseline=(bare_name, bare_rps),
+            better="higher",
+            notes=(
+                f"GET /v1/models from {TASKS} tasks through the shared httpx.AsyncClient, "
+                f"http_transport={backend}; {stats['connections_opened']} connections for "
+                f"{stats['requests_total']:,} requests"
+            ),
+            requests=stats["requests_total"],
+            connections_opened=stats["connections_opened"],
+        )
+    yield Result.compare(
+        "sdk_embeddings_per_s_aiohttp_vs_httpx",
+        sdk_aiohttp,
+        "requests/s",
+        baseline=("the same AsyncOpenAI on http_transport=httpx", sdk_httpx),
+        better="higher",
+        target=Target.ratio_at_least(1.5),
+        notes=f"openai.AsyncOpenAI embeddings.create from {TASKS} tasks, pool size 20",
+    )
+
+
+async def _per_second(call: Callable[[], Awaitable[None]], n: int) -> float:
+    """``n`` calls of ``call`` from ``TASKS`` tasks; returns calls per second."""
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for _ in counter:
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(TASKS)))
+    return n / (time.perf_counter() - start)
 
 
 def _median_us(run: Callable[[], None], *, rounds: int, per_round: int) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -237,6 +238,22 @@ def test_retry_budget_turns_a_storm_into_fast_failures(fake_clock: FakeClock) ->
     # every call ends fast on an exhausted budget with the provider's own error.
     assert stats["retries"] == 10 and provider_calls == 110
     assert stats["budget_exhausted"] == 100
+
+
+def test_an_exhausted_budget_is_warned_once_per_window(
+    fake_clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = make_policy(fake_clock, retry_budget_ratio=0.0, retry_budget_window=60.0)
+    caplog.set_level(logging.WARNING, logger="rag_perf_plugins.admission.retry")
+    for _ in range(50):
+        with pytest.raises(openai.APIStatusError):
+            policy.call(Scripted(openai_error(503)))
+    assert len(caplog.records) == 1  # fifty fast failures, one line
+    assert "retry budget exhausted" in caplog.records[0].getMessage()
+    fake_clock.advance(61.0)
+    with pytest.raises(openai.APIStatusError):
+        policy.call(Scripted(openai_error(503)))
+    assert len(caplog.records) == 2  # the next window says it again
 
 
 def test_retry_budget_zero_forbids_retries(fake_clock: FakeClock) -> None:

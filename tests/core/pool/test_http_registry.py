@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.config import HttpTransport, PerformanceConfig
 from rag_perf_plugins.pool.http import (
     HttpClientRegistry,
     LoopRoutingTransport,
@@ -70,12 +70,16 @@ async def embed_many(client: openai.AsyncOpenAI, n: int, *, tasks: int) -> None:
 
 @pytest.mark.slow  # 10,000 real HTTP round trips through the SDK: 100-180 s on a busy 2-core box
 @pytest.mark.timeout(900)
-def test_ten_thousand_requests_from_fifty_tasks_stay_within_the_pool(sim: Simulator) -> None:
-    config = PerformanceConfig(connection_pool_size=10)
+@pytest.mark.parametrize("backend", ["httpx", "aiohttp"])
+def test_ten_thousand_requests_from_fifty_tasks_stay_within_the_pool(
+    sim: Simulator, backend: HttpTransport
+) -> None:
+    config = PerformanceConfig(connection_pool_size=10, http_transport=backend)
     client = sdk(sim, config)
     asyncio.run(embed_many(client, 10_000, tasks=50))
     server = sim.stats()
-    ours = http_pool_stats()[f"async {sim.base_url.removesuffix('/v1')}"]
+    kind = "async" if backend == "httpx" else "async-aiohttp"
+    ours = http_pool_stats()[f"{kind} {sim.base_url.removesuffix('/v1')}"]
     assert server["requests_total"] == 10_000, "every request sent once, none re-sent"
     assert server["connections_opened"] <= 10
     assert ours.requests == 10_000

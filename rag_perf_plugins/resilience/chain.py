@@ -1,0 +1,44 @@
+"""The targets of a fallback chain: who answers, under which breaker and rate-limit scope.
+
+Example::
+
+    primary = Target("openai/gpt-4o-mini/k-3f9a~e1", gate=get_gate("openai", "gpt-4o-mini", key))
+    fallback = Target("azure/gpt-4o-mini/k-77c1~e2", gate=azure_gate)
+
+A target's ``name`` keys its circuit breaker (provider, model, API-key fingerprint and
+endpoint; never a credential); ``scope`` is its rate-limit scope: after a 429 from one
+target, the chain skips later targets of the same scope (they share the exhausted budget).
+The chain itself runs in :class:`rag_perf_plugins.services.llm.LLMService`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Target"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One model deployment a call may go to.
+
+    Attributes:
+        name: Breaker key, shown in logs, metrics and ``ProviderUnavailable``.
+        gate: Its admission gate (``aacquire``/``acquire``), or ``None``.
+        scope: Rate-limit scope; ``None`` means ``name``.
+    """
+
+    name: str
+    gate: Any = None
+    scope: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            msg = f"name must be a non-empty str, got {self.name!r}"
+            raise ValueError(msg)
+
+    @property
+    def limit_scope(self) -> str:
+        """``scope``, or ``name`` when none was given."""
+        return self.scope if self.scope is not None else self.name

@@ -1,0 +1,116 @@
+"""Breakers: transitions logged once, Redis down falls back to a local breaker, errors."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from rag_perf_plugins._clock import FakeClock
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.errors import ConfigError, Overloaded, ProviderError, ProviderUnavailable
+from rag_perf_plugins.resilience import (
+    Breakers,
+    BreakerSettings,
+    LocalBreakerStore,
+    breakers_for,
+    outcome_of,
+)
+from rag_perf_plugins.resilience.redis_store import RedisBreakerStore, breaker_key
+from rag_perf_plugins.tracking import PerformanceTracker
+
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: refused at once
+SETTINGS = BreakerSettings(min_calls=2, cooldown=1.0)
+
+
+def test_outcomes() -> None:
+    assert outcome_of(None) == "success"
+    assert outcome_of(ProviderError("x", status_code=503)) == "failure"
+    assert outcome_of(ProviderError("x", status_code=429)) == "failure"
+    assert outcome_of(ProviderError("x", status_code=400)) == "neutral"
+    assert outcome_of(httpx.ConnectError("refused")) == "failure"
+    assert outcome_of(Overloaded("queue full")) == "neutral"
+    assert outcome_of(ValueError("bad input")) == "neutral"
+
+
+def test_settings_refuse_bad_values_naming_them() -> None:
+    with pytest.raises(ValueError, match="failure_ratio must be in"):
+        BreakerSettings(failure_ratio=0.0)
+    with pytest.raises(ValueError, match="probes must be an integer >= 1"):
+        BreakerSettings(probes=0)
+    with pytest.raises(ConfigError, match="breaker_cooldown"):
+        PerformanceConfig(breaker_cooldown=0.0)
+
+
+def test_transitions_log_one_line_each_and_count(caplog: pytest.LogCaptureFixture) -> None:
+    clock, tracker = FakeClock(), PerformanceTracker()
+    breakers = Breakers(SETTINGS, LocalBreakerStore(), clock=clock, tracker=tracker)
+    caplog.set_level(logging.INFO, logger="rag_perf_plugins.resilience")
+    for _ in range(10):
+        if breakers.admit("t").allowed:
+            breakers.record("t", "failure", probe=False)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # ten failed calls, one line
+    assert "circuit breaker of t opened" in warnings[0].getMessage()
+    clock.advance(1.0)
+    probe = breakers.admit("t")
+    breakers.record("t", "success", probe=probe.probe)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "closed after 1.0 s" in warnings[-1].getMessage()
+    assert tracker.counters() == {"breaker.opened": 1, "breaker.closed": 1}
+    stats = breakers.stats()["t"]
+    assert stats["calls"] == 3  # two that tripped it, one probe
+    assert stats["open_s"] == pytest.approx(1.0)
+    assert stats["transitions"] == {"opened": 1, "half_open": 1, "closed": 1}
+
+
+def test_redis_down_falls_back_to_a_local_breaker_warned_once_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RedisBreakerStore(DEAD_REDIS, prefix="down")
+    breakers = Breakers(SETTINGS, store, clock=FakeClock())
+    caplog.set_level(logging.INFO, logger="rag_perf_plugins.redis")
+    for _ in range(3):
+        if breakers.admit("t").allowed:
+            breakers.record("t", "failure", probe=False)
+    assert breakers.peek("t")[0] == "open"  # the local breaker works on its own
+    assert store.stats()["fallback_calls"] >= 3
+    assert store.stats()["redis_calls"] == 0
+    outage_warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "redis at" in r.getMessage()
+    ]
+    assert len(outage_warnings) == 1
+    assert ":1/0" in outage_warnings[0].getMessage()
+    store.close()
+
+
+async def test_redis_down_async_twins_fall_back_too() -> None:
+    store = RedisBreakerStore(DEAD_REDIS, prefix="down")
+    admission = await store.aadmit("t", SETTINGS, 0.0)
+    assert admission.allowed
+    assert await store.arecord("t", SETTINGS, "success", False, 0.0) is None
+    assert store.stats()["fallback_calls"] == 2
+    store.close()
+
+
+def test_breakers_for_is_one_per_settings_and_redis() -> None:
+    a = breakers_for(PerformanceConfig(breaker_cooldown=3.0))
+    assert breakers_for(PerformanceConfig(breaker_cooldown=3.0)) is a
+    assert breakers_for(PerformanceConfig(breaker_cooldown=4.0)) is not a
+    shared = breakers_for(PerformanceConfig(breaker_cooldown=3.0, redis_url=DEAD_REDIS))
+    assert isinstance(shared.store, RedisBreakerStore)
+    assert isinstance(a.store, LocalBreakerStore)
+
+
+def test_the_redis_key_holds_the_prefix_and_target() -> None:
+    assert breaker_key("app", "openai/m/k-1~e") == "app:cb:{openai/m/k-1~e}"
+
+
+def test_provider_unavailable_names_each_target_and_state() -> None:
+    error = ProviderUnavailable([("a/m/k-1~e", "open", 3.21), ("b/m/k-2~f", "half_open", 1.0)])
+    assert str(error) == (
+        "no provider can take the call: a/m/k-1~e open (retry in 3.2 s); "
+        "b/m/k-2~f half_open (probe in flight, retry in 1.0 s)"
+    )
+    assert error.retry_in == 1.0

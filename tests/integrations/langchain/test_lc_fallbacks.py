@@ -1,0 +1,324 @@
+"""PerfChatModel(fallbacks=...) over the real ChatOpenAI and the simulator with outages.
+
+The simulator and the breakers share one ``FakeClock``: the outage lasts 10 simulated
+seconds and the test moves the clock a quarter second per call, so the counts are exact
+and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.messages import AIMessageChunk
+from langchain_openai import ChatOpenAI
+from rag_perf_plugins.langchain import PerfChatModel, pooled_chat_openai
+from rag_perf_plugins.langchain.chat_models import FALLBACK_TARGET
+
+from rag_perf_plugins._clock import FakeClock
+from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.errors import ProviderUnavailable
+from rag_perf_plugins.resilience import Breakers, BreakerSettings, LocalBreakerStore
+from rag_perf_plugins.simulator import Simulator
+from rag_perf_plugins.simulator.testing import SimulatorFactory
+
+PRIMARY, FALLBACK = "gpt-4o-mini", "gpt-4o"
+CONFIG = PerformanceConfig(
+    enable_caching=False,
+    breaker_min_calls=4,
+    breaker_failure_ratio=0.5,
+    breaker_cooldown=2.0,
+    breaker_probes=1,
+    retry_initial_backoff=0.0,
+)
+
+
+def openai(sim: Simulator, model: str = PRIMARY, **options: Any) -> ChatOpenAI:
+    # A fresh key per model: gates are process-wide per (provider, model, key), and a pause
+    # left by another test's Retry-After must not reach this one.
+    key = options.pop("api_key", f"sk-test-{uuid.uuid4().hex[:8]}")
+    return pooled_chat_openai(
+        base_url=sim.base_url, model=model, api_key=key, temperature=0.0, **options
+    )
+
+
+def by_model(sim: Simulator) -> dict[str, int]:
+    counts: dict[str, int] = sim.stats()["requests_by_model"]
+    return counts
+
+
+def chain(sim: Simulator, clock: FakeClock, config: PerformanceConfig = CONFIG) -> PerfChatModel:
+    breakers = Breakers(BreakerSettings.from_config(config), LocalBreakerStore(), clock=clock)
+    return PerfChatModel(openai(sim), config, fallbacks=[openai(sim, FALLBACK)], breakers=breakers)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(start=1000.0)
+
+
+def test_primary_down_for_10_s_every_call_succeeds_and_traffic_returns(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=10.0)
+    llm = chain(sim, clock)
+    answered: list[str | None] = []
+    primary_during_outage = 0
+    for i in range(60):  # 15 simulated seconds, a call every 0.25 s
+        before = by_model(sim).get(PRIMARY, 0)
+        message = llm.invoke(f"question {i}")
+        assert message.content  # every call succeeds
+        answered.append(message.response_metadata.get(FALLBACK_TARGET))
+        if sim.elapsed() < 10.0:
+            primary_during_outage += by_model(sim).get(PRIMARY, 0) - before
+        clock.advance(0.25)
+    # While the primary is down it gets the calls that trip its breaker (min_calls) and one
+    # probe per cool-down (2 s of a 10 s outage: at most 5), never more.
+    assert primary_during_outage <= CONFIG.breaker_min_calls + 5
+    assert sim.stats()["faults_by_kind"]["outage"] == primary_during_outage
+    during, after = answered[:40], answered[-16:]
+    assert all(t is not None for t in during)  # every call of the outage: the fallback's
+    assert all(t is None for t in after)  # the primary answers again after recovery
+    stats = llm.service.breakers().stats()
+    primary = next(name for name in stats if "gpt-4o-mini" in name)
+    assert stats[primary]["state"] == "closed"
+    assert stats[primary]["transitions"]["opened"] == 1
+    assert stats[primary]["transitions"]["reopened"] >= 1  # failed probes
+    assert stats[primary]["transitions"]["closed"] == 1
+    assert stats[primary]["failovers"]["open"] > 0
+    assert stats[primary]["failovers"]["server_error"] > 0
+
+
+def test_a_fallback_answers_as_the_unwrapped_fallback_model(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=100.0)
+    llm = chain(sim, clock)
+    for question in ("What is RAG?", "Why cache embeddings?"):
+        wrapped = llm.invoke(question)
+        plain = openai(sim, FALLBACK).invoke(question)
+        assert wrapped.content == plain.content
+        assert wrapped.response_metadata[FALLBACK_TARGET].startswith("openai/gpt-4o/")
+        assert wrapped.response_metadata["model_name"] == plain.response_metadata["model_name"]
+
+
+def test_a_primary_answer_carries_no_fallback_mark(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    llm = chain(sim, clock)
+    wrapped = llm.invoke("What is RAG?")
+    plain = openai(sim).invoke("What is RAG?")
+    assert FALLBACK_TARGET not in wrapped.response_metadata
+    assert wrapped.content == plain.content
+    assert by_model(sim) == {PRIMARY: 2}
+
+
+async def test_async_calls_fail_over_too(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=100.0)
+    llm = chain(sim, clock)
+    answers = await asyncio.gather(*(llm.ainvoke(f"q{i}") for i in range(8)))
+    assert all(a.response_metadata.get(FALLBACK_TARGET) for a in answers)
+    assert by_model(sim)[FALLBACK] == 8
+
+
+def test_a_stream_falls_back_before_its_first_chunk(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=100.0)
+    llm = chain(sim, clock)
+    chunks = list(llm.stream("What is RAG?"))
+    text = "".join(str(c.content) for c in chunks)
+    assert text == "".join(str(c.content) for c in openai(sim, FALLBACK).stream("What is RAG?"))
+    # Every chunk we pass on is marked (LangChain appends an empty closing chunk of its own).
+    ours = [c for c in chunks if getattr(c, "chunk_position", None) != "last"]
+    assert ours
+    assert all(c.response_metadata.get(FALLBACK_TARGET) for c in ours)
+
+
+def test_a_mid_stream_failure_is_not_retried_on_another_model(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    broken = simulator_factory(truncate_rate=1.0, latency_per_token_ms=0.0)
+    healthy = simulator_factory()
+    config = CONFIG
+    breakers = Breakers(BreakerSettings.from_config(config), LocalBreakerStore(), clock=clock)
+    llm = PerfChatModel(
+        openai(broken), config, fallbacks=[openai(healthy, FALLBACK)], breakers=breakers
+    )
+    received: list[AIMessageChunk] = []
+    with pytest.raises(Exception) as caught:
+        for chunk in llm.stream("Tell me about retrieval-augmented generation in detail."):
+            received.append(chunk)
+    assert received  # the first chunks reached the caller...
+    assert not isinstance(caught.value, ProviderUnavailable)
+    assert healthy.stats()["requests_total"] == 0  # ...so no other model was asked
+
+
+def test_all_targets_down_respects_the_deadline_and_names_them(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(duration_s=1000.0)  # every model
+    config = CONFIG.replace(breaker_min_calls=2, breaker_cooldown=30.0, request_deadline=5.0)
+    llm = chain(sim, clock, config)
+    for _ in range(2):  # trip both breakers
+        with pytest.raises(Exception):  # noqa: B017 - the provider's 503
+            llm.invoke("q")
+    sent = sim.stats()["requests_total"]
+    with pytest.raises(ProviderUnavailable) as caught:
+        llm.invoke("q")
+    assert sim.stats()["requests_total"] == sent  # refused without a request
+    message = str(caught.value)
+    assert "openai/gpt-4o-mini/" in message
+    assert "openai/gpt-4o/" in message
+    assert message.count("open (retry in 30.0 s)") == 2
+    assert caught.value.retry_in == pytest.approx(30.0)
+
+
+def test_a_429_fails_over_at_once_without_waiting_for_retry_after(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=100.0, status=429, retry_after_s=30.0)
+    llm = chain(sim, clock, CONFIG.replace(request_deadline=10.0))
+    first = llm.invoke("q1")
+    assert first.response_metadata[FALLBACK_TARGET]
+    # The primary's gate is paused for 30 s by the Retry-After: the next call skips it at
+    # once instead of waiting (a longer wait than the deadline is never waited).
+    before = by_model(sim)[PRIMARY]
+    second = llm.invoke("q2")
+    assert second.response_metadata[FALLBACK_TARGET]
+    assert by_model(sim)[PRIMARY] == before
+    stats = llm.service.breakers().stats()
+    primary = next(name for name in stats if "gpt-4o-mini" in name)
+    assert stats[primary]["failovers"]["rate_limited"] == 1
+    assert stats[primary]["failovers"]["paused"] >= 1
+
+
+def test_a_client_error_is_not_failed_over(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    sim = simulator_factory(clock=clock)
+    llm = chain(sim, clock)
+    with pytest.raises(Exception) as caught:
+        llm.invoke("q", max_tokens=-5)
+    assert getattr(caught.value, "status_code", None) == 400
+    assert by_model(sim) == {PRIMARY: 1}
+
+
+def test_cache_fallback_answers(simulator_factory: SimulatorFactory, clock: FakeClock) -> None:
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=5.0)
+    for allowed in (False, True):
+        config = CONFIG.replace(
+            enable_caching=True, cache_fallback_answers=allowed, cache_disk_enabled=False
+        )
+        llm = chain(sim, clock, config)
+        question = f"cached? {allowed}"
+        assert llm.invoke(question).response_metadata[FALLBACK_TARGET]
+        clock.advance(10.0)  # the primary is back
+        again = llm.invoke(question)
+        if allowed:  # the fallback's answer, from the cache, still marked
+            assert again.response_metadata["cache_hit"] is True
+            assert again.response_metadata[FALLBACK_TARGET]
+        else:  # the primary answers for itself
+            assert FALLBACK_TARGET not in again.response_metadata
+            assert again.response_metadata.get("cache_hit") is None
+        sim.add_outage(model=PRIMARY, duration_s=5.0)  # down again for the next round
+
+
+def test_statistics_in_prometheus_and_the_span_of_a_fallback_answer(
+    simulator_factory: SimulatorFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from rag_perf_plugins.metrics import to_prometheus
+    from rag_perf_plugins.tracking import PerformanceTracker, spans
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr(spans, "tracer", lambda: tracer)
+    sim = simulator_factory(clock=clock)
+    sim.add_outage(model=PRIMARY, duration_s=100.0)
+    llm = chain(sim, clock)
+    for i in range(6):
+        llm.invoke(f"q{i}")
+    finished = memory.get_finished_spans()
+    assert len(finished) == 6
+    for span in finished:
+        assert span.attributes is not None
+        assert str(span.attributes["rag_perf.fallback.target"]).startswith("openai/gpt-4o/")
+    text = to_prometheus(PerformanceTracker())
+    primary = next(n for n in llm.service.breakers().stats() if "gpt-4o-mini" in n)
+    assert f'rag_perf_breaker_state{{target="{primary}"}} 2.0' in text
+    assert f'rag_perf_breaker_transitions_total{{target="{primary}",to="opened"}} 1.0' in text
+    assert f'rag_perf_failovers_total{{reason="open",target="{primary}"}} 2.0' in text
+    assert f'rag_perf_target_calls_total{{target="{primary}"}} 4.0' in text  # then open
+    provider.shutdown()
+
+
+# --- embeddings: only the same model and dimensions ----------------------------------------
+def embeddings(sim: Simulator, **options: Any) -> Any:
+    from rag_perf_plugins.langchain import pooled_openai_embeddings
+
+    params: dict[str, Any] = {
+        "model": "text-embedding-3-small",
+        "api_key": f"sk-{uuid.uuid4().hex[:8]}",
+    }
+    params.update(options)
+    return pooled_openai_embeddings(
+        base_url=sim.base_url, check_embedding_ctx_length=False, **params
+    )
+
+
+def test_an_embedding_fallback_of_another_model_or_size_is_refused(
+    simulator_factory: SimulatorFactory,
+) -> None:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    sim = simulator_factory()
+    with pytest.raises(ValueError, match="must use the primary's model 'text-embedding-3-small'"):
+        PerfEmbeddings(
+            embeddings(sim), CONFIG, fallbacks=[embeddings(sim, model="text-embedding-3-large")]
+        )
+    with pytest.raises(ValueError, match="dimensions 256"):
+        PerfEmbeddings(embeddings(sim), CONFIG, fallbacks=[embeddings(sim, dimensions=256)])
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_an_embedding_fallback_gives_the_same_vectors(
+    simulator_factory: SimulatorFactory, clock: FakeClock, asynchronous: bool
+) -> None:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    down, other_region = simulator_factory(clock=clock), simulator_factory()
+    down.add_outage(duration_s=100.0)
+    breakers = Breakers(BreakerSettings.from_config(CONFIG), LocalBreakerStore(), clock=clock)
+    wrapped = PerfEmbeddings(
+        embeddings(down), CONFIG, fallbacks=[embeddings(other_region)], breakers=breakers
+    )
+    texts = [f"passage {i}" for i in range(12)]
+    if asynchronous:
+        got = await wrapped.aembed_documents(texts)
+        query = await wrapped.aembed_query("tide pools")
+    else:
+        got = wrapped.embed_documents(texts)
+        query = wrapped.embed_query("tide pools")
+    plain = embeddings(other_region)
+    assert got == [list(v) for v in np.asarray(plain.embed_documents(texts), dtype=np.float32)]
+    assert query == list(np.asarray(plain.embed_query("tide pools"), dtype=np.float32))
+    assert down.stats()["faults_by_kind"]["outage"] >= 1
