@@ -565,10 +565,14 @@ async def test_a_miss_read_before_the_leader_stored_makes_no_second_call(
         return provider.answer(req)
 
     leader = asyncio.create_task(service.agenerate(req, slow_answer, Codec()))
+    # Until the leader is in its provider call (its own late read through the disk tier's
+    # thread pool done: on a loaded machine that takes longer than 1000 loop turns, and
+    # the blocked read below would then be the leader's).
     for _ in range(1000):
         if service.provider_calls:
             break
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+    assert service.provider_calls == 1
     SlowDisk.block_next = True
     late = asyncio.create_task(service.agenerate(req, fast_answer, Codec()))
     await asyncio.get_running_loop().run_in_executor(None, SlowDisk.entered.wait, 10)
