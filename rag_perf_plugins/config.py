@@ -122,6 +122,39 @@ def _redis_url_problem(url: str) -> str | None:
     return None
 
 
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """``"h1:26379,h2:26379"`` as ``(("h1", 26379), ("h2", 26379))``; ``ValueError`` if malformed.
+
+    Example: ``parse_sentinels("127.0.0.1:26379, 10.0.0.2:26379")``. Spaces around an entry
+    are ignored; an IPv6 host is written in brackets (``[::1]:26379``).
+    """
+    found: list[tuple[str, int]] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            msg = f"{entry!r} is not host:port (a port in 1-65535)"
+            raise ValueError(msg)
+        found.append((host, int(port)))
+    if not found:
+        msg = "no host:port entry"
+        raise ValueError(msg)
+    return tuple(found)
+
+
+def _sentinels_problem(text: str) -> str | None:
+    if text == "":
+        return None  # no sentinels (standalone or cluster)
+    try:
+        parse_sentinels(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 BUDGET_SCOPES = ("tenant", "key", "model")
 
 
@@ -138,6 +171,7 @@ ProviderProfile = Literal["openai", "cohere", "voyage", "custom"]
 VectorDtype = Literal["float32", "float64"]
 RedisPosition = Literal["before-disk", "after-disk", "instead-of-disk"]
 LimiterFallback = Literal["local-share", "fail-closed"]
+RedisMode = Literal["standalone", "cluster", "sentinel"]
 HttpTransport = Literal["httpx", "aiohttp"]
 
 
@@ -296,6 +330,34 @@ class PerformanceConfig:
         secret=True,
         validator=_redis_url_problem,
         allowed="a redis://, rediss:// or unix:// URL",
+    )
+    redis_mode: RedisMode = _opt(
+        "standalone",
+        "How redis_url is reached: standalone (one server), cluster (any node of a Redis "
+        "Cluster, e.g. redis://10.0.0.1:7000/0; the others are discovered) or sentinel (the "
+        "master named redis_master_name, found through redis_sentinels; redis_url then gives "
+        "the master's password and database, and its host:port is the sentinel when "
+        "redis_sentinels is empty).",
+    )
+    redis_sentinels: str = _opt(
+        "",
+        "Sentinels of redis_mode sentinel, comma-separated host:port, e.g. "
+        "10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379; empty: the host:port of redis_url "
+        "is the one sentinel.",
+        validator=_sentinels_problem,
+        allowed="comma-separated host:port entries",
+    )
+    redis_master_name: str = _opt(
+        "mymaster", "Name of the master the sentinels watch (redis_mode sentinel)."
+    )
+    cross_process_lease: float = _opt(
+        0.0,
+        "Cross-process single-flight through the Redis tier: a cache miss takes a lease of "
+        "this many seconds (renewed while the provider call runs) and identical misses in "
+        "other processes wait for its answer; a follower computes itself when the lease "
+        "ends without an answer (the leader died). 0 turns it off.",
+        unit="seconds",
+        ge=0,
     )
     redis_timeout: float = _opt(
         0.25,
@@ -554,6 +616,21 @@ class PerformanceConfig:
     def __post_init__(self) -> None:
         for spec in _fields().values():
             spec.check(getattr(self, spec.name))
+        if self.redis_mode == "cluster" and (self.redis_url or "").lower().startswith("unix:"):
+            msg = (
+                "redis_url=unix://...: a Redis Cluster is reached over TCP; allowed with "
+                "redis_mode 'cluster': a redis:// or rediss:// URL of any node"
+            )
+            raise ConfigError(msg, key="redis_url", value="unix://...")
+        if self.redis_mode == "cluster" and self.redis_url:
+            db = urlsplit(self.redis_url).path.strip("/")
+            if db not in ("", "0"):
+                msg = (
+                    "redis_url names database "
+                    f"{db!r}: a Redis Cluster has one database; allowed with redis_mode "
+                    "'cluster': /0 or no database"
+                )
+                raise ConfigError(msg, key="redis_url", value=f".../{db}")
 
     # --- constructors -----------------------------------------------------------------
     @classmethod

@@ -11,7 +11,7 @@ import pytest
 
 from rag_perf_plugins._clock import FakeClock
 
-pytest_plugins = ["rag_perf_plugins.simulator.testing"]
+pytest_plugins = ["rag_perf_plugins.simulator.testing", "ha_redis"]
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 # The database the Redis tests use and flush; two test runs at once need two databases.

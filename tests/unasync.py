@@ -119,6 +119,8 @@ TWINS: tuple[Twins, ...] = (
             "self._aput(": "self._put(",
             "self._flight.ado(": "self._flight.do(",
             "async def lead()": "def lead()",
+            "async def reread()": "def reread()",
+            "cache.ashared_flight(": "cache.shared_flight(",
             "gate.aacquire(": "gate.acquire(",
             "await aobserve_failure(": "observe_failure(",
             "await areconcile_ticket(": "reconcile_ticket(",

@@ -14,8 +14,9 @@ GCRA arithmetic, run as one Lua script per call, so a reservation is atomic acro
 process and host using the Redis. Time is Redis's ``TIME`` (seconds), not the caller's
 clock, so processes whose monotonic clocks disagree still share one schedule; waits are
 returned as relative seconds, which is all the gate needs. State lives in one small hash per
-key under ``{prefix}:rl:{gate key}`` (the gate key holds an API-key fingerprint, never the
-key) and expires once the bucket is idle and full again. The in-process
+key under ``{prefix}:rl:{{gate key}}`` (the gate key, an API-key fingerprint and never the
+key, is the Redis Cluster hash tag: :class:`~rag_perf_plugins.redis.keys.RedisKeys`) and
+expires once the bucket is idle and full again. The in-process
 :class:`~rag_perf_plugins.admission.gate.AdmissionGate` stays in front: concurrency cap, FIFO
 order and the bounded queue are per process; only the rate budget is shared.
 
@@ -31,6 +32,22 @@ the store falls back (``limiter_fallback``):
 When Redis answers again, the shared budget is used again. A flushed Redis (state or
 script gone) is handled too: the script is reloaded and a missing bucket starts full.
 
+Honest switches (the bound, per key and per switch): each process remembers when the last
+reservation it was granted (from Redis or from its local share) is due to be sent.
+
+- Redis lost: this process's local share starts *empty* at that moment (no burst), with
+  the reservations Redis had already scheduled for it still counted. Together the N
+  local shares then send at the full rate from where the shared schedule stopped.
+- Redis back (the first answer after calls were served locally): the same script call
+  first re-seeds the shared bucket as empty now (never full, whatever Redis remembered or
+  forgot) plus what this process's local share had already scheduled.
+
+So a switch over-admits at most one request per process beyond the rate (the rounding
+of a share), far under 1 s of budget at any rate where N < rate / 60; a process that made
+no call while Redis was away joins with a full bucket, at most ``rate_burst_seconds``
+of its budget. During a failover (a cluster replica promoted, a Sentinel promotion) the
+same two switches happen: calls keep being admitted from the local shares meanwhile.
+
 Two clients, one decision path: ``acquire`` (and every blocking method) uses one
 pooled redis-py client per store; the gate's ``async with acquire()`` path awaits the ``a*``
 twins, which use a ``redis.asyncio`` client of the *running* event loop (one per loop,
@@ -43,8 +60,8 @@ loopback; p95 a few ms on a loaded machine). On the async path the event loop ru
 tasks meanwhile; a blocking call holds its thread for at most ``timeout`` seconds while
 Redis is slow, then none while the breaker is open. A task cancelled while its call is in
 flight may leave that reservation debited in Redis (the budget errs on the safe side).
-Reservations made from the local share during an outage are not replayed into Redis when
-it returns. No Redis Cluster hash tags, no sentinel failover logic beyond the URL. A loop
+A share is ``1 / worker_count`` of the rate even when some workers send nothing (their
+share is unused). A loop
 closed without ``shutdown_asyncgens()`` (a bare ``loop.close()``) leaves its client's
 sockets to the garbage collector.
 """
@@ -65,12 +82,11 @@ from ..config import PerformanceConfig
 from ..redis.client import (
     OUTAGE_ERRORS,
     CircuitBreaker,
+    RedisTarget,
     describe_error,
-    make_async_redis_client,
     own_or_given,
-    redact_url,
-    redis,
 )
+from ..redis.keys import RedisKeys
 from .budget import LocalBudgetStore, RateLimits
 from .spend import LocalSpendStore, Spend
 
@@ -101,6 +117,7 @@ local s = redis.call('HMGET', key, 'tr', 'tt', 'pu')
 local tr = tonumber(s[1]) or 0
 local tt = tonumber(s[2]) or 0
 local pu = tonumber(s[3]) or 0
+local seed = tonumber(ARGV[8])
 
 local function grant(tat, amount, interval)
   if interval == 0 or amount <= 0 then return now end
@@ -125,6 +142,15 @@ local function clamp(remaining, interval, tat)
   if remaining < 0 or interval == 0 then return tat end
   local floor = now + math.max(burst, interval) - remaining * interval
   return math.max(tat, floor)
+end
+
+if seed >= 0 then
+  -- Rejoin after an outage: the bucket is empty now (whatever Redis kept or lost), and
+  -- what the caller's local share already scheduled (seed, seconds at the full rate) is
+  -- still to come.
+  if ir > 0 then tr = math.max(tr, now + math.max(burst, ir)) + seed end
+  if it > 0 then tt = math.max(tt, now + math.max(burst, it)) end
+  save()
 end
 
 if op == 'reserve' then
@@ -162,7 +188,7 @@ return redis.error_reply('unknown op ' .. op)
 
 
 # Dollar budgets (a dimension beside RPM/TPM): one integer counter of micro-dollars per
-# scope and clock window, under {prefix}:usd:{scope}|{window name}:{window index}, expiring
+# scope and clock window, under {prefix}:usd:{{scope}|{window name}}:{window index}, expiring
 # one window after its end. 'spend' adds the amount only if the counter stays within the
 # limit; 'adjust' adds a signed amount, never below zero. Returns {granted, spent before}.
 _SPEND_SCRIPT: Final = r"""
@@ -201,6 +227,7 @@ class _Call:
     tokens: float
     arg: float
     fallback: Callable[[], float]
+    now: float
 
 
 class _LoopScript:
@@ -208,7 +235,7 @@ class _LoopScript:
 
     __slots__ = ("client", "script", "spend")
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
         self.script: AsyncScript = client.register_script(_SCRIPT)
         self.spend: AsyncScript = client.register_script(_SPEND_SCRIPT)
@@ -231,7 +258,8 @@ class RedisBudgetStore:
         await store.atry_reserve(...)       # the same, on this event loop's asyncio client
 
     Args:
-        url: ``redis://[:password@]host:port/db``.
+        url: ``redis://[:password@]host:port/db``, or a
+            :class:`~rag_perf_plugins.redis.client.RedisTarget` (cluster, sentinel).
         prefix: Key prefix of this application or tenant (``cache_namespace_prefix``).
         timeout: Seconds per connect and per reply (``redis_timeout``).
         fallback: ``"local-share"`` (budget / ``worker_count`` in this process) or
@@ -252,23 +280,29 @@ class RedisBudgetStore:
         "_client",
         "_counts",
         "_local",
+        "_local_due",
+        "_local_keys",
         "_lock",
         "_owns_client",
+        "_redis_due",
         "_script",
+        "_seeding",
         "_shares",
         "_spend_local",
         "_spend_script",
         "_warned",
         "breaker",
         "fallback",
+        "keys",
         "prefix",
+        "target",
         "url",
         "worker_count",
     )
 
     def __init__(
         self,
-        url: str,
+        url: str | RedisTarget,
         *,
         prefix: str = "rag-perf",
         timeout: float = 0.25,
@@ -276,7 +310,7 @@ class RedisBudgetStore:
         worker_count: int = 1,
         retry_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        client: redis.Redis | None = None,
+        client: Any | None = None,
         max_connections: int = 32,
     ) -> None:
         if fallback not in ("local-share", "fail-closed"):
@@ -288,12 +322,15 @@ class RedisBudgetStore:
         if not isinstance(prefix, str) or not prefix:
             msg = f"prefix must be a non-empty string, got {prefix!r}"
             raise ValueError(msg)
-        self.url = url
+        target = RedisTarget.of(url)
+        self.target = target
+        self.url = target.url
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.fallback = fallback
         self.worker_count = worker_count
         self._client, self._owns_client = own_or_given(
-            url, client, timeout=timeout, max_connections=max_connections
+            target, client, timeout=timeout, max_connections=max_connections
         )
         self._script = self._client.register_script(_SCRIPT)
         self._spend_script = self._client.register_script(_SPEND_SCRIPT)
@@ -301,29 +338,46 @@ class RedisBudgetStore:
         # One asyncio client per event loop, closed while that loop shuts down.
         self._async_scripts: PerLoop[_LoopScript] = PerLoop(
             lambda: _LoopScript(
-                make_async_redis_client(url, timeout=timeout, max_connections=max_connections)
+                target.async_client(timeout=timeout, max_connections=max_connections)
             ),
             _close_loop_script,
         )
-        self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock)
+        # Per key: when the latest reservation granted to this process by Redis, and by
+        # the local share, is due to be sent (monotonic seconds of the callers' ``now``);
+        # the keys served by the local share since Redis last answered (they re-seed Redis
+        # on its next answer), and those whose re-seeding call is in flight.
+        self._redis_due: dict[str, float] = {}
+        self._local_due: dict[str, float] = {}
+        self._local_keys: set[str] = set()
+        self._seeding: set[str] = set()
+        # Aligned probes: every process of a host rejoins the shared budget at one moment
+        # (a process back on Redis while others still use their shares would over-admit).
+        self.breaker = CircuitBreaker(retry_interval=retry_interval, clock=clock, aligned=True)
         self._local = LocalBudgetStore()
         self._shares: dict[RateLimits, RateLimits] = {}
         self._lock = threading.Lock()
         self._warned = False
-        self._counts = {"redis_calls": 0, "fallback_calls": 0, "redis_errors": 0}
+        self._counts = {
+            "redis_calls": 0,
+            "fallback_calls": 0,
+            "redis_errors": 0,
+            "local_starts": 0,
+            "reseeds": 0,
+        }
 
     @classmethod
     def from_config(cls, config: PerformanceConfig, **options: Any) -> RedisBudgetStore:
         """The store of the config's Redis keys.
 
-        Reads ``redis_url``, ``cache_namespace_prefix``, ``redis_timeout``,
+        Reads ``redis_url`` (with ``redis_mode``, ``redis_sentinels``, ``redis_master_name``),
+        ``cache_namespace_prefix``, ``redis_timeout``,
         ``limiter_fallback`` and ``worker_count``.
         """
         if not config.redis_url:
             msg = "RedisBudgetStore.from_config needs redis_url (e.g. redis://127.0.0.1:6379/0)"
             raise ValueError(msg)
         return cls(
-            config.redis_url,
+            RedisTarget.from_config(config),
             prefix=config.cache_namespace_prefix,
             timeout=config.redis_timeout,
             fallback=config.limiter_fallback,
@@ -338,8 +392,8 @@ class RedisBudgetStore:
         with self._lock:
             self._counts[name] += 1
 
-    def _begin(self, call: _Call) -> tuple[list[str], list[Any]] | None:
-        """The script's keys and args for ``call``; ``None`` while the breaker is open."""
+    def _begin(self, call: _Call) -> tuple[list[str], list[Any], bool] | None:
+        """The script's keys and args for ``call`` and whether it re-seeds; None: breaker open."""
         if not self.breaker.allow():
             self._count("fallback_calls")
             return None
@@ -349,9 +403,32 @@ class RedisBudgetStore:
             ir = _interval(call.limits.requests_per_minute)
             it = _interval(call.limits.tokens_per_minute)
             burst = call.limits.burst_seconds
-        keys = [f"{self.prefix}:rl:{call.key}"]
+        keys = [self.keys.budget(call.key)]
         args = [call.op, repr(ir), repr(it), repr(burst), call.requests, call.tokens]
-        return keys, [*args, repr(call.arg)]
+        seed = self._seed(call)
+        return keys, [*args, repr(call.arg), repr(seed)], seed >= 0
+
+    def _seed(self, call: _Call) -> float:
+        """Seconds of the rate still scheduled by the local share of ``call.key``, or -1.
+
+        -1 (no re-seed) unless the key was served locally since Redis last answered. One
+        call per key carries the seed (concurrent callers would add it up); another call
+        carries it if that one does not reach Redis.
+        """
+        with self._lock:
+            if call.limits is None or call.key not in self._local_keys:
+                return -1.0
+            if call.key in self._seeding:
+                return -1.0
+            self._seeding.add(call.key)
+        ahead = max(0.0, self._local_due.get(call.key, call.now) - call.now)
+        return ahead / self.worker_count
+
+    def _call_failed(self, call: _Call, seeded: bool, exc: BaseException) -> None:
+        if seeded:  # another call carries the re-seed
+            with self._lock:
+                self._seeding.discard(call.key)
+        self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
         self._count("redis_errors")
@@ -359,44 +436,100 @@ class RedisBudgetStore:
         if self.breaker.failure():
             self._report_outage(exc)
 
-    def _answered(self, raw: Any) -> float:
+    def _answered(self, call: _Call, seeded: bool, raw: Any) -> float:
         self._count("redis_calls")
         if self.breaker.success():
-            log.info("shared rate limit: redis at %s answers again", redact_url(self.url))
-        return float(raw)
+            log.info("shared rate limit: redis at %s answers again", self.target.describe())
+        if seeded:
+            with self._lock:
+                self._seeding.discard(call.key)
+                self._local_keys.discard(call.key)
+                self._counts["reseeds"] += 1
+        wait = float(raw)
+        if call.op == "reserve" and wait <= call.arg:
+            self._granted(self._redis_due, call.key, call.now + wait)
+        return wait
+
+    def _granted(self, book: dict[str, float], key: str, due: float) -> None:
+        with self._lock:
+            if due > book.get(key, -math.inf):
+                book[key] = due
 
     def _redis(self, call: _Call) -> float | None:
         """Run ``call`` in Redis; ``None`` when Redis is unreachable (the caller falls back)."""
+        probe = self.breaker.state == "open"
         script = self._begin(call)
         if script is None:
             return None
         try:
-            raw = self._script(keys=script[0], args=script[1])
+            try:
+                raw = self._script(keys=script[0], args=script[1])
+            except OUTAGE_ERRORS:
+                if not probe:
+                    raise
+                # A probe's pooled connection may be one the restarted server dropped:
+                # one more try on a fresh connection, so every process rejoins together.
+                raw = self._script(keys=script[0], args=script[1])
         except OUTAGE_ERRORS as exc:
-            self._failed(exc)
+            self._call_failed(call, script[2], exc)
             return None
-        return self._answered(raw)
+        return self._answered(call, script[2], raw)
 
     async def _aredis(self, call: _Call) -> float | None:
         """:meth:`_redis` on this event loop's asyncio client: the loop is never blocked."""
+        probe = self.breaker.state == "open"
         script = self._begin(call)
         if script is None:
             return None
         try:
             run = (await self._async_scripts.get()).script
-            raw = await run(keys=script[0], args=script[1])
+            try:
+                raw = await run(keys=script[0], args=script[1])
+            except OUTAGE_ERRORS:
+                if not probe:
+                    raise
+                raw = await run(keys=script[0], args=script[1])  # see _redis
         except OUTAGE_ERRORS as exc:
-            self._failed(exc)
+            self._call_failed(call, script[2], exc)
             return None
-        return self._answered(raw)
+        return self._answered(call, script[2], raw)
 
     def _run(self, call: _Call) -> float:
         wait = self._redis(call)
-        return call.fallback() if wait is None else wait
+        return self._local_answer(call) if wait is None else wait
 
     async def _arun(self, call: _Call) -> float:
         wait = await self._aredis(call)
-        return call.fallback() if wait is None else wait
+        return self._local_answer(call) if wait is None else wait
+
+    def _local_answer(self, call: _Call) -> float:
+        """``call`` served by the fallback (the local share, or fail-closed).
+
+        The first local call of a key after Redis answered starts that key's local share
+        empty, after what Redis had scheduled for this process.
+        """
+        if call.limits is not None and self.fallback == "local-share":
+            with self._lock:
+                first = call.key not in self._local_keys
+                self._local_keys.add(call.key)
+            if first:
+                self._start_local_share(call.key, call.limits, call.now)
+        wait = call.fallback()
+        if call.op == "reserve" and wait <= call.arg:
+            self._granted(self._local_due, call.key, call.now + wait)
+        return wait
+
+    def _start_local_share(self, key: str, limits: RateLimits, now: float) -> None:
+        share = self._share(limits)
+        tokens = None if limits.tokens_per_minute is None else 0
+        self._local.clamp(key, share, requests=0, tokens=tokens, now=now)  # empty, no burst
+        due = self._redis_due.get(key, now)
+        rpm = share.requests_per_minute
+        if due > now and rpm is not None:
+            # Reservations Redis already granted us, still to be sent: the share comes after.
+            ahead = math.ceil((due - now) * rpm / 60.0)
+            self._local.adjust(key, share, requests=ahead, tokens=0, now=now)
+        self._count("local_starts")
 
     def _report_outage(self, exc: BaseException) -> None:
         what = (
@@ -408,7 +541,7 @@ class RedisBudgetStore:
             "shared rate limit: redis at %s did not answer (%s); using %s and probing "
             "again every %g s"
         )
-        args = (redact_url(self.url), describe_error(exc), what)
+        args = (self.target.describe(), describe_error(exc), what)
         with self._lock:
             first = not self._warned
             self._warned = True
@@ -445,7 +578,7 @@ class RedisBudgetStore:
                     key, share, requests=requests, tokens=tokens, now=now, max_wait=max_wait
                 )
 
-        return _Call("reserve", key, limits, requests, tokens, max_wait, fallback)
+        return _Call("reserve", key, limits, requests, tokens, max_wait, fallback, now)
 
     def _peek_call(
         self, key: str, limits: RateLimits, requests: int, tokens: int, now: float
@@ -458,7 +591,7 @@ class RedisBudgetStore:
             def fallback() -> float:
                 return self._local.peek(key, share, requests=requests, tokens=tokens, now=now)
 
-        return _Call("peek", key, limits, requests, tokens, 0.0, fallback)
+        return _Call("peek", key, limits, requests, tokens, 0.0, fallback, now)
 
     def _adjust_call(
         self, key: str, limits: RateLimits, requests: int, tokens: int, now: float
@@ -469,19 +602,19 @@ class RedisBudgetStore:
             self._local.adjust(key, share, requests=requests, tokens=tokens, now=now)
             return 0.0
 
-        return _Call("adjust", key, limits, requests, tokens, 0.0, fallback)
+        return _Call("adjust", key, limits, requests, tokens, 0.0, fallback, now)
 
     def _pause_call(self, key: str, limits: RateLimits, seconds: float, now: float) -> _Call:
         # The local share pauses too (now, not only as a fallback), so a pause still holds
         # if Redis goes away meanwhile.
         self._local.pause(key, self._share(limits), seconds=seconds, now=now)
-        return _Call("pause", key, limits, 0, 0, seconds, _nothing)
+        return _Call("pause", key, limits, 0, 0, seconds, _nothing, now)
 
     def _paused_for_call(self, key: str, now: float) -> _Call:
         def fallback() -> float:
             return self._local.paused_for(key, now=now)
 
-        return _Call("paused_for", key, None, 0, 0, 0.0, fallback)
+        return _Call("paused_for", key, None, 0, 0, 0.0, fallback, now)
 
     def _clamp_call(
         self, key: str, limits: RateLimits, requests: int | None, tokens: int | None, now: float
@@ -494,7 +627,7 @@ class RedisBudgetStore:
 
         r = -1 if requests is None else max(0, requests)
         t = -1 if tokens is None else max(0, tokens)
-        return _Call("clamp", key, limits, r, t, 0.0, fallback)
+        return _Call("clamp", key, limits, r, t, 0.0, fallback, now)
 
     # --- BudgetStore: blocking methods (the sync client) ----------------------------------
     def try_reserve(
@@ -584,7 +717,7 @@ class RedisBudgetStore:
     # locally; with 1 (the default, where every process would get the whole limit) the call
     # is refused (fail closed), whatever limiter_fallback says for RPM/TPM.
     def _spend_key(self, key: str, window: int) -> str:
-        return f"{self.prefix}:usd:{key}:{window}"
+        return self.keys.part("usd", key, str(window))
 
     def _spend_args(self, op: str, amount: int, limit: int, window_s: int) -> list[Any]:
         return [op, amount, limit, (2 * window_s) * 1000]
@@ -603,7 +736,7 @@ class RedisBudgetStore:
     def _spend_answer(self, raw: Any, window: int, window_s: int, now: float) -> Spend:
         self._count("redis_calls")
         if self.breaker.success():
-            log.info("shared rate limit: redis at %s answers again", redact_url(self.url))
+            log.info("shared rate limit: redis at %s answers again", self.target.describe())
         return Spend(bool(int(raw[0])), int(raw[1]), window, (window + 1) * window_s - now)
 
     def try_spend(self, key: str, *, window_s: int, limit: int, amount: int, now: float) -> Spend:
@@ -676,7 +809,11 @@ class RedisBudgetStore:
 
     # --- inspection and lifecycle ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Calls answered by Redis, calls served by the fallback, errors, breaker state."""
+        """Calls answered by Redis, calls served by the fallback, errors, breaker state.
+
+        ``local_starts``: keys whose local share was started (empty) at an outage;
+        ``reseeds``: keys whose shared bucket was re-seeded when Redis answered again.
+        """
         with self._lock:
             counts = dict(self._counts)
         return {
@@ -691,7 +828,7 @@ class RedisBudgetStore:
 
     def reset(self, key: str) -> None:
         """Forget the shared state of ``key`` (a full bucket again, no pause)."""
-        self._client.delete(f"{self.prefix}:rl:{key}")
+        self._client.delete(self.keys.budget(key))
 
     def reset_lock(self) -> None:
         """Replace locks after ``fork()``; redis-py reconnects in a new process by itself."""
@@ -717,7 +854,7 @@ class RedisBudgetStore:
     def __repr__(self) -> str:
         c = self._counts
         return (
-            f"<RedisBudgetStore {redact_url(self.url)} prefix={self.prefix!r} "
+            f"<RedisBudgetStore {self.target.describe()} prefix={self.prefix!r} "
             f"[{self.breaker.state} | redis calls: {c['redis_calls']}, fallback calls: "
             f"{c['fallback_calls']} | fallback={self.fallback}, workers={self.worker_count}]>"
         )
@@ -738,6 +875,9 @@ def shared_budget_store(config: PerformanceConfig) -> RedisBudgetStore:
         raise ValueError(msg)
     ident = (
         config.redis_url,
+        config.redis_mode,
+        config.redis_sentinels,
+        config.redis_master_name,
         config.cache_namespace_prefix,
         config.redis_timeout,
         config.limiter_fallback,

@@ -32,12 +32,18 @@ namespace's version (:meth:`CacheManager.bump_namespace`) invalidates it for eve
 process sharing the directory: the version is stored in the persistent tiers and re-read
 at most every ``version_check_interval`` seconds (see ``PerformanceConfig``).
 
-Not done: stale-while-revalidate serving, entry signing, cross-process single-flight.
+Cross-process single-flight (``cross_process_lease`` > 0 and a Redis tier): a miss that
+this process leads also takes a lease in Redis (:meth:`CacheManager.shared_flight`), so
+identical misses in other processes wait for its answer instead of computing it again.
+
+Not done: stale-while-revalidate serving, entry signing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -46,7 +52,15 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast, overload
@@ -690,10 +704,117 @@ class CacheManager:
                 late = self.get(key, _MISSING, namespace=namespace)
                 if late is not _MISSING:
                     return late  # type: ignore[no-any-return]
-            value = fn()
-            return self._store_computed(key, value, ttl, namespace, model, write=control.write)
+            with self.shared_flight(key, namespace=namespace, enabled=control.read) as lead:
+                if not lead:  # another process computed and stored it
+                    stored = self.get(key, _MISSING, namespace=namespace)
+                    if stored is not _MISSING:
+                        return stored  # type: ignore[no-any-return]
+                value = fn()
+                return self._store_computed(key, value, ttl, namespace, model, write=control.write)
 
         return self._flight.do(f"{namespace}\x00{key}", compute)
+
+    # --- cross-process single-flight ------------------------------------------------------
+    def _lease_tier(self) -> Any:
+        """The tier that holds leases (the Redis tier), or None when leases are off."""
+        if self.config.cross_process_lease <= 0 or not self.enabled:
+            return None
+        return next((t for t in self.tiers if hasattr(t, "try_lease")), None)
+
+    def _lease_step(self, tier: Any, stored: str, *, waiting: bool) -> tuple[str, Any]:
+        """One look at the shared flight of ``stored``; blocking, raises when Redis is away.
+
+        ("lead", lease) when this process takes it, ("ready", None) when the value is
+        stored, ("wait", None) while another process holds the lease.
+        """
+        if waiting:
+            if tier.get_many([stored]):
+                return "ready", None
+            if tier.lease_held(stored):
+                return "wait", None
+        lease = tier.try_lease(stored, self.config.cross_process_lease)
+        if lease is None:
+            return "wait", None
+        if tier.get_many([stored]):  # stored by a leader that just released its lease
+            lease.release()
+            return "ready", None
+        return "lead", lease
+
+    def _lease_outcome(self, state: str, lease: Any) -> bool:
+        self._count("xp", {"lead": "led", "ready": "followed"}.get(state, "alone"))
+        return state != "ready"
+
+    @contextlib.contextmanager
+    def shared_flight(
+        self, key: str, *, namespace: str = "default", enabled: bool = True
+    ) -> Iterator[bool]:
+        """Lead the computation of ``key`` across processes, or wait for the process that does.
+
+        Example::
+
+            with cache.shared_flight(key, namespace="llm") as lead:
+                if not lead:                          # another process stored it meanwhile
+                    value = cache.get(key, namespace="llm")
+                ...                                   # else compute and store it here
+
+        Yields ``True`` when the caller should compute (it holds the lease, renewed until
+        the block ends, or leases are off, or Redis is away: then it computes alone), and
+        ``False`` once another process has stored ``key``. A follower polls every
+        ``min(0.05, lease / 10)`` seconds while the leader holds the lease; a leader that
+        died loses it within ``cross_process_lease`` seconds and a follower then leads.
+        So a follower waits at most the leader's call plus ``cross_process_lease`` seconds.
+        Use it inside the local single-flight: one caller per process reaches Redis.
+        """
+        tier = self._lease_tier() if enabled else None
+        if tier is None:
+            yield True
+            return
+        stored = self._prefix(namespace) + key
+        poll = min(0.05, self.config.cross_process_lease / 10)
+        state, lease, waiting = "wait", None, False
+        try:
+            while state == "wait":
+                state, lease = self._lease_step(tier, stored, waiting=waiting)
+                if state == "wait":
+                    waiting = True
+                    time.sleep(poll)
+        except Exception as exc:  # Redis away: compute without a lease
+            self._fault(tier.name, "lease", exc)
+            state = "alone"
+        try:
+            yield self._lease_outcome(state, lease)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    @contextlib.asynccontextmanager
+    async def ashared_flight(
+        self, key: str, *, namespace: str = "default", enabled: bool = True
+    ) -> AsyncIterator[bool]:
+        """Async :meth:`shared_flight`: Redis calls run in the manager's thread pool."""
+        tier = self._lease_tier() if enabled else None
+        if tier is None:
+            yield True
+            return
+        loop = asyncio.get_running_loop()
+        stored = await self._aprefix(namespace) + key
+        poll = min(0.05, self.config.cross_process_lease / 10)
+        state, lease, waiting = "wait", None, False
+        try:
+            while state == "wait":
+                step = functools.partial(self._lease_step, tier, stored, waiting=waiting)
+                state, lease = await loop.run_in_executor(self._pool(), step)
+                if state == "wait":
+                    waiting = True
+                    await asyncio.sleep(poll)
+        except Exception as exc:  # Redis away: compute without a lease
+            self._fault(tier.name, "lease", exc)
+            state = "alone"
+        try:
+            yield self._lease_outcome(state, lease)
+        finally:
+            if lease is not None:
+                await loop.run_in_executor(self._pool(), lease.release)
 
     def _store_computed(
         self,
@@ -889,15 +1010,20 @@ class CacheManager:
                 late = await self.aget(key, _MISSING, namespace=namespace)
                 if late is not _MISSING:
                     return late  # type: ignore[no-any-return]
-            value = await fn()
-            try:
-                blobs = self._encode_many({key: value}, ttl, vector=False)
-            except CacheError as exc:
-                self._fault("encode", "set", exc, kind="unserializable")
-                return value
-            if control.write:
-                await self._astore(namespace, blobs, ttl, model)
-            return decode(blobs[key]).value  # type: ignore[no-any-return]
+            async with self.ashared_flight(key, namespace=namespace, enabled=control.read) as lead:
+                if not lead:  # another process computed and stored it
+                    stored = await self.aget(key, _MISSING, namespace=namespace)
+                    if stored is not _MISSING:
+                        return stored  # type: ignore[no-any-return]
+                value = await fn()
+                try:
+                    blobs = self._encode_many({key: value}, ttl, vector=False)
+                except CacheError as exc:
+                    self._fault("encode", "set", exc, kind="unserializable")
+                    return value
+                if control.write:
+                    await self._astore(namespace, blobs, ttl, model)
+                return decode(blobs[key]).value  # type: ignore[no-any-return]
 
         return await self._flight.ado(f"{namespace}\x00{key}", compute)
 
@@ -963,6 +1089,10 @@ class CacheManager:
             "single_flight": {
                 "computed": self._flight.computed,
                 "coalesced": self._flight.coalesced,
+                **{
+                    f"cross_process_{what}": counts.get(("xp", what), 0)
+                    for what in ("led", "followed", "alone")
+                },
             },
         }
 

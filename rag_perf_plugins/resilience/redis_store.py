@@ -39,12 +39,12 @@ from ..config import PerformanceConfig
 from ..redis.client import (
     OUTAGE_ERRORS,
     CircuitBreaker,
+    RedisTarget,
     describe_error,
-    make_async_redis_client,
     own_or_given,
     redact_url,
-    redis,
 )
+from ..redis.keys import RedisKeys
 from .breaker import Admission, BreakerSettings, Outcome, State, Transition
 from .store import LocalBreakerStore
 
@@ -59,9 +59,10 @@ log = logging.getLogger("rag_perf_plugins.redis")
 def breaker_key(prefix: str, target: str) -> str:
     """The Redis key of ``target``'s breaker: ``breaker_key("app", "openai/m/k-1")``.
 
-    The one place the key is spelled (a cluster-aware key builder can take it over).
+    ``"app:cb:{openai/m/k-1}"``: the target is the Redis Cluster hash tag
+    (:class:`~rag_perf_plugins.redis.keys.RedisKeys`).
     """
-    return f"{prefix}:cb:{target}"
+    return RedisKeys(prefix).part("cb", target)
 
 
 # The rules of BreakerCore, once more, in Lua. ARGV: op, now, failure_ratio, min_calls,
@@ -228,7 +229,7 @@ class _LoopScript:
 
     __slots__ = ("client", "script")
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
         self.script: AsyncScript = client.register_script(_SCRIPT)
 
@@ -312,27 +313,28 @@ class RedisBreakerStore:
 
     def __init__(
         self,
-        url: str,
+        url: str | RedisTarget,
         *,
         prefix: str = "rag-perf",
         timeout: float = 0.25,
         retry_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        client: redis.Redis | None = None,
+        client: Any | None = None,
         max_connections: int = 32,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             msg = f"prefix must be a non-empty string, got {prefix!r}"
             raise ValueError(msg)
-        self.url = url
+        target = RedisTarget.of(url)
+        self.url = target.url
         self.prefix = prefix
         self._client, self._owns_client = own_or_given(
-            url, client, timeout=timeout, max_connections=max_connections
+            target, client, timeout=timeout, max_connections=max_connections
         )
         self._script = self._client.register_script(_SCRIPT)
         self._async_scripts: PerLoop[_LoopScript] = PerLoop(
             lambda: _LoopScript(
-                make_async_redis_client(url, timeout=timeout, max_connections=max_connections)
+                target.async_client(timeout=timeout, max_connections=max_connections)
             ),
             _close_loop_script,
         )
@@ -349,7 +351,7 @@ class RedisBreakerStore:
             msg = "RedisBreakerStore.from_config needs redis_url (e.g. redis://127.0.0.1:6379/0)"
             raise ValueError(msg)
         return cls(
-            config.redis_url,
+            RedisTarget.from_config(config),
             prefix=config.cache_namespace_prefix,
             timeout=config.redis_timeout,
             **options,

@@ -1025,23 +1025,36 @@ class LLMService(ProviderCalls):
                 return hit
         state.cache_hit = False
 
+        def reread() -> tuple[T, Any, Usage | None, str | None] | None:
+            with applied(state.control):
+                entry = cache.get(key, namespace=self.namespace)
+            found = self._read_entry("result", entry)
+            late = self._hit("result", entry, codec.decode, state)
+            if found is not None and not isinstance(late, _Miss):
+                return late, found[0], found[1], state.answered_by
+            return None
+
         def lead() -> tuple[T, Any, Usage | None, str | None]:
             if state.control.read:
                 # Another leader may have stored the answer between our lookup and our
                 # claim (its flight had just ended): read again before calling the provider.
-                with applied(state.control):
-                    entry = cache.get(key, namespace=self.namespace)
-                found = self._read_entry("result", entry)
-                late = self._hit("result", entry, codec.decode, state)
-                if found is not None and not isinstance(late, _Miss):
-                    return late, found[0], found[1], state.answered_by
-            state.led = True
-            value = self._provider(request, call, codec, state)
-            data = self._encode(codec, value)
-            if data is not _UNSTORED and state.control.write and not state.cache_hit:
-                for where, model, target in self._answer_keys(key, state, False):
-                    self._put(cache, where, "result", data, state, model, target)
-            return value, data, state.usage, state.answered_by
+                stored = reread()
+                if stored is not None:
+                    return stored
+            # Identical misses in other processes wait for one of them (cross_process_lease).
+            flight = cache.shared_flight(key, namespace=self.namespace, enabled=state.control.read)
+            with flight as leads:
+                if not leads:  # another process called the provider and stored the answer
+                    stored = reread()
+                    if stored is not None:
+                        return stored
+                state.led = True
+                value = self._provider(request, call, codec, state)
+                data = self._encode(codec, value)
+                if data is not _UNSTORED and state.control.write and not state.cache_hit:
+                    for where, model, target in self._answer_keys(key, state, False):
+                        self._put(cache, where, "result", data, state, model, target)
+                return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *self._flight.do(key, lead))
 
@@ -1155,23 +1168,36 @@ class LLMService(ProviderCalls):
                 return hit
         state.cache_hit = False
 
+        async def reread() -> tuple[T, Any, Usage | None, str | None] | None:
+            with applied(state.control):
+                entry = await cache.aget(key, namespace=self.namespace)
+            found = self._read_entry("result", entry)
+            late = self._hit("result", entry, codec.decode, state)
+            if found is not None and not isinstance(late, _Miss):
+                return late, found[0], found[1], state.answered_by
+            return None
+
         async def lead() -> tuple[T, Any, Usage | None, str | None]:
             if state.control.read:
                 # Another leader may have stored the answer between our lookup and our
                 # claim (its flight had just ended): read again before calling the provider.
-                with applied(state.control):
-                    entry = await cache.aget(key, namespace=self.namespace)
-                found = self._read_entry("result", entry)
-                late = self._hit("result", entry, codec.decode, state)
-                if found is not None and not isinstance(late, _Miss):
-                    return late, found[0], found[1], state.answered_by
-            state.led = True
-            value = await self._aprovider(request, call, codec, state)
-            data = self._encode(codec, value)
-            if data is not _UNSTORED and state.control.write and not state.cache_hit:
-                for where, model, target in self._answer_keys(key, state, False):
-                    await self._aput(cache, where, "result", data, state, model, target)
-            return value, data, state.usage, state.answered_by
+                stored = await reread()
+                if stored is not None:
+                    return stored
+            # Identical misses in other processes wait for one of them (cross_process_lease).
+            flight = cache.ashared_flight(key, namespace=self.namespace, enabled=state.control.read)
+            async with flight as leads:
+                if not leads:  # another process called the provider and stored the answer
+                    stored = await reread()
+                    if stored is not None:
+                        return stored
+                state.led = True
+                value = await self._aprovider(request, call, codec, state)
+                data = self._encode(codec, value)
+                if data is not _UNSTORED and state.control.write and not state.cache_hit:
+                    for where, model, target in self._answer_keys(key, state, False):
+                        await self._aput(cache, where, "result", data, state, model, target)
+                return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *await self._flight.ado(key, lead))
 

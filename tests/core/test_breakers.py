@@ -104,7 +104,7 @@ def test_breakers_for_is_one_per_settings_and_redis() -> None:
 
 
 def test_the_redis_key_holds_the_prefix_and_target() -> None:
-    assert breaker_key("app", "openai/m/k-1~e") == "app:cb:openai/m/k-1~e"
+    assert breaker_key("app", "openai/m/k-1~e") == "app:cb:{openai/m/k-1~e}"
 
 
 def test_provider_unavailable_names_each_target_and_state() -> None:

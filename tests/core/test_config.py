@@ -334,3 +334,38 @@ def test_batch_wait_is_in_seconds_everywhere() -> None:
     assert PerformanceConfig().max_wait_time == 0.005
     assert PerformanceConfig.from_preset("high-throughput").max_wait_time == 0.020
     assert PerformanceConfig.from_env({"RAG_PERF_MAX_WAIT_TIME": "0.25"}).max_wait_time == 0.25
+
+
+# --- Redis modes --------------------------------------------------------------------------
+def test_a_malformed_redis_url_is_refused_naming_the_key_and_the_schemes() -> None:
+    with pytest.raises(ConfigError) as info:
+        PerformanceConfig(redis_url="redis//127.0.0.1:6379/0")
+    assert info.value.key == "redis_url"
+    assert "redis://, rediss:// or unix://" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "h:0", "h:70000", "h:port", ":26379", ","])
+def test_malformed_sentinels_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PerformanceConfig(redis_sentinels=text)
+    assert info.value.key == "redis_sentinels"
+    assert "host:port" in str(info.value)
+
+
+def test_sentinels_parse_with_spaces_and_ipv6() -> None:
+    from rag_perf_plugins.config import parse_sentinels
+
+    assert parse_sentinels(" a:1, [::1]:26379 ,") == (("a", 1), ("::1", 26379))
+
+
+def test_redis_mode_is_one_of_three_and_a_cluster_needs_tcp() -> None:
+    with pytest.raises(ConfigError) as info:
+        PerformanceConfig(redis_mode="clustered")  # type: ignore[arg-type]
+    assert info.value.key == "redis_mode" and "sentinel" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        PerformanceConfig(redis_url="unix:///run/redis.sock", redis_mode="cluster")
+    assert info.value.key == "redis_url"
+    with pytest.raises(ConfigError) as info:
+        PerformanceConfig(redis_url="redis://10.0.0.1:7000/3", redis_mode="cluster")
+    assert info.value.key == "redis_url" and "one database" in str(info.value)
+    assert PerformanceConfig(redis_url="redis://10.0.0.1:7000", redis_mode="cluster")

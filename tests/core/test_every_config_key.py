@@ -49,6 +49,7 @@ from rag_perf_plugins import (
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy
 from rag_perf_plugins.admission.spend import LocalSpendStore
+from rag_perf_plugins.bench.redis_servers import MASTER_NAME
 from rag_perf_plugins.cache.manager import default_cache_dir
 from rag_perf_plugins.cache.redis_tier import RedisTier
 from rag_perf_plugins.cache.tiers import DiskTier
@@ -311,6 +312,58 @@ def found_by_a_second_manager(ctx: Ctx, config: PerformanceConfig) -> Any:
         return second.get("k")
 
 
+def client_a_tier_builds(ctx: Ctx, config: PerformanceConfig) -> str:
+    """The redis-py client class the Redis tier builds, or the error that refused it."""
+    try:
+        tier = RedisTier.from_config(config)
+    except Exception as exc:
+        return type(exc).__name__
+    try:
+        return type(tier._client).__name__
+    finally:
+        tier.close()
+
+
+def providers_left_after_a_shared_miss(ctx: Ctx, config: PerformanceConfig) -> tuple[int, int]:
+    """(processes that led, that waited) when a miss finds another process's lease taken.
+
+    The other process is stood in for by a lease taken directly on the tier; it stores
+    the answer 0.3 s later (the manager under test polls meanwhile, if it waits).
+    """
+    assert config.redis_url is not None
+    _flush(config.redis_url)
+    with CacheManager(config) as cache:
+        tier = next(t for t in cache.tiers if isinstance(t, RedisTier))
+        stored = cache._prefix("llm") + "q"
+        lease = tier.try_lease(stored, 5.0)
+        assert lease is not None
+
+        def other_process() -> None:
+            threading.Event().wait(0.3)
+            with CacheManager(config.replace(cross_process_lease=0.0)) as other:
+                other.set("q", "theirs", namespace="llm")
+            lease.release()
+
+        helper = threading.Thread(target=other_process)
+        helper.start()
+        value = cache.get_or_compute("q", lambda: "ours", namespace="llm")
+        helper.join()
+        flight = cache.get_stats()["single_flight"]
+        assert value == ("theirs" if flight["cross_process_followed"] else "ours")
+        return flight["cross_process_led"], flight["cross_process_followed"]
+
+
+def sentinel_keys(**keys: Any) -> Callable[[Ctx], Mapping[str, Any]]:
+    """The Sentinel fixture's URL in sentinel mode, with ``keys``."""
+
+    def build(ctx: Ctx) -> Mapping[str, Any]:
+        sentinel = ctx.request.getfixturevalue("redis_sentinel")
+        return {"redis_url": sentinel.url, "redis_mode": "sentinel", "redis_timeout": 0.5,
+                **{k: v(sentinel) if callable(v) else v for k, v in keys.items()}}  # fmt: skip
+
+    return build
+
+
 def disk_tier_directory(ctx: Ctx, config: PerformanceConfig) -> str:
     with CacheManager(config) as cache:
         cache.set("k", "v")
@@ -534,13 +587,15 @@ def admission_while_redis_is_down(ctx: Ctx, config: PerformanceConfig) -> str:
         return "Overloaded"
 
 
-def waits_of_five_admissions_while_redis_is_down(ctx: Ctx, config: PerformanceConfig) -> int:
+def seconds_waited_by_five_admissions_while_redis_is_down(
+    ctx: Ctx, config: PerformanceConfig
+) -> float:
     clock = FakeClock()
     gate = _gate(ctx, config, clock)  # the shared store of the config, falling back
     for _ in range(5):
         with gate.acquire():
             pass
-    return len(clock.slept)
+    return round(sum(clock.slept), 3)
 
 
 # --- retries ------------------------------------------------------------------------------
@@ -1043,6 +1098,27 @@ EFFECTS: dict[str, Effect] = {
         lambda ctx: ctx.redis_url, "a value set by one manager, read by a new one",
         found_by_a_second_manager, None, "v", MEMORY_ONLY,
     ),
+    "redis_mode": Effect(
+        "cluster", "the client a Redis tier builds for a standalone server",
+        client_a_tier_builds, "Redis", "RedisClusterException",
+        lambda ctx: {"redis_url": ctx.redis_url.rsplit("/", 1)[0]},  # a cluster has no db
+    ),
+    "redis_sentinels": Effect(
+        lambda ctx: ctx.request.getfixturevalue("redis_sentinel").sentinels,
+        "a value set by one manager, read by a new one (the URL's host is a data node)",
+        found_by_a_second_manager, None, "v",
+        sentinel_keys(redis_master_name=MASTER_NAME, **MEMORY_ONLY),
+    ),
+    "redis_master_name": Effect(
+        MASTER_NAME, "a value set by one manager, read by a new one (sentinels of that name)",
+        found_by_a_second_manager, None, "v",
+        sentinel_keys(redis_sentinels=lambda s: s.sentinels, **MEMORY_ONLY),
+    ),
+    "cross_process_lease": Effect(
+        5.0, "(led, waited) of a miss whose lease another process holds",
+        providers_left_after_a_shared_miss, (0, 0), (0, 1),
+        with_redis(**MEMORY_ONLY),
+    ),
     "redis_timeout": Effect(
         30.0, "what ends a read from a Redis that never answers (hung up after 1 s)",
         why_a_read_from_a_silent_redis_ended, "TimeoutError", "ConnectionError",
@@ -1056,15 +1132,16 @@ EFFECTS: dict[str, Effect] = {
     ),
     "shared_rate_limit": Effect(
         True, "Redis keys after one admission", budget_keys_in_redis,
-        [], ["rag-perf:rl:every-key-shared"], with_redis(requests_per_minute=600),
+        [], ["rag-perf:rl:{every-key-shared}"], with_redis(requests_per_minute=600),
     ),
     "limiter_fallback": Effect(
         "fail-closed", "one admission while Redis is down", admission_while_redis_is_down,
         "admitted", "Overloaded", DOWN,
     ),
     "worker_count": Effect(
-        10, "waits of five admissions at 600/min while Redis is down",
-        waits_of_five_admissions_while_redis_is_down, 0, 4, DOWN,
+        10, "seconds five admissions at 600/min wait while Redis is down (the local share "
+        "starts empty: one interval each)",
+        seconds_waited_by_five_admissions_while_redis_is_down, 0.5, 5.0, DOWN,
     ),
     # --- admission gate ---
     "requests_per_minute": Effect(

@@ -24,11 +24,13 @@ hosts (one host stands in for many), or Redis over a real network (loopback only
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,10 @@ class SharedBudgetRun:
         p95_total_s: p95 of queue wait plus call, seconds; ``p95_call_s``: call alone.
         redis_calls: Store calls Redis answered; ``fallback_calls``: store calls served
             by the fallback while Redis was slow or away (all processes).
+        p95_reserve_s: p95 of one budget reservation (the store's round trip), seconds.
+        trips: Breakers opened (all processes); ``recoveries``: breakers closed again.
+        answered_at: Wall times of the answers with their status, for windows after an
+            event (a killed master).
     """
 
     processes: int
@@ -91,6 +97,33 @@ class SharedBudgetRun:
     p95_call_s: float | None
     redis_calls: int
     fallback_calls: int
+    p95_reserve_s: float | None = None
+    trips: int = 0
+    recoveries: int = 0
+    answered_at: tuple[tuple[float, int], ...] = ()
+
+    def sent_between(self, start: float, end: float) -> tuple[int, int]:
+        """(answers 200, answers 429) that arrived between two wall times."""
+        inside = [s for t, s in self.answered_at if start <= t < end]
+        return sum(1 for s in inside if s == 200), sum(1 for s in inside if s == 429)
+
+
+class _TimedStore:
+    """A budget store whose reservations are timed (seconds each); everything else passes."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.times: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def atry_reserve(self, *args: Any, **kwargs: Any) -> float:
+        t0 = time.perf_counter()
+        try:
+            return float(await self._store.atry_reserve(*args, **kwargs))
+        finally:
+            self.times.append(time.perf_counter() - t0)
 
 
 def _p95(values: list[float]) -> float | None:
@@ -105,6 +138,7 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
 
     config = PerformanceConfig(
         redis_url=spec["redis_url"],
+        **(spec.get("redis") or {}),
         shared_rate_limit=spec["shared"],
         cache_namespace_prefix=spec["prefix"],
         requests_per_minute=spec["rpm"],
@@ -117,9 +151,9 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
     if spec["shared"]:
         from ...admission.redis_store import shared_budget_store
 
-        store = shared_budget_store(config)
+        store = _TimedStore(shared_budget_store(config))
     else:
-        store = LocalBudgetStore()
+        store = _TimedStore(LocalBudgetStore())
     key = f"simulator/{MODEL}/{key_fingerprint(API_KEY)}"
     gate = AdmissionGate(config, key=key, store=store, tracker=NULL_TRACKER)
     url = spec["base_url"] + "/embeddings"
@@ -150,12 +184,15 @@ async def _budget_main(spec: dict[str, Any], start_at: float) -> dict[str, Any]:
                 records.append((time.time(), status, t2 - t0, t2 - t1))
 
         await asyncio.gather(*(task() for _ in range(spec["tasks"])))
-    stats = store.stats() if hasattr(store, "stats") else {}
+    stats = store.stats() if hasattr(store._store, "stats") else {}
     return {
         "records": records,
         "rejected": rejected,
-        "redis_calls": int(stats.get("redis_calls", 0)),
-        "fallback_calls": int(stats.get("fallback_calls", 0)),
+        "reserve_s": store.times,
+        **{
+            name: int(stats.get(name, 0))
+            for name in ("redis_calls", "fallback_calls", "trips", "recoveries")
+        },
     }
 
 
@@ -184,12 +221,17 @@ def run_shared_budget(
     shared: bool = True,
     prefix: str | None = None,
     tasks: int = TASKS_PER_PROCESS,
+    redis: Mapping[str, Any] | None = None,
+    during: Callable[[float], None] | None = None,
 ) -> SharedBudgetRun:
     """Run ``processes`` spawned workers for ``duration_s`` seconds against ``base_url``.
 
     Workers start together (after all have imported and connected) and count answers
     completed between ``warmup_s`` and ``duration_s`` after the start. With ``shared`` the
     budget is a fresh key under ``prefix`` (default: a new random prefix) in Redis.
+    ``redis``: more config keys of the workers (``redis_mode``, ``redis_sentinels``...).
+    ``during(start_at)``: runs in a thread of this process while the workers run (it may
+    kill a Redis master at a chosen moment); ``start_at`` is the wall time of the start.
     """
     if processes < 1:
         msg = f"processes must be >= 1, got {processes}"
@@ -210,6 +252,7 @@ def run_shared_budget(
         "tasks": tasks,
         "processes": processes,
         "duration_s": duration_s,
+        "redis": dict(redis or {}),
     }
     workers = [
         ctx.Process(target=_budget_worker, args=(spec, ready, go, start_value, out))
@@ -223,7 +266,13 @@ def run_shared_budget(
         start_at = time.time() + 1.0  # time for every child to reach its event loop
         start_value.value = start_at
         go.set()
+        event = None
+        if during is not None:
+            event = threading.Thread(target=during, args=(start_at,), daemon=True)
+            event.start()
         results = [out.get(timeout=duration_s + 120) for _ in workers]
+        if event is not None:
+            event.join(timeout=60)
     finally:
         for w in workers:
             w.join(timeout=30)
@@ -257,6 +306,10 @@ def run_shared_budget(
         p95_call_s=_p95([r[3] for r in ok_records]),
         redis_calls=sum(int(r["redis_calls"]) for r in results),
         fallback_calls=sum(int(r["fallback_calls"]) for r in results),
+        p95_reserve_s=_p95([t for r in results for t in r["reserve_s"]]),
+        trips=sum(int(r["trips"]) for r in results),
+        recoveries=sum(int(r["recoveries"]) for r in results),
+        answered_at=tuple(sorted((t, s) for t, s, _, _ in records)),
     )
 
 
@@ -276,12 +329,16 @@ class CrossProcessHits:
     read_us_per_key: float
 
 
-def _cache_role(role: str, redis_url: str | None, prefix: str, n: int, dim: int, out: Any) -> None:
+def _cache_role(
+    role: str, redis_url: str | None, prefix: str, n: int, dim: int, out: Any,
+    redis: Mapping[str, Any],
+) -> None:  # fmt: skip
     try:
         from ...cache import CacheManager
 
         config = PerformanceConfig(
             redis_url=redis_url,
+            **redis,
             redis_position="instead-of-disk",
             cache_disk_enabled=False,
             cache_namespace_prefix=prefix,
@@ -301,10 +358,13 @@ def _cache_role(role: str, redis_url: str | None, prefix: str, n: int, dim: int,
         out.put({"error": describe_error(exc)})
 
 
-def _in_child(role: str, redis_url: str | None, prefix: str, n: int, dim: int) -> dict[str, Any]:
+def _in_child(
+    role: str, redis_url: str | None, prefix: str, n: int, dim: int, redis: Mapping[str, Any]
+) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_cache_role, args=(role, redis_url, prefix, n, dim, out))
+    args = (role, redis_url, prefix, n, dim, out, dict(redis))
+    proc = ctx.Process(target=_cache_role, args=args)
     proc.start()
     try:
         result: dict[str, Any] = out.get(timeout=120)
@@ -320,27 +380,38 @@ def _in_child(role: str, redis_url: str | None, prefix: str, n: int, dim: int) -
 
 
 def run_cross_process_hits(
-    redis_url: str | None, *, n: int, dim: int = 384, prefix: str | None = None
+    redis_url: str | None,
+    *,
+    n: int,
+    dim: int = 384,
+    prefix: str | None = None,
+    redis: Mapping[str, Any] | None = None,
 ) -> CrossProcessHits:
     """Write ``n`` vectors of ``dim`` floats in one process, read them in another.
 
-    ``redis_url=None`` runs the baseline: memory tier only, nothing shared.
+    ``redis_url=None`` runs the baseline: memory tier only, nothing shared. ``redis``: more
+    config keys (``redis_mode``, ``redis_sentinels``, ``redis_master_name``).
     """
     prefix = prefix or f"bench-{uuid.uuid4().hex[:12]}"
-    written = int(_in_child("write", redis_url, prefix, n, dim)["written"])
-    read = _in_child("read", redis_url, prefix, n, dim)
+    extra = dict(redis or {})
+    written = int(_in_child("write", redis_url, prefix, n, dim, extra)["written"])
+    read = _in_child("read", redis_url, prefix, n, dim, extra)
     hits = int(read["hits"])
     return CrossProcessHits(written, hits, hits / written, read["seconds"] / n * 1e6)
 
 
-def delete_prefix(redis_url: str, prefix: str) -> int:
-    """Delete every key under ``prefix:`` (what a run left behind); returns how many."""
-    from ...redis.client import make_redis_client
+def delete_prefix(redis_url: str, prefix: str, redis: Mapping[str, Any] | None = None) -> int:
+    """Delete every key under ``prefix:`` (what a run left behind); returns how many.
 
-    client = make_redis_client(redis_url, timeout=5.0)
+    ``redis``: ``redis_mode`` and friends, when ``redis_url`` is a cluster or sentinel URL.
+    """
+    from ...redis.client import RedisTarget
+
+    config = PerformanceConfig(redis_url=redis_url, **(redis or {}))
+    client = RedisTarget.from_config(config).client(timeout=5.0)
     try:
         keys = list(client.scan_iter(match=prefix + ":*", count=1000))
-        return int(client.unlink(*keys)) if keys else 0
+        return int(client.delete(*keys)) if keys else 0
     finally:
         client.close()
 
@@ -486,3 +557,175 @@ def cross_process_hits(ctx: BenchContext) -> Iterator[Result]:
         written=ours.written,
         read_us_per_key=round(ours.read_us_per_key, 2),
     )
+
+
+HA_RPM = 1200  # 20 requests/s: a failover's seconds stay countable
+
+
+def _ha_ports() -> tuple[int, int]:
+    return (
+        int(os.environ.get("RAG_PERF_HA_CLUSTER_PORT", "7100")),
+        int(os.environ.get("RAG_PERF_HA_SENTINEL_PORT", "7200")),
+    )
+
+
+def _failover_run(
+    base_url: str, url: str, keys: Mapping[str, Any], lose: Callable[[str], None], *, quick: bool
+) -> SharedBudgetRun:
+    """4 processes on one budget; ``lose(budget key)`` runs 3 s in (kills a master)."""
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    from ...redis.keys import RedisKeys
+
+    budget_key = RedisKeys(prefix).budget(f"simulator/{MODEL}/{key_fingerprint(API_KEY)}")
+
+    def during(start_at: float) -> None:
+        time.sleep(max(0.0, start_at + 3.0 - time.time()))
+        lose(budget_key)
+
+    try:
+        return run_shared_budget(
+            base_url, url, processes=4, rpm=HA_RPM, duration_s=10.0 if quick else 14.0,
+            warmup_s=1.5, prefix=prefix, redis=keys, during=during,
+        )  # fmt: skip
+    finally:
+        delete_prefix(url, prefix, keys)
+
+
+@benchmark("scaleout", "Redis standalone, Cluster and Sentinel: one budget, hits, a failover")
+def redis_modes(ctx: BenchContext) -> Iterator[Result]:
+    """Per Redis mode: budget fraction, reservation p95, hit rate, failover over-admission.
+
+    With 4 processes on one budget: the fraction of the limit achieved and the p95 of one
+    reservation; the cross-process hit rate; and the requests over-admitted (429s at the
+    simulator) when the master is lost mid-run.
+
+    Starts its own servers on loopback (a standalone ``redis-server``, a 3+3 Cluster on
+    ports 7100-7105, a Sentinel set on 7200-7201 and 27200-27202; moved with
+    ``RAG_PERF_HA_CLUSTER_PORT`` / ``RAG_PERF_HA_SENTINEL_PORT``). Full runs only: the
+    servers and three 10 s runs per mode do not fit ``--quick``'s 3 s per row.
+    """
+    if ctx.quick:
+        ctx.progress("redis modes: full runs only (11 redis-server processes, ~100 s)")
+        return
+    import tempfile
+    from pathlib import Path
+
+    from ..redis_servers import MASTER_NAME, ClusterSet, SentinelSet, _Servers
+    from .concurrency import simulator_process
+
+    cluster_port, sentinel_port = _ha_ports()
+    standalone_port = sentinel_port + 1  # never at the same time as the Sentinel set
+    runs: dict[str, tuple[SharedBudgetRun, CrossProcessHits, SharedBudgetRun]] = {}
+    with (
+        tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp,
+        simulator_process(rpm=HA_RPM, burst_seconds=SIM_BURST_S, latency_ms=20.0) as base_url,
+    ):
+        for mode in ("standalone", "cluster", "sentinel"):
+            ctx.progress(f"redis modes: {mode}")
+            servers: Any
+            keys: dict[str, Any] = {"redis_mode": mode}
+            if mode == "standalone":
+                servers = _Servers(Path(tmp) / mode)
+                servers.start(standalone_port)
+                url = f"redis://127.0.0.1:{standalone_port}/0"
+                time.sleep(0.5)  # the server binds its port
+
+                def lose(key: str, s: Any = servers) -> None:
+                    s.kill(standalone_port)  # and back, empty, 5 s later
+                    time.sleep(5.0)
+                    s.start(standalone_port)
+
+                context: Any = contextlib.nullcontext(servers)
+            elif mode == "cluster":
+                servers = ClusterSet(Path(tmp) / mode, base_port=cluster_port)
+                url = servers.url
+                context = servers.started()
+
+                def lose(key: str, s: Any = servers) -> None:
+                    s.kill_master(key)
+            else:
+                servers = SentinelSet(Path(tmp) / mode, base_port=sentinel_port)
+                url = servers.url
+                keys |= {"redis_sentinels": servers.sentinels, "redis_master_name": MASTER_NAME}
+                context = servers.started()
+
+                def lose(key: str, s: Any = servers) -> None:
+                    s.kill_master()
+
+            try:
+                with context:
+                    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+                    try:
+                        steady = run_shared_budget(
+                            base_url, url, processes=4, rpm=HA_RPM, duration_s=8.0,
+                            warmup_s=1.5, prefix=prefix, redis=keys,
+                        )  # fmt: skip
+                        hits = run_cross_process_hits(url, n=1000, prefix=prefix, redis=keys)
+                    finally:
+                        delete_prefix(url, prefix, keys)
+                    time.sleep(SIM_BURST_S + 0.5)  # the simulator's bucket fills up again
+                    failover = _failover_run(base_url, url, keys, lose, quick=False)
+                    time.sleep(SIM_BURST_S + 0.5)
+            finally:
+                if mode == "standalone":
+                    servers.stop()
+            runs[mode] = (steady, hits, failover)
+    base_steady, base_hits, _ = runs["standalone"]
+    for mode, (steady, hits, failover) in runs.items():
+        row: dict[str, Any] = {
+            "mode": mode,
+            "fraction_of_limit": round(steady.fraction, 4),
+            "p95_reserve_ms": _ms(steady.p95_reserve_s),
+            "rate_limited": steady.rate_limited,
+            "hit_rate": round(hits.hit_rate, 4),
+            "failover_429s": failover.rate_limited,
+            "failover_errors": failover.errors + failover.rejected,
+            "failover_trips": failover.trips,
+            "failover_recoveries": failover.recoveries,
+        }
+        yield Result.compare(
+            f"scaleout_{mode}_fraction_4p",
+            steady.fraction,
+            "ratio",
+            better="higher",
+            target=Target.value_at_least(0.95),
+            notes=f"4 processes x {TASKS_PER_PROCESS} tasks, one {HA_RPM} RPM budget in {mode} "
+            f"Redis: {steady.throughput_per_s:.1f}/s of {steady.limit_per_s:.1f}/s",
+            **row,
+        )
+        yield Result.compare(
+            f"scaleout_{mode}_reserve_p95_ms_4p",
+            _ms(steady.p95_reserve_s),
+            "ms",
+            baseline=None
+            if mode == "standalone"
+            else ("standalone Redis", _ms(base_steady.p95_reserve_s)),
+            better="lower",
+            notes="one budget reservation (a Lua script call) as 4 processes see it",
+            **row,
+        )
+        yield Result.compare(
+            f"scaleout_{mode}_cross_process_hit_rate",
+            hits.hit_rate,
+            "ratio",
+            baseline=None if mode == "standalone" else ("standalone Redis", base_hits.hit_rate),
+            better="higher",
+            target=Target.value_at_least(0.99),
+            notes=f"1000 vectors written by one process, read by a fresh one ({mode})",
+            **row,
+        )
+        lost = (
+            "Redis killed 3 s in, back empty 5 s later"
+            if mode == "standalone"
+            else "the budget key's master SIGKILLed 3 s in"
+        )
+        yield Result.compare(
+            f"scaleout_{mode}_failover_over_admitted",
+            failover.rate_limited,
+            "requests",
+            better="lower",
+            target=Target.value_at_most(8),
+            notes=f"429s at a simulator with the same RPM, 4 processes: {lost}; bound: one "
+            f"request per process per switch; {failover.errors + failover.rejected} failed calls",
+            **row,
+        )

@@ -6,7 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,8 @@ def _free_port() -> int:
 class RedisServer:
     """A ``redis-server`` child on a free port: ``start()``, ``stop()``, ``url``."""
 
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.port = _free_port() if port is None else port
         self.directory = directory
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -70,3 +70,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server_on(tmp_path: Path) -> Iterator[Callable[[int], RedisServer]]:
+    """``make(port)``: a private redis-server on that port (not started); killed at teardown."""
+    made: list[RedisServer] = []
+
+    def make(port: int) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{port}", port=port)
+        server.directory.mkdir(parents=True, exist_ok=True)
+        made.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            server.stop()

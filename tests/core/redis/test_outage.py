@@ -125,7 +125,7 @@ def test_redis_going_away_mid_run_degrades_and_recovers(
         assert tier["state"] == "closed" and tier["recoveries"] == 1
         assert app.provider_calls == calls_before + 10  # refilled Redis once per text...
         assert app.redis_hits() == hits_while_down + 20  # ...then hits through Redis again
-        assert tier["items"] == 10  # the ten vectors are back in the new Redis
+        assert app.tier.scan_stats()["items"] == 10  # the ten vectors are back in the new Redis
     finally:
         app.close()
 
@@ -167,3 +167,20 @@ def _wait_until_blocked(server: RedisServer) -> None:
     finally:
         probe.close()
     pytest.fail("DEBUG SLEEP never blocked the server")
+
+
+def test_aligned_breakers_probe_on_multiples_of_the_interval() -> None:
+    from rag_perf_plugins._clock import FakeClock
+    from rag_perf_plugins.redis.client import CircuitBreaker
+
+    # Two processes that failed 0.3 s apart, and one whose probe failed just after a
+    # boundary: all three probe again at the same moment (t=104).
+    clocks = [FakeClock(start=101.9), FakeClock(start=102.2), FakeClock(start=102.01)]
+    breakers = [CircuitBreaker(retry_interval=2.0, clock=c, aligned=True) for c in clocks]
+    for breaker in breakers:
+        assert breaker.failure()
+    for clock, breaker in zip(clocks, breakers, strict=True):
+        clock.advance(103.99 - clock())
+        assert not breaker.allow()
+        clock.advance(0.01)
+        assert breaker.allow()
