@@ -442,8 +442,8 @@ def shared_budget(ctx: BenchContext) -> Iterator[Result]:
 
     url = _redis_url(ctx)
     rpm = 3000
-    duration = float(ctx.scale(20, quick=5))
-    warmup = 1.5 if ctx.quick else 2.0
+    duration = float(ctx.scale(20, quick=3))  # quick: ~16 s for the two runs with spawns
+    warmup = 1.0 if ctx.quick else 2.0
     # --quick keeps the point that matters (4 processes, one budget) and its baseline.
     plan = ((4, True), (4, False)) if ctx.quick else ((1, True), (2, True), (4, True), (4, False))
     runs: list[SharedBudgetRun] = []
