@@ -147,9 +147,7 @@ def test_an_unpooled_sdk_client_is_not_observed(
 ) -> None:
     sim = simulator_factory(rpm=60, burst_seconds=1.0)
     config, scope = setup(tmp_path)
-    plain = ChatAnthropic(  # type: ignore[call-arg]
-        model=CLAUDE, api_key="sk-ant-test", base_url=root(sim), max_retries=0
-    )
+    plain = ChatAnthropic(model=CLAUDE, api_key="sk-ant-test", base_url=root(sim), max_retries=0)
     chat = PerfChatModel(plain, config)
     assert chat.invoke("What is the capital of France?").content
     stats = get_scope_gate(scope, config=config).stats()
