@@ -46,10 +46,12 @@ pools. HTTP/2 is not enabled.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -77,7 +79,67 @@ __all__ = [
     "http_pool_stats",
     "http_timeout",
     "openai_client",
+    "response_listener",
 ]
+
+
+# --- a listener for successful answers -------------------------------------------------
+SyncListener = Callable[[int, Mapping[str, str]], None]
+AsyncListener = Callable[[int, Mapping[str, str]], Awaitable[None]]
+_listener: contextvars.ContextVar[tuple[SyncListener | None, AsyncListener | None] | None] = (
+    contextvars.ContextVar("rag_perf_response_listener", default=None)
+)
+
+
+@contextlib.contextmanager
+def response_listener(
+    sync: SyncListener | None, async_: AsyncListener | None = None
+) -> Iterator[None]:
+    """Show the status and headers of successful answers to a listener, in this context.
+
+    Example (what the services do around a provider call, with an admission gate)::
+
+        with response_listener(gate.observe_response, gate.aobserve_response):
+            llm.invoke("hi")        # its rate-limit headers pause or cap the gate
+
+    Every answer with a status below 400 that a shared client of this module (pooled or
+    not, sync or async, both async backends) receives while the block runs, in this
+    thread or task, calls ``sync(status, headers)`` (sync clients) or
+    ``await async_(status, headers)`` (async clients; ``sync`` when ``async_`` is
+    ``None``). A stream's headers arrive when it is opened, so keep the block open while
+    its first chunk is read. Failed answers (400 and above) are not shown: the retry
+    policy observes those. SDK clients on other httpx clients are not seen. An error the
+    listener raises is logged and dropped; the answer is returned as usual.
+    """
+    token = _listener.set((sync, async_))
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def _notify(response: httpx.Response) -> None:
+    listener = _listener.get()
+    if listener is None or response.status_code >= 400 or listener[0] is None:
+        return
+    try:
+        listener[0](response.status_code, response.headers)
+    except Exception:
+        logging.getLogger(__name__).warning("response listener failed", exc_info=True)
+
+
+async def _anotify(response: httpx.Response) -> None:
+    listener = _listener.get()
+    if listener is None or response.status_code >= 400:
+        return
+    sync, async_ = listener
+    try:
+        if async_ is not None:
+            await async_(response.status_code, response.headers)
+        elif sync is not None:
+            sync(response.status_code, response.headers)
+    except Exception:
+        logging.getLogger(__name__).warning("response listener failed", exc_info=True)
 
 
 # --- settings from the config --------------------------------------------------------
@@ -491,7 +553,7 @@ class HttpClientRegistry:
         """
         config, key = self._pooled("sync", base_url, config, proxy)
         if key is None:
-            return httpx.Client(**_unpooled(config, proxy))
+            return httpx.Client(**_unpooled(config, proxy), event_hooks=_SYNC_HOOKS)
         return self._entry(self._sync, key, lambda: _new_sync_entry(config, proxy))[0]
 
     def get_async_client(
@@ -513,9 +575,11 @@ class HttpClientRegistry:
         if key is None and aiohttp:  # a client of its own, no keep-alive, on aiohttp
             limits = http_limits(config)
             transport = LoopRoutingTransport(limits=limits, proxy=proxy, backend="aiohttp")
-            return httpx.AsyncClient(transport=transport, timeout=http_timeout(config))
+            return httpx.AsyncClient(
+                transport=transport, timeout=http_timeout(config), event_hooks=_ASYNC_HOOKS
+            )
         if key is None:
-            return httpx.AsyncClient(**_unpooled(config, proxy))
+            return httpx.AsyncClient(**_unpooled(config, proxy), event_hooks=_ASYNC_HOOKS)
         return self._entry(self._async, key, lambda: _new_async_entry(config, proxy))[0]
 
     def stats(self) -> dict[str, HttpPoolStats]:
@@ -605,6 +669,10 @@ class HttpClientRegistry:
         )
 
 
+_SYNC_HOOKS: dict[str, list[Callable[..., Any]]] = {"response": [_notify]}
+_ASYNC_HOOKS: dict[str, list[Callable[..., Any]]] = {"response": [_anotify]}
+
+
 def _unpooled(config: PerformanceConfig, proxy: str | None) -> dict[str, Any]:
     # Options of a fresh, unshared client (pooling off): no keep-alive, the caller closes it.
     return {"limits": http_limits(config), "timeout": http_timeout(config), "proxy": proxy}
@@ -616,7 +684,9 @@ def _new_sync_entry(
     transport = _CountingTransport(
         _Meter(), limits=http_limits(config), proxy=proxy, trust_env=False
     )
-    client = _SharedClient(transport=transport, timeout=http_timeout(config), trust_env=False)
+    client = _SharedClient(
+        transport=transport, timeout=http_timeout(config), trust_env=False, event_hooks=_SYNC_HOOKS
+    )
     return client, transport
 
 
@@ -626,7 +696,12 @@ def _new_async_entry(
     transport = LoopRoutingTransport(
         limits=http_limits(config), proxy=proxy, backend=config.http_transport
     )
-    client = _SharedAsyncClient(transport=transport, timeout=http_timeout(config), trust_env=False)
+    client = _SharedAsyncClient(
+        transport=transport,
+        timeout=http_timeout(config),
+        trust_env=False,
+        event_hooks=_ASYNC_HOOKS,
+    )
     return client, transport
 
 

@@ -76,6 +76,7 @@ from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..resilience.breakers import failover_reason
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
+from .llm import gate_listener
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
@@ -941,7 +942,8 @@ class EmbeddingService(ProviderCalls):
                             tokens=self._tokens(texts), **self._spend(texts, p.gate)
                         ):
                             try:
-                                value = call()
+                                with gate_listener(p.gate):
+                                    value = call()
                             except Exception as exc:
                                 observe_failure(p.gate, exc)
                                 raise
@@ -991,7 +993,8 @@ class EmbeddingService(ProviderCalls):
                             tokens=self._tokens(texts), **self._spend(texts, p.gate)
                         ):
                             try:
-                                value = await call()
+                                with gate_listener(p.gate):
+                                    value = await call()
                             except Exception as exc:
                                 await aobserve_failure(p.gate, exc)
                                 raise
@@ -1032,7 +1035,8 @@ class EmbeddingService(ProviderCalls):
         def admitted() -> R:
             with gate.acquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
-                    return call()
+                    with gate_listener(gate):  # a success's rate-limit headers feed the gate
+                        return call()
                 except Exception as exc:
                     observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
                     raise
@@ -1207,7 +1211,8 @@ class EmbeddingService(ProviderCalls):
                 return await call()
             async with gate.aacquire(tokens=self._tokens(texts), **self._spend(texts)):
                 try:
-                    return await call()
+                    with gate_listener(gate):  # a success's rate-limit headers feed the gate
+                        return await call()
                 except Exception as exc:
                     await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
                     raise

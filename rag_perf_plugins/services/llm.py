@@ -108,6 +108,7 @@ from ..cache.control import CacheControl, applied
 from ..config import PerformanceConfig, resolve_config
 from ..cost import current_cost_scope, price_table
 from ..errors import Overloaded, ProviderUnavailable
+from ..pool.http import response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
@@ -366,6 +367,22 @@ class _Tee:
 
     live: list[Any] = field(default_factory=list)
     recorded: list[Any] | None = field(default_factory=list)
+
+
+def gate_listener(gate: Any) -> contextlib.AbstractContextManager[None]:
+    """Feed the rate-limit headers of successful answers to ``gate`` while the block runs.
+
+    Example: ``with gate_listener(gate): answer = llm.invoke("hi")`` — an answer through
+    the shared clients of :mod:`rag_perf_plugins.pool.http` whose
+    ``anthropic-ratelimit-requests-remaining`` is 0 pauses ``gate`` until the reset
+    (seconds from the header). Failed answers are observed by the retry path instead.
+    A gate without ``observe_response`` / ``aobserve_response`` (or ``None``): no effect.
+    """
+    sync = getattr(gate, "observe_response", None)
+    async_ = getattr(gate, "aobserve_response", None)
+    if sync is None and async_ is None:
+        return contextlib.nullcontext()
+    return response_listener(sync, async_)
 
 
 class _Miss:
@@ -1091,7 +1108,8 @@ class LLMService(ProviderCalls):
             with gate.acquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
-                    answer = call()
+                    with gate_listener(gate):  # a success's rate-limit headers feed the gate
+                        answer = call()
                 except Exception as exc:
                     observe_failure(gate, exc)  # a 429's Retry-After pauses everyone
                     raise
@@ -1233,7 +1251,8 @@ class LLMService(ProviderCalls):
             async with gate.aacquire(tokens=tokens, **spend) as ticket:
                 self._admitted(ticket, state)
                 try:
-                    answer = await call()
+                    with gate_listener(gate):  # a success's rate-limit headers feed the gate
+                        answer = await call()
                 except Exception as exc:
                     await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
                     raise
@@ -1307,7 +1326,8 @@ class LLMService(ProviderCalls):
         with gate.acquire(tokens=tokens, **spend) as ticket:
             self._admitted(ticket, state)
             try:
-                answer = alt.call()
+                with gate_listener(gate):  # a success's rate-limit headers feed the gate
+                    answer = alt.call()
             except Exception as exc:
                 observe_failure(gate, exc)  # a 429's Retry-After pauses this target
                 raise
@@ -1398,7 +1418,8 @@ class LLMService(ProviderCalls):
         async with gate.aacquire(tokens=tokens, **spend) as ticket:
             self._admitted(ticket, state)
             try:
-                answer = await alt.call()
+                with gate_listener(gate):  # a success's rate-limit headers feed the gate
+                    answer = await alt.call()
             except Exception as exc:
                 await aobserve_failure(gate, exc)  # a 429's Retry-After pauses this target
                 raise
@@ -1514,9 +1535,10 @@ class LLMService(ProviderCalls):
                 if gate is not None:
                     ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
                 self._admitted(ticket, state)
-                chunks_in = iter(alt.call())
-                stack.callback(_close_quietly, chunks_in)
-                first = next(chunks_in, _END)
+                with gate_listener(gate):  # the headers arrive when the stream is opened
+                    chunks_in = iter(alt.call())
+                    stack.callback(_close_quietly, chunks_in)
+                    first = next(chunks_in, _END)
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     observe_failure(gate, exc)
@@ -1637,9 +1659,10 @@ class LLMService(ProviderCalls):
                     admission = gate.aacquire(tokens=tokens, **spend)
                     ticket = await stack.enter_async_context(admission)
                 self._admitted(ticket, state)
-                chunks_in = aiter(alt.call())
-                stack.push_async_callback(_aclose_quietly, chunks_in)
-                first = await anext(chunks_in, _END)
+                with gate_listener(gate):  # the headers arrive when the stream is opened
+                    chunks_in = aiter(alt.call())
+                    stack.push_async_callback(_aclose_quietly, chunks_in)
+                    first = await anext(chunks_in, _END)
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     await aobserve_failure(gate, exc)

@@ -490,8 +490,9 @@ class Simulator:
             ):
                 if bucket is None or limit is None:
                     continue
+                # Whole seconds, rounded up: never earlier than the bucket is full again.
                 reset = time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + math.ceil(bucket.reset_after()))
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(now + bucket.reset_after()))
                 )
                 headers[f"anthropic-ratelimit-{name}-limit"] = f"{limit:g}"
                 headers[f"anthropic-ratelimit-{name}-remaining"] = str(bucket.remaining())
