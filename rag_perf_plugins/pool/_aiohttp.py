@@ -133,7 +133,7 @@ class AiohttpPool(AiohttpTransport):
         except TimeoutError:
             msg = f"no connection free within the pool timeout ({timeout} s)"
             raise httpx.PoolTimeout(msg, request=request) from None
-        return _once(slots.release)
+        return slots.release
 
     def counts(self) -> tuple[int, int]:
         """``(active, idle)`` connections of this loop's session.
@@ -156,7 +156,7 @@ class _MappedStream(httpx.AsyncByteStream):
     ) -> None:
         self._inner = inner
         self._request = request
-        self._release = release
+        self._release: Callable[[], None] | None = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -169,7 +169,9 @@ class _MappedStream(httpx.AsyncByteStream):
         try:
             await self._inner.aclose()
         finally:
-            self._release()
+            release, self._release = self._release, None
+            if release is not None:  # a second close frees nothing more
+                release()
 
 
 class _FifoSlots:
@@ -217,19 +219,6 @@ class _FifoSlots:
 
 def _nothing() -> None:
     return None
-
-
-def _once(release: Callable[[], None]) -> Callable[[], None]:
-    """``release`` callable any number of times, effective once."""
-    done = False
-
-    def release_once() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            release()
-
-    return release_once
 
 
 def _as_httpx(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
