@@ -384,6 +384,7 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
             per loop, the ``aiohttp`` extra: see :mod:`rag_perf_plugins.pool._aiohttp`).
 
     Raises:
+        ValueError: ``backend`` is neither ``"httpx"`` nor ``"aiohttp"``.
         ImportError: ``backend="aiohttp"`` without the ``aiohttp`` extra installed.
 
     Not done: moving connections between loops (impossible: a socket's transport
@@ -405,6 +406,9 @@ class LoopRoutingTransport(httpx.AsyncBaseTransport):
             "trust_env": False,
             "retries": 0,
         }
+        if backend not in ("httpx", "aiohttp"):
+            msg = f"backend={backend!r}: allowed: 'httpx', 'aiohttp' (the http_transport key)"
+            raise ValueError(msg)
         self._meter = _Meter()
         self.backend = backend
         make: Callable[[], httpx.AsyncBaseTransport]

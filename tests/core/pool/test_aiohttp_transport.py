@@ -337,3 +337,8 @@ async def test_a_waiter_that_gives_up_does_not_keep_or_lose_a_slot() -> None:
         await cancelled
     slots.release()
     await asyncio.wait_for(slots.acquire(None), 1.0)
+
+
+def test_an_unknown_backend_is_refused_with_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match=r"backend='curl': allowed: 'httpx', 'aiohttp'"):
+        LoopRoutingTransport(limits=http_limits(AIOHTTP), backend="curl")  # type: ignore[arg-type]
