@@ -43,7 +43,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
+import threading
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -55,7 +58,7 @@ from ..config import PerformanceConfig, resolve_config
 from ..errors import CacheError
 from ..tracking import PerformanceTracker, resolve_tracker
 
-__all__ = ["NAMESPACE", "SearchCache", "SearchCacheViews", "store_identity"]
+__all__ = ["NAMESPACE", "SearchCache", "SearchCacheViews", "object_identity", "store_identity"]
 
 NAMESPACE: Final = "retrieval"
 R = TypeVar("R")
@@ -112,7 +115,7 @@ def _location(store: Any) -> str | None:
     if url is not None:  # SQLAlchemy: a URL object; rendered without its password
         render = getattr(url, "render_as_string", None)
         return redact_url(render(hide_password=True) if callable(render) else str(url))
-    for name in ("client", "_client"):
+    for name in ("client", "_client", "_aclient"):
         found = _client_location(getattr(store, name, None))
         if found:
             return found
@@ -151,6 +154,55 @@ def store_identity(store: Any) -> str | None:
     return f"{cls.__module__}.{cls.__qualname__}:{location}/{collection}"
 
 
+# id(store) -> (a weak reference to it, its name). Keyed by id, not by the object: pydantic
+# stores (LlamaIndex's) are unhashable. The weak reference's callback drops the entry when
+# the store dies, before its address can be reused, and a lookup checks the referent.
+_OBJECT_NAMES: dict[int, tuple[weakref.ReferenceType[Any], str]] = {}
+_OBJECT_NAMES_LOCK = threading.RLock()  # a callback may run inside it (GC)
+
+
+# Writes through any wrapper of an in-memory store, per object name, in this process: part
+# of the key, so wrappers of one object on different cache storages (which share no write
+# version) still never serve an answer from before a write. An in-memory store is written
+# in this process only, so this counter sees every write.
+_OBJECT_WRITES: dict[str, int] = {}
+_OBJECT_NAME = re.compile(r"/mem-[0-9a-f]{32}\Z")
+
+
+def _forget_object(key: int) -> Callable[[weakref.ReferenceType[Any]], None]:
+    def forget(ref: weakref.ReferenceType[Any]) -> None:
+        with _OBJECT_NAMES_LOCK:
+            if key in _OBJECT_NAMES and _OBJECT_NAMES[key][0] is ref:
+                _OBJECT_WRITES.pop(_OBJECT_NAMES.pop(key)[1], None)
+
+    return forget
+
+
+def object_identity(store: Any) -> str | None:
+    """A name for an in-memory store object, the same for every wrapper of that object.
+
+    Example: ``object_identity(faiss_store)`` is ``'FAISS/mem-3f2a...'``, twice the same.
+
+    For a store :func:`store_identity` cannot name (FAISS, an in-memory Chroma or
+    Qdrant): two wrappers over one such object share this name, so a write through one
+    invalidates the other's searches. The name lives as long as the object and is unique
+    to it (never reused by a later object at the same address); ``None`` when the object
+    cannot be weakly referenced (the wrapper then takes a random name of its own).
+    """
+    key = id(store)
+    with _OBJECT_NAMES_LOCK:
+        found = _OBJECT_NAMES.get(key)
+        if found is not None and found[0]() is store:
+            return found[1]
+        try:
+            ref = weakref.ref(store, _forget_object(key))
+        except TypeError:  # not weakly referenceable
+            return None
+        name = f"{type(store).__name__}/mem-{uuid.uuid4().hex}"
+        _OBJECT_NAMES[key] = (ref, name)
+    return name
+
+
 class SearchCache:
     """Cached searches of one vector store, invalidated by its writes; sync and async.
 
@@ -176,7 +228,17 @@ class SearchCache:
         ValueError: ``name`` is empty or ``ttl`` is not > 0.
     """
 
-    __slots__ = ("_clock", "_entry_ttl", "_tracker", "cache", "config", "enabled", "name", "ttl")
+    __slots__ = (
+        "_clock",
+        "_entry_ttl",
+        "_object",
+        "_tracker",
+        "cache",
+        "config",
+        "enabled",
+        "name",
+        "ttl",
+    )
 
     @checked_kwargs
     def __init__(
@@ -206,6 +268,7 @@ class SearchCache:
             if default_name
             else f"{random_prefix}/{uuid.uuid4().hex}"
         )
+        self._object = _OBJECT_NAME.search(self.name) is not None
         self.ttl = ttl
         retrieval_ttl = self.config.retrieval_ttl
         self._entry_ttl = (
@@ -231,11 +294,18 @@ class SearchCache:
 
     def invalidate(self) -> int:
         """Bump the write version, as every write does; returns the new version."""
+        self._count_write()
         return self.cache.bump_namespace(self.version_namespace)
 
     async def ainvalidate(self) -> int:
         """Async :meth:`invalidate`."""
+        self._count_write()
         return await self.cache.abump_namespace(self.version_namespace)
+
+    def _count_write(self) -> None:
+        if self._object:
+            with _OBJECT_NAMES_LOCK:
+                _OBJECT_WRITES[self.name] = _OBJECT_WRITES.get(self.name, 0) + 1
 
     # --- the shared, I/O-free core --------------------------------------------------
     def _key(self, operation: str, fields: Mapping[str, Any] | None, version: int) -> str | None:
@@ -243,6 +313,8 @@ class SearchCache:
             self._tracker.incr("cache.unkeyable", operation=f"vectorstore.{operation}")
             return None
         params = dict(fields)
+        if self._object:
+            params["writes_in_process"] = _OBJECT_WRITES.get(self.name, 0)
         try:
             return retrieval_key(
                 store=self.name,

@@ -64,7 +64,12 @@ from rag_perf_plugins._clock import Clock, monotonic
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.services.search import SearchCache, SearchCacheViews, store_identity
+from rag_perf_plugins.services.search import (
+    SearchCache,
+    SearchCacheViews,
+    object_identity,
+    store_identity,
+)
 from rag_perf_plugins.tracking import PerformanceTracker
 
 __all__ = ["PerfVectorStore"]
@@ -171,8 +176,10 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
             an equal config (the process-wide one when the config matches it).
         name: The store's identity in keys and in the shared write version. Give the same
             name to wrappers of the same data in other processes so their writes invalidate
-            each other's queries. ``None``: a fresh random name, so this wrapper never
-            serves another store's results (right for in-memory stores).
+            each other's queries. ``None``: the data's own name (class, location and
+            collection, ``store_identity``), or for an in-memory store a name tied to that
+            object, shared by every wrapper of it (``object_identity``): wrappers of one
+            store see each other's writes, and never serve another store's results.
         ttl: Seconds a cached query lives (``None``: ``config.retrieval_ttl``, whatever the
             cache manager's own default is).
         tracker: Statistics sink; ``None`` means the process tracker when metrics are on.
@@ -210,7 +217,7 @@ class PerfVectorStore(SearchCacheViews, BasePydanticVectorStore):
         searches = SearchCache(
             config,
             name=name,
-            default_name=store_identity(inner),
+            default_name=store_identity(inner) or object_identity(inner),
             random_prefix=type(inner).__name__,
             cache=cache,
             ttl=ttl,

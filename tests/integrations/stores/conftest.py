@@ -16,12 +16,43 @@ from typing import Any
 import pytest
 
 from rag_perf_plugins.bench.postgres import LocalPostgres
+from rag_perf_plugins.cache import CacheManager
+from rag_perf_plugins.config import PerformanceConfig
 
 # Chroma's telemetry would try the network: off for every client of the session.
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 STORES = ("faiss", "chroma", "qdrant", "pgvector")
 DIM = 16
+# The cache configurations every differential test runs with. "redis": memory + the Redis
+# tier instead of disk, store write versions read on every call, and a second manager over
+# the same Redis (another process: its own memory tier) whose wrapper must answer as well.
+CACHES: dict[str, dict[str, Any]] = {
+    "disk": {"cache_shards": 1},
+    "memory": {"cache_disk_enabled": False},
+    "redis": {"redis_position": "instead-of-disk", "version_check_interval": 0.0},
+}
+
+
+def cache_managers(
+    request: pytest.FixtureRequest, tmp_path: Path, cache: str
+) -> tuple[CacheManager, CacheManager | None]:
+    """The wrapper's manager for configuration ``cache``, and for "redis" a second process's.
+
+    Example::
+
+        manager, peer = cache_managers(request, tmp_path, "redis")
+    """
+    settings = dict(CACHES[cache])
+    if cache == "redis":
+        settings["redis_url"] = request.getfixturevalue("redis_url")
+
+    def one(name: str) -> CacheManager:
+        return CacheManager(
+            PerformanceConfig(cache_dir=str(tmp_path / name), enable_metrics=False, **settings)
+        )
+
+    return one("cache"), (one("peer-cache") if cache == "redis" else None)
 
 
 @pytest.fixture(scope="session")

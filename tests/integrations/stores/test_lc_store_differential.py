@@ -1,10 +1,13 @@
 """LangChain: the wrapper answers exactly as the real store does, after every write.
 
 For each store (FAISS, Chroma, Qdrant local, pgvector), sync and async, with the default
-cache (memory + disk) and a memory-only cache: a seeded sequence of adds, upserts (the
-same id again) and deletes through the wrapper; after each write every kind of search runs
-through the wrapper twice (a miss, then a hit) and once on the inner store, and the three
-answers must be equal: documents, ids, metadata, scores and the scores' types.
+cache (memory + disk), a memory-only cache and memory + Redis: a seeded sequence of adds,
+upserts (the same id again) and deletes through the wrapper; after each write every kind
+of search runs through the wrapper twice (a miss, then a hit) and once on the inner store,
+and the three answers must be equal: documents, ids, metadata, scores and the scores'
+types. With Redis, a second wrapper with its own manager over the same Redis (another
+process) answers each search too and must agree: the write's version reaches it through
+Redis.
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from rag_perf_plugins.langchain import PerfVectorStore
 
 from rag_perf_plugins.bench.postgres import LocalPostgres
-from rag_perf_plugins.cache import CacheManager
-from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.tracking import PerformanceTracker
 
-from .conftest import DIM, STORES, aclose_lc_store, close_lc_store, lc_filter, lc_store
+from .conftest import (
+    CACHES,
+    DIM,
+    STORES,
+    aclose_lc_store,
+    cache_managers,
+    close_lc_store,
+    lc_filter,
+    lc_store,
+)
 
 WORDS = [
     "apple",
@@ -39,16 +49,6 @@ WORDS = [
     "mango",
 ]
 QUERIES = ["apple banana", "cherry", "kiwi lemon mango", "fig"]
-CACHES: dict[str, dict[str, Any]] = {
-    "disk": {"cache_shards": 1},
-    "memory": {"cache_disk_enabled": False},
-}
-
-
-def _manager(tmp_path: Path, cache: str) -> CacheManager:
-    return CacheManager(
-        PerformanceConfig(cache_dir=str(tmp_path / "cache"), enable_metrics=False, **CACHES[cache])
-    )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -127,14 +127,15 @@ async def _aupsert(kind: str, store: Any, texts: list[str], ids: list[str]) -> N
 @pytest.mark.parametrize("cache", list(CACHES))
 @pytest.mark.parametrize("kind", STORES)
 def test_every_search_equals_the_inner_store_after_each_write(
-    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres
+    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres, request: pytest.FixtureRequest
 ) -> None:
     embeddings = DeterministicFakeEmbedding(size=DIM)
-    manager = _manager(tmp_path, cache)
+    manager, peer_manager = cache_managers(request, tmp_path, cache)
     tracker = PerformanceTracker()
     store = PerfVectorStore(
         lc_store(kind, embeddings, tmp_path, postgres), cache=manager, tracker=tracker
     )
+    peer = PerfVectorStore(store.inner, cache=peer_manager) if peer_manager else None
     vector = embeddings.embed_query("grape")
     compared = 0
     for op, args in _ops(seed=STORES.index(kind)):
@@ -148,9 +149,16 @@ def test_every_search_equals_the_inner_store_after_each_write(
             truth = getattr(store.inner, name)(*call_args, **kwargs)
             assert _same(first, truth), (kind, op, name, call_args)
             assert _same(again, truth), (kind, op, name, call_args, "cached")
+            if peer is not None:
+                shared = getattr(peer, name)(*call_args, **kwargs)
+                assert _same(shared, truth), (kind, op, name, call_args, "other process")
             compared += 1
     hits = tracker.get_operation_stats("vectorstore.similarity_search").cache_hits
     assert compared > 0 and hits > 0
+    if peer_manager is not None:
+        assert peer_manager.get_stats()["tiers"]["redis"]["hits"] > 0  # came through Redis
+        assert manager.get_stats()["errors"] == peer_manager.get_stats()["errors"] == 0
+        peer_manager.close()
     manager.close()
     close_lc_store(kind, store.inner)
 
@@ -161,12 +169,13 @@ def test_every_search_equals_the_inner_store_after_each_write(
 @pytest.mark.parametrize("cache", list(CACHES))
 @pytest.mark.parametrize("kind", STORES)
 async def test_every_async_search_equals_the_inner_store_after_each_write(
-    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres
+    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres, request: pytest.FixtureRequest
 ) -> None:
     embeddings = DeterministicFakeEmbedding(size=DIM)
-    manager = _manager(tmp_path, cache)
+    manager, peer_manager = cache_managers(request, tmp_path, cache)
     inner = lc_store(kind, embeddings, tmp_path, postgres, async_mode=True)
     store = PerfVectorStore(inner, cache=manager, tracker=PerformanceTracker())
+    peer = PerfVectorStore(inner, cache=peer_manager) if peer_manager else None
     vector = embeddings.embed_query("grape")
     for op, args in _ops(seed=STORES.index(kind) + 1):
         if op == "add":
@@ -179,5 +188,12 @@ async def test_every_async_search_equals_the_inner_store_after_each_write(
             truth = await getattr(store.inner, "a" + name)(*call_args, **kwargs)
             assert _same(first, truth), (kind, op, name, call_args)
             assert _same(again, truth), (kind, op, name, call_args, "cached")
+            if peer is not None:
+                shared = await getattr(peer, "a" + name)(*call_args, **kwargs)
+                assert _same(shared, truth), (kind, op, name, call_args, "other process")
+    if peer_manager is not None:
+        assert peer_manager.get_stats()["tiers"]["redis"]["hits"] > 0
+        assert manager.get_stats()["errors"] == peer_manager.get_stats()["errors"] == 0
+        peer_manager.close()
     manager.close()
     await aclose_lc_store(kind, inner)

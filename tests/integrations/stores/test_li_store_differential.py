@@ -1,10 +1,12 @@
 """LlamaIndex: the wrapper answers exactly as the real store does, after every write.
 
 For each store (FAISS, Chroma, Qdrant local, pgvector), sync and async, with the default
-cache and a memory-only cache: seeded adds, upserts, ``delete`` (by document) and
+cache, a memory-only cache and memory + Redis: seeded adds, upserts, ``delete`` (by document) and
 ``delete_nodes`` through the wrapper; after each write every query (plain, top-k, metadata
 filter) runs through the wrapper twice (a miss, then a hit) and once on the inner store:
-ids, similarities (with their types), node ids, texts and metadata must be equal.
+ids, similarities (with their types), node ids, texts and metadata must be equal. With
+Redis, a second wrapper with its own manager over the same Redis (another process) answers
+each query too and must agree.
 """
 
 from __future__ import annotations
@@ -26,26 +28,15 @@ from rag_perf_plugins.llama_index import PerfVectorStore
 
 from rag_perf_plugins.bench.postgres import LocalPostgres
 from rag_perf_plugins.cache import CacheManager
-from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.tracking import PerformanceTracker
 
-from .conftest import DIM, STORES, aclose_li_store, li_store
+from .conftest import CACHES, DIM, STORES, aclose_li_store, cache_managers, li_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
 
-CACHES: dict[str, dict[str, Any]] = {
-    "disk": {"cache_shards": 1},
-    "memory": {"cache_disk_enabled": False},
-}
 # FAISS's LlamaIndex store keeps no ids of its own: it deletes nothing and filters nothing.
 DELETES = {"faiss": False}
 FILTERS = {"faiss": False}
-
-
-def _manager(tmp_path: Path, cache: str) -> CacheManager:
-    return CacheManager(
-        PerformanceConfig(cache_dir=str(tmp_path / "cache"), enable_metrics=False, **CACHES[cache])
-    )
 
 
 def _vector(rng: random.Random) -> list[float]:
@@ -100,15 +91,24 @@ def _ops(kind: str, seed: int) -> list[tuple[str, Any]]:
     return ops
 
 
+def _check_peer(manager: CacheManager, peer_manager: CacheManager | None) -> None:
+    """The other process's answers came through Redis, and neither manager saw an error."""
+    if peer_manager is not None:
+        assert peer_manager.get_stats()["tiers"]["redis"]["hits"] > 0
+        assert manager.get_stats()["errors"] == peer_manager.get_stats()["errors"] == 0
+        peer_manager.close()
+
+
 @pytest.mark.parametrize("cache", list(CACHES))
 @pytest.mark.parametrize("kind", STORES)
 async def test_every_query_equals_the_inner_store_after_each_write(
-    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres
+    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres, request: pytest.FixtureRequest
 ) -> None:
-    manager = _manager(tmp_path, cache)
+    manager, peer_manager = cache_managers(request, tmp_path, cache)
     inner = li_store(kind, tmp_path, postgres)
     tracker = PerformanceTracker()
     store = PerfVectorStore(inner, cache=manager, tracker=tracker)
+    peer = PerfVectorStore(inner, cache=peer_manager) if peer_manager else None
     rng = random.Random(7)
     for op, arg in _ops(kind, STORES.index(kind)):
         if op == "add":
@@ -122,6 +122,9 @@ async def test_every_query_equals_the_inner_store_after_each_write(
             truth = inner.query(query)
             assert _plain(first) == _plain(truth), (kind, op)
             assert _plain(again) == _plain(truth), (kind, op, "cached")
+            if peer is not None:
+                assert _plain(peer.query(query)) == _plain(truth), (kind, op, "other process")
+    _check_peer(manager, peer_manager)
     assert tracker.get_operation_stats("vectorstore.query").cache_hits > 0
     manager.close()
     await aclose_li_store(kind, inner)
@@ -130,11 +133,12 @@ async def test_every_query_equals_the_inner_store_after_each_write(
 @pytest.mark.parametrize("cache", list(CACHES))
 @pytest.mark.parametrize("kind", STORES)
 async def test_every_async_query_equals_the_inner_store_after_each_write(
-    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres
+    kind: str, cache: str, tmp_path: Path, postgres: LocalPostgres, request: pytest.FixtureRequest
 ) -> None:
-    manager = _manager(tmp_path, cache)
+    manager, peer_manager = cache_managers(request, tmp_path, cache)
     inner = li_store(kind, tmp_path, postgres, asynchronous=True)
     store = PerfVectorStore(inner, cache=manager, tracker=PerformanceTracker())
+    peer = PerfVectorStore(inner, cache=peer_manager) if peer_manager else None
     rng = random.Random(8)
     for op, arg in _ops(kind, STORES.index(kind) + 10):
         if op == "add":
@@ -148,5 +152,9 @@ async def test_every_async_query_equals_the_inner_store_after_each_write(
             truth = await inner.aquery(query)
             assert _plain(first) == _plain(truth), (kind, op)
             assert _plain(again) == _plain(truth), (kind, op, "cached")
+            if peer is not None:
+                shared = await peer.aquery(query)
+                assert _plain(shared) == _plain(truth), (kind, op, "other process")
+    _check_peer(manager, peer_manager)
     manager.close()
     await aclose_li_store(kind, inner)

@@ -70,13 +70,52 @@ def test_default_named_wrappers_of_one_store_invalidate_each_other(
         close_lc_store(kind, second_inner)
 
 
-def test_stores_without_a_location_get_a_random_name(tmp_path: Path) -> None:
+def test_stores_without_a_location_get_a_name_of_their_own(tmp_path: Path) -> None:
     embeddings = DeterministicFakeEmbedding(size=DIM)
     manager = _manager(tmp_path)
     one = PerfVectorStore(lc_store("faiss", embeddings, tmp_path, None), cache=manager)
     two = PerfVectorStore(lc_store("faiss", embeddings, tmp_path, None), cache=manager)
-    assert one.name != two.name and one.name.startswith("FAISS/")
+    assert one.name != two.name and one.name.startswith("FAISS/mem-")
     manager.close()
+
+
+def test_wrappers_of_one_in_memory_store_share_its_name_and_see_its_writes(
+    tmp_path: Path,
+) -> None:
+    """Two wrappers over one FAISS object, each on its own cache storage (no shared write
+    version): a write through one is seen by the other's next search, never a stale hit."""
+    embeddings = DeterministicFakeEmbedding(size=DIM)
+    inner = lc_store("faiss", embeddings, tmp_path, None)
+    first = PerfVectorStore(inner, cache=_manager(tmp_path / "a"))
+    second = PerfVectorStore(inner, cache=_manager(tmp_path / "b"))
+    assert first.name == second.name and "/mem-" in first.name
+    first.add_texts(["apples are red"], ids=_ids(1))
+    assert _texts(second.similarity_search("fruit", k=5)) == ["apples are red"]
+    assert _texts(second.similarity_search("fruit", k=5)) == ["apples are red"]  # a hit
+    first.add_texts(["bananas are yellow"], ids=_ids(1))
+    assert _texts(second.similarity_search("fruit", k=5)) == [
+        "apples are red",
+        "bananas are yellow",
+    ]
+    first.cache.close()
+    second.cache.close()
+
+
+def test_llama_index_in_memory_store_names_follow_the_object(tmp_path: Path) -> None:
+    """LlamaIndex's stores are pydantic models (unhashable): still one name per object."""
+    import gc
+
+    from .conftest import li_store
+
+    inner = li_store("faiss", tmp_path, None)
+    one, two = LlamaPerfVectorStore(inner), LlamaPerfVectorStore(inner)
+    other = LlamaPerfVectorStore(li_store("faiss", tmp_path, None))
+    assert one.name == two.name != other.name and one.name.startswith("FaissVectorStore/mem-")
+    name = one.name
+    del one, two, inner
+    gc.collect()
+    again = LlamaPerfVectorStore(li_store("faiss", tmp_path, None))
+    assert again.name != name  # a later object never takes a dead one's name
 
 
 def test_llama_index_default_names_follow_the_store(
