@@ -108,6 +108,8 @@ TWINS: tuple[Twins, ...] = (
             "Callable[[Fallback], Awaitable[R]]": "Callable[[Fallback], R]",
             "Callable[[Fallback], Awaitable[R | _Miss]]": "Callable[[Fallback], R | _Miss]",
             "breakers.aadmit(": "breakers.admit(",
+            "self._abounded(": "self._bounded(",
+            "await self._arecheck(": "self._recheck(",
             "breakers.arecord(": "breakers.record(",
             "await _apaused(": "_paused(",
             "await asyncio.sleep(": "time.sleep(",

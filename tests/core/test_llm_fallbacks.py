@@ -15,7 +15,13 @@ from rag_perf_plugins.services import LLMRequest, LLMService, Usage
 from rag_perf_plugins.services.llm import Fallback
 from rag_perf_plugins.tracking import NullTracker
 
-CONFIG = PerformanceConfig(enable_caching=False, enable_metrics=False, breaker_min_calls=50)
+# The ratio and failures-in-a-row rules only: a 503 does not open a breaker at once here.
+CONFIG = PerformanceConfig(
+    enable_caching=False,
+    enable_metrics=False,
+    breaker_min_calls=50,
+    breaker_down_failures=None,
+)
 QUESTION = [{"role": "user", "content": "q"}]
 
 
@@ -138,7 +144,7 @@ def test_a_429_skips_targets_of_the_same_rate_limit_scope() -> None:
 
 def test_an_answer_in_flight_when_the_outage_began_does_not_hold_the_breaker_closed() -> None:
     clock = FakeClock()
-    settings = BreakerSettings(min_calls=50, cooldown=5.0, consecutive=3)
+    settings = BreakerSettings(min_calls=50, cooldown=5.0, consecutive=3, down_failures=None)
     breakers = Breakers(settings, LocalBreakerStore(), clock=clock)
     llm = LLMService(
         config=CONFIG, breakers=breakers, tracker=NullTracker(), target=Target("primary")
