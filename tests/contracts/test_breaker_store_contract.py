@@ -57,9 +57,7 @@ class Board:
     ) -> Transition | None:
         now = self.clock()
         if self.twin == "async":
-            return await self.store.arecord(
-                self.target, settings, outcome, probe, now, since, rand
-            )
+            return await self.store.arecord(self.target, settings, outcome, probe, now, since, rand)
         return self.store.record(self.target, settings, outcome, probe, now, since, rand)
 
     def peek(self) -> tuple[State, float]:
