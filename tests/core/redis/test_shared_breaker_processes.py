@@ -60,8 +60,9 @@ def test_four_processes_send_the_dead_primary_no_more_than_one_process_would(
 ) -> None:
     shared, ok = _run(simulator_factory(), redis_url)
     # What one process sends a dead primary: the calls that trip its breaker (the first
-    # 503, at most min_calls), then one probe per cool-down. Four processes sharing one breaker add at most the
-    # calls already in flight when it opened (one per other process).
+    # 503, at most min_calls), then one probe per cool-down. Four processes sharing one
+    # breaker add at most the calls already in flight when it opened (one per other
+    # process).
     cooldown, min_calls = BREAKER["breaker_cooldown"], BREAKER["breaker_min_calls"]
     one_process = min_calls + math.ceil(DURATION_S / cooldown) + 1
     assert shared <= one_process + PROCESSES - 1, (shared, ok)
