@@ -110,6 +110,7 @@ TWINS: tuple[Twins, ...] = (
             "breakers.aadmit(": "breakers.admit(",
             "self._abounded(": "self._bounded(",
             "await self._arecheck(": "self._recheck(",
+            "await self._aheard(": "self._heard(",
             "breakers.arecord(": "breakers.record(",
             "await _apaused(": "_paused(",
             "await asyncio.sleep(": "time.sleep(",

@@ -112,7 +112,7 @@ from ..cost import current_cost_scope, price_table
 from ..errors import Overloaded, ProviderUnavailable
 from ..pool.http import response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
-from ..resilience.breaker import State
+from ..resilience.breaker import State, Transition
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -368,6 +368,8 @@ class _Call:
     # This pass's outcome per target: name -> (state, retry_in, how it failed or None).
     passed: dict[str, tuple[str, float, str | None]] = field(default_factory=dict)
     chain_error: BaseException | None = None  # raised when every target of a pass failed
+    # A failure the breaker already heard inside the gate, and the transition it caused.
+    heard: tuple[BaseException, Transition | None] | None = None
 
 
 class _OpenedMeanwhile(Exception):
@@ -757,6 +759,29 @@ class LLMService(ProviderCalls):
             self.breakers().record(
                 state.target_name, outcome_of(exc), probe=False, since=state.admission.at
             )
+
+    def _heard(self, exc: Exception, state: _Call) -> None:
+        """Tell the target's breaker of a failure before its gate slot is freed.
+
+        A caller waiting at the gate gets the slot next and asks the breaker again
+        (:meth:`_recheck`): it must find the breaker already open. The chain reads
+        ``state.heard`` instead of recording the failure a second time.
+        """
+        if state.chain is not None and state.target_name is not None and state.admission:
+            admission = state.admission
+            moved = self.breakers().record(
+                state.target_name, outcome_of(exc), probe=admission.probe, since=admission.at
+            )
+            state.heard = (exc, moved)
+
+    async def _aheard(self, exc: Exception, state: _Call) -> None:
+        """Async twin of :meth:`_heard`."""
+        if state.chain is not None and state.target_name is not None and state.admission:
+            admission = state.admission
+            moved = await self.breakers().arecord(
+                state.target_name, outcome_of(exc), probe=admission.probe, since=admission.at
+            )
+            state.heard = (exc, moved)
 
     async def _astream_broke(self, exc: BaseException, state: _Call) -> None:
         """Async twin of :meth:`_stream_broke`."""
@@ -1482,9 +1507,13 @@ class LLMService(ProviderCalls):
                     passed[target.name] = (opened.state, opened.retry_in, None)
                     continue
                 except Exception as exc:
-                    moved = breakers.record(
-                        target.name, outcome_of(exc), probe=admission.probe, since=admission.at
-                    )
+                    heard, state.heard = state.heard, None
+                    if heard is not None and heard[0] is exc:
+                        moved = heard[1]  # heard inside the gate, before its slot was freed
+                    else:
+                        moved = breakers.record(
+                            target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+                        )
                     now_state = "open" if moved is not None else admission.state
                     retry_in = moved.cooldown_s if moved is not None else 0.0
                     passed[target.name] = (now_state, retry_in, self._failed_note(exc))
@@ -1519,6 +1548,7 @@ class LLMService(ProviderCalls):
                     answer = alt.call()
             except Exception as exc:
                 observe_failure(gate, exc)  # a 429's Retry-After pauses this target
+                self._heard(exc, state)  # the breaker hears it before the slot is freed
                 raise
             value = self._answered(codec, answer, None, state)
             reconcile_ticket(ticket, self._total(state.usage))
@@ -1593,9 +1623,13 @@ class LLMService(ProviderCalls):
                     passed[target.name] = (opened.state, opened.retry_in, None)
                     continue
                 except Exception as exc:
-                    moved = await breakers.arecord(
-                        target.name, outcome_of(exc), probe=admission.probe, since=admission.at
-                    )
+                    heard, state.heard = state.heard, None
+                    if heard is not None and heard[0] is exc:
+                        moved = heard[1]  # heard inside the gate, before its slot was freed
+                    else:
+                        moved = await breakers.arecord(
+                            target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+                        )
                     now_state = "open" if moved is not None else admission.state
                     retry_in = moved.cooldown_s if moved is not None else 0.0
                     passed[target.name] = (now_state, retry_in, self._failed_note(exc))
@@ -1632,6 +1666,7 @@ class LLMService(ProviderCalls):
                     answer = await alt.call()
             except Exception as exc:
                 await aobserve_failure(gate, exc)  # a 429's Retry-After pauses this target
+                await self._aheard(exc, state)  # the breaker hears it before the slot is freed
                 raise
             value = self._answered(codec, answer, None, state)
             await areconcile_ticket(ticket, self._total(state.usage))
@@ -1754,6 +1789,7 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     observe_failure(gate, exc)
+                    self._heard(exc, state)  # the breaker hears it before the slot is freed
                 stack.__exit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
@@ -1883,6 +1919,7 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     await aobserve_failure(gate, exc)
+                    await self._aheard(exc, state)  # the breaker hears it before the slot is freed
                 await stack.__aexit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first

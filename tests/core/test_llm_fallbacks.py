@@ -253,6 +253,53 @@ def test_a_caller_waiting_at_the_gate_when_the_breaker_opens_fails_over_unsent()
     assert gate.stats()["in_flight"] == 0
 
 
+def test_a_thread_waiting_at_the_gate_when_the_breaker_opens_fails_over_unsent() -> None:
+    config = CONFIG.replace(max_concurrent_requests=1, breaker_down_failures=1)
+    gate = AdmissionGate(config, key="p/m/k-gate-sync", tracker=NullTracker())
+    breakers = _down_breakers(config)
+    llm = LLMService(
+        config=config,
+        gate=gate,
+        breakers=breakers,
+        tracker=NullTracker(),
+        target=Target("primary", gate=gate),
+    )
+    sent: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def primary() -> str:
+        sent.append("primary")
+        holding.set()
+        release.wait(5.0)
+        raise ProviderError("unavailable", status_code=503)
+
+    def fb() -> str:
+        sent.append("fallback")
+        return "from fallback"
+
+    other = Fallback(Target("fb"), LLMRequest(model="fb", provider="p", messages=QUESTION), fb)
+    answers: list[str] = []
+
+    def ask(n: int) -> None:
+        request = LLMRequest(
+            model="m", provider="p", messages=[{"role": "user", "content": f"q{n}"}]
+        )
+        answers.append(llm.generate(request, primary, Codec(), fallbacks=[other]))
+
+    first = threading.Thread(target=ask, args=(1,))
+    first.start()
+    assert holding.wait(5.0)  # the first holds the gate's only slot
+    second = threading.Thread(target=ask, args=(2,))
+    second.start()
+    time.sleep(0.05)  # the second waits at the gate
+    release.set()  # the 503: the breaker opens before the slot is handed over
+    first.join(5.0)
+    second.join(5.0)
+    assert answers == ["from fallback", "from fallback"]
+    assert sent == ["primary", "fallback", "fallback"]
+    assert breakers.stats()["primary"]["failovers"] == {"server_error": 1, "open": 1}
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_a_hanging_probe_is_bounded_and_the_call_fails_over(asynchronous: bool) -> None:
     config = CONFIG.replace(breaker_down_failures=1, breaker_probe_timeout=0.05)
