@@ -544,9 +544,10 @@ class PerformanceConfig:
         le=1,
     )
     breaker_probe_timeout: float | None = _opt(
-        5.0,
+        30.0,
         "Longest a half-open probe may take (up to its answer, or a stream's first "
-        "chunk) before it counts as a timeout and the call fails over; null: the request's "
+        "chunk) before it counts as a timeout and the call fails over; keep it above your "
+        "slowest healthy answer, or a slow healthy target stays open. Null: the request's "
         "own timeout.",
         unit="seconds",
         gt=0,

@@ -363,8 +363,11 @@ class _Call:
     on_target: Callable[[str], None] | None = None  # told a fallback answered, at once
     scope: str | None = None  # the tenant charged (dollar budgets)
     answered_gate: Any = None  # that fallback's gate (dollar reconcile of its answer)
-    admission: Admission | None = None  # the breaker's decision for the current target
-    target_name: str | None = None  # the current (then the answering) target of a chain
+    admission: Admission | None = None  # the breaker's decision for the answering target
+    target_name: str | None = None  # the answering target of a chain (mid-stream failures)
+    # The breaker's latest decision per target of this call (a probe still running in a
+    # worker thread past its bound must not be taken for the next target's call).
+    admissions: dict[str, Admission] = field(default_factory=dict)
     # This pass's outcome per target: name -> (state, retry_in, how it failed or None).
     passed: dict[str, tuple[str, float, str | None]] = field(default_factory=dict)
     chain_error: BaseException | None = None  # raised when every target of a pass failed
@@ -664,27 +667,26 @@ class LLMService(ProviderCalls):
             text = text[:117] + "..."
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-    def _recheck_needed(self, ticket: Any, state: _Call) -> bool:
+    @staticmethod
+    def _recheck_needed(ticket: Any, alt: Fallback, state: _Call) -> bool:
         """Whether the call waited at its gate long enough to ask its breaker again."""
-        admission = state.admission
-        if admission is None or admission.probe or state.target_name is None:
+        admission = state.admissions.get(alt.target.name)
+        if admission is None or admission.probe:
             return False
         wait = getattr(ticket, "queue_wait_s", None)
         return isinstance(wait, float | int) and wait > _RECHECK_AFTER_S
 
-    def _recheck(self, ticket: Any, state: _Call) -> None:
+    def _recheck(self, ticket: Any, alt: Fallback, state: _Call) -> None:
         """After a wait at the gate: fail over (unsent) if the breaker opened meanwhile."""
-        if self._recheck_needed(ticket, state):
-            assert state.target_name is not None
-            found, retry_in = self.breakers().peek(state.target_name)
+        if self._recheck_needed(ticket, alt, state):
+            found, retry_in = self.breakers().peek(alt.target.name)
             if found != "closed":
                 raise _OpenedMeanwhile(found, retry_in)
 
-    async def _arecheck(self, ticket: Any, state: _Call) -> None:
+    async def _arecheck(self, ticket: Any, alt: Fallback, state: _Call) -> None:
         """Async twin of :meth:`_recheck`."""
-        if self._recheck_needed(ticket, state):
-            assert state.target_name is not None
-            found, retry_in = await self.breakers().apeek(state.target_name)
+        if self._recheck_needed(ticket, alt, state):
+            found, retry_in = await self.breakers().apeek(alt.target.name)
             if found != "closed":
                 raise _OpenedMeanwhile(found, retry_in)
 
@@ -760,26 +762,26 @@ class LLMService(ProviderCalls):
                 state.target_name, outcome_of(exc), probe=False, since=state.admission.at
             )
 
-    def _heard(self, exc: Exception, state: _Call) -> None:
+    def _heard(self, exc: Exception, alt: Fallback, state: _Call) -> None:
         """Tell the target's breaker of a failure before its gate slot is freed.
 
         A caller waiting at the gate gets the slot next and asks the breaker again
         (:meth:`_recheck`): it must find the breaker already open. The chain reads
         ``state.heard`` instead of recording the failure a second time.
         """
-        if state.chain is not None and state.target_name is not None and state.admission:
-            admission = state.admission
+        admission = state.admissions.get(alt.target.name)
+        if state.chain is not None and admission is not None:
             moved = self.breakers().record(
-                state.target_name, outcome_of(exc), probe=admission.probe, since=admission.at
+                alt.target.name, outcome_of(exc), probe=admission.probe, since=admission.at
             )
             state.heard = (exc, moved)
 
-    async def _aheard(self, exc: Exception, state: _Call) -> None:
+    async def _aheard(self, exc: Exception, alt: Fallback, state: _Call) -> None:
         """Async twin of :meth:`_heard`."""
-        if state.chain is not None and state.target_name is not None and state.admission:
-            admission = state.admission
+        admission = state.admissions.get(alt.target.name)
+        if state.chain is not None and admission is not None:
             moved = await self.breakers().arecord(
-                state.target_name, outcome_of(exc), probe=admission.probe, since=admission.at
+                alt.target.name, outcome_of(exc), probe=admission.probe, since=admission.at
             )
             state.heard = (exc, moved)
 
@@ -1497,7 +1499,7 @@ class LLMService(ProviderCalls):
                     breakers.failover(target.name, "open")
                     passed[target.name] = (admission.state, admission.retry_in, None)
                     continue
-                state.admission, state.target_name = admission, target.name
+                state.admissions[target.name] = admission
                 try:
                     value = self._bounded(one, alt, admission, discard)
                 except _OpenedMeanwhile as opened:
@@ -1522,6 +1524,7 @@ class LLMService(ProviderCalls):
                     last = exc
                     continue
                 breakers.record(target.name, "success", probe=admission.probe, since=admission.at)
+                state.admission, state.target_name = admission, target.name
                 self._answered_by(state, alt, index)
                 return value
             if last is not None:
@@ -1541,14 +1544,14 @@ class LLMService(ProviderCalls):
         tokens = alt.request.estimated_tokens()
         spend = self._spend(alt.request, state, gate)
         with gate.acquire(tokens=tokens, **spend) as ticket:
-            self._recheck(ticket, state)  # the breaker may have opened meanwhile
+            self._recheck(ticket, alt, state)  # the breaker may have opened meanwhile
             self._admitted(ticket, state)
             try:
                 with gate_listener(gate):  # a success's rate-limit headers feed the gate
                     answer = alt.call()
             except Exception as exc:
                 observe_failure(gate, exc)  # a 429's Retry-After pauses this target
-                self._heard(exc, state)  # the breaker hears it before the slot is freed
+                self._heard(exc, alt, state)  # heard before the slot is freed
                 raise
             value = self._answered(codec, answer, None, state)
             reconcile_ticket(ticket, self._total(state.usage))
@@ -1613,7 +1616,7 @@ class LLMService(ProviderCalls):
                     breakers.failover(target.name, "open")
                     passed[target.name] = (admission.state, admission.retry_in, None)
                     continue
-                state.admission, state.target_name = admission, target.name
+                state.admissions[target.name] = admission
                 try:
                     value = await self._abounded(one, alt, admission, discard)
                 except _OpenedMeanwhile as opened:
@@ -1640,6 +1643,7 @@ class LLMService(ProviderCalls):
                 await breakers.arecord(
                     target.name, "success", probe=admission.probe, since=admission.at
                 )
+                state.admission, state.target_name = admission, target.name
                 self._answered_by(state, alt, index)
                 return value
             if last is not None:
@@ -1659,14 +1663,14 @@ class LLMService(ProviderCalls):
         tokens = alt.request.estimated_tokens()
         spend = self._spend(alt.request, state, gate)
         async with gate.aacquire(tokens=tokens, **spend) as ticket:
-            await self._arecheck(ticket, state)  # the breaker may have opened meanwhile
+            await self._arecheck(ticket, alt, state)  # the breaker may have opened meanwhile
             self._admitted(ticket, state)
             try:
                 with gate_listener(gate):  # a success's rate-limit headers feed the gate
                     answer = await alt.call()
             except Exception as exc:
                 await aobserve_failure(gate, exc)  # a 429's Retry-After pauses this target
-                await self._aheard(exc, state)  # the breaker hears it before the slot is freed
+                await self._aheard(exc, alt, state)  # heard before the slot is freed
                 raise
             value = self._answered(codec, answer, None, state)
             await areconcile_ticket(ticket, self._total(state.usage))
@@ -1780,7 +1784,7 @@ class LLMService(ProviderCalls):
                 ticket = None
                 if gate is not None:
                     ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
-                    self._recheck(ticket, state)  # the breaker may have opened meanwhile
+                    self._recheck(ticket, alt, state)  # the breaker may have opened meanwhile
                 self._admitted(ticket, state)
                 with gate_listener(gate):  # the headers arrive when the stream is opened
                     chunks_in = iter(alt.call())
@@ -1789,7 +1793,7 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     observe_failure(gate, exc)
-                    self._heard(exc, state)  # the breaker hears it before the slot is freed
+                    self._heard(exc, alt, state)  # heard before the slot is freed
                 stack.__exit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
@@ -1910,7 +1914,7 @@ class LLMService(ProviderCalls):
                 if gate is not None:
                     admission = gate.aacquire(tokens=tokens, **spend)
                     ticket = await stack.enter_async_context(admission)
-                    await self._arecheck(ticket, state)  # the breaker may have opened meanwhile
+                    await self._arecheck(ticket, alt, state)  # opened meanwhile?
                 self._admitted(ticket, state)
                 with gate_listener(gate):  # the headers arrive when the stream is opened
                     chunks_in = aiter(alt.call())
@@ -1919,7 +1923,7 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     await aobserve_failure(gate, exc)
-                    await self._aheard(exc, state)  # the breaker hears it before the slot is freed
+                    await self._aheard(exc, alt, state)  # heard before the slot is freed
                 await stack.__aexit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
