@@ -112,7 +112,8 @@ from ..cost import current_cost_scope, price_table
 from ..errors import Overloaded, ProviderUnavailable
 from ..pool.http import response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
-from ..resilience.breaker import State, Transition
+from ..resilience.breaker import Transition
+from ..resilience.chain import OpenedMeanwhile, failed_note
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -373,15 +374,6 @@ class _Call:
     chain_error: BaseException | None = None  # raised when every target of a pass failed
     # A failure the breaker already heard inside the gate, and the transition it caused.
     heard: tuple[BaseException, Transition | None] | None = None
-
-
-class _OpenedMeanwhile(Exception):
-    """The target's breaker opened while this call waited at its gate: fail over, unsent."""
-
-    def __init__(self, state: State, retry_in: float) -> None:
-        super().__init__(f"the breaker is {state} (retry in {retry_in:.1f} s)")
-        self.state: State = state
-        self.retry_in = retry_in
 
 
 # A wait at the gate after which the breaker is asked again before sending (seconds).
@@ -661,13 +653,6 @@ class LLMService(ProviderCalls):
         return self.config.breaker_probe_timeout if admission.probe else None
 
     @staticmethod
-    def _failed_note(exc: BaseException) -> str:
-        text = " ".join(str(exc).split())
-        if len(text) > 120:
-            text = text[:117] + "..."
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-    @staticmethod
     def _recheck_needed(ticket: Any, alt: Fallback, state: _Call) -> bool:
         """Whether the call waited at its gate long enough to ask its breaker again."""
         admission = state.admissions.get(alt.target.name)
@@ -681,14 +666,14 @@ class LLMService(ProviderCalls):
         if self._recheck_needed(ticket, alt, state):
             found, retry_in = self.breakers().peek(alt.target.name)
             if found != "closed":
-                raise _OpenedMeanwhile(found, retry_in)
+                raise OpenedMeanwhile(found, retry_in)
 
     async def _arecheck(self, ticket: Any, alt: Fallback, state: _Call) -> None:
         """Async twin of :meth:`_recheck`."""
         if self._recheck_needed(ticket, alt, state):
             found, retry_in = await self.breakers().apeek(alt.target.name)
             if found != "closed":
-                raise _OpenedMeanwhile(found, retry_in)
+                raise OpenedMeanwhile(found, retry_in)
 
     def _bounded(
         self,
@@ -1502,7 +1487,7 @@ class LLMService(ProviderCalls):
                 state.admissions[target.name] = admission
                 try:
                     value = self._bounded(one, alt, admission, discard)
-                except _OpenedMeanwhile as opened:
+                except OpenedMeanwhile as opened:
                     state.attempts -= 1  # nothing was sent
                     refused.append((alt, Admission(False, False, opened.state, opened.retry_in)))
                     breakers.failover(target.name, "open")
@@ -1518,7 +1503,7 @@ class LLMService(ProviderCalls):
                         )
                     now_state = "open" if moved is not None else admission.state
                     retry_in = moved.cooldown_s if moved is not None else 0.0
-                    passed[target.name] = (now_state, retry_in, self._failed_note(exc))
+                    passed[target.name] = (now_state, retry_in, failed_note(exc))
                     if not self._fail_over(alt, exc, limited, breakers):
                         raise
                     last = exc
@@ -1619,7 +1604,7 @@ class LLMService(ProviderCalls):
                 state.admissions[target.name] = admission
                 try:
                     value = await self._abounded(one, alt, admission, discard)
-                except _OpenedMeanwhile as opened:
+                except OpenedMeanwhile as opened:
                     state.attempts -= 1  # nothing was sent
                     refused.append((alt, Admission(False, False, opened.state, opened.retry_in)))
                     breakers.failover(target.name, "open")
@@ -1635,7 +1620,7 @@ class LLMService(ProviderCalls):
                         )
                     now_state = "open" if moved is not None else admission.state
                     retry_in = moved.cooldown_s if moved is not None else 0.0
-                    passed[target.name] = (now_state, retry_in, self._failed_note(exc))
+                    passed[target.name] = (now_state, retry_in, failed_note(exc))
                     if not self._fail_over(alt, exc, limited, breakers):
                         raise
                     last = exc

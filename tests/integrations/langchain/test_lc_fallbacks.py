@@ -338,3 +338,34 @@ async def test_an_embedding_fallback_gives_the_same_vectors(
     assert got == [list(v) for v in np.asarray(plain.embed_documents(texts), dtype=np.float32)]
     assert query == list(np.asarray(plain.embed_query("tide pools"), dtype=np.float32))
     assert down.stats()["faults_by_kind"]["outage"] >= 1
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_every_embedding_target_failing_raises_provider_unavailable_still_the_sdk_error(
+    simulator_factory: SimulatorFactory, clock: FakeClock, asynchronous: bool
+) -> None:
+    import openai as sdk
+
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    down, other_region = simulator_factory(clock=clock), simulator_factory(clock=clock)
+    down.add_outage(duration_s=100.0)
+    other_region.add_outage(duration_s=100.0)
+    breakers = Breakers(BreakerSettings.from_config(CONFIG), LocalBreakerStore(), clock=clock)
+    config = CONFIG.replace(retry_max_attempts=1)
+    wrapped = PerfEmbeddings(
+        embeddings(down), config, fallbacks=[embeddings(other_region)], breakers=breakers
+    )
+    with pytest.raises(ProviderUnavailable) as caught:
+        if asynchronous:
+            await wrapped.aembed_documents(["tide pools"])
+        else:
+            wrapped.embed_documents(["tide pools"])
+    error = caught.value
+    assert isinstance(error, sdk.InternalServerError)  # what code without us catches
+    assert error.status_code == 503
+    assert isinstance(error.__cause__, sdk.InternalServerError)
+    message = str(error)
+    assert message.startswith("no provider can take the call: ")
+    assert message.count(" open (failed: InternalServerError: ") == 2  # each 503 opened it
+    assert message.endswith("(every target failed)")
