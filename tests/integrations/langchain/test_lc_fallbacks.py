@@ -345,7 +345,6 @@ async def test_every_embedding_target_failing_raises_provider_unavailable_still_
     simulator_factory: SimulatorFactory, clock: FakeClock, asynchronous: bool
 ) -> None:
     import openai as sdk
-
     from rag_perf_plugins.langchain import PerfEmbeddings
 
     down, other_region = simulator_factory(clock=clock), simulator_factory(clock=clock)
