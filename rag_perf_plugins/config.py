@@ -510,6 +510,48 @@ class PerformanceConfig:
         unit="calls",
         ge=1,
     )
+    breaker_down_failures: int | None = _opt(
+        1,
+        "Failures in a row of the kind that means the target is down (refused or dropped "
+        "connection, timeout, 502, 503, 504, 529 overloaded) that open a breaker at once. "
+        "1: the first one opens it (traffic goes to the fallbacks for one cool-down, then a "
+        "probe; with no fallback, calls wait or fail fast for that time: raise it there). "
+        "Null: they count like any failure.",
+        unit="calls",
+        ge=1,
+    )
+    breaker_cooldown_growth: float = _opt(
+        2.0,
+        "Factor by which each failed probe lengthens the next cool-down (1: every "
+        "cool-down is breaker_cooldown). Fewer requests to a target that stays down, at "
+        "the price of returning to it up to one (longer) cool-down after it recovers.",
+        unit="factor",
+        ge=1,
+    )
+    breaker_cooldown_max: float = _opt(
+        30.0,
+        "Longest cool-down after failed probes (the growth stops there); at or below "
+        "breaker_cooldown: no growth.",
+        unit="seconds",
+        gt=0,
+    )
+    breaker_cooldown_jitter: float = _opt(
+        0.1,
+        "Random share added to each cool-down (0.1: up to 10 % longer), so breakers of "
+        "processes that do not share Redis do not probe in step.",
+        unit="ratio",
+        ge=0,
+        le=1,
+    )
+    breaker_probe_timeout: float | None = _opt(
+        30.0,
+        "Longest a half-open probe may take (up to its answer, or a stream's first "
+        "chunk) before it counts as a timeout and the call fails over; keep it above your "
+        "slowest healthy answer, or a slow healthy target stays open. Null: the request's "
+        "own timeout.",
+        unit="seconds",
+        gt=0,
+    )
     cache_fallback_answers: bool = _opt(
         False,
         "Let an answer produced by a fallback model answer later requests for the primary "

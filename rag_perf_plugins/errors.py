@@ -15,7 +15,7 @@ Config errors also derive from :class:`ValueError`, and timeouts from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "BudgetExceeded",
@@ -164,24 +164,93 @@ class ProviderUnavailable(RagPerfError):
 
     The message names each target with its state and when it may be tried again, e.g.
     ``no provider can take the call: openai/gpt-4o-mini/k-3f9a open (retry in 3.2 s);
-    azure/gpt-4o-mini/k-77c1 half_open (probe in flight, retry in 1.0 s)``.
+    azure/gpt-4o-mini/k-77c1 half_open (probe in flight, retry in 1.0 s)``; a target that
+    failed says how: ``azure/gpt-4o-mini/k-77c1 closed (failed: InternalServerError: ...)``.
+
+    When every target failed (rather than every breaker refusing), the error raised is
+    :meth:`after_failures`: a ``ProviderUnavailable`` that is *also* an instance of the
+    last provider error's class (``except openai.InternalServerError`` still catches it,
+    with that error's attributes such as ``status_code``), chained from it (``__cause__``).
 
     Attributes:
         targets: ``(name, state, retry_in seconds)`` of each target, in chain order.
         retry_in: The shortest ``retry_in`` (seconds).
+        errors: ``{name: "Type: message"}`` of the targets that failed on this call.
     """
 
-    def __init__(self, targets: Sequence[tuple[str, str, float]], *, reason: str = "") -> None:
-        parts = []
-        for name, state, retry_in in targets:
-            note = "probe in flight, " if state == "half_open" else ""
-            parts.append(f"{name} {state} ({note}retry in {retry_in:.1f} s)")
-        message = "no provider can take the call: " + "; ".join(parts)
-        if reason:
-            message += f" ({reason})"
-        super().__init__(message)
+    def __init__(
+        self,
+        targets: Sequence[tuple[str, str, float]],
+        *,
+        reason: str = "",
+        errors: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(_unavailable_message(targets, reason, errors or {}))
         self.targets = list(targets)
         self.retry_in = min((t[2] for t in targets), default=0.0)
+        self.errors = dict(errors or {})
+
+    @classmethod
+    def after_failures(
+        cls,
+        targets: Sequence[tuple[str, str, float]],
+        errors: Mapping[str, str],
+        last: BaseException,
+    ) -> ProviderUnavailable:
+        """The error of a call whose every target failed: also a ``type(last)``.
+
+        Example: ``raise ProviderUnavailable.after_failures(targets, errors, exc) from exc``.
+        ``last``'s attributes are copied; a class that cannot be mixed in (a layout
+        conflict) gives a plain ``ProviderUnavailable``. Not picklable when mixed.
+        """
+        message = _unavailable_message(targets, "every target failed", errors)
+        made: ProviderUnavailable
+        try:
+            mixed = _mixed_class(type(last))
+            made = mixed.__new__(mixed)
+            made.__dict__.update(getattr(last, "__dict__", {}))
+        except TypeError:
+            made = cls.__new__(cls)
+        made.args = (message,)
+        made.targets = list(targets)
+        made.retry_in = min((t[2] for t in targets), default=0.0)
+        made.errors = dict(errors)
+        return made
+
+
+_MIXED: dict[type[BaseException], type[ProviderUnavailable]] = {}
+
+
+def _mixed_class(kind: type[BaseException]) -> type[ProviderUnavailable]:
+    """``ProviderUnavailable`` and ``kind`` in one class (made once per ``kind``)."""
+    if issubclass(kind, ProviderUnavailable):
+        return kind
+    found = _MIXED.get(kind)
+    if found is None:
+        found = type(
+            "ProviderUnavailable",
+            (ProviderUnavailable, kind),
+            {"__module__": __name__, "__str__": BaseException.__str__},
+        )
+        _MIXED[kind] = found
+    return found
+
+
+def _unavailable_message(
+    targets: Sequence[tuple[str, str, float]], reason: str, errors: Mapping[str, str]
+) -> str:
+    parts = []
+    for name, state, retry_in in targets:
+        failed = errors.get(name)
+        if failed is not None:
+            parts.append(f"{name} {state} (failed: {failed})")
+            continue
+        note = "probe in flight, " if state == "half_open" else ""
+        parts.append(f"{name} {state} ({note}retry in {retry_in:.1f} s)")
+    message = "no provider can take the call: " + "; ".join(parts)
+    if reason:
+        message += f" ({reason})"
+    return message
 
 
 class PoolError(RagPerfError):

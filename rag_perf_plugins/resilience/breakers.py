@@ -17,12 +17,13 @@ not per call) and counts it in the tracker (``breaker.opened``, ``breaker.closed
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from .._clock import Clock
 from ..admission.retry import classify
@@ -37,18 +38,32 @@ __all__ = ["Breakers", "breakers_for", "failover_reason", "live_breakers", "outc
 log = logging.getLogger("rag_perf_plugins.resilience")
 
 
-def outcome_of(exc: BaseException | None) -> Outcome:
-    """How a call's end counts for its breaker: ``success``, ``failure`` or ``neutral``.
+# Answers that say the target is down, not busy or wrong for one request: the gateway's
+# and the server's "unavailable", and Anthropic's 529 "overloaded".
+_DOWN_STATUS: Final = frozenset({502, 503, 504, 529})
+_DOWN_KINDS: Final = frozenset({"timeout", "connection", "overloaded"})
 
-    Example: ``outcome_of(openai.RateLimitError(...))`` is ``"failure"``. Failures: 429s,
-    5xx and 408 answers, timeouts, refused or dropped connections. Neutral: 4xx client
-    errors, our own refusals (``Overloaded``...), cancellation. ``None`` is a success.
+
+def outcome_of(exc: BaseException | None) -> Outcome:
+    """How a call's end counts for its breaker: ``success``, ``failure``, ``down``, ``neutral``.
+
+    Example: ``outcome_of(openai.RateLimitError(...))`` is ``"failure"``, a 503 is
+    ``"down"``. Down (a failure that says the target is down; ``breaker_down_failures``
+    of them in a row open the breaker): refused or dropped connections, timeouts, 502,
+    503, 504 and 529 answers. Other failures: 429s, other 5xx and 408 answers. Neutral:
+    4xx client errors, our own refusals (``Overloaded``...), cancellation. ``None`` is a
+    success.
     """
     if exc is None:
         return "success"
     if isinstance(exc, Overloaded):
         return "neutral"
-    return "failure" if classify(exc).retryable else "neutral"
+    failure = classify(exc)
+    if not failure.retryable:
+        return "neutral"
+    if failure.kind in _DOWN_KINDS or failure.status in _DOWN_STATUS:
+        return "down"
+    return "failure"
 
 
 def failover_reason(exc: BaseException) -> str | None:
@@ -89,9 +104,19 @@ class Breakers:
         clock: Seconds for the store's ``now`` (monotonic for a local store; wall-clock
             for Redis, shared between hosts).
         tracker: Where transitions are counted; ``None``: the process tracker.
+        rand: Draws of [0, 1) for the cool-down's jitter (``random.random``).
     """
 
-    __slots__ = ("__weakref__", "_clock", "_lock", "_stats", "_tracker", "settings", "store")
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_lock",
+        "_rand",
+        "_stats",
+        "_tracker",
+        "settings",
+        "store",
+    )
 
     def __init__(
         self,
@@ -100,10 +125,12 @@ class Breakers:
         *,
         clock: Clock = time.monotonic,
         tracker: PerformanceTracker | None = None,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
         self.store = store
         self._clock = clock
+        self._rand = rand
         self._tracker = tracker  # None: the process tracker at each count
         self._lock = threading.Lock()
         self._stats: dict[str, _TargetStats] = {}
@@ -133,7 +160,9 @@ class Breakers:
         last failure does not end a run of failures).
         """
         now = self._clock()
-        transition = self.store.record(target, self.settings, outcome, probe, now, since)
+        transition = self.store.record(
+            target, self.settings, outcome, probe, now, since, self._rand()
+        )
         self._transitioned(target, transition)
         return transition
 
@@ -142,13 +171,19 @@ class Breakers:
     ) -> Transition | None:
         """Async twin of :meth:`record`."""
         now = self._clock()
-        transition = await self.store.arecord(target, self.settings, outcome, probe, now, since)
+        transition = await self.store.arecord(
+            target, self.settings, outcome, probe, now, since, self._rand()
+        )
         self._transitioned(target, transition)
         return transition
 
     def peek(self, target: str) -> tuple[State, float]:
         """``(state, retry_in seconds)`` of ``target``, unchanged."""
         return self.store.peek(target, self.settings, self._clock())
+
+    async def apeek(self, target: str) -> tuple[State, float]:
+        """Async twin of :meth:`peek`."""
+        return await self.store.apeek(target, self.settings, self._clock())
 
     def failover(self, target: str, reason: str) -> None:
         """Count a call that left ``target`` for the next one, for ``reason``."""
@@ -211,13 +246,17 @@ class Breakers:
             stats.open_s += transition.open_s
         (self._tracker or get_performance_tracker()).incr(f"breaker.{transition.kind}")
         if transition.kind == "reopened":  # a failed probe: once per cool-down, not a warning
-            log.info("circuit breaker of %s: the probe failed; open again", target)
+            log.info(
+                "circuit breaker of %s: the probe failed; open again for %.3g s",
+                target,
+                transition.cooldown_s,
+            )
         elif transition.kind == "opened":
             log.warning(
-                "circuit breaker of %s opened: calls go elsewhere or fail fast for %g s, "
+                "circuit breaker of %s opened: calls go elsewhere or fail fast for %.3g s, "
                 "then %d probe call(s)",
                 target,
-                self.settings.cooldown,
+                transition.cooldown_s,
                 self.settings.probes,
             )
         else:

@@ -16,7 +16,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Target"]
+from .breaker import State
+
+__all__ = ["OpenedMeanwhile", "Target", "failed_note"]
+
+
+class OpenedMeanwhile(Exception):
+    """A call's target's breaker opened while the call waited at its gate: fail over, unsent.
+
+    Example: ``raise OpenedMeanwhile("open", 4.2)`` inside the gate; the chain catches it
+    and moves to the next target (``failovers{reason="open"}``).
+    """
+
+    def __init__(self, state: State, retry_in: float) -> None:
+        super().__init__(f"the breaker is {state} (retry in {retry_in:.1f} s)")
+        self.state: State = state
+        self.retry_in = retry_in
+
+
+def failed_note(exc: BaseException) -> str:
+    """``"Type: message"`` of a target's failure, on one line of at most ~120 characters.
+
+    Example: ``failed_note(ProviderError("bad gateway"))`` is ``"ProviderError: bad gateway"``.
+    """
+    text = " ".join(str(exc).split())
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,8 +67,12 @@ def breaker_key(prefix: str, target: str) -> str:
 
 # The rules of BreakerCore, once more, in Lua. ARGV: op, now, failure_ratio, min_calls,
 # window, cooldown, probes, outcome, probe (1/0), consecutive (0: none), since (admission
-# time of the recorded call; empty: unknown). Numbers go back
-# inside strings: Redis turns Lua numbers into integers.
+# time of the recorded call; empty: unknown), down_failures (0: none), cooldown_growth,
+# cooldown_max, cooldown_jitter, rand (the jitter draw in [0, 1), made by the client: a
+# script's own random numbers are the same at every run). Numbers go back inside strings:
+# Redis turns Lua numbers into integers. Fields: st state, ou open until, oa opened at,
+# po probes out, pk probes ok, pa probe at, cf failures in a row, df "down" failures in a
+# row, lf last failure, lv failed probes since the last close (cool-down growth).
 _SCRIPT: Final = r"""
 local key = KEYS[1]
 local op = ARGV[1]
@@ -82,8 +86,13 @@ local outcome = ARGV[8]
 local probe = ARGV[9] == '1'
 local consecutive = tonumber(ARGV[10])
 local since = tonumber(ARGV[11])
+local down_failures = tonumber(ARGV[12])
+local growth = tonumber(ARGV[13])
+local cooldown_max = tonumber(ARGV[14])
+local jitter = tonumber(ARGV[15])
+local rand = tonumber(ARGV[16])
 local slots = 10
-local s = redis.call('HMGET', key, 'st', 'ou', 'oa', 'po', 'pk', 'pa', 'cf', 'lf')
+local s = redis.call('HMGET', key, 'st', 'ou', 'oa', 'po', 'pk', 'pa', 'cf', 'lf', 'df', 'lv')
 local st = s[1] or 'closed'
 local ou = tonumber(s[2]) or 0
 local oa = tonumber(s[3]) or 0
@@ -92,12 +101,14 @@ local pk = tonumber(s[5]) or 0
 local pa = tonumber(s[6]) or 0
 local cf = tonumber(s[7]) or 0
 local lf = tonumber(s[8])
+local df = tonumber(s[9]) or 0
+local lv = tonumber(s[10]) or 0
 
 local function num(x) return string.format('%.6f', x) end
 
 local function save()
   redis.call('HSET', key, 'st', st, 'ou', num(ou), 'oa', num(oa), 'po', po, 'pk', pk,
-             'pa', num(pa), 'cf', cf)
+             'pa', num(pa), 'cf', cf, 'df', df, 'lv', lv)
   redis.call('HDEL', key, 'lf')
   redis.call('EXPIRE', key, 3600)
 end
@@ -113,15 +124,21 @@ local function open()
   if st == 'closed' then
     oa = now
     kind = 'opened'
+    lv = 0
+  else
+    lv = lv + 1
   end
   st = 'open'
-  ou = math.max(ou, now + cooldown)
+  local grown = math.max(cooldown, math.min(cooldown_max, cooldown * growth ^ math.min(lv, 64)))
+  local cd = grown * (1 + jitter * math.min(math.max(rand, 0), 1))
+  ou = math.max(ou, now + cd)
   po = 0
   pk = 0
   cf = 0
+  df = 0
   clear()
   save()
-  return kind .. '|0'
+  return kind .. '|0|' .. num(ou - now)
 end
 
 local function close()
@@ -129,9 +146,11 @@ local function close()
   po = 0
   pk = 0
   cf = 0
+  df = 0
+  lv = 0
   clear()
   save()
-  return 'closed|' .. num(math.max(0, now - oa))
+  return 'closed|' .. num(math.max(0, now - oa)) .. '|0'
 end
 
 local function retry_in()
@@ -166,19 +185,19 @@ if op == 'admit' then
   return '1|0|closed|0|'
 elseif op == 'record' then
   if probe then
-    if st ~= 'half_open' then return '|0' end
-    if outcome == 'failure' then return open() end
+    if st ~= 'half_open' then return '|0|0' end
+    if outcome == 'failure' or outcome == 'down' then return open() end
     if outcome == 'neutral' then
       po = math.max(0, po - 1)
       save()
-      return '|0'
+      return '|0|0'
     end
     pk = pk + 1
     if pk >= probes then return close() end
     save()
-    return '|0'
+    return '|0|0'
   end
-  if st ~= 'closed' or outcome == 'neutral' then return '|0' end
+  if st ~= 'closed' or outcome == 'neutral' then return '|0|0' end
   local step = window / slots
   local index = math.floor(now / step)
   local field = 'b' .. (index % slots)
@@ -190,16 +209,18 @@ elseif op == 'record' then
   end
   if bi ~= index then bi, bc, bf = index, 0, 0 end
   bc = bc + 1
-  if outcome == 'failure' then bf = bf + 1 end
+  if outcome ~= 'success' then bf = bf + 1 end
   redis.call('HSET', key, field, bi .. ':' .. bc .. ':' .. bf)
   redis.call('EXPIRE', key, 3600)
-  if outcome ~= 'failure' then
+  if outcome == 'success' then
     -- a success of a call admitted before the last failure does not end the run
-    if since == nil or lf == nil or since >= lf then redis.call('HSET', key, 'cf', 0) end
-    return '|0'
+    if since == nil or lf == nil or since >= lf then redis.call('HSET', key, 'cf', 0, 'df', 0) end
+    return '|0|0'
   end
   cf = cf + 1
-  redis.call('HSET', key, 'cf', cf, 'lf', num(now))
+  if outcome == 'down' then df = df + 1 end
+  redis.call('HSET', key, 'cf', cf, 'df', df, 'lf', num(now))
+  if outcome == 'down' and down_failures > 0 and df >= down_failures then return open() end
   if consecutive > 0 and cf >= consecutive then return open() end
   local oldest = index - slots
   local calls, failures = 0, 0
@@ -214,7 +235,7 @@ elseif op == 'record' then
     end
   end
   if calls >= min_calls and failures >= ratio * calls then return open() end
-  return '|0'
+  return '|0|0'
 elseif op == 'peek' then
   local state = st
   if st == 'open' and now >= ou then state = 'half_open' end
@@ -245,6 +266,7 @@ def _args(
     outcome: str,
     probe: bool,
     since: float | None = None,
+    rand: float = 0.0,
 ) -> list[Any]:
     return [
         op,
@@ -258,6 +280,11 @@ def _args(
         "1" if probe else "0",
         settings.consecutive or 0,
         "" if since is None else repr(float(since)),
+        settings.down_failures or 0,
+        repr(float(settings.cooldown_growth)),
+        repr(float(settings.cooldown_max)),
+        repr(float(settings.cooldown_jitter)),
+        repr(float(rand)),
     ]
 
 
@@ -271,12 +298,18 @@ def _admission(raw: Any) -> Admission:
 
 def _transition(raw: Any) -> Transition | None:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    kind, open_s = text.split("|")
+    kind, open_s, cooldown_s = text.split("|")
     if kind in ("opened", "reopened"):
-        return Transition(cast(Literal["opened", "reopened"], kind))
+        return Transition(cast(Literal["opened", "reopened"], kind), 0.0, float(cooldown_s))
     if kind == "closed":
         return Transition("closed", float(open_s))
     return None
+
+
+def _peeked(raw: Any) -> tuple[State, float]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    state, retry_in = text.split("|")
+    return cast(State, state), float(retry_in)
 
 
 class RedisBreakerStore:
@@ -435,11 +468,12 @@ class RedisBreakerStore:
         probe: bool,
         now: float,
         since: float | None = None,
+        rand: float = 0.0,
     ) -> Transition | None:
         """Count one outcome of ``target`` in the shared breaker."""
-        raw = self._call(target, _args("record", settings, now, outcome, probe, since))
+        raw = self._call(target, _args("record", settings, now, outcome, probe, since, rand))
         if raw is None:
-            return self.local.record(target, settings, outcome, probe, now, since)
+            return self.local.record(target, settings, outcome, probe, now, since, rand)
         return _transition(raw)
 
     async def arecord(
@@ -450,11 +484,13 @@ class RedisBreakerStore:
         probe: bool,
         now: float,
         since: float | None = None,
+        rand: float = 0.0,
     ) -> Transition | None:
         """Async twin of :meth:`record`."""
-        raw = await self._acall(target, _args("record", settings, now, outcome, probe, since))
+        args = _args("record", settings, now, outcome, probe, since, rand)
+        raw = await self._acall(target, args)
         if raw is None:
-            return self.local.record(target, settings, outcome, probe, now, since)
+            return self.local.record(target, settings, outcome, probe, now, since, rand)
         return _transition(raw)
 
     def peek(self, target: str, settings: BreakerSettings, now: float) -> tuple[State, float]:
@@ -462,9 +498,16 @@ class RedisBreakerStore:
         raw = self._call(target, _args("peek", settings, now, "", False))
         if raw is None:
             return self.local.peek(target, settings, now)
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        state, retry_in = text.split("|")
-        return cast(State, state), float(retry_in)
+        return _peeked(raw)
+
+    async def apeek(
+        self, target: str, settings: BreakerSettings, now: float
+    ) -> tuple[State, float]:
+        """Async twin of :meth:`peek`, on this event loop's client."""
+        raw = await self._acall(target, _args("peek", settings, now, "", False))
+        if raw is None:
+            return self.local.peek(target, settings, now)
+        return _peeked(raw)
 
     def __repr__(self) -> str:
         c = self.stats()

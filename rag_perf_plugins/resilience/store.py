@@ -41,10 +41,12 @@ class BreakerStore(Protocol):
         probe: bool,
         now: float,
         since: float | None = None,
+        rand: float = 0.0,
     ) -> Transition | None:
         """Count one outcome of ``target``; the transition it caused.
 
-        ``since``: when the call was admitted (see :meth:`BreakerCore.record`).
+        ``since``: when the call was admitted; ``rand``: the cool-down's jitter draw in
+        [0, 1) (see :meth:`BreakerCore.record`).
         """
         ...
 
@@ -56,12 +58,19 @@ class BreakerStore(Protocol):
         probe: bool,
         now: float,
         since: float | None = None,
+        rand: float = 0.0,
     ) -> Transition | None:
         """Async twin of :meth:`record`."""
         ...
 
     def peek(self, target: str, settings: BreakerSettings, now: float) -> tuple[State, float]:
         """``(state, retry_in seconds)`` of ``target`` without changing it."""
+        ...
+
+    async def apeek(
+        self, target: str, settings: BreakerSettings, now: float
+    ) -> tuple[State, float]:
+        """Async twin of :meth:`peek`."""
         ...
 
 
@@ -100,10 +109,12 @@ class LocalBreakerStore:
         probe: bool,
         now: float,
         since: float | None = None,
+        rand: float = 0.0,
     ) -> Transition | None:
         """Count one outcome of ``target``."""
         with self._lock:
-            return self._core(target).record(settings, outcome, probe=probe, now=now, since=since)
+            core = self._core(target)
+            return core.record(settings, outcome, probe=probe, now=now, since=since, rand=rand)
 
     async def arecord(
         self,
@@ -113,9 +124,10 @@ class LocalBreakerStore:
         probe: bool,
         now: float,
         since: float | None = None,
+        rand: float = 0.0,
     ) -> Transition | None:
         """Async twin of :meth:`record` (no I/O: the same call)."""
-        return self.record(target, settings, outcome, probe, now, since)
+        return self.record(target, settings, outcome, probe, now, since, rand)
 
     def peek(self, target: str, settings: BreakerSettings, now: float) -> tuple[State, float]:
         """``(state, retry_in)`` of ``target``; an unknown target is closed."""
@@ -127,6 +139,12 @@ class LocalBreakerStore:
             if state == "open" and now >= core.open_until:
                 state = "half_open"  # what the next admit will find
             return state, core.retry_in(settings, now)
+
+    async def apeek(
+        self, target: str, settings: BreakerSettings, now: float
+    ) -> tuple[State, float]:
+        """Async twin of :meth:`peek` (no I/O: the same call)."""
+        return self.peek(target, settings, now)
 
     def __repr__(self) -> str:
         return f"<LocalBreakerStore [targets: {len(self._cores)}]>"

@@ -72,8 +72,9 @@ from ..cache.singleflight import Flight, SingleFlight
 from ..config import PerformanceConfig, resolve_config
 from ..cost import price_table
 from ..errors import ProviderUnavailable
-from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
+from ..resilience import Admission, Breakers, Target, Transition, breakers_for, outcome_of
 from ..resilience.breakers import failover_reason
+from ..resilience.chain import OpenedMeanwhile, failed_note
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .llm import gate_listener
@@ -920,18 +921,26 @@ class EmbeddingService(ProviderCalls):
         return self._breakers
 
     def _chained(self, on: Callable[[_Provider], Callable[[], R]], texts: list[str]) -> R:
-        """``on(target)()`` on the first target that answers (see ``LLMService``'s chain)."""
+        """``on(target)()`` on the first target that answers (see ``LLMService``'s chain).
+
+        Every target failed (after the retry policy): ``ProviderUnavailable`` that is also
+        the last error's class. A call that waited at a target's gate while its breaker
+        opened goes on unsent.
+        """
         breakers = self._chain_breakers()
+        passed = _Pass()
 
         def attempt() -> R:
             refused: list[tuple[str, Admission]] = []
             last: Exception | None = None
+            passed.targets.clear()
             for p in self._fallbacks:
                 name = p.target.name if p.target is not None else "primary"
                 admission = breakers.admit(name)
                 if not admission.allowed:
                     refused.append((name, admission))
                     breakers.failover(name, "open")
+                    passed.targets[name] = (admission.state, admission.retry_in, None)
                     continue
                 call = on(p)
                 try:
@@ -940,17 +949,27 @@ class EmbeddingService(ProviderCalls):
                     else:
                         with p.gate.acquire(
                             tokens=self._tokens(texts), **self._spend(texts, p.gate)
-                        ):
+                        ) as ticket:
+                            if _waited(ticket, admission):
+                                found, retry_in = breakers.peek(name)
+                                if found != "closed":
+                                    raise OpenedMeanwhile(found, retry_in)
                             try:
                                 with gate_listener(p.gate):
                                     value = call()
                             except Exception as exc:
                                 observe_failure(p.gate, exc)
                                 raise
+                except OpenedMeanwhile as opened:
+                    refused.append((name, Admission(False, False, opened.state, opened.retry_in)))
+                    breakers.failover(name, "open")
+                    passed.targets[name] = (opened.state, opened.retry_in, None)
+                    continue
                 except Exception as exc:
-                    breakers.record(
+                    moved = breakers.record(
                         name, outcome_of(exc), probe=admission.probe, since=admission.at
                     )
+                    passed.failed(name, admission, moved, exc)
                     reason = failover_reason(exc)
                     if reason is None:
                         raise
@@ -960,11 +979,17 @@ class EmbeddingService(ProviderCalls):
                 breakers.record(name, "success", probe=admission.probe, since=admission.at)
                 return value
             if last is not None:
+                passed.error = last
                 raise last
             raise _unavailable(refused)
 
         retry = self._retry
-        return retry.call(attempt) if retry is not None else attempt()
+        try:
+            return retry.call(attempt) if retry is not None else attempt()
+        except Exception as exc:
+            if exc is not passed.error:
+                raise
+            raise passed.unavailable(exc) from exc
 
     async def _achained(
         self,
@@ -973,16 +998,19 @@ class EmbeddingService(ProviderCalls):
     ) -> Sequence[Sequence[float]]:
         """Async twin of :meth:`_chained`."""
         breakers = self._chain_breakers()
+        passed = _Pass()
 
         async def attempt() -> Sequence[Sequence[float]]:
             refused: list[tuple[str, Admission]] = []
             last: Exception | None = None
+            passed.targets.clear()
             for p in self._fallbacks:
                 name = p.target.name if p.target is not None else "primary"
                 admission = await breakers.aadmit(name)
                 if not admission.allowed:
                     refused.append((name, admission))
                     breakers.failover(name, "open")
+                    passed.targets[name] = (admission.state, admission.retry_in, None)
                     continue
                 call = on(p)
                 try:
@@ -991,17 +1019,27 @@ class EmbeddingService(ProviderCalls):
                     else:
                         async with p.gate.aacquire(
                             tokens=self._tokens(texts), **self._spend(texts, p.gate)
-                        ):
+                        ) as ticket:
+                            if _waited(ticket, admission):
+                                found, retry_in = await breakers.apeek(name)
+                                if found != "closed":
+                                    raise OpenedMeanwhile(found, retry_in)
                             try:
                                 with gate_listener(p.gate):
                                     value = await call()
                             except Exception as exc:
                                 await aobserve_failure(p.gate, exc)
                                 raise
+                except OpenedMeanwhile as opened:
+                    refused.append((name, Admission(False, False, opened.state, opened.retry_in)))
+                    breakers.failover(name, "open")
+                    passed.targets[name] = (opened.state, opened.retry_in, None)
+                    continue
                 except Exception as exc:
-                    await breakers.arecord(
+                    moved = await breakers.arecord(
                         name, outcome_of(exc), probe=admission.probe, since=admission.at
                     )
+                    passed.failed(name, admission, moved, exc)
                     reason = failover_reason(exc)
                     if reason is None:
                         raise
@@ -1011,11 +1049,17 @@ class EmbeddingService(ProviderCalls):
                 await breakers.arecord(name, "success", probe=admission.probe, since=admission.at)
                 return value
             if last is not None:
+                passed.error = last
                 raise last
             raise _unavailable(refused)
 
         retry = self._retry
-        return await retry.acall(attempt) if retry is not None else await attempt()
+        try:
+            return await retry.acall(attempt) if retry is not None else await attempt()
+        except Exception as exc:
+            if exc is not passed.error:
+                raise
+            raise passed.unavailable(exc) from exc
 
     def _primary_provider(self) -> _Provider:
         return _Provider(
@@ -1261,6 +1305,38 @@ def _default_target(gate: Any, provider: str, model: str) -> Target:
     key = getattr(gate, "key", None)
     digest = hashlib.blake2b(provider.encode(), digest_size=3).hexdigest()
     return Target(f"{key if isinstance(key, str) and key else model}~{digest}", gate=gate)
+
+
+class _Pass:
+    """One pass of an embedding chain: each target's (state, retry_in, failure note)."""
+
+    __slots__ = ("error", "targets")
+
+    def __init__(self) -> None:
+        self.targets: dict[str, tuple[str, float, str | None]] = {}
+        self.error: BaseException | None = None  # raised when every target failed
+
+    def failed(
+        self, name: str, admission: Admission, moved: Transition | None, exc: Exception
+    ) -> None:
+        state = "open" if moved is not None else admission.state
+        retry_in = moved.cooldown_s if moved is not None else 0.0
+        self.targets[name] = (state, retry_in, failed_note(exc))
+
+    def unavailable(self, exc: BaseException) -> ProviderUnavailable:
+        targets = [(name, found[0], found[1]) for name, found in self.targets.items()]
+        errors = {name: found[2] for name, found in self.targets.items() if found[2]}
+        return ProviderUnavailable.after_failures(targets, errors, exc)
+
+
+# A wait at the gate after which the breaker is asked again before sending (seconds).
+_RECHECK_AFTER_S = 0.001
+
+
+def _waited(ticket: Any, admission: Admission) -> bool:
+    """Whether a non-probe call waited at its gate long enough to ask its breaker again."""
+    wait = getattr(ticket, "queue_wait_s", None)
+    return not admission.probe and isinstance(wait, float | int) and wait > _RECHECK_AFTER_S
 
 
 def _unavailable(refused: list[tuple[str, Admission]]) -> ProviderUnavailable:

@@ -64,10 +64,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -80,7 +82,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
@@ -110,6 +112,8 @@ from ..cost import current_cost_scope, price_table
 from ..errors import Overloaded, ProviderUnavailable
 from ..pool.http import response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
+from ..resilience.breaker import Transition
+from ..resilience.chain import OpenedMeanwhile, failed_note
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -359,6 +363,21 @@ class _Call:
     answered_request: LLMRequest | None = None  # that fallback's request (its cache key)
     on_target: Callable[[str], None] | None = None  # told a fallback answered, at once
     scope: str | None = None  # the tenant charged (dollar budgets)
+    answered_gate: Any = None  # that fallback's gate (dollar reconcile of its answer)
+    admission: Admission | None = None  # the breaker's decision for the answering target
+    target_name: str | None = None  # the answering target of a chain (mid-stream failures)
+    # The breaker's latest decision per target of this call (a probe still running in a
+    # worker thread past its bound must not be taken for the next target's call).
+    admissions: dict[str, Admission] = field(default_factory=dict)
+    # This pass's outcome per target: name -> (state, retry_in, how it failed or None).
+    passed: dict[str, tuple[str, float, str | None]] = field(default_factory=dict)
+    chain_error: BaseException | None = None  # raised when every target of a pass failed
+    # A failure the breaker already heard inside the gate, and the transition it caused.
+    heard: tuple[BaseException, Transition | None] | None = None
+
+
+# A wait at the gate after which the breaker is asked again before sending (seconds).
+_RECHECK_AFTER_S: Final = 0.001
 
 
 @dataclass(slots=True)
@@ -609,11 +628,163 @@ class LLMService(ProviderCalls):
         states = [(alt.target.name, a.state, a.retry_in) for alt, a in refused]
         raise ProviderUnavailable(states, reason="the earliest probe is past the deadline")
 
+    def _all_failed(self, state: _Call, exc: BaseException) -> BaseException:
+        """The error for the caller: ``ProviderUnavailable`` when every target failed.
+
+        Only for the error of a pass in which no target answered (``state.chain_error``);
+        any other error goes through unchanged. The result is also a ``type(exc)`` (see
+        :meth:`~rag_perf_plugins.errors.ProviderUnavailable.after_failures`).
+        """
+        if exc is not state.chain_error or state.chain is None or not state.passed:
+            return exc
+        targets, errors = [], {}
+        for alt in state.chain:
+            name = alt.target.name
+            found = state.passed.get(name)
+            if found is None:
+                continue
+            targets.append((name, found[0], found[1]))
+            if found[2] is not None:
+                errors[name] = found[2]
+        return ProviderUnavailable.after_failures(targets, errors, exc)
+
+    def _probe_timeout(self, admission: Admission) -> float | None:
+        """Seconds a probe may take (``breaker_probe_timeout``); ``None``: not a probe, no bound."""
+        return self.config.breaker_probe_timeout if admission.probe else None
+
+    @staticmethod
+    def _recheck_needed(ticket: Any, alt: Fallback, state: _Call) -> bool:
+        """Whether the call waited at its gate long enough to ask its breaker again."""
+        admission = state.admissions.get(alt.target.name)
+        if admission is None or admission.probe:
+            return False
+        wait = getattr(ticket, "queue_wait_s", None)
+        return isinstance(wait, float | int) and wait > _RECHECK_AFTER_S
+
+    def _recheck(self, ticket: Any, alt: Fallback, state: _Call) -> None:
+        """After a wait at the gate: fail over (unsent) if the breaker opened meanwhile."""
+        if self._recheck_needed(ticket, alt, state):
+            found, retry_in = self.breakers().peek(alt.target.name)
+            if found != "closed":
+                raise OpenedMeanwhile(found, retry_in)
+
+    async def _arecheck(self, ticket: Any, alt: Fallback, state: _Call) -> None:
+        """Async twin of :meth:`_recheck`."""
+        if self._recheck_needed(ticket, alt, state):
+            found, retry_in = await self.breakers().apeek(alt.target.name)
+            if found != "closed":
+                raise OpenedMeanwhile(found, retry_in)
+
+    def _bounded(
+        self,
+        one: Callable[[Fallback], R],
+        alt: Fallback,
+        admission: Admission,
+        discard: Callable[[R], None] | None,
+    ) -> R:
+        """``one(alt)``; a probe is bounded by ``breaker_probe_timeout`` (``TimeoutError``).
+
+        The blocking probe runs in a worker thread (with this context); past the bound the
+        caller fails over and the worker's late answer, if any, is dropped (``discard``:
+        how to close it, e.g. an opened stream).
+        """
+        timeout = self._probe_timeout(admission)
+        if timeout is None:
+            return one(alt)
+        context = contextvars.copy_context()
+        box: dict[str, Any] = {}
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                value = context.run(one, alt)
+            except BaseException as exc:
+                box["error"] = exc
+            else:
+                with lock:
+                    late = box.get("late", False)
+                    box["value"] = value
+                if late and discard is not None:
+                    discard(value)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="rag-perf-probe", daemon=True).start()
+        if not done.wait(timeout):
+            with lock:
+                box["late"] = "value" not in box
+            if box["late"]:
+                msg = f"probe of {alt.target.name} took longer than {timeout:g} s"
+                raise TimeoutError(msg)
+        if "error" in box:
+            raise box["error"]
+        return cast(R, box["value"])
+
+    async def _abounded(
+        self,
+        one: Callable[[Fallback], Awaitable[R]],
+        alt: Fallback,
+        admission: Admission,
+        discard: Callable[[R], None] | None,
+    ) -> R:
+        """Async twin of :meth:`_bounded`: a probe past the bound is cancelled."""
+        timeout = self._probe_timeout(admission)
+        if timeout is None:
+            return await one(alt)
+        try:
+            return await asyncio.wait_for(one(alt), timeout)
+        except TimeoutError:
+            msg = f"probe of {alt.target.name} took longer than {timeout:g} s"
+            raise TimeoutError(msg) from None
+
+    def _stream_broke(self, exc: BaseException, state: _Call) -> None:
+        """A stream of a chain failed after its first chunk: its target's breaker hears it."""
+        if not isinstance(exc, Exception):
+            return  # abandoned or cancelled: says nothing about the provider
+        if state.chain is not None and state.target_name is not None and state.admission:
+            self.breakers().record(
+                state.target_name, outcome_of(exc), probe=False, since=state.admission.at
+            )
+
+    def _heard(self, exc: Exception, alt: Fallback, state: _Call) -> None:
+        """Tell the target's breaker of a failure before its gate slot is freed.
+
+        A caller waiting at the gate gets the slot next and asks the breaker again
+        (:meth:`_recheck`): it must find the breaker already open. The chain reads
+        ``state.heard`` instead of recording the failure a second time.
+        """
+        admission = state.admissions.get(alt.target.name)
+        if state.chain is not None and admission is not None:
+            moved = self.breakers().record(
+                alt.target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+            )
+            state.heard = (exc, moved)
+
+    async def _aheard(self, exc: Exception, alt: Fallback, state: _Call) -> None:
+        """Async twin of :meth:`_heard`."""
+        admission = state.admissions.get(alt.target.name)
+        if state.chain is not None and admission is not None:
+            moved = await self.breakers().arecord(
+                alt.target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+            )
+            state.heard = (exc, moved)
+
+    async def _astream_broke(self, exc: BaseException, state: _Call) -> None:
+        """Async twin of :meth:`_stream_broke`."""
+        if not isinstance(exc, Exception):
+            return  # abandoned or cancelled: says nothing about the provider
+        if state.chain is not None and state.target_name is not None and state.admission:
+            await self.breakers().arecord(
+                state.target_name, outcome_of(exc), probe=False, since=state.admission.at
+            )
+
     def _answered_by(self, call: _Call, alt: Fallback, index: int) -> None:
         if index == 0:
             return
         call.answered_by = alt.target.name
         call.answered_request = alt.request
+        call.answered_gate = alt.target.gate
         if call.on_target is not None:
             call.on_target(alt.target.name)
 
@@ -928,7 +1099,7 @@ class LLMService(ProviderCalls):
         """A live stream ran to its end: its usage, reconciled; the chunks to store, if any."""
         call.usage = codec.usage(tee.live)
         reconcile_ticket(ticket, self._total(call.usage))
-        self._reconcile_cost(ticket, call)
+        self._reconcile_cost(ticket, call, call.answered_request, call.answered_gate)
         return tee.recorded if call.control.write else None
 
     @staticmethod
@@ -1096,7 +1267,13 @@ class LLMService(ProviderCalls):
             def run_chain() -> T:
                 return self._chain(chain, one, looked_up, state)
 
-            return retry.call(run_chain) if retry is not None else run_chain()
+            try:
+                return retry.call(run_chain) if retry is not None else run_chain()
+            except Exception as exc:
+                failed = self._all_failed(state, exc)
+                if failed is exc:
+                    raise
+                raise failed from exc
         tokens = request.estimated_tokens() if gate is not None else 0
         spend = self._spend(request, state)
 
@@ -1239,7 +1416,13 @@ class LLMService(ProviderCalls):
             async def run_chain() -> T:
                 return await self._achain(chain, one, looked_up, state)
 
-            return await retry.acall(run_chain) if retry is not None else await run_chain()
+            try:
+                return await retry.acall(run_chain) if retry is not None else await run_chain()
+            except Exception as exc:
+                failed = self._all_failed(state, exc)
+                if failed is exc:
+                    raise
+                raise failed from exc
         tokens = request.estimated_tokens() if gate is not None else 0
         spend = self._spend(request, state)
 
@@ -1271,6 +1454,7 @@ class LLMService(ProviderCalls):
         one: Callable[[Fallback], R],
         looked_up: Callable[[Fallback], R | _Miss] | None,
         state: _Call,
+        discard: Callable[[R], None] | None = None,
     ) -> R:
         breakers = self.breakers()
         deadline_at = self._deadline_at(state)
@@ -1278,6 +1462,8 @@ class LLMService(ProviderCalls):
             limited: set[str] = set()
             refused: list[tuple[Fallback, Admission]] = []
             last: Exception | None = None
+            passed = state.passed
+            passed.clear()
             for index, alt in enumerate(chain):
                 if index > 0 and looked_up is not None:
                     found = looked_up(alt)
@@ -1286,29 +1472,48 @@ class LLMService(ProviderCalls):
                 target = alt.target
                 if target.limit_scope in limited:
                     breakers.failover(target.name, "same_rate_limit_scope")
+                    passed[target.name] = ("skipped", 0.0, "its rate-limit scope answered 429")
                     continue
                 if index < len(chain) - 1 and _paused(target.gate):
                     breakers.failover(target.name, "paused")
+                    passed[target.name] = ("paused", 0.0, "paused by a Retry-After")
                     continue
                 admission = breakers.admit(target.name)
                 if not admission.allowed:
                     refused.append((alt, admission))
                     breakers.failover(target.name, "open")
+                    passed[target.name] = (admission.state, admission.retry_in, None)
                     continue
+                state.admissions[target.name] = admission
                 try:
-                    value = one(alt)
+                    value = self._bounded(one, alt, admission, discard)
+                except OpenedMeanwhile as opened:
+                    state.attempts -= 1  # nothing was sent
+                    refused.append((alt, Admission(False, False, opened.state, opened.retry_in)))
+                    breakers.failover(target.name, "open")
+                    passed[target.name] = (opened.state, opened.retry_in, None)
+                    continue
                 except Exception as exc:
-                    breakers.record(
-                        target.name, outcome_of(exc), probe=admission.probe, since=admission.at
-                    )
+                    heard, state.heard = state.heard, None
+                    if heard is not None and heard[0] is exc:
+                        moved = heard[1]  # heard inside the gate, before its slot was freed
+                    else:
+                        moved = breakers.record(
+                            target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+                        )
+                    now_state = "open" if moved is not None else admission.state
+                    retry_in = moved.cooldown_s if moved is not None else 0.0
+                    passed[target.name] = (now_state, retry_in, failed_note(exc))
                     if not self._fail_over(alt, exc, limited, breakers):
                         raise
                     last = exc
                     continue
                 breakers.record(target.name, "success", probe=admission.probe, since=admission.at)
+                state.admission, state.target_name = admission, target.name
                 self._answered_by(state, alt, index)
                 return value
             if last is not None:
+                state.chain_error = last
                 raise last  # the retry policy decides: back off and run the chain again, or not
             time.sleep(self._unavailable(refused, deadline_at))
 
@@ -1324,12 +1529,14 @@ class LLMService(ProviderCalls):
         tokens = alt.request.estimated_tokens()
         spend = self._spend(alt.request, state, gate)
         with gate.acquire(tokens=tokens, **spend) as ticket:
+            self._recheck(ticket, alt, state)  # the breaker may have opened meanwhile
             self._admitted(ticket, state)
             try:
                 with gate_listener(gate):  # a success's rate-limit headers feed the gate
                     answer = alt.call()
             except Exception as exc:
                 observe_failure(gate, exc)  # a 429's Retry-After pauses this target
+                self._heard(exc, alt, state)  # heard before the slot is freed
                 raise
             value = self._answered(codec, answer, None, state)
             reconcile_ticket(ticket, self._total(state.usage))
@@ -1360,14 +1567,20 @@ class LLMService(ProviderCalls):
         one: Callable[[Fallback], Awaitable[R]],
         looked_up: Callable[[Fallback], Awaitable[R | _Miss]] | None,
         state: _Call,
+        discard: Callable[[R], None] | None = None,
     ) -> R:
-        """One pass over the chain (again while every breaker is open, within the deadline)."""
+        """One pass over the chain (again while every breaker is open, within the deadline).
+
+        ``discard``: closes an answer that came too late (a probe past its bound).
+        """
         breakers = self.breakers()
         deadline_at = self._deadline_at(state)
         while True:
             limited: set[str] = set()
             refused: list[tuple[Fallback, Admission]] = []
             last: Exception | None = None
+            passed = state.passed
+            passed.clear()
             for index, alt in enumerate(chain):
                 if index > 0 and looked_up is not None:
                     found = await looked_up(alt)
@@ -1376,21 +1589,38 @@ class LLMService(ProviderCalls):
                 target = alt.target
                 if target.limit_scope in limited:
                     breakers.failover(target.name, "same_rate_limit_scope")
+                    passed[target.name] = ("skipped", 0.0, "its rate-limit scope answered 429")
                     continue
                 if index < len(chain) - 1 and await _apaused(target.gate):
                     breakers.failover(target.name, "paused")
+                    passed[target.name] = ("paused", 0.0, "paused by a Retry-After")
                     continue
                 admission = await breakers.aadmit(target.name)
                 if not admission.allowed:
                     refused.append((alt, admission))
                     breakers.failover(target.name, "open")
+                    passed[target.name] = (admission.state, admission.retry_in, None)
                     continue
+                state.admissions[target.name] = admission
                 try:
-                    value = await one(alt)
+                    value = await self._abounded(one, alt, admission, discard)
+                except OpenedMeanwhile as opened:
+                    state.attempts -= 1  # nothing was sent
+                    refused.append((alt, Admission(False, False, opened.state, opened.retry_in)))
+                    breakers.failover(target.name, "open")
+                    passed[target.name] = (opened.state, opened.retry_in, None)
+                    continue
                 except Exception as exc:
-                    await breakers.arecord(
-                        target.name, outcome_of(exc), probe=admission.probe, since=admission.at
-                    )
+                    heard, state.heard = state.heard, None
+                    if heard is not None and heard[0] is exc:
+                        moved = heard[1]  # heard inside the gate, before its slot was freed
+                    else:
+                        moved = await breakers.arecord(
+                            target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+                        )
+                    now_state = "open" if moved is not None else admission.state
+                    retry_in = moved.cooldown_s if moved is not None else 0.0
+                    passed[target.name] = (now_state, retry_in, failed_note(exc))
                     if not self._fail_over(alt, exc, limited, breakers):
                         raise
                     last = exc
@@ -1398,9 +1628,11 @@ class LLMService(ProviderCalls):
                 await breakers.arecord(
                     target.name, "success", probe=admission.probe, since=admission.at
                 )
+                state.admission, state.target_name = admission, target.name
                 self._answered_by(state, alt, index)
                 return value
             if last is not None:
+                state.chain_error = last
                 raise last  # the retry policy decides: back off and run the chain again, or not
             await asyncio.sleep(self._unavailable(refused, deadline_at))
 
@@ -1416,12 +1648,14 @@ class LLMService(ProviderCalls):
         tokens = alt.request.estimated_tokens()
         spend = self._spend(alt.request, state, gate)
         async with gate.aacquire(tokens=tokens, **spend) as ticket:
+            await self._arecheck(ticket, alt, state)  # the breaker may have opened meanwhile
             self._admitted(ticket, state)
             try:
                 with gate_listener(gate):  # a success's rate-limit headers feed the gate
                     answer = await alt.call()
             except Exception as exc:
                 await aobserve_failure(gate, exc)  # a 429's Retry-After pauses this target
+                await self._aheard(exc, alt, state)  # heard before the slot is freed
                 raise
             value = self._answered(codec, answer, None, state)
             await areconcile_ticket(ticket, self._total(state.usage))
@@ -1490,6 +1724,7 @@ class LLMService(ProviderCalls):
                 yield self._passed(codec, chunk, state, tee)
                 chunk = next(chunks_in, _END)
         except BaseException as exc:
+            self._stream_broke(exc, state)  # counts against its breaker; never failed over
             stack.__exit__(*self._broke(exc, state))
             self._record(op, state, error=not state.abandoned)
             raise
@@ -1534,6 +1769,7 @@ class LLMService(ProviderCalls):
                 ticket = None
                 if gate is not None:
                     ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
+                    self._recheck(ticket, alt, state)  # the breaker may have opened meanwhile
                 self._admitted(ticket, state)
                 with gate_listener(gate):  # the headers arrive when the stream is opened
                     chunks_in = iter(alt.call())
@@ -1542,6 +1778,7 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     observe_failure(gate, exc)
+                    self._heard(exc, alt, state)  # heard before the slot is freed
                 stack.__exit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
@@ -1549,13 +1786,16 @@ class LLMService(ProviderCalls):
         def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
             if chain is None:
                 return one(Fallback(Target("primary", gate=self._gate), request, open_stream))
-            return self._chain(chain, one, None, state)
+            return self._chain(chain, one, None, state, _close_opened)
 
         try:
             return retry.call(attempt) if retry is not None else attempt()
-        except BaseException:
+        except BaseException as exc:
             self._record(op, state, error=True)
-            raise
+            failed = self._all_failed(state, exc)
+            if failed is exc:
+                raise
+            raise failed from exc
 
     # --- streams: async shell ---------------------------------------------------------
     async def astream(
@@ -1624,12 +1864,13 @@ class LLMService(ProviderCalls):
                 yield self._passed(codec, chunk, state, tee)
                 chunk = await anext(chunks_in, _END)
         except BaseException as exc:
+            await self._astream_broke(exc, state)  # counts against its breaker; not failed over
             await stack.__aexit__(*self._broke(exc, state))
             self._record(op, state, error=not state.abandoned)
             raise
         chunks = self._ended(codec, tee, None, state)
         await areconcile_ticket(ticket, self._total(state.usage))
-        await self._areconcile_cost(ticket, state)
+        await self._areconcile_cost(ticket, state, state.answered_request, state.answered_gate)
         await stack.__aexit__(None, None, None)
         if chunks is not None and key is not None and cache is not None:
             for where, model, target in self._answer_keys(key, state, True):
@@ -1658,6 +1899,7 @@ class LLMService(ProviderCalls):
                 if gate is not None:
                     admission = gate.aacquire(tokens=tokens, **spend)
                     ticket = await stack.enter_async_context(admission)
+                    await self._arecheck(ticket, alt, state)  # opened meanwhile?
                 self._admitted(ticket, state)
                 with gate_listener(gate):  # the headers arrive when the stream is opened
                     chunks_in = aiter(alt.call())
@@ -1666,6 +1908,7 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     await aobserve_failure(gate, exc)
+                    await self._aheard(exc, alt, state)  # heard before the slot is freed
                 await stack.__aexit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
@@ -1677,15 +1920,23 @@ class LLMService(ProviderCalls):
 
         try:
             return await retry.acall(attempt) if retry is not None else await attempt()
-        except BaseException:
+        except BaseException as exc:
             self._record(op, state, error=True)
-            raise
+            failed = self._all_failed(state, exc)
+            if failed is exc:
+                raise
+            raise failed from exc
 
 
 def _first_decoded(codec: ChunkCodec[C], chunks: Sequence[Any]) -> tuple[Any, Sequence[Any]]:
     # Only the first chunk is decoded up front (a bad entry is a miss); the rest are
     # decoded as they are yielded, for a short TTFT.
     return (codec.decode(chunks[0]) if chunks else _END), chunks[1:]
+
+
+def _close_opened(opened: tuple[contextlib.ExitStack, Any, Iterator[Any], Any]) -> None:
+    """Close a stream opened too late (a probe past its bound): its gate slot and stream."""
+    opened[0].__exit__(None, None, None)
 
 
 def _close_quietly(iterator: Any) -> None:

@@ -9,6 +9,9 @@ is exact: the Lua script in Redis must decide exactly as :class:`BreakerCore` do
 - neutral outcomes (4xx) are not counted; old buckets leave the window;
 - open refuses with the exact time left; the cool-down ends in half-open with ``probes``
   probe slots; all probes succeeding closes it, a failing probe opens it again;
+- "down" failures (503, refused, timeout) open it after ``down_failures`` in a row;
+- each failed probe lengthens the next cool-down (``cooldown_growth``, capped at
+  ``cooldown_max``, plus ``cooldown_jitter`` of the caller's draw); a close starts over;
 - a later opening never shortens a cool-down (``max``);
 - a probe that never reports expires after one cool-down;
 - ``peek`` changes nothing.
@@ -50,11 +53,12 @@ class Board:
         probe: bool = False,
         settings: BreakerSettings = SETTINGS,
         since: float | None = None,
+        rand: float = 0.0,
     ) -> Transition | None:
         now = self.clock()
         if self.twin == "async":
-            return await self.store.arecord(self.target, settings, outcome, probe, now, since)
-        return self.store.record(self.target, settings, outcome, probe, now, since)
+            return await self.store.arecord(self.target, settings, outcome, probe, now, since, rand)
+        return self.store.record(self.target, settings, outcome, probe, now, since, rand)
 
     def peek(self) -> tuple[State, float]:
         return self.store.peek(self.target, SETTINGS, self.clock())
@@ -92,7 +96,7 @@ async def test_closed_until_min_calls_and_ratio(board: Board) -> None:
     assert await board.record("success") is None
     assert await board.record("failure") is None  # 2 of 3: below min_calls
     assert board.peek() == ("closed", 0.0)
-    assert await board.record("failure") == Transition("opened")  # 3 of 4 >= 0.5
+    assert await board.record("failure") == Transition("opened", 0.0, 5.0)  # 3 of 4 >= 0.5
     assert board.peek() == ("open", 5.0)
 
 
@@ -119,7 +123,7 @@ async def test_failures_in_a_row_open_it_before_the_ratio_does(board: Board) -> 
     await board.record("success", settings=busy)  # a success resets the run
     await board.record("failure", settings=busy)
     assert await board.record("failure", settings=busy) is None
-    assert await board.record("failure", settings=busy) == Transition("opened")  # 5 of 25
+    assert await board.record("failure", settings=busy) == Transition("opened", 0.0, 5.0)
 
 
 async def test_a_success_admitted_before_the_last_failure_does_not_end_the_run(
@@ -135,7 +139,8 @@ async def test_a_success_admitted_before_the_last_failure_does_not_end_the_run(
     await board.record("failure", settings=busy)
     assert await board.record("success", settings=busy, since=sent_early) is None  # old news
     board.clock.advance(0.01)
-    assert await board.record("failure", settings=busy) == Transition("opened")  # 3 in a row
+    opened = await board.record("failure", settings=busy)
+    assert opened == Transition("opened", 0.0, 5.0)  # 3 in a row
     assert board.peek()[0] == "open"
 
 
@@ -197,10 +202,13 @@ async def test_a_failing_probe_opens_it_again(board: Board) -> None:
     board.clock.advance(5.0)
     probe = await board.admit()
     assert probe.probe
-    assert await board.record("failure", probe=True) == Transition("reopened")
+    reopened = await board.record("failure", probe=True)
+    assert reopened is not None
+    assert reopened.kind == "reopened"
+    assert reopened.cooldown_s == pytest.approx(10.0, abs=1e-5)  # grown: 5 s x 2
     state, retry_in = board.peek()
     assert state == "open"
-    assert retry_in == pytest.approx(5.0, abs=1e-5)
+    assert retry_in == pytest.approx(10.0, abs=1e-5)
 
 
 async def test_a_neutral_probe_frees_its_slot(board: Board) -> None:
@@ -218,7 +226,9 @@ async def test_a_cooldown_is_never_shortened(board: Board) -> None:
     long = BreakerSettings(failure_ratio=0.5, min_calls=4, window=10.0, cooldown=30.0, probes=2)
     board.clock.advance(5.0)
     assert (await board.admit(long)).probe  # half-open now
-    assert await board.record("failure", probe=True, settings=long) == Transition("reopened")
+    reopened = await board.record("failure", probe=True, settings=long)
+    assert reopened is not None
+    assert reopened.kind == "reopened"  # 30 s x 2, capped at cooldown_max (30 s)
     # Until 1035; a writer with a 5 s cool-down must not shorten it.
     assert (await board.admit()).probe is False
     await board.admit()
@@ -251,3 +261,71 @@ async def test_peek_changes_nothing(board: Board) -> None:
     assert board.peek() == ("half_open", 0.0)  # what the next admit will find
     assert board.peek() == ("half_open", 0.0)
     assert (await board.admit()).transition == "half_open"
+
+
+async def test_down_failures_in_a_row_open_it_at_once(board: Board) -> None:
+    for _ in range(20):
+        await board.record("success")
+    opened = await board.record("down")  # down_failures=1 (the default): the first one
+    assert opened == Transition("opened", 0.0, 5.0)
+    assert board.peek() == ("open", 5.0)
+
+
+async def test_down_failures_count_apart_from_other_failures(board: Board) -> None:
+    two = BreakerSettings(min_calls=50, window=10.0, cooldown=5.0, consecutive=10, down_failures=2)
+    for _ in range(20):
+        await board.record("success", settings=two)
+    assert await board.record("down", settings=two) is None
+    await board.record("success", settings=two)  # a success ends the run
+    assert await board.record("down", settings=two) is None
+    assert await board.record("failure", settings=two) is None  # a 429: not "down"
+    opened = await board.record("down", settings=two)
+    assert opened is not None
+    assert opened.kind == "opened"  # the second down in a row since the success
+    no_down = BreakerSettings(min_calls=50, consecutive=3, down_failures=None)
+    board.target += "-none"
+    for _ in range(2):
+        assert await board.record("down", settings=no_down) is None  # counts as a failure
+    assert await board.record("down", settings=no_down) is not None  # the third in a row
+
+
+async def test_each_failed_probe_lengthens_the_cooldown_up_to_the_cap_then_a_close_resets(
+    board: Board,
+) -> None:
+    grow = BreakerSettings(min_calls=4, cooldown=1.0, cooldown_growth=3.0, cooldown_max=5.0)
+    assert await board.record("down", settings=grow) == Transition("opened", 0.0, 1.0)
+    seen = []
+    for _ in range(3):
+        board.clock.advance(board.peek()[1])
+        assert (await board.admit(grow)).probe
+        reopened = await board.record("failure", probe=True, settings=grow)
+        assert reopened is not None
+        seen.append(round(reopened.cooldown_s, 6))
+    assert seen == [3.0, 5.0, 5.0]  # 1 x 3, then capped at 5
+    board.clock.advance(5.0)
+    assert (await board.admit(grow)).probe
+    closed = await board.record("success", probe=True, settings=grow)
+    assert closed is not None
+    assert closed.kind == "closed"
+    again = await board.record("down", settings=grow)
+    assert again == Transition("opened", 0.0, 1.0)  # a close starts the growth over
+
+
+async def test_jitter_lengthens_a_cooldown_by_the_callers_draw(board: Board) -> None:
+    jittery = BreakerSettings(cooldown=2.0, cooldown_jitter=0.5)
+    opened = await board.record("down", settings=jittery, rand=1.0)
+    assert opened is not None
+    assert opened.cooldown_s == pytest.approx(3.0, abs=1e-5)  # 2 s + 50 % of it
+    assert board.peek()[1] == pytest.approx(3.0, abs=1e-5)
+
+
+async def test_a_grown_cooldown_is_not_shortened_by_a_writer_without_growth(board: Board) -> None:
+    grow = BreakerSettings(cooldown=5.0, cooldown_growth=4.0, cooldown_max=60.0, probes=2)
+    flat = BreakerSettings(cooldown=5.0, cooldown_growth=1.0, probes=2)
+    await board.record("down", settings=grow)
+    board.clock.advance(5.0)
+    assert (await board.admit(grow)).probe
+    assert (await board.admit(flat)).probe  # a second process's probe, flat settings
+    await board.record("failure", probe=True, settings=grow)  # open for 20 s
+    assert await board.record("failure", probe=True, settings=flat) is None  # already open
+    assert board.peek()[1] == pytest.approx(20.0, abs=1e-5)

@@ -26,10 +26,15 @@ SETTINGS = BreakerSettings(min_calls=2, cooldown=1.0)
 
 def test_outcomes() -> None:
     assert outcome_of(None) == "success"
-    assert outcome_of(ProviderError("x", status_code=503)) == "failure"
+    # "down": the kinds that say the target is down (breaker_down_failures of them trip it)
+    for status in (502, 503, 504, 529):
+        assert outcome_of(ProviderError("x", status_code=status)) == "down"
+    assert outcome_of(httpx.ConnectError("refused")) == "down"
+    assert outcome_of(httpx.ReadTimeout("slow")) == "down"
+    assert outcome_of(TimeoutError("probe took too long")) == "down"
+    assert outcome_of(ProviderError("x", status_code=500)) == "failure"
     assert outcome_of(ProviderError("x", status_code=429)) == "failure"
     assert outcome_of(ProviderError("x", status_code=400)) == "neutral"
-    assert outcome_of(httpx.ConnectError("refused")) == "failure"
     assert outcome_of(Overloaded("queue full")) == "neutral"
     assert outcome_of(ValueError("bad input")) == "neutral"
 
@@ -45,7 +50,9 @@ def test_settings_refuse_bad_values_naming_them() -> None:
 
 def test_transitions_log_one_line_each_and_count(caplog: pytest.LogCaptureFixture) -> None:
     clock, tracker = FakeClock(), PerformanceTracker()
-    breakers = Breakers(SETTINGS, LocalBreakerStore(), clock=clock, tracker=tracker)
+    breakers = Breakers(
+        SETTINGS, LocalBreakerStore(), clock=clock, tracker=tracker, rand=lambda: 0.0
+    )
     caplog.set_level(logging.INFO, logger="rag_perf_plugins.resilience")
     for _ in range(10):
         if breakers.admit("t").allowed:

@@ -27,6 +27,7 @@ import random
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ from rag_perf_plugins.errors import (
 from rag_perf_plugins.pool.http import HttpClientRegistry
 from rag_perf_plugins.redis.client import RedisUnavailable
 from rag_perf_plugins.resilience import Breakers, BreakerSettings, LocalBreakerStore, Target
+from rag_perf_plugins.resilience.breaker import Outcome
 from rag_perf_plugins.services import Usage
 from rag_perf_plugins.services.defaults import default_gate
 from rag_perf_plugins.services.llm import Fallback
@@ -846,8 +848,9 @@ class _PlainCodec:
         return None
 
 
-def _breakers(config: PerformanceConfig, clock: FakeClock) -> Breakers:
-    return Breakers(BreakerSettings.from_config(config), LocalBreakerStore(), clock=clock)
+def _breakers(config: PerformanceConfig, clock: FakeClock, rand: float = 0.0) -> Breakers:
+    settings = BreakerSettings.from_config(config)
+    return Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: rand)
 
 
 def provider_calls_of_ten_calls_to_a_dead_model(ctx: Ctx, config: PerformanceConfig) -> int:
@@ -868,17 +871,61 @@ def provider_calls_of_ten_calls_to_a_dead_model(ctx: Ctx, config: PerformanceCon
 
 
 def state_after(outcomes: str, gap_s: float = 0.0) -> Observe:
-    """The breaker's state after ``outcomes`` (``f`` failure, ``s`` success) ``gap_s`` apart."""
+    """The breaker's state after ``outcomes`` (``f`` failure, ``d`` down, ``s`` success)."""
+    names: dict[str, Outcome] = {"f": "failure", "d": "down", "s": "success"}
 
     def observe(ctx: Ctx, config: PerformanceConfig) -> str:
         clock = FakeClock()
         breakers = _breakers(config, clock)
         for outcome in outcomes:
-            breakers.record("t", "failure" if outcome == "f" else "success", probe=False)
+            breakers.record("t", names[outcome], probe=False)
             clock.advance(gap_s)
         return breakers.peek("t")[0]
 
     return observe
+
+
+def cooldown_after_failed_probes(probes: int, rand: float = 0.0) -> Observe:
+    """Seconds of the cool-down after a 503 and ``probes`` failed probes (jitter draw ``rand``)."""
+
+    def observe(ctx: Ctx, config: PerformanceConfig) -> float:
+        clock = FakeClock()
+        breakers = _breakers(config, clock, rand)
+        transition = breakers.record("t", "down", probe=False)
+        for _ in range(probes):
+            clock.advance(breakers.peek("t")[1])
+            assert breakers.admit("t").probe
+            transition = breakers.record("t", "failure", probe=True)
+        assert transition is not None
+        return round(transition.cooldown_s, 6)
+
+    return observe
+
+
+def who_answers_a_probe_that_takes_300_ms(ctx: Ctx, config: PerformanceConfig) -> str:
+    """The primary's breaker is open (a 503), its cool-down ends; the probe call hangs 0.3 s."""
+    clock = FakeClock()
+    service = LLMService(config=config, breakers=_breakers(config, clock))
+    question = [{"role": "user", "content": "q"}]
+    primary = LLMRequest(model="primary", provider="p", messages=question)
+    fallback = Fallback(
+        Target("fallback"),
+        LLMRequest(model="fallback", provider="p", messages=question),
+        lambda: "fallback",
+    )
+    calls = [0]
+
+    def call() -> str:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ProviderError("down", status_code=503)
+        time.sleep(0.3)  # real seconds: the probe's bound is real time
+        return "primary"
+
+    assert service.generate(primary, call, _PlainCodec(), fallbacks=[fallback]) == "fallback"
+    clock.advance(config.breaker_cooldown * (1 + config.breaker_cooldown_jitter))
+    answer: str = service.generate(primary, call, _PlainCodec(), fallbacks=[fallback])
+    return answer
 
 
 def admitted_two_seconds_after_opening(ctx: Ctx, config: PerformanceConfig) -> bool:
@@ -913,7 +960,7 @@ def who_answers_the_primary_after_a_fallback_did(ctx: Ctx, config: PerformanceCo
 
     def call() -> str:
         if down.pop() if down else False:
-            raise ProviderError("down", status_code=503)
+            raise ProviderError("failed", status_code=500)  # a failure, not "down": stays closed
         return "primary"
 
     first = service.generate(primary, call, _PlainCodec(), fallbacks=[fallback])
@@ -1200,7 +1247,7 @@ EFFECTS: dict[str, Effect] = {
     # --- circuit breakers and fallbacks ---
     "breaker_enabled": Effect(
         True, "calls of ten that reach a model answering 503 (no fallback)",
-        provider_calls_of_ten_calls_to_a_dead_model, 10, 2,
+        provider_calls_of_ten_calls_to_a_dead_model, 10, 1,
         {"breaker_min_calls": 2, "retry_max_attempts": 1, "request_deadline": 1.0},
     ),
     "breaker_failure_ratio": Effect(
@@ -1225,6 +1272,25 @@ EFFECTS: dict[str, Effect] = {
     "breaker_consecutive_failures": Effect(
         3, "the breaker's state after four failures in a row (min_calls 20)",
         state_after("ffff"), "closed", "open", {"breaker_min_calls": 20},
+    ),
+    "breaker_down_failures": Effect(
+        2, "the breaker's state after one 503", state_after("d"), "open", "closed",
+    ),
+    "breaker_cooldown_growth": Effect(
+        1.0, "the cool-down after one failed probe (seconds)", cooldown_after_failed_probes(1),
+        10.0, 5.0,
+    ),
+    "breaker_cooldown_max": Effect(
+        12.0, "the cool-down after two failed probes (seconds)", cooldown_after_failed_probes(2),
+        20.0, 12.0,
+    ),
+    "breaker_cooldown_jitter": Effect(
+        0.5, "the first cool-down with the largest jitter draw (seconds)",
+        cooldown_after_failed_probes(0, rand=1.0), 5.5, 7.5,
+    ),
+    "breaker_probe_timeout": Effect(
+        0.05, "who answers a probe call to a primary that takes 0.3 s",
+        who_answers_a_probe_that_takes_300_ms, "primary", "fallback",
     ),
     "cache_fallback_answers": Effect(
         True, "who answers the primary's request after a fallback answered it",

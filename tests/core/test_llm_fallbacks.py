@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import pytest
 
 from rag_perf_plugins._clock import FakeClock
-from rag_perf_plugins.admission import RetryPolicy
+from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
+from rag_perf_plugins.admission.spend import LocalSpendStore
 from rag_perf_plugins.config import PerformanceConfig
-from rag_perf_plugins.errors import ProviderError, RagPerfError
+from rag_perf_plugins.errors import ProviderError, ProviderUnavailable, RagPerfError
 from rag_perf_plugins.resilience import Breakers, BreakerSettings, LocalBreakerStore, Target
 from rag_perf_plugins.services import LLMRequest, LLMService, Usage
 from rag_perf_plugins.services.llm import Fallback
 from rag_perf_plugins.tracking import NullTracker
 
-CONFIG = PerformanceConfig(enable_caching=False, enable_metrics=False, breaker_min_calls=50)
+# The ratio and failures-in-a-row rules only: a 503 does not open a breaker at once here.
+CONFIG = PerformanceConfig(
+    enable_caching=False,
+    enable_metrics=False,
+    breaker_min_calls=50,
+    breaker_down_failures=None,
+)
 QUESTION = [{"role": "user", "content": "q"}]
 
 
@@ -138,7 +149,7 @@ def test_a_429_skips_targets_of_the_same_rate_limit_scope() -> None:
 
 def test_an_answer_in_flight_when_the_outage_began_does_not_hold_the_breaker_closed() -> None:
     clock = FakeClock()
-    settings = BreakerSettings(min_calls=50, cooldown=5.0, consecutive=3)
+    settings = BreakerSettings(min_calls=50, cooldown=5.0, consecutive=3, down_failures=None)
     breakers = Breakers(settings, LocalBreakerStore(), clock=clock)
     llm = LLMService(
         config=CONFIG, breakers=breakers, tracker=NullTracker(), target=Target("primary")
@@ -182,3 +193,271 @@ def test_an_answer_in_flight_when_the_outage_began_does_not_hold_the_breaker_clo
 
     asyncio.run(scenario())
     assert sent == ["slow", "down", "down", "down"]  # the open breaker kept the 4th call away
+
+
+# --- after the gate, probes, every target failing, the dollars of a fallback's stream ------
+def _down_breakers(config: PerformanceConfig, clock: FakeClock | None = None) -> Breakers:
+    settings = BreakerSettings.from_config(config)
+    return Breakers(settings, LocalBreakerStore(), clock=clock or FakeClock(), rand=lambda: 0.0)
+
+
+def test_a_caller_waiting_at_the_gate_when_the_breaker_opens_fails_over_unsent() -> None:
+    config = CONFIG.replace(max_concurrent_requests=1, breaker_down_failures=1)
+    gate = AdmissionGate(config, key="p/m/k-gate", tracker=NullTracker())
+    breakers = _down_breakers(config)
+    llm = LLMService(
+        config=config,
+        gate=gate,
+        breakers=breakers,
+        tracker=NullTracker(),
+        target=Target("primary", gate=gate),
+    )
+    sent: list[str] = []
+
+    async def fb() -> str:
+        sent.append("fallback")
+        return "from fallback"
+
+    other = Fallback(Target("fb"), LLMRequest(model="fb", provider="p", messages=QUESTION), fb)
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def primary() -> str:
+            sent.append("primary")
+            await release.wait()
+            raise ProviderError("unavailable", status_code=503)
+
+        def ask(n: int) -> asyncio.Future[str]:
+            request = LLMRequest(
+                model="m", provider="p", messages=[{"role": "user", "content": f"q{n}"}]
+            )
+            return asyncio.ensure_future(
+                llm.agenerate(request, primary, Codec(), fallbacks=[other])
+            )
+
+        first = ask(1)
+        await asyncio.sleep(0.01)  # the first holds the gate's only slot
+        second = ask(2)
+        await asyncio.sleep(0.02)  # the second waits at the gate
+        release.set()  # the first gets its 503: the breaker opens
+        assert await first == "from fallback"
+        assert await second == "from fallback"
+
+    asyncio.run(scenario())
+    # The second caller was admitted by the gate after the breaker opened: it asked the
+    # breaker again and went to the fallback without sending to the dead primary.
+    assert sent == ["primary", "fallback", "fallback"]
+    assert breakers.stats()["primary"]["failovers"] == {"server_error": 1, "open": 1}
+    assert llm.provider_calls == 3  # the first's primary and fallback, the second's fallback
+    assert gate.stats()["in_flight"] == 0
+
+
+def test_a_thread_waiting_at_the_gate_when_the_breaker_opens_fails_over_unsent() -> None:
+    config = CONFIG.replace(max_concurrent_requests=1, breaker_down_failures=1)
+    gate = AdmissionGate(config, key="p/m/k-gate-sync", tracker=NullTracker())
+    breakers = _down_breakers(config)
+    llm = LLMService(
+        config=config,
+        gate=gate,
+        breakers=breakers,
+        tracker=NullTracker(),
+        target=Target("primary", gate=gate),
+    )
+    sent: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def primary() -> str:
+        sent.append("primary")
+        holding.set()
+        release.wait(5.0)
+        raise ProviderError("unavailable", status_code=503)
+
+    def fb() -> str:
+        sent.append("fallback")
+        return "from fallback"
+
+    other = Fallback(Target("fb"), LLMRequest(model="fb", provider="p", messages=QUESTION), fb)
+    answers: list[str] = []
+
+    def ask(n: int) -> None:
+        request = LLMRequest(
+            model="m", provider="p", messages=[{"role": "user", "content": f"q{n}"}]
+        )
+        answers.append(llm.generate(request, primary, Codec(), fallbacks=[other]))
+
+    first = threading.Thread(target=ask, args=(1,))
+    first.start()
+    assert holding.wait(5.0)  # the first holds the gate's only slot
+    second = threading.Thread(target=ask, args=(2,))
+    second.start()
+    time.sleep(0.05)  # the second waits at the gate
+    release.set()  # the 503: the breaker opens before the slot is handed over
+    first.join(5.0)
+    second.join(5.0)
+    assert answers == ["from fallback", "from fallback"]
+    assert sent == ["primary", "fallback", "fallback"]
+    assert breakers.stats()["primary"]["failovers"] == {"server_error": 1, "open": 1}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_hanging_probe_is_bounded_and_the_call_fails_over(asynchronous: bool) -> None:
+    config = CONFIG.replace(breaker_down_failures=1, breaker_probe_timeout=0.05)
+    clock = FakeClock()
+    breakers = _down_breakers(config, clock)
+    llm = LLMService(config=config, breakers=breakers, tracker=NullTracker(), target=Target("p"))
+    request = LLMRequest(model="m", provider="p", messages=QUESTION)
+    unblock = threading.Event()
+    calls: list[str] = []
+
+    def hang() -> str:
+        calls.append("primary")
+        if len(calls) == 1:
+            raise ProviderError("unavailable", status_code=503)
+        unblock.wait(5.0)  # a target that accepts the request and never answers
+        return "late primary"
+
+    async def ahang() -> str:
+        calls.append("primary")
+        if len(calls) == 1:
+            raise ProviderError("unavailable", status_code=503)
+        await asyncio.sleep(5.0)
+        return "late primary"
+
+    def fb_sync() -> str:
+        return "from fallback"
+
+    async def fb_async() -> str:
+        return "from fallback"
+
+    fb_request = LLMRequest(model="fb", provider="p", messages=QUESTION)
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            if asynchronous:
+                other = Fallback(Target("fb"), fb_request, fb_async)
+                answer = asyncio.run(llm.agenerate(request, ahang, Codec(), fallbacks=[other]))
+            else:
+                other = Fallback(Target("fb"), fb_request, fb_sync)
+                answer = llm.generate(request, hang, Codec(), fallbacks=[other])
+            assert answer == "from fallback"
+            assert time.monotonic() - started < 2.0  # never the hanging target's 5 s
+            clock.advance(config.breaker_cooldown)  # the next call is the probe
+    finally:
+        unblock.set()
+    assert calls == ["primary", "primary"]  # the 503, then the probe (bounded at 0.05 s)
+    stats = breakers.stats()["p"]
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1}
+    assert stats["transitions"] == {"opened": 1, "half_open": 1, "reopened": 1}
+    state, retry_in = breakers.peek("p")
+    assert (state, retry_in) == ("open", 5.0)  # grown to 10 s, 5 s ago
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_target_failing_raises_provider_unavailable_still_the_provider_error(
+    stream: bool,
+) -> None:
+    llm = service()
+    request = LLMRequest(model="m", provider="p", messages=QUESTION)
+    last = ProviderError("bad gateway", status_code=502)
+
+    def primary() -> Any:
+        raise ProviderError("internal error", status_code=500)
+
+    def fb() -> Any:
+        raise last
+
+    other = Fallback(Target("fb"), LLMRequest(model="fb", provider="p", messages=QUESTION), fb)
+    with pytest.raises(ProviderUnavailable) as caught:
+        if stream:
+            list(llm.stream(request, primary, ChunkText(), fallbacks=[other]))
+        else:
+            llm.generate(request, primary, Codec(), fallbacks=[other])
+    error = caught.value
+    # Still the last provider's error for code that catches it, chained from it.
+    assert isinstance(error, ProviderError)
+    assert error.status_code == 502
+    assert error.__cause__ is last
+    primary_name = llm._primary_target(request).name
+    assert str(error) == (
+        f"no provider can take the call: {primary_name} closed (failed: ProviderError: "
+        "internal error); fb closed (failed: ProviderError: bad gateway) (every target failed)"
+    )
+    assert set(error.errors) == {primary_name, "fb"}
+
+
+class ChunkText:
+    """Chunks are strings; every answer reports 1,000 tokens in and 500 out."""
+
+    def encode(self, chunk: str) -> str:
+        return chunk
+
+    def decode(self, data: str) -> str:
+        return data
+
+    def usage(self, chunks: Sequence[str]) -> Usage | None:
+        return Usage(tokens_in=1_000, tokens_out=500)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_streamed_fallback_answer_reconciles_the_fallbacks_dollar_budget(
+    asynchronous: bool,
+) -> None:
+    # The primary's gate has no dollar budget, the fallback's has one: the fallback's
+    # reservation (its estimate) must become the fallback model's actual cost.
+    spend = LocalSpendStore()
+    plain = CONFIG.replace(breaker_enabled=True)
+    budgeted = plain.replace(budget_usd_per_minute=5.0, budget_scopes="key")
+    primary_gate = AdmissionGate(plain, key="openai/gpt-4o-mini/k-1", tracker=NullTracker())
+    fallback_gate = AdmissionGate(
+        budgeted, key="openai/gpt-4o/k-2", tracker=NullTracker(), spend_store=spend
+    )
+    llm = LLMService(
+        config=plain,
+        gate=primary_gate,
+        breakers=_down_breakers(plain),
+        tracker=NullTracker(),
+        target=Target("primary", gate=primary_gate),
+    )
+    question = [{"role": "user", "content": "What is RAG?"}]
+    request = LLMRequest(model="gpt-4o-mini", provider="p", messages=question)
+    fb_request = LLMRequest(
+        model="gpt-4o", provider="p", messages=question, params={"max_tokens": 2_000}
+    )
+
+    def down() -> Iterator[str]:
+        raise ProviderError("unavailable", status_code=503)
+
+    def fb() -> Iterator[str]:
+        yield from ("Retrieval", "-augmented", " generation")
+
+    async def adown() -> AsyncIterator[str]:
+        raise ProviderError("unavailable", status_code=503)
+        yield ""  # an async generator
+
+    async def afb() -> AsyncIterator[str]:
+        for chunk in ("Retrieval", "-augmented", " generation"):
+            yield chunk
+
+    told: list[str] = []
+    if asynchronous:
+
+        async def run() -> list[str]:
+            other = Fallback(Target("fb", gate=fallback_gate), fb_request, afb)
+            chunks = llm.astream(
+                request, adown, ChunkText(), fallbacks=[other], on_target=told.append
+            )
+            return [c async for c in chunks]
+
+        text = asyncio.run(run())
+    else:
+        other = Fallback(Target("fb", gate=fallback_gate), fb_request, fb)
+        text = list(
+            llm.stream(request, down, ChunkText(), fallbacks=[other], on_target=told.append)
+        )
+    assert "".join(text) == "Retrieval-augmented generation"
+    assert told == ["fb"]
+    # gpt-4o: $2.50 per million in, $10 per million out: 1,000 in + 500 out = $0.0075.
+    # (The estimate reserved before the call was 2,000 output tokens: over $0.02.)
+    spent = spend.spent("key:openai/gpt-4o/k-2|minute", window_s=60, now=time.time())
+    assert spent == 7_500  # micro-dollars

@@ -11,8 +11,10 @@ seconds; the primary model (``gpt-4o-mini``) answers 503 to everything during th
 and recovers after it; a fallback model (``gpt-4o``) stays healthy. Compared:
 
 - **ours**: ``PerfChatModel(ChatOpenAI(primary), fallbacks=[ChatOpenAI(fallback)])``
-  (SDK retries off, our retry policy and circuit breaker: opens at ``TRIP`` failures in a
-  row; one probe per cool-down);
+  (SDK retries off, our retry policy and circuit breaker at its defaults: opens at the
+  first answer that says "down" (``breaker_down_failures=1``: a 503 here), or at ``TRIP``
+  other failures in a row; one probe per cool-down, each cool-down after a failed probe
+  twice the last (``breaker_cooldown_growth=2``, plus up to 10 % jitter));
 - **LangChain**: ``ChatOpenAI(primary).with_fallbacks([ChatOpenAI(fallback)])`` over the
   OpenAI SDK's own retries (``max_retries=2``, its default);
 - **LiteLLM**: ``Router`` with the two deployments, ``fallbacks`` and its cooldowns
@@ -188,8 +190,8 @@ def _ours(cooldown: float) -> Callable[[str], Call]:
             enable_caching=False,
             enable_metrics=False,
             breaker_min_calls=4,
-            breaker_consecutive_failures=TRIP,  # LiteLLM's threshold, for a like comparison
-            breaker_cooldown=cooldown,
+            breaker_consecutive_failures=TRIP,  # LiteLLM's threshold, for other failures
+            breaker_cooldown=cooldown,  # the first one; then growth and jitter: the defaults
             breaker_window=2.0 * cooldown,
             retry_initial_backoff=0.05,
         )

@@ -25,13 +25,16 @@ from ..._secrets import describe_error
 __all__ = ["BREAKER", "SharedBreakerRun", "run_shared_breaker"]
 
 PRIMARY, FALLBACK = "gpt-4o-mini", "gpt-4o"
-# Trip after 4 outcomes at half failed; one probe every 0.5 s.
+# Trip at the first "down" answer (or after 4 outcomes at half failed); one probe every
+# 0.5 s (no growth, no jitter: the same cadence in every process, so the counts compare).
 BREAKER: dict[str, Any] = {
     "breaker_min_calls": 4,
     "breaker_failure_ratio": 0.5,
     "breaker_cooldown": 0.5,
     "breaker_probes": 1,
     "breaker_window": 30.0,
+    "breaker_cooldown_growth": 1.0,
+    "breaker_cooldown_jitter": 0.0,
 }
 
 
@@ -61,7 +64,7 @@ def _worker(spec: dict[str, Any], ready: Any, go: Any, start_value: Any, out: An
             redis_url=spec["redis_url"],
             cache_namespace_prefix=spec["prefix"],
             retry_max_attempts=1,
-            **BREAKER,
+            **{**BREAKER, **spec["breaker"]},
         )
 
         def model(name: str) -> Any:
@@ -111,11 +114,12 @@ def run_shared_breaker(
     processes: int,
     duration_s: float,
     before_start: Any = None,
+    breaker: dict[str, Any] | None = None,
 ) -> SharedBreakerRun:
     """Run ``processes`` workers for ``duration_s`` seconds; ``redis_url=None``: local breakers.
 
     ``before_start()`` is called once every worker is ready (warmed up) and before they
-    start: schedule the outage there.
+    start: schedule the outage there. ``breaker``: config keys over :data:`BREAKER`.
     """
     ctx = multiprocessing.get_context("spawn")
     ready, out = ctx.Queue(), ctx.Queue()
@@ -127,6 +131,7 @@ def run_shared_breaker(
         "prefix": f"bench-cb-{uuid.uuid4().hex[:12]}",
         "duration_s": duration_s,
         "tag": uuid.uuid4().hex[:6],
+        "breaker": dict(breaker or {}),
     }
     workers = [
         ctx.Process(target=_worker, args=(spec, ready, go, start_value, out))

@@ -51,7 +51,9 @@ def by_model(sim: Simulator) -> dict[str, int]:
 
 
 def chain(sim: Simulator, clock: FakeClock, config: PerformanceConfig = CONFIG) -> PerfChatModel:
-    breakers = Breakers(BreakerSettings.from_config(config), LocalBreakerStore(), clock=clock)
+    # No jitter draw (rand 0): cool-downs are exact, the counts below too.
+    settings = BreakerSettings.from_config(config)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
     return PerfChatModel(openai(sim), config, fallbacks=[openai(sim, FALLBACK)], breakers=breakers)
 
 
@@ -68,7 +70,7 @@ def test_primary_down_for_10_s_every_call_succeeds_and_traffic_returns(
     llm = chain(sim, clock)
     answered: list[str | None] = []
     primary_during_outage = 0
-    for i in range(60):  # 15 simulated seconds, a call every 0.25 s
+    for i in range(80):  # 20 simulated seconds, a call every 0.25 s
         before = by_model(sim).get(PRIMARY, 0)
         message = llm.invoke(f"question {i}")
         assert message.content  # every call succeeds
@@ -76,13 +78,17 @@ def test_primary_down_for_10_s_every_call_succeeds_and_traffic_returns(
         if sim.elapsed() < 10.0:
             primary_during_outage += by_model(sim).get(PRIMARY, 0) - before
         clock.advance(0.25)
-    # While the primary is down it gets the calls that trip its breaker (min_calls) and one
-    # probe per cool-down (2 s of a 10 s outage: at most 5), never more.
-    assert primary_during_outage <= CONFIG.breaker_min_calls + 5
+    # While the primary is down it gets the first 503 (breaker_down_failures=1), then one
+    # probe per cool-down, each cool-down twice the last: probes at 2 s and 6 s (the next
+    # is due at 14 s, after the outage). Three requests in all.
+    assert primary_during_outage == 3
     assert sim.stats()["faults_by_kind"]["outage"] == primary_during_outage
-    during, after = answered[:40], answered[-16:]
-    assert all(t is not None for t in during)  # every call of the outage: the fallback's
-    assert all(t is None for t in after)  # the primary answers again after recovery
+    assert all(t is not None for t in answered[:40])  # the outage: the fallback answers
+    # Back to the primary at the probe due 14 s in: 4 s after the recovery (the price of
+    # the growing cool-down), and the primary answers everything from then on.
+    back = next(i for i, t in enumerate(answered) if i >= 40 and t is None)
+    assert back * 0.25 == 14.0
+    assert all(t is None for t in answered[back:])
     stats = llm.service.breakers().stats()
     primary = next(name for name in stats if "gpt-4o-mini" in name)
     assert stats[primary]["state"] == "closed"
@@ -162,6 +168,16 @@ def test_a_mid_stream_failure_is_not_retried_on_another_model(
     assert received  # the first chunks reached the caller...
     assert not isinstance(caught.value, ProviderUnavailable)
     assert healthy.stats()["requests_total"] == 0  # ...so no other model was asked
+    # ...but the primary's breaker heard it: a dropped connection means "down".
+    stats = breakers.stats()
+    primary = next(name for name in stats if "gpt-4o-mini" in name)
+    assert stats[primary]["state"] == "open"
+    assert stats[primary]["transitions"] == {"opened": 1}
+    assert broken.stats()["requests_total"] == 1
+    # The next call goes to the fallback at once.
+    again = llm.invoke("q")
+    assert again.response_metadata[FALLBACK_TARGET]
+    assert broken.stats()["requests_total"] == 1
 
 
 def test_all_targets_down_respects_the_deadline_and_names_them(
@@ -266,8 +282,8 @@ def test_statistics_in_prometheus_and_the_span_of_a_fallback_answer(
     primary = next(n for n in llm.service.breakers().stats() if "gpt-4o-mini" in n)
     assert f'rag_perf_breaker_state{{target="{primary}"}} 2.0' in text
     assert f'rag_perf_breaker_transitions_total{{target="{primary}",to="opened"}} 1.0' in text
-    assert f'rag_perf_failovers_total{{reason="open",target="{primary}"}} 2.0' in text
-    assert f'rag_perf_target_calls_total{{target="{primary}"}} 4.0' in text  # then open
+    assert f'rag_perf_failovers_total{{reason="open",target="{primary}"}} 5.0' in text
+    assert f'rag_perf_target_calls_total{{target="{primary}"}} 1.0' in text  # then open
     provider.shutdown()
 
 
@@ -322,3 +338,33 @@ async def test_an_embedding_fallback_gives_the_same_vectors(
     assert got == [list(v) for v in np.asarray(plain.embed_documents(texts), dtype=np.float32)]
     assert query == list(np.asarray(plain.embed_query("tide pools"), dtype=np.float32))
     assert down.stats()["faults_by_kind"]["outage"] >= 1
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_every_embedding_target_failing_raises_provider_unavailable_still_the_sdk_error(
+    simulator_factory: SimulatorFactory, clock: FakeClock, asynchronous: bool
+) -> None:
+    import openai as sdk
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    down, other_region = simulator_factory(clock=clock), simulator_factory(clock=clock)
+    down.add_outage(duration_s=100.0)
+    other_region.add_outage(duration_s=100.0)
+    breakers = Breakers(BreakerSettings.from_config(CONFIG), LocalBreakerStore(), clock=clock)
+    config = CONFIG.replace(retry_max_attempts=1)
+    wrapped = PerfEmbeddings(
+        embeddings(down), config, fallbacks=[embeddings(other_region)], breakers=breakers
+    )
+    with pytest.raises(ProviderUnavailable) as caught:
+        if asynchronous:
+            await wrapped.aembed_documents(["tide pools"])
+        else:
+            wrapped.embed_documents(["tide pools"])
+    error = caught.value
+    assert isinstance(error, sdk.InternalServerError)  # what code without us catches
+    assert error.status_code == 503
+    assert isinstance(error.__cause__, sdk.InternalServerError)
+    message = str(error)
+    assert message.startswith("no provider can take the call: ")
+    assert message.count(" open (failed: InternalServerError: ") == 2  # each 503 opened it
+    assert message.endswith("(every target failed)")

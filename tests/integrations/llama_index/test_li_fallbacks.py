@@ -34,7 +34,8 @@ def openai(sim: Simulator, model: str = PRIMARY) -> OpenAI:
 
 
 def wrapped(sim: Simulator, clock: FakeClock) -> Any:
-    breakers = Breakers(BreakerSettings.from_config(CONFIG), LocalBreakerStore(), clock=clock)
+    settings = BreakerSettings.from_config(CONFIG)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
     return wrap_llm(openai(sim), CONFIG, fallbacks=[openai(sim, FALLBACK)], breakers=breakers)
 
 
@@ -51,15 +52,15 @@ def test_primary_down_for_10_s_every_chat_succeeds_and_traffic_returns(
     sim.add_outage(model=PRIMARY, duration_s=10.0)
     llm = wrapped(sim, clock)
     targets = []
-    for i in range(60):
+    for i in range(80):
         response = llm.chat([ChatMessage(role="user", content=f"question {i}")])
         assert response.message.content
         targets.append(response.additional_kwargs.get(FALLBACK_TARGET))
         clock.advance(0.25)
-    primary_during_outage = sim.stats()["faults_by_kind"]["outage"]
-    assert primary_during_outage <= CONFIG.breaker_min_calls + 5
-    assert all(t is None for t in targets[-16:])
+    # The first 503 opens the breaker; probes at 2 s and 6 s (cool-downs 2, 4, 8 s).
+    assert sim.stats()["faults_by_kind"]["outage"] == 3
     assert all(t is not None for t in targets[:40])  # the outage's calls: the fallback's
+    assert all(t is None for t in targets[56:])  # the probe 14 s in finds it back
 
 
 @pytest.mark.parametrize("call", ["chat", "achat", "complete", "stream_chat", "astream_chat"])
