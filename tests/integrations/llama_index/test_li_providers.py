@@ -27,10 +27,12 @@ from rag_perf_plugins.llama_index import (
 
 from rag_perf_plugins.cache import set_cache_manager
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.cost import price_table
 from rag_perf_plugins.pool.http import close_http_clients, get_http_client
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
 from rag_perf_plugins.tracking import PerformanceTracker
+from tests.integrations.seen_gate import SeenGate
 
 CLAUDE = "claude-sonnet-4-5-20250929"
 API_VERSION = "2024-10-21"
@@ -128,6 +130,52 @@ def test_anthropic_stream_recorded_then_replayed_and_async(
     assert requests(simulator) == before + 1  # only the new async question
     assert cold == warm and "".join(d or "" for d in warm) == expected
     assert "Paris" in str(answer.message.content)
+
+
+def _delta_usage(chunks: list[Any]) -> dict[str, int]:
+    """The usage of the stream's ``message_delta`` event (Anthropic's cumulative counts)."""
+    (usage,) = [c.raw["usage"] for c in chunks if c.raw.get("type") == "message_delta"]
+    return {k: v for k, v in usage.model_dump().items() if isinstance(v, int)}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_anthropic_stream_usage_reaches_tracker_cost_and_reconcile(
+    simulator: Simulator, config: PerformanceConfig, mode: str
+) -> None:
+    # The unwrapped stream writes the prompt cache (cache_idx=1 marks the question), so the
+    # wrapped one reads it: input, prompt-cache and output tokens, from message_delta.
+    list(claude(simulator, config, cache_idx=1).stream_chat(ask()))
+    tracker = PerformanceTracker()
+    gate = SeenGate(config, key="test/claude-stream")
+    inner = claude(simulator, config, cache_idx=1)
+    wrapped = wrap_llm(inner, config, tracker=tracker, gate=gate)
+    if mode == "sync":
+        chunks = list(wrapped.stream_chat(ask()))
+    else:
+
+        async def collect() -> list[Any]:
+            return [c async for c in await wrapped.astream_chat(ask())]
+
+        chunks = asyncio.run(collect())
+    usage = _delta_usage(chunks)
+    assert usage["cache_read_input_tokens"] > 0 and usage["output_tokens"] > 0
+    tokens_in = sum(usage[k] for k in ("input_tokens", "cache_read_input_tokens"))
+    tokens_in += usage["cache_creation_input_tokens"]
+    stats = tracker.get_operation_stats("llm.stream")
+    assert (stats.tokens_in, stats.tokens_out) == (tokens_in, usage["output_tokens"])
+    assert [t.tokens for t in gate.tickets] == [tokens_in + usage["output_tokens"]]
+    cost = price_table().chat_cost(
+        CLAUDE,
+        tokens_in,
+        usage["output_tokens"],
+        cached_in=usage["cache_read_input_tokens"],
+        cache_write=usage["cache_creation_input_tokens"],
+    )
+    assert cost is not None and stats.cost_unknown_calls == 0
+    assert stats.cost_usd == pytest.approx(cost)
+    # A completion stream goes through the same chunks.
+    list(wrapped.stream_complete("What is the capital of Germany?"))
+    assert tracker.get_operation_stats("llm.stream").tokens_out > usage["output_tokens"]
 
 
 @pytest.mark.parametrize(
