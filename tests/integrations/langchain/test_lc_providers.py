@@ -200,6 +200,7 @@ def test_anthropic_tool_use_wrapped_equals_unwrapped(
         {"max_tokens": 64},
         {"top_k": 5},
         {"top_p": 0.5},
+        {"stop_sequences": ["\n\n"]},
         {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
         {"model": "claude-sonnet-4-5"},
     ],
@@ -299,6 +300,18 @@ def test_azure_embeddings_same_vectors_and_body_wrapped(
     expected = np.asarray(plain, dtype=np.float32)  # the cache keeps float32, cold and warm
     np.testing.assert_array_equal(np.asarray(cold), expected)
     np.testing.assert_array_equal(np.asarray(warm), expected)
+
+
+@pytest.mark.parametrize(
+    "change", [{"api_version": "2024-06-01"}, {"azure_deployment": "embed-2"}], ids=str
+)
+def test_azure_embeddings_deployment_and_api_version_are_in_the_key(
+    simulator: Simulator, config: PerformanceConfig, change: dict[str, Any]
+) -> None:
+    PerfEmbeddings(azure_embeddings(simulator, config), config).embed_query("Paris")
+    before = requests(simulator)
+    PerfEmbeddings(azure_embeddings(simulator, config, **change), config).embed_query("Paris")
+    assert requests(simulator) == before + 1
 
 
 def test_azure_429_storm_every_call_succeeds(

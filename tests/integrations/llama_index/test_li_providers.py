@@ -184,9 +184,11 @@ def test_anthropic_stream_usage_reaches_tracker_cost_and_reconcile(
         {"max_tokens": 64},
         {"system_prompt": "Answer briefly."},
         {"thinking_dict": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
+        {"additional_kwargs": {"top_k": 5}},
+        {"additional_kwargs": {"stop_sequences": ["\n\n"]}},
         {"model": "claude-sonnet-4-5"},
     ],
-    ids=lambda change: next(iter(change)),
+    ids=lambda change: str(change)[:40],
 )
 def test_anthropic_fields_that_change_the_answer_are_in_the_key(
     simulator: Simulator, config: PerformanceConfig, change: dict[str, Any]
@@ -249,3 +251,37 @@ def test_azure_embedding_same_vectors_and_body_wrapped(
     expected = np.asarray(plain, dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(cold), expected)
     np.testing.assert_array_equal(np.asarray(warm), expected)
+
+
+def test_azure_llm_stream_replayed_and_429_storm_absorbed(
+    simulator_factory: SimulatorFactory, config: PerformanceConfig
+) -> None:
+    sim = simulator_factory(rate_limit_rate=0.25, retry_after_s=0.01, seed=11)
+    storm = config.replace(retry_max_attempts=6, retry_budget_ratio=0.6)
+    wrapped = wrap_llm(azure_llm(sim, storm), storm)
+    answers = [wrapped.chat(ask(f"Question {i}?")) for i in range(20)]
+    assert len(answers) == 20 and sim.stats()["rate_limited_total"] > 0
+    retry = wrapped.service.retry.stats()  # type: ignore[union-attr]
+    assert retry["failed"] == 0 and retry["succeeded"] == 20
+    cold = [r.delta for r in wrapped.stream_chat(ask("Streamed?"))]
+    before = requests(sim)
+    warm = [r.delta for r in wrapped.stream_chat(ask("Streamed?"))]
+    assert requests(sim) == before and cold == warm and len(warm) > 2
+
+
+@pytest.mark.parametrize(
+    "change", [{"api_version": "2024-06-01"}, {"azure_deployment": "embed-2"}], ids=str
+)
+def test_azure_embedding_deployment_and_api_version_are_in_the_key(
+    simulator: Simulator, config: PerformanceConfig, change: dict[str, Any]
+) -> None:
+    def inner(**override: Any) -> Any:
+        options = {"azure_deployment": "embed", "api_version": API_VERSION, **override}
+        return pooled_azure_openai_embedding(
+            azure_endpoint=root(simulator), api_key="az-test", config=config, **options
+        )
+
+    PerfEmbedding(inner(), config).get_text_embedding("Paris")
+    before = requests(simulator)
+    PerfEmbedding(inner(**change), config).get_text_embedding("Paris")
+    assert requests(simulator) == before + 1
