@@ -20,10 +20,10 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
-__all__ = ["checked_kwargs", "unknown_keyword"]
+__all__ = ["accepted_keywords", "check_options", "checked_kwargs", "unknown_keyword"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -90,3 +90,51 @@ def checked_kwargs(
         return wrapper
 
     return decorate(fn) if fn is not None else decorate
+
+
+@functools.cache
+def accepted_keywords(cls: type) -> frozenset[str]:
+    """The keywords ``cls(...)`` takes: ``__init__`` parameters, pydantic fields and aliases.
+
+    Example: ``"temperature" in accepted_keywords(ChatOpenAI)``. A pydantic model's fields
+    count by name and by alias (``ChatOpenAI``: ``model_name`` and ``model``).
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or not callable(init):
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):  # a C-level __init__ (object's)
+            continue
+        names |= {
+            n
+            for n, p in params.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"
+        }
+    fields = getattr(cls, "model_fields", None)
+    if isinstance(fields, Mapping):
+        for name, info in fields.items():
+            names.add(name)
+            for alias in (getattr(info, "alias", None), getattr(info, "validation_alias", None)):
+                if isinstance(alias, str):
+                    names.add(alias)
+                for choice in getattr(alias, "choices", ()) or ():
+                    if isinstance(choice, str):
+                        names.add(choice)
+    return frozenset(names)
+
+
+def check_options(owner: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Refuse the first key of ``options`` not in ``allowed``, naming it and the close ones.
+
+    Example: ``check_options("pooled_chat_openai", {"temprature": 0}, names)`` with
+    ``names = accepted_keywords(ChatOpenAI)`` raises ``TypeError: pooled_chat_openai() got
+    an unexpected keyword argument 'temprature'; did you mean 'temperature'? (accepted:
+    ...)``.
+    """
+    known = set(allowed)
+    for name in options:
+        if name not in known:
+            raise unknown_keyword(owner, name, known)

@@ -58,7 +58,7 @@ log = logging.getLogger("rag_perf_plugins.cost")
 PRICES_SCHEMA: Final = "rag-perf-prices/1"
 _PER: Final = 1_000_000.0  # prices are per million tokens
 _RATES: Final = ("input", "cached_input", "cache_write", "output", "reasoning", "embedding")
-_DATED: Final = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+_DATED: Final = re.compile(r"-(\d{4}-\d{2}-\d{2}|20\d{6})$")  # OpenAI's and Anthropic's
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +193,8 @@ class PriceTable:
         table.embedding_cost("text-embedding-3-small", 512)
 
     Lookups try the exact model name, then the name without a trailing date
-    (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``) and without a ``provider/`` prefix.
+    (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``, ``claude-sonnet-4-5-20250929`` ->
+    ``claude-sonnet-4-5``) and without a ``provider/`` prefix.
     Entries registered with :func:`register_price` win over the files, for every table
     (they are read at each lookup). An unknown model is warned about once per process.
     """

@@ -291,7 +291,9 @@ def message_events(
 
     ``message_start`` (usage with the input side), per block ``content_block_start``,
     deltas (``text_delta`` per piece, one ``input_json_delta`` per tool call),
-    ``content_block_stop``, then ``message_delta`` (stop reason, output tokens) and
+    ``content_block_stop``, then ``message_delta`` (stop reason, and the whole usage:
+    Anthropic's counts there are cumulative, input and prompt-cache tokens included, and
+    ``langchain-anthropic`` reads a stream's usage from that event alone) and
     ``message_stop``.
     """
     reason, sequence = _stop(plan)
@@ -367,7 +369,7 @@ def message_events(
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                    "usage": {"output_tokens": plan.completion_tokens},
+                    "usage": _usage(plan, cache),
                 },
             ),
             0,

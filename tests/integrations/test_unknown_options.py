@@ -197,6 +197,109 @@ CASES: list[tuple[str, Callable[[Path], object], str, str]] = [
     ),
 ]
 
+# The pooled factories: their classes would take a misspelt option (LangChain moves it into
+# model_kwargs with a warning and sends it to the provider; LlamaIndex's OpenAI passes it on).
+_AZ: dict[str, Any] = {
+    "azure_endpoint": "http://127.0.0.1:9",
+    "api_version": "2024-10-21",
+    "api_key": "k",
+}
+FACTORIES: list[tuple[str, Callable[[Path], object], str, str]] = [
+    (
+        "pooled_chat_openai",
+        lambda t: lc.pooled_chat_openai(api_key="k", config=_config(t), **_bad("temprature", 0)),
+        "temprature",
+        "temperature",
+    ),
+    (
+        "pooled_openai_embeddings",
+        lambda t: lc.pooled_openai_embeddings(
+            api_key="k", config=_config(t), **_bad("dimensons", 8)
+        ),
+        "dimensons",
+        "dimensions",
+    ),
+    (
+        "pooled_chat_anthropic",
+        lambda t: lc.pooled_chat_anthropic(
+            model="claude-sonnet-4-5", api_key="k", config=_config(t), **_bad("top_kk", 5)
+        ),
+        "top_kk",
+        "top_k",
+    ),
+    (
+        "pooled_azure_chat_openai",
+        lambda t: lc.pooled_azure_chat_openai(
+            config=_config(t), **_AZ, **_bad("azure_deploymnet", "chat")
+        ),
+        "azure_deploymnet",
+        "azure_deployment",
+    ),
+    (
+        "pooled_azure_openai_embeddings",
+        lambda t: lc.pooled_azure_openai_embeddings(
+            config=_config(t), **_AZ, **_bad("azure_deploymnet", "embed")
+        ),
+        "azure_deploymnet",
+        "azure_deployment",
+    ),
+    (
+        "pooled_openai_llm",
+        lambda t: li.pooled_openai_llm(api_key="k", config=_config(t), **_bad("max_token", 9)),
+        "max_token",
+        "max_tokens",
+    ),
+    (
+        "pooled_openai_embedding",
+        lambda t: li.pooled_openai_embedding(
+            api_key="k", config=_config(t), **_bad("embed_batch", 9)
+        ),
+        "embed_batch",
+        "embed_batch_size",
+    ),
+    (
+        "pooled_anthropic_llm",
+        lambda t: li.pooled_anthropic_llm(
+            api_key="k", config=_config(t), **_bad("thinking", {"type": "enabled"})
+        ),
+        "thinking",
+        "thinking_dict",
+    ),
+    (
+        "pooled_azure_openai_llm",
+        lambda t: li.pooled_azure_openai_llm(
+            engine="chat", config=_config(t), **_AZ, **_bad("max_token", 9)
+        ),
+        "max_token",
+        "max_tokens",
+    ),
+    (
+        "pooled_azure_openai_embedding",
+        lambda t: li.pooled_azure_openai_embedding(
+            azure_deployment="embed", config=_config(t), **_AZ, **_bad("embed_batch", 9)
+        ),
+        "embed_batch",
+        "embed_batch_size",
+    ),
+]
+CASES += FACTORIES
+
+
+def test_the_factories_still_take_every_field_of_their_class(tmp_path: Path) -> None:
+    # Aliases and field names both pass: model / model_name, api_key, stop / stop_sequences.
+    chat = lc.pooled_chat_anthropic(
+        model_name="claude-sonnet-4-5", anthropic_api_key="k", stop=["x"], config=_config(tmp_path)
+    )
+    assert chat.model == "claude-sonnet-4-5" and chat.stop_sequences == ["x"]
+    azure = lc.pooled_azure_chat_openai(
+        config=_config(tmp_path), **_AZ, deployment_name="chat", model_kwargs={}
+    )
+    assert azure.deployment_name == "chat" and azure.model_kwargs == {}
+    llm = li.pooled_anthropic_llm(
+        api_key="k", config=_config(tmp_path), thinking_dict={"type": "enabled"}, cache_idx=1
+    )
+    assert llm.cache_idx == 1
+
 
 async def _async_factory() -> object:
     return object()

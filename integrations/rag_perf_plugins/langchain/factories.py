@@ -27,6 +27,10 @@ endpoint that rejects ``stream_options``.
 and fails offline. The cost: texts longer than the model's context are not split
 client-side; the provider rejects them.
 
+Every factory refuses an option its class does not take, naming it and the close matches
+(``temprature=0``: did you mean ``'temperature'``?). The classes themselves would move it
+into ``model_kwargs`` with only a warning and send it to the provider.
+
 Not done here: wrapping the result (pass it to ``PerfEmbeddings`` / the chat wrapper).
 """
 
@@ -38,6 +42,7 @@ import anthropic
 from langchain_anthropic import ChatAnthropic
 from langchain_openai import AzureChatOpenAI, AzureOpenAIEmbeddings, ChatOpenAI, OpenAIEmbeddings
 
+from rag_perf_plugins._signature import accepted_keywords, check_options
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client, http_timeout
 
@@ -54,12 +59,17 @@ ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
 
 def _pooled(
-    base_url: str | None, config: PerformanceConfig | None, options: dict[str, Any]
+    factory: str,
+    cls: type,
+    base_url: str | None,
+    config: PerformanceConfig | None,
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     for name in ("http_client", "http_async_client", "max_retries"):
         if name in options:
             msg = f"{name} is set by the pooled factory; build the class yourself to choose it"
             raise TypeError(msg)
+    check_options(factory, options, accepted_keywords(cls))
     config = resolve_config(config)
     url = base_url or OPENAI_BASE_URL
     options.setdefault("timeout", http_timeout(config))
@@ -88,11 +98,12 @@ def pooled_chat_openai(
         **options: Any other ``ChatOpenAI`` field (``model``, ``temperature``, ``api_key``...).
 
     Raises:
-        TypeError: ``http_client``, ``http_async_client`` or ``max_retries`` was passed.
+        TypeError: ``http_client``, ``http_async_client`` or ``max_retries`` was passed, or
+            an option the class does not take (named, with the close matches).
     """
     options = dict(options)
     options.setdefault("stream_usage", True)
-    return ChatOpenAI(**_pooled(base_url, config, options))
+    return ChatOpenAI(**_pooled("pooled_chat_openai", ChatOpenAI, base_url, config, options))
 
 
 def pooled_openai_embeddings(
@@ -106,20 +117,27 @@ def pooled_openai_embeddings(
     ``True`` when tiktoken's files are available locally.
 
     Raises:
-        TypeError: ``http_client``, ``http_async_client`` or ``max_retries`` was passed.
+        TypeError: ``http_client``, ``http_async_client`` or ``max_retries`` was passed, or
+            an option the class does not take (named, with the close matches).
     """
     options = dict(options)
     options.setdefault("check_embedding_ctx_length", False)
-    return OpenAIEmbeddings(**_pooled(base_url, config, options))
+    built = _pooled("pooled_openai_embeddings", OpenAIEmbeddings, base_url, config, options)
+    return OpenAIEmbeddings(**built)
 
 
 def _azure(
-    azure_endpoint: str, config: PerformanceConfig | None, options: dict[str, Any]
+    factory: str,
+    cls: type,
+    azure_endpoint: str,
+    config: PerformanceConfig | None,
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     for name in ("http_client", "http_async_client", "max_retries", "base_url"):
         if name in options:
             msg = f"{name} is set by the pooled factory; build the class yourself to choose it"
             raise TypeError(msg)
+    check_options(factory, options, accepted_keywords(cls))
     if "api_version" not in options and "openai_api_version" not in options:
         msg = "api_version is required for Azure OpenAI (e.g. api_version='2024-10-21')"
         raise TypeError(msg)
@@ -158,11 +176,13 @@ def pooled_azure_chat_openai(
 
     Raises:
         TypeError: ``api_version`` is missing, or ``http_client``, ``http_async_client``,
-            ``max_retries`` or ``base_url`` was passed.
+            ``max_retries`` or ``base_url`` was passed, or an option ``AzureChatOpenAI``
+            does not take (named, with the close matches).
     """
     options = dict(options)
     options.setdefault("stream_usage", True)
-    return AzureChatOpenAI(**_azure(azure_endpoint, config, options))
+    built = _azure("pooled_azure_chat_openai", AzureChatOpenAI, azure_endpoint, config, options)
+    return AzureChatOpenAI(**built)
 
 
 def pooled_azure_openai_embeddings(
@@ -179,7 +199,10 @@ def pooled_azure_openai_embeddings(
     """
     options = dict(options)
     options.setdefault("check_embedding_ctx_length", False)
-    return AzureOpenAIEmbeddings(**_azure(azure_endpoint, config, options))
+    built = _azure(
+        "pooled_azure_openai_embeddings", AzureOpenAIEmbeddings, azure_endpoint, config, options
+    )
+    return AzureOpenAIEmbeddings(**built)
 
 
 def pooled_chat_anthropic(
@@ -204,11 +227,14 @@ def pooled_chat_anthropic(
             ``temperature``, ``top_k``, ``thinking``, ``api_key``...).
 
     Raises:
-        TypeError: ``max_retries`` was passed.
+        TypeError: ``max_retries`` was passed, or an option ``ChatAnthropic`` does not take
+            (``top_kk=5``: named, with the close matches; LangChain itself would only warn
+            and send it to the API in ``model_kwargs``).
     """
     if "max_retries" in options:
         msg = "max_retries is set by the pooled factory; build the class yourself to choose it"
         raise TypeError(msg)
+    check_options("pooled_chat_anthropic", options, accepted_keywords(ChatAnthropic))
     config = resolve_config(config)
     url = base_url or ANTHROPIC_BASE_URL
     options.setdefault("default_request_timeout", config.request_deadline)

@@ -12,6 +12,10 @@ Example::
     azure = wrap_llm(pooled_azure_openai_llm(engine="chat", azure_endpoint=endpoint,
                                              api_version="2024-10-21"))
     azure_embed = PerfEmbedding(pooled_azure_openai_embedding(azure_deployment="embed", ...))
+
+Every factory refuses an option its class does not take with a ``TypeError`` naming it and
+the close matches (``max_token=``: did you mean ``'max_tokens'``?); most of the classes
+would take it silently (LlamaIndex's ``OpenAI`` passes unknown keywords on).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from llama_index.embeddings.openai.utils import resolve_openai_credentials  # ty
 from llama_index.llms.anthropic import Anthropic
 from llama_index.llms.azure_openai import AzureOpenAI  # type: ignore[import-untyped, unused-ignore]
 from llama_index.llms.openai import OpenAI
+from rag_perf_plugins._signature import accepted_keywords, check_options
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.pool.http import get_async_http_client, get_http_client
 
@@ -75,11 +80,13 @@ def pooled_openai_embedding(
         ValueError: ``max_retries`` or ``http_client``/``async_http_client`` were passed
             (retries belong to our retry policy, clients to the registry), or ``api_base``
             is not an absolute http(s) URL.
+        TypeError: An option the class does not take (named, with the close matches).
 
     Not done: wrapping. Pass the result to :class:`PerfEmbedding` for caching, batching,
     admission and retries; on its own it makes exactly one attempt per request. With
     ``enable_connection_pooling=False`` it gets fresh, unshared clients.
     """
+    check_options("pooled_openai_embedding", kwargs, accepted_keywords(OpenAIEmbedding))
     kwargs = _pooled_kwargs("pooled_openai_embedding", api_key, api_base, config, proxy, kwargs)
     return OpenAIEmbedding(
         model=model,
@@ -122,6 +129,7 @@ def pooled_openai_llm(
 
     Raises:
         ValueError: ``max_retries`` or ``http_client``/``async_http_client`` were passed.
+        TypeError: An option the class does not take (named, with the close matches).
 
     Streamed answers ask for usage (``stream_options={"include_usage": True}`` in
     ``additional_kwargs``), so their tokens are counted; it is not part of cache keys.
@@ -129,6 +137,7 @@ def pooled_openai_llm(
     Not done: wrapping (pass the result to :func:`wrap_llm`); on its own it makes
     exactly one attempt per request.
     """
+    check_options("pooled_openai_llm", kwargs, accepted_keywords(OpenAI))
     kwargs = _pooled_kwargs("pooled_openai_llm", api_key, api_base, config, proxy, kwargs)
     # Streams report usage in their last chunk, so token counts cover streamed answers too.
     # LlamaIndex drops stream_options from non-streaming requests; pass
@@ -230,7 +239,9 @@ def pooled_azure_openai_llm(
     Raises:
         ValueError: ``api_version`` is empty, or ``max_retries``, ``http_client``,
             ``async_http_client`` or ``api_base`` was passed.
+        TypeError: An option the class does not take (named, with the close matches).
     """
+    check_options("pooled_azure_openai_llm", kwargs, accepted_keywords(AzureOpenAI))
     kwargs = _azure_kwargs("pooled_azure_openai_llm", azure_endpoint, api_version, config, kwargs)
     return AzureOpenAI(engine=engine, temperature=temperature, **kwargs)
 
@@ -250,7 +261,9 @@ def pooled_azure_openai_embedding(
 
     Raises:
         ValueError: as :func:`pooled_azure_openai_llm`.
+        TypeError: An option the class does not take (named, with the close matches).
     """
+    check_options("pooled_azure_openai_embedding", kwargs, accepted_keywords(AzureOpenAIEmbedding))
     kwargs = _azure_kwargs(
         "pooled_azure_openai_embedding", azure_endpoint, api_version, config, kwargs
     )
@@ -285,11 +298,13 @@ def pooled_anthropic_llm(
 
     Raises:
         ValueError: ``max_retries``, ``region``/``project_id`` or ``aws_region`` was passed.
+        TypeError: An option the class does not take (named, with the close matches).
     """
     for name in ("max_retries", "region", "project_id", "aws_region"):
         if name in kwargs:
             msg = f"pooled_anthropic_llm() does not take {name} (retries off, shared clients)"
             raise ValueError(msg)
+    check_options("pooled_anthropic_llm", kwargs, accepted_keywords(Anthropic))
     config = resolve_config(config)
     url = base_url or ANTHROPIC_BASE_URL
     kwargs.setdefault("timeout", config.request_deadline)

@@ -250,8 +250,21 @@ def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**extra, **_ZERO_USAGE, "cache_hit": True}
 
 
+def _chunk_usage(chunk: ChatResponse | CompletionResponse) -> Usage | None:
+    """Usage one stream chunk carries: OpenAI's in ``additional_kwargs``, Anthropic's in raw.
+
+    LlamaIndex's ``Anthropic`` yields no chunk for ``message_start``; its last chunk's raw
+    is the ``message_delta`` event, whose usage is cumulative (input with the prompt-cache
+    reads and writes, output; LlamaIndex fills in ``input_tokens`` from ``message_start``
+    when the event has none). The ``usage`` LlamaIndex keeps in the message drops the
+    prompt-cache counts, so it is not read.
+    """
+    found = _usage_of(chunk.additional_kwargs, chunk.raw)
+    return found if found is not None else _raw_usage(chunk.raw)
+
+
 def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage | None:
-    found = [u for u in (_usage_of(c.additional_kwargs, c.raw) for c in chunks) if u is not None]
+    found = [u for u in (_chunk_usage(c) for c in chunks) if u is not None]
     if not found:
         return None
     return Usage(
@@ -259,6 +272,7 @@ def _stream_usage(chunks: Sequence[ChatResponse | CompletionResponse]) -> Usage 
         max(u.tokens_out for u in found),
         cached_in=max(u.cached_in for u in found),
         reasoning=max(u.reasoning for u in found),
+        cache_write=max(u.cache_write for u in found),
     )
 
 

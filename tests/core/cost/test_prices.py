@@ -55,6 +55,7 @@ def test_chat_cost_prices_cached_input_and_reasoning_at_their_own_rates() -> Non
 def test_lookup_falls_back_to_the_undated_name_and_drops_a_provider_prefix() -> None:
     table = price_table(PerformanceConfig())
     assert table.get("gpt-4o-mini-2024-07-18") is table.get("gpt-4o-mini") is not None
+    assert table.get("claude-sonnet-4-5-20250929") is table.get("claude-sonnet-4-5") is not None
     assert table.get("openai/gpt-4o") is table.get("gpt-4o") is not None
     assert table.get("gpt-4o-mini-turbo") is None
 

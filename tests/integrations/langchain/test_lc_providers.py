@@ -27,9 +27,12 @@ from rag_perf_plugins.langchain import (
 )
 
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.cost import price_table
 from rag_perf_plugins.pool.http import get_http_client
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
+from rag_perf_plugins.tracking import PerformanceTracker
+from tests.integrations.seen_gate import SeenGate
 
 CLAUDE = "claude-sonnet-4-5-20250929"
 API_VERSION = "2024-10-21"
@@ -142,6 +145,40 @@ def test_anthropic_stream_is_recorded_then_replayed(
     assert "".join(cold) == "".join(warm) == expected and len(warm) > 3
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_anthropic_stream_usage_reaches_tracker_cost_and_reconcile(
+    simulator: Simulator, config: PerformanceConfig, mode: str
+) -> None:
+    # The unwrapped stream writes the prompt cache, so the wrapped one reads it.
+    # langchain-anthropic reads a stream's usage from message_delta alone (cumulative).
+    first, *rest = claude(simulator, config).stream(ask())
+    expected = sum(rest, start=first)
+    tracker = PerformanceTracker()
+    gate = SeenGate(config, key="test/claude-lc-stream")
+    wrapped = PerfChatModel(claude(simulator, config), config, tracker=tracker, gate=gate)
+    if mode == "sync":
+        chunks = list(wrapped.stream(ask()))
+    else:
+
+        async def collect() -> list[Any]:
+            return [c async for c in wrapped.astream(ask())]
+
+        chunks = asyncio.run(collect())
+    usage = sum(chunks[1:], start=chunks[0]).usage_metadata
+    assert usage is not None and expected.usage_metadata is not None
+    read = usage["input_token_details"]["cache_read"]
+    written = expected.usage_metadata["input_token_details"]["cache_creation"]
+    assert read > 0 and written == read  # what the unwrapped stream wrote, this one read
+    stats = tracker.get_operation_stats("llm.chat.stream")
+    assert (stats.tokens_in, stats.tokens_out) == (usage["input_tokens"], usage["output_tokens"])
+    assert [t.tokens for t in gate.tickets] == [usage["total_tokens"]]
+    cost = price_table().chat_cost(
+        CLAUDE, usage["input_tokens"], usage["output_tokens"], cached_in=read
+    )
+    assert cost is not None and stats.cost_unknown_calls == 0
+    assert stats.cost_usd == pytest.approx(cost)
+
+
 def test_anthropic_tool_use_wrapped_equals_unwrapped(
     simulator: Simulator, config: PerformanceConfig, bodies: list[Any]
 ) -> None:
@@ -163,6 +200,7 @@ def test_anthropic_tool_use_wrapped_equals_unwrapped(
         {"max_tokens": 64},
         {"top_k": 5},
         {"top_p": 0.5},
+        {"stop_sequences": ["\n\n"]},
         {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
         {"model": "claude-sonnet-4-5"},
     ],
@@ -262,6 +300,18 @@ def test_azure_embeddings_same_vectors_and_body_wrapped(
     expected = np.asarray(plain, dtype=np.float32)  # the cache keeps float32, cold and warm
     np.testing.assert_array_equal(np.asarray(cold), expected)
     np.testing.assert_array_equal(np.asarray(warm), expected)
+
+
+@pytest.mark.parametrize(
+    "change", [{"api_version": "2024-06-01"}, {"azure_deployment": "embed-2"}], ids=str
+)
+def test_azure_embeddings_deployment_and_api_version_are_in_the_key(
+    simulator: Simulator, config: PerformanceConfig, change: dict[str, Any]
+) -> None:
+    PerfEmbeddings(azure_embeddings(simulator, config), config).embed_query("Paris")
+    before = requests(simulator)
+    PerfEmbeddings(azure_embeddings(simulator, config, **change), config).embed_query("Paris")
+    assert requests(simulator) == before + 1
 
 
 def test_azure_429_storm_every_call_succeeds(

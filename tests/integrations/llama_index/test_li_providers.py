@@ -27,10 +27,12 @@ from rag_perf_plugins.llama_index import (
 
 from rag_perf_plugins.cache import set_cache_manager
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.cost import price_table
 from rag_perf_plugins.pool.http import close_http_clients, get_http_client
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
 from rag_perf_plugins.tracking import PerformanceTracker
+from tests.integrations.seen_gate import SeenGate
 
 CLAUDE = "claude-sonnet-4-5-20250929"
 API_VERSION = "2024-10-21"
@@ -130,15 +132,63 @@ def test_anthropic_stream_recorded_then_replayed_and_async(
     assert "Paris" in str(answer.message.content)
 
 
+def _delta_usage(chunks: list[Any]) -> dict[str, int]:
+    """The usage of the stream's ``message_delta`` event (Anthropic's cumulative counts)."""
+    (usage,) = [c.raw["usage"] for c in chunks if c.raw.get("type") == "message_delta"]
+    return {k: v for k, v in usage.model_dump().items() if isinstance(v, int)}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_anthropic_stream_usage_reaches_tracker_cost_and_reconcile(
+    simulator: Simulator, config: PerformanceConfig, mode: str
+) -> None:
+    # The unwrapped stream writes the prompt cache (cache_idx=1 marks the question), so the
+    # wrapped one reads it: input, prompt-cache and output tokens, from message_delta.
+    list(claude(simulator, config, cache_idx=1).stream_chat(ask()))
+    tracker = PerformanceTracker()
+    gate = SeenGate(config, key="test/claude-stream")
+    inner = claude(simulator, config, cache_idx=1)
+    wrapped = wrap_llm(inner, config, tracker=tracker, gate=gate)
+    if mode == "sync":
+        chunks = list(wrapped.stream_chat(ask()))
+    else:
+
+        async def collect() -> list[Any]:
+            return [c async for c in await wrapped.astream_chat(ask())]
+
+        chunks = asyncio.run(collect())
+    usage = _delta_usage(chunks)
+    assert usage["cache_read_input_tokens"] > 0 and usage["output_tokens"] > 0
+    tokens_in = sum(usage[k] for k in ("input_tokens", "cache_read_input_tokens"))
+    tokens_in += usage["cache_creation_input_tokens"]
+    stats = tracker.get_operation_stats("llm.stream")
+    assert (stats.tokens_in, stats.tokens_out) == (tokens_in, usage["output_tokens"])
+    assert [t.tokens for t in gate.tickets] == [tokens_in + usage["output_tokens"]]
+    cost = price_table().chat_cost(
+        CLAUDE,
+        tokens_in,
+        usage["output_tokens"],
+        cached_in=usage["cache_read_input_tokens"],
+        cache_write=usage["cache_creation_input_tokens"],
+    )
+    assert cost is not None and stats.cost_unknown_calls == 0
+    assert stats.cost_usd == pytest.approx(cost)
+    # A completion stream goes through the same chunks.
+    list(wrapped.stream_complete("What is the capital of Germany?"))
+    assert tracker.get_operation_stats("llm.stream").tokens_out > usage["output_tokens"]
+
+
 @pytest.mark.parametrize(
     "change",
     [
         {"max_tokens": 64},
         {"system_prompt": "Answer briefly."},
         {"thinking_dict": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
+        {"additional_kwargs": {"top_k": 5}},
+        {"additional_kwargs": {"stop_sequences": ["\n\n"]}},
         {"model": "claude-sonnet-4-5"},
     ],
-    ids=lambda change: next(iter(change)),
+    ids=lambda change: str(change)[:40],
 )
 def test_anthropic_fields_that_change_the_answer_are_in_the_key(
     simulator: Simulator, config: PerformanceConfig, change: dict[str, Any]
@@ -201,3 +251,37 @@ def test_azure_embedding_same_vectors_and_body_wrapped(
     expected = np.asarray(plain, dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(cold), expected)
     np.testing.assert_array_equal(np.asarray(warm), expected)
+
+
+def test_azure_llm_stream_replayed_and_429_storm_absorbed(
+    simulator_factory: SimulatorFactory, config: PerformanceConfig
+) -> None:
+    sim = simulator_factory(rate_limit_rate=0.25, retry_after_s=0.01, seed=11)
+    storm = config.replace(retry_max_attempts=6, retry_budget_ratio=0.6)
+    wrapped = wrap_llm(azure_llm(sim, storm), storm)
+    answers = [wrapped.chat(ask(f"Question {i}?")) for i in range(20)]
+    assert len(answers) == 20 and sim.stats()["rate_limited_total"] > 0
+    retry = wrapped.service.retry.stats()  # type: ignore[union-attr]
+    assert retry["failed"] == 0 and retry["succeeded"] == 20
+    cold = [r.delta for r in wrapped.stream_chat(ask("Streamed?"))]
+    before = requests(sim)
+    warm = [r.delta for r in wrapped.stream_chat(ask("Streamed?"))]
+    assert requests(sim) == before and cold == warm and len(warm) > 2
+
+
+@pytest.mark.parametrize(
+    "change", [{"api_version": "2024-06-01"}, {"azure_deployment": "embed-2"}], ids=str
+)
+def test_azure_embedding_deployment_and_api_version_are_in_the_key(
+    simulator: Simulator, config: PerformanceConfig, change: dict[str, Any]
+) -> None:
+    def inner(**override: Any) -> Any:
+        options = {"azure_deployment": "embed", "api_version": API_VERSION, **override}
+        return pooled_azure_openai_embedding(
+            azure_endpoint=root(simulator), api_key="az-test", config=config, **options
+        )
+
+    PerfEmbedding(inner(), config).get_text_embedding("Paris")
+    before = requests(simulator)
+    PerfEmbedding(inner(**change), config).get_text_embedding("Paris")
+    assert requests(simulator) == before + 1
