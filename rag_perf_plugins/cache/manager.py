@@ -604,6 +604,37 @@ class CacheManager:
         """
         return self._lookup(namespace, list(dict.fromkeys(keys)), as_numpy=as_numpy)
 
+    def memory_vectors(
+        self, keys: Sequence[str], *, namespace: str = "embeddings"
+    ) -> list[list[float]] | None:
+        """Every one of ``keys`` from the memory tier, as new lists in order; else ``None``.
+
+        Example: ``cache.memory_vectors([key])`` is ``[[0.1, ...]]`` when the memory tier
+        holds a live vector for the key, ``None`` otherwise (then call :meth:`get_vectors`).
+        The hit path of a warm embedding call: no I/O, no thread hop, and the floats come
+        from the memory tier's decoded copy (see :meth:`MemoryTier.get_vectors_kept`)
+        instead of being made from bytes again. Hits are counted as :meth:`get_vectors`
+        counts them; a ``None`` counts nothing (the general lookup that follows does).
+        """
+        if not self._first_blocking or not self.enabled or not keys:
+            return None
+        tier = self.tiers[0]
+        kept = getattr(tier, "get_vectors_kept", None)
+        if kept is None or not current_control().read:
+            return None
+        version = self._cached_version(self._check_ns(namespace))
+        if version is None:
+            return None
+        prefix = f"{namespace}:{version}:"
+        try:
+            found: list[list[float]] | None = kept([prefix + k for k in keys], self.clock())
+        except Exception as exc:
+            self._fault(tier.name, "get", exc)
+            return None
+        if found is not None:
+            self._account(namespace, {tier.name: len(keys)}, 0)
+        return found
+
     def set_vectors(
         self,
         items: Mapping[str, Sequence[float]],

@@ -102,6 +102,7 @@ from ..cache import (
     explain_key,
     is_sampled,
     llm_fields,
+    llm_key_from_tail,
     make_key,
 )
 from ..cache.control import CacheControl, applied
@@ -245,6 +246,11 @@ class LLMRequest:
     # The output limit when ``params`` does not carry it (an adapter whose model holds it
     # in its identity); used for dollar-budget estimates only, never part of the key.
     output_limit: int | None = None
+    # The canonical text of every field but ``messages`` (``cache.keys.llm_key_tail`` of
+    # the same model, provider, params, tools, tool choice, response format and seed), when
+    # an adapter keeps it for a model's fixed parameters; ``key()`` then hashes the
+    # messages only. Never compared, never shown.
+    key_tail: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -265,6 +271,8 @@ class LLMRequest:
 
     def key(self) -> str:
         """The cache key of a non-streamed call (``llm:v1:<hex>``): :func:`llm_key`'s."""
+        if self.key_tail is not None:
+            return llm_key_from_tail(self.messages, self.key_tail)
         return make_key("llm", self._fields()[0])
 
     def explain(self) -> KeyExplanation:

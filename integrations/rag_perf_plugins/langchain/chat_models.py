@@ -45,6 +45,8 @@ the wrapper does not call; use our gate), and LangChain serialization of the wra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -70,7 +72,7 @@ from typing_extensions import override
 
 from rag_perf_plugins._secrets import redact_data
 from rag_perf_plugins._signature import checked_kwargs
-from rag_perf_plugins.cache import CacheControl, CacheManager
+from rag_perf_plugins.cache import CacheControl, CacheManager, llm_key_tail
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.resilience import Breakers, Target
 from rag_perf_plugins.services.defaults import (
@@ -366,6 +368,8 @@ class PerfChatModel(BaseChatModel):
     _provider: str = PrivateAttr()
     _guard: IdentityGuard = PrivateAttr()
     _base_params: dict[str, Any] = PrivateAttr()
+    _base_request: LLMRequest = PrivateAttr()
+    _ls_params: dict[str, Any] = PrivateAttr()
     _model: str = PrivateAttr()
     _fallbacks: list[_Alternative] = PrivateAttr(default_factory=list)
 
@@ -400,8 +404,7 @@ class PerfChatModel(BaseChatModel):
         # Computed once, and again when a field of the inner copy changes (a dict it shares
         # with the caller's model, or ``llm.inner.temperature = ...``): IdentityGuard.
         self._guard = IdentityGuard(self.inner)
-        self._provider = _provider_of(self.inner, self._guard.identity)
-        self._base_params = dict(self.inner._get_invocation_params(stop=None))
+        self._settings(self._guard.identity)
         ls = self.inner._get_ls_params()
         provider = str(ls.get("ls_provider") or type(inner).__name__)
         model = str(ls.get("ls_model_name") or type(inner).__name__)
@@ -438,6 +441,11 @@ class PerfChatModel(BaseChatModel):
 
     @override
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        if stop is None and not kwargs:
+            # Every call's tracing metadata: kept while the inner model's fields stay as
+            # they were (the inner's own method costs ~7 us, pydantic hasattr misses).
+            self._refresh()
+            return dict(self._ls_params)
         return self.inner._get_ls_params(stop=stop, **kwargs)
 
     @override
@@ -506,11 +514,43 @@ class PerfChatModel(BaseChatModel):
         return rebuilt
 
     # --- the four hooks: one service call each ----------------------------------------
-    def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
+    def _settings(self, identity: ModelIdentity) -> None:
+        """What every call without ``stop`` or keyword arguments shares, from the inner model.
+
+        The provider id, the invocation and LangSmith parameters, and the request without
+        messages with its key's fixed text (``cache.keys.llm_key_tail``), so a call only
+        serializes and hashes its messages. Recomputed when the inner model changes.
+        """
+        self._provider = _provider_of(self.inner, identity)
+        self._base_params = dict(self.inner._get_invocation_params(stop=None))
+        self._ls_params = dict(self.inner._get_ls_params())
+        base = request_of(
+            self.inner, [], None, provider=self._provider, base_params=self._base_params
+        )
+        try:
+            tail: str | None = llm_key_tail(
+                model=base.model,
+                provider=base.provider,
+                params=base.params,
+                tools=base.tools,
+                tool_choice=base.tool_choice,
+                response_format=base.response_format,
+                seed=base.seed,
+            )
+        except TypeError:  # a parameter no key can hold: the service leaves the call uncached
+            tail = None
+        self._base_request = dataclasses.replace(base, key_tail=tail)
+
+    def _refresh(self) -> None:
         found = self._guard.changed()
         if found is not None:
-            self._provider = _provider_of(self.inner, found)
-            self._base_params = dict(self.inner._get_invocation_params(stop=None))
+            self._settings(found)
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
+        self._refresh()
+        if stop is None and not kw:
+            base = self._base_request
+            return dataclasses.replace(base, messages=[_message_key(m) for m in messages])
         return request_of(
             self.inner,
             messages,
@@ -530,8 +570,10 @@ class PerfChatModel(BaseChatModel):
     ) -> ChatResult:
         request = self._request(messages, stop, **kwargs)
         answered: list[str] = []
+        ran: list[bool] = []  # the inner model ran (a hit never calls it: nothing to settle)
 
         def call() -> ChatResult:
+            ran.append(True)
             return self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
         def alternative(alt: _Alternative) -> Fallback:
@@ -552,7 +594,8 @@ class PerfChatModel(BaseChatModel):
                 on_target=answered.append,
             )
         finally:
-            self._guard.settle()
+            if ran:
+                self._guard.settle()
         _mark([g.message for g in result.generations], answered[-1] if answered else None)
         return result
 
@@ -566,13 +609,16 @@ class PerfChatModel(BaseChatModel):
     ) -> ChatResult:
         request = self._request(messages, stop, **kwargs)
         answered: list[str] = []
+        ran: list[bool] = []
 
         async def call() -> ChatResult:
+            ran.append(True)
             return await self.inner._agenerate(
                 messages, stop=stop, run_manager=run_manager, **kwargs
             )
 
         def blocking() -> ChatResult:  # with async_enabled off, run in a worker thread
+            ran.append(True)
             return self.inner._generate(messages, stop=stop, **kwargs)
 
         def alternatives(asynchronous: bool) -> list[Fallback]:
@@ -606,7 +652,8 @@ class PerfChatModel(BaseChatModel):
                 on_target=answered.append,
             )
         finally:
-            self._guard.settle()
+            if ran:
+                self._guard.settle()
         _mark([g.message for g in result.generations], answered[-1] if answered else None)
         return result
 
@@ -622,8 +669,10 @@ class PerfChatModel(BaseChatModel):
         # replayed; the inner model gets no run manager, or live tokens would fire twice.
         request = self._request(messages, stop, **kwargs)
         answered: list[str] = []
+        ran: list[bool] = []
 
         def open_stream() -> Iterator[ChatGenerationChunk]:
+            ran.append(True)
             return self.inner._stream(messages, stop=stop, **kwargs)
 
         stream = self._service.stream(
@@ -642,7 +691,8 @@ class PerfChatModel(BaseChatModel):
                     _mark([chunk.message], answered[-1] if answered else None)
                     yield chunk
         finally:
-            self._guard.settle()
+            if ran:
+                self._guard.settle()
 
     @override
     async def _astream(
@@ -653,11 +703,14 @@ class PerfChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, **kwargs)
+        ran: list[bool] = []
 
         def open_stream() -> AsyncIterator[ChatGenerationChunk]:
+            ran.append(True)
             return self.inner._astream(messages, stop=stop, **kwargs)
 
         def blocking() -> Iterator[ChatGenerationChunk]:
+            ran.append(True)
             return self.inner._stream(messages, stop=stop, **kwargs)
 
         answered: list[str] = []
@@ -679,7 +732,8 @@ class PerfChatModel(BaseChatModel):
                     _mark([chunk.message], answered[-1] if answered else None)
                     yield chunk
         finally:
-            self._guard.settle()
+            if ran:
+                self._guard.settle()
 
     def _alt_request(
         self,
@@ -729,6 +783,13 @@ class PerfChatModel(BaseChatModel):
         # What pydantic's str(), rich and devtools print: the inner model by class name only.
         for name, value in super().__repr_args__():
             yield (name, type(value).__name__) if name == "inner" else (name, value)
+
+
+# BaseChatModel._generate_with_cache asks inspect.signature(self._generate) at every call
+# whether it takes run_manager (~10 us of a ~100 us hit); a function's __signature__ is
+# what inspect returns first, so the answer is read once here. The same signature.
+PerfChatModel._generate.__signature__ = inspect.signature(PerfChatModel._generate)  # type: ignore[attr-defined]
+PerfChatModel._agenerate.__signature__ = inspect.signature(PerfChatModel._agenerate)  # type: ignore[attr-defined]
 
 
 def _control(run_manager: Any) -> CacheControl | None:
