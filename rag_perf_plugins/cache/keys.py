@@ -114,18 +114,52 @@ def _normalize(value: Any, path: str) -> Any:
     raise TypeError(msg)
 
 
+class _Unusual(Exception):
+    """A value :func:`_normalize_plain` leaves to :func:`_normalize` (which names its path)."""
+
+
+def _normalize_plain(value: Any) -> Any:
+    """:func:`_normalize` of values of the exact plain types, without building paths.
+
+    The common case of every key (dicts, lists, str, int, finite floats, bool, None): the
+    same result as ``_normalize``. Anything else (a subclass, a non-str dict key, NaN, an
+    object) raises :class:`_Unusual` and ``_normalize`` decides, with its error message.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or value is None:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise _Unusual
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _Unusual
+            out[k] = _normalize_plain(v)
+        return out
+    if kind is list or kind is tuple:
+        return [_normalize_plain(v) for v in value]
+    raise _Unusual
+
+
+# json.dumps builds an encoder per call when given options; this one is built once.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any, *, path: str = "key") -> str:
     """The canonical JSON text of ``value``.
 
     Example: ``canonical_json({"b": 1, "a": 2.0})`` is ``{"a":2,"b":1}``.
     """
-    return json.dumps(
-        _normalize(value, path),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    try:
+        normalized = _normalize_plain(value)
+    except _Unusual:
+        normalized = _normalize(value, path)
+    return _CANONICAL.encode(normalized)
 
 
 def make_key(kind: str, fields: Mapping[str, Any]) -> str:

@@ -223,6 +223,10 @@ class CacheEmbeddingStore:
         The fixed fields are hashed once per (provider, model, dimensions, role): an
         :class:`~rag_perf_plugins.cache.EmbeddingKeyer` each (same keys, ~1 us a text).
         """
+        return self.keyer(provider, model, dimensions, role).key(text)
+
+    def keyer(self, provider: str, model: str, dimensions: int | None, role: str) -> EmbeddingKeyer:
+        """The :class:`~rag_perf_plugins.cache.EmbeddingKeyer` of one identity and role."""
         keyer = self._keyers.get((provider, model, dimensions, role))
         if keyer is None:
             if len(self._keyers) >= 64:  # identities change rarely; never grow unbounded
@@ -230,7 +234,7 @@ class CacheEmbeddingStore:
             keyer = self._keyers[(provider, model, dimensions, role)] = EmbeddingKeyer(
                 provider=provider, model=model, dimensions=dimensions, role=cast(Role, role)
             )
-        return keyer.key(text)
+        return keyer
 
     def get_many(self, keys: Sequence[str]) -> list[Vector | None]:
         """One batched read; ``None`` where missing."""
@@ -563,6 +567,14 @@ class EmbeddingService(ProviderCalls):
         keys: list[str] = []
         distinct: dict[str, str] = {}
         store = self._store
+        keyer = getattr(store, "keyer", None)
+        if keyer is not None:  # ours: the identity's fields hashed once for all the texts
+            key_of = keyer(ident.provider, ident.model, ident.dimensions, role).key
+            for text in texts:
+                key = key_of(text)
+                keys.append(key)
+                distinct.setdefault(key, text)
+            return _Plan(keys, distinct)
         for text in texts:
             if store is not None:
                 key = store.embedding_key(ident.provider, ident.model, ident.dimensions, role, text)

@@ -225,6 +225,8 @@ def _load_hit(stored: Mapping[str, Any]) -> BaseMessage:
         data["usage_metadata"] = dict(_ZERO_USAGE)
     if stored["type"] == "AIMessageChunk":
         return AIMessageChunk(**data)
+    if stored["type"] == "ai":  # what messages_from_dict builds for it, without the dispatch
+        return AIMessage(**data)
     return messages_from_dict([{"type": stored["type"], "data": data}])[0]
 
 
@@ -550,7 +552,18 @@ class PerfChatModel(BaseChatModel):
         self._refresh()
         if stop is None and not kw:
             base = self._base_request
-            return dataclasses.replace(base, messages=[_message_key(m) for m in messages])
+            return LLMRequest(
+                model=base.model,
+                messages=[_message_key(m) for m in messages],
+                provider=base.provider,
+                params=base.params,
+                tools=base.tools,
+                tool_choice=base.tool_choice,
+                response_format=base.response_format,
+                seed=base.seed,
+                output_limit=base.output_limit,
+                key_tail=base.key_tail,
+            )
         return request_of(
             self.inner,
             messages,
