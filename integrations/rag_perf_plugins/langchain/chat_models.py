@@ -224,7 +224,11 @@ def _load_hit(stored: Mapping[str, Any]) -> BaseMessage:
     if data.get("usage_metadata") is not None:
         data["usage_metadata"] = dict(_ZERO_USAGE)
     if stored["type"] == "AIMessageChunk":
-        return AIMessageChunk(**data)
+        return AIMessageChunk(**data)  # replayed chunks keep their ids, as live ones carry
+    # A whole answer's id was the earlier run's message's: a hit is a new message of this
+    # run and gets this run's id from LangChain, so two hits never share one (LangGraph's
+    # message reducers replace a message by id).
+    data.pop("id", None)
     if stored["type"] == "ai":  # what messages_from_dict builds for it, without the dispatch
         return AIMessage(**data)
     return messages_from_dict([{"type": stored["type"], "data": data}])[0]
