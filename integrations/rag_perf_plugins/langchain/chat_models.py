@@ -57,7 +57,6 @@ from langchain_core.messages import (
     AIMessageChunk,
     BaseMessage,
     BaseMessageChunk,
-    message_to_dict,
     messages_from_dict,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -94,6 +93,7 @@ __all__ = ["PerfChatModel", "plain", "request_of"]
 # Message fields that do not reach the provider: ids differ per run, metadata and usage
 # describe an earlier answer. Everything else (content, tool calls, names) is in the key.
 _MESSAGE_NOISE = ("id", "response_metadata", "usage_metadata")
+_NOISE_FIELDS: Final = frozenset(_MESSAGE_NOISE)
 
 
 def plain(value: Any) -> Any:
@@ -117,9 +117,10 @@ def plain(value: Any) -> Any:
 
 
 def _message_key(message: BaseMessage) -> dict[str, Any]:
-    data = message_to_dict(message)
-    body = {k: v for k, v in data["data"].items() if k not in _MESSAGE_NOISE}
-    return {"type": data["type"], "data": plain(body)}
+    # message_to_dict's data without the noise fields (left out of the dump, not dropped
+    # after it: the same dict, a little cheaper on every call).
+    body = message.model_dump(exclude=_NOISE_FIELDS)
+    return {"type": message.type, "data": plain(body)}
 
 
 def _provider_of(inner: BaseChatModel, found: ModelIdentity | None = None) -> str:
