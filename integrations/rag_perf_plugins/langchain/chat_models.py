@@ -93,7 +93,7 @@ __all__ = ["PerfChatModel", "plain", "request_of"]
 # Message fields that do not reach the provider: ids differ per run, metadata and usage
 # describe an earlier answer. Everything else (content, tool calls, names) is in the key.
 _MESSAGE_NOISE = ("id", "response_metadata", "usage_metadata")
-_NOISE_FIELDS: Final = frozenset(_MESSAGE_NOISE)
+_NOISE_FIELDS: Final[set[str]] = set(_MESSAGE_NOISE)  # never changed
 
 
 def plain(value: Any) -> Any:
