@@ -28,6 +28,7 @@ LlamaIndex kwargs onto :func:`cache_control` with :func:`parse_control`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -111,14 +112,32 @@ def parse_control(options: Mapping[str, Any] | str | None) -> CacheControl | Non
     return _check(str(options.get("mode", "default")), options.get("ttl"))
 
 
-@contextlib.contextmanager
-def applied(control: CacheControl | None) -> Iterator[None]:
-    """Enter ``control`` if given (adapters use this with :func:`parse_control`)."""
-    if control is None:
-        yield
-        return
-    token = _CONTROL.set(control)
-    try:
-        yield
-    finally:
-        _CONTROL.reset(token)
+class _Applied:
+    """The context manager :func:`applied` returns (a class: no generator frame per use)."""
+
+    __slots__ = ("_control", "_token")
+
+    def __init__(self, control: CacheControl | None) -> None:
+        self._control = control
+        self._token: contextvars.Token[CacheControl] | None = None
+
+    def __enter__(self) -> None:
+        control = self._control
+        # Already in effect (every cache read of a call that set none): nothing to set.
+        if control is not None and control is not _CONTROL.get():
+            self._token = _CONTROL.set(control)
+
+    def __exit__(self, *exc: object) -> None:
+        token = self._token
+        if token is not None:
+            self._token = None
+            _CONTROL.reset(token)
+
+
+def applied(control: CacheControl | None) -> contextlib.AbstractContextManager[None]:
+    """Enter ``control`` if given (adapters use this with :func:`parse_control`).
+
+    Example: ``with applied(parse_control("bypass")): cache.get(key)``; ``None`` or the
+    control already in effect changes nothing.
+    """
+    return _Applied(control)

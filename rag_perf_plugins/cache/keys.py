@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _json_string
 from typing import Any, Final, Literal
 
 __all__ = [
@@ -36,11 +37,14 @@ __all__ = [
     "assert_key_ignores",
     "canonical_json",
     "embedding_fields",
+    "EmbeddingKeyer",
     "embedding_key",
     "explain_key",
     "is_sampled",
     "llm_fields",
     "llm_key",
+    "llm_key_from_tail",
+    "llm_key_tail",
     "make_key",
     "query_key",
     "retrieval_key",
@@ -110,18 +114,52 @@ def _normalize(value: Any, path: str) -> Any:
     raise TypeError(msg)
 
 
+class _Unusual(Exception):
+    """A value :func:`_normalize_plain` leaves to :func:`_normalize` (which names its path)."""
+
+
+def _normalize_plain(value: Any) -> Any:
+    """:func:`_normalize` of values of the exact plain types, without building paths.
+
+    The common case of every key (dicts, lists, str, int, finite floats, bool, None): the
+    same result as ``_normalize``. Anything else (a subclass, a non-str dict key, NaN, an
+    object) raises :class:`_Unusual` and ``_normalize`` decides, with its error message.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or value is None:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise _Unusual
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _Unusual
+            out[k] = _normalize_plain(v)
+        return out
+    if kind is list or kind is tuple:
+        return [_normalize_plain(v) for v in value]
+    raise _Unusual
+
+
+# json.dumps builds an encoder per call when given options; this one is built once.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any, *, path: str = "key") -> str:
     """The canonical JSON text of ``value``.
 
     Example: ``canonical_json({"b": 1, "a": 2.0})`` is ``{"a":2,"b":1}``.
     """
-    return json.dumps(
-        _normalize(value, path),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    try:
+        normalized = _normalize_plain(value)
+    except _Unusual:
+        normalized = _normalize(value, path)
+    return _CANONICAL.encode(normalized)
 
 
 def make_key(kind: str, fields: Mapping[str, Any]) -> str:
@@ -208,6 +246,40 @@ def embedding_key(
     )
 
 
+class EmbeddingKeyer:
+    """:func:`embedding_key` for one (provider, model, dimensions, role), text after text.
+
+    Example: ``keyer = EmbeddingKeyer(provider="openai", model="m", dimensions=384,
+    role="query")``; ``keyer.key("What is RAG?")`` equals ``embedding_key(...,
+    text="What is RAG?")``. The fixed fields are normalized, serialized and fed to the
+    hash once; each text then costs one JSON string escape and one copy of that hash state
+    (~1 us instead of ~6 us for the whole canonical form).
+    """
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, *, provider: str, model: str, dimensions: int | None, role: Role) -> None:
+        fields = embedding_fields(
+            provider=provider, model=model, dimensions=dimensions, role=role, text=""
+        )
+        # "text" sorts last, so the canonical text is this head, the text's JSON and "}".
+        head = canonical_json(fields)
+        cut = head.rindex(',"text":') + len(',"text":')
+        self._hash = hashlib.blake2b(
+            head[:cut].encode("utf-8"), digest_size=20, person=b"rag-perf-key"
+        )
+
+    def key(self, text: str) -> str:
+        """The key of ``text``; ``TypeError`` when it is not a str."""
+        if type(text) is not str and not isinstance(text, str):
+            msg = f"text must be str, got {type(text).__name__}"
+            raise TypeError(msg)
+        digest = self._hash.copy()
+        # What json.dumps(text, ensure_ascii=False) writes, without building an encoder.
+        digest.update((_json_string(text) + "}").encode("utf-8"))
+        return f"emb:v{KEY_VERSION}:{digest.hexdigest()}"
+
+
 # --- LLM ----------------------------------------------------------------------------------
 def llm_fields(
     *,
@@ -266,6 +338,52 @@ def llm_key(
         seed=seed,
     )
     return make_key("llm", fields)
+
+
+def llm_key_tail(
+    *,
+    model: str,
+    provider: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tools: Any = None,
+    tool_choice: Any = None,
+    response_format: Any = None,
+    seed: int | None = None,
+) -> str:
+    """The canonical text of an LLM key's fields after ``messages``, to reuse across calls.
+
+    Example: ``tail = llm_key_tail(model="m", params={"temperature": 0})`` once per model,
+    then ``llm_key_from_tail(messages, tail)`` per call equals ``llm_key(model="m",
+    messages=messages, params={"temperature": 0})``: the fixed fields (model, provider,
+    parameters, tools) are normalized and serialized once instead of at every call.
+    Raises ``TypeError`` as :func:`llm_key` does for a field that cannot be in a key.
+    """
+    fields, _ = llm_fields(
+        model=model,
+        messages=None,
+        provider=provider,
+        params=params,
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=response_format,
+        seed=seed,
+    )
+    # Sorted keys: messages < model < params < provider, so everything after "messages"
+    # is one fixed text (json.dumps with sort_keys writes the same characters).
+    return (
+        "".join(
+            f',"{name}":{canonical_json(fields[name], path=f"key.{name}")}'
+            for name in ("model", "params", "provider")
+        )
+        + "}"
+    )
+
+
+def llm_key_from_tail(messages: Any, tail: str) -> str:
+    """:func:`llm_key` of ``messages`` and the fields :func:`llm_key_tail` serialized."""
+    text = '{"messages":' + canonical_json(messages, path="key.messages") + tail
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=20, person=b"rag-perf-key")
+    return f"llm:v{KEY_VERSION}:{digest.hexdigest()}"
 
 
 def is_sampled(params: Mapping[str, Any]) -> bool:

@@ -120,6 +120,9 @@ def _fault_kind(exc: BaseException) -> str:
     return "io"
 
 
+_ABSENT: Final[Any] = object()  # no value (a miss is still "default" for the caller)
+
+
 class CacheManager:
     """Tiered, persistent, pickle-free cache with namespaces, TTL and single-flight.
 
@@ -535,9 +538,39 @@ class CacheManager:
         self._count("set", namespace, n=len(blobs))
         self._emit("cache.sets", len(blobs))
 
+    def _memory_get(self, namespace: str, key: str) -> Any:
+        """A live value of ``key`` in the leading memory tier, counted as a hit; else _ABSENT.
+
+        The hit path of :meth:`get` / :meth:`aget` (one key: no lists or dicts built, no
+        walk). Anything else (absent, expired, unreadable, a bypass, an unknown namespace
+        version) is :data:`_ABSENT` with nothing counted: the general lookup that follows
+        reads, deletes and counts as usual.
+        """
+        if not self._first_blocking or not self.enabled or not current_control().read:
+            return _ABSENT
+        version = self._cached_version(self._check_ns(namespace))
+        if version is None:
+            return _ABSENT
+        tier = self.tiers[0]
+        skey = f"{namespace}:{version}:{key}"
+        try:
+            blob = tier.get_many((skey,)).get(skey)
+            if not blob or blob is CORRUPT:
+                return _ABSENT
+            value = decode_live(blob, self.clock())
+        except Exception:  # the general lookup meets it again, and counts it
+            return _ABSENT
+        if value is EXPIRED:
+            return _ABSENT
+        self._account(namespace, {tier.name: 1}, 0)
+        return value
+
     # unasync: generated from aget
     def get(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
         """The value stored under ``key``, or ``default`` on a miss or an expired entry."""
+        found = self._memory_get(namespace, key)
+        if found is not _ABSENT:
+            return found
         return self._lookup(namespace, [key]).get(key, default)
 
     # unasync: generated from aget_many
@@ -603,6 +636,37 @@ class CacheManager:
         entry stored in the namespace comes back as stored, in both forms.
         """
         return self._lookup(namespace, list(dict.fromkeys(keys)), as_numpy=as_numpy)
+
+    def memory_vectors(
+        self, keys: Sequence[str], *, namespace: str = "embeddings"
+    ) -> list[list[float]] | None:
+        """Every one of ``keys`` from the memory tier, as new lists in order; else ``None``.
+
+        Example: ``cache.memory_vectors([key])`` is ``[[0.1, ...]]`` when the memory tier
+        holds a live vector for the key, ``None`` otherwise (then call :meth:`get_vectors`).
+        The hit path of a warm embedding call: no I/O, no thread hop, and the floats come
+        from the memory tier's decoded copy (see :meth:`MemoryTier.get_vectors_kept`)
+        instead of being made from bytes again. Hits are counted as :meth:`get_vectors`
+        counts them; a ``None`` counts nothing (the general lookup that follows does).
+        """
+        if not self._first_blocking or not self.enabled or not keys:
+            return None
+        tier = self.tiers[0]
+        kept = getattr(tier, "get_vectors_kept", None)
+        if kept is None or not current_control().read:
+            return None
+        version = self._cached_version(self._check_ns(namespace))
+        if version is None:
+            return None
+        prefix = f"{namespace}:{version}:"
+        try:
+            found: list[list[float]] | None = kept([prefix + k for k in keys], self.clock())
+        except Exception as exc:
+            self._fault(tier.name, "get", exc)
+            return None
+        if found is not None:
+            self._account(namespace, {tier.name: len(keys)}, 0)
+        return found
 
     def set_vectors(
         self,
@@ -910,6 +974,9 @@ class CacheManager:
 
     async def aget(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
         """Async :meth:`get`: memory hits inline, disk reads in the cache's thread pool."""
+        found = self._memory_get(namespace, key)
+        if found is not _ABSENT:
+            return found
         return (await self._alookup(namespace, [key])).get(key, default)
 
     async def aget_many(self, keys: Iterable[str], *, namespace: str = "default") -> dict[str, Any]:

@@ -194,6 +194,11 @@ class PackedVector:
         return np.frombuffer(self.blob, dtype=_DTYPES[self.kind], offset=HEADER_SIZE)
 
 
+def check_header(blob: bytes) -> tuple[int, float, float]:
+    """(kind, created_at, expires_at) of an envelope; raises :class:`CorruptEntry`."""
+    return _check_header(blob)
+
+
 def _check_header(blob: bytes) -> tuple[int, float, float]:
     if len(blob) < HEADER_SIZE:
         msg = f"entry too short ({len(blob)} bytes)"

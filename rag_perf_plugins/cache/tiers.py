@@ -43,7 +43,15 @@ from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
 import diskcache
 
-from .serialize import SafeDisk, UnsafeRow, fetch_row
+from .serialize import (
+    KIND_MSGPACK,
+    CorruptEntry,
+    PackedVector,
+    SafeDisk,
+    UnsafeRow,
+    check_header,
+    fetch_row,
+)
 
 __all__ = ["CORRUPT", "DiskTier", "MemoryTier", "Tier"]
 
@@ -107,6 +115,23 @@ class Tier(Protocol):
         ...
 
 
+# A vector kept decoded in the memory tier: (expires_at seconds, its floats, bytes counted).
+_Kept: TypeAlias = tuple[float, tuple[float, ...], int]
+
+
+def _decode_kept(blob: bytes) -> _Kept | None:
+    """A vector blob decoded for keeping, or ``None`` (a structure, or unreadable)."""
+    try:
+        kind, _created_at, expires_at = check_header(blob)
+        if kind == KIND_MSGPACK:
+            return None  # structures are unpacked per hit: msgpack is their cheap deep copy
+        floats = tuple(PackedVector(blob, kind).tolist())
+    except CorruptEntry:
+        return None
+    cost = MemoryTier.KEPT_OVERHEAD + MemoryTier.KEPT_BYTES_PER_FLOAT * len(floats)
+    return expires_at, floats, cost
+
+
 class MemoryTier:
     """An LRU of envelope bytes bounded by item count and by bytes.
 
@@ -114,9 +139,16 @@ class MemoryTier:
     blob, its key and :data:`ENTRY_OVERHEAD` bytes of bookkeeping (the measured per-item
     cost of the dict slot, tuple and object headers), so ``max_bytes`` bounds real memory.
     Evictions (least recently used first) are counted. Not shared between processes.
+
+    A vector read through :meth:`get_vectors_kept` is also kept decoded beside its blob (a
+    tuple of Python floats, counted at :data:`KEPT_BYTES_PER_FLOAT` bytes a dimension plus
+    a tuple header, within ``max_bytes``), so the next hit copies floats instead of making
+    them again; the blob stays the stored form (promotion, the other tiers, numpy views).
     """
 
     ENTRY_OVERHEAD: Final = 240  # bytes; measured with tracemalloc, see bench "cache"
+    KEPT_BYTES_PER_FLOAT: Final = 32  # a float object (24) and its tuple slot (8)
+    KEPT_OVERHEAD: Final = 120  # the tuple's header and the kept record
 
     __slots__ = ("_bytes", "_data", "_lock", "evictions", "max_bytes", "max_items")
 
@@ -137,13 +169,14 @@ class MemoryTier:
             raise ValueError(msg)
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self._data: OrderedDict[str, tuple[bytes, str | None]] = OrderedDict()
+        # key -> (blob, tag, kept): kept is None or (expires_at, floats, its bytes).
+        self._data: OrderedDict[str, tuple[bytes, str | None, _Kept | None]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.evictions = 0
 
-    def _cost(self, key: str, blob: bytes) -> int:
-        return len(blob) + len(key) + self.ENTRY_OVERHEAD
+    def _cost(self, key: str, blob: bytes, kept: _Kept | None = None) -> int:
+        return len(blob) + len(key) + self.ENTRY_OVERHEAD + (kept[2] if kept else 0)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Blobs of the keys present; each found key becomes most recently used."""
@@ -157,6 +190,38 @@ class MemoryTier:
                     found[key] = item[0]
         return found
 
+    def get_vectors_kept(self, keys: Sequence[str], now: float) -> list[list[float]] | None:
+        """New lists of the vectors of ``keys``, in order, or ``None`` unless all are here.
+
+        Example: ``tier.get_vectors_kept(["embeddings:1:emb:v1:..."], time.time())``.
+        ``None`` (and nothing moved or kept) when a key is absent, expired at ``now``
+        (seconds, the cache's clock), not a vector, or unreadable: the caller then takes
+        the general path, which decodes, deletes and counts as usual. A vector read the
+        first time is decoded from its blob (the same floats a decode gives) and kept.
+        """
+        data = self._data
+        out: list[tuple[float, ...]] = []
+        with self._lock:
+            for key in keys:
+                item = data.get(key)
+                if item is None:
+                    return None
+                kept = item[2]
+                if kept is None:
+                    kept = _decode_kept(item[0])
+                    if kept is None:
+                        return None
+                    cost = kept[2]
+                    if self._bytes + cost <= self.max_bytes:
+                        data[key] = (item[0], item[1], kept)  # same place in the LRU order
+                        self._bytes += cost
+                if now >= kept[0]:
+                    return None
+                out.append(kept[1])
+            for key in keys:
+                data.move_to_end(key)
+        return [list(v) for v in out]
+
     def set_many(
         self, items: Mapping[str, bytes], *, ttl: float | None = None, tag: str | None = None
     ) -> None:
@@ -166,15 +231,15 @@ class MemoryTier:
             for key, blob in items.items():
                 old = data.pop(key, None)
                 if old is not None:
-                    self._bytes -= self._cost(key, old[0])
+                    self._bytes -= self._cost(key, old[0], old[2])
                 cost = self._cost(key, blob)
                 if cost > self.max_bytes:
                     continue  # larger than the whole tier: keep it on disk only
-                data[key] = (blob, tag)
+                data[key] = (blob, tag, None)
                 self._bytes += cost
             while data and (len(data) > self.max_items or self._bytes > self.max_bytes):
-                old_key, (old_blob, _) = data.popitem(last=False)
-                self._bytes -= self._cost(old_key, old_blob)
+                old_key, (old_blob, _, old_kept) = data.popitem(last=False)
+                self._bytes -= self._cost(old_key, old_blob, old_kept)
                 self.evictions += 1
 
     def delete_many(self, keys: Sequence[str]) -> int:
@@ -184,16 +249,16 @@ class MemoryTier:
             for key in keys:
                 old = self._data.pop(key, None)
                 if old is not None:
-                    self._bytes -= self._cost(key, old[0])
+                    self._bytes -= self._cost(key, old[0], old[2])
                     n += 1
         return n
 
     def _drop_where(self, match: Any) -> int:
         with self._lock:
-            doomed = [k for k, (_, tag) in self._data.items() if match(k, tag)]
+            doomed = [k for k, (_, tag, _) in self._data.items() if match(k, tag)]
             for key in doomed:
-                blob, _ = self._data.pop(key)
-                self._bytes -= self._cost(key, blob)
+                blob, _, kept = self._data.pop(key)
+                self._bytes -= self._cost(key, blob, kept)
         return len(doomed)
 
     def clear(self, prefix: str | None = None) -> int:

@@ -62,9 +62,9 @@ from ..admission.retry import aobserve_failure, observe_failure
 from ..batching import PROFILES, AsyncBatchProcessor, BatchProcessor, split_batches
 from ..cache import (
     CacheManager,
+    EmbeddingKeyer,
     cache_manager_for,
     current_control,
-    embedding_key,
     get_cache_manager,
 )
 from ..cache.serialize import round_vectors
@@ -197,7 +197,7 @@ class CacheEmbeddingStore:
         model: Tag written with each entry, for ``CacheManager.purge_model``.
     """
 
-    __slots__ = ("cache", "model", "namespace")
+    __slots__ = ("_keyers", "cache", "model", "namespace")
 
     def __init__(
         self,
@@ -209,6 +209,7 @@ class CacheEmbeddingStore:
         self.cache = cache if cache is not None else get_cache_manager()
         self.namespace = namespace
         self.model = model
+        self._keyers: dict[tuple[str, str, int | None, str], EmbeddingKeyer] = {}
 
     @property
     def dtype(self) -> str:
@@ -218,19 +219,35 @@ class CacheEmbeddingStore:
     def embedding_key(
         self, provider: str, model: str, dimensions: int | None, role: str, text: str
     ) -> str:
-        """:func:`rag_perf_plugins.cache.embedding_key` of one text."""
-        return embedding_key(
-            provider=provider,
-            model=model,
-            dimensions=dimensions,
-            role=cast(Role, role),
-            text=text,
-        )
+        """:func:`rag_perf_plugins.cache.embedding_key` of one text.
+
+        The fixed fields are hashed once per (provider, model, dimensions, role): an
+        :class:`~rag_perf_plugins.cache.EmbeddingKeyer` each (same keys, ~1 us a text).
+        """
+        return self.keyer(provider, model, dimensions, role).key(text)
+
+    def keyer(self, provider: str, model: str, dimensions: int | None, role: str) -> EmbeddingKeyer:
+        """The :class:`~rag_perf_plugins.cache.EmbeddingKeyer` of one identity and role."""
+        keyer = self._keyers.get((provider, model, dimensions, role))
+        if keyer is None:
+            if len(self._keyers) >= 64:  # identities change rarely; never grow unbounded
+                self._keyers.clear()
+            keyer = self._keyers[(provider, model, dimensions, role)] = EmbeddingKeyer(
+                provider=provider, model=model, dimensions=dimensions, role=cast(Role, role)
+            )
+        return keyer
 
     def get_many(self, keys: Sequence[str]) -> list[Vector | None]:
         """One batched read; ``None`` where missing."""
         found = self.cache.get_vectors(keys, namespace=self.namespace)
         return [found.get(k) for k in keys]
+
+    def memory_vectors(self, keys: Sequence[str]) -> list[Vector] | None:
+        """All of ``keys`` from the manager's memory tier (new lists, in order), or ``None``.
+
+        No I/O (see :meth:`CacheManager.memory_vectors`); the service's hit path.
+        """
+        return self.cache.memory_vectors(keys, namespace=self.namespace)
 
     def set_many(
         self, items: Mapping[str, Vector], *, ttl: float | None = None, rounded: bool = False
@@ -551,6 +568,14 @@ class EmbeddingService(ProviderCalls):
         keys: list[str] = []
         distinct: dict[str, str] = {}
         store = self._store
+        keyer = getattr(store, "keyer", None)
+        if keyer is not None:  # ours: the identity's fields hashed once for all the texts
+            key_of = keyer(ident.provider, ident.model, ident.dimensions, role).key
+            for text in texts:
+                key = key_of(text)
+                keys.append(key)
+                distinct.setdefault(key, text)
+            return _Plan(keys, distinct)
         for text in texts:
             if store is not None:
                 key = store.embedding_key(ident.provider, ident.model, ident.dimensions, role, text)
@@ -778,9 +803,33 @@ class EmbeddingService(ProviderCalls):
         # A copy, as _Plan.assemble gives: followers share the leader's list.
         return list(vector)
 
+    def _kept(self, plan: _Plan) -> list[Vector] | None:
+        """Every vector of ``plan`` from the store's memory tier, by position; else ``None``.
+
+        The hit path: no single-flight claim (a stored vector needs no provider call, so
+        there is nothing to coalesce), no thread hop, no gate, no retry. ``None`` when a
+        text is not there (or the store has no memory tier): the caller takes the full
+        path, which looks everything up again.
+        """
+        store = self._store
+        peek = getattr(store, "memory_vectors", None)
+        if peek is None:
+            return None
+        texts = plan.texts
+        found: list[Vector] | None = peek(list(texts))
+        if found is None:
+            return None
+        if len(plan.keys) == len(texts):  # no repeated text: already one new list each
+            return found
+        return plan.assemble(dict(zip(texts, found, strict=True)))
+
     def _embed(self, texts: list[str], role: Role) -> list[Vector]:
         started = self._clock()
         plan = self._plan(texts, role)
+        kept = self._kept(plan)
+        if kept is not None:
+            self._record(role, started, plan=plan, hits=len(plan.texts), sent={}, error=False)
+            return kept
         flights = self._flights
         # Claim before looking up: a text whose flight just ended is already stored, so a
         # caller that claims it afterwards finds it in the store instead of sending it again.
@@ -1091,6 +1140,10 @@ class EmbeddingService(ProviderCalls):
     async def _aembed(self, texts: list[str], role: Role) -> list[Vector]:
         started = self._clock()
         plan = self._plan(texts, role)
+        kept = self._kept(plan)
+        if kept is not None:
+            self._record(role, started, plan=plan, hits=len(plan.texts), sent={}, error=False)
+            return kept
         lead, follow = self._flights.claim(plan.texts, blocking=False)
         found: dict[str, Vector] = {}
         counts: dict[str, Any] = {"hits": 0, "sent": {}}

@@ -280,19 +280,28 @@ class IdentityGuard:
     ``==`` per field, no serialization), so it is cheap enough for every call.
     """
 
-    __slots__ = ("_deny", "_model", "_snapshot", "identity")
+    __slots__ = ("_deny", "_model", "_names", "_snapshot", "identity")
 
     def __init__(self, model: Any, *, deny: frozenset[str] = frozenset()) -> None:
         self._model = model
         self._deny = NON_IDENTITY_FIELDS | deny
         self.identity = model_identity(model, deny=deny)
+        # A pydantic model's or a dataclass's fields are its class's: listed once. (Reading
+        # them through _declared computes every default, ~20 us a call for a chat model.)
+        # Other objects' public attributes may come and go: listed at each snapshot.
+        fixed = isinstance(getattr(type(model), "model_fields", None), Mapping) or (
+            dataclasses.is_dataclass(model)
+        )
+        self._names: tuple[str, ...] | None = self._counted_names() if fixed else None
         self._snapshot = self._take()
+
+    def _counted_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in _declared(self._model) if _counted(n, self._deny))
 
     def _take(self) -> list[tuple[str, Any]]:
         taken = []
-        for name, _default in _declared(self._model):
-            if not _counted(name, self._deny):
-                continue
+        names = self._names if self._names is not None else self._counted_names()
+        for name in names:
             value = getattr(self._model, name, _MISSING)
             if isinstance(value, (Mapping, list, tuple, set)):
                 with contextlib.suppress(Exception):  # uncopyable: compared as it is

@@ -104,6 +104,7 @@ from ..cache import (
     explain_key,
     is_sampled,
     llm_fields,
+    llm_key_from_tail,
     make_key,
 )
 from ..cache.control import CacheControl, applied
@@ -249,6 +250,11 @@ class LLMRequest:
     # The output limit when ``params`` does not carry it (an adapter whose model holds it
     # in its identity); used for dollar-budget estimates only, never part of the key.
     output_limit: int | None = None
+    # The canonical text of every field but ``messages`` (``cache.keys.llm_key_tail`` of
+    # the same model, provider, params, tools, tool choice, response format and seed), when
+    # an adapter keeps it for a model's fixed parameters; ``key()`` then hashes the
+    # messages only. Never compared, never shown.
+    key_tail: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -269,6 +275,8 @@ class LLMRequest:
 
     def key(self) -> str:
         """The cache key of a non-streamed call (``llm:v1:<hex>``): :func:`llm_key`'s."""
+        if self.key_tail is not None:
+            return llm_key_from_tail(self.messages, self.key_tail)
         return make_key("llm", self._fields()[0])
 
     def explain(self) -> KeyExplanation:
@@ -820,12 +828,11 @@ class LLMService(ProviderCalls):
         if not isinstance(entry, dict) or entry.get("kind") != kind or "data" not in entry:
             return None
         raw = entry.get("usage")
-        if (
-            not isinstance(raw, list)
-            or len(raw) not in (2, 5)  # entries written before cached/reasoning tokens: 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in raw)
-        ):
+        if not isinstance(raw, list) or len(raw) not in (2, 5):  # older entries: 2 counts
             return None
+        for n in raw:  # ints, never bools (a loop: the generator cost ~1 us per hit)
+            if type(n) is not int and (isinstance(n, bool) or not isinstance(n, int)):
+                return None
         if kind == "stream" and not isinstance(entry["data"], list):
             return None
         return entry["data"], Usage(*raw)

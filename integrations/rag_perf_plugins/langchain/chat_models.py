@@ -45,8 +45,10 @@ the wrapper does not call; use our gate), and LangChain serialization of the wra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -55,7 +57,6 @@ from langchain_core.messages import (
     AIMessageChunk,
     BaseMessage,
     BaseMessageChunk,
-    message_to_dict,
     messages_from_dict,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -70,7 +71,7 @@ from typing_extensions import override
 
 from rag_perf_plugins._secrets import redact_data
 from rag_perf_plugins._signature import checked_kwargs
-from rag_perf_plugins.cache import CacheControl, CacheManager
+from rag_perf_plugins.cache import CacheControl, CacheManager, llm_key_tail
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.resilience import Breakers, Target
 from rag_perf_plugins.services.defaults import (
@@ -92,6 +93,7 @@ __all__ = ["PerfChatModel", "plain", "request_of"]
 # Message fields that do not reach the provider: ids differ per run, metadata and usage
 # describe an earlier answer. Everything else (content, tool calls, names) is in the key.
 _MESSAGE_NOISE = ("id", "response_metadata", "usage_metadata")
+_NOISE_FIELDS: Final[set[str]] = set(_MESSAGE_NOISE)  # never changed
 
 
 def plain(value: Any) -> Any:
@@ -115,9 +117,10 @@ def plain(value: Any) -> Any:
 
 
 def _message_key(message: BaseMessage) -> dict[str, Any]:
-    data = message_to_dict(message)
-    body = {k: v for k, v in data["data"].items() if k not in _MESSAGE_NOISE}
-    return {"type": data["type"], "data": plain(body)}
+    # message_to_dict's data without the noise fields (left out of the dump, not dropped
+    # after it: the same dict, a little cheaper on every call).
+    body = message.model_dump(exclude=_NOISE_FIELDS)
+    return {"type": message.type, "data": plain(body)}
 
 
 def _provider_of(inner: BaseChatModel, found: ModelIdentity | None = None) -> str:
@@ -222,7 +225,13 @@ def _load_hit(stored: Mapping[str, Any]) -> BaseMessage:
     if data.get("usage_metadata") is not None:
         data["usage_metadata"] = dict(_ZERO_USAGE)
     if stored["type"] == "AIMessageChunk":
-        return AIMessageChunk(**data)
+        return AIMessageChunk(**data)  # replayed chunks keep their ids, as live ones carry
+    # A whole answer's id was the earlier run's message's: a hit is a new message of this
+    # run and gets this run's id from LangChain, so two hits never share one (LangGraph's
+    # message reducers replace a message by id).
+    data.pop("id", None)
+    if stored["type"] == "ai":  # what messages_from_dict builds for it, without the dispatch
+        return AIMessage(**data)
     return messages_from_dict([{"type": stored["type"], "data": data}])[0]
 
 
@@ -366,6 +375,8 @@ class PerfChatModel(BaseChatModel):
     _provider: str = PrivateAttr()
     _guard: IdentityGuard = PrivateAttr()
     _base_params: dict[str, Any] = PrivateAttr()
+    _base_request: LLMRequest = PrivateAttr()
+    _ls_params: dict[str, Any] = PrivateAttr()
     _model: str = PrivateAttr()
     _fallbacks: list[_Alternative] = PrivateAttr(default_factory=list)
 
@@ -400,8 +411,7 @@ class PerfChatModel(BaseChatModel):
         # Computed once, and again when a field of the inner copy changes (a dict it shares
         # with the caller's model, or ``llm.inner.temperature = ...``): IdentityGuard.
         self._guard = IdentityGuard(self.inner)
-        self._provider = _provider_of(self.inner, self._guard.identity)
-        self._base_params = dict(self.inner._get_invocation_params(stop=None))
+        self._settings(self._guard.identity)
         ls = self.inner._get_ls_params()
         provider = str(ls.get("ls_provider") or type(inner).__name__)
         model = str(ls.get("ls_model_name") or type(inner).__name__)
@@ -438,6 +448,11 @@ class PerfChatModel(BaseChatModel):
 
     @override
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        if stop is None and not kwargs:
+            # Every call's tracing metadata: kept while the inner model's fields stay as
+            # they were (the inner's own method costs ~7 us, pydantic hasattr misses).
+            self._refresh()
+            return dict(_private(self)["_ls_params"])
         return self.inner._get_ls_params(stop=stop, **kwargs)
 
     @override
@@ -506,11 +521,54 @@ class PerfChatModel(BaseChatModel):
         return rebuilt
 
     # --- the four hooks: one service call each ----------------------------------------
-    def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
-        found = self._guard.changed()
+    def _settings(self, identity: ModelIdentity) -> None:
+        """What every call without ``stop`` or keyword arguments shares, from the inner model.
+
+        The provider id, the invocation and LangSmith parameters, and the request without
+        messages with its key's fixed text (``cache.keys.llm_key_tail``), so a call only
+        serializes and hashes its messages. Recomputed when the inner model changes.
+        """
+        self._provider = _provider_of(self.inner, identity)
+        self._base_params = dict(self.inner._get_invocation_params(stop=None))
+        self._ls_params = dict(self.inner._get_ls_params())
+        base = request_of(
+            self.inner, [], None, provider=self._provider, base_params=self._base_params
+        )
+        try:
+            tail: str | None = llm_key_tail(
+                model=base.model,
+                provider=base.provider,
+                params=base.params,
+                tools=base.tools,
+                tool_choice=base.tool_choice,
+                response_format=base.response_format,
+                seed=base.seed,
+            )
+        except TypeError:  # a parameter no key can hold: the service leaves the call uncached
+            tail = None
+        self._base_request = dataclasses.replace(base, key_tail=tail)
+
+    def _refresh(self) -> None:
+        found = _private(self)["_guard"].changed()
         if found is not None:
-            self._provider = _provider_of(self.inner, found)
-            self._base_params = dict(self.inner._get_invocation_params(stop=None))
+            self._settings(found)
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
+        self._refresh()
+        if stop is None and not kw:
+            base = _private(self)["_base_request"]
+            return LLMRequest(
+                model=base.model,
+                messages=[_message_key(m) for m in messages],
+                provider=base.provider,
+                params=base.params,
+                tools=base.tools,
+                tool_choice=base.tool_choice,
+                response_format=base.response_format,
+                seed=base.seed,
+                output_limit=base.output_limit,
+                key_tail=base.key_tail,
+            )
         return request_of(
             self.inner,
             messages,
@@ -530,8 +588,10 @@ class PerfChatModel(BaseChatModel):
     ) -> ChatResult:
         request = self._request(messages, stop, **kwargs)
         answered: list[str] = []
+        ran: list[bool] = []  # the inner model ran (a hit never calls it: nothing to settle)
 
         def call() -> ChatResult:
+            ran.append(True)
             return self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
         def alternative(alt: _Alternative) -> Fallback:
@@ -541,18 +601,19 @@ class PerfChatModel(BaseChatModel):
             return Fallback(alt.target, self._alt_request(alt, messages, stop, kwargs), call)
 
         try:
-            result = self._service.generate(
+            result = _service_of(self).generate(
                 request,
                 call,
                 _RESULTS,
                 control=_control(run_manager),
                 cost_scope=_scope(run_manager),
                 on_cache=cache_listener(run_manager),
-                fallbacks=[alternative(alt) for alt in self._fallbacks],
+                fallbacks=[alternative(alt) for alt in _private(self)["_fallbacks"]],
                 on_target=answered.append,
             )
         finally:
-            self._guard.settle()
+            if ran:
+                _private(self)["_guard"].settle()
         _mark([g.message for g in result.generations], answered[-1] if answered else None)
         return result
 
@@ -566,13 +627,16 @@ class PerfChatModel(BaseChatModel):
     ) -> ChatResult:
         request = self._request(messages, stop, **kwargs)
         answered: list[str] = []
+        ran: list[bool] = []
 
         async def call() -> ChatResult:
+            ran.append(True)
             return await self.inner._agenerate(
                 messages, stop=stop, run_manager=run_manager, **kwargs
             )
 
         def blocking() -> ChatResult:  # with async_enabled off, run in a worker thread
+            ran.append(True)
             return self.inner._generate(messages, stop=stop, **kwargs)
 
         def alternatives(asynchronous: bool) -> list[Fallback]:
@@ -593,7 +657,7 @@ class PerfChatModel(BaseChatModel):
             return out
 
         try:
-            result = await self._service.agenerate(
+            result = await _service_of(self).agenerate(
                 request,
                 call,
                 _RESULTS,
@@ -601,12 +665,13 @@ class PerfChatModel(BaseChatModel):
                 cost_scope=_scope(run_manager),
                 blocking=blocking,
                 on_cache=cache_listener(run_manager),
-                fallbacks=alternatives(True) if self._fallbacks else (),
-                blocking_fallbacks=alternatives(False) if self._fallbacks else (),
+                fallbacks=alternatives(True) if _private(self)["_fallbacks"] else (),
+                blocking_fallbacks=alternatives(False) if _private(self)["_fallbacks"] else (),
                 on_target=answered.append,
             )
         finally:
-            self._guard.settle()
+            if ran:
+                _private(self)["_guard"].settle()
         _mark([g.message for g in result.generations], answered[-1] if answered else None)
         return result
 
@@ -622,11 +687,13 @@ class PerfChatModel(BaseChatModel):
         # replayed; the inner model gets no run manager, or live tokens would fire twice.
         request = self._request(messages, stop, **kwargs)
         answered: list[str] = []
+        ran: list[bool] = []
 
         def open_stream() -> Iterator[ChatGenerationChunk]:
+            ran.append(True)
             return self.inner._stream(messages, stop=stop, **kwargs)
 
-        stream = self._service.stream(
+        stream = _service_of(self).stream(
             request,
             open_stream,
             _CHUNKS,
@@ -642,7 +709,8 @@ class PerfChatModel(BaseChatModel):
                     _mark([chunk.message], answered[-1] if answered else None)
                     yield chunk
         finally:
-            self._guard.settle()
+            if ran:
+                _private(self)["_guard"].settle()
 
     @override
     async def _astream(
@@ -653,15 +721,18 @@ class PerfChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, **kwargs)
+        ran: list[bool] = []
 
         def open_stream() -> AsyncIterator[ChatGenerationChunk]:
+            ran.append(True)
             return self.inner._astream(messages, stop=stop, **kwargs)
 
         def blocking() -> Iterator[ChatGenerationChunk]:
+            ran.append(True)
             return self.inner._stream(messages, stop=stop, **kwargs)
 
         answered: list[str] = []
-        stream = self._service.astream(
+        stream = _service_of(self).astream(
             request,
             open_stream,
             _CHUNKS,
@@ -679,7 +750,8 @@ class PerfChatModel(BaseChatModel):
                     _mark([chunk.message], answered[-1] if answered else None)
                     yield chunk
         finally:
-            self._guard.settle()
+            if ran:
+                _private(self)["_guard"].settle()
 
     def _alt_request(
         self,
@@ -729,6 +801,27 @@ class PerfChatModel(BaseChatModel):
         # What pydantic's str(), rich and devtools print: the inner model by class name only.
         for name, value in super().__repr_args__():
             yield (name, type(value).__name__) if name == "inner" else (name, value)
+
+
+# BaseChatModel._generate_with_cache asks inspect.signature(self._generate) at every call
+# whether it takes run_manager (~10 us of a ~100 us hit); a function's __signature__ is
+# what inspect returns first, so the answer is read once here. The same signature.
+PerfChatModel._generate.__signature__ = inspect.signature(PerfChatModel._generate)  # type: ignore[attr-defined]
+PerfChatModel._agenerate.__signature__ = inspect.signature(PerfChatModel._agenerate)  # type: ignore[attr-defined]
+
+
+def _private(model: PerfChatModel) -> dict[str, Any]:
+    """The model's private attributes, read directly.
+
+    pydantic's ``__getattr__`` costs ~1.5 us an attribute, several times on every call.
+    """
+    return cast("dict[str, Any]", model.__pydantic_private__)
+
+
+def _service_of(model: PerfChatModel) -> LLMService:
+    """``model._service``, read the fast way (see :func:`_private`)."""
+    service: LLMService = _private(model)["_service"]
+    return service
 
 
 def _control(run_manager: Any) -> CacheControl | None:

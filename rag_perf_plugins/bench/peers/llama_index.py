@@ -37,16 +37,23 @@ def _vector(text: str) -> list[float]:
 def _models(call_latency_s: float = 0.0) -> tuple[type[Any], type[Any]]:
     """A batch-capable sync model and a sync-only one, both counting provider calls."""
     from llama_index.core.base.embeddings.base import BaseEmbedding
+    from pydantic import PrivateAttr
 
     class FakeProvider(BaseEmbedding):
-        calls: int = 0
+        # A private counter: a public field is a setting, part of the wrapper's identity,
+        # so counting calls in one would give every warm call new keys (all misses).
+        _calls: int = PrivateAttr(default=0)
+
+        @property
+        def calls(self) -> int:
+            return self._calls
 
         @classmethod
         def class_name(cls) -> str:
             return "BenchFakeProvider"
 
         def _call(self, texts: list[str]) -> list[list[float]]:
-            self.calls += 1
+            self._calls += 1
             if call_latency_s:
                 time.sleep(call_latency_s)  # a blocking HTTP call, as sync clients make
             return [_vector(t) for t in texts]

@@ -1,0 +1,150 @@
+"""The hit paths' shortcuts give exactly what the general paths give (keys, vectors, counts).
+
+- ``EmbeddingKeyer`` and ``llm_key_tail``/``llm_key_from_tail`` are the same keys as
+  ``embedding_key`` / ``llm_key``, errors included.
+- The memory tier's kept vectors stay within ``max_bytes`` (counted in ``stats()``), are
+  dropped with their entry, never served past expiry, and equal a decode of the blob.
+- ``CacheManager.memory_vectors`` / ``get`` count a hit exactly as ``get_vectors`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag_perf_plugins._clock import FakeClock
+from rag_perf_plugins.cache import (
+    CacheManager,
+    EmbeddingKeyer,
+    MemoryTier,
+    cache_control,
+    embedding_key,
+    llm_key,
+    llm_key_from_tail,
+    llm_key_tail,
+)
+from rag_perf_plugins.cache.serialize import encode_vector
+from rag_perf_plugins.config import PerformanceConfig
+
+TEXTS = ["", "What is RAG?", 'quotes " and \\ and \n', "é ü 中文 \u2028", "x" * 2000]
+
+
+@pytest.mark.parametrize("dimensions", [None, 384])
+@pytest.mark.parametrize("role", ["query", "document"])
+def test_embedding_keyer_gives_embedding_key(dimensions: int | None, role: Any) -> None:
+    fields = {"provider": 'lc/"q"/é', "model": "m", "dimensions": dimensions, "role": role}
+    keyer = EmbeddingKeyer(**fields)
+    for text in TEXTS:
+        assert keyer.key(text) == embedding_key(**fields, text=text)
+
+
+def test_embedding_keyer_refuses_what_embedding_key_refuses() -> None:
+    with pytest.raises(ValueError, match="role"):
+        EmbeddingKeyer(provider="p", model="m", dimensions=None, role="other")  # type: ignore[arg-type]
+    keyer = EmbeddingKeyer(provider="p", model="m", dimensions=None, role="query")
+    with pytest.raises(TypeError, match="text must be str"):
+        keyer.key(b"bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"model": "m"},
+        {"model": "m", "provider": "p", "params": {"temperature": 0.0, "timeout": 3}},
+        {"model": "m", "params": {"tools": ["x"], "n": 2.0}, "tools": [{"a": 1}], "seed": 7},
+        {"model": "m", "response_format": {"type": "json_object"}, "tool_choice": "auto"},
+    ],
+)
+def test_llm_key_tail_gives_llm_key(fields: dict[str, Any]) -> None:
+    tail = llm_key_tail(**fields)
+    for messages in ([], [{"role": "user", "content": "hi"}], [{"c": [1.0, {"x": None}]}]):
+        assert llm_key_from_tail(messages, tail) == llm_key(messages=messages, **fields)
+
+
+def test_llm_key_tail_refuses_what_llm_key_refuses() -> None:
+    with pytest.raises(TypeError, match=r"key\.params\.temperature"):
+        llm_key_tail(model="m", params={"temperature": math.nan})
+    tail = llm_key_tail(model="m")
+    with pytest.raises(TypeError, match=r"key\.messages\[0\]"):
+        llm_key_from_tail([object()], tail)
+
+
+def _vector_blob(values: list[float], expires_at: float | None = None) -> bytes:
+    return encode_vector(values, created_at=0.0, expires_at=expires_at)
+
+
+def test_kept_vectors_are_counted_and_bounded() -> None:
+    blob = _vector_blob([0.5] * 64)
+    plain_cost = len(blob) + len("k0") + MemoryTier.ENTRY_OVERHEAD
+    kept_cost = MemoryTier.KEPT_OVERHEAD + MemoryTier.KEPT_BYTES_PER_FLOAT * 64
+    # Room for two entries and one kept copy.
+    tier = MemoryTier(max_items=10, max_bytes=2 * plain_cost + kept_cost + 10)
+    tier.set_many({"k0": blob, "k1": blob})
+    assert tier.get_vectors_kept(["k0"], now=0.0) == [[0.5] * 64]
+    assert tier.stats()["bytes"] == 2 * plain_cost + kept_cost
+    # No room to keep the second: still answered (decoded), not kept, bound held.
+    assert tier.get_vectors_kept(["k1"], now=0.0) == [[0.5] * 64]
+    assert tier.stats()["bytes"] == 2 * plain_cost + kept_cost <= tier.max_bytes
+    tier.delete_many(["k0"])
+    assert tier.stats()["bytes"] == plain_cost
+    tier.clear()
+    assert tier.stats()["bytes"] == 0
+
+
+def test_kept_vectors_are_new_lists_equal_to_a_decode() -> None:
+    values = [0.1, -2.5, 1e-8, 3.4e38]
+    tier = MemoryTier(max_items=10, max_bytes=1 << 20)
+    tier.set_many({"k": _vector_blob(values)})
+    first = tier.get_vectors_kept(["k"], now=0.0)
+    second = tier.get_vectors_kept(["k"], now=0.0)
+    assert first is not None and second is not None
+    assert first == second and first[0] is not second[0]
+    first[0][0] = 42.0
+    assert tier.get_vectors_kept(["k"], now=0.0) == second
+
+
+def test_kept_vectors_answer_all_or_nothing() -> None:
+    tier = MemoryTier(max_items=10, max_bytes=1 << 20)
+    tier.set_many(
+        {
+            "live": _vector_blob([1.0], expires_at=100.0),
+            "old": _vector_blob([1.0], expires_at=10.0),
+            "struct": b"not a vector envelope",
+        }
+    )
+    assert tier.get_vectors_kept(["live"], now=50.0) == [[1.0]]
+    assert tier.get_vectors_kept(["live", "absent"], now=50.0) is None
+    assert tier.get_vectors_kept(["old"], now=50.0) is None  # expired: the general path
+    assert tier.get_vectors_kept(["live"], now=100.0) is None  # the kept copy expires too
+    assert tier.get_vectors_kept(["struct"], now=0.0) is None
+
+
+def test_memory_vectors_count_hits_like_get_vectors(cache_dir: Path, fake_clock: FakeClock) -> None:
+    cache = CacheManager(PerformanceConfig(cache_dir=str(cache_dir)), clock=fake_clock)
+    stored = cache.set_vectors({"a": [0.1, 0.2], "b": [0.3]})
+    assert cache.memory_vectors(["a", "missing"]) is None  # counts nothing
+    assert cache.get_stats()["misses"] == 0
+    assert cache.memory_vectors(["a", "b"]) == [stored["a"], stored["b"]]
+    assert cache.get_vectors(["a"]) == {"a": stored["a"]}
+    stats = cache.get_stats()
+    assert stats["hits"] == 3 and stats["tiers"]["memory"]["hits"] == 3
+    with cache_control("bypass"):
+        assert cache.memory_vectors(["a"]) is None
+    cache.close()
+
+
+def test_get_memory_hit_counts_once_and_respects_expiry(
+    cache_dir: Path, fake_clock: FakeClock
+) -> None:
+    cache = CacheManager(PerformanceConfig(cache_dir=str(cache_dir)), clock=fake_clock)
+    cache.set("k", {"answer": [1, 2]}, ttl=10.0)
+    first, second = cache.get("k"), cache.get("k")
+    assert first == second == {"answer": [1, 2]} and first is not second
+    assert cache.get_stats()["hits"] == 2
+    fake_clock.advance(11.0)
+    assert cache.get("k", "gone") == "gone"
+    assert cache.get_stats()["misses"] == 1
+    cache.close()
