@@ -71,6 +71,7 @@ from typing_extensions import override
 from rag_perf_plugins._secrets import redact_data
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheControl, CacheManager
+from rag_perf_plugins.cache.semantic import SemanticCache, SemanticMatch
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.resilience import Breakers, Target
 from rag_perf_plugins.services.defaults import (
@@ -218,7 +219,11 @@ def _load_hit(stored: Mapping[str, Any]) -> BaseMessage:
     LangChain's ``messages_from_dict``, which only builds LangChain's message classes.
     """
     data = dict(stored["data"])
-    data["response_metadata"] = {**(data.get("response_metadata") or {}), "cache_hit": True}
+    data["response_metadata"] = {
+        **(data.get("response_metadata") or {}),
+        "cache_hit": True,
+        "cache_hit_kind": "exact",
+    }
     if data.get("usage_metadata") is not None:
         data["usage_metadata"] = dict(_ZERO_USAGE)
     if stored["type"] == "AIMessageChunk":
@@ -247,6 +252,17 @@ class _ResultCodec:
         if isinstance(llm_output, dict) and "token_usage" in llm_output:
             llm_output = {**llm_output, "token_usage": {}}
         return ChatResult(generations=generations, llm_output=llm_output)
+
+    def decode_semantic(self, data: Any, match: SemanticMatch) -> ChatResult:
+        """A semantic hit: :meth:`decode`, with the match in ``response_metadata``."""
+        result = self.decode(data)
+        for generation in result.generations:
+            generation.message.response_metadata.update(
+                cache_hit_kind="semantic",
+                cache_similarity=match.similarity,
+                cache_matched_prompt=match.prompt,
+            )
+        return result
 
     def usage(self, value: ChatResult) -> Usage | None:
         total: Usage | None = None
@@ -353,6 +369,10 @@ class PerfChatModel(BaseChatModel):
             first chunk. Each gets its own gate (its provider, model and key).
         breakers: The circuit breakers; ``None``: the process-wide ones of ``config``
             (in Redis, shared by every process, when ``redis_url`` is set).
+        semantic: A :class:`~rag_perf_plugins.cache.semantic.SemanticCache` for opted-in
+            calls (``semantic_cache: true`` or ``cache_control(semantic=True)``); a semantic
+            hit has ``response_metadata`` ``cache_hit_kind="semantic"``,
+            ``cache_similarity`` (cosine) and ``cache_matched_prompt``.
         **kwargs: Other ``BaseChatModel`` fields (``callbacks``, ``tags``, ``metadata``).
 
     Raises:
@@ -382,6 +402,7 @@ class PerfChatModel(BaseChatModel):
         operation: str = "llm.chat",
         fallbacks: Sequence[BaseChatModel] = (),
         breakers: Breakers | None = None,
+        semantic: SemanticCache | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(inner, BaseChatModel):
@@ -418,6 +439,7 @@ class PerfChatModel(BaseChatModel):
             operation=operation,
             target=default_target(gate, self._provider, model),
             breakers=breakers,
+            semantic=semantic,
         )
 
     @property
