@@ -26,7 +26,7 @@ compares the *sets* the two texts contain; word forms are reduced by a small ste
     The same units in the same order (km, miles, kg, pounds, °C/°F, GB, dollars, euros, hours, ...), each
     reduced to one name (``kilometres`` = ``km``).
 ``polarity``
-    For each axis (toggle on/off, direction increase/decrease, up/down, more/less,
+    For each axis (toggle on/off, log/sign/opt in/out, direction increase/decrease, up/down, more/less,
     min/max, add/remove, before/after, buy/sell, import/export, upload/download, best/worst,
     first/last, pros/cons, ...) the same poles present.
 ``entities``
@@ -236,8 +236,17 @@ _SWITCH_VERBS: Final = frozenset(
 )
 
 
+_IN_OUT_VERBS: Final = frozenset(
+    "log logged logging logs sign signed signing signs check checked checking checks opt "
+    "opted opting opts clock clocked clocking plug plugged plugging zoom zooming".split()
+)
+
+
 def _poles(lower: list[str]) -> Iterable[str]:
     for i, t in enumerate(lower):
+        if t in ("in", "out") and i > 0 and lower[i - 1] in _IN_OUT_VERBS:
+            yield "toggle+" if t == "in" else "toggle-"  # log in / log out, opt in / out
+            continue
         if t == "on":
             # "turn on", "is it on": the toggle; "a book on Rome": a preposition.
             if (i > 0 and lower[i - 1] in _SWITCH_VERBS) or i == len(lower) - 1:

@@ -116,7 +116,7 @@ def test_off_by_default_and_per_call_opt_in(
         assert llm.invoke(ASKED).response_metadata["cache_hit_kind"] == "exact"
         llm.invoke("How can I change my billing address?")
     assert chat_requests(simulator) == 3
-    meta = {"rag_perf_cache": {"semantic": True}}
+    meta = {"rag_perf": {"semantic": True}}
     hit = llm.invoke("how can I change my billing address, please?", config={"metadata": meta})
     assert hit.response_metadata["cache_hit_kind"] == "semantic"
     plain = llm.invoke("change my billing address: how can I?")  # not opted in: a miss
@@ -191,6 +191,10 @@ def test_partitions_never_cross_system_prompts_tools_or_tenants(
     with cache_scope("tenant-a"):
         own = llm.invoke("how do I rename my account, please?")
         assert own.response_metadata["cache_hit_kind"] == "semantic"
+    meta = {"metadata": {"rag_perf": {"cache_scope": "tenant-b"}}}
+    assert llm.invoke("How do I rename my account?", config=meta).response_metadata[
+        "cache_hit_kind"
+    ] == "exact"  # tenant-b's own entry, through metadata
     assert chat_requests(simulator) == 6
 
 
