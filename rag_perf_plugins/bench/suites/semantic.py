@@ -235,6 +235,7 @@ def latency(ctx: BenchContext) -> Iterator[Result]:
         model="sim-384",
         config=config,
         store=None,
+        symmetric=True,
     )
     semantic = SemanticCache(embeddings, config=config, cache=manager, model="sim-384")
     plain = LLMService(config=config, cache=manager, tracker=NullTracker())
