@@ -27,6 +27,7 @@ from rag_perf_plugins.bench.suites.semantic import (
 from rag_perf_plugins.cache import CacheManager, cache_control, cache_scope, parse_control
 from rag_perf_plugins.cache.guards import RULES, disagreement
 from rag_perf_plugins.cache.semantic import NumpyIndex, SemanticCache, query_of
+from rag_perf_plugins.cli import main
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.errors import ConfigError
 from rag_perf_plugins.services.embeddings import EmbeddingService
@@ -449,3 +450,17 @@ def test_nan_and_zero_vectors_are_never_indexed(config: PerformanceConfig) -> No
     semantic.embeddings = type("Zero", (), {"embed_query": lambda self, t: [0.0, 0.0]})()  # type: ignore[assignment]
     assert semantic.lookup(probe) is None and probe.vector is None
     assert math.isnan(float("nan"))
+
+
+def test_cache_info_shows_the_semantic_index(
+    config: PerformanceConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = service(config)
+    ask(svc, ASKED)
+    ask(svc, "What are the opening hours of the support team?")
+    ask(svc, ASKED, system="Answer in French.")
+    assert svc.cache is not None
+    svc.cache.close()
+    assert main(["cache", "info", str(config.cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "semantic index (version 1): 2 partitions, 3 prompts, largest partition 2" in out
