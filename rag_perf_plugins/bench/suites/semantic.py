@@ -12,15 +12,16 @@ For each pair, ``b`` is served ``a``'s answer when (ours) both are in one partit
 same tenant scope), their cosine similarity reaches the threshold and the guards agree;
 (the GPTCache-style baseline) the similarity reaches 0.8, nothing else.
 
-- ``semantic_false_hit_rate``: near-misses served at the default settings, with
+- ``semantic_false_hit_rate_minilm`` / ``_sim``: near-misses served at the default settings, with
   all-MiniLM-L6-v2 (full run) or the simulator's embeddings (quick). Goal: 0.
-- ``semantic_paraphrase_hit_rate``: paraphrases served at the default (goal >= 0.5 with
+- ``semantic_paraphrase_hit_rate_minilm`` / ``_sim``: paraphrases served at the default (goal >= 0.5 with
   all-MiniLM-L6-v2; the simulator's word-hash embeddings know no synonyms).
-- ``semantic_thresholds``: both rates for thresholds 0.80-0.98, with and without guards
+- ``semantic_thresholds_minilm`` / ``_sim``: both rates for thresholds 0.80-0.98, with and without guards
   (``extra["table"]``).
-- ``semantic_miss_added_ms``: p50/p95 of a semantic miss minus an exact miss through
+- ``semantic_miss_added_ms_p50`` / ``_p95``: p50/p95 of a semantic miss minus an exact miss through
   ``LLMService`` (the prompt's embedding, the search and the guards), embedding in-process.
-- ``semantic_lookup_us``: one search in a partition of 1k/10k/100k entries (384-d).
+- ``semantic_lookup_us_1k/10k/100k``: p50 of one search in a partition of that many
+  384-d entries (100k in the full run only).
 """
 
 from __future__ import annotations
@@ -160,6 +161,10 @@ def simulator_embed(dim: int = 384) -> Embed:
     return embed
 
 
+def _short(name: str) -> str:
+    return "minilm" if name == "all-MiniLM-L6-v2" else "sim"
+
+
 def _accuracy(ctx: BenchContext, name: str, embed: Embed) -> Iterator[Result]:
     pairs = load_pairs()
     report = [p for p in pairs if p.half == "report"]
@@ -169,18 +174,20 @@ def _accuracy(ctx: BenchContext, name: str, embed: Embed) -> Iterator[Result]:
     baseline = baseline_false_hits(report, sims)
     notes = f"{len(report)} report-half pairs, {name}, threshold {threshold} (cosine)"
     yield Result.compare(
-        f"semantic_false_hit_rate[{name}]",
+        f"semantic_false_hit_rate_{_short(name)}",
         false,
         "ratio",
         baseline=("GPTCache-style similarity>=0.8", baseline),
         better="lower",
-        target=Target.value_at_most(0.0),
-        notes=notes,
+        # The goal is for a model of meaning; the simulator's word-hash vectors make
+        # "for loop" and "while loop" identical (both stop words), a false hit no guard sees.
+        target=Target.value_at_most(0.0) if name == "all-MiniLM-L6-v2" else None,
+        notes=notes + (f"; false hits by kind: {by_kind}" if by_kind else ""),
         extra={"false_hits_by_kind": by_kind},
     )
     hit_baseline, _, _ = rates(report, sims, BASELINE_THRESHOLD, guards=False)
     yield Result.compare(
-        f"semantic_paraphrase_hit_rate[{name}]",
+        f"semantic_paraphrase_hit_rate_{_short(name)}",
         hit,
         "ratio",
         baseline=("GPTCache-style similarity>=0.8", hit_baseline),
@@ -190,7 +197,7 @@ def _accuracy(ctx: BenchContext, name: str, embed: Embed) -> Iterator[Result]:
     )
     rows = table(report, sims)
     yield Result(
-        f"semantic_thresholds[{name}]",
+        f"semantic_thresholds_{_short(name)}",
         float(threshold),
         "cosine",
         notes="paraphrase hit / false hit rates per threshold, guards on and off",
@@ -297,14 +304,18 @@ def latency(ctx: BenchContext) -> Iterator[Result]:
         ring.keys = [""] * size
         ring.size = ring.count = ring.seen = size
         query = vectors[0]
-        rounds = 50 if size < 100_000 else 10
-        start = time.perf_counter()
+        rounds = 50 if size < 100_000 else 15
+        index.search("p", query, 4)  # warm-up
+        timings = []
         for _ in range(rounds):
+            start = time.perf_counter()
             index.search("p", query, 4)
-        per = (time.perf_counter() - start) / rounds * 1e6
+            timings.append(time.perf_counter() - start)
+        per = statistics.median(timings) * 1e6  # p50: one preempted call is not the cost
         yield Result.compare(
-            f"semantic_lookup_us[{size}]",
+            f"semantic_lookup_us_{size // 1000}k",
             per,
             "us",
-            notes=f"one exact numpy search, 384-d float32, {size} entries in one partition",
+            notes=f"p50 of one exact numpy search (top 4), 384-d float32, {size} entries in "
+            "one partition; numpy's BLAS threads on a shared machine make it noisy",
         )
