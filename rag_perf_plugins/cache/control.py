@@ -86,9 +86,7 @@ def current_control() -> CacheControl:
     return _CONTROL.get()
 
 
-def _check(
-    mode: str, ttl: float | None, semantic: Any = None, scope: Any = None
-) -> CacheControl:
+def _check(mode: str, ttl: float | None, semantic: Any = None, scope: Any = None) -> CacheControl:
     if mode not in _MODES:
         msg = f"mode must be one of {', '.join(_MODES)}; got {mode!r}"
         raise ValueError(msg)

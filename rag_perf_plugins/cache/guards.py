@@ -17,18 +17,18 @@ compares the *sets* the two texts contain; word forms are reduced by a small ste
     The same number of negations (not, no, never, none, nothing, nobody, neither, nor,
     without, cannot and every ``n't`` contraction).
 ``numbers``
-    The same numbers in the same order: digits (``1,000`` = ``1000``, ``3.50`` = ``3.5``), number words up to
-    the millions, ordinals (``first`` = 1, ``3rd`` = 3) and ``%``.
+    The same numbers in the same order: digits (``1,000`` = ``1000``, ``3.50`` = ``3.5``),
+    number words up to the millions, ordinals (``first`` = 1, ``3rd`` = 3) and ``%``.
 ``dates``
     The same month, weekday and relative-day words (today, tomorrow, yesterday, tonight,
     weekend) and the same last/next/this.
 ``units``
-    The same units in the same order (km, miles, kg, pounds, °C/°F, GB, dollars, euros, hours, ...), each
-    reduced to one name (``kilometres`` = ``km``).
+    The same units in the same order (km, miles, kg, pounds, °C/°F, GB, dollars, euros,
+    hours, ...), each reduced to one name (``kilometres`` = ``km``).
 ``polarity``
-    For each axis (toggle on/off, log/sign/opt in/out, direction increase/decrease, up/down, more/less,
-    min/max, add/remove, before/after, buy/sell, import/export, upload/download, best/worst,
-    first/last, pros/cons, ...) the same poles present.
+    For each axis (toggle on/off, log/sign/opt in/out, direction increase/decrease,
+    up/down, more/less, min/max, add/remove, before/after, buy/sell, import/export,
+    upload/download, best/worst, pros/cons, ...) the same poles present.
 ``entities``
     Every name of one text (a capitalised word that is not a common sentence opener, an
     acronym, a word with letters and digits such as ``gpt-4o``) appears in the other, and
@@ -59,7 +59,19 @@ _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’._\-]*[A-Za-z0-9%]|[A-Za-z0-9%]")
 _SENTENCE_END = re.compile(r"[.!?;:]\s+")
 
 _NEGATIONS: Final = frozenset(
-    "not no never none nothing nobody neither nor without cannot nowhere".split()
+    [
+        "not",
+        "no",
+        "never",
+        "none",
+        "nothing",
+        "nobody",
+        "neither",
+        "nor",
+        "without",
+        "cannot",
+        "nowhere",
+    ]
 )
 _NUMBER_WORDS: Final = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
@@ -73,13 +85,60 @@ _NUMBER_WORDS: Final = {
     "triple": 3, "once": 1, "single": 1, "pair": 2, "quarter": 0.25,
 }  # fmt: skip
 _DATE_WORDS: Final = frozenset(
-    (
-        "january february march april may june july august september october november "
-        "december jan feb mar apr jun jul aug sep sept oct nov dec monday tuesday wednesday "
-        "thursday friday saturday sunday today tomorrow yesterday tonight weekend weekday "
-        "morning afternoon evening night spring summer autumn fall winter last next this "
-        "past previous upcoming"
-    ).split()
+    [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+        "today",
+        "tomorrow",
+        "yesterday",
+        "tonight",
+        "weekend",
+        "weekday",
+        "morning",
+        "afternoon",
+        "evening",
+        "night",
+        "spring",
+        "summer",
+        "autumn",
+        "fall",
+        "winter",
+        "last",
+        "next",
+        "this",
+        "past",
+        "previous",
+        "upcoming",
+    ]
 )
 _UNITS: Final = {
     "km": "km", "kilometer": "km", "kilometre": "km", "kms": "km",
@@ -134,21 +193,183 @@ _AXES: Final[dict[str, tuple[str, ...]]] = {
               "decompress", "deserialize", "decode"),
 }  # fmt: skip
 _STOP: Final = frozenset(
-    (
-        "a an the and or but if of to in on at by for with from into onto about as is are "
-        "was were be been being am do does did doing done have has had having i me my mine "
-        "you your yours we our us he him his she her it its they them their this that these "
-        "those what which who whom whose when where why how can could should would will shall "
-        "may might must please tell explain show give list describe get way ways there here "
-        "some any all each every just also very really so than then too quite much many "
-        "it's i'm what's how's there's let me know need want like make best good use using "
-        "used thing things something anything kind sort help hi hello thanks thank"
-    ).split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "into",
+        "onto",
+        "about",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "doing",
+        "done",
+        "have",
+        "has",
+        "had",
+        "having",
+        "i",
+        "me",
+        "my",
+        "mine",
+        "you",
+        "your",
+        "yours",
+        "we",
+        "our",
+        "us",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "it",
+        "its",
+        "they",
+        "them",
+        "their",
+        "this",
+        "that",
+        "these",
+        "those",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "please",
+        "tell",
+        "explain",
+        "show",
+        "give",
+        "list",
+        "describe",
+        "get",
+        "way",
+        "ways",
+        "there",
+        "here",
+        "some",
+        "any",
+        "all",
+        "each",
+        "every",
+        "just",
+        "also",
+        "very",
+        "really",
+        "so",
+        "than",
+        "then",
+        "too",
+        "quite",
+        "much",
+        "many",
+        "it's",
+        "i'm",
+        "what's",
+        "how's",
+        "there's",
+        "let",
+        "me",
+        "know",
+        "need",
+        "want",
+        "like",
+        "make",
+        "best",
+        "good",
+        "use",
+        "using",
+        "used",
+        "thing",
+        "things",
+        "something",
+        "anything",
+        "kind",
+        "sort",
+        "help",
+        "hi",
+        "hello",
+        "thanks",
+        "thank",
+    ]
 )
 _OPENERS: Final = _STOP | frozenset(
-    "is are can could should would will do does did how what why where when which who "
-    "please tell explain give list describe show write summarize summarise compare define "
-    "translate find name suggest recommend calculate convert".split()
+    [
+        "is",
+        "are",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "do",
+        "does",
+        "did",
+        "how",
+        "what",
+        "why",
+        "where",
+        "when",
+        "which",
+        "who",
+        "please",
+        "tell",
+        "explain",
+        "give",
+        "list",
+        "describe",
+        "show",
+        "write",
+        "summarize",
+        "summarise",
+        "compare",
+        "define",
+        "translate",
+        "find",
+        "name",
+        "suggest",
+        "recommend",
+        "calculate",
+        "convert",
+    ]
 )
 
 
@@ -231,14 +452,57 @@ class Signature:
 
 
 _SWITCH_VERBS: Final = frozenset(
-    "turn turned turning turns switch switched switching toggle set keep leave put stay stays "
-    "is was be it them".split()
+    [
+        "turn",
+        "turned",
+        "turning",
+        "turns",
+        "switch",
+        "switched",
+        "switching",
+        "toggle",
+        "set",
+        "keep",
+        "leave",
+        "put",
+        "stay",
+        "stays",
+        "is",
+        "was",
+        "be",
+        "it",
+        "them",
+    ]
 )
 
 
 _IN_OUT_VERBS: Final = frozenset(
-    "log logged logging logs sign signed signing signs check checked checking checks opt "
-    "opted opting opts clock clocked clocking plug plugged plugging zoom zooming".split()
+    [
+        "log",
+        "logged",
+        "logging",
+        "logs",
+        "sign",
+        "signed",
+        "signing",
+        "signs",
+        "check",
+        "checked",
+        "checking",
+        "checks",
+        "opt",
+        "opted",
+        "opting",
+        "opts",
+        "clock",
+        "clocked",
+        "clocking",
+        "plug",
+        "plugged",
+        "plugging",
+        "zoom",
+        "zooming",
+    ]
 )
 
 

@@ -169,8 +169,10 @@ def _text_of(content: Any) -> str | None:
         for part in content:
             if isinstance(part, str):
                 parts.append(part)
-            elif isinstance(part, Mapping) and isinstance(part.get("text"), str) and (
-                part.get("type") in ("text", None) or part.get("block_type") == "text"
+            elif (
+                isinstance(part, Mapping)
+                and isinstance(part.get("text"), str)
+                and (part.get("type") in ("text", None) or part.get("block_type") == "text")
             ):
                 parts.append(part["text"])
             else:
@@ -350,7 +352,11 @@ class NumpyIndex:
             if not isinstance(entry, Mapping):
                 continue  # expired, evicted or overwritten: nothing to load
             raw, prompt, key = entry.get("v"), entry.get("p"), entry.get("k")
-            if not isinstance(raw, bytes) or not isinstance(prompt, str) or not isinstance(key, str):
+            if (
+                not isinstance(raw, bytes)
+                or not isinstance(prompt, str)
+                or not isinstance(key, str)
+            ):
                 continue  # corrupt: a miss, never an error
             if len(raw) % 4:
                 continue

@@ -8,7 +8,6 @@ directory, and Redis where a test says so.
 from __future__ import annotations
 
 import asyncio
-import math
 import subprocess
 import sys
 import textwrap
@@ -167,9 +166,7 @@ def test_the_threshold_is_on_the_cosine_similarity_scale() -> None:
     assert found[0].similarity == pytest.approx(0.6)
     assert found[1].similarity == pytest.approx(-0.6)  # a similarity, not a distance
     semantic = SemanticCache(Embeddings(PerformanceConfig(enable_caching=False)), index=index)
-    probe = semantic.probe(
-        LLMRequest(model="m", messages="q", params={"temperature": 0.0}), None
-    )
+    probe = semantic.probe(LLMRequest(model="m", messages="q", params={"temperature": 0.0}), None)
     assert probe is not None
     semantic.threshold = 0.6
     assert semantic.match(probe, found) is not None  # at the threshold: served
@@ -209,9 +206,8 @@ def test_bad_settings_name_the_key_and_what_is_allowed() -> None:
         parse_control({"semantic": "yes"})
     with pytest.raises(ValueError, match="allowed: mode, ttl, semantic, scope"):
         parse_control({"tenant": "a"})
-    with pytest.raises(ValueError, match="scope must be a non-empty str"):
-        with cache_scope(""):
-            pass
+    with pytest.raises(ValueError, match="scope must be a non-empty str"), cache_scope(""):
+        pass
     with pytest.raises(ValueError, match="semantic=SemanticCache"):
         LLMService(config=PerformanceConfig(semantic_cache=True, enable_caching=False))
 
@@ -360,7 +356,8 @@ def test_the_index_is_bounded_per_partition() -> None:
         vector[i % 4] = 1.0
         index.add("p", vector, f"q{i}", f"k{i}", None)
     assert index.info()["entries"] == 3
-    prompts = {c.prompt for c in index.search("p", np.ones(4, np.float32) / 2, 10)}
+    query = np.full(4, 0.5, np.float32)
+    prompts = {c.prompt for c in index.search("p", query, 10)}
     assert prompts == {"q2", "q3", "q4"}  # the oldest went first
 
 
@@ -432,7 +429,9 @@ def test_query_of_reads_both_frameworks_message_forms() -> None:
         {"type": "system", "data": {"content": "Be brief."}},
         {"type": "human", "data": {"content": "What is RAG?", "example": False}},
     ]
-    text, rest = query_of(lc) or ("", None)
+    found = query_of(lc)
+    assert found is not None
+    text, rest = found
     assert text == "What is RAG?" and rest[0] == lc[0] and rest[1]["data"]["example"] is False
     li = [{"role": "user", "blocks": [{"block_type": "text", "text": "What is RAG?"}]}]
     assert (query_of(li) or ("",))[0] == "What is RAG?"
@@ -447,9 +446,8 @@ def test_nan_and_zero_vectors_are_never_indexed(config: PerformanceConfig) -> No
     probe = semantic.probe(LLMRequest(model="m", messages="q", params={"temperature": 0}), None)
     assert probe is not None
     probe.vector = None
-    semantic.embeddings = type("Zero", (), {"embed_query": lambda self, t: [0.0, 0.0]})()  # type: ignore[assignment]
+    semantic.embeddings = type("Zero", (), {"embed_query": lambda self, t: [0.0, 0.0]})()
     assert semantic.lookup(probe) is None and probe.vector is None
-    assert math.isnan(float("nan"))
 
 
 def test_cache_info_shows_the_semantic_index(

@@ -13,9 +13,14 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_openai import ChatOpenAI
-from rag_perf_plugins.langchain import PerfChatModel, PerfEmbeddings, pooled_chat_openai
-from rag_perf_plugins.langchain import pooled_openai_embeddings
+from rag_perf_plugins.langchain import (
+    PerfChatModel,
+    PerfEmbeddings,
+    pooled_chat_openai,
+    pooled_openai_embeddings,
+)
 
 from rag_perf_plugins.cache import CacheManager, cache_control, cache_scope
 from rag_perf_plugins.cache.semantic import SemanticCache
@@ -191,10 +196,11 @@ def test_partitions_never_cross_system_prompts_tools_or_tenants(
     with cache_scope("tenant-a"):
         own = llm.invoke("how do I rename my account, please?")
         assert own.response_metadata["cache_hit_kind"] == "semantic"
-    meta = {"metadata": {"rag_perf": {"cache_scope": "tenant-b"}}}
-    assert llm.invoke("How do I rename my account?", config=meta).response_metadata[
-        "cache_hit_kind"
-    ] == "exact"  # tenant-b's own entry, through metadata
+    meta: RunnableConfig = {"metadata": {"rag_perf": {"cache_scope": "tenant-b"}}}
+    assert (
+        llm.invoke("How do I rename my account?", config=meta).response_metadata["cache_hit_kind"]
+        == "exact"
+    )  # tenant-b's own entry, through metadata
     assert chat_requests(simulator) == 6
 
 

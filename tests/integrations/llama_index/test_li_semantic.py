@@ -93,9 +93,13 @@ def test_per_call_kwarg_tenants_and_guards(simulator: Simulator, tmp_path: Path)
     llm.chat([ChatMessage(role="user", content=ASKED)], **on)
     off = llm.chat([ChatMessage(role="user", content=PARAPHRASE)])  # not opted in
     assert off.additional_kwargs["cache_hit"] is False
-    hit = llm.chat([ChatMessage(role="user", content="please, how do I reset my account password?")], **on)
+    hit = llm.chat(
+        [ChatMessage(role="user", content="please, how do I reset my account password?")], **on
+    )
     assert hit.additional_kwargs["cache_hit_kind"] == "semantic"
-    negated = llm.chat([ChatMessage(role="user", content="How do I not reset my account password?")], **on)
+    negated = llm.chat(
+        [ChatMessage(role="user", content="How do I not reset my account password?")], **on
+    )
     assert negated.additional_kwargs["cache_hit"] is False  # the negation guard
     with cache_scope("tenant-b"):
         other = llm.chat([ChatMessage(role="user", content=ASKED)], **on)
