@@ -739,6 +739,8 @@ class LLMService(ProviderCalls):
                 tracker.incr("cache.hits", operation=operation)
             else:  # counted apart from exact hits
                 tracker.incr("cache.semantic_hits", operation=operation)
+                match = call.semantic
+                tracker.record_semantic_hit(operation, match.similarity, match.prompt)
         elif call.cache_hit is False:
             tracker.incr("cache.misses", operation=operation)
         if call.coalesced:

@@ -226,6 +226,9 @@ def test_paraphrase_hit_exact_first_and_one_embedding_per_miss(
     assert svc.provider_calls == 1
     counters = tracker.get_metrics("llm")["counters"]
     assert counters == {"cache.misses": 1, "cache.semantic_hits": 1, "cache.hits": 1}
+    (hit,) = tracker.semantic_hits()
+    assert hit["operation"] == "llm" and hit["matched_prompt"] == ASKED
+    assert 0.8 <= hit["similarity"] < 1.0
 
 
 def test_partitions_never_cross(config: PerformanceConfig) -> None:
