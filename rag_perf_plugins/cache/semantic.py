@@ -399,7 +399,8 @@ class NumpyIndex:
             entry = {"v": vector.astype("<f4").tobytes(), "p": prompt, "k": key}
             cache.set(f"{partition}:{slot}", entry, ttl, namespace=NAMESPACE)
             with self._lock:
-                ring.seen = slot + 1
+                if ring.seen == slot:  # else another process's entries are still to load
+                    ring.seen = slot + 1
         with self._lock:
             ring.add(vector, prompt, key, self.max_entries)
             self.written += 1
@@ -436,7 +437,8 @@ class NumpyIndex:
             entry = {"v": vector.astype("<f4").tobytes(), "p": prompt, "k": key}
             await cache.aset(f"{partition}:{slot}", entry, ttl, namespace=NAMESPACE)
             with self._lock:
-                ring.seen = slot + 1
+                if ring.seen == slot:  # else another process's entries are still to load
+                    ring.seen = slot + 1
         with self._lock:
             ring.add(vector, prompt, key, self.max_entries)
             self.written += 1

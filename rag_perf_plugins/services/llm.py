@@ -1122,7 +1122,8 @@ class LLMService(ProviderCalls):
         probe = state.probe = None if semantic is None else self._probe(request, state)
         if semantic is not None and probe is not None and state.control.read:
             # An exact miss: the semantic lookup (embedding once; reused when storing).
-            match = semantic.lookup(probe)
+            with applied(state.control):
+                match = semantic.lookup(probe)
             if match is not None:
                 with applied(state.control):
                     entry = cache.get(match.key, namespace=self.namespace)
@@ -1160,7 +1161,8 @@ class LLMService(ProviderCalls):
                     for where, model, target in self._answer_keys(key, state, False):
                         self._put(cache, where, "result", data, state, model, target)
                     if semantic is not None and probe is not None and state.answered_by is None:
-                        semantic.store(probe, key, self._ttl(state))
+                        with applied(state.control):
+                            semantic.store(probe, key, self._ttl(state))
                 return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *self._flight.do(key, lead))
@@ -1279,7 +1281,8 @@ class LLMService(ProviderCalls):
         probe = state.probe = None if semantic is None else await self._aprobe(request, state)
         if semantic is not None and probe is not None and state.control.read:
             # An exact miss: the semantic lookup (embedding once; reused when storing).
-            match = await semantic.alookup(probe)
+            with applied(state.control):
+                match = await semantic.alookup(probe)
             if match is not None:
                 with applied(state.control):
                     entry = await cache.aget(match.key, namespace=self.namespace)
@@ -1317,7 +1320,8 @@ class LLMService(ProviderCalls):
                     for where, model, target in self._answer_keys(key, state, False):
                         await self._aput(cache, where, "result", data, state, model, target)
                     if semantic is not None and probe is not None and state.answered_by is None:
-                        await semantic.astore(probe, key, self._ttl(state))
+                        with applied(state.control):
+                            await semantic.astore(probe, key, self._ttl(state))
                 return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *await self._flight.ado(key, lead))

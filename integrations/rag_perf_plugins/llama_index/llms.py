@@ -479,8 +479,10 @@ FALLBACK_TARGET: Final = "fallback_target"
 
 def _mark(r: RT, answered: Sequence[str] = ()) -> RT:
     """A live answer (the codec marked replayed ones) says it was not a hit; and who answered."""
-    r.additional_kwargs.setdefault("cache_hit", False)
-    r.additional_kwargs.setdefault("cache_hit_kind", None)
+    extra = r.additional_kwargs
+    if "cache_hit" not in extra:  # a live answer (hits were marked by the codec)
+        extra["cache_hit"] = False
+        extra["cache_hit_kind"] = None
     if answered:
         r.additional_kwargs[FALLBACK_TARGET] = answered[-1]
     return r
