@@ -239,15 +239,16 @@ def test_partitions_never_cross(config: PerformanceConfig) -> None:
         ask(svc, PARAPHRASE, model="other-model"),
         ask(svc, PARAPHRASE, max_tokens=10),
         ask(svc, PARAPHRASE, seed=3),
+        ask(svc, PARAPHRASE, top_p=0.5),
         ask(svc, PARAPHRASE, system="Answer in French."),
         ask(svc, PARAPHRASE, tools=tool),
     ]
-    assert crossings == [f"answer to {PARAPHRASE}"] * 5
+    assert crossings == [f"answer to {PARAPHRASE}"] * 6
     with cache_scope("tenant-a"):
         assert ask(svc, PARAPHRASE) == f"answer to {PARAPHRASE}"
     with cache_scope("tenant-c"), cache_control(semantic=False):
         assert ask(svc, ASKED) == f"answer to {ASKED}"
-    assert svc.provider_calls == 8  # the exact key is scoped too: tenant-c's ASKED missed
+    assert svc.provider_calls == 9  # the exact key is scoped too: tenant-c's ASKED missed
     # the conversation before the last user message is part of the partition
     history = [
         {"role": "user", "content": "I use the mobile app."},

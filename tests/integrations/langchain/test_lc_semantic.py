@@ -158,6 +158,7 @@ def test_guards_refuse_near_misses(
         ({"model": "gpt-4o-mini"}, {"model": "gpt-4o"}),
         ({"temperature": 0.0}, {"temperature": 0.0, "max_tokens": 50}),
         ({"temperature": 0.0, "seed": 1}, {"temperature": 0.0, "seed": 2}),
+        ({"temperature": 0.0, "seed": 1}, {"temperature": 0.5, "seed": 1}),
     ],
 )
 def test_partitions_never_cross_models_or_parameters(
@@ -227,3 +228,18 @@ def test_async_twin_and_the_prompt_is_embedded_once_per_miss(
     embedding_calls = simulator.stats()["requests_by_endpoint"]
     # one embedding request per distinct prompt: the miss's vector was reused to store
     assert sum(n for p, n in embedding_calls.items() if p.endswith("/embeddings")) == 2
+
+
+def test_off_by_default_the_wrapper_answers_as_the_inner_model(
+    simulator: Simulator, tmp_path: Path, manager: CacheManager
+) -> None:
+    config = PerformanceConfig(cache_dir=str(tmp_path / "cache"), cache_shards=1)
+    llm = PerfChatModel(
+        _chat(simulator),
+        config,
+        cache_manager=manager,
+        semantic=_semantic(simulator, config, manager),
+    )
+    inner = _chat(simulator)
+    for text in (ASKED, PARAPHRASE):
+        assert llm.invoke(text).content == inner.invoke(text).content
