@@ -479,7 +479,8 @@ class SemanticCache:
         cache: The cache manager of the default index and of the namespace version;
             ``None``: the shared manager for ``config``'s cache settings.
         model: Names the embedding model in the partition id (vectors of two models are
-            never compared); ``None``: the embedder's class name.
+            never compared); ``None``: our embedding service's identity (see
+            :meth:`embedder`); pass it for any other embedder.
         candidates: Nearest prompts checked against the threshold and guards per lookup.
     """
 
@@ -525,17 +526,32 @@ class SemanticCache:
         self.threshold = self.config.semantic_threshold
         self.guards = self.config.semantic_guards
         self.serve_sampled = self.config.semantic_serve_sampled
-        self.model = model if model is not None else type(embeddings).__qualname__
+        self.model = model
         self.candidates = candidates
         self._logged: set[str] = set()
 
     def __repr__(self) -> str:
         return (
             f"<SemanticCache [{self.index!r} | threshold={self.threshold}, "
-            f"guards={self.guards}, model={self.model!r}]>"
+            f"guards={self.guards}, embedder={self.embedder()!r}]>"
         )
 
     # --- pure parts -------------------------------------------------------------------
+    def embedder(self) -> str:
+        """The embedding model's name in every partition id: vectors of two models never meet.
+
+        ``model`` when given; else our embedding service's identity (provider, which holds
+        the model's settings digest, model, dimensions), read at each call so a wrapper
+        that re-keys after a settings change moves to new partitions; else the class name.
+        """
+        if self.model is not None:
+            return self.model
+        service = getattr(self.embeddings, "service", self.embeddings)
+        identity = getattr(service, "identity", None)
+        if identity is not None:
+            return f"{identity.provider}/{identity.model}/{identity.dimensions}"
+        return type(self.embeddings).__qualname__
+
     def version(self) -> int:
         """The semantic namespace version: part of every partition; :meth:`reindex` bumps it."""
         return self._cache.namespace_version(NAMESPACE) if self._cache is not None else 1
@@ -564,7 +580,7 @@ class SemanticCache:
             response_format=request.response_format,
             seed=request.seed,
         )
-        fields["semantic"] = {"scope": scope, "version": version, "embedder": self.model}
+        fields["semantic"] = {"scope": scope, "version": version, "embedder": self.embedder()}
         return Probe(query, make_key("semp", fields))
 
     def match(self, probe: Probe, candidates: Sequence[Candidate]) -> SemanticMatch | None:
@@ -669,7 +685,7 @@ class SemanticCache:
             **self.index.info(),
             "threshold": self.threshold,
             "guards": self.guards,
-            "embedder": self.model,
+            "embedder": self.embedder(),
             "version": self.version(),
         }
 

@@ -466,3 +466,21 @@ def test_cache_info_shows_the_semantic_index(
     assert main(["cache", "info", str(config.cache_dir)]) == 0
     out = capsys.readouterr().out
     assert "semantic index (version 1): 2 partitions, 3 prompts, largest partition 2" in out
+
+
+def test_two_embedding_models_never_share_a_partition(config: PerformanceConfig) -> None:
+    manager = CacheManager(config)
+    one = SemanticCache(Embeddings(config), config=config, cache=manager)
+    assert one.embedder() == "sim/sim-384/None"  # our EmbeddingService's identity
+    request = LLMRequest(model="m", messages="q", params={"temperature": 0.0})
+    other = EmbeddingService(
+        embed_many=lambda texts: [[1.0, 0.0] for _ in texts],
+        provider="sim",
+        model="another-model",
+        config=config,
+        store=None,
+        symmetric=True,
+    )
+    two = SemanticCache(other, config=config, cache=manager)
+    p1, p2 = one.probe(request, None), two.probe(request, None)
+    assert p1 is not None and p2 is not None and p1.partition != p2.partition
