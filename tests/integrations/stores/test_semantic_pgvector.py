@@ -142,14 +142,20 @@ def test_llama_index_pgvector_store_as_the_index(tmp_path: Path, li_pgvector: An
     assert found.similarity == pytest.approx(0.6)  # cosine, not the store's score
 
 
-def test_llama_index_pgvector_async(tmp_path: Path, li_pgvector: Any) -> None:
-    index = LIVectorStoreSemanticIndex(li_pgvector)
+def test_llama_index_pgvector_async(tmp_path: Path, postgres: LocalPostgres) -> None:
     x = np.zeros(384, np.float32)
     x[2] = 1.0
 
     async def run() -> list[Any]:
-        await index.aadd("q", x, "x", "kx", None)
-        return await index.asearch("q", x, 4)
+        # Built, used and closed on one event loop: its async engine's connections belong
+        # to that loop.
+        store = li_store("pgvector", tmp_path, postgres, dim=384)
+        try:
+            index = LIVectorStoreSemanticIndex(store)
+            await index.aadd("q", x, "x", "kx", None)
+            return await index.asearch("q", x, 4)
+        finally:
+            await aclose_li_store("pgvector", store)
 
     (found,) = asyncio.run(run())
     assert found.prompt == "x" and found.similarity == pytest.approx(1.0)
