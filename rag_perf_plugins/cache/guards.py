@@ -15,10 +15,14 @@ compares the *sets* the two texts contain; word forms are reduced by a small ste
 
 ``negation``
     The same number of negations (not, no, never, none, nothing, nobody, neither, nor,
-    without, cannot and every ``n't`` contraction).
+    without, cannot and every ``n't`` contraction); and no word of one text that is a
+    word of the other behind a negating prefix (un-, in-, im-, il-, ir-, dis-, non-:
+    ``possible``/``impossible``, ``healthy``/``unhealthy``; checked after ``polarity``).
 ``numbers``
-    The same numbers in the same order: digits (``1,000`` = ``1000``, ``3.50`` = ``3.5``),
-    number words up to the millions, ordinals (``first`` = 1, ``3rd`` = 3) and ``%``.
+    The same numbers in the same order, repeats counted: digits (``1,000`` = ``1000``,
+    ``3.50`` = ``3.5``), also inside a token (``2024-01-05``, ``5-10``, ``10:30``; a
+    version ``1.2.3`` is one number), a leading minus (``-5``), number words up to the
+    millions, ordinals (``first`` = 1, ``3rd`` = 3) and ``%``.
 ``dates``
     The same month, weekday and relative-day words (today, tomorrow, yesterday, tonight,
     weekend) and the same last/next/this.
@@ -28,7 +32,8 @@ compares the *sets* the two texts contain; word forms are reduced by a small ste
 ``polarity``
     For each axis (toggle on/off, log/sign/opt in/out, direction increase/decrease,
     up/down, more/less, min/max, add/remove, before/after, buy/sell, import/export,
-    upload/download, best/worst, pros/cons, ...) the same poles present.
+    upload/download, best/worst, pros/cons, accept/reject, include/exclude, bad, ...) the
+    same poles present.
 ``entities``
     Every name of one text (a capitalised word that is not a common sentence opener, an
     acronym, a word with letters and digits such as ``gpt-4o``) appears in the other, and
@@ -161,6 +166,8 @@ _UNITS: Final = {
     "ghz": "ghz", "mhz": "mhz", "calorie": "kcal", "kcal": "kcal",
 }  # fmt: skip
 # Axes of opposite meaning: word stem -> (axis, pole). Words of one pole are synonyms.
+# "bad"/"worse" have no listed opposite on purpose: "good"/"better" are filler in most
+# paraphrases ("a good way to"), and "good" vs "bad" still differ (a pole vs none).
 _AXES: Final[dict[str, tuple[str, ...]]] = {
     "toggle+": ("enable", "activate", "start", "open", "unlock", "allow", "show",
                 "unmute", "connect", "mount", "login", "subscribe", "install", "unblock"),
@@ -184,13 +191,14 @@ _AXES: Final[dict[str, tuple[str, ...]]] = {
     "trade-": ("sell", "export", "upload", "send", "withdraw", "lend", "push", "outbound",
                "outgoing"),
     "judge+": ("pro", "advantage", "benefit", "true", "yes", "safe", "legal", "allowed",
-               "positive", "success", "win", "pass", "valid"),
+               "positive", "success", "win", "pass", "valid", "accept"),
     "judge-": ("con", "disadvantage", "drawback", "risk", "false", "unsafe", "illegal",
-               "forbidden", "negative", "failure", "fail", "lose", "invalid"),
+               "forbidden", "negative", "failure", "fail", "lose", "invalid", "bad",
+               "worse", "reject"),
     "side+": ("left", "north", "east", "inside", "internal", "front", "input", "encrypt",
-              "compress", "serialize", "encode"),
+              "compress", "serialize", "encode", "include"),
     "side-": ("right", "south", "west", "outside", "external", "back", "output", "decrypt",
-              "decompress", "deserialize", "decode"),
+              "decompress", "deserialize", "decode", "exclude"),
 }  # fmt: skip
 _STOP: Final = frozenset(
     [
@@ -410,17 +418,20 @@ class Signature:
         "poles",
         "tokens",
         "units",
+        "words",
     )
 
     def __init__(self, text: str) -> None:
         raw = [m.group(0).rstrip(".") for m in _WORD.finditer(text.replace("’", "'"))]
         raw = [t for t in raw if t]
         lower = [t.lower() for t in raw]
+        self.words = frozenset(t.strip("'") for t in lower)
         self.tokens = frozenset(lower) | frozenset(_stem(t) for t in lower)
         self.negations = sum(
             1 for t in lower if t in _NEGATIONS or t.endswith("n't") or t == "cant"
         )
-        self.numbers = tuple(dict.fromkeys(_numbers(lower)))  # in order: "5 to 3" != "3 to 5"
+        # In order and with repeats: "5 to 3" != "3 to 5", "2 times 2 times 3" != "2 times 3".
+        self.numbers = tuple(_numbers(text.replace("’", "'")))
         self.dates = frozenset(t for t in lower if t in _DATE_WORDS)
         units: dict[str, None] = {}
         for t in lower:
@@ -521,19 +532,46 @@ def _poles(lower: list[str]) -> Iterable[str]:
             yield pole
 
 
-def _numbers(lower: list[str]) -> Iterable[float]:
-    for t in lower:
-        digits = re.match(r"^[+-]?\d[\d,]*(?:\.\d+)?", t)
-        if digits:
-            text = digits.group(0).replace(",", "")
-            try:
-                yield float(text)
-            except ValueError:  # pragma: no cover - the pattern only matches numbers
-                continue
-        elif t in _NUMBER_WORDS:
-            yield float(_NUMBER_WORDS[t])
-        elif t == "a" or t == "an":
+# A number (thousands groups, a decimal, or a dotted version) or a word, anywhere in the text.
+_NUMBER_OR_WORD = re.compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)*)|([A-Za-z]+)")
+_MINUS: Final = frozenset("-\u2212")
+
+
+def _numbers(text: str) -> Iterable[float | str]:
+    """Every number of ``text`` in order: digits anywhere (``2024-01-05``: 2024, 1, 5), words."""
+    for m in _NUMBER_OR_WORD.finditer(text):
+        digits, word = m.group(1), m.group(2)
+        if digits is None:
+            if word.lower() in _NUMBER_WORDS:
+                yield float(_NUMBER_WORDS[word.lower()])
             continue
+        start = m.start()
+        # A minus right before the digits and not between two terms ("5-10" is a range).
+        negative = (
+            start > 0
+            and text[start - 1] in _MINUS
+            and (start == 1 or not (text[start - 2].isalnum() or text[start - 2] in ")]}"))
+        )
+        digits = digits.replace(",", "")
+        if digits.count(".") > 1:  # a version or an address: 1.2.3 is one value
+            yield ("-" if negative else "") + ".".join(str(int(p)) for p in digits.split("."))
+        else:
+            yield -float(digits) if negative else float(digits)
+
+
+_NEGATING_PREFIXES: Final = ("non", "dis", "un", "in", "im", "il", "ir")
+
+
+def _affixal_negation(a: frozenset[str], b: frozenset[str]) -> bool:
+    """A word of one text is a word of the other behind a negating prefix (``unhealthy``)."""
+    only_a, only_b = a - b, b - a
+    for words, others in ((only_a, only_b), (only_b, only_a)):
+        for word in words:
+            for prefix in _NEGATING_PREFIXES:
+                base = word[len(prefix) :].lstrip("-")
+                if word.startswith(prefix) and len(base) >= 4 and base in others:
+                    return True
+    return False
 
 
 def _entities(text: str, raw: list[str]) -> Iterable[str]:
@@ -584,6 +622,8 @@ def disagreement(query: str, candidate: str) -> str | None:
         return "units"
     if a.poles != b.poles:
         return "polarity"
+    if _affixal_negation(a.words, b.words):
+        return "negation"  # possible / impossible, healthy / unhealthy, profit / non-profit
     if not a.entities <= b.tokens or not b.entities <= a.tokens:
         return "entities"
     shared = a.entities | b.entities

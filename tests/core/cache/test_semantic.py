@@ -484,3 +484,54 @@ def test_two_embedding_models_never_share_a_partition(config: PerformanceConfig)
     two = SemanticCache(other, config=config, cache=manager)
     p1, p2 = one.probe(request, None), two.probe(request, None)
     assert p1 is not None and p2 is not None and p1.partition != p2.partition
+
+
+# --- review: numbers inside tokens, signs and repeats; affixal negation; plain antonyms ---
+@pytest.mark.parametrize(
+    ("a", "b", "rule"),
+    [
+        ("What happened on 2024-01-05?", "What happened on 2024-03-09?", "numbers"),
+        ("Summarise pages 5-10", "Summarise pages 5-20", "numbers"),
+        ("What changed in version 1.2.3?", "What changed in version 1.2.4?", "numbers"),
+        ("What is -5 squared?", "What is 5 squared?", "numbers"),
+        ("What is 2 times 2 times 3?", "What is 2 times 3?", "numbers"),
+        (
+            "Is it possible to run docker on windows?",
+            "Is it impossible to run docker on windows?",
+            "negation",
+        ),
+        ("Is the link visible to guests?", "Is the link invisible to guests?", "negation"),
+        ("Is this move reversible in chess?", "Is this move irreversible in chess?", "negation"),
+        ("Is milk healthy for adults?", "Is milk unhealthy for adults?", "negation"),
+        ("Is this a non-profit company?", "Is this a profit company?", "negation"),
+        ("Is coffee good for you?", "Is coffee bad for you?", "polarity"),
+        ("How do I accept the invite?", "How do I reject the invite?", "polarity"),
+        ("Does the price include tax?", "Does the price exclude tax?", "polarity"),
+    ],
+)
+def test_guards_catch_numbers_in_tokens_signs_repeats_and_affixal_negation(
+    a: str, b: str, rule: str
+) -> None:
+    assert disagreement(b, a) == rule
+    assert disagreement(a, b) == rule
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What is 1,000 divided by 8?", "What's 1000 divided by 8?"),
+        ("How far is 5-10 km?", "How far is 5-10 kilometres?"),
+        ("Is it possible to run docker on windows?", "Can docker possibly run on windows?"),
+        ("How do I install the package?", "How can I install the package?"),
+    ],
+)
+def test_the_stricter_guards_keep_these_paraphrases(a: str, b: str) -> None:
+    assert disagreement(b, a) is None
+
+
+def test_a_page_range_near_miss_is_not_served_semantically(config: PerformanceConfig) -> None:
+    svc = service(config)  # these two are at cosine 0.88 here, above the 0.8 threshold
+    first = "Summarise the key points of the quarterly report for pages 5-10"
+    assert ask(svc, first) == f"answer to {first}"
+    other = "Summarise the key points of the quarterly report for pages 5-20"
+    assert ask(svc, other) == f"answer to {other}"
