@@ -45,6 +45,7 @@ the wrapper does not call; use our gate), and LangChain serialization of the wra
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -62,8 +63,10 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import (
     Runnable,
     RunnableBinding,
+    RunnableConfig,
     RunnableParallel,
     RunnableSequence,
+    ensure_config,
 )
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from typing_extensions import override
@@ -527,6 +530,33 @@ class PerfChatModel(BaseChatModel):
             raise NotImplementedError(msg)
         return rebuilt
 
+    # --- streams: the call's metadata reaches the hooks ---------------------------------
+    @override
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """``BaseChatModel.stream``, with the ``rag_perf`` metadata applied as on ``invoke``."""
+        metadata = ensure_config(config).get("metadata")
+        return _with_metadata(super().stream(input, config, stop=stop, **kwargs), metadata)
+
+    @override
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """``BaseChatModel.astream``, with the ``rag_perf`` metadata applied as on ``ainvoke``."""
+        metadata = ensure_config(config).get("metadata")
+        return _awith_metadata(super().astream(input, config, stop=stop, **kwargs), metadata)
+
     # --- the four hooks: one service call each ----------------------------------------
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kw: Any) -> Any:
         found = self._guard.changed()
@@ -753,14 +783,58 @@ class PerfChatModel(BaseChatModel):
             yield (name, type(value).__name__) if name == "inner" else (name, value)
 
 
+# LangChain's BaseChatModel.stream/astream call _stream/_astream without the run manager, so
+# the call's metadata (rag_perf cache mode, ttl, semantic, cache_scope, cost_scope) would
+# never reach a stream: stream/astream put it here while the stream opens (its first chunk),
+# and the hooks read it when they get no run manager.
+_STREAM_METADATA: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "rag_perf_stream_metadata", default=None
+)
+
+
+def _metadata(run_manager: Any) -> Mapping[str, Any] | None:
+    if run_manager is None:
+        return _STREAM_METADATA.get()
+    return getattr(run_manager, "metadata", None)
+
+
 def _control(run_manager: Any) -> CacheControl | None:
-    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
-    return control_from_metadata(metadata)
+    return control_from_metadata(_metadata(run_manager))
 
 
 def _scope(run_manager: Any) -> str | None:
-    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
-    return scope_from_metadata(metadata)
+    return scope_from_metadata(_metadata(run_manager))
+
+
+def _with_metadata(
+    chunks: Iterator[AIMessageChunk], metadata: Mapping[str, Any] | None
+) -> Iterator[AIMessageChunk]:
+    """``chunks`` with ``metadata`` visible to :meth:`PerfChatModel._stream` as it opens."""
+    token = _STREAM_METADATA.set(metadata)
+    try:
+        first = next(chunks, None)
+    finally:
+        _STREAM_METADATA.reset(token)
+    if first is None:
+        return
+    yield first
+    yield from chunks
+
+
+async def _awith_metadata(
+    chunks: AsyncIterator[AIMessageChunk], metadata: Mapping[str, Any] | None
+) -> AsyncIterator[AIMessageChunk]:
+    """Async :func:`_with_metadata`."""
+    token = _STREAM_METADATA.set(metadata)
+    try:
+        first = await anext(chunks, None)
+    finally:
+        _STREAM_METADATA.reset(token)
+    if first is None:
+        return
+    yield first
+    async for chunk in chunks:
+        yield chunk
 
 
 def _repoint(runnable: Any, old: BaseChatModel, new: BaseChatModel, replaced: list[bool]) -> Any:

@@ -243,3 +243,49 @@ def test_off_by_default_the_wrapper_answers_as_the_inner_model(
     inner = _chat(simulator)
     for text in (ASKED, PARAPHRASE):
         assert llm.invoke(text).content == inner.invoke(text).content
+
+
+def test_scoped_and_unscoped_calls_never_share_exact_entries_on_any_path(
+    simulator: Simulator, tmp_path: Path, manager: CacheManager
+) -> None:
+    """cache_scope joins the exact key on invoke, ainvoke, stream, astream and batch alike."""
+    config = PerformanceConfig(cache_dir=str(tmp_path / "cache"), cache_shards=1)
+    llm = PerfChatModel(_chat(simulator), config, cache_manager=manager)
+    scoped: RunnableConfig = {"metadata": {"rag_perf": {"cache_scope": "tenant-a"}}}
+
+    def hit(message: Any) -> Any:
+        return message.response_metadata.get("cache_hit")
+
+    def streamed(chunks: list[Any]) -> Any:
+        return next((c.response_metadata.get("cache_hit") for c in chunks), None)
+
+    async def run_async(text: str, config: RunnableConfig | None = None) -> tuple[Any, Any]:
+        answer = await llm.ainvoke(text, config=config)
+        chunks = [c async for c in llm.astream(text + " (stream)", config=config)]
+        return hit(answer), streamed(chunks)
+
+    for text in ("sync one", "async one"):
+        # unscoped first, then the same text scoped: a miss each time, then each its own hit
+        if text == "sync one":
+            assert hit(llm.invoke(text)) is None
+            assert streamed(list(llm.stream(text + " (stream)"))) is None
+            with cache_scope("tenant-a"):
+                assert hit(llm.invoke(text)) is None
+                assert streamed(list(llm.stream(text + " (stream)"))) is None
+                assert hit(llm.invoke(text)) is True
+            assert [hit(m) for m in llm.batch([text, text], config=scoped)] == [True, True]
+            assert hit(llm.invoke(text)) is True  # the unscoped entry is still its own
+        else:
+            assert asyncio.run(run_async(text)) == (None, None)
+            assert asyncio.run(run_async(text, scoped)) == (None, None)
+            assert asyncio.run(run_async(text, scoped)) == (True, True)
+            assert asyncio.run(run_async(text)) == (True, True)
+    assert [hit(m) for m in llm.batch(["batch one"], config=scoped)] == [None]
+    assert [hit(m) for m in llm.batch(["batch one"])] == [None]
+    # a stream's metadata (LangChain hands _stream no run manager) is applied as invoke's
+    assert streamed(list(llm.stream("meta one"))) is None
+    assert streamed(list(llm.stream("meta one", config=scoped))) is None
+    assert streamed(list(llm.stream("meta one", config=scoped))) is True
+    bypass: RunnableConfig = {"metadata": {"rag_perf": {"cache": "bypass"}}}
+    assert streamed(list(llm.stream("meta one", config=bypass))) is None
+    assert chat_requests(simulator) == 2 + 2 + 4 + 2 + 3
