@@ -32,8 +32,8 @@ compares the *sets* the two texts contain; word forms are reduced by a small ste
 ``polarity``
     For each axis (toggle on/off, log/sign/opt in/out, direction increase/decrease,
     up/down, more/less, min/max, add/remove, before/after, buy/sell, import/export,
-    upload/download, best/worst, pros/cons, accept/reject, include/exclude, bad, ...) the
-    same poles present.
+    upload/download, best/worst, pros/cons, accept/reject, include/exclude, bad,
+    earliest/latest, older/newer, cheaper/more expensive, ...) the same poles present.
 ``entities``
     Every name of one text (a capitalised word that is not a common sentence opener, an
     acronym, a word with letters and digits such as ``gpt-4o``) appears in the other, and
@@ -184,8 +184,12 @@ _AXES: Final[dict[str, tuple[str, ...]]] = {
                  "longest", "fastest", "top", "greatest"),
     "extreme-": ("min", "minimum", "least", "lowest", "smallest", "worst", "shortest",
                  "slowest", "bottom", "fewest"),
-    "order+": ("before", "prior", "earlier", "begin", "beginning"),
-    "order-": ("after", "later", "last", "end", "ending", "finish"),
+    "order+": ("before", "prior", "earlier", "begin", "beginning", "earliest"),
+    "order-": ("after", "later", "last", "end", "ending", "finish", "latest"),
+    "age+": ("older", "oldest", "elder", "eldest"),
+    "age-": ("newer", "newest", "younger", "youngest"),
+    "price+": ("expensive", "pricier", "priciest", "costlier", "costly"),
+    "price-": ("cheap", "cheaper", "cheapest", "inexpensive", "affordable"),
     "trade+": ("buy", "purchase", "import", "download", "receive", "deposit", "borrow",
                "pull", "inbound", "incoming"),
     "trade-": ("sell", "export", "upload", "send", "withdraw", "lend", "push", "outbound",

@@ -507,6 +507,21 @@ def test_two_embedding_models_never_share_a_partition(config: PerformanceConfig)
         ("Is coffee good for you?", "Is coffee bad for you?", "polarity"),
         ("How do I accept the invite?", "How do I reject the invite?", "polarity"),
         ("Does the price include tax?", "Does the price exclude tax?", "polarity"),
+        (
+            "What is the earliest train to Boston?",
+            "What is the latest train to Boston?",
+            "polarity",
+        ),
+        (
+            "Which is older, the bridge or the tower?",
+            "Which is newer, the bridge or the tower?",
+            "polarity",
+        ),
+        (
+            "Is the cheaper plan enough for me?",
+            "Is the more expensive plan enough for me?",
+            "polarity",
+        ),
     ],
 )
 def test_guards_catch_numbers_in_tokens_signs_repeats_and_affixal_negation(
