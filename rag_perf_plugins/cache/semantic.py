@@ -82,6 +82,7 @@ NAMESPACE: Final = "semantic"
 _COUNTER_NS: Final = "semn-{}"  # one namespace version per partition: its entry counter
 _QUERY: Final = "\x00rag-perf-semantic-query\x00"
 _USER_ROLES: Final = frozenset({"user", "human"})
+_MAX_COSINE: Final = 1.0 + 1e-4  # float32 rounding of unit vectors; above: not a cosine
 Vector = npt.NDArray[np.float32]
 
 
@@ -586,7 +587,10 @@ class SemanticCache:
     def match(self, probe: Probe, candidates: Sequence[Candidate]) -> SemanticMatch | None:
         """The most similar candidate at or above the threshold that the guards accept."""
         for candidate in candidates:
-            if candidate.similarity < self.threshold:
+            similarity = candidate.similarity
+            if not (math.isfinite(similarity) and similarity <= _MAX_COSINE):
+                continue  # NaN, infinite or above 1: a corrupt vector or index, never a hit
+            if similarity < self.threshold:
                 break  # most similar first: the rest are below too
             if self.guards:
                 rule = disagreement(probe.query, candidate.prompt)

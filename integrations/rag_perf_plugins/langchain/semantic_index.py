@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -100,8 +101,8 @@ class VectorStoreSemanticIndex:
             if stored.shape != vector.shape:
                 continue
             norm = float(np.linalg.norm(stored))
-            if not norm > 0:
-                continue
+            if not (norm > 0 and math.isfinite(norm)):
+                continue  # NaN or inf in a stored vector: skipped
             found.append(Candidate(float(stored @ vector) / norm, doc.page_content, key))
         found.sort(key=lambda c: -c.similarity)
         return found[:k]

@@ -21,6 +21,7 @@ skipped, and a node of another partition (a store that ignored the filter) never
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,7 @@ class VectorStoreSemanticIndex:
             except ValueError:
                 continue
             norm = float(np.linalg.norm(stored)) if stored.shape == vector.shape else 0.0
-            if norm > 0:
+            if norm > 0 and math.isfinite(norm):  # NaN or inf in a stored vector: skipped
                 found.append(Candidate(float(stored @ vector) / norm, node.get_content(), key))
         found.sort(key=lambda c: -c.similarity)
         return found[:k]

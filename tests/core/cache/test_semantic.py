@@ -550,3 +550,38 @@ def test_a_page_range_near_miss_is_not_served_semantically(config: PerformanceCo
     assert ask(svc, first) == f"answer to {first}"
     other = "Summarise the key points of the quarterly report for pages 5-20"
     assert ask(svc, other) == f"answer to {other}"
+
+
+class _CorruptIndex(NumpyIndex):
+    """A persisted index whose stored vector went bad: its similarity is NaN or above 1."""
+
+    def __init__(self, similarity: float) -> None:
+        super().__init__(None)
+        self.similarity = similarity
+
+    def search(self, partition: str, vector: Any, k: int) -> list[Any]:
+        from rag_perf_plugins.cache.semantic import Candidate
+
+        return [
+            Candidate(self.similarity, c.prompt, c.key)
+            for c in super().search(partition, vector, k)
+        ]
+
+
+@pytest.mark.parametrize("similarity", [float("nan"), float("inf"), 7.5])
+def test_a_candidate_with_a_corrupt_similarity_is_a_miss(
+    config: PerformanceConfig, similarity: float
+) -> None:
+    manager = CacheManager(config)
+    semantic = SemanticCache(
+        Embeddings(config),
+        config=config,
+        cache=manager,
+        model="sim-384",
+        index=_CorruptIndex(similarity),
+    )
+    svc = LLMService(config=config, cache=manager, semantic=semantic)
+    ask(svc, ASKED)
+    unrelated = "How do I reset my wifi router?"  # passes the guards; far in cosine
+    assert ask(svc, unrelated) == f"answer to {unrelated}"  # never served ASKED's answer
+    assert ask(svc, PARAPHRASE) == f"answer to {PARAPHRASE}"
