@@ -15,7 +15,8 @@ compares the *sets* the two texts contain; word forms are reduced by a small ste
 
 ``negation``
     The same number of negations (not, no, never, none, nothing, nobody, neither, nor,
-    without, cannot and every ``n't`` contraction); and no word of one text that is a
+    without, cannot and every ``n't`` contraction, also typed without the apostrophe:
+    ``dont``, ``isnt``); and no word of one text that is a
     word of the other behind a negating prefix (un-, in-, im-, il-, ir-, dis-, non-:
     ``possible``/``impossible``, ``healthy``/``unhealthy``; checked after ``polarity``).
 ``numbers``
@@ -76,6 +77,24 @@ _NEGATIONS: Final = frozenset(
         "without",
         "cannot",
         "nowhere",
+        # n't contractions typed without the apostrophe ("wont" is left out: a noun too)
+        "dont",
+        "doesnt",
+        "didnt",
+        "isnt",
+        "arent",
+        "wasnt",
+        "werent",
+        "cant",
+        "couldnt",
+        "shouldnt",
+        "wouldnt",
+        "hasnt",
+        "havent",
+        "hadnt",
+        "mustnt",
+        "neednt",
+        "aint",
     ]
 )
 _NUMBER_WORDS: Final = {
@@ -431,9 +450,7 @@ class Signature:
         lower = [t.lower() for t in raw]
         self.words = frozenset(t.strip("'") for t in lower)
         self.tokens = frozenset(lower) | frozenset(_stem(t) for t in lower)
-        self.negations = sum(
-            1 for t in lower if t in _NEGATIONS or t.endswith("n't") or t == "cant"
-        )
+        self.negations = sum(1 for t in lower if t in _NEGATIONS or t.endswith("n't"))
         # In order and with repeats: "5 to 3" != "3 to 5", "2 times 2 times 3" != "2 times 3".
         self.numbers = tuple(_numbers(text.replace("’", "'")))
         self.dates = frozenset(t for t in lower if t in _DATE_WORDS)
@@ -594,7 +611,7 @@ def _entities(text: str, raw: list[str]) -> Iterable[str]:
             continue
         if not bare[0].isupper() or bare == "I" or bare.lower() in _UNITS:
             continue
-        if pos in starts and bare.lower() in _OPENERS:
+        if pos in starts and (bare.lower() in _OPENERS or bare.lower() in _NEGATIONS):
             continue  # "What", "How", "Please" opening a sentence
         yield bare.lower()
 
