@@ -132,3 +132,43 @@ def test_off_by_default_the_wrapper_answers_as_the_inner_model(
         wrapped = llm.chat([ChatMessage(role="user", content=text)])
         plain = inner.chat([ChatMessage(role="user", content=text)])
         assert wrapped.message.content == plain.message.content
+
+
+def test_scoped_and_unscoped_calls_never_share_exact_entries_on_any_path(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """cache_scope (context or rag_perf_cache) joins the exact key of chat, achat, streams."""
+    config = PerformanceConfig(cache_dir=str(tmp_path / "cache"), cache_shards=1)
+    llm = _llm(simulator, config)
+    scoped = {"rag_perf_cache": {"scope": "tenant-a"}}
+
+    def chat(text: str, **kw: Any) -> Any:
+        return llm.chat([ChatMessage(role="user", content=text)], **kw).additional_kwargs
+
+    def stream(text: str, **kw: Any) -> Any:
+        gen = llm.stream_chat([ChatMessage(role="user", content=text)], **kw)
+        return [r.additional_kwargs.get("cache_hit") for r in gen][-1]
+
+    async def astream(text: str, **kw: Any) -> Any:
+        gen = await llm.astream_chat([ChatMessage(role="user", content=text)], **kw)
+        return [r.additional_kwargs.get("cache_hit") async for r in gen][-1]
+
+    async def achat(text: str, **kw: Any) -> Any:
+        answer = await llm.achat([ChatMessage(role="user", content=text)], **kw)
+        return answer.additional_kwargs["cache_hit"]
+
+    assert chat("one")["cache_hit"] is False
+    assert chat("one", **scoped)["cache_hit"] is False
+    with cache_scope("tenant-a"):
+        assert chat("one")["cache_hit"] is True  # tenant-a's own entry
+    assert chat("one")["cache_hit"] is True
+    assert stream("two") is not True
+    assert stream("two", **scoped) is not True
+    assert stream("two", **scoped) is True
+    assert asyncio.run(achat("three", **scoped)) is False
+    assert asyncio.run(achat("three")) is False
+    assert asyncio.run(astream("four")) is not True
+    with cache_scope("tenant-a"):
+        assert asyncio.run(astream("four")) is not True
+        assert asyncio.run(astream("four")) is True
+    assert chat_requests(simulator) == 2 + 2 + 2 + 2
