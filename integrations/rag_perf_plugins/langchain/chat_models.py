@@ -810,31 +810,33 @@ def _with_metadata(
     chunks: Iterator[AIMessageChunk], metadata: Mapping[str, Any] | None
 ) -> Iterator[AIMessageChunk]:
     """``chunks`` with ``metadata`` visible to :meth:`PerfChatModel._stream` as it opens."""
-    token = _STREAM_METADATA.set(metadata)
-    try:
-        first = next(chunks, None)
-    finally:
-        _STREAM_METADATA.reset(token)
-    if first is None:
-        return
-    yield first
-    yield from chunks
+    with contextlib.closing(chunks):  # type: ignore[type-var]  # a generator: closed with us
+        token = _STREAM_METADATA.set(metadata)
+        try:
+            first = next(chunks, None)
+        finally:
+            _STREAM_METADATA.reset(token)
+        if first is None:
+            return
+        yield first
+        yield from chunks
 
 
 async def _awith_metadata(
     chunks: AsyncIterator[AIMessageChunk], metadata: Mapping[str, Any] | None
 ) -> AsyncIterator[AIMessageChunk]:
     """Async :func:`_with_metadata`."""
-    token = _STREAM_METADATA.set(metadata)
-    try:
-        first = await anext(chunks, None)
-    finally:
-        _STREAM_METADATA.reset(token)
-    if first is None:
-        return
-    yield first
-    async for chunk in chunks:
-        yield chunk
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # closed with us
+        token = _STREAM_METADATA.set(metadata)
+        try:
+            first = await anext(chunks, None)
+        finally:
+            _STREAM_METADATA.reset(token)
+        if first is None:
+            return
+        yield first
+        async for chunk in chunks:
+            yield chunk
 
 
 def _repoint(runnable: Any, old: BaseChatModel, new: BaseChatModel, replaced: list[bool]) -> Any:
