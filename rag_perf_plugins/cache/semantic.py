@@ -82,6 +82,21 @@ NAMESPACE: Final = "semantic"
 _COUNTER_NS: Final = "semn-{}"  # one namespace version per partition: its entry counter
 _QUERY: Final = "\x00rag-perf-semantic-query\x00"
 _USER_ROLES: Final = frozenset({"user", "human"})
+# What names a framework embedder's model (LangChain and LlamaIndex spellings).
+_EMBEDDER_FIELDS: Final = (
+    "model",
+    "model_name",
+    "deployment",
+    "azure_deployment",
+    "deployment_name",
+    "dimensions",
+    "embed_dim",
+    "openai_api_base",
+    "api_base",
+    "base_url",
+    "azure_endpoint",
+    "endpoint",
+)
 _MAX_COSINE: Final = 1.0 + 1e-4  # float32 rounding of unit vectors; above: not a cosine
 Vector = npt.NDArray[np.float32]
 
@@ -543,7 +558,10 @@ class SemanticCache:
 
         ``model`` when given; else our embedding service's identity (provider, which holds
         the model's settings digest, model, dimensions), read at each call so a wrapper
-        that re-keys after a settings change moves to new partitions; else the class name.
+        that re-keys after a settings change moves to new partitions; else another
+        embedder's class and a digest of the fields that name its model and endpoint
+        (:data:`_EMBEDDER_FIELDS`): ``OpenAIEmbeddings`` of two models never share a
+        partition, even at one dimension count.
         """
         if self.model is not None:
             return self.model
@@ -551,7 +569,13 @@ class SemanticCache:
         identity = getattr(service, "identity", None)
         if identity is not None:
             return f"{identity.provider}/{identity.model}/{identity.dimensions}"
-        return type(self.embeddings).__qualname__
+        # Another embedder: its class and the settings that name its model and endpoint.
+        settings = {name: getattr(self.embeddings, name, None) for name in _EMBEDDER_FIELDS}
+        named = {k: str(v) for k, v in settings.items() if v is not None}
+        if not named:
+            return type(self.embeddings).__qualname__
+        digest = hashlib.blake2b(repr(sorted(named.items())).encode(), digest_size=8)
+        return f"{type(self.embeddings).__qualname__}/{digest.hexdigest()}"
 
     def version(self) -> int:
         """The semantic namespace version: part of every partition; :meth:`reindex` bumps it."""

@@ -289,3 +289,27 @@ def test_scoped_and_unscoped_calls_never_share_exact_entries_on_any_path(
     bypass: RunnableConfig = {"metadata": {"rag_perf": {"cache": "bypass"}}}
     assert streamed(list(llm.stream("meta one", config=bypass))) is None
     assert chat_requests(simulator) == 2 + 2 + 4 + 2 + 3
+
+
+def test_a_bare_embedder_of_another_model_never_shares_a_partition(
+    simulator: Simulator, config: PerformanceConfig, manager: CacheManager
+) -> None:
+    """Without our embedding service, the embedder's model still names the partition."""
+    from langchain_openai import OpenAIEmbeddings
+    from pydantic import SecretStr
+
+    from rag_perf_plugins.services.llm import LLMRequest
+
+    def bare(model: str) -> SemanticCache:
+        inner = OpenAIEmbeddings(
+            openai_api_base=simulator.base_url, openai_api_key=SecretStr("sk-test"), model=model
+        )
+        return SemanticCache(inner, config=config, cache=manager)
+
+    # ada-002 and 3-small both give 1536 dimensions: only the name keeps them apart
+    ada, small = bare("text-embedding-ada-002"), bare("text-embedding-3-small")
+    assert ada.embedder() != small.embedder()
+    assert ada.embedder() == bare("text-embedding-ada-002").embedder()
+    request = LLMRequest(model="m", messages="q", params={"temperature": 0.0})
+    p1, p2 = ada.probe(request, None), small.probe(request, None)
+    assert p1 is not None and p2 is not None and p1.partition != p2.partition
