@@ -20,6 +20,7 @@ from .batching import AsyncBatchProcessor, BatchProcessor
 from .cache import (
     CacheManager,
     cache_control,
+    cache_scope,
     cached,
     explain_key,
     get_cache_manager,
@@ -83,6 +84,7 @@ __all__ = [
     # cache
     "CacheManager",
     "cache_control",
+    "cache_scope",
     "cached",
     "explain_key",
     "get_cache_manager",

@@ -558,6 +558,43 @@ class PerformanceConfig:
         "model from the cache (it is always cached under the fallback's own key).",
     )
 
+    # --- semantic LLM cache (docs/components/semantic-cache.md) -------------------------
+    semantic_cache: bool = _opt(
+        False,
+        "Answer an exact-cache miss with the stored answer of a similar earlier prompt in the "
+        "same partition (same model, parameters, system prompt, tools, history and scope) "
+        "when the similarity reaches semantic_threshold and the guards agree. Needs a "
+        "SemanticCache (an embedding model) on the LLM wrapper; per call: "
+        "cache_control(semantic=...).",
+    )
+    semantic_threshold: float = _opt(
+        0.92,
+        "Lowest cosine similarity (dot product of unit vectors, -1..1) of the last user "
+        "message to a stored one that may be served. The default is the lowest of "
+        "0.80-0.98 with no false hit on the tuning half of tests/data/semantic_pairs.jsonl "
+        "with all-MiniLM-L6-v2 and the guards on; re-tune it for another embedding model.",
+        unit="cosine similarity",
+        gt=0,
+        le=1,
+    )
+    semantic_guards: bool = _opt(
+        True,
+        "Refuse a semantic match whose prompt differs from the query in negation, numbers, "
+        "dates, units, on/off or up/down words, or capitalised names (the rule set in "
+        "rag_perf_plugins.cache.guards). Off: similarity alone decides (not recommended).",
+    )
+    semantic_serve_sampled: bool = _opt(
+        False,
+        "Serve sampled calls (temperature above 0 and no seed) from the semantic cache too; "
+        "off, they only use the exact cache.",
+    )
+    semantic_max_entries: int = _opt(
+        10_000,
+        "Prompts kept per partition by the default in-process index; the oldest go first.",
+        unit="entries",
+        ge=1,
+    )
+
     # --- batching ---------------------------------------------------------------------
     max_wait_time: float = _opt(
         0.005,

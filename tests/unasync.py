@@ -130,6 +130,9 @@ TWINS: tuple[Twins, ...] = (
             "self._areconcile_cost(": "self._reconcile_cost(",
             "retry.acall(": "retry.call(",
             "async def attempt()": "def attempt()",
+            "await self._aprobe(": "self._probe(",
+            "semantic.alookup(": "semantic.lookup(",
+            "semantic.astore(": "semantic.store(",
         },
     ),
     Twins(

@@ -15,7 +15,7 @@ form, no pickle), :mod:`.keys`, :mod:`.control`, :mod:`.singleflight`, :mod:`.de
 
 from __future__ import annotations
 
-from .control import CacheControl, cache_control, current_control, parse_control
+from .control import CacheControl, cache_control, cache_scope, current_control, parse_control
 from .decorator import cached
 from .keys import (
     KEY_VERSION,
@@ -59,6 +59,7 @@ __all__ = [
     "NAMESPACES",
     # per-call control and decorator
     "cache_control",
+    "cache_scope",
     "current_control",
     "parse_control",
     "CacheControl",

@@ -62,9 +62,12 @@ def _info(args: argparse.Namespace) -> int:
     entries: dict[tuple[str, str], int] = defaultdict(int)
     payload: dict[tuple[str, str], int] = defaultdict(int)
     schemas: dict[str, int] = defaultdict(int)
+    partitions: dict[tuple[str, str], int] = defaultdict(int)  # (version, partition): entries
     for shard, key, _raw, mode, filename, value, _tag in tier.iter_rows():
         slot = _namespace_of(key)
         entries[slot] += 1
+        if slot[0] == "semantic":
+            partitions[(slot[1], str(key).split(":", 2)[2].rsplit(":", 1)[0])] += 1
         try:
             blob = tier.read_row(shard, mode, filename, value)
             payload[slot] += len(blob)
@@ -78,6 +81,14 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{'namespace':<16}{'version':>8}{'entries':>10}{'payload bytes':>16}")
     for (ns, version), n in sorted(entries.items()):
         print(f"{ns:<16}{version:>8}{n:>10}{payload[(ns, version)]:>16}")
+    if partitions:
+        latest = max(partitions, key=lambda vp: int(vp[0]) if vp[0].isdigit() else 0)[0]
+        sizes = [n for (v, _), n in partitions.items() if v == latest]
+        print(
+            f"semantic index (version {latest}): {len(sizes)} partitions, {sum(sizes)} "
+            f"prompts, largest partition {max(sizes)} (older versions: "
+            f"{sum(n for (v, _), n in partitions.items() if v != latest)} prompts, unread)"
+        )
     tier.close()
     return 0
 
@@ -129,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("cache", help="inspect, clear or verify the disk cache")
     sub = parser.add_subparsers(dest="cache_command", required=True)
     for name, func, text in (
-        ("info", _info, "entries, bytes and schema versions per namespace"),
+        ("info", _info, "entries, bytes and schema versions per namespace; the semantic index"),
         ("clear", _clear, "delete everything, one namespace or one model's entries"),
         ("verify", _verify, "read every entry back and report corrupt ones"),
     ):

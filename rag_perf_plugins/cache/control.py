@@ -17,6 +17,16 @@ Modes:
 
 ``ttl`` (seconds) overrides the TTL of entries written inside the block.
 
+``semantic`` (``True``/``False``; ``None``: the ``semantic_cache`` config key) turns the
+semantic LLM cache on or off for calls inside the block (see
+:mod:`rag_perf_plugins.cache.semantic`). ``scope`` (a tenant or user id) partitions the LLM
+cache: with a scope, exact and semantic LLM entries are shared only by calls of the same
+scope. :func:`cache_scope` sets the scope alone. A nested :func:`cache_control` keeps the
+outer block's ``semantic`` and ``scope`` unless it sets them::
+
+    with cache_scope("tenant-42"), cache_control(semantic=True):
+        answer = llm.invoke("How do I reset my password?")   # may match a paraphrase of tenant-42
+
 The setting lives in a :class:`contextvars.ContextVar`, so it follows ``await``, tasks
 created inside the block, ``asyncio.to_thread`` and ``loop.run_in_executor`` with a copied
 context. A plain ``threading.Thread`` started inside the block does not see it (Python
@@ -39,6 +49,7 @@ __all__ = [
     "CacheMode",
     "applied",
     "cache_control",
+    "cache_scope",
     "current_control",
     "parse_control",
 ]
@@ -53,6 +64,8 @@ class CacheControl:
 
     mode: CacheMode = "default"
     ttl: float | None = None
+    semantic: bool | None = None
+    scope: str | None = None
 
     @property
     def read(self) -> bool:
@@ -74,22 +87,57 @@ def current_control() -> CacheControl:
     return _CONTROL.get()
 
 
-def _check(mode: str, ttl: float | None) -> CacheControl:
+def _check(mode: str, ttl: float | None, semantic: Any = None, scope: Any = None) -> CacheControl:
     if mode not in _MODES:
         msg = f"mode must be one of {', '.join(_MODES)}; got {mode!r}"
         raise ValueError(msg)
     if ttl is not None and not ttl > 0:
         msg = f"ttl must be > 0 seconds or None, got {ttl!r}"
         raise ValueError(msg)
-    return CacheControl(mode, None if ttl is None else float(ttl))  # type: ignore[arg-type]
+    if semantic is not None and not isinstance(semantic, bool):
+        msg = f"semantic must be true, false or None, got {semantic!r}"
+        raise ValueError(msg)
+    if scope is not None and (not isinstance(scope, str) or not scope):
+        msg = f"scope must be a non-empty str (a tenant or user id) or None, got {scope!r}"
+        raise ValueError(msg)
+    outer = _CONTROL.get()
+    return CacheControl(
+        mode,  # type: ignore[arg-type]
+        None if ttl is None else float(ttl),
+        outer.semantic if semantic is None else semantic,
+        outer.scope if scope is None else scope,
+    )
 
 
 @contextlib.contextmanager
 def cache_control(
-    mode: CacheMode = "default", *, ttl: float | None = None
+    mode: CacheMode = "default",
+    *,
+    ttl: float | None = None,
+    semantic: bool | None = None,
+    scope: str | None = None,
 ) -> Iterator[CacheControl]:
-    """Apply ``mode`` and ``ttl`` (seconds) to cache calls inside the block; blocks nest."""
-    token = _CONTROL.set(_check(mode, ttl))
+    """Apply ``mode``, ``ttl`` (seconds), ``semantic`` and ``scope`` inside the block; blocks nest.
+
+    ``semantic`` and ``scope`` left at ``None`` keep the enclosing block's.
+    """
+    token = _CONTROL.set(_check(mode, ttl, semantic, scope))
+    try:
+        yield _CONTROL.get()
+    finally:
+        _CONTROL.reset(token)
+
+
+@contextlib.contextmanager
+def cache_scope(scope: str) -> Iterator[CacheControl]:
+    """Partition the LLM cache by ``scope`` (a tenant or user id) inside the block.
+
+    Example: ``with cache_scope("tenant-42"): llm.invoke(q)`` — exact and semantic LLM
+    entries written here answer only calls made under ``cache_scope("tenant-42")``. The
+    other settings of the enclosing :func:`cache_control` stay.
+    """
+    outer = _CONTROL.get()
+    token = _CONTROL.set(_check(outer.mode, outer.ttl, outer.semantic, scope))
     try:
         yield _CONTROL.get()
     finally:
@@ -99,17 +147,27 @@ def cache_control(
 def parse_control(options: Mapping[str, Any] | str | None) -> CacheControl | None:
     """Read a control from adapter options: ``"bypass"`` or ``{"mode": "refresh", "ttl": 60}``.
 
-    Returns ``None`` for ``None``; raises ``ValueError`` naming the bad mode or TTL.
+    Also ``{"semantic": True, "scope": "tenant-42"}``. ``semantic`` and ``scope`` not given
+    keep those of the :func:`cache_control` / :func:`cache_scope` in effect. Returns
+    ``None`` for ``None``; raises ``ValueError`` naming the bad option and what is allowed.
     """
     if options is None:
         return None
     if isinstance(options, str):
         return _check(options, None)
-    unknown = set(options) - {"mode", "ttl"}
+    unknown = set(options) - {"mode", "ttl", "semantic", "scope"}
     if unknown:
-        msg = f"unknown cache control option(s) {sorted(unknown)}; allowed: mode, ttl"
+        msg = (
+            f"unknown cache control option(s) {sorted(unknown)}; "
+            "allowed: mode, ttl, semantic, scope"
+        )
         raise ValueError(msg)
-    return _check(str(options.get("mode", "default")), options.get("ttl"))
+    return _check(
+        str(options.get("mode", "default")),
+        options.get("ttl"),
+        options.get("semantic"),
+        options.get("scope"),
+    )
 
 
 class _Applied:

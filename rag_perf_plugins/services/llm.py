@@ -108,6 +108,7 @@ from ..cache import (
     make_key,
 )
 from ..cache.control import CacheControl, applied
+from ..cache.semantic import Probe, SemanticCache, SemanticMatch, scope_digest
 from ..config import PerformanceConfig, resolve_config
 from ..cost import current_cost_scope, price_table
 from ..errors import Overloaded, ProviderUnavailable
@@ -382,6 +383,8 @@ class _Call:
     chain_error: BaseException | None = None  # raised when every target of a pass failed
     # A failure the breaker already heard inside the gate, and the transition it caused.
     heard: tuple[BaseException, Transition | None] | None = None
+    probe: Probe | None = None  # the semantic cache's view of the request (opted in)
+    semantic: SemanticMatch | None = None  # the prompt whose answer this semantic hit is
 
 
 # A wait at the gate after which the breaker is asked again before sending (seconds).
@@ -451,6 +454,10 @@ class LLMService(ProviderCalls):
         breakers: The circuit breakers; ``None``: ``breakers_for(config)`` (shared through
             Redis when ``redis_url`` is set), used when ``breaker_enabled`` is true, or
             is null and a call has fallbacks.
+        semantic: The :class:`~rag_perf_plugins.cache.semantic.SemanticCache` consulted
+            after an exact miss of a non-streamed call whose semantic switch is on
+            (``semantic_cache``, or ``cache_control(semantic=True)``); required when
+            ``semantic_cache`` is true.
 
     Fallbacks (``fallbacks=[Fallback(...), ...]`` on every call method): the call goes to
     the first target whose breaker admits it; a 429, a 5xx, a timeout, a refused
@@ -482,6 +489,7 @@ class LLMService(ProviderCalls):
         "_gate",
         "_prices",
         "_retry",
+        "_semantic",
         "_target",
         "_tracker",
         "config",
@@ -504,11 +512,20 @@ class LLMService(ProviderCalls):
         clock: Clock = monotonic,
         target: Target | None = None,
         breakers: Breakers | None = None,
+        semantic: SemanticCache | None = None,
     ) -> None:
         if not isinstance(operation, str) or not operation:
             msg = f"operation must be a non-empty str, got {operation!r}"
             raise ValueError(msg)
         self.config = resolve_config(config)
+        if semantic is None and self.config.semantic_cache:
+            msg = (
+                "semantic_cache is true but no semantic cache was given: pass "
+                "semantic=SemanticCache(embeddings) (it needs an embedding model), or set "
+                "semantic_cache: false"
+            )
+            raise ValueError(msg)
+        self._semantic = semantic
         if cache is None and self.config.enable_caching:
             cache = cache_manager_for(self.config)
         self._cache = cache if self.config.enable_caching else None
@@ -563,6 +580,8 @@ class LLMService(ProviderCalls):
             # an error for the caller (a wrong key would be worse than none).
             logger.debug("LLM request not cached: %s", describe_error(exc))
             return None
+        if control.scope is not None:  # cache_scope(...): entries of one tenant/user only
+            key = f"{key}:scope:{scope_digest(control.scope)}"
         return key + _STREAM_SUFFIX if stream else key
 
     def _begin(
@@ -894,11 +913,20 @@ class LLMService(ProviderCalls):
             model=call.request.model if call.request is not None else None,
         )
         if call.cache_hit is True:
-            tracker.incr("cache.hits", operation=operation)
+            if call.semantic is None:
+                tracker.incr("cache.hits", operation=operation)
+            else:  # counted apart from exact hits
+                tracker.incr("cache.semantic_hits", operation=operation)
+                match = call.semantic
+                tracker.record_semantic_hit(operation, match.similarity, match.prompt)
         elif call.cache_hit is False:
             tracker.incr("cache.misses", operation=operation)
         if call.coalesced:
             tracker.incr("coalesced", operation=operation)
+        probe = call.probe
+        if probe is not None and probe.refused:  # semantic candidates the guards refused
+            for rule, n in probe.refused.items():
+                tracker.incr(f"cache.semantic_refused.{rule}", n, operation=operation)
 
     def _costs(self, call: _Call, usage: Usage | None, error: bool) -> tuple[float, float, bool]:
         """USD spent and saved by ``call``, and whether its cost is unknown.
@@ -956,7 +984,10 @@ class LLMService(ProviderCalls):
         if call.cache_hit is not None:
             attributes["rag_perf.cache.hit"] = call.cache_hit
             if call.cache_hit:
-                attributes["rag_perf.cache.hit_kind"] = "exact"
+                match = call.semantic
+                attributes["rag_perf.cache.hit_kind"] = "exact" if match is None else "semantic"
+                if match is not None:
+                    attributes["rag_perf.cache.similarity"] = match.similarity
                 attributes["gen_ai.usage.cache_read.input_tokens"] = 0
         if call.queue_wait is not None:
             attributes["rag_perf.queue_wait_s"] = call.queue_wait
@@ -1050,6 +1081,52 @@ class LLMService(ProviderCalls):
         cost = self._actual_cost(call, request, gate)
         if cost is not None and ticket is not None:
             await ticket.areconcile_cost(cost)
+
+    # --- the semantic cache: after an exact miss only -----------------------------------
+    def _probe(self, request: LLMRequest, call: _Call) -> Probe | None:
+        """The semantic cache's view of ``request`` when this call opted in, else ``None``."""
+        semantic = self._semantic
+        if semantic is None:
+            return None
+        wanted = call.control.semantic
+        if not (self.config.semantic_cache if wanted is None else wanted):
+            return None
+        try:
+            return semantic.probe(request, call.control.scope, semantic.version())
+        except TypeError as exc:  # an object in the request: no complete partition
+            logger.debug("LLM request not cached semantically: %s", describe_error(exc))
+            return None
+
+    async def _aprobe(self, request: LLMRequest, call: _Call) -> Probe | None:
+        """Async :meth:`_probe` (the namespace version may be read off the loop)."""
+        semantic = self._semantic
+        if semantic is None:
+            return None
+        wanted = call.control.semantic
+        if not (self.config.semantic_cache if wanted is None else wanted):
+            return None
+        try:
+            return semantic.probe(request, call.control.scope, await semantic.aversion())
+        except TypeError as exc:
+            logger.debug("LLM request not cached semantically: %s", describe_error(exc))
+            return None
+
+    def _semantic_hit(
+        self, match: SemanticMatch | None, entry: Any, codec: ResultCodec[T], call: _Call
+    ) -> T | _Miss:
+        """The answer stored under ``match``'s key, decoded as a semantic hit, or a miss."""
+        if match is None:
+            return _MISS
+        decode_semantic = getattr(codec, "decode_semantic", None)
+        decode: Callable[[Any], T] = (
+            functools.partial(decode_semantic, match=match)
+            if callable(decode_semantic)
+            else codec.decode
+        )
+        hit = self._hit("result", entry, decode, call)
+        if not isinstance(hit, _Miss):
+            call.semantic = match
+        return hit
 
     def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
@@ -1219,6 +1296,18 @@ class LLMService(ProviderCalls):
             if not isinstance(hit, _Miss):
                 return hit
         state.cache_hit = False
+        semantic = self._semantic
+        probe = state.probe = None if semantic is None else self._probe(request, state)
+        if semantic is not None and probe is not None and state.control.read:
+            # An exact miss: the semantic lookup (embedding once; reused when storing).
+            with applied(state.control):
+                match = semantic.lookup(probe)
+            if match is not None:
+                with applied(state.control):
+                    entry = cache.get(match.key, namespace=self.namespace)
+                hit = self._semantic_hit(match, entry, codec, state)
+                if not isinstance(hit, _Miss):
+                    return hit
 
         def reread() -> tuple[T, Any, Usage | None, str | None] | None:
             with applied(state.control):
@@ -1249,6 +1338,9 @@ class LLMService(ProviderCalls):
                 if data is not _UNSTORED and state.control.write and not state.cache_hit:
                     for where, model, target in self._answer_keys(key, state, False):
                         self._put(cache, where, "result", data, state, model, target)
+                    if semantic is not None and probe is not None and state.answered_by is None:
+                        with applied(state.control):
+                            semantic.store(probe, key, self._ttl(state))
                 return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *self._flight.do(key, lead))
@@ -1369,6 +1461,18 @@ class LLMService(ProviderCalls):
             if not isinstance(hit, _Miss):
                 return hit
         state.cache_hit = False
+        semantic = self._semantic
+        probe = state.probe = None if semantic is None else await self._aprobe(request, state)
+        if semantic is not None and probe is not None and state.control.read:
+            # An exact miss: the semantic lookup (embedding once; reused when storing).
+            with applied(state.control):
+                match = await semantic.alookup(probe)
+            if match is not None:
+                with applied(state.control):
+                    entry = await cache.aget(match.key, namespace=self.namespace)
+                hit = self._semantic_hit(match, entry, codec, state)
+                if not isinstance(hit, _Miss):
+                    return hit
 
         async def reread() -> tuple[T, Any, Usage | None, str | None] | None:
             with applied(state.control):
@@ -1399,6 +1503,9 @@ class LLMService(ProviderCalls):
                 if data is not _UNSTORED and state.control.write and not state.cache_hit:
                     for where, model, target in self._answer_keys(key, state, False):
                         await self._aput(cache, where, "result", data, state, model, target)
+                    if semantic is not None and probe is not None and state.answered_by is None:
+                        with applied(state.control):
+                            await semantic.astore(probe, key, self._ttl(state))
                 return value, data, state.usage, state.answered_by
 
         return self._followed(codec, state, *await self._flight.ado(key, lead))

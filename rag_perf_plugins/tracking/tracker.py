@@ -14,6 +14,7 @@ done from snapshots (:class:`OperationStats`), never from live state.
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -47,6 +48,7 @@ _ZERO: Any = object()  # bucket marker for latencies <= 0
 # Throughput is counted in this many slots across the sliding window: memory stays fixed
 # and the estimate is off by at most one slot (1/60 of the window) at the window's edge.
 _WINDOW_SLOTS = 60
+SEMANTIC_HITS_KEPT: Final = 100  # latest semantic-cache hits a tracker keeps
 
 
 class _Window:
@@ -232,6 +234,7 @@ class PerformanceTracker:
         "_models",
         "_ops",
         "_process",
+        "_semantic",
         "_sinks",
         "_started",
         "enabled",
@@ -259,6 +262,10 @@ class PerformanceTracker:
         self._sinks: tuple[Callable[..., None], ...] = ()
         self._process: Any = None
         self._started = clock()
+        # The latest semantic-cache hits: (operation, similarity, matched prompt), bounded.
+        self._semantic: collections.deque[tuple[str, float, str]] = collections.deque(
+            maxlen=SEMANTIC_HITS_KEPT
+        )
 
     @classmethod
     def from_config(
@@ -460,6 +467,23 @@ class PerformanceTracker:
         """
         return TrackedCall(self, operation)
 
+    def record_semantic_hit(self, operation: str, similarity: float, prompt: str) -> None:
+        """Keep one semantic-cache hit: its cosine similarity and the prompt it matched.
+
+        Example: ``tracker.record_semantic_hit("llm.chat", 0.94, "How do I reset...?")``.
+        The latest :data:`SEMANTIC_HITS_KEPT` are kept (:meth:`semantic_hits`); the count
+        is the ``cache.semantic_hits`` counter of the operation.
+        """
+        if self.enabled:
+            self._semantic.append((operation, float(similarity), prompt))
+
+    def semantic_hits(self) -> list[dict[str, Any]]:
+        """The latest semantic hits, oldest first: operation, similarity, matched prompt."""
+        return [
+            {"operation": op, "similarity": sim, "matched_prompt": prompt}
+            for op, sim, prompt in list(self._semantic)
+        ]
+
     def add_sink(self, sink: Callable[..., None]) -> None:
         """Also send every recorded call to ``sink``.
 
@@ -597,6 +621,7 @@ class PerformanceTracker:
             self._ops = {}
             self._counters = {}
             self._models = {}
+            self._semantic.clear()
             self._started = self._clock()
 
     def __repr__(self) -> str:

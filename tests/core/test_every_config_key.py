@@ -51,8 +51,10 @@ from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, LocalBudgetStore, RetryPolicy
 from rag_perf_plugins.admission.spend import LocalSpendStore
 from rag_perf_plugins.bench.redis_servers import MASTER_NAME
+from rag_perf_plugins.bench.suites.semantic import simulator_embed
 from rag_perf_plugins.cache.manager import default_cache_dir
 from rag_perf_plugins.cache.redis_tier import RedisTier
+from rag_perf_plugins.cache.semantic import SemanticCache
 from rag_perf_plugins.cache.tiers import DiskTier
 from rag_perf_plugins.cost import price_table
 from rag_perf_plugins.errors import (
@@ -69,6 +71,7 @@ from rag_perf_plugins.resilience import Breakers, BreakerSettings, LocalBreakerS
 from rag_perf_plugins.resilience.breaker import Outcome
 from rag_perf_plugins.services import Usage
 from rag_perf_plugins.services.defaults import default_gate
+from rag_perf_plugins.services.embeddings import EmbeddingService
 from rag_perf_plugins.services.llm import Fallback
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.tracking import (
@@ -969,6 +972,68 @@ def who_answers_the_primary_after_a_fallback_did(ctx: Ctx, config: PerformanceCo
     return answer
 
 
+# --- semantic cache ---------------------------------------------------------------------
+ASKED = "How do I reset my account password?"
+PARAPHRASE = "how do I reset my account password, please?"  # cosine 0.87 (simulator, 384-d)
+
+
+def _semantic_service(config: PerformanceConfig) -> LLMService:
+    """An LLMService with a SemanticCache over the simulator's embeddings, in-process."""
+    embed = simulator_embed()
+    embeddings = EmbeddingService(
+        embed_many=lambda texts: embed(texts).tolist(),
+        provider="sim",
+        model="sim-384",
+        config=config,
+        store=None,
+        symmetric=True,
+    )
+    return LLMService(config=config, semantic=SemanticCache(embeddings, config=config))
+
+
+def _ask(service: LLMService, text: str, **params: Any) -> str:
+    request = LLMRequest(
+        model="m",
+        messages=[{"role": "user", "content": text}],
+        params={"temperature": 0.0, **params},
+    )
+    answer: str = service.generate(request, lambda: f"answer to {text}", _PlainCodec())
+    return answer
+
+
+def whose_answer_a_paraphrase_gets(ctx: Ctx, config: PerformanceConfig) -> str:
+    """A question, then a paraphrase (a SemanticCache is there either way): whose answer."""
+    service = _semantic_service(config)
+    _ask(service, ASKED)
+    return "first" if _ask(service, PARAPHRASE) == f"answer to {ASKED}" else "own"
+
+
+def whose_answer_a_sampled_paraphrase_gets(ctx: Ctx, config: PerformanceConfig) -> str:
+    """The same at temperature 0.7 without a seed."""
+    service = _semantic_service(config)
+    _ask(service, ASKED, temperature=0.7)
+    answer = _ask(service, PARAPHRASE, temperature=0.7)
+    return "first" if answer == f"answer to {ASKED}" else "own"
+
+
+def whose_answer_a_negation_gets(ctx: Ctx, config: PerformanceConfig) -> str:
+    """A question, then its negation (cosine 0.9985 here): whose answer."""
+    service = _semantic_service(config)
+    _ask(service, ASKED)
+    answer = _ask(service, "How do I not reset my account password?")
+    return "first" if answer == f"answer to {ASKED}" else "own"
+
+
+def whose_answer_a_paraphrase_gets_after_another_question(
+    ctx: Ctx, config: PerformanceConfig
+) -> str:
+    """A question, another question, then the first one's paraphrase: whose answer."""
+    service = _semantic_service(config)
+    _ask(service, ASKED)
+    _ask(service, "What are the opening hours of the support team?")
+    return "first" if _ask(service, PARAPHRASE) == f"answer to {ASKED}" else "own"
+
+
 # --- cost -------------------------------------------------------------------------------
 def price_file(ctx: Ctx) -> str:
     """A price file with gpt-4o-mini at $2 per million input and output tokens."""
@@ -1295,6 +1360,28 @@ EFFECTS: dict[str, Effect] = {
     "cache_fallback_answers": Effect(
         True, "who answers the primary's request after a fallback answered it",
         who_answers_the_primary_after_a_fallback_did, "primary", "fallback", MEMORY_ONLY,
+    ),
+    # --- semantic cache ---
+    "semantic_cache": Effect(
+        True, "whose answer a paraphrase gets", whose_answer_a_paraphrase_gets, "own", "first",
+        {"semantic_threshold": 0.8},
+    ),
+    "semantic_threshold": Effect(
+        0.85, "whose answer a paraphrase at cosine 0.87 gets", whose_answer_a_paraphrase_gets,
+        "own", "first", {"semantic_cache": True},
+    ),
+    "semantic_guards": Effect(
+        False, "whose answer a negated question gets", whose_answer_a_negation_gets,
+        "own", "first", {"semantic_cache": True, "semantic_threshold": 0.8},
+    ),
+    "semantic_serve_sampled": Effect(
+        True, "whose answer a sampled paraphrase gets", whose_answer_a_sampled_paraphrase_gets,
+        "own", "first", {"semantic_cache": True, "semantic_threshold": 0.8},
+    ),
+    "semantic_max_entries": Effect(
+        1, "whose answer a paraphrase gets after another question",
+        whose_answer_a_paraphrase_gets_after_another_question, "first", "own",
+        {"semantic_cache": True, "semantic_threshold": 0.8},
     ),
     # --- batching ---
     "max_wait_time": Effect(

@@ -28,9 +28,11 @@ from .factories import (
     pooled_openai_embeddings,
 )
 from .rate_limiters import PerfRateLimiter
+from .semantic_index import VectorStoreSemanticIndex
 from .vectorstores import PerfVectorStore
 
 __all__ = [
+    "VectorStoreSemanticIndex",
     # wrappers
     "PerfChatModel",
     "PerfEmbeddings",

@@ -45,6 +45,7 @@ the wrapper does not call; use our gate), and LangChain serialization of the wra
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -63,8 +64,10 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import (
     Runnable,
     RunnableBinding,
+    RunnableConfig,
     RunnableParallel,
     RunnableSequence,
+    ensure_config,
 )
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from typing_extensions import override
@@ -72,6 +75,7 @@ from typing_extensions import override
 from rag_perf_plugins._secrets import redact_data
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache import CacheControl, CacheManager, llm_key_tail
+from rag_perf_plugins.cache.semantic import SemanticCache, SemanticMatch
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.resilience import Breakers, Target
 from rag_perf_plugins.services.defaults import (
@@ -221,7 +225,11 @@ def _load_hit(stored: Mapping[str, Any]) -> BaseMessage:
     LangChain's ``messages_from_dict``, which only builds LangChain's message classes.
     """
     data = dict(stored["data"])
-    data["response_metadata"] = {**(data.get("response_metadata") or {}), "cache_hit": True}
+    data["response_metadata"] = {
+        **(data.get("response_metadata") or {}),
+        "cache_hit": True,
+        "cache_hit_kind": "exact",
+    }
     if data.get("usage_metadata") is not None:
         data["usage_metadata"] = dict(_ZERO_USAGE)
     if stored["type"] == "AIMessageChunk":
@@ -256,6 +264,17 @@ class _ResultCodec:
         if isinstance(llm_output, dict) and "token_usage" in llm_output:
             llm_output = {**llm_output, "token_usage": {}}
         return ChatResult(generations=generations, llm_output=llm_output)
+
+    def decode_semantic(self, data: Any, match: SemanticMatch) -> ChatResult:
+        """A semantic hit: :meth:`decode`, with the match in ``response_metadata``."""
+        result = self.decode(data)
+        for generation in result.generations:
+            generation.message.response_metadata.update(
+                cache_hit_kind="semantic",
+                cache_similarity=match.similarity,
+                cache_matched_prompt=match.prompt,
+            )
+        return result
 
     def usage(self, value: ChatResult) -> Usage | None:
         total: Usage | None = None
@@ -362,6 +381,10 @@ class PerfChatModel(BaseChatModel):
             first chunk. Each gets its own gate (its provider, model and key).
         breakers: The circuit breakers; ``None``: the process-wide ones of ``config``
             (in Redis, shared by every process, when ``redis_url`` is set).
+        semantic: A :class:`~rag_perf_plugins.cache.semantic.SemanticCache` for opted-in
+            calls (``semantic_cache: true`` or ``cache_control(semantic=True)``); a semantic
+            hit has ``response_metadata`` ``cache_hit_kind="semantic"``,
+            ``cache_similarity`` (cosine) and ``cache_matched_prompt``.
         **kwargs: Other ``BaseChatModel`` fields (``callbacks``, ``tags``, ``metadata``).
 
     Raises:
@@ -393,6 +416,7 @@ class PerfChatModel(BaseChatModel):
         operation: str = "llm.chat",
         fallbacks: Sequence[BaseChatModel] = (),
         breakers: Breakers | None = None,
+        semantic: SemanticCache | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(inner, BaseChatModel):
@@ -428,6 +452,7 @@ class PerfChatModel(BaseChatModel):
             operation=operation,
             target=default_target(gate, self._provider, model),
             breakers=breakers,
+            semantic=semantic,
         )
 
     @property
@@ -519,6 +544,33 @@ class PerfChatModel(BaseChatModel):
             msg = f"{type(self.inner).__name__}.with_structured_output has no model step to wrap"
             raise NotImplementedError(msg)
         return rebuilt
+
+    # --- streams: the call's metadata reaches the hooks ---------------------------------
+    @override
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """``BaseChatModel.stream``, with the ``rag_perf`` metadata applied as on ``invoke``."""
+        metadata = ensure_config(config).get("metadata")
+        return _with_metadata(super().stream(input, config, stop=stop, **kwargs), metadata)
+
+    @override
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """``BaseChatModel.astream``, with the ``rag_perf`` metadata applied as on ``ainvoke``."""
+        metadata = ensure_config(config).get("metadata")
+        return _awith_metadata(super().astream(input, config, stop=stop, **kwargs), metadata)
 
     # --- the four hooks: one service call each ----------------------------------------
     def _settings(self, identity: ModelIdentity) -> None:
@@ -824,14 +876,60 @@ def _service_of(model: PerfChatModel) -> LLMService:
     return service
 
 
+# LangChain's BaseChatModel.stream/astream call _stream/_astream without the run manager, so
+# the call's metadata (rag_perf cache mode, ttl, semantic, cache_scope, cost_scope) would
+# never reach a stream: stream/astream put it here while the stream opens (its first chunk),
+# and the hooks read it when they get no run manager.
+_STREAM_METADATA: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "rag_perf_stream_metadata", default=None
+)
+
+
+def _metadata(run_manager: Any) -> Mapping[str, Any] | None:
+    if run_manager is None:
+        return _STREAM_METADATA.get()
+    return getattr(run_manager, "metadata", None)
+
+
 def _control(run_manager: Any) -> CacheControl | None:
-    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
-    return control_from_metadata(metadata)
+    return control_from_metadata(_metadata(run_manager))
 
 
 def _scope(run_manager: Any) -> str | None:
-    metadata = getattr(run_manager, "metadata", None) if run_manager is not None else None
-    return scope_from_metadata(metadata)
+    return scope_from_metadata(_metadata(run_manager))
+
+
+def _with_metadata(
+    chunks: Iterator[AIMessageChunk], metadata: Mapping[str, Any] | None
+) -> Iterator[AIMessageChunk]:
+    """``chunks`` with ``metadata`` visible to :meth:`PerfChatModel._stream` as it opens."""
+    with contextlib.closing(chunks):  # type: ignore[type-var]  # a generator: closed with us
+        token = _STREAM_METADATA.set(metadata)
+        try:
+            first = next(chunks, None)
+        finally:
+            _STREAM_METADATA.reset(token)
+        if first is None:
+            return
+        yield first
+        yield from chunks
+
+
+async def _awith_metadata(
+    chunks: AsyncIterator[AIMessageChunk], metadata: Mapping[str, Any] | None
+) -> AsyncIterator[AIMessageChunk]:
+    """Async :func:`_with_metadata`."""
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # closed with us
+        token = _STREAM_METADATA.set(metadata)
+        try:
+            first = await anext(chunks, None)
+        finally:
+            _STREAM_METADATA.reset(token)
+        if first is None:
+            return
+        yield first
+        async for chunk in chunks:
+            yield chunk
 
 
 def _repoint(runnable: Any, old: BaseChatModel, new: BaseChatModel, replaced: list[bool]) -> Any:

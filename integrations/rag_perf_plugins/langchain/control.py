@@ -9,7 +9,9 @@ Example::
 
 Modes (see :mod:`rag_perf_plugins.cache.control`): ``"bypass"`` (neither read nor write),
 ``"refresh"`` (recompute and overwrite), ``"no-store"`` (read, but do not write a miss);
-``ttl`` in seconds applies to entries written by the call.
+``ttl`` in seconds applies to entries written by the call. ``"semantic": True`` opts the
+call in to the semantic LLM cache; ``"cache_scope": "tenant-42"`` partitions the LLM cache
+by tenant or user (as :func:`~rag_perf_plugins.cache.cache_scope` does).
 
 LangChain hands ``config`` only to runnables; our runnable wrappers (the vector store's
 retriever, the chat model) read it with :func:`control_from_config` and apply it for the
@@ -57,14 +59,21 @@ def control_from_metadata(metadata: Mapping[str, Any] | None) -> CacheControl | 
             f'"ttl": 60}} or a mode string, got {type(options).__name__}'
         )
         raise ValueError(msg)
-    unknown = set(options) - {"cache", "ttl", "cost_scope"}
+    unknown = set(options) - {"cache", "ttl", "cost_scope", "semantic", "cache_scope"}
     if unknown:
         msg = (
             f'metadata["{METADATA_KEY}"]: unknown option(s) {sorted(unknown)}; allowed: '
-            "cache, ttl, cost_scope"
+            "cache, ttl, cost_scope, semantic, cache_scope"
         )
         raise ValueError(msg)
-    return parse_control({"mode": options.get("cache", "default"), "ttl": options.get("ttl")})
+    return parse_control(
+        {
+            "mode": options.get("cache", "default"),
+            "ttl": options.get("ttl"),
+            "semantic": options.get("semantic"),
+            "scope": options.get("cache_scope"),
+        }
+    )
 
 
 def scope_from_metadata(metadata: Mapping[str, Any] | None) -> str | None:

@@ -39,10 +39,12 @@ from .instrumentation import (
     uninstall_instrumentation,
 )
 from .llms import PerfFunctionCallingLLM, PerfLLM, wrap_llm
+from .semantic_index import VectorStoreSemanticIndex
 from .settings import configure_settings, restore_settings
 from .vector_stores import PerfVectorStore
 
 __all__ = [
+    "VectorStoreSemanticIndex",
     # embeddings
     "PerfEmbedding",
     # vector stores

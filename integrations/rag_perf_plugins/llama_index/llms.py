@@ -79,6 +79,7 @@ from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
 from rag_perf_plugins.cache import CacheManager, canonical_json
 from rag_perf_plugins.cache.control import current_control, parse_control
+from rag_perf_plugins.cache.semantic import SemanticCache, SemanticMatch
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
 from rag_perf_plugins.resilience import Breakers
 from rag_perf_plugins.services.defaults import (
@@ -247,7 +248,15 @@ def _response_usage(value: ChatResponse | CompletionResponse) -> Usage | None:
 
 
 def _hit_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
-    return {**extra, **_ZERO_USAGE, "cache_hit": True}
+    return {**extra, **_ZERO_USAGE, "cache_hit": True, "cache_hit_kind": "exact"}
+
+
+def _semantic_kwargs(extra: dict[str, Any], match: SemanticMatch) -> None:
+    extra.update(
+        cache_hit_kind="semantic",
+        cache_similarity=match.similarity,
+        cache_matched_prompt=match.prompt,
+    )
 
 
 def _chunk_usage(chunk: ChatResponse | CompletionResponse) -> Usage | None:
@@ -334,6 +343,11 @@ class _ChatCodec:
             additional_kwargs=_hit_kwargs(data["k"]),
         )
 
+    def decode_semantic(self, data: Any, match: SemanticMatch) -> ChatResponse:
+        response = self.decode(data)
+        _semantic_kwargs(response.additional_kwargs, match)
+        return response
+
     def usage(self, value: ChatResponse) -> Usage | None:
         return _response_usage(value)
 
@@ -348,6 +362,11 @@ class _CompletionCodec:
         return CompletionResponse(
             text=data["t"], delta=data["d"], additional_kwargs=_hit_kwargs(data["k"])
         )
+
+    def decode_semantic(self, data: Any, match: SemanticMatch) -> CompletionResponse:
+        response = self.decode(data)
+        _semantic_kwargs(response.additional_kwargs, match)
+        return response
 
     def usage(self, value: CompletionResponse) -> Usage | None:
         return _response_usage(value)
@@ -474,7 +493,10 @@ FALLBACK_TARGET: Final = "fallback_target"
 
 def _mark(r: RT, answered: Sequence[str] = ()) -> RT:
     """A live answer (the codec marked replayed ones) says it was not a hit; and who answered."""
-    r.additional_kwargs.setdefault("cache_hit", False)
+    extra = r.additional_kwargs
+    if "cache_hit" not in extra:  # a live answer (hits were marked by the codec)
+        extra["cache_hit"] = False
+        extra["cache_hit_kind"] = None
     if answered:
         r.additional_kwargs[FALLBACK_TARGET] = answered[-1]
     return r
@@ -570,6 +592,11 @@ class PerfLLM(LLM):
             ``additional_kwargs["fallback_target"]``. Streams fall back only before their
             first chunk.
         breakers: The circuit breakers; ``None``: the process-wide ones of ``config``.
+        semantic: A :class:`~rag_perf_plugins.cache.semantic.SemanticCache` for opted-in
+            calls (``semantic_cache: true``, ``cache_control(semantic=True)`` or
+            ``rag_perf_cache={"semantic": True}``); a semantic hit has
+            ``additional_kwargs`` ``cache_hit_kind="semantic"``, ``cache_similarity``
+            (cosine) and ``cache_matched_prompt``.
 
     Raises:
         TypeError: ``inner`` is not a LlamaIndex ``LLM`` or is already a ``PerfLLM``.
@@ -607,6 +634,7 @@ class PerfLLM(LLM):
         clock: Clock = monotonic,
         fallbacks: Sequence[LLM] = (),
         breakers: Breakers | None = None,
+        semantic: SemanticCache | None = None,
     ) -> None:
         if isinstance(inner, PerfLLM):
             msg = "inner is already a PerfLLM; wrap the model it wraps (inner.inner)"
@@ -645,6 +673,7 @@ class PerfLLM(LLM):
             clock=clock,
             target=default_target(gate, provider_id, model),
             breakers=breakers,
+            semantic=semantic,
         )
         digest = hashlib.blake2b(canonical_json(identity).encode(), digest_size=16).hexdigest()
         _set(
@@ -1077,6 +1106,7 @@ class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
         clock: Clock = monotonic,
         fallbacks: Sequence[LLM] = (),
         breakers: Breakers | None = None,
+        semantic: SemanticCache | None = None,
     ) -> None:
         super().__init__(
             inner,
@@ -1088,6 +1118,7 @@ class PerfFunctionCallingLLM(PerfLLM, FunctionCallingLLM):
             clock=clock,
             fallbacks=fallbacks,
             breakers=breakers,
+            semantic=semantic,
         )
 
     @classmethod
@@ -1139,7 +1170,7 @@ def wrap_llm(inner: LLM, config: PerformanceConfig | None = None, **options: Any
     A model that is already a :class:`PerfLLM` is returned as it is when nothing else is
     asked; with a ``config`` or ``options`` it raises, rather than return the wrapper and
     silently drop them. ``options`` go to the wrapper (``cache``, ``gate``, ``retry``,
-    ``tracker``, ``clock``, ``fallbacks``, ``breakers``); an unknown one raises
+    ``tracker``, ``clock``, ``fallbacks``, ``breakers``, ``semantic``); an unknown one raises
     ``TypeError`` naming it.
 
     Raises:
