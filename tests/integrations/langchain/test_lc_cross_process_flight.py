@@ -190,9 +190,11 @@ def test_a_killed_leader_lets_a_follower_finish_within_the_bound(
         _delete_prefix(redis_url, prefix)
     answers = [a for r in results for a in r["answers"]]
     assert len(answers) == 75 and len(set(answers)) == 1
-    # One follower then led: one more call, never two at once. (The dead leader's own call
-    # is counted when the simulator finished answering it before seeing the socket close.)
-    assert _chat_calls(sim) in (1, 2) and sim.stats()["peak_inflight"] == 1
+    # One follower then led: one more call. The simulator goes on answering the dead
+    # leader's request after its socket closed (it is counted when it finished), and the
+    # lease can lapse before that answer ends, so the simulator may see the dead leader's
+    # request and the new leader's at once (2); never more, since only one follower led.
+    assert _chat_calls(sim) in (1, 2) and sim.stats()["peak_inflight"] <= 2
     assert sum(r["flight"]["cross_process_led"] for r in results) == 1
     # The bound: the lease lapses within LEASE_S, then one provider call; 2 s of slack for
     # polling and a loaded machine.
