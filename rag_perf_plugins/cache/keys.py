@@ -162,12 +162,23 @@ def canonical_json(value: Any, *, path: str = "key") -> str:
     return _CANONICAL.encode(normalized)
 
 
+def _digest(text: str) -> hashlib.blake2b:
+    """The hash state of a key's canonical text (blake2b-160, the keys' personalization).
+
+    The one place the digest is defined: :func:`make_key` and the precomputed paths
+    (:class:`EmbeddingKeyer`, :func:`llm_key_from_tail`) must write identical keys.
+    """
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=20, person=b"rag-perf-key")
+
+
+def _spelled(kind: str, digest: hashlib.blake2b) -> str:
+    """A key as it is stored: ``f"{kind}:v{KEY_VERSION}:{hex digest}"``."""
+    return f"{kind}:v{KEY_VERSION}:{digest.hexdigest()}"
+
+
 def make_key(kind: str, fields: Mapping[str, Any]) -> str:
     """``f"{kind}:v{KEY_VERSION}:{blake2b-160 hex}"`` of the canonical fields."""
-    digest = hashlib.blake2b(
-        canonical_json(fields).encode("utf-8"), digest_size=20, person=b"rag-perf-key"
-    )
-    return f"{kind}:v{KEY_VERSION}:{digest.hexdigest()}"
+    return _spelled(kind, _digest(canonical_json(fields)))
 
 
 @dataclass(frozen=True)
@@ -265,9 +276,7 @@ class EmbeddingKeyer:
         # "text" sorts last, so the canonical text is this head, the text's JSON and "}".
         head = canonical_json(fields)
         cut = head.rindex(',"text":') + len(',"text":')
-        self._hash = hashlib.blake2b(
-            head[:cut].encode("utf-8"), digest_size=20, person=b"rag-perf-key"
-        )
+        self._hash = _digest(head[:cut])
 
     def key(self, text: str) -> str:
         """The key of ``text``; ``TypeError`` when it is not a str."""
@@ -277,7 +286,7 @@ class EmbeddingKeyer:
         digest = self._hash.copy()
         # What json.dumps(text, ensure_ascii=False) writes, without building an encoder.
         digest.update((_json_string(text) + "}").encode("utf-8"))
-        return f"emb:v{KEY_VERSION}:{digest.hexdigest()}"
+        return _spelled("emb", digest)
 
 
 # --- LLM ----------------------------------------------------------------------------------
@@ -381,9 +390,9 @@ def llm_key_tail(
 
 def llm_key_from_tail(messages: Any, tail: str) -> str:
     """:func:`llm_key` of ``messages`` and the fields :func:`llm_key_tail` serialized."""
-    text = '{"messages":' + canonical_json(messages, path="key.messages") + tail
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=20, person=b"rag-perf-key")
-    return f"llm:v{KEY_VERSION}:{digest.hexdigest()}"
+    return _spelled(
+        "llm", _digest('{"messages":' + canonical_json(messages, path="key.messages") + tail)
+    )
 
 
 def is_sampled(params: Mapping[str, Any]) -> bool:
