@@ -59,6 +59,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from .._signature import checked_kwargs
 from ..config import PerformanceConfig, resolve_config
 from .guards import disagreement
 from .keys import is_sampled, llm_fields, make_key
@@ -320,6 +321,7 @@ class NumpyIndex:
 
     __slots__ = ("_cache", "_lock", "_parts", "loaded", "max_entries", "max_partitions", "written")
 
+    @checked_kwargs
     def __init__(
         self, cache: CacheManager | None, *, max_entries: int = 10_000, max_partitions: int = 1024
     ) -> None:
@@ -513,6 +515,7 @@ class SemanticCache:
         "threshold",
     )
 
+    @checked_kwargs
     def __init__(
         self,
         embeddings: Embedder,

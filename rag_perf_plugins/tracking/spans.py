@@ -60,6 +60,7 @@ during the call are its siblings, not its children).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -71,7 +72,7 @@ _SCOPE = "rag_perf_plugins"
 class _Tracing:
     """The tracer of the current global provider, found again only when it changes."""
 
-    __slots__ = ("available", "get_provider", "inert", "module", "provider", "tracer")
+    __slots__ = ("available", "from_env", "get_provider", "inert", "module", "provider", "tracer")
 
     def __init__(self) -> None:
         self.provider: Any = None
@@ -84,8 +85,12 @@ class _Tracing:
             self.get_provider: Any = None
             self.inert: tuple[type, ...] = ()
             self.module: Any = None
+            self.from_env = False
             return
         self.available = True
+        # OpenTelemetry loads a provider named by this variable at its first
+        # get_tracer_provider(); read once, as OpenTelemetry's other variables are.
+        self.from_env = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
         self.get_provider = trace.get_tracer_provider
         self.inert = (NoOpTracerProvider, ProxyTracerProvider)
         self.module = trace
@@ -95,6 +100,8 @@ class _Tracing:
         # get_tracer_provider's environment lookup (~1 us on every call of every service).
         provider = getattr(self.module, "_TRACER_PROVIDER", None)
         if provider is None:
+            if not self.from_env:  # no provider set: the proxy, which emits nothing
+                return None
             provider = self.get_provider()
         if provider is not self.provider:
             self.provider = provider

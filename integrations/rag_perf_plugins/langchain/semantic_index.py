@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from langchain_core.vectorstores import VectorStore
 
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache.semantic import Candidate, Vector
 
 __all__ = ["VectorStoreSemanticIndex"]
@@ -60,6 +61,7 @@ class VectorStoreSemanticIndex:
 
     __slots__ = ("added", "fetch", "filter_of", "store")
 
+    @checked_kwargs
     def __init__(
         self,
         store: VectorStore,

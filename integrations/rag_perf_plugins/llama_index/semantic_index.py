@@ -33,6 +33,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
     VectorStoreQuery,
 )
+from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache.semantic import Candidate, Vector
 
 __all__ = ["VectorStoreSemanticIndex"]
@@ -51,6 +52,7 @@ class VectorStoreSemanticIndex:
 
     __slots__ = ("added", "fetch", "store")
 
+    @checked_kwargs
     def __init__(self, store: BasePydanticVectorStore, *, fetch: int = 8) -> None:
         if not isinstance(store, BasePydanticVectorStore):
             msg = f"store must be a LlamaIndex vector store, got {type(store).__name__}"

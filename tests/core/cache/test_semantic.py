@@ -212,6 +212,20 @@ def test_bad_settings_name_the_key_and_what_is_allowed() -> None:
         LLMService(config=PerformanceConfig(semantic_cache=True, enable_caching=False))
 
 
+def test_a_misspelt_argument_names_itself_and_its_close_match() -> None:
+    class Embedder:
+        def embed_query(self, text: str) -> list[float]:
+            return [1.0, 0.0]
+
+        async def aembed_query(self, text: str) -> list[float]:
+            return [1.0, 0.0]
+
+    with pytest.raises(TypeError, match=r"'candidate'.*did you mean 'candidates'"):
+        SemanticCache(Embedder(), candidate=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"'max_entry'.*did you mean 'max_entries'"):
+        NumpyIndex(None, max_entry=10)  # type: ignore[call-arg]
+
+
 # --- the request path ---------------------------------------------------------------------
 def test_paraphrase_hit_exact_first_and_one_embedding_per_miss(
     config: PerformanceConfig,

@@ -313,3 +313,13 @@ def test_a_bare_embedder_of_another_model_never_shares_a_partition(
     request = LLMRequest(model="m", messages="q", params={"temperature": 0.0})
     p1, p2 = ada.probe(request, None), small.probe(request, None)
     assert p1 is not None and p2 is not None and p1.partition != p2.partition
+
+
+def test_a_misspelt_index_argument_names_its_close_match() -> None:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from rag_perf_plugins.langchain import VectorStoreSemanticIndex
+
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=8))
+    with pytest.raises(TypeError, match=r"'fetches'.*did you mean 'fetch'"):
+        VectorStoreSemanticIndex(store, fetches=4)  # type: ignore[call-arg]

@@ -172,3 +172,11 @@ def test_scoped_and_unscoped_calls_never_share_exact_entries_on_any_path(
         assert asyncio.run(astream("four")) is not True
         assert asyncio.run(astream("four")) is True
     assert chat_requests(simulator) == 2 + 2 + 2 + 2
+
+
+def test_a_misspelt_index_argument_names_its_close_match() -> None:
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from rag_perf_plugins.llama_index import VectorStoreSemanticIndex
+
+    with pytest.raises(TypeError, match=r"'fetches'.*did you mean 'fetch'"):
+        VectorStoreSemanticIndex(SimpleVectorStore(), fetches=4)  # type: ignore[call-arg]
