@@ -526,8 +526,14 @@ class CacheManager:
             self._fault(tier.name, "delete", exc)
 
     def _store(
-        self, namespace: str, blobs: dict[str, bytes], ttl: float | None, model: str | None
+        self,
+        namespace: str,
+        blobs: dict[str, bytes],
+        ttl: float | None,
+        model: str | None,
+        vectors: Mapping[str, list[float]] | None = None,
     ) -> None:
+        """Write ``blobs`` to every tier; ``vectors``: their decoded floats, for the memory tier."""
         prefix = self._prefix(namespace)
         stored = {prefix + k: b for k, b in blobs.items()}
         for tier in self.tiers:
@@ -535,6 +541,8 @@ class CacheManager:
                 tier.set_many(stored, ttl=ttl, tag=model)
             except Exception as exc:
                 self._fault(tier.name, "set", exc)
+        if vectors:
+            self._keep(stored, prefix, vectors)
         self._count("set", namespace, n=len(blobs))
         self._emit("cache.sets", len(blobs))
 
@@ -689,7 +697,7 @@ class CacheManager:
         """
         out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
         if self.enabled and out and current_control().write:
-            self._store(namespace, self._encode_many(out, ttl, vector=True), ttl, model)
+            self._store(namespace, self._encode_many(out, ttl, vector=True), ttl, model, out)
         return out
 
     def delete(self, key: str, *, namespace: str = "default") -> bool:
@@ -947,6 +955,19 @@ class CacheManager:
                 if tier.blocking:
                     self._store_tier(tier, stored, ttl, model)
 
+    def _keep(
+        self, stored: dict[str, bytes], prefix: str, vectors: Mapping[str, list[float]]
+    ) -> None:
+        """Hand the leading memory tier the floats of vectors it just stored (no decode later)."""
+        tier = self.tiers[0] if self.tiers else None
+        keep = None if tier is None or tier.blocking else getattr(tier, "keep_vectors", None)
+        if keep is None:
+            return
+        try:
+            keep({prefix + k: (stored[prefix + k], v) for k, v in vectors.items()})
+        except Exception as exc:
+            self._fault(tier.name, "set", exc)  # type: ignore[union-attr]
+
     def _store_tier(
         self, tier: Tier, stored: dict[str, bytes], ttl: float | None, model: str | None
     ) -> None:
@@ -956,7 +977,12 @@ class CacheManager:
             self._fault(tier.name, "set", exc)
 
     async def _astore(
-        self, namespace: str, blobs: dict[str, bytes], ttl: float | None, model: str | None
+        self,
+        namespace: str,
+        blobs: dict[str, bytes],
+        ttl: float | None,
+        model: str | None,
+        vectors: Mapping[str, list[float]] | None = None,
     ) -> None:
         prefix = await self._aprefix(namespace)
         stored = {prefix + k: b for k, b in blobs.items()}
@@ -966,6 +992,8 @@ class CacheManager:
                 blocking = True
             else:
                 self._store_tier(tier, stored, ttl, model)  # memory: inline
+        if vectors:
+            self._keep(stored, prefix, vectors)
         if blocking:
             # Concurrent writes of one loop iteration share one pool job.
             await self._batcher().write(stored, ttl, model)
@@ -1040,7 +1068,7 @@ class CacheManager:
         """Async :meth:`set_vectors` (same ``rounded`` flag)."""
         out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
         if self.enabled and out and current_control().write:
-            await self._astore(namespace, self._encode_many(out, ttl, vector=True), ttl, model)
+            await self._astore(namespace, self._encode_many(out, ttl, vector=True), ttl, model, out)
         return out
 
     async def adelete(self, key: str, *, namespace: str = "default") -> bool:

@@ -242,6 +242,34 @@ class MemoryTier:
                 self._bytes -= self._cost(old_key, old_blob, old_kept)
                 self.evictions += 1
 
+    def keep_vectors(self, vectors: Mapping[str, tuple[bytes, Sequence[float]]]) -> None:
+        """Keep the floats of vectors just stored here beside their blobs.
+
+        Example: ``tier.set_many({key: blob}); tier.keep_vectors({key: (blob, floats)})``.
+        The floats must be the values ``blob`` decodes to (the cache passes the vectors it
+        rounded and encoded), so the first hit after a write copies floats instead of
+        decoding them, as the later hits do. Skipped: a key whose entry is no longer that
+        very blob (another writer's since, evicted, or too large for the tier), one already
+        kept, or one not fitting ``max_bytes``.
+        """
+        data = self._data
+        with self._lock:
+            for key, (blob, floats) in vectors.items():
+                item = data.get(key)
+                if item is None or item[0] is not blob or item[2] is not None:
+                    continue
+                try:
+                    kind, _created_at, expires_at = check_header(item[0])
+                except CorruptEntry:
+                    continue
+                if kind == KIND_MSGPACK:
+                    continue
+                kept = tuple(floats)
+                cost = MemoryTier.KEPT_OVERHEAD + MemoryTier.KEPT_BYTES_PER_FLOAT * len(kept)
+                if self._bytes + cost <= self.max_bytes:
+                    data[key] = (item[0], item[1], (expires_at, kept, cost))
+                    self._bytes += cost
+
     def delete_many(self, keys: Sequence[str]) -> int:
         """Drop keys; returns how many were present."""
         n = 0

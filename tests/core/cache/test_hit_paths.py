@@ -106,6 +106,35 @@ def test_kept_vectors_are_new_lists_equal_to_a_decode() -> None:
     assert tier.get_vectors_kept(["k"], now=0.0) == second
 
 
+def test_kept_at_write_only_for_the_very_blob_stored() -> None:
+    values = [0.25, -1.0]
+    blob, other = _vector_blob(values), _vector_blob([9.0, 9.0])
+    tier = MemoryTier(max_items=10, max_bytes=1 << 20)
+    tier.set_many({"k": blob, "j": other})
+    tier.set_many({"j": _vector_blob([9.0, 9.0])})  # another writer's blob since
+    tier.keep_vectors({"k": (blob, values), "j": (other, [9.0, 9.0]), "gone": (blob, values)})
+    data = tier._data
+    assert data["k"][2] is not None and data["k"][2][1] == (0.25, -1.0)
+    assert data["j"][2] is None and "gone" not in data  # not that blob: decoded at its hit
+    assert tier.get_vectors_kept(["k", "j"], now=0.0) == [values, [9.0, 9.0]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_vectors_kept_at_write_equal_a_fresh_process_read(cache_dir: Path, dtype: Any) -> None:
+    config = PerformanceConfig(cache_dir=str(cache_dir), cache_vector_dtype=dtype)
+    values = {"a": [0.1, 1 / 3, -2.5e-8, 3.0e38], "b": [float(i) / 7 for i in range(384)]}
+    writer = CacheManager(config)
+    cold = writer.set_vectors(values)
+    tier = writer.tiers[0]
+    assert isinstance(tier, MemoryTier)
+    assert all(item[2] is not None for item in tier._data.values())  # kept at the write
+    cold["a"][0] = 42.0  # the caller's list is its own
+    warm = writer.memory_vectors(["a", "b"])
+    fresh = CacheManager(config).get_vectors(["a", "b"])  # decoded from the disk tier
+    assert warm == [fresh["a"], fresh["b"]] and warm[0][0] != 42.0
+    assert warm == [[*v] for v in writer.set_vectors(values).values()]
+
+
 def test_kept_vectors_answer_all_or_nothing() -> None:
     tier = MemoryTier(max_items=10, max_bytes=1 << 20)
     tier.set_many(
