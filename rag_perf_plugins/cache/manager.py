@@ -573,6 +573,17 @@ class CacheManager:
         self._account(namespace, {tier.name: 1}, 0)
         return value
 
+    def peek(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
+        """The value of ``key`` if the memory tier holds it live, else ``default``; no I/O.
+
+        Example: ``cache.peek(key, namespace="llm")``. A value found counts as a hit, as
+        :meth:`get` counts it; ``default`` counts nothing (no miss), so a caller can take
+        its general path afterwards (which looks up every tier and counts once). Safe
+        inside an event loop: it never reads disk or Redis.
+        """
+        found = self._memory_get(namespace, key)
+        return default if found is _ABSENT else found
+
     # unasync: generated from aget
     def get(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
         """The value stored under ``key``, or ``default`` on a miss or an expired entry."""

@@ -1128,11 +1128,19 @@ class LLMService(ProviderCalls):
             call.semantic = match
         return hit
 
-    def _hit(self, kind: str, entry: Any, decode: Callable[[Any], V], call: _Call) -> V | _Miss:
+    def _hit(
+        self,
+        kind: str,
+        entry: Any,
+        decode: Callable[[Any], V],
+        call: _Call,
+        *,
+        count_corrupt: bool = True,
+    ) -> V | _Miss:
         """``decode`` of a stored ``kind`` entry, counted as a hit; :data:`_MISS` when none.
 
         An entry of the wrong shape is a miss; one that ``decode`` refuses is counted as
-        corrupt and is a miss too.
+        corrupt (unless ``count_corrupt`` is false: :meth:`cached`) and is a miss too.
         """
         found = self._read_entry(kind, entry)
         if found is None:
@@ -1140,7 +1148,8 @@ class LLMService(ProviderCalls):
         try:
             value = decode(found[0])
         except Exception as exc:
-            self._corrupt(exc)
+            if count_corrupt:
+                self._corrupt(exc)
             return _MISS
         call.cache_hit, call.saved, call.saved_usage = True, found[1].total, found[1]
         target = entry.get("target")
@@ -1233,6 +1242,41 @@ class LLMService(ProviderCalls):
                 await cache.aset(key, entry, ttl, namespace=self.namespace, model=model)
         except Exception as exc:  # an unstorable value: the call goes on uncached
             self._store_error(exc)
+
+    # --- the memory-tier hit alone ----------------------------------------------------
+    def cached(
+        self,
+        request: LLMRequest,
+        codec: ResultCodec[T],
+        *,
+        control: CacheControl | None = None,
+        cost_scope: str | None = None,
+        on_target: Callable[[str], None] | None = None,
+    ) -> T | None:
+        """The exact cache's answer to ``request`` if the memory tier holds it, else ``None``.
+
+        Example: ``service.cached(request, codec) or service.generate(request, call, codec)``.
+        A hit is decoded and recorded exactly as :meth:`generate` records one (tracker,
+        costs saved, span, ``on_target`` for an answer a fallback gave); ``None`` records
+        and counts nothing, not even a corrupt entry, so the caller's general path after it
+        counts everything once. No I/O, no gate, no thread hop: callable from a coroutine.
+        Adapters use it to answer a hit before their framework's per-call machinery.
+        """
+        cache = self._cache
+        if cache is None:
+            return None
+        state = self._begin(request, False, control, None, cost_scope, (), on_target)
+        if state.key is None or not state.control.read:
+            return None
+        with applied(state.control):
+            entry = cache.peek(state.key, namespace=self.namespace)
+        if entry is None:
+            return None
+        hit = self._hit("result", entry, codec.decode, state, count_corrupt=False)
+        if isinstance(hit, _Miss):
+            return None
+        self._record(self.operation, state, error=False)
+        return hit
 
     # --- non-streamed calls: sync shell -----------------------------------------------
     def generate(

@@ -12,7 +12,7 @@ import pytest
 
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.admission import AdmissionGate, RetryPolicy
-from rag_perf_plugins.cache import CacheManager, cache_control
+from rag_perf_plugins.cache import CacheManager, cache_control, parse_control
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.services.llm import LLMRequest, LLMService, Usage
 from rag_perf_plugins.tracking import PerformanceTracker
@@ -120,6 +120,62 @@ def test_miss_then_hit_is_marked_and_saves_tokens(
     assert stats["tokens_in"] == 7 and stats["tokens_out"] == 3  # the hit billed nothing
     assert stats["tokens_saved"] == 10
     assert stats["cache_hits"] == 1 and stats["cache_misses"] == 1
+
+
+def test_cached_answers_memory_hits_only_and_counts_them_as_generate_does(
+    tmp_path: Path, tracker: PerformanceTracker
+) -> None:
+    service, cache = make_service(tmp_path, tracker)
+    other = PerformanceTracker()
+    reference, _ = make_service(tmp_path / "reference", other)
+    provider = Provider()
+    req = request()
+    assert service.cached(req, Codec()) is None  # a miss: nothing counted
+    assert tracker.get_metrics("llm")["count"] == 0
+    assert cache.get_stats()["misses"] == 0
+    first = service.generate(req, lambda: provider.answer(req), Codec())
+    hit = service.cached(req, Codec())
+    assert hit == {"text": first["text"], "usage": [0, 0], "cache_hit": True}
+    # The same call through generate() on a twin service: the same statistics.
+    reference.generate(req, lambda: provider.answer(req), Codec())
+    reference.generate(req, lambda: provider.answer(req), Codec())
+    def counts(metrics: dict[str, Any]) -> dict[str, Any]:
+        timed = ("latency", "throughput", "qps", "window", "uptime", "ttft", "queue_wait")
+        return {k: v for k, v in metrics.items() if not any(t in k for t in timed)}
+
+    assert counts(tracker.get_metrics("llm")) == counts(other.get_metrics("llm"))
+    assert tracker.get_metrics("llm")["cache_hits"] == 1
+    with cache_control("bypass"):
+        assert service.cached(req, Codec()) is None
+    assert service.cached(req, Codec(), control=parse_control("refresh")) is None
+    # On disk only (a new process): the caller's general path reads it, counted once there.
+    fresh, fresh_cache = make_service(tmp_path, PerformanceTracker())
+    assert fresh.cached(req, Codec()) is None
+    assert fresh_cache.get_stats()["misses"] == 0 and fresh_cache.get_stats()["hits"] == 0
+    assert provider.calls == 2
+
+
+def test_cached_leaves_a_corrupt_entry_to_the_general_path(tmp_path: Path) -> None:
+    class Refuses(Codec):
+        def decode(self, data: Any) -> Answer:
+            raise ValueError("not an answer")
+
+    req = request()
+    counters = []
+    for peek_first in (True, False):
+        tracker = PerformanceTracker()
+        service, cache = make_service(tmp_path / str(peek_first), tracker)
+        key = service.cache_key(req)
+        assert key is not None
+        cache.set(key, {"kind": "result", "data": 1, "usage": [1, 1]}, namespace="llm")
+        if peek_first:
+            assert service.cached(req, Refuses()) is None
+            assert tracker.get_metrics("llm")["count"] == 0
+        provider = Provider()
+        service.generate(req, lambda: provider.answer(req), Refuses())
+        assert provider.calls == 1
+        counters.append(tracker.get_metrics("llm")["counters"])
+    assert counters[0] == counters[1] and counters[0]["cache.errors"] >= 1  # counted once
 
 
 def test_a_new_service_on_the_same_directory_hits(

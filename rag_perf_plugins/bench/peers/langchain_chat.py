@@ -27,7 +27,7 @@ from typing import Any
 
 from ...config import PerformanceConfig
 from ...tracking import NULL_TRACKER
-from ..registry import BenchContext, Result, benchmark
+from ..registry import BenchContext, Result, Target, benchmark
 
 ANSWER = (
     "Retrieval augmented generation grounds the answer in passages retrieved from an index "
@@ -106,8 +106,32 @@ def chat_hit_paths(ctx: BenchContext) -> Iterator[Result]:
         "us",
         baseline=("InMemoryCache", times["memory"]),
         better="lower",
+        target=Target.ratio_at_least(1.0),
         notes="PerfChatModel computes a complete key (messages, every parameter) per call; "
-        "InMemoryCache keys on LangChain's prompt and llm strings; ours also persists",
+        "InMemoryCache keys on LangChain's prompt and llm strings; ours also persists. No "
+        "callback handler on either: ours answers the hit before LangChain's run machinery",
+    )
+    # The same with a callback handler attached (a traced application): both take
+    # LangChain's whole path, with its run events.
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.runnables import RunnableConfig
+
+    listened: RunnableConfig = {"callbacks": [BaseCallbackHandler()]}
+    loud = _interleaved_us(
+        {
+            "memory": lambda _i: theirs.invoke(prompt, config=listened),
+            "ours": lambda _i: ours.invoke(prompt, config=listened),
+        },
+        max(1, n // 5),
+        rounds=10,
+    )
+    yield Result.compare(
+        "lc_chat_invoke_hit_us_vs_inmemory_with_callbacks",
+        loud["ours"],
+        "us",
+        baseline=("InMemoryCache", loud["memory"]),
+        better="lower",
+        notes="one (no-op) callback handler on both calls: run events fire on both paths",
     )
 
     stream_theirs = _fake_model(cache=InMemoryCache())
