@@ -54,8 +54,14 @@ def openai(sim: Simulator, **options: Any) -> ChatOpenAI:
     return pooled_chat_openai(base_url=sim.base_url, **{**params, **options})
 
 
-@pytest.fixture(params=["memory", "memory+disk"])
+@pytest.fixture(params=["memory", "memory+disk", "memory+redis"])
 def config(request: pytest.FixtureRequest, tmp_path: Any) -> PerformanceConfig:
+    if request.param == "memory+redis":
+        return PerformanceConfig(
+            cache_dir=str(tmp_path / "cache"),
+            redis_url=request.getfixturevalue("redis_url"),
+            redis_position="instead-of-disk",
+        )
     return PerformanceConfig(
         cache_dir=str(tmp_path / "cache"), cache_disk_enabled=request.param == "memory+disk"
     )
