@@ -139,6 +139,7 @@ def test_cached_answers_memory_hits_only_and_counts_them_as_generate_does(
     # The same call through generate() on a twin service: the same statistics.
     reference.generate(req, lambda: provider.answer(req), Codec())
     reference.generate(req, lambda: provider.answer(req), Codec())
+
     def counts(metrics: dict[str, Any]) -> dict[str, Any]:
         timed = ("latency", "throughput", "qps", "window", "uptime", "ttft", "queue_wait")
         return {k: v for k, v in metrics.items() if not any(t in k for t in timed)}
