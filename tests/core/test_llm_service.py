@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -173,7 +174,7 @@ def test_cached_leaves_a_corrupt_entry_to_the_general_path(tmp_path: Path) -> No
             assert service.cached(req, Refuses()) is None
             assert tracker.get_metrics("llm")["count"] == 0
         provider = Provider()
-        service.generate(req, lambda provider=provider: provider.answer(req), Refuses())
+        service.generate(req, functools.partial(provider.answer, req), Refuses())
         assert provider.calls == 1
         counters.append(tracker.get_metrics("llm")["counters"])
     assert counters[0] == counters[1] and counters[0]["cache.errors"] >= 1  # counted once
