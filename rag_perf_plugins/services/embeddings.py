@@ -515,7 +515,9 @@ class EmbeddingService(ProviderCalls):
         """Vector of one query text."""
         if self._store is None:
             return self._embed_one(_check_text(text), "query")
-        return self._embed([_check_text(text)], "query")[0]
+        checked = _check_text(text)
+        found = self._kept_one(checked, "query")
+        return found if found is not None else self._embed([checked], "query")[0]
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[Vector]:
         """Async twin of :meth:`embed_documents`; never blocks the event loop.
@@ -530,7 +532,9 @@ class EmbeddingService(ProviderCalls):
         """Async twin of :meth:`embed_query` (same ``async_enabled`` rule)."""
         if not self.config.async_enabled:
             return await run_blocking(self.embed_query, text)
-        return (await self._aembed([_check_text(text)], "query"))[0]
+        checked = _check_text(text)
+        found = self._kept_one(checked, "query") if self._store is not None else None
+        return found if found is not None else (await self._aembed([checked], "query"))[0]
 
     def close(self) -> None:
         """Send what the sync batcher holds and refuse nothing afterwards (idempotent)."""
@@ -822,6 +826,26 @@ class EmbeddingService(ProviderCalls):
         if len(plan.keys) == len(texts):  # no repeated text: already one new list each
             return found
         return plan.assemble(dict(zip(texts, found, strict=True)))
+
+    def _kept_one(self, text: str, role: Role) -> Vector | None:
+        """:meth:`_kept` of a one-text call, recorded as its hit; ``None``: nothing recorded.
+
+        The hit path of ``embed_query``: one key, one memory-tier read, no plan built; the
+        record is :meth:`_record`'s for one text found in the store.
+        """
+        store = self._store
+        keyer = getattr(store, "keyer", None)
+        peek = getattr(store, "memory_vectors", None)
+        if keyer is None or peek is None:
+            return None
+        started = self._clock()
+        ident = self.identity
+        key = keyer(ident.provider, ident.model, ident.dimensions, role).key(text)
+        found: list[Vector] | None = peek([key])
+        if found is None:
+            return None
+        self._record(role, started, plan=_Plan([key], {key: text}), hits=1, sent={}, error=False)
+        return found[0]
 
     def _embed(self, texts: list[str], role: Role) -> list[Vector]:
         started = self._clock()

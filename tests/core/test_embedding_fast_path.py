@@ -150,6 +150,44 @@ def test_cache_store_is_written_with_the_services_rounding(tmp_path: Path) -> No
     manager.close()
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_query_hit_is_recorded_as_the_general_path_records_it(
+    tmp_path: Path, asynchronous: bool
+) -> None:
+    counts = []
+    for shortcut in (True, False):
+        cfg = PerformanceConfig(cache_dir=str(tmp_path / str(shortcut)))
+        tracker = PerformanceTracker()
+        store = CacheEmbeddingStore(CacheManager(cfg))
+        service = _service(config=cfg, store=store, batching=False, tracker=tracker)
+        text = "what is retrieval augmented generation?"
+        cold = service.embed_query(text)
+        if shortcut:
+            warm = (
+                asyncio.run(service.aembed_query(text))
+                if asynchronous
+                else service.embed_query(text)
+            )
+        else:  # the general path: plan, memory-tier lookup, record
+            warm = (
+                asyncio.run(service._aembed([text], "query"))
+                if asynchronous
+                else service._embed([text], "query")
+            )[0]
+        assert warm == cold and warm is not cold
+        warm[0] = 42.0  # the caller's own list
+        assert service.embed_query(text) == cold
+        metrics = tracker.get_metrics("embedding.query")
+        counts.append(
+            {k: v for k, v in metrics.items() if "latency" not in k and "throughput" not in k}
+        )
+        assert service.provider_calls == 1
+    assert counts[0] == counts[1]
+    assert counts[0]["cache_hits"] == 2 and counts[0]["tokens_saved"] == 2 * estimate_tokens(
+        "what is retrieval augmented generation?"
+    )
+
+
 def test_manager_choice_follows_the_cache_settings(tmp_path: Path) -> None:
     previous = set_cache_manager(None)
     try:
