@@ -64,12 +64,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import hashlib
 import logging
 import sys
-import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -82,7 +80,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, Final, Protocol, TypeVar
 
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
@@ -116,6 +114,7 @@ from ..pool.http import response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..resilience.breaker import Transition
 from ..resilience.chain import OpenedMeanwhile, failed_note
+from ..resilience.probe import arun_probe, run_probe
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -713,40 +712,12 @@ class LLMService(ProviderCalls):
 
         The blocking probe runs in a worker thread (with this context); past the bound the
         caller fails over and the worker's late answer, if any, is dropped (``discard``:
-        how to close it, e.g. an opened stream).
+        how to close it, e.g. an opened stream). See :func:`~..resilience.probe.run_probe`.
         """
         timeout = self._probe_timeout(admission)
         if timeout is None:
             return one(alt)
-        context = contextvars.copy_context()
-        box: dict[str, Any] = {}
-        lock = threading.Lock()
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                value = context.run(one, alt)
-            except BaseException as exc:
-                box["error"] = exc
-            else:
-                with lock:
-                    late = box.get("late", False)
-                    box["value"] = value
-                if late and discard is not None:
-                    discard(value)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="rag-perf-probe", daemon=True).start()
-        if not done.wait(timeout):
-            with lock:
-                box["late"] = "value" not in box
-            if box["late"]:
-                msg = f"probe of {alt.target.name} took longer than {timeout:g} s"
-                raise TimeoutError(msg)
-        if "error" in box:
-            raise box["error"]
-        return cast(R, box["value"])
+        return run_probe(lambda: one(alt), alt.target.name, timeout=timeout, discard=discard)
 
     async def _abounded(
         self,
@@ -759,11 +730,7 @@ class LLMService(ProviderCalls):
         timeout = self._probe_timeout(admission)
         if timeout is None:
             return await one(alt)
-        try:
-            return await asyncio.wait_for(one(alt), timeout)
-        except TimeoutError:
-            msg = f"probe of {alt.target.name} took longer than {timeout:g} s"
-            raise TimeoutError(msg) from None
+        return await arun_probe(lambda: one(alt), alt.target.name, timeout=timeout)
 
     def _stream_broke(self, exc: BaseException, state: _Call) -> None:
         """A stream of a chain failed after its first chunk: its target's breaker hears it."""

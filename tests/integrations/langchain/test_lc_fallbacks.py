@@ -8,6 +8,7 @@ and nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -368,3 +369,84 @@ async def test_every_embedding_target_failing_raises_provider_unavailable_still_
     assert message.startswith("no provider can take the call: ")
     assert message.count(" open (failed: InternalServerError: ") == 2  # each 503 opened it
     assert message.endswith("(every target failed)")
+
+
+# --- embeddings: a probe that hangs is bounded by breaker_probe_timeout --------------------
+class Hang:
+    """A simulator ``sleep`` that, once ``on``, holds every answer until ``release()``.
+
+    ``hold_s`` (real seconds) ends a hold anyway, so an unbounded probe gets its answer
+    late instead of never: the tests then see the primary answer, and fail, not hang.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        self.on = False
+        self.hold_s = hold_s
+        self.held = 0  # answers held so far
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def sleep(self, seconds: float) -> None:
+        if not self.on:
+            await asyncio.sleep(seconds)
+            return
+        self.held += 1
+        await asyncio.to_thread(self._released.wait, self.hold_s)
+
+
+def embedding_chain(
+    down: Simulator, other_region: Simulator, clock: FakeClock, probe_timeout: float
+) -> tuple[Any, Breakers]:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    config = CONFIG.replace(breaker_probe_timeout=probe_timeout, retry_max_attempts=1)
+    settings = BreakerSettings.from_config(config)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
+    wrapped = PerfEmbeddings(
+        embeddings(down), config, fallbacks=[embeddings(other_region)], breakers=breakers
+    )
+    return wrapped, breakers
+
+
+async def embed(wrapped: Any, text: str, asynchronous: bool) -> list[float]:
+    if asynchronous:
+        vectors: list[list[float]] = await wrapped.aembed_documents([text])
+    else:
+        vectors = wrapped.embed_documents([text])
+    return vectors[0]
+
+
+def embedding_requests(sim: Simulator) -> int:
+    return by_model(sim).get("text-embedding-3-small", 0)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_hanging_embedding_probe_is_abandoned_and_the_fallback_answers(
+    simulator_factory: SimulatorFactory, clock: FakeClock, asynchronous: bool
+) -> None:
+    hang = Hang(hold_s=3.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory()
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    wrapped, breakers = embedding_chain(down, other_region, clock, probe_timeout=0.2)
+    plain = embeddings(other_region)
+    try:
+        first = await embed(wrapped, "tide pools", asynchronous)
+        clock.advance(CONFIG.breaker_cooldown)  # the outage is over, the next call probes
+        hang.on = True  # ...a primary that takes the request and does not answer
+        second = await embed(wrapped, "kelp forests", asynchronous)
+        third = await embed(wrapped, "sea otters", asynchronous)  # open again: fallback
+    finally:
+        hang.release()
+    assert hang.held == 1
+    assert embedding_requests(down) == 2  # the 503, then the probe (abandoned at 0.2 s)
+    assert embedding_requests(other_region) == 3  # every call answered by the fallback
+    for text, got in (("tide pools", first), ("kelp forests", second), ("sea otters", third)):
+        assert got == list(np.asarray(plain.embed_query(text), dtype=np.float32))
+    primary = next(iter(breakers.stats()))
+    stats = breakers.stats()[primary]
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1, "open": 1}
+    assert stats["transitions"] == {"opened": 1, "half_open": 1, "reopened": 1}
+    assert breakers.peek(primary) == ("open", 2 * CONFIG.breaker_cooldown)  # grown, not closed

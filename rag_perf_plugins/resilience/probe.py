@@ -1,0 +1,90 @@
+"""Half-open probes bounded in time (``breaker_probe_timeout``), for every fallback chain.
+
+Example::
+
+    value = run_probe(lambda: send(request), "openai/gpt-4o-mini/k-3f9a~e1", timeout=30.0)
+    value = await arun_probe(lambda: asend(request), "openai/gpt-4o-mini/k-3f9a~e1", timeout=30.0)
+
+A probe to a target that accepts the request and never answers would hold its caller for
+the request's whole timeout (600 s in the OpenAI SDK). Past ``timeout`` seconds these
+raise ``TimeoutError`` instead, which the chain counts against the target's breaker (it
+opens again) before it moves the call to the next target. The LLM chain
+(:mod:`rag_perf_plugins.services.llm`) and the embedding chain
+(:mod:`rag_perf_plugins.services.embeddings`) both call them.
+
+- async (:func:`arun_probe`): the probe is cancelled at the bound.
+- blocking (:func:`run_probe`): the probe runs in a worker thread (with the caller's
+  context variables); past the bound the caller moves on and the worker's late answer,
+  if any, is dropped (``discard`` closes it, e.g. an opened stream). Python cannot stop a
+  thread, so the worker lives until the target answers or the request's own timeout ends.
+
+Not done here: deciding which call is a probe (the breaker's :class:`~.breaker.Admission`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+__all__ = ["arun_probe", "run_probe"]
+
+R = TypeVar("R")
+
+
+def run_probe(
+    fn: Callable[[], R],
+    target: str,
+    *,
+    timeout: float,
+    discard: Callable[[R], None] | None = None,
+) -> R:
+    """``fn()`` in a worker thread, waited for at most ``timeout`` seconds.
+
+    Example: ``run_probe(lambda: client.embed(texts), "openai/m/k-1~e1", timeout=30.0)``.
+
+    Raises ``TimeoutError`` naming ``target`` past the bound (``fn``'s own error, or its
+    value, when it ends in time). A value that comes after the bound goes to ``discard``.
+    """
+    context = contextvars.copy_context()
+    box: dict[str, Any] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            value = context.run(fn)
+        except BaseException as exc:
+            box["error"] = exc
+        else:
+            with lock:
+                late = box.get("late", False)
+                box["value"] = value
+            if late and discard is not None:
+                discard(value)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="rag-perf-probe", daemon=True).start()
+    if not done.wait(timeout):
+        with lock:
+            box["late"] = "value" not in box
+        if box["late"]:
+            raise _too_long(target, timeout)
+    if "error" in box:
+        raise box["error"]
+    return cast(R, box["value"])
+
+
+async def arun_probe(fn: Callable[[], Awaitable[R]], target: str, *, timeout: float) -> R:
+    """Async twin of :func:`run_probe`: ``await fn()``, cancelled past ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(fn(), timeout)
+    except TimeoutError:
+        raise _too_long(target, timeout) from None
+
+
+def _too_long(target: str, timeout: float) -> TimeoutError:
+    return TimeoutError(f"probe of {target} took longer than {timeout:g} s")
