@@ -995,7 +995,10 @@ class EmbeddingService(ProviderCalls):
                 send = self._sender(on(p), p, name, admission, texts, breakers)
                 timeout = self._probe_timeout(admission)
                 try:
-                    value = send() if timeout is None else run_probe(send, name, timeout=timeout)
+                    if timeout is None:
+                        value = send()
+                    else:
+                        value = run_probe(send, name, timeout=timeout, breakers=breakers)
                 except OpenedMeanwhile as opened:
                     refused.append((name, Admission(False, False, opened.state, opened.retry_in)))
                     breakers.failover(name, "open")

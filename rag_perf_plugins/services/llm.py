@@ -89,7 +89,6 @@ from .._threads import iterate_blocking, run_blocking
 from ..admission.retry import (
     aobserve_failure,
     areconcile_ticket,
-    classify,
     observe_failure,
     reconcile_ticket,
 )
@@ -109,10 +108,11 @@ from ..cache.control import CacheControl, applied
 from ..cache.semantic import Probe, SemanticCache, SemanticMatch, scope_digest
 from ..config import PerformanceConfig, resolve_config
 from ..cost import current_cost_scope, price_table
-from ..errors import Overloaded, ProviderUnavailable
+from ..errors import ProviderUnavailable
 from ..pool.http import response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..resilience.breaker import Transition
+from ..resilience.breakers import failover_reason
 from ..resilience.chain import OpenedMeanwhile, failed_note
 from ..resilience.probe import arun_probe, run_probe
 from ..tokens import estimate_tokens
@@ -631,15 +631,11 @@ class LLMService(ProviderCalls):
         self, alt: Fallback, exc: Exception, limited: set[str], breakers: Breakers
     ) -> bool:
         """True when ``exc`` from ``alt`` moves the call to the next target (counted)."""
-        if isinstance(exc, Overloaded):
-            reason = "gate"  # its queue is full or too slow: another target may take it
-        else:
-            failure = classify(exc)
-            if not failure.retryable:
-                return False
-            reason = failure.kind
-            if reason == "rate_limited":
-                limited.add(alt.target.limit_scope)
+        reason = failover_reason(exc)  # Overloaded: "gate", its queue is full or too slow
+        if reason is None:
+            return False
+        if reason == "rate_limited":
+            limited.add(alt.target.limit_scope)
         breakers.failover(alt.target.name, reason)
         self._tracker.incr("fallback.failovers", operation=self.operation)
         return True
@@ -712,12 +708,20 @@ class LLMService(ProviderCalls):
 
         The blocking probe runs in a worker thread (with this context); past the bound the
         caller fails over and the worker's late answer, if any, is dropped (``discard``:
-        how to close it, e.g. an opened stream). See :func:`~..resilience.probe.run_probe`.
+        how to close it, e.g. an opened stream); while such a worker of the target still
+        runs, the next probe is not sent (``ProbeStillRunning``). See
+        :func:`~rag_perf_plugins.resilience.probe.run_probe`.
         """
         timeout = self._probe_timeout(admission)
         if timeout is None:
             return one(alt)
-        return run_probe(lambda: one(alt), alt.target.name, timeout=timeout, discard=discard)
+        return run_probe(
+            lambda: one(alt),
+            alt.target.name,
+            timeout=timeout,
+            breakers=self.breakers(),
+            discard=discard,
+        )
 
     async def _abounded(
         self,

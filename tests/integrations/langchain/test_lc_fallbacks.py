@@ -450,3 +450,73 @@ async def test_a_hanging_embedding_probe_is_abandoned_and_the_fallback_answers(
     assert stats["failovers"] == {"server_error": 1, "timeout": 1, "open": 1}
     assert stats["transitions"] == {"opened": 1, "half_open": 1, "reopened": 1}
     assert breakers.peek(primary) == ("open", 2 * CONFIG.breaker_cooldown)  # grown, not closed
+
+
+def wait_until(done: Any, seconds: float = 10.0) -> bool:
+    """Poll ``done()`` for up to ``seconds`` (a bound on waiting, not a timing assertion)."""
+    for _ in range(int(seconds / 0.01)):
+        if done():
+            return True
+        threading.Event().wait(0.01)
+    return bool(done())
+
+
+@pytest.mark.parametrize("kind", ["chat", "embeddings"])
+def test_one_abandoned_blocking_probe_per_target_the_next_is_not_sent(
+    simulator_factory: SimulatorFactory, clock: FakeClock, kind: str
+) -> None:
+    from rag_perf_plugins.metrics import to_prometheus
+    from rag_perf_plugins.tracking import PerformanceTracker
+
+    hang = Hang(hold_s=30.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory()
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    if kind == "chat":
+        config = CONFIG.replace(breaker_probe_timeout=0.2, retry_max_attempts=1)
+        settings = BreakerSettings.from_config(config)
+        breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
+        llm = PerfChatModel(
+            openai(down), config, fallbacks=[openai(other_region, FALLBACK)], breakers=breakers
+        )
+
+        def call(text: str) -> None:
+            assert llm.invoke(text).content
+    else:
+        wrapped, breakers = embedding_chain(down, other_region, clock, probe_timeout=0.2)
+
+        def call(text: str) -> None:
+            assert len(wrapped.embed_documents([text])) == 1
+
+    def sent(sim: Simulator) -> int:
+        return sum(by_model(sim).values())
+
+    cooldown = CONFIG.breaker_cooldown
+    try:
+        call("one")  # the 503: open for 2 s
+        clock.advance(cooldown)
+        hang.on = True
+        call("two")  # the probe hangs: abandoned at 0.2 s, its thread still waits
+        primary = next(iter(breakers.stats()))
+        assert (sent(down), hang.held) == (2, 1)
+        assert breakers.stats()[primary]["probes_late"] == 1
+        clock.advance(2 * cooldown)  # open again for 4 s; now the next probe is due
+        call("three")  # not sent: the abandoned probe still runs
+        assert (sent(down), hang.held) == (2, 1)
+        assert breakers.peek(primary) == ("open", 4 * cooldown)  # counted as a failed probe
+    finally:
+        hang.release()
+    assert wait_until(lambda: breakers.stats()[primary]["probes_late"] == 0)
+    hang.on = False
+    clock.advance(4 * cooldown)
+    call("four")  # the next probe goes, the primary answers: closed
+    assert sent(down) == 3
+    assert sent(other_region) == 3
+    stats = breakers.stats()[primary]
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1, "probe_running": 1}
+    assert stats["transitions"] == {"opened": 1, "half_open": 3, "reopened": 2, "closed": 1}
+    assert (stats["probes_abandoned"], stats["probes_late"], stats["state"]) == (1, 0, "closed")
+    text = to_prometheus(PerformanceTracker())
+    assert f'rag_perf_breaker_probes_abandoned_total{{target="{primary}"}} 1.0' in text
+    assert f'rag_perf_breaker_probes_late{{target="{primary}"}} 0.0' in text
+    assert f'rag_perf_failovers_total{{reason="probe_running",target="{primary}"}} 1.0' in text
