@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import threading
 
 import httpx
 import pytest
@@ -112,6 +114,26 @@ def test_breakers_for_is_one_per_settings_and_redis() -> None:
 
 def test_the_redis_key_holds_the_prefix_and_target() -> None:
     assert breaker_key("app", "openai/m/k-1~e") == "app:cb:{openai/m/k-1~e}"
+
+
+def test_an_unrebuildable_provider_class_unpickles_as_a_plain_provider_unavailable() -> None:
+    class LocalError(Exception):  # its name cannot be imported where the pickle is read
+        def __init__(self, message: str, *, status_code: int) -> None:
+            super().__init__(message)
+            self.status_code = status_code
+
+    last = LocalError("bad gateway", status_code=502)
+    last.lock = threading.Lock()  # type: ignore[attr-defined]  # an attribute pickle refuses
+    targets = [("a/m/k-1~e", "open", 5.0), ("b/m/k-2~f", "closed", 0.0)]
+    errors = {"a/m/k-1~e": "LocalError: bad gateway", "b/m/k-2~f": "LocalError: bad gateway"}
+    error = ProviderUnavailable.after_failures(targets, errors, last)
+    assert isinstance(error, LocalError)
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is ProviderUnavailable  # degraded, not failed
+    assert (str(back), back.targets, back.errors) == (str(error), targets, errors)
+    assert back.retry_in == error.retry_in == 0.0
+    assert back.status_code == 502  # type: ignore[attr-defined]  # the error's attributes
+    assert not hasattr(back, "lock")  # left out, the rest still travels
 
 
 def test_provider_unavailable_names_each_target_and_state() -> None:

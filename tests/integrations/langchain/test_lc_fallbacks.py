@@ -8,6 +8,10 @@ and nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
+import pickle
+import subprocess
+import sys
 import threading
 import uuid
 from typing import Any
@@ -520,3 +524,76 @@ def test_one_abandoned_blocking_probe_per_target_the_next_is_not_sent(
     assert f'rag_perf_breaker_probes_abandoned_total{{target="{primary}"}} 1.0' in text
     assert f'rag_perf_breaker_probes_late{{target="{primary}"}} 0.0' in text
     assert f'rag_perf_failovers_total{{reason="probe_running",target="{primary}"}} 1.0' in text
+
+
+# --- ProviderUnavailable crosses process boundaries (pickle) ------------------------------
+READ_PICKLE = """
+import json, pickle, sys
+import openai
+from rag_perf_plugins.errors import ProviderUnavailable
+error = pickle.loads(sys.stdin.buffer.read())
+print(json.dumps({
+    "message": str(error),
+    "targets": error.targets,
+    "retry_in": error.retry_in,
+    "errors": error.errors,
+    "unavailable": isinstance(error, ProviderUnavailable),
+    "sdk_error": isinstance(error, openai.InternalServerError),
+    "status_code": getattr(error, "status_code", None),
+}))
+"""
+
+
+def read_in_another_process(blob: bytes) -> dict[str, Any]:
+    """What a fresh interpreter (a process pool's worker, a Celery client) unpickles."""
+    done = subprocess.run(
+        [sys.executable, "-c", READ_PICKLE], input=blob, capture_output=True, check=True
+    )
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def same_error(error: ProviderUnavailable, read: dict[str, Any]) -> None:
+    assert read["message"] == str(error)
+    assert [tuple(t) for t in read["targets"]] == error.targets
+    assert (read["retry_in"], read["errors"]) == (error.retry_in, error.errors)
+    assert read["unavailable"]
+
+
+def test_provider_unavailable_pickles_plain_and_mixed_with_the_sdk_error(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    import openai as sdk
+
+    down, other_region = simulator_factory(clock=clock), simulator_factory(clock=clock)
+    down.add_outage(duration_s=100.0)
+    other_region.add_outage(duration_s=100.0)
+    wrapped, _ = embedding_chain(down, other_region, clock, probe_timeout=30.0)
+    with pytest.raises(ProviderUnavailable) as every_target_failed:
+        wrapped.embed_documents(["tide pools"])
+    with pytest.raises(ProviderUnavailable) as every_breaker_open:
+        wrapped.embed_documents(["kelp forests"])
+    mixed, plain = every_target_failed.value, every_breaker_open.value
+    assert isinstance(mixed.__cause__, sdk.InternalServerError)  # the simulator's real 503
+    assert isinstance(mixed, sdk.InternalServerError)
+    assert not isinstance(plain, sdk.APIError)
+    assert mixed.errors and not plain.errors  # failures named, then open states
+
+    for error in (mixed, plain):
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error)
+        assert (str(back), back.targets, back.retry_in) == (
+            str(error),
+            error.targets,
+            error.retry_in,
+        )
+        assert back.errors == error.errors
+        same_error(error, read_in_another_process(pickle.dumps(error)))
+    back = pickle.loads(pickle.dumps(mixed))
+    assert isinstance(back, sdk.InternalServerError)
+    assert (back.status_code, back.body) == (503, mixed.body)
+    assert back.response.status_code == 503
+    read = read_in_another_process(pickle.dumps(mixed))
+    assert (read["sdk_error"], read["status_code"]) == (True, 503)
+    read = read_in_another_process(pickle.dumps(plain))
+    assert (read["sdk_error"], read["status_code"]) == (False, None)
