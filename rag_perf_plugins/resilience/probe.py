@@ -2,8 +2,9 @@
 
 Example::
 
-    value = run_probe(lambda: send(request), "openai/gpt-4o-mini/k-3f9a~e1", timeout=30.0)
-    value = await arun_probe(lambda: asend(request), "openai/gpt-4o-mini/k-3f9a~e1", timeout=30.0)
+    target = "openai/gpt-4o-mini/k-3f9a~e1"
+    value = run_probe(lambda: send(request), target, timeout=30.0, breakers=breakers)
+    value = await arun_probe(lambda: asend(request), target, timeout=30.0)   # seconds
 
 A probe to a target that accepts the request and never answers would hold its caller for
 the request's whole timeout (600 s in the OpenAI SDK). Past ``timeout`` seconds these
