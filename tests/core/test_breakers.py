@@ -143,3 +143,35 @@ def test_provider_unavailable_names_each_target_and_state() -> None:
         "b/m/k-2~f half_open (probe in flight, retry in 1.0 s)"
     )
     assert error.retry_in == 1.0
+
+
+def test_a_blocking_probe_past_its_bound_is_counted_until_it_ends_and_blocks_the_next() -> None:
+    from rag_perf_plugins.resilience.chain import ProbeStillRunning
+    from rag_perf_plugins.resilience.probe import run_probe
+
+    breakers = Breakers(SETTINGS, LocalBreakerStore(), clock=FakeClock())
+    release = threading.Event()
+    calls: list[str] = []
+    discarded: list[str] = []
+
+    def hang() -> str:
+        calls.append("sent")
+        release.wait(30.0)
+        return "late answer"
+
+    with pytest.raises(TimeoutError, match=r"probe of t took longer than 0\.05 s"):
+        run_probe(hang, "t", timeout=0.05, breakers=breakers, discard=discarded.append)
+    assert breakers.late_probes("t") == 1
+    with pytest.raises(ProbeStillRunning, match="probe of t not sent"):
+        run_probe(hang, "t", timeout=0.05, breakers=breakers)
+    assert calls == ["sent"]  # the second was never started
+    assert run_probe(lambda: "other", "u", timeout=0.05, breakers=breakers) == "other"
+    release.set()
+    for _ in range(1000):  # a bound on waiting for the worker, not a timing assertion
+        if breakers.late_probes("t") == 0:
+            break
+        threading.Event().wait(0.01)
+    assert discarded == ["late answer"]  # the late answer went to discard, not a caller
+    assert run_probe(hang, "t", timeout=5.0, breakers=breakers) == "late answer"
+    stats = breakers.stats()["t"]
+    assert (stats["probes_abandoned"], stats["probes_late"]) == (1, 0)
