@@ -15,7 +15,10 @@ Config errors also derive from :class:`ValueError`, and timeouts from
 
 from __future__ import annotations
 
+import importlib
+import pickle
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "BudgetExceeded",
@@ -201,7 +204,7 @@ class ProviderUnavailable(RagPerfError):
 
         Example: ``raise ProviderUnavailable.after_failures(targets, errors, exc) from exc``.
         ``last``'s attributes are copied; a class that cannot be mixed in (a layout
-        conflict) gives a plain ``ProviderUnavailable``. Not picklable when mixed.
+        conflict) gives a plain ``ProviderUnavailable``. Picklable (see :meth:`__reduce__`).
         """
         message = _unavailable_message(targets, "every target failed", errors)
         made: ProviderUnavailable
@@ -217,8 +220,33 @@ class ProviderUnavailable(RagPerfError):
         made.errors = dict(errors)
         return made
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle support (process pools, multiprocessing, Celery pickle exceptions).
+
+        Example: ``pickle.loads(pickle.dumps(exc))`` has the same message, ``targets``,
+        ``retry_in`` and ``errors``, and, when ``exc`` came from :meth:`after_failures`,
+        is again also an instance of the provider error's class, with its attributes
+        (``status_code``...). Rebuilt without calling any ``__init__`` (the SDKs' error
+        classes require arguments the pickle does not hold). The provider class travels
+        by name: where it cannot be imported or mixed in on the reading side, the error
+        comes back as a plain ``ProviderUnavailable`` with the same attributes.
+        Attributes that cannot be pickled are left out; the cause (``__cause__``) and the
+        traceback are not carried, as for any pickled exception.
+        """
+        kind = _KIND_OF.get(type(self))
+        kind_name = None if kind is None else (kind.__module__, kind.__qualname__)
+        own = None if kind is not None else type(self)
+        extra = {
+            name: value
+            for name, value in self.__dict__.items()
+            if name not in ("targets", "retry_in", "errors") and _picklable(value)
+        }
+        state = (self.args, list(self.targets), self.retry_in, dict(self.errors), extra)
+        return (_rebuild_unavailable, (own, kind_name, state))
+
 
 _MIXED: dict[type[BaseException], type[ProviderUnavailable]] = {}
+_KIND_OF: dict[type[ProviderUnavailable], type[BaseException]] = {}  # mixed class -> kind
 
 
 def _mixed_class(kind: type[BaseException]) -> type[ProviderUnavailable]:
@@ -233,7 +261,47 @@ def _mixed_class(kind: type[BaseException]) -> type[ProviderUnavailable]:
             {"__module__": __name__, "__str__": BaseException.__str__},
         )
         _MIXED[kind] = found
+        _KIND_OF[found] = kind
     return found
+
+
+def _picklable(value: object) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _rebuild_unavailable(
+    own: type[ProviderUnavailable] | None,
+    kind_name: tuple[str, str] | None,
+    state: tuple[
+        tuple[Any, ...], list[tuple[str, str, float]], float, dict[str, str], dict[str, Any]
+    ],
+) -> ProviderUnavailable:
+    """Unpickle a :class:`ProviderUnavailable` (see its ``__reduce__``)."""
+    args, targets, retry_in, errors, extra = state
+    made: ProviderUnavailable | None = None
+    if kind_name is not None:
+        try:
+            found: Any = importlib.import_module(kind_name[0])
+            for part in kind_name[1].split("."):
+                found = getattr(found, part)
+            if isinstance(found, type) and issubclass(found, BaseException):
+                mixed = _mixed_class(found)
+                made = mixed.__new__(mixed)
+        except Exception:  # gone, renamed or not mixable here: a plain one, same attributes
+            made = None
+    if made is None:
+        cls = own if own is not None else ProviderUnavailable
+        made = cls.__new__(cls)
+    made.__dict__.update(extra)
+    made.args = args
+    made.targets = targets
+    made.retry_in = retry_in
+    made.errors = errors
+    return made
 
 
 def _unavailable_message(

@@ -202,13 +202,21 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str, str]]] = {
     "rag_perf_breaker_open_seconds_total": (
         "counter", ("target",), "seconds", "Time a breaker was not closed, summed as it closes.",
     ),
+    "rag_perf_breaker_probes_abandoned_total": (
+        "counter", ("target",), "probes",
+        "Blocking half-open probes left running in a worker thread past breaker_probe_timeout.",
+    ),
+    "rag_perf_breaker_probes_late": (
+        "gauge", ("target",), "probes",
+        "Abandoned blocking probes still running now (at most breaker_probes per target).",
+    ),
     "rag_perf_target_calls_total": (
         "counter", ("target",), "calls", "Calls a breaker let through to a target.",
     ),
     "rag_perf_failovers_total": (
         "counter", ("target", "reason"), "calls",
         "Calls moved past a target: open, rate_limited, server_error, timeout, connection, "
-        "gate, paused, same_rate_limit_scope.",
+        "gate, paused, same_rate_limit_scope, probe_running.",
     ),
     "process_resident_memory_bytes": (
         "gauge", (), "bytes", "Resident memory size of this process.",
@@ -539,6 +547,12 @@ class TrackerCollector(Collector):
                 rows: list[tuple[str, tuple[str, ...], float]] = [
                     ("rag_perf_breaker_open_seconds_total", (label,), figures["open_s"]),
                     ("rag_perf_target_calls_total", (label,), figures["calls"]),
+                    (
+                        "rag_perf_breaker_probes_abandoned_total",
+                        (label,),
+                        figures["probes_abandoned"],
+                    ),
+                    ("rag_perf_breaker_probes_late", (label,), figures["probes_late"]),
                 ]
                 rows += [
                     ("rag_perf_breaker_transitions_total", (label, to), n)

@@ -11,8 +11,9 @@ Example::
 Modules: :mod:`.breaker` (the pure state machine), :mod:`.store` (the store seam and the
 local store), :mod:`.redis_store` (the store shared through Redis; the ``redis`` extra),
 :mod:`.breakers` (logs, statistics, the process-wide registry), :mod:`.chain` (targets
-of a fallback chain). The LLM service (:mod:`rag_perf_plugins.services.llm`) runs the
-chain; see docs/components/resilience.md.
+of a fallback chain), :mod:`.probe` (half-open probes bounded in time). The LLM and
+embedding services (:mod:`rag_perf_plugins.services`) run the chains; see
+docs/components/resilience.md.
 """
 
 from __future__ import annotations

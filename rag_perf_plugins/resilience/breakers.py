@@ -31,6 +31,7 @@ from ..config import PerformanceConfig
 from ..errors import Overloaded
 from ..tracking.tracker import PerformanceTracker, get_performance_tracker
 from .breaker import Admission, BreakerSettings, Outcome, State, Transition
+from .chain import ProbeStillRunning
 from .store import BreakerStore, LocalBreakerStore
 
 __all__ = ["Breakers", "breakers_for", "failover_reason", "live_breakers", "outcome_of"]
@@ -71,23 +72,28 @@ def failover_reason(exc: BaseException) -> str | None:
 
     Example: ``failover_reason(openai.RateLimitError(...))`` is ``"rate_limited"``. A full
     or slow gate (``Overloaded``) is ``"gate"``; 429s, 5xx, timeouts and connection
-    errors are their kind; other 4xx and our own refusals (a spent budget, a deadline) are
+    errors are their kind (a probe not sent while an abandoned one still runs:
+    ``"probe_running"``); other 4xx and our own refusals (a spent budget, a deadline) are
     ``None``: another target would not change them.
     """
     if isinstance(exc, Overloaded):
         return "gate"
+    if isinstance(exc, ProbeStillRunning):
+        return "probe_running"
     failure = classify(exc)
     return failure.kind if failure.retryable else None
 
 
 class _TargetStats:
-    __slots__ = ("calls", "failovers", "open_s", "transitions")
+    __slots__ = ("calls", "failovers", "open_s", "probes_abandoned", "probes_late", "transitions")
 
     def __init__(self) -> None:
         self.calls = 0
         self.open_s = 0.0
         self.transitions: dict[str, int] = {}
         self.failovers: dict[str, int] = {}
+        self.probes_abandoned = 0  # blocking probes left running past breaker_probe_timeout
+        self.probes_late = 0  # ... of which still running now
 
 
 class Breakers:
@@ -192,13 +198,36 @@ class Breakers:
             stats.failovers[reason] = stats.failovers.get(reason, 0) + 1
         (self._tracker or get_performance_tracker()).incr(f"fallback.failover.{reason}")
 
+    # --- blocking probes left running (see resilience.probe.run_probe) --------------------
+    def late_probes(self, target: str) -> int:
+        """Blocking probes of ``target`` abandoned past their bound and still running."""
+        with self._lock:
+            stats = self._stats.get(target)
+            return 0 if stats is None else stats.probes_late
+
+    def probe_abandoned(self, target: str) -> None:
+        """Count a blocking probe of ``target`` left running past its bound."""
+        with self._lock:
+            stats = self._target(target)
+            stats.probes_abandoned += 1
+            stats.probes_late += 1
+        (self._tracker or get_performance_tracker()).incr("breaker.probes_abandoned")
+
+    def late_probe_ended(self, target: str) -> None:
+        """An abandoned probe of ``target`` ended (answered, failed or timed out at last)."""
+        with self._lock:
+            stats = self._target(target)
+            stats.probes_late = max(0, stats.probes_late - 1)
+
     # --- statistics ---------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per target seen here: its state and counters.
 
         Keys: ``state``, ``retry_in_s``, ``calls`` (sent to it),
         ``transitions`` (``opened``/``closed``/``half_open`` counts, seen by this process),
-        ``open_s`` (seconds not closed, summed at each close), ``failovers`` by reason.
+        ``open_s`` (seconds not closed, summed at each close), ``failovers`` by reason,
+        ``probes_abandoned`` (blocking probes left running past ``breaker_probe_timeout``)
+        and ``probes_late`` (of those, still running now: at most ``breaker_probes``).
         """
         with self._lock:
             names = list(self._stats)
@@ -214,6 +243,8 @@ class Breakers:
                     "transitions": dict(s.transitions),
                     "open_s": s.open_s,
                     "failovers": dict(s.failovers),
+                    "probes_abandoned": s.probes_abandoned,
+                    "probes_late": s.probes_late,
                 }
         return out
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .breaker import State
 
-__all__ = ["OpenedMeanwhile", "Target", "failed_note"]
+__all__ = ["OpenedMeanwhile", "ProbeStillRunning", "Target", "failed_note"]
 
 
 class OpenedMeanwhile(Exception):
@@ -32,6 +32,23 @@ class OpenedMeanwhile(Exception):
         super().__init__(f"the breaker is {state} (retry in {retry_in:.1f} s)")
         self.state: State = state
         self.retry_in = retry_in
+
+
+class ProbeStillRunning(TimeoutError):
+    """A probe was not sent: an earlier probe of its target, abandoned, is still waiting.
+
+    Example: ``raise ProbeStillRunning("openai/m/k-1~e1", 30.0)`` before a blocking probe
+    starts; the chain counts it as a timeout of the target (its breaker opens again, for
+    the next cool-down) and moves the call to the next target
+    (``failovers{reason="probe_running"}``). See :func:`~.probe.run_probe`.
+    """
+
+    def __init__(self, target: str, timeout: float) -> None:
+        super().__init__(
+            f"probe of {target} not sent: an earlier probe, abandoned after {timeout:g} s "
+            "(breaker_probe_timeout), still waits for its answer in a worker thread"
+        )
+        self.target = target
 
 
 def failed_note(exc: BaseException) -> str:

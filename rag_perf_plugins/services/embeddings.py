@@ -75,6 +75,7 @@ from ..errors import ProviderUnavailable
 from ..resilience import Admission, Breakers, Target, Transition, breakers_for, outcome_of
 from ..resilience.breakers import failover_reason
 from ..resilience.chain import OpenedMeanwhile, failed_note
+from ..resilience.probe import arun_probe, run_probe
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .llm import gate_listener
@@ -1015,24 +1016,13 @@ class EmbeddingService(ProviderCalls):
                     breakers.failover(name, "open")
                     passed.targets[name] = (admission.state, admission.retry_in, None)
                     continue
-                call = on(p)
+                send = self._sender(on(p), p, name, admission, texts, breakers)
+                timeout = self._probe_timeout(admission)
                 try:
-                    if p.gate is None:
-                        value = call()
+                    if timeout is None:
+                        value = send()
                     else:
-                        with p.gate.acquire(
-                            tokens=self._tokens(texts), **self._spend(texts, p.gate)
-                        ) as ticket:
-                            if _waited(ticket, admission):
-                                found, retry_in = breakers.peek(name)
-                                if found != "closed":
-                                    raise OpenedMeanwhile(found, retry_in)
-                            try:
-                                with gate_listener(p.gate):
-                                    value = call()
-                            except Exception as exc:
-                                observe_failure(p.gate, exc)
-                                raise
+                        value = run_probe(send, name, timeout=timeout, breakers=breakers)
                 except OpenedMeanwhile as opened:
                     refused.append((name, Admission(False, False, opened.state, opened.retry_in)))
                     breakers.failover(name, "open")
@@ -1085,24 +1075,13 @@ class EmbeddingService(ProviderCalls):
                     breakers.failover(name, "open")
                     passed.targets[name] = (admission.state, admission.retry_in, None)
                     continue
-                call = on(p)
+                asend = self._asender(on(p), p, name, admission, texts, breakers)
+                timeout = self._probe_timeout(admission)
                 try:
-                    if p.gate is None:
-                        value = await call()
+                    if timeout is None:
+                        value = await asend()
                     else:
-                        async with p.gate.aacquire(
-                            tokens=self._tokens(texts), **self._spend(texts, p.gate)
-                        ) as ticket:
-                            if _waited(ticket, admission):
-                                found, retry_in = await breakers.apeek(name)
-                                if found != "closed":
-                                    raise OpenedMeanwhile(found, retry_in)
-                            try:
-                                with gate_listener(p.gate):
-                                    value = await call()
-                            except Exception as exc:
-                                await aobserve_failure(p.gate, exc)
-                                raise
+                        value = await arun_probe(asend, name, timeout=timeout)
                 except OpenedMeanwhile as opened:
                     refused.append((name, Admission(False, False, opened.state, opened.retry_in)))
                     breakers.failover(name, "open")
@@ -1133,6 +1112,74 @@ class EmbeddingService(ProviderCalls):
             if exc is not passed.error:
                 raise
             raise passed.unavailable(exc) from exc
+
+    def _probe_timeout(self, admission: Admission) -> float | None:
+        """Seconds a probe may take (``breaker_probe_timeout``); ``None``: not a probe, no bound."""
+        return self.config.breaker_probe_timeout if admission.probe else None
+
+    def _sender(
+        self,
+        call: Callable[[], R],
+        p: _Provider,
+        name: str,
+        admission: Admission,
+        texts: list[str],
+        breakers: Breakers,
+    ) -> Callable[[], R]:
+        """``call`` through ``p``'s gate: what one target of :meth:`_chained` sends.
+
+        A call that waited at the gate while the breaker opened raises ``OpenedMeanwhile``
+        (unsent).
+        """
+        gate = p.gate
+        if gate is None:
+            return call
+
+        def send() -> R:
+            with gate.acquire(tokens=self._tokens(texts), **self._spend(texts, gate)) as ticket:
+                if _waited(ticket, admission):
+                    found, retry_in = breakers.peek(name)
+                    if found != "closed":
+                        raise OpenedMeanwhile(found, retry_in)
+                try:
+                    with gate_listener(gate):
+                        return call()
+                except Exception as exc:
+                    observe_failure(gate, exc)
+                    raise
+
+        return send
+
+    def _asender(
+        self,
+        call: Callable[[], Awaitable[Sequence[Sequence[float]]]],
+        p: _Provider,
+        name: str,
+        admission: Admission,
+        texts: list[str],
+        breakers: Breakers,
+    ) -> Callable[[], Awaitable[Sequence[Sequence[float]]]]:
+        """Async twin of :meth:`_sender`."""
+        gate = p.gate
+        if gate is None:
+            return call
+
+        async def send() -> Sequence[Sequence[float]]:
+            async with gate.aacquire(
+                tokens=self._tokens(texts), **self._spend(texts, gate)
+            ) as ticket:
+                if _waited(ticket, admission):
+                    found, retry_in = await breakers.apeek(name)
+                    if found != "closed":
+                        raise OpenedMeanwhile(found, retry_in)
+                try:
+                    with gate_listener(gate):
+                        return await call()
+                except Exception as exc:
+                    await aobserve_failure(gate, exc)
+                    raise
+
+        return send
 
     def _primary_provider(self) -> _Provider:
         return _Provider(

@@ -64,12 +64,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import hashlib
 import logging
 import sys
-import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -82,7 +80,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, Final, Protocol, TypeVar
 
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
@@ -91,7 +89,6 @@ from .._threads import iterate_blocking, run_blocking
 from ..admission.retry import (
     aobserve_failure,
     areconcile_ticket,
-    classify,
     observe_failure,
     reconcile_ticket,
 )
@@ -111,11 +108,13 @@ from ..cache.control import CacheControl, applied
 from ..cache.semantic import Probe, SemanticCache, SemanticMatch, scope_digest
 from ..config import PerformanceConfig, resolve_config
 from ..cost import current_cost_scope, price_table
-from ..errors import Overloaded, ProviderUnavailable
+from ..errors import ProviderUnavailable
 from ..pool.http import response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..resilience.breaker import Transition
+from ..resilience.breakers import failover_reason
 from ..resilience.chain import OpenedMeanwhile, failed_note
+from ..resilience.probe import arun_probe, run_probe
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -632,15 +631,11 @@ class LLMService(ProviderCalls):
         self, alt: Fallback, exc: Exception, limited: set[str], breakers: Breakers
     ) -> bool:
         """True when ``exc`` from ``alt`` moves the call to the next target (counted)."""
-        if isinstance(exc, Overloaded):
-            reason = "gate"  # its queue is full or too slow: another target may take it
-        else:
-            failure = classify(exc)
-            if not failure.retryable:
-                return False
-            reason = failure.kind
-            if reason == "rate_limited":
-                limited.add(alt.target.limit_scope)
+        reason = failover_reason(exc)  # Overloaded: "gate", its queue is full or too slow
+        if reason is None:
+            return False
+        if reason == "rate_limited":
+            limited.add(alt.target.limit_scope)
         breakers.failover(alt.target.name, reason)
         self._tracker.incr("fallback.failovers", operation=self.operation)
         return True
@@ -713,40 +708,20 @@ class LLMService(ProviderCalls):
 
         The blocking probe runs in a worker thread (with this context); past the bound the
         caller fails over and the worker's late answer, if any, is dropped (``discard``:
-        how to close it, e.g. an opened stream).
+        how to close it, e.g. an opened stream); while such a worker of the target still
+        runs, the next probe is not sent (``ProbeStillRunning``). See
+        :func:`~rag_perf_plugins.resilience.probe.run_probe`.
         """
         timeout = self._probe_timeout(admission)
         if timeout is None:
             return one(alt)
-        context = contextvars.copy_context()
-        box: dict[str, Any] = {}
-        lock = threading.Lock()
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                value = context.run(one, alt)
-            except BaseException as exc:
-                box["error"] = exc
-            else:
-                with lock:
-                    late = box.get("late", False)
-                    box["value"] = value
-                if late and discard is not None:
-                    discard(value)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="rag-perf-probe", daemon=True).start()
-        if not done.wait(timeout):
-            with lock:
-                box["late"] = "value" not in box
-            if box["late"]:
-                msg = f"probe of {alt.target.name} took longer than {timeout:g} s"
-                raise TimeoutError(msg)
-        if "error" in box:
-            raise box["error"]
-        return cast(R, box["value"])
+        return run_probe(
+            lambda: one(alt),
+            alt.target.name,
+            timeout=timeout,
+            breakers=self.breakers(),
+            discard=discard,
+        )
 
     async def _abounded(
         self,
@@ -759,11 +734,7 @@ class LLMService(ProviderCalls):
         timeout = self._probe_timeout(admission)
         if timeout is None:
             return await one(alt)
-        try:
-            return await asyncio.wait_for(one(alt), timeout)
-        except TimeoutError:
-            msg = f"probe of {alt.target.name} took longer than {timeout:g} s"
-            raise TimeoutError(msg) from None
+        return await arun_probe(lambda: one(alt), alt.target.name, timeout=timeout)
 
     def _stream_broke(self, exc: BaseException, state: _Call) -> None:
         """A stream of a chain failed after its first chunk: its target's breaker hears it."""

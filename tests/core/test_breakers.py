@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import threading
 
 import httpx
 import pytest
@@ -114,6 +116,26 @@ def test_the_redis_key_holds_the_prefix_and_target() -> None:
     assert breaker_key("app", "openai/m/k-1~e") == "app:cb:{openai/m/k-1~e}"
 
 
+def test_an_unrebuildable_provider_class_unpickles_as_a_plain_provider_unavailable() -> None:
+    class LocalError(Exception):  # its name cannot be imported where the pickle is read
+        def __init__(self, message: str, *, status_code: int) -> None:
+            super().__init__(message)
+            self.status_code = status_code
+
+    last = LocalError("bad gateway", status_code=502)
+    last.lock = threading.Lock()  # type: ignore[attr-defined]  # an attribute pickle refuses
+    targets = [("a/m/k-1~e", "open", 5.0), ("b/m/k-2~f", "closed", 0.0)]
+    errors = {"a/m/k-1~e": "LocalError: bad gateway", "b/m/k-2~f": "LocalError: bad gateway"}
+    error = ProviderUnavailable.after_failures(targets, errors, last)
+    assert isinstance(error, LocalError)
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is ProviderUnavailable  # degraded, not failed
+    assert (str(back), back.targets, back.errors) == (str(error), targets, errors)
+    assert back.retry_in == error.retry_in == 0.0
+    assert back.status_code == 502  # type: ignore[attr-defined]  # the error's attributes
+    assert not hasattr(back, "lock")  # left out, the rest still travels
+
+
 def test_provider_unavailable_names_each_target_and_state() -> None:
     error = ProviderUnavailable([("a/m/k-1~e", "open", 3.21), ("b/m/k-2~f", "half_open", 1.0)])
     assert str(error) == (
@@ -121,3 +143,35 @@ def test_provider_unavailable_names_each_target_and_state() -> None:
         "b/m/k-2~f half_open (probe in flight, retry in 1.0 s)"
     )
     assert error.retry_in == 1.0
+
+
+def test_a_blocking_probe_past_its_bound_is_counted_until_it_ends_and_blocks_the_next() -> None:
+    from rag_perf_plugins.resilience.chain import ProbeStillRunning
+    from rag_perf_plugins.resilience.probe import run_probe
+
+    breakers = Breakers(SETTINGS, LocalBreakerStore(), clock=FakeClock())
+    release = threading.Event()
+    calls: list[str] = []
+    discarded: list[str] = []
+
+    def hang() -> str:
+        calls.append("sent")
+        release.wait(30.0)
+        return "late answer"
+
+    with pytest.raises(TimeoutError, match=r"probe of t took longer than 0\.05 s"):
+        run_probe(hang, "t", timeout=0.05, breakers=breakers, discard=discarded.append)
+    assert breakers.late_probes("t") == 1
+    with pytest.raises(ProbeStillRunning, match="probe of t not sent"):
+        run_probe(hang, "t", timeout=0.05, breakers=breakers)
+    assert calls == ["sent"]  # the second was never started
+    assert run_probe(lambda: "other", "u", timeout=0.05, breakers=breakers) == "other"
+    release.set()
+    for _ in range(1000):  # a bound on waiting for the worker, not a timing assertion
+        if breakers.late_probes("t") == 0:
+            break
+        threading.Event().wait(0.01)
+    assert discarded == ["late answer"]  # the late answer went to discard, not a caller
+    assert run_probe(hang, "t", timeout=5.0, breakers=breakers) == "late answer"
+    stats = breakers.stats()["t"]
+    assert (stats["probes_abandoned"], stats["probes_late"]) == (1, 0)

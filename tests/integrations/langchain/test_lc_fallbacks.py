@@ -8,6 +8,11 @@ and nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
+import pickle
+import subprocess
+import sys
+import threading
 import uuid
 from typing import Any
 
@@ -368,3 +373,227 @@ async def test_every_embedding_target_failing_raises_provider_unavailable_still_
     assert message.startswith("no provider can take the call: ")
     assert message.count(" open (failed: InternalServerError: ") == 2  # each 503 opened it
     assert message.endswith("(every target failed)")
+
+
+# --- embeddings: a probe that hangs is bounded by breaker_probe_timeout --------------------
+class Hang:
+    """A simulator ``sleep`` that, once ``on``, holds every answer until ``release()``.
+
+    ``hold_s`` (real seconds) ends a hold anyway, so an unbounded probe gets its answer
+    late instead of never: the tests then see the primary answer, and fail, not hang.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        self.on = False
+        self.hold_s = hold_s
+        self.held = 0  # answers held so far
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def sleep(self, seconds: float) -> None:
+        if not self.on:
+            await asyncio.sleep(seconds)
+            return
+        self.held += 1
+        await asyncio.to_thread(self._released.wait, self.hold_s)
+
+
+def embedding_chain(
+    down: Simulator, other_region: Simulator, clock: FakeClock, probe_timeout: float
+) -> tuple[Any, Breakers]:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    config = CONFIG.replace(breaker_probe_timeout=probe_timeout, retry_max_attempts=1)
+    settings = BreakerSettings.from_config(config)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
+    wrapped = PerfEmbeddings(
+        embeddings(down), config, fallbacks=[embeddings(other_region)], breakers=breakers
+    )
+    return wrapped, breakers
+
+
+async def embed(wrapped: Any, text: str, asynchronous: bool) -> list[float]:
+    if asynchronous:
+        vectors: list[list[float]] = await wrapped.aembed_documents([text])
+    else:
+        vectors = wrapped.embed_documents([text])
+    return vectors[0]
+
+
+def embedding_requests(sim: Simulator) -> int:
+    return by_model(sim).get("text-embedding-3-small", 0)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_hanging_embedding_probe_is_abandoned_and_the_fallback_answers(
+    simulator_factory: SimulatorFactory, clock: FakeClock, asynchronous: bool
+) -> None:
+    hang = Hang(hold_s=3.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory()
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    wrapped, breakers = embedding_chain(down, other_region, clock, probe_timeout=0.2)
+    plain = embeddings(other_region)
+    try:
+        first = await embed(wrapped, "tide pools", asynchronous)
+        clock.advance(CONFIG.breaker_cooldown)  # the outage is over, the next call probes
+        hang.on = True  # ...a primary that takes the request and does not answer
+        second = await embed(wrapped, "kelp forests", asynchronous)
+        third = await embed(wrapped, "sea otters", asynchronous)  # open again: fallback
+    finally:
+        hang.release()
+    assert hang.held == 1
+    assert embedding_requests(down) == 2  # the 503, then the probe (abandoned at 0.2 s)
+    assert embedding_requests(other_region) == 3  # every call answered by the fallback
+    for text, got in (("tide pools", first), ("kelp forests", second), ("sea otters", third)):
+        assert got == list(np.asarray(plain.embed_query(text), dtype=np.float32))
+    primary = next(iter(breakers.stats()))
+    stats = breakers.stats()[primary]
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1, "open": 1}
+    assert stats["transitions"] == {"opened": 1, "half_open": 1, "reopened": 1}
+    assert breakers.peek(primary) == ("open", 2 * CONFIG.breaker_cooldown)  # grown, not closed
+
+
+def wait_until(done: Any, seconds: float = 10.0) -> bool:
+    """Poll ``done()`` for up to ``seconds`` (a bound on waiting, not a timing assertion)."""
+    for _ in range(int(seconds / 0.01)):
+        if done():
+            return True
+        threading.Event().wait(0.01)
+    return bool(done())
+
+
+@pytest.mark.parametrize("kind", ["chat", "embeddings"])
+def test_one_abandoned_blocking_probe_per_target_the_next_is_not_sent(
+    simulator_factory: SimulatorFactory, clock: FakeClock, kind: str
+) -> None:
+    from rag_perf_plugins.metrics import to_prometheus
+    from rag_perf_plugins.tracking import PerformanceTracker
+
+    hang = Hang(hold_s=30.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory()
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    if kind == "chat":
+        config = CONFIG.replace(breaker_probe_timeout=0.2, retry_max_attempts=1)
+        settings = BreakerSettings.from_config(config)
+        breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
+        llm = PerfChatModel(
+            openai(down), config, fallbacks=[openai(other_region, FALLBACK)], breakers=breakers
+        )
+
+        def call(text: str) -> None:
+            assert llm.invoke(text).content
+    else:
+        wrapped, breakers = embedding_chain(down, other_region, clock, probe_timeout=0.2)
+
+        def call(text: str) -> None:
+            assert len(wrapped.embed_documents([text])) == 1
+
+    def sent(sim: Simulator) -> int:
+        return sum(by_model(sim).values())
+
+    cooldown = CONFIG.breaker_cooldown
+    try:
+        call("one")  # the 503: open for 2 s
+        clock.advance(cooldown)
+        hang.on = True
+        call("two")  # the probe hangs: abandoned at 0.2 s, its thread still waits
+        primary = next(iter(breakers.stats()))
+        assert (sent(down), hang.held) == (2, 1)
+        assert breakers.stats()[primary]["probes_late"] == 1
+        clock.advance(2 * cooldown)  # open again for 4 s; now the next probe is due
+        call("three")  # not sent: the abandoned probe still runs
+        assert (sent(down), hang.held) == (2, 1)
+        assert breakers.peek(primary) == ("open", 4 * cooldown)  # counted as a failed probe
+    finally:
+        hang.release()
+    assert wait_until(lambda: breakers.stats()[primary]["probes_late"] == 0)
+    hang.on = False
+    clock.advance(4 * cooldown)
+    call("four")  # the next probe goes, the primary answers: closed
+    assert sent(down) == 3
+    assert sent(other_region) == 3
+    stats = breakers.stats()[primary]
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1, "probe_running": 1}
+    assert stats["transitions"] == {"opened": 1, "half_open": 3, "reopened": 2, "closed": 1}
+    assert (stats["probes_abandoned"], stats["probes_late"], stats["state"]) == (1, 0, "closed")
+    text = to_prometheus(PerformanceTracker())
+    assert f'rag_perf_breaker_probes_abandoned_total{{target="{primary}"}} 1.0' in text
+    assert f'rag_perf_breaker_probes_late{{target="{primary}"}} 0.0' in text
+    assert f'rag_perf_failovers_total{{reason="probe_running",target="{primary}"}} 1.0' in text
+
+
+# --- ProviderUnavailable crosses process boundaries (pickle) ------------------------------
+READ_PICKLE = """
+import json, pickle, sys
+import openai
+from rag_perf_plugins.errors import ProviderUnavailable
+error = pickle.loads(sys.stdin.buffer.read())
+print(json.dumps({
+    "message": str(error),
+    "targets": error.targets,
+    "retry_in": error.retry_in,
+    "errors": error.errors,
+    "unavailable": isinstance(error, ProviderUnavailable),
+    "sdk_error": isinstance(error, openai.InternalServerError),
+    "status_code": getattr(error, "status_code", None),
+}))
+"""
+
+
+def read_in_another_process(blob: bytes) -> dict[str, Any]:
+    """What a fresh interpreter (a process pool's worker, a Celery client) unpickles."""
+    done = subprocess.run(
+        [sys.executable, "-c", READ_PICKLE], input=blob, capture_output=True, check=True
+    )
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def same_error(error: ProviderUnavailable, read: dict[str, Any]) -> None:
+    assert read["message"] == str(error)
+    assert [tuple(t) for t in read["targets"]] == error.targets
+    assert (read["retry_in"], read["errors"]) == (error.retry_in, error.errors)
+    assert read["unavailable"]
+
+
+def test_provider_unavailable_pickles_plain_and_mixed_with_the_sdk_error(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    import openai as sdk
+
+    down, other_region = simulator_factory(clock=clock), simulator_factory(clock=clock)
+    down.add_outage(duration_s=100.0)
+    other_region.add_outage(duration_s=100.0)
+    wrapped, _ = embedding_chain(down, other_region, clock, probe_timeout=30.0)
+    with pytest.raises(ProviderUnavailable) as every_target_failed:
+        wrapped.embed_documents(["tide pools"])
+    with pytest.raises(ProviderUnavailable) as every_breaker_open:
+        wrapped.embed_documents(["kelp forests"])
+    mixed, plain = every_target_failed.value, every_breaker_open.value
+    assert isinstance(mixed.__cause__, sdk.InternalServerError)  # the simulator's real 503
+    assert isinstance(mixed, sdk.InternalServerError)
+    assert not isinstance(plain, sdk.APIError)
+    assert mixed.errors and not plain.errors  # failures named, then open states
+
+    for error in (mixed, plain):
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error)
+        assert (str(back), back.targets, back.retry_in) == (
+            str(error),
+            error.targets,
+            error.retry_in,
+        )
+        assert back.errors == error.errors
+        same_error(error, read_in_another_process(pickle.dumps(error)))
+    back = pickle.loads(pickle.dumps(mixed))
+    assert isinstance(back, sdk.InternalServerError)
+    assert (back.status_code, back.body) == (503, mixed.body)
+    assert back.response.status_code == 503
+    read = read_in_another_process(pickle.dumps(mixed))
+    assert (read["sdk_error"], read["status_code"]) == (True, 503)
+    read = read_in_another_process(pickle.dumps(plain))
+    assert (read["sdk_error"], read["status_code"]) == (False, None)

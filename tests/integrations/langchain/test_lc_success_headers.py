@@ -10,7 +10,6 @@ ChatAnthropic / AzureChatOpenAI / ChatOpenAI classes talk through the pooled fac
 from __future__ import annotations
 
 import asyncio
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +28,11 @@ from rag_perf_plugins.admission import get_scope_gate
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
-
-CLAUDE = "claude-sonnet-4-5-20250929"
-API_VERSION = "2024-10-21"
-_scopes = itertools.count()
-
-
-def root(sim: Simulator) -> str:
-    return sim.base_url.removesuffix("/v1")
+from tests.integrations.provider_sim import API_VERSION, CLAUDE, headers_config, root
 
 
 def setup(tmp_path: Path) -> tuple[PerformanceConfig, str]:
-    scope = f"success-headers-{next(_scopes)}"
-    config = PerformanceConfig(
-        cache_dir=str(tmp_path / "cache"),
-        enable_caching=False,
-        enable_metrics=False,
-        requests_per_minute=6000,  # the gate's own budget never binds: only headers do
-        rate_limit_scope=scope,
-        retry_max_attempts=1,
-    )
-    return config, scope
+    return headers_config(tmp_path, "success-headers")
 
 
 def model(kind: str, sim: Simulator, config: PerformanceConfig) -> Any:

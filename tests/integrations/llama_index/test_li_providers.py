@@ -9,7 +9,6 @@ storm absorbed by the retry policy.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,28 +27,24 @@ from rag_perf_plugins.llama_index import (
 from rag_perf_plugins.cache import set_cache_manager
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.cost import price_table
-from rag_perf_plugins.pool.http import close_http_clients, get_http_client
+from rag_perf_plugins.pool.http import close_http_clients
 from rag_perf_plugins.simulator import Simulator
 from rag_perf_plugins.simulator.testing import SimulatorFactory
 from rag_perf_plugins.tracking import PerformanceTracker
+from tests.integrations.provider_sim import (
+    API_VERSION,
+    CLAUDE,
+    CONTEXT,
+    provider_config,
+    recorded_bodies,
+    requests,
+    root,
+)
 from tests.integrations.seen_gate import SeenGate
-
-CLAUDE = "claude-sonnet-4-5-20250929"
-API_VERSION = "2024-10-21"
-CONTEXT = "Paris is the capital of France.\n\nBerlin is the capital of Germany."
-PROVIDER_PATHS = ("/v1/messages", "/chat/completions", "/embeddings")
-
-
-def root(sim: Simulator) -> str:
-    return sim.base_url.removesuffix("/v1")
 
 
 def ask(question: str = "What is the capital of France?") -> list[ChatMessage]:
     return [ChatMessage(role="system", content=CONTEXT), ChatMessage(role="user", content=question)]
-
-
-def requests(sim: Simulator) -> int:
-    return int(sim.stats()["requests_total"])
 
 
 @pytest.fixture(autouse=True)
@@ -64,12 +59,7 @@ def _fresh_process_state() -> Iterator[None]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> PerformanceConfig:
-    return PerformanceConfig(
-        cache_dir=str(tmp_path / "cache"),
-        retry_initial_backoff=0.005,
-        retry_max_backoff=0.05,
-        enable_metrics=False,
-    )
+    return provider_config(tmp_path)
 
 
 def claude(sim: Simulator, config: PerformanceConfig, **options: Any) -> Any:
@@ -85,16 +75,8 @@ def azure_llm(sim: Simulator, config: PerformanceConfig, **options: Any) -> Any:
 @pytest.fixture
 def bodies(simulator: Simulator, config: PerformanceConfig) -> Iterator[list[Any]]:
     """The JSON bodies the provider receives through the shared (sync) client."""
-    recorded: list[Any] = []
-
-    def hook(request: Any) -> None:
-        if request.url.path.endswith(PROVIDER_PATHS):
-            recorded.append(json.loads(request.content))
-
-    client = get_http_client(root(simulator), config=config)
-    client.event_hooks["request"].append(hook)
-    yield recorded
-    client.event_hooks["request"].remove(hook)
+    with recorded_bodies(simulator, config) as recorded:
+        yield recorded
 
 
 def test_anthropic_same_answer_and_body_wrapped_warm_free_usage_counted(

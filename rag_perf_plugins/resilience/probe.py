@@ -1,0 +1,116 @@
+"""Half-open probes bounded in time (``breaker_probe_timeout``), for every fallback chain.
+
+Example::
+
+    target = "openai/gpt-4o-mini/k-3f9a~e1"
+    value = run_probe(lambda: send(request), target, timeout=30.0, breakers=breakers)
+    value = await arun_probe(lambda: asend(request), target, timeout=30.0)   # seconds
+
+A probe to a target that accepts the request and never answers would hold its caller for
+the request's whole timeout (600 s in the OpenAI SDK). Past ``timeout`` seconds these
+raise ``TimeoutError`` instead, which the chain counts against the target's breaker (it
+opens again) before it moves the call to the next target. The LLM chain
+(:mod:`rag_perf_plugins.services.llm`) and the embedding chain
+(:mod:`rag_perf_plugins.services.embeddings`) both call them.
+
+- async (:func:`arun_probe`): the probe is cancelled at the bound.
+- blocking (:func:`run_probe`): the probe runs in a worker thread (with the caller's
+  context variables); past the bound the caller moves on and the worker's late answer,
+  if any, is dropped (``discard`` closes it, e.g. an opened stream). Python cannot stop a
+  thread, so the worker lives until the target answers or the request's own timeout ends
+  (and keeps its gate slot until then). What bounds those threads: while an abandoned
+  probe of a target still runs, the next probe of that target is not sent
+  (:class:`~.chain.ProbeStillRunning`, counted as a timeout: the breaker opens again for
+  the next cool-down), so each target has at most ``breaker_probes`` (default 1) of them
+  at once; ``Breakers.stats()`` counts them (``probes_abandoned``, ``probes_late``).
+
+Not done here: deciding which call is a probe (the breaker's :class:`~.breaker.Admission`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from .chain import ProbeStillRunning
+
+if TYPE_CHECKING:
+    from .breakers import Breakers
+
+__all__ = ["arun_probe", "run_probe"]
+
+R = TypeVar("R")
+
+
+def run_probe(
+    fn: Callable[[], R],
+    target: str,
+    *,
+    timeout: float,
+    breakers: Breakers,
+    discard: Callable[[R], None] | None = None,
+) -> R:
+    """``fn()`` in a worker thread, waited for at most ``timeout`` seconds.
+
+    Example: ``run_probe(send, "openai/m/k-1~e1", timeout=30.0, breakers=breakers)``.
+
+    Raises ``TimeoutError`` naming ``target`` past the bound (``fn``'s own error, or its
+    value, when it ends in time); the worker is then counted in ``breakers`` until it ends,
+    and a value it gets after the bound goes to ``discard``. Raises
+    :class:`~.chain.ProbeStillRunning` without calling ``fn`` while an abandoned probe of
+    ``target`` still runs.
+    """
+    if breakers.late_probes(target):
+        raise ProbeStillRunning(target, timeout)
+    context = contextvars.copy_context()
+    box: dict[str, Any] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def run() -> None:
+        late = False
+        try:
+            try:
+                value = context.run(fn)
+            except BaseException as exc:
+                with lock:
+                    late = box.get("late", False)
+                    box["error"] = exc
+            else:
+                with lock:
+                    late = box.get("late", False)
+                    box["value"] = value
+                if late and discard is not None:
+                    discard(value)
+        finally:
+            done.set()
+            if late:
+                breakers.late_probe_ended(target)
+
+    threading.Thread(target=run, name="rag-perf-probe", daemon=True).start()
+    if not done.wait(timeout):
+        with lock:
+            late = "value" not in box and "error" not in box
+            if late:
+                box["late"] = True
+                breakers.probe_abandoned(target)  # counted before the worker can end
+        if late:
+            raise _too_long(target, timeout)
+    if "error" in box:
+        raise box["error"]
+    return cast(R, box["value"])
+
+
+async def arun_probe(fn: Callable[[], Awaitable[R]], target: str, *, timeout: float) -> R:
+    """Async twin of :func:`run_probe`: ``await fn()``, cancelled past ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(fn(), timeout)
+    except TimeoutError:
+        raise _too_long(target, timeout) from None
+
+
+def _too_long(target: str, timeout: float) -> TimeoutError:
+    return TimeoutError(f"probe of {target} took longer than {timeout:g} s")
