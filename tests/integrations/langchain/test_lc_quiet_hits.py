@@ -207,7 +207,8 @@ def _unreadable_entry_run(simulator: Simulator, tmp_path: Any, *, loud: bool) ->
     key = llm.service._key(request, False, CacheControl())
     assert key is not None
     # A result entry of the right shape whose answer LangChain cannot rebuild.
-    cache.set(key, {"kind": "result", "data": {"generations": "?"}, "usage": [1, 2]}, namespace="llm")
+    unreadable = {"kind": "result", "data": {"generations": "?"}, "usage": [1, 2]}
+    cache.set(key, unreadable, namespace="llm")
     answer = llm.invoke(QUESTION, config={"callbacks": [Recorder()]} if loud else None)
     assert "cache_hit" not in answer.response_metadata  # the provider answered
     stats = cache.get_stats()
