@@ -985,8 +985,10 @@ class CacheManager:
         keep = None if tier is None or tier.blocking else getattr(tier, "keep_vectors", None)
         if keep is None:
             return
-        try:
-            keep({prefix + k: (stored[prefix + k], v) for k, v in vectors.items()})
+        try:  # lists only: a numpy array's items are numpy scalars, not a decode's floats
+            keep(
+                {prefix + k: (stored[prefix + k], v) for k, v in vectors.items() if type(v) is list}
+            )
         except Exception as exc:
             self._fault(tier.name, "set", exc)  # type: ignore[union-attr]
 
