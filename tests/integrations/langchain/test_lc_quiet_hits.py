@@ -20,6 +20,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 from rag_perf_plugins.langchain import PerfChatModel, pooled_chat_openai
 
@@ -250,3 +251,17 @@ def test_langchains_own_cache_switched_on_takes_the_general_path(
         assert tracker.get_metrics("llm.chat")["count"] == calls  # LangChain's cache answered
     finally:
         set_llm_cache(None)
+
+
+def test_a_configure_hook_outside_the_call_takes_the_general_path(
+    simulator: Simulator, config: PerformanceConfig
+) -> None:
+    llm = PerfChatModel(openai(simulator), config)
+    llm.invoke(QUESTION)
+    # collect_runs registers its handler through a configure hook, as LangSmith's
+    # tracing_context / LANGSMITH_TRACING do: CallbackManager.configure finds it.
+    with collect_runs() as collector:
+        hit = llm.invoke(QUESTION)
+    assert hit.response_metadata["cache_hit"] is True
+    assert len(collector.traced_runs) == 1  # the run was traced: the general path ran
+    assert hit.id == f"lc_run--{collector.traced_runs[0].id}-0"
