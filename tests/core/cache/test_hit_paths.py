@@ -183,7 +183,8 @@ def test_get_memory_hit_counts_once_and_respects_expiry(
 def test_numpy_vectors_written_as_rounded_hit_as_python_floats(cache_dir: Path) -> None:
     config = PerformanceConfig(cache_dir=str(cache_dir))  # float32, as numpy's below
     writer = CacheManager(config)
-    writer.set_vectors({"n": np.array([0.1, -0.0, 3.5], dtype=np.float32)}, rounded=True)
+    array = np.array([0.1, -0.0, 3.5], dtype=np.float32)  # accepted at runtime, not typed
+    writer.set_vectors({"n": array}, rounded=True)  # type: ignore[dict-item]
     warm = writer.memory_vectors(["n"])
     fresh = CacheManager(config).get_vectors(["n"])
     assert warm == [fresh["n"]] == [writer.get_vectors(["n"])["n"]]
