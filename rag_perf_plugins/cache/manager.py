@@ -546,13 +546,15 @@ class CacheManager:
         self._count("set", namespace, n=len(blobs))
         self._emit("cache.sets", len(blobs))
 
-    def _memory_get(self, namespace: str, key: str) -> Any:
+    def _memory_get(
+        self, namespace: str, key: str, accept: Callable[[Any], bool] | None = None
+    ) -> Any:
         """A live value of ``key`` in the leading memory tier, counted as a hit; else _ABSENT.
 
         The hit path of :meth:`get` / :meth:`aget` (one key: no lists or dicts built, no
         walk). Anything else (absent, expired, unreadable, a bypass, an unknown namespace
-        version) is :data:`_ABSENT` with nothing counted: the general lookup that follows
-        reads, deletes and counts as usual.
+        version, a value ``accept`` refuses) is :data:`_ABSENT` with nothing counted: the
+        general lookup that follows reads, deletes and counts as usual.
         """
         if not self._first_blocking or not self.enabled or not current_control().read:
             return _ABSENT
@@ -568,20 +570,29 @@ class CacheManager:
             value = decode_live(blob, self.clock())
         except Exception:  # the general lookup meets it again, and counts it
             return _ABSENT
-        if value is EXPIRED:
+        if value is EXPIRED or (accept is not None and not accept(value)):
             return _ABSENT
         self._account(namespace, {tier.name: 1}, 0)
         return value
 
-    def peek(self, key: str, default: Any = None, *, namespace: str = "default") -> Any:
+    def peek(
+        self,
+        key: str,
+        default: Any = None,
+        *,
+        namespace: str = "default",
+        accept: Callable[[Any], bool] | None = None,
+    ) -> Any:
         """The value of ``key`` if the memory tier holds it live, else ``default``; no I/O.
 
-        Example: ``cache.peek(key, namespace="llm")``. A value found counts as a hit, as
-        :meth:`get` counts it; ``default`` counts nothing (no miss), so a caller can take
-        its general path afterwards (which looks up every tier and counts once). Safe
-        inside an event loop: it never reads disk or Redis.
+        Example: ``cache.peek(key, namespace="llm", accept=lambda v: isinstance(v, dict))``.
+        A value found counts as a hit, as :meth:`get` counts it; ``default`` counts nothing
+        (no miss), so a caller can take its general path afterwards (which looks up every
+        tier and counts once). ``accept``: a value it returns false for (one the caller
+        cannot use) is ``default`` too, uncounted. Safe inside an event loop: it never
+        reads disk or Redis.
         """
-        found = self._memory_get(namespace, key)
+        found = self._memory_get(namespace, key, accept)
         return default if found is _ABSENT else found
 
     # unasync: generated from aget
@@ -974,8 +985,10 @@ class CacheManager:
         keep = None if tier is None or tier.blocking else getattr(tier, "keep_vectors", None)
         if keep is None:
             return
-        try:
-            keep({prefix + k: (stored[prefix + k], v) for k, v in vectors.items()})
+        try:  # lists only: a numpy array's items are numpy scalars, not a decode's floats
+            keep(
+                {prefix + k: (stored[prefix + k], v) for k, v in vectors.items() if type(v) is list}
+            )
         except Exception as exc:
             self._fault(tier.name, "set", exc)  # type: ignore[union-attr]
 

@@ -1239,15 +1239,21 @@ class LLMService(ProviderCalls):
         state = self._begin(request, False, control, None, cost_scope, (), on_target)
         if state.key is None or not state.control.read:
             return None
+        decoded: list[T] = []
+
+        def accept(entry: Any) -> bool:  # counted by the cache only when it is a usable hit
+            hit = self._hit("result", entry, codec.decode, state, count_corrupt=False)
+            if isinstance(hit, _Miss):
+                return False
+            decoded.append(hit)
+            return True
+
         with applied(state.control):
-            entry = cache.peek(state.key, namespace=self.namespace)
-        if entry is None:
-            return None
-        hit = self._hit("result", entry, codec.decode, state, count_corrupt=False)
-        if isinstance(hit, _Miss):
+            cache.peek(state.key, namespace=self.namespace, accept=accept)
+        if not decoded:
             return None
         self._record(self.operation, state, error=False)
-        return hit
+        return decoded[0]
 
     # --- non-streamed calls: sync shell -----------------------------------------------
     def generate(

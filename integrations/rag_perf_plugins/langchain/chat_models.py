@@ -906,7 +906,6 @@ PerfChatModel._agenerate.__signature__ = inspect.signature(PerfChatModel._agener
 
 
 try:  # LangChain's own steps of a call's answer, for the direct hit (else: no shortcut)
-    from langchain_core.caches import BaseCache
     from langchain_core.callbacks import CallbackManager
     from langchain_core.globals import get_llm_cache
     from langchain_core.language_models._utils import _normalize_messages
@@ -937,11 +936,10 @@ def _quiet_hit(
     cfg = ensure_config(config)
     if _has_handlers(cfg.get("callbacks")) or _has_handlers(model.callbacks) or model.verbose:
         return None  # the usual loud call, refused before configure() (~10 us) runs twice
-    cache = model.cache
+    cache = model.cache  # LangChain checks (or, without one, raises) unless it is False
     if (
         cfg.get("run_id") is not None
-        or isinstance(cache, BaseCache)
-        or (cache is None and get_llm_cache() is not None)
+        or (cache is not False and (cache is not None or get_llm_cache() is not None))
         or model.rate_limiter is not None
         or model.output_version == "v1"
         or model._should_stream(async_api=async_api)

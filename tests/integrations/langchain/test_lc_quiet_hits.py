@@ -13,15 +13,19 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.globals import set_llm_cache
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 from rag_perf_plugins.langchain import PerfChatModel, pooled_chat_openai
 
 from rag_perf_plugins.cache import CacheManager
+from rag_perf_plugins.cache.control import CacheControl
 from rag_perf_plugins.config import PerformanceConfig
 from rag_perf_plugins.services.llm import LLMService
 from rag_perf_plugins.simulator import Simulator
@@ -192,3 +196,72 @@ def test_a_generation_info_and_llm_output_are_dressed_as_langchain_does(tmp_path
     assert quiet.response_metadata == loud.response_metadata
     assert quiet.response_metadata["finish_reason"] == first.response_metadata["finish_reason"]
     assert quiet.response_metadata["model_name"] == "fake-1"
+
+
+def _unreadable_entry_run(simulator: Simulator, tmp_path: Any, *, loud: bool) -> dict[str, Any]:
+    """One call meeting an unreadable cached answer; the cache's and tracker's counts."""
+    config = PerformanceConfig(cache_dir=str(tmp_path))
+    cache = CacheManager(config)
+    tracker = PerformanceTracker()
+    llm = PerfChatModel(openai(simulator), config, cache_manager=cache, tracker=tracker)
+    request = llm._request([HumanMessage(QUESTION)], None)
+    key = llm.service._key(request, False, CacheControl())
+    assert key is not None
+    # A result entry of the right shape whose answer LangChain cannot rebuild.
+    unreadable = {"kind": "result", "data": {"generations": "?"}, "usage": [1, 2]}
+    cache.set(key, unreadable, namespace="llm")
+    answer = llm.invoke(QUESTION, config={"callbacks": [Recorder()]} if loud else None)
+    assert "cache_hit" not in answer.response_metadata  # the provider answered
+    stats = cache.get_stats()
+    metrics = tracker.get_metrics("llm.chat")
+    cache.close()
+    return {
+        "hits": stats["hits"],
+        "misses": stats["misses"],
+        "errors": metrics["counters"].get("cache.errors"),
+        "llm": (metrics["count"], metrics["cache_hits"], metrics["cache_misses"]),
+    }
+
+
+def test_an_unreadable_entry_is_counted_as_the_general_path_counts_it(
+    simulator: Simulator, tmp_path: Any
+) -> None:
+    loud = _unreadable_entry_run(simulator, tmp_path / "loud", loud=True)
+    quiet = _unreadable_entry_run(simulator, tmp_path / "quiet", loud=False)
+    assert loud["errors"] and loud["llm"] == (1, 0, 1)
+    assert quiet == loud  # the quiet try before the general path counts no cache hit
+
+
+def test_langchains_own_cache_switched_on_takes_the_general_path(
+    simulator: Simulator, config: PerformanceConfig
+) -> None:
+    tracker = PerformanceTracker()
+    llm = PerfChatModel(openai(simulator), config, tracker=tracker)
+    first = llm.invoke(QUESTION)
+    assert llm.invoke(QUESTION).response_metadata["cache_hit"] is True
+    llm.cache = True  # LangChain's cache asked for after construction, none configured
+    with pytest.raises(ValueError, match="no cache found"):
+        llm.invoke(QUESTION)  # as BaseChatModel raises, hit or not
+    set_llm_cache(InMemoryCache())
+    try:
+        llm.invoke(QUESTION)  # our hit, which LangChain's cache stores
+        calls = tracker.get_metrics("llm.chat")["count"]
+        seen = llm.invoke(QUESTION)
+        assert seen.content == first.content
+        assert tracker.get_metrics("llm.chat")["count"] == calls  # LangChain's cache answered
+    finally:
+        set_llm_cache(None)
+
+
+def test_a_configure_hook_outside_the_call_takes_the_general_path(
+    simulator: Simulator, config: PerformanceConfig
+) -> None:
+    llm = PerfChatModel(openai(simulator), config)
+    llm.invoke(QUESTION)
+    # collect_runs registers its handler through a configure hook, as LangSmith's
+    # tracing_context / LANGSMITH_TRACING do: CallbackManager.configure finds it.
+    with collect_runs() as collector:
+        hit = llm.invoke(QUESTION)
+    assert hit.response_metadata["cache_hit"] is True
+    assert len(collector.traced_runs) == 1  # the run was traced: the general path ran
+    assert hit.id == f"lc_run--{collector.traced_runs[0].id}-0"
