@@ -706,6 +706,7 @@ class CacheManager:
         namespace: str = "embeddings",
         model: str | None = None,
         rounded: bool = False,
+        keep: bool | None = None,
     ) -> dict[str, list[float]]:
         """Store vectors as raw ``cache_vector_dtype`` and return them rounded the same way.
 
@@ -716,10 +717,17 @@ class CacheManager:
         ``cache_vector_dtype`` (as :class:`~rag_perf_plugins.services.embeddings.EmbeddingService`
         rounds them): they are returned as given instead of being rounded a second time.
         Storage does not depend on it: the stored bytes are always the raw dtype.
+
+        ``keep``: whether the memory tier may keep the returned floats as the answer of the
+        next hits (instead of decoding the blob at the first one). ``None``: only when this
+        method rounded them (``rounded=False``), so they are exactly what a decode gives;
+        ``True``: the caller vouches for that with ``rounded=True`` (the embedding
+        service's store does: its floats come from ``round_vectors``).
         """
         out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
         if self.enabled and out and current_control().write:
-            self._store(namespace, self._encode_many(out, ttl, vector=True), ttl, model, out)
+            kept = out if (keep if keep is not None else not rounded) else None
+            self._store(namespace, self._encode_many(out, ttl, vector=True), ttl, model, kept)
         return out
 
     def delete(self, key: str, *, namespace: str = "default") -> bool:
@@ -1088,11 +1096,14 @@ class CacheManager:
         namespace: str = "embeddings",
         model: str | None = None,
         rounded: bool = False,
+        keep: bool | None = None,
     ) -> dict[str, list[float]]:
-        """Async :meth:`set_vectors` (same ``rounded`` flag)."""
+        """Async :meth:`set_vectors` (same ``rounded`` and ``keep`` flags)."""
         out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
         if self.enabled and out and current_control().write:
-            await self._astore(namespace, self._encode_many(out, ttl, vector=True), ttl, model, out)
+            kept = out if (keep if keep is not None else not rounded) else None
+            blobs = self._encode_many(out, ttl, vector=True)
+            await self._astore(namespace, blobs, ttl, model, kept)
         return out
 
     async def adelete(self, key: str, *, namespace: str = "default") -> bool:

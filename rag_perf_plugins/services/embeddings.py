@@ -259,7 +259,7 @@ class CacheEmbeddingStore:
         passes it), so the manager does not round them a second time.
         """
         self.cache.set_vectors(
-            items, ttl, namespace=self.namespace, model=self.model, rounded=rounded
+            items, ttl, namespace=self.namespace, model=self.model, rounded=rounded, keep=rounded
         )
 
     async def aget_many(self, keys: Sequence[str]) -> list[Vector | None]:
@@ -272,7 +272,7 @@ class CacheEmbeddingStore:
     ) -> None:
         """Async :meth:`set_many` (same ``rounded`` flag)."""
         await self.cache.aset_vectors(
-            items, ttl, namespace=self.namespace, model=self.model, rounded=rounded
+            items, ttl, namespace=self.namespace, model=self.model, rounded=rounded, keep=rounded
         )
 
     def __repr__(self) -> str:

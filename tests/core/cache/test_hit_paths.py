@@ -27,8 +27,9 @@ from rag_perf_plugins.cache import (
     llm_key_from_tail,
     llm_key_tail,
 )
-from rag_perf_plugins.cache.serialize import encode_vector
+from rag_perf_plugins.cache.serialize import encode_vector, round_vectors
 from rag_perf_plugins.config import PerformanceConfig
+from rag_perf_plugins.services.embeddings import CacheEmbeddingStore
 
 TEXTS = ["", "What is RAG?", 'quotes " and \\ and \n', "é ü 中文 \u2028", "x" * 2000]
 
@@ -192,14 +193,19 @@ def test_numpy_vectors_written_as_rounded_hit_as_python_floats(cache_dir: Path) 
     writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="set_vectors(rounded=True) trusts the caller: floats it says are rounded but are "
-    "not are kept as given, so memory hits differ from a decode (not fixed, see review)",
-)
 def test_unrounded_vectors_passed_as_rounded_hit_as_a_decode(cache_dir: Path) -> None:
     config = PerformanceConfig(cache_dir=str(cache_dir))
     writer = CacheManager(config)
     writer.set_vectors({"a": [0.1, 1 / 3]}, rounded=True)  # float64 values, float32 cache
     assert writer.memory_vectors(["a"]) == [writer.get_vectors(["a"])["a"]]
+    assert writer.memory_vectors(["a"]) != [[0.1, 1 / 3]]
+    # The embedding service's store vouches for its floats (round_vectors): kept as given.
+    store = CacheEmbeddingStore(writer)
+    tier = writer.tiers[0]
+    assert isinstance(tier, MemoryTier)
+    kept_before = sum(item[2] is not None for item in tier._data.values())
+    store.set_many({"b": round_vectors([[0.1, 1 / 3]], "float32")[0]}, rounded=True)
+    assert sum(item[2] is not None for item in tier._data.values()) == kept_before + 1
+    fresh = CacheManager(config).get_vectors(["b"], namespace=store.namespace)
+    assert store.memory_vectors(["b"]) == [fresh["b"]]
     writer.close()
