@@ -23,6 +23,10 @@ opens again) before it moves the call to the next target. The LLM chain
   (:class:`~.chain.ProbeStillRunning`, counted as a timeout: the breaker opens again for
   the next cool-down), so each target has at most ``breaker_probes`` (default 1) of them
   at once; ``Breakers.stats()`` counts them (``probes_abandoned``, ``probes_late``).
+  A late worker must not act for its caller: it gets a :class:`ProbeWatch`, and anything
+  it would do on the caller's behalf (tell the breaker of a failure, write the caller's
+  call state) it does only ``while watch.in_time()`` says so; the LLM chain gives the
+  worker its own copy of the call state and takes it back only when the probe ended in time.
 
 Not done here: deciding which call is a probe (the breaker's :class:`~.breaker.Admission`).
 """
@@ -30,9 +34,10 @@ Not done here: deciding which call is a probe (the breaker's :class:`~.breaker.A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .chain import ProbeStillRunning
@@ -40,9 +45,40 @@ from .chain import ProbeStillRunning
 if TYPE_CHECKING:
     from .breakers import Breakers
 
-__all__ = ["arun_probe", "run_probe"]
+__all__ = ["ProbeWatch", "arun_probe", "run_probe"]
 
 R = TypeVar("R")
+
+
+class ProbeWatch:
+    """Whether a blocking probe's caller still waits for it, or left it (``late``).
+
+    Example::
+
+        watch = ProbeWatch()
+        value = run_probe(send, target, timeout=30.0, breakers=breakers, watch=watch)
+        # in the worker, before acting for the caller:
+        with watch.in_time() as in_time:
+            if in_time:
+                breakers.record(target, "failure", probe=True)   # still the caller's probe
+
+    While a block under :meth:`in_time` runs, the caller cannot leave the probe: past its
+    bound it waits for the block to end (keep the block short: one breaker record). After
+    the caller left, ``in_time`` yields ``False`` and ``late`` is true. Not done here:
+    undoing what the worker did before the bound.
+    """
+
+    __slots__ = ("_lock", "late")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.late = False  # set once, by run_probe, when the caller leaves
+
+    @contextlib.contextmanager
+    def in_time(self) -> Iterator[bool]:
+        """Hold off the caller's leaving; yield whether it still waits for the probe."""
+        with self._lock:
+            yield not self.late
 
 
 def run_probe(
@@ -52,6 +88,7 @@ def run_probe(
     timeout: float,
     breakers: Breakers,
     discard: Callable[[R], None] | None = None,
+    watch: ProbeWatch | None = None,
 ) -> R:
     """``fn()`` in a worker thread, waited for at most ``timeout`` seconds.
 
@@ -61,13 +98,15 @@ def run_probe(
     value, when it ends in time); the worker is then counted in ``breakers`` until it ends,
     and a value it gets after the bound goes to ``discard``. Raises
     :class:`~.chain.ProbeStillRunning` without calling ``fn`` while an abandoned probe of
-    ``target`` still runs.
+    ``target`` still runs. ``watch``: marked ``late`` when the caller leaves (``fn`` asks
+    it before acting for the caller).
     """
     if breakers.late_probes(target):
         raise ProbeStillRunning(target, timeout)
     context = contextvars.copy_context()
     box: dict[str, Any] = {}
-    lock = threading.Lock()
+    watch = watch if watch is not None else ProbeWatch()
+    lock = watch._lock
     done = threading.Event()
 
     def run() -> None:
@@ -77,11 +116,11 @@ def run_probe(
                 value = context.run(fn)
             except BaseException as exc:
                 with lock:
-                    late = box.get("late", False)
+                    late = watch.late
                     box["error"] = exc
             else:
                 with lock:
-                    late = box.get("late", False)
+                    late = watch.late
                     box["value"] = value
                 if late and discard is not None:
                     discard(value)
@@ -95,7 +134,7 @@ def run_probe(
         with lock:
             late = "value" not in box and "error" not in box
             if late:
-                box["late"] = True
+                watch.late = True
                 breakers.probe_abandoned(target)  # counted before the worker can end
         if late:
             raise _too_long(target, timeout)
