@@ -13,7 +13,10 @@ opens again) before it moves the call to the next target. The LLM chain
 (:mod:`rag_perf_plugins.services.llm`) and the embedding chain
 (:mod:`rag_perf_plugins.services.embeddings`) both call them.
 
-- async (:func:`arun_probe`): the probe is cancelled at the bound.
+- async (:func:`arun_probe`): the probe is cancelled at the bound. A blocking call it
+  runs through :func:`in_thread` (a model without an async client) cannot be cancelled:
+  its thread is counted and bounded like a blocking probe's worker (below), given
+  ``breakers``.
 - blocking (:func:`run_probe`): the probe runs in a worker thread (with the caller's
   context variables); past the bound the caller moves on and the worker's late answer,
   if any, is dropped (``discard`` closes it, e.g. an opened stream). Python cannot stop a
@@ -45,7 +48,7 @@ from .chain import ProbeStillRunning
 if TYPE_CHECKING:
     from .breakers import Breakers
 
-__all__ = ["ProbeWatch", "arun_probe", "run_probe"]
+__all__ = ["ProbeWatch", "arun_probe", "in_thread", "run_probe"]
 
 R = TypeVar("R")
 
@@ -143,12 +146,101 @@ def run_probe(
     return cast(R, box["value"])
 
 
-async def arun_probe(fn: Callable[[], Awaitable[R]], target: str, *, timeout: float) -> R:
-    """Async twin of :func:`run_probe`: ``await fn()``, cancelled past ``timeout`` seconds."""
+async def arun_probe(
+    fn: Callable[[], Awaitable[R]],
+    target: str,
+    *,
+    timeout: float,
+    breakers: Breakers | None = None,
+) -> R:
+    """Async twin of :func:`run_probe`: ``await fn()``, cancelled past ``timeout`` seconds.
+
+    Example: ``await arun_probe(lambda: asend(texts), "openai/m/k-1~e1", timeout=30.0,
+    breakers=breakers)``.
+
+    With ``breakers``: the threads ``fn`` starts through :func:`in_thread` outlive the
+    cancellation, so each one still running at the bound is counted as an abandoned probe
+    of ``target`` until it ends, and while one runs the next probe is not sent
+    (:class:`~.chain.ProbeStillRunning`, as in :func:`run_probe`). Without: not counted.
+    """
+    if breakers is not None and breakers.late_probes(target):
+        raise ProbeStillRunning(target, timeout)
+    threads = None if breakers is None else _Threads(target, breakers)
+    token = _THREADS.set(threads)
     try:
         return await asyncio.wait_for(fn(), timeout)
     except TimeoutError:
+        if threads is not None:
+            threads.leave()
         raise _too_long(target, timeout) from None
+    finally:
+        _THREADS.reset(token)
+
+
+async def in_thread(fn: Callable[..., R], /, *args: Any) -> R:
+    """``asyncio.to_thread(fn, *args)``, counted when it runs inside :func:`arun_probe`.
+
+    Example: ``vectors = await in_thread(model.embed_documents, texts)`` (a model without
+    an async client; the loop keeps serving).
+
+    Inside a probe, cancelling the caller does not cancel the job (Python cannot stop its
+    thread; the job always runs, so it is always counted out when it ends): a thread still
+    running when the probe is left at its bound is an abandoned probe of the target until
+    it ends. Elsewhere: plain ``asyncio.to_thread``.
+    """
+    threads = _THREADS.get()
+    if threads is None:
+        return await asyncio.to_thread(fn, *args)
+    threads.started()
+
+    def run() -> R:
+        try:
+            return fn(*args)
+        finally:
+            threads.ended()
+
+    job = asyncio.ensure_future(asyncio.to_thread(run))
+    job.add_done_callback(_retrieved)  # a late failure is nobody's: no "never retrieved"
+    return await asyncio.shield(job)
+
+
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()
+
+
+class _Threads:
+    """The worker threads of one async probe, and whether its caller left it at the bound."""
+
+    __slots__ = ("breakers", "left", "lock", "running", "target")
+
+    def __init__(self, target: str, breakers: Breakers) -> None:
+        self.target, self.breakers = target, breakers
+        self.lock = threading.Lock()
+        self.running = 0
+        self.left = False
+
+    def started(self) -> None:
+        with self.lock:
+            self.running += 1
+
+    def ended(self) -> None:
+        with self.lock:
+            self.running -= 1
+            if self.left:
+                self.breakers.late_probe_ended(self.target)
+
+    def leave(self) -> None:
+        """The caller left at the bound: each thread still running is an abandoned probe."""
+        with self.lock:
+            self.left = True
+            for _ in range(self.running):
+                self.breakers.probe_abandoned(self.target)
+
+
+_THREADS: contextvars.ContextVar[_Threads | None] = contextvars.ContextVar(
+    "rag_perf_probe_threads", default=None
+)
 
 
 def _too_long(target: str, timeout: float) -> TimeoutError:

@@ -526,6 +526,73 @@ def test_one_abandoned_blocking_probe_per_target_the_next_is_not_sent(
     assert f'rag_perf_failovers_total{{reason="probe_running",target="{primary}"}} 1.0' in text
 
 
+def sync_only_embeddings(sim: Simulator) -> Any:
+    """The real OpenAIEmbeddings without its async client: async calls run in a thread."""
+    from langchain_core.embeddings import Embeddings
+    from langchain_openai import OpenAIEmbeddings
+
+    class SyncOnly(OpenAIEmbeddings):
+        pass
+
+    for name in ("aembed_documents", "aembed_query"):  # LangChain's defaults: no async client
+        setattr(SyncOnly, name, getattr(Embeddings, name))
+    params: dict[str, Any] = {
+        "base_url": sim.base_url,
+        "model": "text-embedding-3-small",
+        "api_key": f"sk-{uuid.uuid4().hex[:8]}",
+        "check_embedding_ctx_length": False,
+        "max_retries": 0,  # the SDK does not retry the 503: the chain sees it
+    }
+    return SyncOnly(**params)
+
+
+async def test_an_async_probe_thread_left_at_the_bound_is_counted_and_bounded(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    hang = Hang(hold_s=30.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory()
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    config = CONFIG.replace(breaker_probe_timeout=0.2, retry_max_attempts=1)
+    settings = BreakerSettings.from_config(config)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
+    wrapped = PerfEmbeddings(
+        sync_only_embeddings(down), config, fallbacks=[embeddings(other_region)], breakers=breakers
+    )
+
+    async def call(text: str) -> None:
+        assert len(await wrapped.aembed_documents([text])) == 1
+
+    cooldown = CONFIG.breaker_cooldown
+    try:
+        await call("one")  # the 503: open for 2 s
+        clock.advance(cooldown)
+        hang.on = True
+        await call("two")  # the probe's thread hangs: the probe is left at 0.2 s
+        primary = next(iter(breakers.stats()))
+        assert (embedding_requests(down), hang.held) == (2, 1)
+        assert breakers.stats()[primary]["probes_late"] == 1  # its thread still waits
+        clock.advance(2 * cooldown)  # open again for 4 s; now the next probe is due
+        await call("three")  # not sent: the left thread still runs
+        assert (embedding_requests(down), hang.held) == (2, 1)
+        assert breakers.peek(primary) == ("open", 4 * cooldown)  # counted as a failed probe
+    finally:
+        hang.release()
+    assert await asyncio.to_thread(
+        wait_until, lambda: breakers.stats()[primary]["probes_late"] == 0
+    )
+    hang.on = False
+    clock.advance(4 * cooldown)
+    await call("four")  # the next probe goes, the primary answers: closed
+    assert embedding_requests(down) == 3
+    assert embedding_requests(other_region) == 3
+    stats = breakers.stats()[primary]
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1, "probe_running": 1}
+    assert (stats["probes_abandoned"], stats["probes_late"], stats["state"]) == (1, 0, "closed")
+
+
 # --- a blocking probe left past its bound acts no more for its caller ----------------------
 def late_probe_chain(
     down: Simulator, other_region: Simulator, clock: FakeClock, **options: Any
