@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -526,7 +527,7 @@ def test_one_abandoned_blocking_probe_per_target_the_next_is_not_sent(
     assert f'rag_perf_failovers_total{{reason="probe_running",target="{primary}"}} 1.0' in text
 
 
-def sync_only_embeddings(sim: Simulator) -> Any:
+def sync_only_embeddings(sim: Simulator, http_client: Any) -> Any:
     """The real OpenAIEmbeddings without its async client: async calls run in a thread."""
     from langchain_core.embeddings import Embeddings
     from langchain_openai import OpenAIEmbeddings
@@ -542,12 +543,21 @@ def sync_only_embeddings(sim: Simulator) -> Any:
         "api_key": f"sk-{uuid.uuid4().hex[:8]}",
         "check_embedding_ctx_length": False,
         "max_retries": 0,  # the SDK does not retry the 503: the chain sees it
+        "http_client": http_client,  # closed by the test
     }
     return SyncOnly(**params)
 
 
+@pytest.fixture
+def http_client() -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client() as client:
+        yield client
+
+
 async def test_an_async_probe_thread_left_at_the_bound_is_counted_and_bounded(
-    simulator_factory: SimulatorFactory, clock: FakeClock
+    simulator_factory: SimulatorFactory, clock: FakeClock, http_client: Any
 ) -> None:
     from rag_perf_plugins.langchain import PerfEmbeddings
 
@@ -558,9 +568,8 @@ async def test_an_async_probe_thread_left_at_the_bound_is_counted_and_bounded(
     config = CONFIG.replace(breaker_probe_timeout=0.2, retry_max_attempts=1)
     settings = BreakerSettings.from_config(config)
     breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
-    wrapped = PerfEmbeddings(
-        sync_only_embeddings(down), config, fallbacks=[embeddings(other_region)], breakers=breakers
-    )
+    inner = sync_only_embeddings(down, http_client)
+    wrapped = PerfEmbeddings(inner, config, fallbacks=[embeddings(other_region)], breakers=breakers)
 
     async def call(text: str) -> None:
         assert len(await wrapped.aembed_documents([text])) == 1
