@@ -627,8 +627,9 @@ def test_a_late_probe_failure_is_not_taken_for_the_next_probe(
     down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
     other_region = simulator_factory()
     down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
-    # The primary's own request timeout (1 s) ends the abandoned probe with a failure.
-    llm, breakers, _ = late_probe_chain(down, other_region, clock, timeout=1.0)
+    # The primary's own request timeout (2 s: after the next probe is admitted) ends the
+    # abandoned probe with a failure.
+    llm, breakers, _ = late_probe_chain(down, other_region, clock, timeout=2.0)
     cooldown = CONFIG.breaker_cooldown
     try:
         assert llm.invoke("one").content  # the 503: open for 2 s
