@@ -105,7 +105,7 @@ TWINS: tuple[Twins, ...] = (
             "async def one(": "def one(",
             "async def looked_up(": "def looked_up(",
             "async def run_chain(": "def run_chain(",
-            "Callable[[Fallback], Awaitable[R]]": "Callable[[Fallback], R]",
+            "Callable[[Fallback, _Call], Awaitable[R]]": "Callable[[Fallback, _Call], R]",
             "Callable[[Fallback], Awaitable[R | _Miss]]": "Callable[[Fallback], R | _Miss]",
             "breakers.aadmit(": "breakers.admit(",
             "self._abounded(": "self._bounded(",

@@ -75,7 +75,7 @@ from ..errors import ProviderUnavailable
 from ..resilience import Admission, Breakers, Target, Transition, breakers_for, outcome_of
 from ..resilience.breakers import failover_reason
 from ..resilience.chain import OpenedMeanwhile, failed_note
-from ..resilience.probe import arun_probe, run_probe
+from ..resilience.probe import arun_probe, in_thread, run_probe
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .llm import gate_listener
@@ -1081,7 +1081,7 @@ class EmbeddingService(ProviderCalls):
                     if timeout is None:
                         value = await asend()
                     else:
-                        value = await arun_probe(asend, name, timeout=timeout)
+                        value = await arun_probe(asend, name, timeout=timeout, breakers=breakers)
                 except OpenedMeanwhile as opened:
                     refused.append((name, Admission(False, False, opened.state, opened.retry_in)))
                     breakers.failover(name, "open")
@@ -1324,7 +1324,7 @@ class EmbeddingService(ProviderCalls):
                 if p.aembed_many is not None:
                     return await p.aembed_many(texts)
                 # A sync-only provider runs in a worker thread: the loop keeps serving.
-                return await asyncio.to_thread(p.embed_many, texts)
+                return await in_thread(p.embed_many, texts)
 
             return call
 
@@ -1342,7 +1342,7 @@ class EmbeddingService(ProviderCalls):
         async def call() -> Sequence[Sequence[float]]:
             self.provider_calls += 1
             # A sync model (a local one is CPU-bound) runs in a worker: the loop keeps serving.
-            return await asyncio.to_thread(embed_queries, texts)
+            return await in_thread(embed_queries, texts)
 
         vectors = await self._aguarded(call, texts)
         _check_count(vectors, texts)
@@ -1355,10 +1355,10 @@ class EmbeddingService(ProviderCalls):
                 if p.aembed_query is not None:
                     return [await p.aembed_query(text)]
                 if p.embed_query is not None:
-                    return [await asyncio.to_thread(p.embed_query, text)]
+                    return [await in_thread(p.embed_query, text)]
                 if p.aembed_many is not None:
                     return await p.aembed_many([text])
-                return await asyncio.to_thread(p.embed_many, [text])
+                return await in_thread(p.embed_many, [text])
 
             return call
 

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -114,7 +115,7 @@ from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..resilience.breaker import Transition
 from ..resilience.breakers import failover_reason
 from ..resilience.chain import OpenedMeanwhile, failed_note
-from ..resilience.probe import arun_probe, run_probe
+from ..resilience.probe import ProbeWatch, arun_probe, run_probe
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
@@ -384,6 +385,8 @@ class _Call:
     heard: tuple[BaseException, Transition | None] | None = None
     probe: Probe | None = None  # the semantic cache's view of the request (opted in)
     semantic: SemanticMatch | None = None  # the prompt whose answer this semantic hit is
+    # A blocking probe's own copy of the call's state: whether its caller left it (late).
+    watch: ProbeWatch | None = None
 
 
 # A wait at the gate after which the breaker is asked again before sending (seconds).
@@ -699,42 +702,53 @@ class LLMService(ProviderCalls):
 
     def _bounded(
         self,
-        one: Callable[[Fallback], R],
+        one: Callable[[Fallback, _Call], R],
         alt: Fallback,
         admission: Admission,
         discard: Callable[[R], None] | None,
+        state: _Call,
     ) -> R:
-        """``one(alt)``; a probe is bounded by ``breaker_probe_timeout`` (``TimeoutError``).
+        """``one(alt, state)``; a probe is bounded by ``breaker_probe_timeout`` (``TimeoutError``).
 
-        The blocking probe runs in a worker thread (with this context); past the bound the
-        caller fails over and the worker's late answer, if any, is dropped (``discard``:
-        how to close it, e.g. an opened stream); while such a worker of the target still
-        runs, the next probe is not sent (``ProbeStillRunning``). See
+        The blocking probe runs in a worker thread (with this context) on its own copy of
+        ``state``, taken back when it ends in time. Past the bound the caller fails over
+        and the worker is on its own: its late answer is dropped (``discard``: how to close
+        it, e.g. an opened stream), never returned, cached or counted as the call's (usage,
+        cost, gate wait); its late failure is not told to the breaker (the bound already
+        counted the probe as a timeout; a later probe's outcome must not be taken for it).
+        Its gate ticket is still reconciled with its own usage. While such a worker of the
+        target still runs, the next probe is not sent (``ProbeStillRunning``). See
         :func:`~rag_perf_plugins.resilience.probe.run_probe`.
         """
         timeout = self._probe_timeout(admission)
         if timeout is None:
-            return one(alt)
-        return run_probe(
-            lambda: one(alt),
-            alt.target.name,
-            timeout=timeout,
-            breakers=self.breakers(),
-            discard=discard,
-        )
+            return one(alt, state)
+        own = dataclasses.replace(state, admissions=dict(state.admissions), watch=ProbeWatch())
+        try:
+            return run_probe(
+                lambda: one(alt, own),
+                alt.target.name,
+                timeout=timeout,
+                breakers=self.breakers(),
+                discard=discard,
+                watch=own.watch,
+            )
+        finally:
+            _taken_back(state, own)
 
     async def _abounded(
         self,
-        one: Callable[[Fallback], Awaitable[R]],
+        one: Callable[[Fallback, _Call], Awaitable[R]],
         alt: Fallback,
         admission: Admission,
         discard: Callable[[R], None] | None,
+        state: _Call,
     ) -> R:
-        """Async twin of :meth:`_bounded`: a probe past the bound is cancelled."""
+        """Async twin of :meth:`_bounded`: a probe past the bound is cancelled (no late work)."""
         timeout = self._probe_timeout(admission)
         if timeout is None:
-            return await one(alt)
-        return await arun_probe(lambda: one(alt), alt.target.name, timeout=timeout)
+            return await one(alt, state)
+        return await arun_probe(lambda: one(alt, state), alt.target.name, timeout=timeout)
 
     def _stream_broke(self, exc: BaseException, state: _Call) -> None:
         """A stream of a chain failed after its first chunk: its target's breaker hears it."""
@@ -753,11 +767,15 @@ class LLMService(ProviderCalls):
         ``state.heard`` instead of recording the failure a second time.
         """
         admission = state.admissions.get(alt.target.name)
-        if state.chain is not None and admission is not None:
-            moved = self.breakers().record(
-                alt.target.name, outcome_of(exc), probe=admission.probe, since=admission.at
-            )
-            state.heard = (exc, moved)
+        if state.chain is None or admission is None:
+            return
+        watch = state.watch
+        with contextlib.nullcontext(True) if watch is None else watch.in_time() as in_time:
+            if in_time:  # not a probe its caller left (the bound counted it as a timeout)
+                moved = self.breakers().record(
+                    alt.target.name, outcome_of(exc), probe=admission.probe, since=admission.at
+                )
+                state.heard = (exc, moved)
 
     async def _aheard(self, exc: Exception, alt: Fallback, state: _Call) -> None:
         """Async twin of :meth:`_heard`."""
@@ -1378,8 +1396,8 @@ class LLMService(ProviderCalls):
         chain = state.chain
         if chain is not None:
 
-            def one(alt: Fallback) -> T:
-                return self._attempt(alt, codec, state)
+            def one(alt: Fallback, own: _Call) -> T:
+                return self._attempt(alt, codec, own)
 
             def looked_up(alt: Fallback) -> T | _Miss:
                 return self._lookup_fallback(alt, codec, state)
@@ -1542,8 +1560,8 @@ class LLMService(ProviderCalls):
         chain = state.chain
         if chain is not None:
 
-            async def one(alt: Fallback) -> T:
-                return await self._aattempt(alt, codec, state)
+            async def one(alt: Fallback, own: _Call) -> T:
+                return await self._aattempt(alt, codec, own)
 
             async def looked_up(alt: Fallback) -> T | _Miss:
                 return await self._alookup_fallback(alt, codec, state)
@@ -1586,7 +1604,7 @@ class LLMService(ProviderCalls):
     def _chain(
         self,
         chain: list[Fallback],
-        one: Callable[[Fallback], R],
+        one: Callable[[Fallback, _Call], R],
         looked_up: Callable[[Fallback], R | _Miss] | None,
         state: _Call,
         discard: Callable[[R], None] | None = None,
@@ -1621,7 +1639,7 @@ class LLMService(ProviderCalls):
                     continue
                 state.admissions[target.name] = admission
                 try:
-                    value = self._bounded(one, alt, admission, discard)
+                    value = self._bounded(one, alt, admission, discard, state)
                 except OpenedMeanwhile as opened:
                     state.attempts -= 1  # nothing was sent
                     refused.append((alt, Admission(False, False, opened.state, opened.retry_in)))
@@ -1699,7 +1717,7 @@ class LLMService(ProviderCalls):
     async def _achain(
         self,
         chain: list[Fallback],
-        one: Callable[[Fallback], Awaitable[R]],
+        one: Callable[[Fallback, _Call], Awaitable[R]],
         looked_up: Callable[[Fallback], Awaitable[R | _Miss]] | None,
         state: _Call,
         discard: Callable[[R], None] | None = None,
@@ -1738,7 +1756,7 @@ class LLMService(ProviderCalls):
                     continue
                 state.admissions[target.name] = admission
                 try:
-                    value = await self._abounded(one, alt, admission, discard)
+                    value = await self._abounded(one, alt, admission, discard, state)
                 except OpenedMeanwhile as opened:
                     state.attempts -= 1  # nothing was sent
                     refused.append((alt, Admission(False, False, opened.state, opened.retry_in)))
@@ -1894,18 +1912,18 @@ class LLMService(ProviderCalls):
     ) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
         retry, chain = self._retry, state.chain
 
-        def one(alt: Fallback) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
+        def one(alt: Fallback, own: _Call) -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
             gate = alt.target.gate
             tokens = alt.request.estimated_tokens() if gate is not None else 0
-            spend = self._spend(alt.request, state, gate)
-            state.attempts += 1
+            spend = self._spend(alt.request, own, gate)
+            own.attempts += 1
             stack = contextlib.ExitStack()
             try:
                 ticket = None
                 if gate is not None:
                     ticket = stack.enter_context(gate.acquire(tokens=tokens, **spend))
-                    self._recheck(ticket, alt, state)  # the breaker may have opened meanwhile
-                self._admitted(ticket, state)
+                    self._recheck(ticket, alt, own)  # the breaker may have opened meanwhile
+                self._admitted(ticket, own)
                 with gate_listener(gate):  # the headers arrive when the stream is opened
                     chunks_in = iter(alt.call())
                     stack.callback(_close_quietly, chunks_in)
@@ -1913,14 +1931,16 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     observe_failure(gate, exc)
-                    self._heard(exc, alt, state)  # heard before the slot is freed
+                    self._heard(exc, alt, own)  # heard before the slot is freed
                 stack.__exit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
 
         def attempt() -> tuple[contextlib.ExitStack, Any, Iterator[C], Any]:
             if chain is None:
-                return one(Fallback(Target("primary", gate=self._gate), request, open_stream))
+                return one(
+                    Fallback(Target("primary", gate=self._gate), request, open_stream), state
+                )
             return self._chain(chain, one, None, state, _close_opened)
 
         try:
@@ -2022,20 +2042,20 @@ class LLMService(ProviderCalls):
         retry, chain = self._retry, state.chain
 
         async def one(
-            alt: Fallback,
+            alt: Fallback, own: _Call
         ) -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
             gate = alt.target.gate
             tokens = alt.request.estimated_tokens() if gate is not None else 0
-            spend = self._spend(alt.request, state, gate)
-            state.attempts += 1
+            spend = self._spend(alt.request, own, gate)
+            own.attempts += 1
             stack = contextlib.AsyncExitStack()
             try:
                 ticket = None
                 if gate is not None:
                     admission = gate.aacquire(tokens=tokens, **spend)
                     ticket = await stack.enter_async_context(admission)
-                    await self._arecheck(ticket, alt, state)  # opened meanwhile?
-                self._admitted(ticket, state)
+                    await self._arecheck(ticket, alt, own)  # opened meanwhile?
+                self._admitted(ticket, own)
                 with gate_listener(gate):  # the headers arrive when the stream is opened
                     chunks_in = aiter(alt.call())
                     stack.push_async_callback(_aclose_quietly, chunks_in)
@@ -2043,14 +2063,15 @@ class LLMService(ProviderCalls):
             except BaseException as exc:
                 if gate is not None and isinstance(exc, Exception):
                     await aobserve_failure(gate, exc)
-                    await self._aheard(exc, alt, state)  # heard before the slot is freed
+                    await self._aheard(exc, alt, own)  # heard before the slot is freed
                 await stack.__aexit__(*sys.exc_info())
                 raise
             return stack, ticket, chunks_in, first
 
         async def attempt() -> tuple[contextlib.AsyncExitStack, Any, AsyncIterator[C], Any]:
             if chain is None:
-                return await one(Fallback(Target("primary", gate=self._gate), request, open_stream))
+                primary = Fallback(Target("primary", gate=self._gate), request, open_stream)
+                return await one(primary, state)
             return await self._achain(chain, one, None, state)
 
         try:
@@ -2096,3 +2117,22 @@ def _paused(gate: Any) -> bool:
     """Blocking :func:`_apaused`."""
     paused_for = getattr(gate, "paused_for", None)
     return callable(paused_for) and paused_for() > 0
+
+
+def _taken_back(state: _Call, own: _Call) -> None:
+    """Take back a blocking probe's own call state into the caller's ``state``.
+
+    Ended in time (or never sent): all of it, as if it had run on ``state``. Left late:
+    only its attempt (counted when it started, like any attempt); the rest is the late
+    worker's, which may still write it.
+    """
+    watch = own.watch
+    if watch is not None and watch.late:
+        state.attempts = own.attempts
+        return
+    for name in _CALL_FIELDS:
+        setattr(state, name, getattr(own, name))
+    state.watch = None
+
+
+_CALL_FIELDS: Final = tuple(f.name for f in dataclasses.fields(_Call) if f.name != "watch")

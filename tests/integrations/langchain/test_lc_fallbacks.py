@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -524,6 +525,181 @@ def test_one_abandoned_blocking_probe_per_target_the_next_is_not_sent(
     assert f'rag_perf_breaker_probes_abandoned_total{{target="{primary}"}} 1.0' in text
     assert f'rag_perf_breaker_probes_late{{target="{primary}"}} 0.0' in text
     assert f'rag_perf_failovers_total{{reason="probe_running",target="{primary}"}} 1.0' in text
+
+
+def sync_only_embeddings(sim: Simulator, http_client: Any) -> Any:
+    """The real OpenAIEmbeddings without its async client: async calls run in a thread."""
+    from langchain_core.embeddings import Embeddings
+    from langchain_openai import OpenAIEmbeddings
+
+    class SyncOnly(OpenAIEmbeddings):
+        pass
+
+    for name in ("aembed_documents", "aembed_query"):  # LangChain's defaults: no async client
+        setattr(SyncOnly, name, getattr(Embeddings, name))
+    params: dict[str, Any] = {
+        "base_url": sim.base_url,
+        "model": "text-embedding-3-small",
+        "api_key": f"sk-{uuid.uuid4().hex[:8]}",
+        "check_embedding_ctx_length": False,
+        "max_retries": 0,  # the SDK does not retry the 503: the chain sees it
+        "http_client": http_client,  # closed by the test
+    }
+    return SyncOnly(**params)
+
+
+@pytest.fixture
+def http_client() -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client() as client:
+        yield client
+
+
+async def test_an_async_probe_thread_left_at_the_bound_is_counted_and_bounded(
+    simulator_factory: SimulatorFactory, clock: FakeClock, http_client: Any
+) -> None:
+    from rag_perf_plugins.langchain import PerfEmbeddings
+
+    hang = Hang(hold_s=30.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory()
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    config = CONFIG.replace(breaker_probe_timeout=0.2, retry_max_attempts=1)
+    settings = BreakerSettings.from_config(config)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
+    inner = sync_only_embeddings(down, http_client)
+    wrapped = PerfEmbeddings(inner, config, fallbacks=[embeddings(other_region)], breakers=breakers)
+
+    async def call(text: str) -> None:
+        assert len(await wrapped.aembed_documents([text])) == 1
+
+    cooldown = CONFIG.breaker_cooldown
+    try:
+        await call("one")  # the 503: open for 2 s
+        clock.advance(cooldown)
+        hang.on = True
+        await call("two")  # the probe's thread hangs: the probe is left at 0.2 s
+        primary = next(iter(breakers.stats()))
+        assert (embedding_requests(down), hang.held) == (2, 1)
+        assert breakers.stats()[primary]["probes_late"] == 1  # its thread still waits
+        clock.advance(2 * cooldown)  # open again for 4 s; now the next probe is due
+        await call("three")  # not sent: the left thread still runs
+        assert (embedding_requests(down), hang.held) == (2, 1)
+        assert breakers.peek(primary) == ("open", 4 * cooldown)  # counted as a failed probe
+    finally:
+        hang.release()
+    assert await asyncio.to_thread(
+        wait_until, lambda: breakers.stats()[primary]["probes_late"] == 0
+    )
+    hang.on = False
+    clock.advance(4 * cooldown)
+    await call("four")  # the next probe goes, the primary answers: closed
+    assert embedding_requests(down) == 3
+    assert embedding_requests(other_region) == 3
+    stats = breakers.stats()[primary]
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1, "probe_running": 1}
+    assert (stats["probes_abandoned"], stats["probes_late"], stats["state"]) == (1, 0, "closed")
+
+
+# --- a blocking probe left past its bound acts no more for its caller ----------------------
+def late_probe_chain(
+    down: Simulator, other_region: Simulator, clock: FakeClock, **options: Any
+) -> tuple[PerfChatModel, Breakers, Any]:
+    """A blocking chat chain whose probes are bounded at 0.2 s; ``options``: the primary's."""
+    from rag_perf_plugins.tracking import PerformanceTracker
+
+    config = CONFIG.replace(breaker_probe_timeout=0.2, retry_max_attempts=1)
+    settings = BreakerSettings.from_config(config)
+    breakers = Breakers(settings, LocalBreakerStore(), clock=clock, rand=lambda: 0.0)
+    tracker = PerformanceTracker()
+    fallbacks = [openai(other_region, FALLBACK, timeout=5.0)]
+    llm = PerfChatModel(
+        openai(down, **options), config, fallbacks=fallbacks, breakers=breakers, tracker=tracker
+    )
+    return llm, breakers, tracker
+
+
+def test_a_late_probe_failure_is_not_taken_for_the_next_probe(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    hang = Hang(hold_s=30.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory()
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    # The primary's own request timeout (2 s: after the next probe is admitted) ends the
+    # abandoned probe with a failure.
+    llm, breakers, _ = late_probe_chain(down, other_region, clock, timeout=2.0)
+    cooldown = CONFIG.breaker_cooldown
+    try:
+        assert llm.invoke("one").content  # the 503: open for 2 s
+        clock.advance(cooldown)
+        hang.on = True
+        assert llm.invoke("two").content  # the probe hangs: abandoned at 0.2 s, open for 4 s
+        primary = next(iter(breakers.stats()))
+        clock.advance(2 * cooldown)
+        probe = breakers.admit(primary)  # another caller's probe is now in flight
+        assert (probe.allowed, probe.probe) == (True, True)
+        # The abandoned probe's request times out (a failure): it is not that probe's.
+        assert wait_until(lambda: breakers.stats()[primary]["probes_late"] == 0)
+    finally:
+        hang.release()
+    assert hang.held == 1
+    assert breakers.peek(primary)[0] == "half_open"  # still waiting for the probe in flight
+    breakers.record(primary, "success", probe=True, since=probe.at)
+    stats = breakers.stats()[primary]
+    assert stats["transitions"] == {"opened": 1, "half_open": 2, "reopened": 1, "closed": 1}
+    assert (stats["probes_abandoned"], stats["state"]) == (1, "closed")
+
+
+def test_a_late_probe_answer_is_never_the_calls(
+    simulator_factory: SimulatorFactory, clock: FakeClock
+) -> None:
+    hang, held_fallback = Hang(hold_s=30.0), Hang(hold_s=30.0)
+    down = simulator_factory(clock=clock, sleep=hang.sleep, latency_ms=1.0)
+    other_region = simulator_factory(sleep=held_fallback.sleep, latency_ms=1.0)
+    down.add_outage(duration_s=1.0)  # a 503 first: the breaker opens
+    llm, breakers, tracker = late_probe_chain(down, other_region, clock)
+    assert llm.invoke("one").content  # the 503, then the fallback answers
+    first = tracker.get_metrics("llm.chat")
+    assert (first["tokens_in"], first["tokens_out"]) == sim_tokens(other_region)
+    clock.advance(CONFIG.breaker_cooldown)
+    hang.on = held_fallback.on = True
+    failed: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            llm.invoke("two")
+        except Exception as exc:
+            failed.append(exc)
+
+    asking = threading.Thread(target=ask)
+    try:
+        asking.start()  # the probe hangs; abandoned at 0.2 s, the call goes to the fallback
+        assert wait_until(lambda: held_fallback.held == 1)  # ... which holds its answer
+        hang.release()  # now the primary answers the abandoned probe, late
+        primary = next(iter(breakers.stats()))
+        assert wait_until(lambda: breakers.stats()[primary]["probes_late"] == 0)
+    finally:
+        hang.release()
+        asking.join(10.0)  # the fallback's own 5 s timeout ends the call: it fails
+        held_fallback.release()
+    assert len(failed) == 1 and isinstance(failed[0], ProviderUnavailable)
+    assert sim_tokens(down)[1] > 0  # the late answer came, with its tokens...
+    second = tracker.get_metrics("llm.chat")
+    assert (second["count"], second["errors"]) == (2, 1)
+    # ...and the failed call did not record them as its own: no tokens, no cost.
+    assert (second["tokens_in"], second["tokens_out"]) == (first["tokens_in"], first["tokens_out"])
+    assert first["cost_usd"] > 0.0
+    assert second["cost_usd"] == first["cost_usd"]
+    stats = breakers.stats()[primary]
+    assert stats["transitions"] == {"opened": 1, "half_open": 1, "reopened": 1}
+    assert stats["failovers"] == {"server_error": 1, "timeout": 1}
+
+
+def sim_tokens(sim: Simulator) -> tuple[int, int]:
+    stats = sim.stats()
+    return stats["prompt_tokens_total"], stats["completion_tokens_total"]
 
 
 # --- ProviderUnavailable crosses process boundaries (pickle) ------------------------------
