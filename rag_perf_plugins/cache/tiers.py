@@ -119,17 +119,37 @@ class Tier(Protocol):
 _Kept: TypeAlias = tuple[float, tuple[float, ...], int]
 
 
-def _decode_kept(blob: bytes) -> _Kept | None:
-    """A vector blob decoded for keeping, or ``None`` (a structure, or unreadable)."""
+def _vector_header(blob: bytes) -> tuple[int, float] | None:
+    """``(kind, expires_at)`` of a vector blob; ``None`` for a structure or an unreadable one.
+
+    Structures are never kept: they are unpacked per hit (msgpack is their cheap deep copy).
+    """
     try:
         kind, _created_at, expires_at = check_header(blob)
-        if kind == KIND_MSGPACK:
-            return None  # structures are unpacked per hit: msgpack is their cheap deep copy
-        floats = tuple(PackedVector(blob, kind).tolist())
     except CorruptEntry:
         return None
-    cost = MemoryTier.KEPT_OVERHEAD + MemoryTier.KEPT_BYTES_PER_FLOAT * len(floats)
-    return expires_at, floats, cost
+    return None if kind == KIND_MSGPACK else (kind, expires_at)
+
+
+def _kept(expires_at: float, floats: tuple[float, ...]) -> _Kept:
+    """The kept record of a vector's floats, with the bytes the tier counts for it."""
+    return (
+        expires_at,
+        floats,
+        MemoryTier.KEPT_OVERHEAD + MemoryTier.KEPT_BYTES_PER_FLOAT * len(floats),
+    )
+
+
+def _decode_kept(blob: bytes) -> _Kept | None:
+    """A vector blob decoded for keeping, or ``None`` (a structure, or unreadable)."""
+    header = _vector_header(blob)
+    if header is None:
+        return None
+    try:
+        floats = tuple(PackedVector(blob, header[0]).tolist())
+    except CorruptEntry:
+        return None
+    return _kept(header[1], floats)
 
 
 class MemoryTier:
@@ -211,10 +231,7 @@ class MemoryTier:
                     kept = _decode_kept(item[0])
                     if kept is None:
                         return None
-                    cost = kept[2]
-                    if self._bytes + cost <= self.max_bytes:
-                        data[key] = (item[0], item[1], kept)  # same place in the LRU order
-                        self._bytes += cost
+                    self._attach(key, item, kept)
                 if now >= kept[0]:
                     return None
                 out.append(kept[1])
@@ -258,17 +275,15 @@ class MemoryTier:
                 item = data.get(key)
                 if item is None or item[0] is not blob or item[2] is not None:
                     continue
-                try:
-                    kind, _created_at, expires_at = check_header(item[0])
-                except CorruptEntry:
-                    continue
-                if kind == KIND_MSGPACK:
-                    continue
-                kept = tuple(floats)
-                cost = MemoryTier.KEPT_OVERHEAD + MemoryTier.KEPT_BYTES_PER_FLOAT * len(kept)
-                if self._bytes + cost <= self.max_bytes:
-                    data[key] = (item[0], item[1], (expires_at, kept, cost))
-                    self._bytes += cost
+                header = _vector_header(blob)
+                if header is not None:
+                    self._attach(key, item, _kept(header[1], tuple(floats)))
+
+    def _attach(self, key: str, item: tuple[bytes, str | None, _Kept | None], kept: _Kept) -> None:
+        """Keep ``kept`` beside ``key``'s blob if it fits ``max_bytes`` (under the lock)."""
+        if self._bytes + kept[2] <= self.max_bytes:
+            self._data[key] = (item[0], item[1], kept)  # same place in the LRU order
+            self._bytes += kept[2]
 
     def delete_many(self, keys: Sequence[str]) -> int:
         """Drop keys; returns how many were present."""
