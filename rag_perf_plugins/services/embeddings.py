@@ -568,19 +568,32 @@ class EmbeddingService(ProviderCalls):
         )
 
     # --- the shared, I/O-free core ----------------------------------------------------
-    def _plan(self, texts: list[str], role: Role) -> _Plan:
+    def _key_of(self, role: Role) -> Callable[[str], str] | None:
+        """The store's text -> key function for this identity and role, or ``None``.
+
+        Ours hashes the identity's fields once for all the texts; ``None`` for a store
+        without a keyer (it is asked per text, see :meth:`_plan`).
+        """
+        keyer = getattr(self._store, "keyer", None)
+        if keyer is None:
+            return None
         ident = self.identity
+        key_of: Callable[[str], str] = keyer(
+            ident.provider, ident.model, ident.dimensions, role
+        ).key
+        return key_of
+
+    def _plan(self, texts: list[str], role: Role) -> _Plan:
         keys: list[str] = []
         distinct: dict[str, str] = {}
-        store = self._store
-        keyer = getattr(store, "keyer", None)
-        if keyer is not None:  # ours: the identity's fields hashed once for all the texts
-            key_of = keyer(ident.provider, ident.model, ident.dimensions, role).key
+        key_of = self._key_of(role)
+        if key_of is not None:
             for text in texts:
                 key = key_of(text)
                 keys.append(key)
                 distinct.setdefault(key, text)
             return _Plan(keys, distinct)
+        ident, store = self.identity, self._store
         for text in texts:
             if store is not None:
                 key = store.embedding_key(ident.provider, ident.model, ident.dimensions, role, text)
@@ -834,14 +847,12 @@ class EmbeddingService(ProviderCalls):
         The hit path of ``embed_query``: one key, one memory-tier read, no plan built; the
         record is :meth:`_record`'s for one text found in the store.
         """
-        store = self._store
-        keyer = getattr(store, "keyer", None)
-        peek = getattr(store, "memory_vectors", None)
-        if keyer is None or peek is None:
+        key_of = self._key_of(role)
+        peek = getattr(self._store, "memory_vectors", None)
+        if key_of is None or peek is None:
             return None
         started = self._clock()
-        ident = self.identity
-        key = keyer(ident.provider, ident.model, ident.dimensions, role).key(text)
+        key = key_of(text)
         found: list[Vector] | None = peek([key])
         if found is None:
             return None
