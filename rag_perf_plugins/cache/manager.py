@@ -726,7 +726,7 @@ class CacheManager:
         """
         out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
         if self.enabled and out and current_control().write:
-            kept = out if (keep if keep is not None else not rounded) else None
+            kept = out if _keepable(rounded, keep) else None
             self._store(namespace, self._encode_many(out, ttl, vector=True), ttl, model, kept)
         return out
 
@@ -1101,7 +1101,7 @@ class CacheManager:
         """Async :meth:`set_vectors` (same ``rounded`` and ``keep`` flags)."""
         out = _rounded(items, self.config.cache_vector_dtype, already=rounded)
         if self.enabled and out and current_control().write:
-            kept = out if (keep if keep is not None else not rounded) else None
+            kept = out if _keepable(rounded, keep) else None
             blobs = self._encode_many(out, ttl, vector=True)
             await self._astore(namespace, blobs, ttl, model, kept)
         return out
@@ -1504,6 +1504,11 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _keepable(rounded: bool, keep: bool | None) -> bool:
+    """:meth:`CacheManager.set_vectors`'s ``keep`` rule: by default, only floats it rounded."""
+    return keep if keep is not None else not rounded
 
 
 def _rounded(
