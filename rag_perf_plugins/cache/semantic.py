@@ -47,12 +47,13 @@ Failures degrade to an exact-only cache: an embedding or index error is counted
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -74,7 +75,9 @@ __all__ = [
     "SemanticCache",
     "SemanticIndex",
     "SemanticMatch",
+    "nearest",
     "query_of",
+    "stored_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -256,6 +259,56 @@ def _unit(vector: Sequence[float] | Vector) -> Vector | None:
     if not math.isfinite(norm) or norm == 0.0:
         return None
     return (array / norm).astype(np.float32, copy=False)
+
+
+# --- what the vector-store indexes of the adapters share -----------------------------
+PARTITION_FIELD: Final = "rag_perf_partition"
+
+
+def stored_metadata(partition: str, vector: Vector, key: str) -> dict[str, str]:
+    """The metadata a vector-store index stores beside a prompt: partition, key, vector.
+
+    Example: ``store.add_texts([prompt], metadatas=[stored_metadata(p, unit_vector, key)])``.
+    The vector goes in as base64 of little-endian float32, so :func:`nearest` computes the
+    cosine itself instead of trusting the store's score (stores differ in their metric).
+    """
+    return {
+        PARTITION_FIELD: partition,
+        "rag_perf_key": key,
+        "rag_perf_vector": base64.b64encode(vector.astype("<f4").tobytes()).decode(),
+    }
+
+
+def nearest(
+    found: Iterable[tuple[Mapping[str, Any] | None, str]], partition: str, vector: Vector, k: int
+) -> list[Candidate]:
+    """The ``k`` best of ``(metadata, prompt)`` documents a store returned for ``vector``.
+
+    Example: ``nearest(((d.metadata, d.page_content) for d in docs), partition, v, k=4)``.
+    By cosine similarity with the stored vector (see :func:`stored_metadata`). Skipped: a
+    document of another partition (a store that ignored the filter: partitions never
+    cross), one without a readable key and vector, of other dimensions, or whose stored
+    vector holds NaN, inf or only zeros.
+    """
+    candidates: list[Candidate] = []
+    for meta, prompt in found:
+        meta = meta or {}
+        if meta.get(PARTITION_FIELD) != partition:
+            continue
+        key, raw = meta.get("rag_perf_key"), meta.get("rag_perf_vector")
+        if not isinstance(key, str) or not isinstance(raw, str):
+            continue
+        try:
+            stored = np.frombuffer(base64.b64decode(raw), dtype="<f4")
+        except ValueError:
+            continue
+        if stored.shape != vector.shape:
+            continue
+        norm = float(np.linalg.norm(stored))
+        if norm > 0 and math.isfinite(norm):
+            candidates.append(Candidate(float(stored @ vector) / norm, prompt, key))
+    candidates.sort(key=lambda c: -c.similarity)
+    return candidates[:k]
 
 
 class _Ring:

@@ -29,22 +29,25 @@ old documents are never matched again).
 from __future__ import annotations
 
 import asyncio
-import base64
-import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from langchain_core.vectorstores import VectorStore
 
 from rag_perf_plugins._signature import checked_kwargs
-from rag_perf_plugins.cache.semantic import Candidate, Vector
+from rag_perf_plugins.cache.semantic import (
+    PARTITION_FIELD,
+    Candidate,
+    Vector,
+    nearest,
+    stored_metadata,
+)
 
 __all__ = ["VectorStoreSemanticIndex"]
 
 
 def _equal(partition: str) -> dict[str, Any]:
-    return {"rag_perf_partition": partition}
+    return {PARTITION_FIELD: partition}
 
 
 class VectorStoreSemanticIndex:
@@ -88,26 +91,7 @@ class VectorStoreSemanticIndex:
         docs = self.store.similarity_search_by_vector(
             vector.tolist(), k=max(k, self.fetch), filter=self.filter_of(partition)
         )
-        found: list[Candidate] = []
-        for doc in docs:
-            meta = doc.metadata or {}
-            if meta.get("rag_perf_partition") != partition:
-                continue  # a store that ignored the filter: never cross partitions
-            key, raw = meta.get("rag_perf_key"), meta.get("rag_perf_vector")
-            if not isinstance(key, str) or not isinstance(raw, str):
-                continue
-            try:
-                stored = np.frombuffer(base64.b64decode(raw), dtype="<f4")
-            except ValueError:
-                continue
-            if stored.shape != vector.shape:
-                continue
-            norm = float(np.linalg.norm(stored))
-            if not (norm > 0 and math.isfinite(norm)):
-                continue  # NaN or inf in a stored vector: skipped
-            found.append(Candidate(float(stored @ vector) / norm, doc.page_content, key))
-        found.sort(key=lambda c: -c.similarity)
-        return found[:k]
+        return nearest(((doc.metadata, doc.page_content) for doc in docs), partition, vector, k)
 
     async def asearch(self, partition: str, vector: Vector, k: int) -> list[Candidate]:
         """Async :meth:`search` (the store's blocking client runs in a worker thread)."""
@@ -115,11 +99,7 @@ class VectorStoreSemanticIndex:
 
     def add(self, partition: str, vector: Vector, prompt: str, key: str, ttl: float | None) -> None:
         """One document for ``prompt`` (``ttl`` is not applied: the store keeps it)."""
-        metadata = {
-            "rag_perf_partition": partition,
-            "rag_perf_key": key,
-            "rag_perf_vector": base64.b64encode(vector.astype("<f4").tobytes()).decode(),
-        }
+        metadata = stored_metadata(partition, vector, key)
         add_embeddings = getattr(self.store, "add_embeddings", None)
         if callable(add_embeddings):
             add_embeddings([prompt], [vector.tolist()], metadatas=[metadata])

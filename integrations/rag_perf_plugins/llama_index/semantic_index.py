@@ -20,11 +20,7 @@ skipped, and a node of another partition (a store that ignored the filter) never
 
 from __future__ import annotations
 
-import base64
-import math
 from typing import Any
-
-import numpy as np
 
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import (
@@ -34,11 +30,15 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 from rag_perf_plugins._signature import checked_kwargs
-from rag_perf_plugins.cache.semantic import Candidate, Vector
+from rag_perf_plugins.cache.semantic import (
+    PARTITION_FIELD,
+    Candidate,
+    Vector,
+    nearest,
+    stored_metadata,
+)
 
 __all__ = ["VectorStoreSemanticIndex"]
-
-_PARTITION = "rag_perf_partition"
 
 
 class VectorStoreSemanticIndex:
@@ -68,30 +68,17 @@ class VectorStoreSemanticIndex:
         return f"<VectorStoreSemanticIndex [{type(self.store).__name__} | added: {self.added}]>"
 
     def _query(self, partition: str, vector: Vector, k: int) -> VectorStoreQuery:
-        filters = MetadataFilters(filters=[ExactMatchFilter(key=_PARTITION, value=partition)])
+        filters = MetadataFilters(filters=[ExactMatchFilter(key=PARTITION_FIELD, value=partition)])
         return VectorStoreQuery(
             query_embedding=vector.tolist(), similarity_top_k=max(k, self.fetch), filters=filters
         )
 
     @staticmethod
     def _candidates(result: Any, partition: str, vector: Vector, k: int) -> list[Candidate]:
-        found: list[Candidate] = []
-        for node in result.nodes or []:
-            meta = node.metadata or {}
-            if meta.get(_PARTITION) != partition:
-                continue
-            key, raw = meta.get("rag_perf_key"), meta.get("rag_perf_vector")
-            if not isinstance(key, str) or not isinstance(raw, str):
-                continue
-            try:
-                stored = np.frombuffer(base64.b64decode(raw), dtype="<f4")
-            except ValueError:
-                continue
-            norm = float(np.linalg.norm(stored)) if stored.shape == vector.shape else 0.0
-            if norm > 0 and math.isfinite(norm):  # NaN or inf in a stored vector: skipped
-                found.append(Candidate(float(stored @ vector) / norm, node.get_content(), key))
-        found.sort(key=lambda c: -c.similarity)
-        return found[:k]
+        nodes = result.nodes or []
+        return nearest(
+            ((node.metadata, node.get_content()) for node in nodes), partition, vector, k
+        )
 
     def search(self, partition: str, vector: Vector, k: int) -> list[Candidate]:
         """The ``k`` nearest prompts of ``partition`` by cosine similarity (computed here)."""
@@ -105,11 +92,7 @@ class VectorStoreSemanticIndex:
 
     @staticmethod
     def _node(partition: str, vector: Vector, prompt: str, key: str) -> TextNode:
-        metadata = {
-            _PARTITION: partition,
-            "rag_perf_key": key,
-            "rag_perf_vector": base64.b64encode(vector.astype("<f4").tobytes()).decode(),
-        }
+        metadata = stored_metadata(partition, vector, key)
         return TextNode(
             text=prompt,
             embedding=vector.tolist(),
