@@ -298,6 +298,17 @@ def _candidates(model: str) -> tuple[str, ...]:
 _REGISTERED: dict[str, Price] = {}
 _LOCK = threading.Lock()
 _WARNED: set[tuple[str, str]] = set()
+_GENERATION = [0]  # bumped by every register_price/unregister_price
+
+
+def registered_generation() -> int:
+    """A number that changes whenever :func:`register_price` or :func:`unregister_price` runs.
+
+    Example: a component that remembers a looked-up price looks it up again when
+    ``registered_generation()`` differs from the one it saw then (a price file never
+    changes under a :class:`PriceTable`).
+    """
+    return _GENERATION[0]
 
 
 def _warn_unknown(model: str, kind: str) -> None:
@@ -354,6 +365,7 @@ def register_price(
     with _LOCK:
         _REGISTERED[model] = price
         _WARNED.difference_update({(model, "chat"), (model, "embedding")})
+        _GENERATION[0] += 1
     return price
 
 
@@ -361,6 +373,7 @@ def unregister_price(model: str) -> None:
     """Remove a price added with :func:`register_price` (no error when there is none)."""
     with _LOCK:
         _REGISTERED.pop(model, None)
+        _GENERATION[0] += 1
 
 
 @functools.lru_cache(maxsize=1)

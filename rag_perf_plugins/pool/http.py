@@ -91,10 +91,9 @@ _listener: contextvars.ContextVar[tuple[SyncListener | None, AsyncListener | Non
 )
 
 
-@contextlib.contextmanager
 def response_listener(
     sync: SyncListener | None, async_: AsyncListener | None = None
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """Show the status and headers of successful answers to a listener, in this context.
 
     Example (what the services do around a provider call, with an admission gate)::
@@ -111,11 +110,29 @@ def response_listener(
     policy observes those. SDK clients on other httpx clients are not seen. An error the
     listener raises is logged and dropped; the answer is returned as usual.
     """
-    token = _listener.set((sync, async_))
-    try:
-        yield
-    finally:
-        _listener.reset(token)
+    return _Listening((sync, async_))
+
+
+class _Listening:
+    """The block of :func:`response_listener`: sets the listeners, and restores them after.
+
+    A class, not a generator context manager: every provider call through a gate opens
+    one, and this costs about a microsecond less.
+    """
+
+    __slots__ = ("_listeners", "_token")
+
+    def __init__(self, listeners: tuple[SyncListener | None, AsyncListener | None]) -> None:
+        self._listeners = listeners
+        self._token: contextvars.Token[Any] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _listener.set(self._listeners)
+
+    def __exit__(self, *exc_info: object) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _listener.reset(token)
 
 
 def _notify(response: httpx.Response) -> None:

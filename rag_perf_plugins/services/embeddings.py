@@ -52,7 +52,8 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from .._clock import Clock, monotonic
 from .._secrets import describe_error
@@ -71,6 +72,7 @@ from ..cache.serialize import round_vectors
 from ..cache.singleflight import Flight, SingleFlight
 from ..config import PerformanceConfig, resolve_config
 from ..cost import price_table
+from ..cost.prices import registered_generation
 from ..errors import ProviderUnavailable
 from ..resilience import Admission, Breakers, Target, Transition, breakers_for, outcome_of
 from ..resilience.breakers import failover_reason
@@ -99,6 +101,11 @@ EmbedMany = Callable[[list[str]], Sequence[Sequence[float]]]
 AEmbedMany = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
 EmbedOne = Callable[[str], Sequence[float]]
 AEmbedOne = Callable[[str], Awaitable[Sequence[float]]]
+
+# The named counters of the common one-text records (read only, shared by every call).
+_NO_COUNTERS: Final[Mapping[str, int]] = MappingProxyType({})
+_HIT_ONE: Final[Mapping[str, int]] = MappingProxyType({"cache.hits": 1})
+_COALESCED_ONE: Final[Mapping[str, int]] = MappingProxyType({"coalesced": 1})
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +389,9 @@ class EmbeddingService(ProviderCalls):
         "_plain_dtype",
         "_prerounded",
         "_prices",
+        "_primary",
         "_qbatcher",
+        "_rate_memo",
         "_retry",
         "_store",
         "_store_failed",
@@ -470,12 +479,15 @@ class EmbeddingService(ProviderCalls):
         # numbers); the dtype is read once here, not on every provider call.
         self._plain_dtype = self.config.cache_vector_dtype
         self._gate = gate
+        # The primary target's calls and gate, made once (they never change).
+        self._primary = _Provider(None, gate, embed_many, aembed_many, embed_query, aembed_query)
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
         self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
         self._prices = price_table(self.config)
+        self._rate_memo: tuple[int, str, float | None] | None = None
         self._clock = clock
         self._flights: SingleFlight[Vector] = SingleFlight()
         self._batcher: BatchProcessor[str, Vector] | None = None
@@ -634,12 +646,8 @@ class EmbeddingService(ProviderCalls):
         sent: Mapping[str, str],
         error: bool,
     ) -> None:
-        tracker = self._tracker
-        span_tracer = spans.tracer()
-        if not tracker.enabled and span_tracer is None:
+        if not self._tracker.enabled and spans.tracer() is None:
             return
-        operation = f"{self.operation}.{role}"
-        coalesced = len(plan.texts) - hits - len(sent)
         # Hits and texts coalesced onto another caller's request cost us no tokens. One
         # estimate per distinct text (the gate estimates again only under a token budget).
         tokens_in = saved = 0
@@ -648,78 +656,97 @@ class EmbeddingService(ProviderCalls):
                 tokens_in += estimate_tokens(text)
             else:
                 saved += estimate_tokens(text)
-        cache_hit = None if self._store is None else not sent
-        latency = self._clock() - started
-        costs = self._costs(0 if error else tokens_in, saved)
-        if span_tracer is not None:
-            self._span(
-                span_tracer, latency, tokens_in, saved, cache_hit, len(plan.keys), error, costs
-            )
-        if not tracker.enabled:
-            return
-        tracker.record(
-            operation,
-            latency,
-            error=error,
-            tokens_in=tokens_in,
-            cache_hit=cache_hit,
-            batch_size=len(plan.keys),
-            tokens_saved=saved,
-            cost_usd=costs[0],
-            cost_saved_usd=costs[1],
-            cost_unknown=costs[2],
-            model=self.identity.model,
-        )
+        counters: dict[str, int] = {}
         if hits:
-            tracker.incr("cache.hits", hits, operation=operation)
+            counters["cache.hits"] = hits
         if sent and self._store is not None:
-            tracker.incr("cache.misses", len(sent), operation=operation)
+            counters["cache.misses"] = len(sent)
+        coalesced = len(plan.texts) - hits - len(sent)
         if coalesced > 0:
-            tracker.incr("coalesced", coalesced, operation=operation)
+            counters["coalesced"] = coalesced
+        cache_hit = None if self._store is None else not sent
+        self._record_call(
+            role, started, tokens_in, saved, cache_hit, len(plan.keys), error, counters
+        )
 
     def _record_one(
         self, role: Role, started: float, text: str, *, sent: bool, error: bool
     ) -> None:
         """:meth:`_record` of a one-text call without a store (see :meth:`_embed_one`)."""
+        if not self._tracker.enabled and spans.tracer() is None:
+            return
+        tokens = estimate_tokens(text)
+        used, spared = (tokens, 0) if sent else (0, tokens)
+        counters = _NO_COUNTERS if sent else _COALESCED_ONE
+        self._record_call(role, started, used, spared, None, 1, error, counters)
+
+    def _record_call(
+        self,
+        role: Role,
+        started: float,
+        tokens_in: int,
+        saved: int,
+        cache_hit: bool | None,
+        texts: int,
+        error: bool,
+        counters: Mapping[str, int],
+    ) -> None:
+        """The one tracker record (and span) of a call of ``texts`` texts, with its counters.
+
+        ``tokens_in``: estimated tokens sent to the provider; ``saved``: estimated tokens a
+        hit or a coalesced text did not send; ``counters``: the operation's named counters
+        to add to (``cache.hits``, ``cache.misses``, ``coalesced``).
+        """
         tracker = self._tracker
         span_tracer = spans.tracer()
-        if not tracker.enabled and span_tracer is None:
-            return
-        operation = f"{self.operation}.{role}"
-        tokens = estimate_tokens(text)
         latency = self._clock() - started
-        used, spared = (tokens, 0) if sent else (0, tokens)
-        costs = self._costs(0 if error else used, spared)
+        costs = self._costs(0 if error else tokens_in, saved)
         if span_tracer is not None:
-            self._span(span_tracer, latency, used, spared, None, 1, error, costs)
+            self._span(span_tracer, latency, tokens_in, saved, cache_hit, texts, error, costs)
         if not tracker.enabled:
             return
         tracker.record(
-            operation,
+            f"{self.operation}.{role}",
             latency,
             error=error,
-            tokens_in=used,
-            cache_hit=None,
-            batch_size=1,
-            tokens_saved=spared,
+            tokens_in=tokens_in,
+            cache_hit=cache_hit,
+            batch_size=texts,
+            tokens_saved=saved,
             cost_usd=costs[0],
             cost_saved_usd=costs[1],
             cost_unknown=costs[2],
             model=self.identity.model,
+            counters=counters,
         )
-        if not sent:
-            tracker.incr("coalesced", 1, operation=operation)
 
     def _costs(self, tokens_in: int, saved: int) -> tuple[float, float, bool]:
         """USD spent on ``tokens_in`` and saved on ``saved`` tokens; whether unknown."""
         if not tokens_in and not saved:
             return 0.0, 0.0, False
-        price = self._prices.get(self.identity.model)
-        rate = None if price is None else price.embedding
+        rate = self._rate()
         if rate is None:
-            self._prices.embedding_cost(self.identity.model, 0)  # the one warning per model
             return 0.0, 0.0, True
         return tokens_in * rate / 1e6, saved * rate / 1e6, False
+
+    def _rate(self) -> float | None:
+        """The model's embedding price in USD per 1,000,000 tokens; ``None``: unknown.
+
+        Looked up once per model and price registration (see
+        :func:`~rag_perf_plugins.cost.prices.registered_generation`), not per call; an
+        unknown price is warned about once per model, as the price table does.
+        """
+        memo = self._rate_memo
+        model = self.identity.model
+        generation = registered_generation()
+        if memo is not None and memo[0] == generation and memo[1] == model:
+            return memo[2]
+        price = self._prices.get(model)
+        rate = None if price is None else price.embedding
+        if rate is None:
+            self._prices.embedding_cost(model, 0)  # the one warning per model
+        self._rate_memo = (generation, model, rate)
+        return rate
 
     def _span(
         self,
@@ -765,12 +792,11 @@ class EmbeddingService(ProviderCalls):
         if not budgeted:
             return {}
         model = self.identity.model
-        price = self._prices.get(model)
-        if price is None or price.embedding is None:
-            self._prices.embedding_cost(model, 0)  # the one warning per model
+        rate = self._rate()
+        if rate is None:
             return {"cost_usd": None, "model": model}
         tokens = sum(estimate_tokens(t) for t in texts)
-        return {"cost_usd": tokens * price.embedding / 1e6, "model": model}
+        return {"cost_usd": tokens * rate / 1e6, "model": model}
 
     def _tokens(self, texts: list[str]) -> int:
         """Estimated tokens of a provider request for the gate; 0 without a token budget."""
@@ -852,11 +878,11 @@ class EmbeddingService(ProviderCalls):
         if key_of is None or peek is None:
             return None
         started = self._clock()
-        key = key_of(text)
-        found: list[Vector] | None = peek([key])
+        found: list[Vector] | None = peek([key_of(text)])
         if found is None:
             return None
-        self._record(role, started, plan=_Plan([key], {key: text}), hits=1, sent={}, error=False)
+        if self._tracker.enabled or spans.tracer() is not None:
+            self._record_call(role, started, 0, estimate_tokens(text), True, 1, False, _HIT_ONE)
         return found[0]
 
     def _embed(self, texts: list[str], role: Role) -> list[Vector]:
@@ -966,7 +992,7 @@ class EmbeddingService(ProviderCalls):
         if self._fallbacks:
             vectors = self._chained(on, texts)
         else:
-            vectors = self._guarded(on(self._primary_provider()), texts)
+            vectors = self._guarded(on(self._primary), texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 
@@ -995,7 +1021,7 @@ class EmbeddingService(ProviderCalls):
         if self._fallbacks:
             vectors = self._chained(on, [text])
         else:
-            vectors = self._guarded(on(self._primary_provider()), [text])
+            vectors = self._guarded(on(self._primary), [text])
         _check_count(vectors, [text])
         return round_vectors(vectors, self._dtype())[0]
 
@@ -1192,16 +1218,6 @@ class EmbeddingService(ProviderCalls):
 
         return send
 
-    def _primary_provider(self) -> _Provider:
-        return _Provider(
-            None,
-            self._gate,
-            self._embed_many,
-            self._aembed_many,
-            self._embed_query,
-            self._aembed_query,
-        )
-
     def _guarded(self, call: Callable[[], R], texts: list[str]) -> R:
         gate, retry = self._gate, self._retry
         if gate is None:
@@ -1342,7 +1358,7 @@ class EmbeddingService(ProviderCalls):
         if self._fallbacks:
             vectors = await self._achained(on, texts)
         else:
-            vectors = await self._aguarded(on(self._primary_provider()), texts)
+            vectors = await self._aguarded(on(self._primary), texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 
@@ -1376,7 +1392,7 @@ class EmbeddingService(ProviderCalls):
         if self._fallbacks:
             vectors = await self._achained(on, [text])
         else:
-            vectors = await self._aguarded(on(self._primary_provider()), [text])
+            vectors = await self._aguarded(on(self._primary), [text])
         _check_count(vectors, [text])
         return round_vectors(vectors, self._dtype())[0]
 

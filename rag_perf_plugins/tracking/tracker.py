@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -313,6 +313,7 @@ class PerformanceTracker:
         cost_saved_usd: float = 0.0,
         cost_unknown: bool = False,
         model: str | None = None,
+        counters: Mapping[str, int] | None = None,
     ) -> None:
         """Record one finished call of ``operation`` that took ``latency_s`` seconds.
 
@@ -336,6 +337,9 @@ class PerformanceTracker:
             cost_unknown: The call's cost is unknown (no price for its model, or no usage).
             model: The model called; with it the costs are also kept per model
                 (:meth:`cost_by_model`).
+            counters: Named counters of ``operation`` to add to in the same step, e.g.
+                ``{"cache.hits": 3}``: what :meth:`incr` with ``operation`` adds, without
+                a second lookup and lock.
         """
         if not self.enabled:
             return
@@ -423,6 +427,10 @@ class PerformanceTracker:
                 state.cost_saved_usd += cost_saved_usd
             if cost_unknown:
                 state.cost_unknown += 1
+            if counters:
+                named = state.counters
+                for counter, n in counters.items():
+                    named[counter] = named.get(counter, 0) + n
         if model is not None:
             with self._lock:
                 entry = self._models.get(model)

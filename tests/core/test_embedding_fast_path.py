@@ -351,3 +351,33 @@ def test_round_vectors_matches_array_float32_exactly() -> None:
     not_numbers: Any = [[0.5, "x"]]
     with pytest.raises(TypeError, match="real number"):
         round_vectors(not_numbers, "float32")
+
+
+def test_a_price_registered_or_removed_between_calls_is_used_at_the_next_call(
+    tmp_path: Path,
+) -> None:
+    from rag_perf_plugins.cost import register_price, unregister_price
+
+    model = "fast-path-price-test"
+    cfg = PerformanceConfig(cache_dir=str(tmp_path))
+    tracker = PerformanceTracker()
+    store = CacheEmbeddingStore(CacheManager(cfg))
+    service = _service(config=cfg, store=store, batching=False, tracker=tracker, model=model)
+    text = "one two three four"
+    tokens = estimate_tokens(text)
+
+    def hit() -> tuple[float, int]:
+        service.embed_query(text)  # a memory-tier hit (the one-text shortcut)
+        stats = tracker.get_operation_stats("embedding.query")
+        return stats.cost_saved_usd, stats.cost_unknown_calls
+
+    service.embed_query(text)  # the miss: no price yet
+    assert hit() == (0.0, 2)
+    try:
+        register_price(model, embedding=2.0, as_of="2026-12-05", source="test")
+        assert hit() == (pytest.approx(tokens * 2.0 / 1e6), 2)
+        register_price(model, embedding=4.0, as_of="2026-12-05", source="test")
+        assert hit() == (pytest.approx(tokens * 6.0 / 1e6), 2)
+    finally:
+        unregister_price(model)
+    assert hit() == (pytest.approx(tokens * 6.0 / 1e6), 3)

@@ -161,6 +161,24 @@ def test_record_fills_every_statistic(fake_clock: FakeClock) -> None:
     assert "operations: 1, calls: 10" in repr(tracker)
 
 
+def test_counters_given_to_record_add_up_as_incr_does() -> None:
+    recorded, incremented = PerformanceTracker(), PerformanceTracker()
+    for n in (1, 3):
+        recorded.record("embed", 0.01, counters={"cache.hits": n, "coalesced": 1})
+        incremented.record("embed", 0.01)
+        incremented.incr("cache.hits", n, operation="embed")
+        incremented.incr("coalesced", 1, operation="embed")
+    recorded.record("embed", 0.01, counters={})
+    incremented.record("embed", 0.01)
+    assert recorded.get_operation_stats("embed").counters == {"cache.hits": 4, "coalesced": 2}
+    strip = {"latency", "throughput"}
+    mine, theirs = recorded.get_metrics("embed"), incremented.get_metrics("embed")
+    assert {k: v for k, v in mine.items() if not any(s in k for s in strip)} == {
+        k: v for k, v in theirs.items() if not any(s in k for s in strip)
+    }
+    assert recorded.counters() == {}  # operation counters, not process-wide ones
+
+
 def test_throughput_window_slides(fake_clock: FakeClock) -> None:
     tracker = PerformanceTracker(clock=fake_clock, window_s=60.0)
     for _ in range(120):

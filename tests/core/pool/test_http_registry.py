@@ -310,3 +310,25 @@ def test_shared_clients_are_closed_at_interpreter_exit(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "requested"
     assert "unclosed" not in done.stderr
+
+
+def test_response_listeners_nest_and_are_restored(sim: Simulator) -> None:
+    from rag_perf_plugins.pool.http import response_listener
+
+    heard: list[tuple[str, int]] = []
+    client = openai_client(base_url=sim.base_url, api_key="sk-test")
+
+    def embed() -> None:
+        client.embeddings.create(model=MODEL, input=["hello"])
+
+    embed()  # no listener: nobody hears it
+    outer = response_listener(lambda status, _: heard.append(("outer", status)))
+    with outer:
+        embed()
+        with response_listener(lambda status, _: heard.append(("inner", status))):
+            embed()
+        embed()  # the outer listener is back
+    embed()
+    with outer:  # the same block object may be opened again once closed
+        embed()
+    assert heard == [("outer", 200), ("inner", 200), ("outer", 200), ("outer", 200)]
