@@ -233,6 +233,11 @@ class LocalBudgetStore:
         max_wait: float,
     ) -> float:
         """Seconds until the amounts may be sent; debited only when that is ``<= max_wait``."""
+        if limits.requests_per_minute is None and limits.tokens_per_minute is None:
+            # Nothing to debit (each unit costs 0 s): only a provider's pause can hold a
+            # caller back, and the buckets' arrival times need no update.
+            state = self._keys.get(key)
+            return 0.0 if state is None else max(0.0, state.paused_until - now)
         with self._lock:
             state = self._state(key)
             at = self._when(state, limits, requests, tokens, now)

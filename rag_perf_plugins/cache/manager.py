@@ -182,6 +182,7 @@ class CacheManager:
         self._first_blocking = next(
             (i for i, t in enumerate(self.tiers) if t.blocking), len(self.tiers)
         )
+        self._shared: tuple[Tier, ...] = tuple(t for t in self.tiers if t.blocking)
         _MANAGERS.add(self)
 
     # --- construction ---------------------------------------------------------------------
@@ -272,8 +273,8 @@ class CacheManager:
             raise ValueError(msg)
         return namespace
 
-    def _shared_tiers(self) -> list[Tier]:
-        return [t for t in self.tiers if t.blocking]
+    def _shared_tiers(self) -> tuple[Tier, ...]:
+        return self._shared
 
     def _cached_version(self, namespace: str) -> int | None:
         """The version of ``namespace`` if read within ``version_check_interval``, else None.
@@ -694,8 +695,10 @@ class CacheManager:
         except Exception as exc:
             self._fault(tier.name, "get", exc)
             return None
-        if found is not None:
-            self._account(namespace, {tier.name: len(keys)}, 0)
+        if found is not None:  # what _account counts for hits in one tier
+            n = len(keys)
+            self._count("hit", tier.name, namespace, n=n)
+            self._emit("cache.hits", n)
         return found
 
     def set_vectors(

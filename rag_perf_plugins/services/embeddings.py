@@ -386,6 +386,7 @@ class EmbeddingService(ProviderCalls):
         "_flights",
         "_gate",
         "_gate_tokens",
+        "_key_fns",
         "_plain_dtype",
         "_prerounded",
         "_prices",
@@ -488,6 +489,7 @@ class EmbeddingService(ProviderCalls):
         self._tracker = resolve_tracker(tracker, self.config)
         self._prices = price_table(self.config)
         self._rate_memo: tuple[int, str, float | None] | None = None
+        self._key_fns: dict[str, tuple[EmbeddingIdentity, Callable[[str], str]]] = {}
         self._clock = clock
         self._flights: SingleFlight[Vector] = SingleFlight()
         self._batcher: BatchProcessor[str, Vector] | None = None
@@ -586,13 +588,17 @@ class EmbeddingService(ProviderCalls):
         Ours hashes the identity's fields once for all the texts; ``None`` for a store
         without a keyer (it is asked per text, see :meth:`_plan`).
         """
+        ident = self.identity
+        known = self._key_fns.get(role)
+        if known is not None and known[0] is ident:  # kept until the identity changes
+            return known[1]
         keyer = getattr(self._store, "keyer", None)
         if keyer is None:
             return None
-        ident = self.identity
         key_of: Callable[[str], str] = keyer(
             ident.provider, ident.model, ident.dimensions, role
         ).key
+        self._key_fns[role] = (ident, key_of)
         return key_of
 
     def _plan(self, texts: list[str], role: Role) -> _Plan:

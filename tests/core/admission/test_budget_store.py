@@ -155,6 +155,21 @@ def test_unlimited_limits_never_wait() -> None:
     assert all(reserve(store, RateLimits(), 0.0, tokens=10**9) == 0.0 for _ in range(100))
 
 
+def test_unlimited_callers_on_a_key_change_nothing_for_limited_ones() -> None:
+    limits = RateLimits(requests_per_minute=600, burst_seconds=0.2)  # 10/s, burst of 2
+    stores = LocalBudgetStore(), LocalBudgetStore()
+    waits: list[list[float]] = [[], []]
+    for i, store in enumerate(stores):
+        store.pause("k", limits, seconds=1.0, now=0.0)
+        for step in range(6):
+            now = step * 0.3
+            if i:  # the same key through a gate without limits, between every limited call
+                waits[i].append(reserve(store, RateLimits(), now))
+            waits[i].append(reserve(store, limits, now))
+    assert waits[1][1::2] == waits[0]
+    assert waits[1][::2] == pytest.approx([1.0, 0.7, 0.4, 0.1, 0.0, 0.0])
+
+
 def test_rate_limits_validate_their_arguments() -> None:
     with pytest.raises(ValueError, match="requests_per_minute"):
         RateLimits(requests_per_minute=0)
