@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import subprocess
@@ -360,6 +361,39 @@ async def _curve(
     return curve
 
 
+async def _engine_alone(concurrency: int, n: int, rounds: int) -> dict[str, float]:
+    """CPU per query (us) of the engine on its own: no HTTP client, no simulator.
+
+    The engine of the curve (same config, same retriever) over a generator that yields to
+    the loop once and answers, minus the same two calls awaited without the engine; the
+    least of ``rounds`` rounds of ``n`` queries each (process CPU, so other processes on
+    the machine count less than in the curve's difference of two runs).
+    """
+    pipe = SimulatorPipeline("http://127.0.0.1:9")  # aretrieve only: local, no I/O
+
+    async def answer(query: str, passages: Sequence[str]) -> str:
+        await asyncio.sleep(0)
+        return query
+
+    class Stub:
+        async def query(self, q: str) -> QueryResult:
+            return QueryResult(q, answer=await answer(q, await pipe.aretrieve(q, 4)))
+
+    best = {"engine": math.inf, "bare": math.inf}
+    async with AsyncRAGEngine(_config(), retriever=pipe.aretrieve, generator=answer) as engine:
+        runners: dict[str, Any] = {"bare": Stub(), "engine": engine}
+        for r in range(rounds):
+            for name, runner in runners.items():
+                queries = [f"What is topic {r}-{i} in machine learning? ({name})" for i in range(n)]
+                cpu0 = time.process_time()
+                await process_queries_concurrently(runner, queries, max_concurrent=concurrency)
+                best[name] = min(best[name], (time.process_time() - cpu0) / n * 1e6)
+    return {
+        "engine_alone_us_per_query": round(best["engine"] - best["bare"], 1),
+        "calls_alone_us_per_query": round(best["bare"], 1),
+    }
+
+
 @benchmark("concurrency", "RAG engine throughput and p95 vs concurrency (simulator, 50 ms)")
 def concurrency_curve(ctx: BenchContext) -> Iterator[Result]:
     """Throughput, p95 and Little's-law fraction at concurrency 1..128, with CPU per query.
@@ -373,6 +407,7 @@ def concurrency_curve(ctx: BenchContext) -> Iterator[Result]:
     with _simulator_child(latency_ms=LATENCY_MS) as (base_url, pid):
         ctx.progress(f"concurrency curve at {levels} against {base_url} (bare, then engine)")
         curve = asyncio.run(_curve(base_url, pid, rounds, levels))
+    alone = asyncio.run(_engine_alone(max(levels), ctx.scale(5_000, quick=1_000), 3))
     top = curve[-1]
     fractions = [point["fraction_of_bound"] for point in curve]
     worst = curve[fractions.index(min(fractions))]
@@ -414,8 +449,11 @@ def concurrency_curve(ctx: BenchContext) -> Iterator[Result]:
             f"); CPU per query: client {worst['client_cpu_us_per_query']:.0f} us, of which "
             f"engine {worst['engine_cpu_us_per_query']:.0f} us and HTTP client + event loop "
             f"{worst['bare_client_cpu_us_per_query']:.0f} us (bare run); simulator "
-            f"{worst['simulator_cpu_us_per_query']:.0f} us"
+            f"{worst['simulator_cpu_us_per_query']:.0f} us. Engine alone (no HTTP, "
+            f"{max(levels)} in flight, least of 3 rounds): "
+            f"{alone['engine_alone_us_per_query']:.0f} us per query"
         ),
+        **alone,
         fractions=by_level("fraction_of_bound"),
         bare_fractions=by_level("bare_fraction_of_bound"),
         client_cpu_us_per_query=by_level("client_cpu_us_per_query"),
