@@ -9,7 +9,9 @@ cache is off: every query is distinct, so the figures measure concurrency, not c
 
 - ``concurrency``: throughput and p95 latency at concurrency 1, 2, 4, ..., 128 (the curve
   is in ``extra["curve"]``), and throughput as a fraction of the Little's-law bound
-  (concurrency / 50 ms) at each level.
+  (concurrency / 50 ms) at each level. Each level runs the bare pipeline (no engine) and
+  then the engine on the same connections; the fraction row's baseline is the bare one,
+  and its ``extra`` has the CPU per query (us) of the client, the engine and the simulator.
 - ``async``: the same workload through :class:`~rag_perf_plugins.engine.RAGEngine` (one
   query at a time, as sync code does) and through
   :class:`~rag_perf_plugins.engine.AsyncRAGEngine` with
