@@ -401,6 +401,22 @@ def _quote(passage: str, question_words: set[str]) -> str:
     return text
 
 
+# Passages repeat across requests (a RAG corpus); their word sets are kept, bounded.
+_KEPT_PASSAGE_CHARS = 4096
+
+
+@functools.lru_cache(maxsize=1024)
+def _kept_words(passage: str) -> frozenset[str]:
+    return frozenset(content_words(passage))
+
+
+def _passage_words(passage: str) -> frozenset[str]:
+    """``set(content_words(passage))``, remembered for passages up to 4,096 characters."""
+    if len(passage) > _KEPT_PASSAGE_CHARS:
+        return frozenset(content_words(passage))
+    return _kept_words(passage)
+
+
 def grounded_answer(messages: Sequence[Message], opening: str) -> str:
     """The answer text before stop/length cuts: the best passage quoted, or a fallback."""
     if messages and messages[-1].role in ("tool", "function"):
@@ -412,7 +428,7 @@ def grounded_answer(messages: Sequence[Message], opening: str) -> str:
     question_words = set(content_words(question))
     best_score, best = 0, ""
     for passage in passages:
-        score = len(question_words & set(content_words(passage)))
+        score = len(question_words & _passage_words(passage))
         if score > best_score:
             best_score, best = score, passage
     if best_score == 0:

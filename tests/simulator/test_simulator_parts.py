@@ -11,14 +11,17 @@ import pytest
 
 from rag_perf_plugins._clock import FakeClock
 from rag_perf_plugins.simulator import Embedder, SimulatorOptions
+from rag_perf_plugins.simulator import chat as chat_module
 from rag_perf_plugins.simulator.chat import (
     ChatInputError,
     ChatRequest,
+    Message,
     completion_body,
     plan_chat,
     stream_events,
     text_pieces,
 )
+from rag_perf_plugins.simulator.embeddings import content_words
 from rag_perf_plugins.simulator.limits import FaultDice, TokenBucket, format_reset
 from rag_perf_plugins.simulator.schema import example_for_schema
 from rag_perf_plugins.simulator.stats import SimulatorStats
@@ -527,3 +530,20 @@ def test_provider_url_prefers_the_configured_provider(monkeypatch: pytest.Monkey
         assert models.status_code == 200 and models.json()["data"]
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/models", timeout=2.0)  # stopped with the block
+
+
+def test_passage_word_sets_are_the_content_words_short_or_long() -> None:
+    # The grounded answer scores passages by their word sets; the remembered set of a
+    # short passage and the computed one of a long passage are both set(content_words()).
+    short = "Paris is the capital of France, and Paris has museums."
+    long = " ".join(["Vectors stores keep embeddings of passages."] * 200)
+    assert len(long) > chat_module._KEPT_PASSAGE_CHARS
+    for passage in (short, short, long):
+        assert chat_module._passage_words(passage) == set(content_words(passage))
+    messages = [
+        Message("system", "Answer from this context.\n\n" + short + "\n\n" + long),
+        Message("user", "Question: What is the capital of France?"),
+    ]
+    first = chat_module.grounded_answer(messages, "Based on the context")
+    assert first == chat_module.grounded_answer(messages, "Based on the context")
+    assert "Paris is the capital of France" in first

@@ -9,7 +9,9 @@ cache is off: every query is distinct, so the figures measure concurrency, not c
 
 - ``concurrency``: throughput and p95 latency at concurrency 1, 2, 4, ..., 128 (the curve
   is in ``extra["curve"]``), and throughput as a fraction of the Little's-law bound
-  (concurrency / 50 ms) at each level.
+  (concurrency / 50 ms) at each level. Each level runs the bare pipeline (no engine) and
+  then the engine on the same connections; the fraction row's baseline is the bare one,
+  and its ``extra`` has the CPU per query (us) of the client, the engine and the simulator.
 - ``async``: the same workload through :class:`~rag_perf_plugins.engine.RAGEngine` (one
   query at a time, as sync code does) and through
   :class:`~rag_perf_plugins.engine.AsyncRAGEngine` with
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import subprocess
@@ -34,6 +37,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import psutil
 
 from ...admission import parse_retry_after
 from ...config import PerformanceConfig
@@ -185,6 +189,13 @@ def simulator_process(**options: Any) -> Iterator[str]:
 
     A separate process keeps the server's CPU off the measured client's GIL.
     """
+    with _simulator_child(**options) as (base_url, _pid):
+        yield base_url
+
+
+@contextlib.contextmanager
+def _simulator_child(**options: Any) -> Iterator[tuple[str, int]]:
+    """:func:`simulator_process`, yielding ``(base_url, pid)`` (the pid to read its CPU)."""
     code = (
         "import sys\n"
         "from rag_perf_plugins.simulator import Simulator\n"
@@ -210,7 +221,7 @@ def simulator_process(**options: Any) -> Iterator[str]:
         if not base_url.startswith("http"):
             msg = f"the simulator process did not start (said {base_url!r})"
             raise RuntimeError(msg)
-        yield base_url
+        yield base_url, proc.pid
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
@@ -258,29 +269,93 @@ async def _run_async(
     return elapsed, latencies
 
 
-async def _curve(base_url: str, rounds: int, levels: Sequence[int]) -> list[dict[str, float]]:
+class _Bare:
+    """The same retrieval and chat call as the engine's, awaited directly (no engine)."""
+
+    def __init__(self, pipe: SimulatorPipeline) -> None:
+        self._pipe = pipe
+
+    async def query(self, q: str) -> QueryResult:
+        passages = await self._pipe.aretrieve(q, 4)
+        return QueryResult(q, answer=await self._pipe.agenerate(q, passages))
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of ``process`` so far (kernel tick resolution, 10 ms)."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+async def _level(
+    runner: Any, queries: list[str], concurrency: int, simulator: psutil.Process
+) -> dict[str, float]:
+    """Throughput, latencies and CPU per query (client and simulator) of one timed run."""
+    latencies: list[float] = []
+
+    class Timed:
+        async def query(self, q: str) -> QueryResult:
+            t0 = time.perf_counter()
+            result: QueryResult = await runner.query(q)
+            latencies.append(time.perf_counter() - t0)
+            return result
+
+    sim0, cpu0, start = _cpu_s(simulator), time.process_time(), time.perf_counter()
+    results = await process_queries_concurrently(Timed(), queries, max_concurrent=concurrency)
+    elapsed = time.perf_counter() - start
+    client_s, sim_s = time.process_time() - cpu0, _cpu_s(simulator) - sim0
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} queries failed, first: {failed[0].error!r}")
+    n = len(queries)
+    throughput = n / elapsed
+    return {
+        "throughput_qps": round(throughput, 2),
+        "p50_ms": round(sorted(latencies)[len(latencies) // 2] * 1000, 2),
+        "p95_ms": round(_p95(latencies) * 1000, 2),
+        "fraction_of_bound": round(throughput / (concurrency / (LATENCY_MS / 1000.0)), 4),
+        "client_cpu_us_per_query": round(client_s / n * 1e6, 1),
+        "simulator_cpu_us_per_query": round(sim_s / n * 1e6, 1),
+    }
+
+
+async def _curve(
+    base_url: str, simulator_pid: int, rounds: int, levels: Sequence[int]
+) -> list[dict[str, float]]:
+    """Each level run twice on the same client and connections: bare pipeline, then engine.
+
+    The bare run (retrieval and chat call awaited directly) is the floor the engine sits
+    on: the HTTP client, the event loop and the simulator on the same 2 cores. The
+    engine's own CPU per query is the difference of the two runs' client CPU.
+    """
     pipe = SimulatorPipeline(base_url)
+    simulator = psutil.Process(simulator_pid)
+    bare = _Bare(pipe)
     curve: list[dict[str, float]] = []
     try:
         async with AsyncRAGEngine(
             _config(), retriever=pipe.aretrieve, generator=pipe.agenerate
         ) as engine:
-            # Warm the connection pool so the first level does not pay for connects.
-            await _run_async(engine, [f"warm-up {i}" for i in range(8)], 8)
+            # Open the connections of the highest level before timing anything, so that no
+            # timed run (bare or engine) pays for TCP connects: the bound is about steady
+            # state, and connection reuse is the pool category's subject.
+            top = max(levels)
+            await _run_async(engine, [f"warm-up {i}" for i in range(top)], top)
             for c in levels:
                 queries = [f"What is topic {c}-{i} in machine learning?" for i in range(c * rounds)]
-                elapsed, latencies = await _run_async(engine, queries, c)
-                throughput = len(queries) / elapsed
-                bound = c / (LATENCY_MS / 1000.0)
+                floor = await _level(bare, [q + " (bare)" for q in queries], c, simulator)
+                point = await _level(engine, queries, c, simulator)
                 curve.append(
                     {
                         "concurrency": c,
                         "queries": len(queries),
-                        "throughput_qps": round(throughput, 2),
-                        "p50_ms": round(sorted(latencies)[len(latencies) // 2] * 1000, 2),
-                        "p95_ms": round(_p95(latencies) * 1000, 2),
-                        "littles_law_bound_qps": bound,
-                        "fraction_of_bound": round(throughput / bound, 4),
+                        **point,
+                        "littles_law_bound_qps": c / (LATENCY_MS / 1000.0),
+                        "engine_cpu_us_per_query": round(
+                            point["client_cpu_us_per_query"] - floor["client_cpu_us_per_query"], 1
+                        ),
+                        "bare_fraction_of_bound": floor["fraction_of_bound"],
+                        "bare_client_cpu_us_per_query": floor["client_cpu_us_per_query"],
+                        "bare_simulator_cpu_us_per_query": floor["simulator_cpu_us_per_query"],
                     }
                 )
     finally:
@@ -288,16 +363,56 @@ async def _curve(base_url: str, rounds: int, levels: Sequence[int]) -> list[dict
     return curve
 
 
+async def _engine_alone(concurrency: int, n: int, rounds: int) -> dict[str, float]:
+    """CPU per query (us) of the engine on its own: no HTTP client, no simulator.
+
+    The engine of the curve (same config, same retriever) over a generator that yields to
+    the loop once and answers, minus the same two calls awaited without the engine; the
+    least of ``rounds`` rounds of ``n`` queries each (process CPU, so other processes on
+    the machine count less than in the curve's difference of two runs).
+    """
+    pipe = SimulatorPipeline("http://127.0.0.1:9")  # aretrieve only: local, no I/O
+
+    async def answer(query: str, passages: Sequence[str]) -> str:
+        await asyncio.sleep(0)
+        return query
+
+    class Stub:
+        async def query(self, q: str) -> QueryResult:
+            return QueryResult(q, answer=await answer(q, await pipe.aretrieve(q, 4)))
+
+    best = {"engine": math.inf, "bare": math.inf}
+    async with AsyncRAGEngine(_config(), retriever=pipe.aretrieve, generator=answer) as engine:
+        runners: dict[str, Any] = {"bare": Stub(), "engine": engine}
+        for r in range(rounds):
+            for name, runner in runners.items():
+                queries = [f"What is topic {r}-{i} in machine learning? ({name})" for i in range(n)]
+                cpu0 = time.process_time()
+                await process_queries_concurrently(runner, queries, max_concurrent=concurrency)
+                best[name] = min(best[name], (time.process_time() - cpu0) / n * 1e6)
+    return {
+        "engine_alone_us_per_query": round(best["engine"] - best["bare"], 1),
+        "calls_alone_us_per_query": round(best["bare"], 1),
+    }
+
+
 @benchmark("concurrency", "RAG engine throughput and p95 vs concurrency (simulator, 50 ms)")
 def concurrency_curve(ctx: BenchContext) -> Iterator[Result]:
-    """Throughput, p95 and Little's-law fraction at concurrency 1..128."""
+    """Throughput, p95 and Little's-law fraction at concurrency 1..128, with CPU per query.
+
+    The fraction row's baseline is the bare pipeline (same client, simulator and
+    connections, no engine) at each level, run just before the engine: it shows what share
+    of the bound the machine leaves, and the engine's own CPU per query beside it.
+    """
     rounds = ctx.scale(10, quick=3)
     levels = CONCURRENCY_LEVELS if not ctx.quick else (1, 4, 16, 64)
-    with simulator_process(latency_ms=LATENCY_MS) as base_url:
-        ctx.progress(f"concurrency curve at {levels} against {base_url}")
-        curve = asyncio.run(_curve(base_url, rounds, levels))
+    with _simulator_child(latency_ms=LATENCY_MS) as (base_url, pid):
+        ctx.progress(f"concurrency curve at {levels} against {base_url} (bare, then engine)")
+        curve = asyncio.run(_curve(base_url, pid, rounds, levels))
+    alone = asyncio.run(_engine_alone(max(levels), ctx.scale(5_000, quick=1_000), 3))
     top = curve[-1]
     fractions = [point["fraction_of_bound"] for point in curve]
+    worst = curve[fractions.index(min(fractions))]
     yield Result.compare(
         "concurrency_throughput_qps",
         top["throughput_qps"],
@@ -315,17 +430,38 @@ def concurrency_curve(ctx: BenchContext) -> Iterator[Result]:
         notes=f"p95 query latency at concurrency {top['concurrency']:g} (seed target < 500 ms)",
         curve=curve,
     )
+
+    def by_level(field: str) -> dict[str, float]:
+        return {f"{p['concurrency']:g}": p[field] for p in curve}
+
     yield Result.compare(
         "concurrency_littles_law_fraction_min",
         min(fractions),
         "ratio",
+        baseline=(
+            "bare pipeline (same client and simulator, no engine), lowest over the curve",
+            min(p["bare_fraction_of_bound"] for p in curve),
+        ),
         better="higher",
         target=Target.value_at_least(0.9),
         notes=(
             "lowest throughput / (concurrency / 50 ms) over the curve; 2 shared cores, "
-            "client and simulator in separate processes"
+            f"client and simulator in separate processes. At {worst['concurrency']:g} in "
+            f"flight: {worst['fraction_of_bound']:.3f} (bare {worst['bare_fraction_of_bound']:.3f}"
+            f"); CPU per query: client {worst['client_cpu_us_per_query']:.0f} us, of which "
+            f"engine {worst['engine_cpu_us_per_query']:.0f} us and HTTP client + event loop "
+            f"{worst['bare_client_cpu_us_per_query']:.0f} us (bare run); simulator "
+            f"{worst['simulator_cpu_us_per_query']:.0f} us. Engine alone (no HTTP, "
+            f"{max(levels)} in flight, least of 3 rounds): "
+            f"{alone['engine_alone_us_per_query']:.0f} us per query"
         ),
-        fractions={f"{p['concurrency']:g}": p["fraction_of_bound"] for p in curve},
+        **alone,
+        fractions=by_level("fraction_of_bound"),
+        bare_fractions=by_level("bare_fraction_of_bound"),
+        client_cpu_us_per_query=by_level("client_cpu_us_per_query"),
+        engine_cpu_us_per_query=by_level("engine_cpu_us_per_query"),
+        bare_client_cpu_us_per_query=by_level("bare_client_cpu_us_per_query"),
+        simulator_cpu_us_per_query=by_level("simulator_cpu_us_per_query"),
     )
 
 
@@ -336,19 +472,13 @@ async def _async_run(base_url: str, queries: list[str], concurrency: int) -> tup
     connections shows how much of the achievable throughput the engine keeps.
     """
     pipe = SimulatorPipeline(base_url)
-
-    class Bare:
-        async def query(self, q: str) -> QueryResult:
-            passages = await pipe.aretrieve(q, 4)
-            return QueryResult(q, answer=await pipe.agenerate(q, passages))
-
     try:
         async with AsyncRAGEngine(
             _config(), retriever=pipe.aretrieve, generator=pipe.agenerate
         ) as engine:
             await _run_async(engine, [f"warm-up {i}" for i in range(concurrency)], concurrency)
             start = time.perf_counter()
-            await process_queries_concurrently(Bare(), queries, max_concurrent=concurrency)
+            await process_queries_concurrently(_Bare(pipe), queries, max_concurrent=concurrency)
             bare_s = time.perf_counter() - start
             elapsed, _ = await _run_async(engine, [q + " (engine)" for q in queries], concurrency)
     finally:

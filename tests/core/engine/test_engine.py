@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from rag_perf_plugins.engine import (
     is_provider_failure,
 )
 from rag_perf_plugins.errors import Overloaded, ProviderError
+from rag_perf_plugins.tokens import estimate_tokens
 from rag_perf_plugins.tracking import NULL_TRACKER, PerformanceTracker
 
 
@@ -418,3 +420,70 @@ def test_sync_engine_answers_caches_and_serves_stale(
     assert second.cached and stale.stale and stale.answer == "q:2"
     assert retrieved == [2, 2]
     assert QueryResult.failed("x", ValueError()).ok is False
+
+
+class TokenSpyGate(AdmissionGate):
+    """An AdmissionGate that records the tokens each admission asks for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: list[int] = []
+
+    def aacquire(self, *, tokens: int = 0, **kwargs: Any) -> Any:
+        self.asked.append(tokens)
+        return super().aacquire(tokens=tokens, **kwargs)
+
+    def acquire(self, *, tokens: int = 0, **kwargs: Any) -> Any:
+        self.asked.append(tokens)
+        return super().acquire(tokens=tokens, **kwargs)
+
+
+class PlainGate:
+    """A gate that is not an AdmissionGate: it gets the estimate whatever its limits."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def aacquire(self, *, tokens: int = 0, timeout: float | None = None) -> Any:
+        self.asked.append(tokens)
+        return contextlib.AsyncExitStack()
+
+    def acquire(self, *, tokens: int = 0, timeout: float | None = None) -> Any:
+        self.asked.append(tokens)
+        return contextlib.ExitStack()
+
+
+@pytest.mark.parametrize("tpm", [None, 90_000])
+async def test_gate_is_told_tokens_only_when_it_charges_them(tpm: int | None) -> None:
+    # An AdmissionGate without a TPM budget admits the same whatever the tokens, so the
+    # engine skips the estimate; with one (or any other gate) it passes the estimate.
+    query = "What is retrieval-augmented generation, in 2 lines?"
+    cfg = PerformanceConfig(enable_metrics=False, tokens_per_minute=tpm, requests_per_minute=600)
+    expected = 0 if tpm is None else estimate_tokens(query)
+    pipe = Pipeline()
+    gate = TokenSpyGate(cfg, key=f"tokens-{tpm}", tracker=NULL_TRACKER)
+    plain = PlainGate()
+    async with AsyncRAGEngine(
+        cfg, retriever=pipe.retriever, generator=pipe.generator, cache=False, gate=gate
+    ) as engine:
+        answers = [await engine.query(f"{query} {i}") for i in range(3)]
+    async with AsyncRAGEngine(
+        cfg, retriever=pipe.retriever, generator=pipe.generator, cache=False, gate=plain
+    ) as engine:
+        await engine.query(query)
+
+    def retrieve(q: str, k: int) -> list[str]:
+        return [q]
+
+    def generate(q: str, passages: Sequence[str]) -> str:
+        return q
+
+    sync_gate = TokenSpyGate(cfg, key=f"sync-tokens-{tpm}", tracker=NULL_TRACKER)
+    with RAGEngine(cfg, retriever=retrieve, generator=generate, cache=False, gate=sync_gate) as e:
+        e.query(query)
+    estimates = [estimate_tokens(f"{query} {i}") for i in range(3)]
+    assert gate.asked == ([0, 0, 0] if tpm is None else estimates)
+    assert sync_gate.asked == [expected]
+    assert plain.asked == [estimate_tokens(query)]
+    assert gate.stats()["admitted"] == 3 and sync_gate.stats()["admitted"] == 1
+    assert [a.answer for a in answers] == [f"answer to {query} {i} from 4" for i in range(3)]

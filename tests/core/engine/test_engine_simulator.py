@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from rag_perf_plugins._clock import FakeClock
+from rag_perf_plugins.bench.suites import concurrency
 from rag_perf_plugins.bench.suites.concurrency import SimulatorPipeline
 from rag_perf_plugins.cache import CacheManager
 from rag_perf_plugins.config import PerformanceConfig
@@ -104,3 +106,27 @@ async def test_provider_errors_fall_back_to_a_stale_answer(
     assert not fresh.stale and stale.stale and stale.answer == fresh.answer
     assert broken.stats()["errors_injected_total"] == 2  # one call, retried once
     assert engine.stats.stale_served == 1
+
+
+async def test_concurrency_curve_runs_bare_then_engine_per_level(simulator: Simulator) -> None:
+    # The bench's Little's-law curve: each level sends its queries twice (the bare pipeline,
+    # then the engine), after one warm-up at the top level; every point carries both runs.
+    levels = (1, 3)
+    curve = await concurrency._curve(simulator.base_url, os.getpid(), 2, levels)
+    sent = simulator.stats()["requests_by_endpoint"].get(CHAT)
+    assert sent == max(levels) + 2 * sum(c * 2 for c in levels)
+    assert [p["concurrency"] for p in curve] == list(levels)
+    assert [p["queries"] for p in curve] == [2, 6]
+    for point in curve:
+        for key in (
+            "fraction_of_bound",
+            "bare_fraction_of_bound",
+            "client_cpu_us_per_query",
+            "bare_client_cpu_us_per_query",
+            "engine_cpu_us_per_query",
+            "simulator_cpu_us_per_query",
+        ):
+            assert isinstance(point[key], float), key
+    alone = await concurrency._engine_alone(4, 20, 1)
+    assert set(alone) == {"engine_alone_us_per_query", "calls_alone_us_per_query"}
+    assert simulator.stats()["requests_by_endpoint"].get(CHAT) == sent  # alone: no HTTP
