@@ -366,7 +366,7 @@ def test_a_price_registered_or_removed_between_calls_is_used_at_the_next_call(
     text = "one two three four"
     tokens = estimate_tokens(text)
 
-    def hit() -> tuple[float, int]:
+    def hit() -> tuple[Any, int]:
         service.embed_query(text)  # a memory-tier hit (the one-text shortcut)
         stats = tracker.get_operation_stats("embedding.query")
         return stats.cost_saved_usd, stats.cost_unknown_calls
