@@ -558,6 +558,19 @@ class EmbeddingService(ProviderCalls):
         """The per-text vector store, or ``None`` when nothing is cached."""
         return self._store
 
+    @property
+    def plain_floats(self) -> bool:
+        """Whether every vector this service returns is a new ``list`` of Python ``float``.
+
+        Example: ``if service.plain_floats: event = Event.model_construct(vectors=...)``.
+        True without a store or with the cache package's store: misses are rounded by
+        :func:`~rag_perf_plugins.cache.serialize.round_vectors` and hits are decoded by the
+        cache, both giving Python floats. False with another :class:`EmbeddingStore`, whose
+        hits come back as it stored them. The adapters use it to skip re-validating floats
+        (LlamaIndex's events) that are already exactly what validation would produce.
+        """
+        return self._store is None or self._prerounded
+
     def __repr__(self) -> str:
         ident = self.identity
         return (
