@@ -382,6 +382,7 @@ class EmbeddingService(ProviderCalls):
         "_plain_dtype",
         "_prerounded",
         "_prices",
+        "_primary",
         "_qbatcher",
         "_retry",
         "_store",
@@ -470,6 +471,8 @@ class EmbeddingService(ProviderCalls):
         # numbers); the dtype is read once here, not on every provider call.
         self._plain_dtype = self.config.cache_vector_dtype
         self._gate = gate
+        # The primary target of calls without fallbacks: built once, not per provider call.
+        self._primary = _Provider(None, gate, embed_many, aembed_many, embed_query, aembed_query)
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = gate is not None and _counts_tokens(gate)
         self._budgeted = getattr(gate, "dollar_budgets", None) is not None
@@ -814,8 +817,9 @@ class EmbeddingService(ProviderCalls):
         led = isinstance(claimed, Flight)
         try:
             if isinstance(claimed, Flight):
+                batched = self._batched(role)
                 try:
-                    if self._batched(role):
+                    if batched:
                         vector = self._compute([text], role)[0]
                     elif role == "document" or self.symmetric:
                         vector = self._provider_batch([text])[0]
@@ -825,14 +829,18 @@ class EmbeddingService(ProviderCalls):
                     flights.settle_one(key, claimed, None, exc)
                     raise
                 flights.settle_one(key, claimed, vector, None)
+                # Unbatched, the rounded list is this call's own; once settled without a
+                # follower (none can come: the key is released), nobody else holds it.
+                shared = batched or claimed.future is not None
             else:
                 vector = claimed.result()
+                shared = True
         except BaseException:
             self._record_one(role, started, text, sent=led, error=True)
             raise
         self._record_one(role, started, text, sent=led, error=False)
-        # A copy, as _Plan.assemble gives: followers share the leader's list.
-        return list(vector)
+        # A copy, as _Plan.assemble gives, of a list that followers (or a batch) share.
+        return list(vector) if shared else vector
 
     def _kept(self, plan: _Plan) -> list[Vector] | None:
         """Every vector of ``plan`` from the store's memory tier, by position; else ``None``.
@@ -1206,14 +1214,7 @@ class EmbeddingService(ProviderCalls):
         return send
 
     def _primary_provider(self) -> _Provider:
-        return _Provider(
-            None,
-            self._gate,
-            self._embed_many,
-            self._aembed_many,
-            self._embed_query,
-            self._aembed_query,
-        )
+        return self._primary
 
     def _guarded(self, call: Callable[[], R], texts: list[str]) -> R:
         gate, retry = self._gate, self._retry
