@@ -240,6 +240,23 @@ async def test_batch_calls_on_redis_show_what_llamaindex_shows(
     wrapped.service.store.cache.close()  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("show_progress", [False, True])
+async def test_async_batch_with_workers_matches(
+    trace: _Trace, tmp_path: Path, show_progress: bool
+) -> None:
+    # num_workers > 1: LlamaIndex awaits the chunks as jobs (run_jobs), in order.
+    wrapped, bare = _pair(CONFIGS["memory"](tmp_path))
+    wrapped.num_workers = bare.num_workers = 2
+    texts = [f"text {i}" for i in range(2050)]
+    seen = []
+    for model in (wrapped, bare):
+        trace.items.clear()
+        trace.events.clear()
+        result = await model.aget_text_embedding_batch(texts, show_progress=show_progress)
+        seen.append((result, _normalized(trace, model)))
+    assert seen[0] == seen[1]
+
+
 def test_progress_bar_and_empty_input_match(trace: _Trace, tmp_path: Path) -> None:
     pytest.importorskip("tqdm")
     wrapped, bare = _pair(CONFIGS["memory"](tmp_path))
