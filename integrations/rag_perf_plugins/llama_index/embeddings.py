@@ -195,6 +195,53 @@ def _plain(model: PerfEmbedding) -> bool:
         return False
 
 
+def _unspanned(name: str) -> Callable[..., Any]:
+    """``BaseEmbedding.<name>`` without LlamaIndex's span decorator (its plain body)."""
+    method = BaseEmbedding.__dict__[name]
+    return cast("Callable[..., Any]", getattr(method, "__wrapped__", method))
+
+
+_Sync = Callable[[BaseEmbedding, str], Embedding]
+_Async = Callable[[BaseEmbedding, str], Coroutine[Any, Any, Embedding]]
+_BASE_QUERY = cast(_Sync, _unspanned("get_query_embedding"))
+_BASE_AQUERY = cast(_Async, _unspanned("aget_query_embedding"))
+_BASE_TEXT = cast(_Sync, _unspanned("get_text_embedding"))
+_BASE_ATEXT = cast(_Async, _unspanned("aget_text_embedding"))
+
+
+def _quiet(model: BaseEmbedding, text: str, embed: Callable[[str], Embedding]) -> Embedding:
+    """BaseEmbedding's one-text call without its instrumentation events (nobody listens).
+
+    Example: ``_quiet(model, "q", model._get_query_embedding)``. The callback event with
+    LlamaIndex's payloads and the rate limiter stay; only the start and end events, which
+    no handler would receive, are not built. Without an ``embeddings_cache`` only.
+    """
+    model_dict = model.to_payload()
+    with model.callback_manager.event(
+        CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+    ) as event:
+        if model.rate_limiter is not None:
+            model.rate_limiter.acquire()
+        vector = embed(text)
+        event.on_end(payload={EventPayload.CHUNKS: [text], EventPayload.EMBEDDINGS: [vector]})
+    return vector
+
+
+async def _aquiet(
+    model: BaseEmbedding, text: str, embed: Callable[[str], Coroutine[Any, Any, Embedding]]
+) -> Embedding:
+    """Async twin of :func:`_quiet`."""
+    model_dict = model.to_payload()
+    with model.callback_manager.event(
+        CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+    ) as event:
+        if model.rate_limiter is not None:
+            await model.rate_limiter.async_acquire()
+        vector = await embed(text)
+        event.on_end(payload={EventPayload.CHUNKS: [text], EventPayload.EMBEDDINGS: [vector]})
+    return vector
+
+
 async def _gathered(
     jobs: list[Coroutine[Any, Any, list[Embedding]]], show_progress: bool, workers: int | None
 ) -> list[list[Embedding]]:
@@ -359,6 +406,38 @@ class PerfEmbedding(BaseEmbedding):
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await _checked(self).aembed_documents(texts)
+
+    # The one-text public calls: LlamaIndex's own bodies (BaseEmbedding's, without their
+    # span: ours is the span) whenever an event handler listens or its embeddings_cache is
+    # set; otherwise the same steps without building the two events nobody would receive
+    # (pydantic validates each float of the end event: ~10 us for 384 floats).
+    @_dispatcher.span
+    def get_query_embedding(self, query: str) -> Embedding:
+        """LlamaIndex's ``get_query_embedding``: same span, events and callback payloads."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return _BASE_QUERY(self, query)
+        return _quiet(self, query, self._get_query_embedding)
+
+    @_dispatcher.span
+    async def aget_query_embedding(self, query: str) -> Embedding:
+        """Async twin of :meth:`get_query_embedding`."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return await _BASE_AQUERY(self, query)
+        return await _aquiet(self, query, self._aget_query_embedding)
+
+    @_dispatcher.span
+    def get_text_embedding(self, text: str) -> Embedding:
+        """LlamaIndex's ``get_text_embedding``: same span, events and callback payloads."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return _BASE_TEXT(self, text)
+        return _quiet(self, text, self._get_text_embedding)
+
+    @_dispatcher.span
+    async def aget_text_embedding(self, text: str) -> Embedding:
+        """Async twin of :meth:`get_text_embedding`."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return await _BASE_ATEXT(self, text)
+        return await _aquiet(self, text, self._aget_text_embedding)
 
     @_dispatcher.span
     def get_text_embedding_batch(

@@ -45,6 +45,15 @@ class ExactEmbedding(CountingEmbedding):
         self._count("_get_text_embeddings")
         return [[round(x * 256) / 256 for x in vector_of(t, self.dim)] for t in texts]
 
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embeddings(["query: " + query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         return self._get_text_embeddings(texts)
 
@@ -138,8 +147,14 @@ def trace() -> Iterator[_Trace]:
         root.span_handlers.remove(spans)
 
 
-def _normalized(trace: _Trace, model: BaseEmbedding) -> list[tuple[Any, ...]]:
-    """The trace with uuids and the model's class name taken out, payloads made comparable."""
+def _normalized(
+    trace: _Trace, model: BaseEmbedding, *, top_spans: bool = False
+) -> list[tuple[Any, ...]]:
+    """The trace with uuids and the model's class name taken out, payloads made comparable.
+
+    ``top_spans``: only the spans of the public call (the inner model's own spans below it
+    depend on which of its private methods answer, not on the wrapper's events).
+    """
     names: dict[str | None, str | None] = {None: None}
     own = type(model).__name__
 
@@ -155,7 +170,8 @@ def _normalized(trace: _Trace, model: BaseEmbedding) -> list[tuple[Any, ...]]:
     events = iter(trace.events)
     for item in trace.items:
         if item[0] == "span":
-            out.append(("span", name(item[1]), name(item[2]), item[3]))
+            if not (top_spans and item[2] is not None):
+                out.append(("span", name(item[1]), name(item[2]), item[3]))
         elif item[0] == "event":
             event = next(events)
             fields: dict[str, Any] = {"span": name(event.span_id), "tags": event.tags}
@@ -255,6 +271,81 @@ async def test_async_batch_with_workers_matches(
         result = await model.aget_text_embedding_batch(texts, show_progress=show_progress)
         seen.append((result, _normalized(trace, model)))
     assert seen[0] == seen[1]
+
+
+@pytest.fixture
+def quiet_trace() -> Iterator[_Trace]:
+    """A trace fed by a span handler only: no event handler listens."""
+    root = get_dispatcher()
+    found = _Trace()
+    spans = _SpanRecorder()
+    spans.trace = found
+    root.add_span_handler(spans)
+    try:
+        yield found
+    finally:
+        root.span_handlers.remove(spans)
+
+
+ONE_TEXT = [
+    "get_query_embedding",
+    "aget_query_embedding",
+    "get_text_embedding",
+    "aget_text_embedding",
+]
+
+
+async def _one_text_side_by_side(
+    trace: _Trace, wrapped: BaseEmbedding, bare: BaseEmbedding, method: str, text: str
+) -> None:
+    seen = []
+    for model in (wrapped, bare):
+        trace.items.clear()
+        trace.events.clear()
+        model.callback_manager.set_handlers([_CallbackRecorder(trace)])
+        result = getattr(model, method)(text)
+        if method.startswith("a"):
+            result = await result
+        seen.append((result, _normalized(trace, model, top_spans=True)))
+    assert seen[0] == seen[1]
+
+
+@pytest.mark.parametrize("method", ONE_TEXT)
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+async def test_one_text_calls_show_consumers_what_llamaindex_shows(
+    trace: _Trace, tmp_path: Path, config: str, method: str
+) -> None:
+    wrapped, bare = _pair(CONFIGS[config](tmp_path))
+    for _ in range(2):  # cold, warm
+        await _one_text_side_by_side(trace, wrapped, bare, method, "what is rag?")
+    assert [type(e).__name__ for e in trace.events] == ["EmbeddingStartEvent", "EmbeddingEndEvent"]
+
+
+@pytest.mark.parametrize("method", ONE_TEXT)
+async def test_one_text_calls_without_a_listener_keep_spans_and_callbacks(
+    quiet_trace: _Trace, tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not li_embeddings._listening(li_embeddings._dispatcher)
+    built: list[str] = []
+    monkeypatch.setattr(li_embeddings, "_BASE_QUERY", lambda *a: built.append("base"))
+    monkeypatch.setattr(li_embeddings, "_BASE_TEXT", lambda *a: built.append("base"))
+    wrapped, bare = _pair(CONFIGS["memory"](tmp_path))
+    for _ in range(2):
+        await _one_text_side_by_side(quiet_trace, wrapped, bare, method, "what is rag?")
+    assert built == []  # LlamaIndex's body (which builds the events) was not taken
+    kinds = [item[0] for item in quiet_trace.items]
+    assert kinds[0] == "span" and "callback start" in kinds and "callback end" in kinds
+
+
+async def test_one_text_calls_with_embeddings_cache_take_llamaindex_body(
+    quiet_trace: _Trace, tmp_path: Path
+) -> None:
+    wrapped, bare = _pair(CONFIGS["memory"](tmp_path))
+    wrapped.embeddings_cache = SimpleKVStore()
+    bare.embeddings_cache = SimpleKVStore()
+    for method in ONE_TEXT:
+        for _ in range(2):
+            await _one_text_side_by_side(quiet_trace, wrapped, bare, method, "cached")
 
 
 def test_progress_bar_and_empty_input_match(trace: _Trace, tmp_path: Path) -> None:
