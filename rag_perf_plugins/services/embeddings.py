@@ -572,6 +572,19 @@ class EmbeddingService(ProviderCalls):
         """The per-text vector store, or ``None`` when nothing is cached."""
         return self._store
 
+    @property
+    def plain_floats(self) -> bool:
+        """Whether every vector this service returns is a new ``list`` of Python ``float``.
+
+        Example: ``if service.plain_floats: event = Event.model_construct(vectors=...)``.
+        True without a store or with the cache package's store: misses are rounded by
+        :func:`~rag_perf_plugins.cache.serialize.round_vectors` and hits are decoded by the
+        cache, both giving Python floats. False with another :class:`EmbeddingStore`, whose
+        hits come back as it stored them. The adapters use it to skip re-validating floats
+        (LlamaIndex's events) that are already exactly what validation would produce.
+        """
+        return self._store is None or self._prerounded
+
     def __repr__(self) -> str:
         ident = self.identity
         return (
@@ -833,8 +846,9 @@ class EmbeddingService(ProviderCalls):
         led = isinstance(claimed, Flight)
         try:
             if isinstance(claimed, Flight):
+                batched = self._batched(role)
                 try:
-                    if self._batched(role):
+                    if batched:
                         vector = self._compute([text], role)[0]
                     elif role == "document" or self.symmetric:
                         vector = self._provider_batch([text])[0]
@@ -844,14 +858,18 @@ class EmbeddingService(ProviderCalls):
                     flights.settle_one(key, claimed, None, exc)
                     raise
                 flights.settle_one(key, claimed, vector, None)
+                # Unbatched, the rounded list is this call's own; once settled without a
+                # follower (none can come: the key is released), nobody else holds it.
+                shared = batched or claimed.future is not None
             else:
                 vector = claimed.result()
+                shared = True
         except BaseException:
             self._record_one(role, started, text, sent=led, error=True)
             raise
         self._record_one(role, started, text, sent=led, error=False)
-        # A copy, as _Plan.assemble gives: followers share the leader's list.
-        return list(vector)
+        # A copy, as _Plan.assemble gives, of a list that followers (or a batch) share.
+        return list(vector) if shared else vector
 
     def _kept(self, plan: _Plan) -> list[Vector] | None:
         """Every vector of ``plan`` from the store's memory tier, by position; else ``None``.

@@ -293,6 +293,28 @@ def test_one_text_follower_is_counted_as_coalesced_and_gets_its_own_list() -> No
     assert service.provider_calls == 1
 
 
+@pytest.mark.parametrize("batching", [False, True])
+def test_one_text_uncached_results_are_each_callers_own(batching: bool) -> None:
+    # Unbatched and without a follower the leader keeps the rounded list (no copy); it
+    # must still be a list nobody else holds: not the provider's, not the last call's.
+    given = [1.0, 2.0]
+    service = EmbeddingService(
+        lambda texts: [given for _ in texts],
+        provider="p",
+        model="m",
+        symmetric=True,
+        config=OFF,
+        batching=batching,
+    )
+    first = service.embed_query("q")
+    first.append(9.0)
+    second = service.embed_documents(["q"])[0]
+    second.append(8.0)
+    assert service.embed_query("q") == [1.0, 2.0] and given == [1.0, 2.0]
+    assert first is not given and second is not given
+    service.close()
+
+
 @pytest.mark.parametrize("call", ["query", "one document", "documents"])
 def test_a_given_gate_admits_every_provider_call(call: str) -> None:
     limited = AdmissionGate(

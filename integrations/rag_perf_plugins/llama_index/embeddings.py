@@ -27,13 +27,25 @@ set of embedding events and spans per call (the wrapper's), not two.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
+from llama_index_instrumentation import get_dispatcher
+from llama_index_instrumentation.dispatcher import Dispatcher
+
+from llama_index.core.async_utils import run_jobs
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
+from llama_index.core.instrumentation.event_handlers import NullEventHandler
+from llama_index.core.instrumentation.events.embedding import (
+    EmbeddingEndEvent,
+    EmbeddingStartEvent,
+)
+from llama_index.core.utils import get_tqdm_iterable
 from rag_perf_plugins._signature import checked_kwargs
 from rag_perf_plugins.cache.control import applied, parse_control
 from rag_perf_plugins.config import PerformanceConfig, resolve_config
@@ -67,6 +79,10 @@ _LLAMA_MAX_BATCH = 2048
 # identity (and of to_dict(), which is part of IngestionCache keys), so a new API key,
 # timeout or retry count neither invalidates caches nor leaks a secret into a key or a log.
 _NON_IDENTITY_FIELDS = frozenset({"api_key"})
+
+# The dispatcher of LlamaIndex's BaseEmbedding module: our batch calls open their span and
+# send their events through it, exactly as BaseEmbedding's own would (same handlers see them).
+_dispatcher = get_dispatcher(BaseEmbedding.__module__)
 
 
 def inner_identity(model: BaseEmbedding) -> dict[str, Any]:
@@ -113,6 +129,141 @@ def _is_symmetric(model: BaseEmbedding) -> bool:
 
 def _overrides(model: BaseEmbedding, name: str) -> bool:
     return getattr(type(model), name) is not getattr(BaseEmbedding, name)
+
+
+def _listening(dispatcher: Dispatcher) -> bool:
+    """Whether ``dispatcher.event(e)`` would reach a handler that does something.
+
+    Example: ``_listening(_dispatcher)`` is False in a process that registered no event
+    handler (LlamaIndex's root dispatcher only holds a ``NullEventHandler``). The same walk
+    as ``Dispatcher.event``: this dispatcher, then its parents while ``propagate`` is set.
+    True for a ``Dispatcher`` subclass or a patched ``event``, whose effect we cannot know.
+    """
+    node: Dispatcher | None = dispatcher
+    while node is not None:
+        if type(node) is not Dispatcher or "event" in node.__dict__:
+            return True
+        if any(type(h) is not NullEventHandler for h in node.event_handlers):
+            return True
+        node = node.parent if node.propagate else None
+    return False
+
+
+def _start_event(model_dict: dict[str, Any]) -> None:
+    """LlamaIndex's ``EmbeddingStartEvent`` of a batch, when anyone handles events."""
+    if _listening(_dispatcher):
+        _dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
+
+
+def _end_event(chunks: list[str], embeddings: list[Embedding], *, plain: bool) -> None:
+    """LlamaIndex's ``EmbeddingEndEvent`` of a batch, when anyone handles events.
+
+    Example: ``_end_event(["a"], [[0.25, 0.5]], plain=True)``. Validated, the event holds
+    new lists with the same ``str`` and ``float`` objects; ``plain`` (the vectors are lists
+    of Python floats, the texts are ``str``) builds exactly that without checking each of
+    the floats again (pydantic's validation costs about 2 list copies a vector). Not built
+    at all when no handler would see it: nothing could observe it.
+    """
+    if not _listening(_dispatcher):
+        return
+    if plain and all(type(t) is str for t in chunks):
+        event = EmbeddingEndEvent.model_construct(
+            chunks=list(chunks), embeddings=[list(v) for v in embeddings]
+        )
+    else:
+        event = EmbeddingEndEvent(chunks=chunks, embeddings=embeddings)
+    _dispatcher.event(event)
+
+
+def _plain(model: PerfEmbedding) -> bool:
+    """Whether ``model``'s batch vectors are all new lists of Python floats.
+
+    True when its own ``_get_text_embeddings`` / ``_aget_text_embeddings`` (the service)
+    answer, no LlamaIndex ``embeddings_cache`` sits in front, and the service vouches
+    (:attr:`EmbeddingService.plain_floats`).
+    """
+    cls = type(model)
+    if (
+        cls._get_text_embeddings is not PerfEmbedding._get_text_embeddings
+        or cls._aget_text_embeddings is not PerfEmbedding._aget_text_embeddings
+        or model.embeddings_cache
+    ):
+        return False
+    try:
+        return _service_of(model).plain_floats
+    except AttributeError:  # no service (unpickled): the call itself raises, as before
+        return False
+
+
+def _unspanned(name: str) -> Callable[..., Any]:
+    """``BaseEmbedding.<name>`` without LlamaIndex's span decorator (its plain body)."""
+    method = BaseEmbedding.__dict__[name]
+    return cast("Callable[..., Any]", getattr(method, "__wrapped__", method))
+
+
+_Sync = Callable[[BaseEmbedding, str], Embedding]
+_Async = Callable[[BaseEmbedding, str], Coroutine[Any, Any, Embedding]]
+_BASE_QUERY = cast(_Sync, _unspanned("get_query_embedding"))
+_BASE_AQUERY = cast(_Async, _unspanned("aget_query_embedding"))
+_BASE_TEXT = cast(_Sync, _unspanned("get_text_embedding"))
+_BASE_ATEXT = cast(_Async, _unspanned("aget_text_embedding"))
+
+
+def _quiet(model: BaseEmbedding, text: str, embed: Callable[[str], Embedding]) -> Embedding:
+    """BaseEmbedding's one-text call without its instrumentation events (nobody listens).
+
+    Example: ``_quiet(model, "q", model._get_query_embedding)``. The callback event with
+    LlamaIndex's payloads and the rate limiter stay; only the start and end events, which
+    no handler would receive, are not built. Without an ``embeddings_cache`` only.
+    """
+    model_dict = model.to_payload()
+    with model.callback_manager.event(
+        CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+    ) as event:
+        if model.rate_limiter is not None:
+            model.rate_limiter.acquire()
+        vector = embed(text)
+        event.on_end(payload={EventPayload.CHUNKS: [text], EventPayload.EMBEDDINGS: [vector]})
+    return vector
+
+
+async def _aquiet(
+    model: BaseEmbedding, text: str, embed: Callable[[str], Coroutine[Any, Any, Embedding]]
+) -> Embedding:
+    """Async twin of :func:`_quiet`."""
+    model_dict = model.to_payload()
+    with model.callback_manager.event(
+        CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+    ) as event:
+        if model.rate_limiter is not None:
+            await model.rate_limiter.async_acquire()
+        vector = await embed(text)
+        event.on_end(payload={EventPayload.CHUNKS: [text], EventPayload.EMBEDDINGS: [vector]})
+    return vector
+
+
+async def _gathered(
+    jobs: list[Coroutine[Any, Any, list[Embedding]]], show_progress: bool, workers: int | None
+) -> list[list[Embedding]]:
+    """LlamaIndex's way of awaiting a batch's chunks: jobs, a progress bar, or a gather."""
+    if not jobs:
+        return []
+    if workers and workers > 1:
+        found: list[list[Embedding]] = await run_jobs(
+            jobs, show_progress=show_progress, workers=workers, desc="Generating embeddings"
+        )
+        return found
+    if show_progress:
+        try:
+            from tqdm.asyncio import tqdm_asyncio  # type: ignore[import-untyped, unused-ignore]
+        except ImportError:
+            pass
+        else:
+            progress: list[list[Embedding]] = await tqdm_asyncio.gather(
+                *jobs, total=len(jobs), desc="Generating embeddings"
+            )
+            return progress
+    return list(await asyncio.gather(*jobs))
 
 
 class PerfEmbedding(BaseEmbedding):
@@ -256,6 +407,39 @@ class PerfEmbedding(BaseEmbedding):
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await _checked(self).aembed_documents(texts)
 
+    # The one-text public calls: LlamaIndex's own bodies (BaseEmbedding's, without their
+    # span: ours is the span) whenever an event handler listens or its embeddings_cache is
+    # set; otherwise the same steps without building the two events nobody would receive
+    # (pydantic validates each float of the end event: ~10 us for 384 floats).
+    @_dispatcher.span
+    def get_query_embedding(self, query: str) -> Embedding:
+        """LlamaIndex's ``get_query_embedding``: same span, events and callback payloads."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return _BASE_QUERY(self, query)
+        return _quiet(self, query, self._get_query_embedding)
+
+    @_dispatcher.span
+    async def aget_query_embedding(self, query: str) -> Embedding:
+        """Async twin of :meth:`get_query_embedding`."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return await _BASE_AQUERY(self, query)
+        return await _aquiet(self, query, self._aget_query_embedding)
+
+    @_dispatcher.span
+    def get_text_embedding(self, text: str) -> Embedding:
+        """LlamaIndex's ``get_text_embedding``: same span, events and callback payloads."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return _BASE_TEXT(self, text)
+        return _quiet(self, text, self._get_text_embedding)
+
+    @_dispatcher.span
+    async def aget_text_embedding(self, text: str) -> Embedding:
+        """Async twin of :meth:`get_text_embedding`."""
+        if self.embeddings_cache or _listening(_dispatcher):
+            return await _BASE_ATEXT(self, text)
+        return await _aquiet(self, text, self._aget_text_embedding)
+
+    @_dispatcher.span
     def get_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
@@ -263,16 +447,87 @@ class PerfEmbedding(BaseEmbedding):
 
         ``IngestionPipeline.run(rag_perf_cache=...)`` and ``embed_model(nodes, ...)`` pass
         their keyword arguments down to here; the control applies to this call only.
+
+        The steps, spans, events and callback payloads of LlamaIndex's own
+        ``BaseEmbedding.get_text_embedding_batch`` (one span, then per ``embed_batch_size``
+        chunk a start event, a ``CBEventType.EMBEDDING`` callback event and an end event),
+        except that an end event is built from vectors already known to be lists of Python
+        floats without validating each float again, and events nobody handles are not built
+        (see :func:`_end_event`).
         """
         with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            return super().get_text_embedding_batch(texts, show_progress, **kwargs)
+            result: list[Embedding] = []
+            model_dict = self.to_payload()
+            plain = _plain(self)
+            size = self.embed_batch_size
+            last = len(texts) - 1
+            chunk: list[str] = []
+            for i, text in enumerate(
+                get_tqdm_iterable(texts, show_progress, "Generating embeddings")
+            ):
+                chunk.append(text)
+                if i != last and len(chunk) != size:
+                    continue
+                _start_event(model_dict)
+                with self.callback_manager.event(
+                    CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+                ) as event:
+                    if self.rate_limiter is not None:
+                        self.rate_limiter.acquire()
+                    if not self.embeddings_cache:
+                        embeddings = self._get_text_embeddings(chunk)
+                    else:
+                        embeddings = self._get_text_embeddings_cached(chunk)
+                    result.extend(embeddings)
+                    event.on_end(
+                        payload={EventPayload.CHUNKS: chunk, EventPayload.EMBEDDINGS: embeddings}
+                    )
+                _end_event(chunk, embeddings, plain=plain)
+                chunk = []
+            return result
 
+    @_dispatcher.span
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
-        """Async twin of :meth:`get_text_embedding_batch`, same ``rag_perf_cache`` keyword."""
+        """Async twin of :meth:`get_text_embedding_batch`, same ``rag_perf_cache`` keyword.
+
+        LlamaIndex's own steps too: every chunk's start event and callback start first, the
+        chunks gathered (``num_workers`` jobs, or a progress bar), then each chunk's end
+        event and callback end, in order.
+        """
         with applied(parse_control(kwargs.pop(CACHE_KWARG, None))):
-            return await super().aget_text_embedding_batch(texts, show_progress, **kwargs)
+            model_dict = self.to_payload()
+            plain = _plain(self)
+            size = self.embed_batch_size
+            last = len(texts) - 1
+            chunk: list[str] = []
+            jobs: list[Coroutine[Any, Any, list[Embedding]]] = []
+            started: list[tuple[str, list[str]]] = []
+            for i, text in enumerate(texts):
+                chunk.append(text)
+                if i != last and len(chunk) != size:
+                    continue
+                _start_event(model_dict)
+                event_id = self.callback_manager.on_event_start(
+                    CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+                )
+                started.append((event_id, chunk))
+                if not self.embeddings_cache:
+                    jobs.append(self._aget_text_embeddings_rate_limited(chunk))
+                else:
+                    jobs.append(self._aget_text_embeddings_cached(chunk))
+                chunk = []
+            nested = await _gathered(jobs, show_progress, self.num_workers)
+            result = [vector for embeddings in nested for vector in embeddings]
+            for (event_id, batch), embeddings in zip(started, nested, strict=False):
+                _end_event(batch, embeddings, plain=plain)
+                self.callback_manager.on_event_end(
+                    CBEventType.EMBEDDING,
+                    payload={EventPayload.CHUNKS: batch, EventPayload.EMBEDDINGS: embeddings},
+                    event_id=event_id,
+                )
+            return result
 
     # --- ours -------------------------------------------------------------------------
     @property

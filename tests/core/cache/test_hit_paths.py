@@ -41,6 +41,39 @@ def test_embedding_keyer_gives_embedding_key(dimensions: int | None, role: Any) 
     keyer = EmbeddingKeyer(**fields)
     for text in TEXTS:
         assert keyer.key(text) == embedding_key(**fields, text=text)
+    for text in TEXTS:  # again, from the keyer's memo
+        assert keyer.key(text) == embedding_key(**fields, text=text)
+
+
+def test_embedding_keyer_memo_is_bounded_and_never_answers_for_another_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rag_perf_plugins.cache import keys
+
+    monkeypatch.setattr(keys, "MEMO_TEXTS", 3)
+    monkeypatch.setattr(keys, "MEMO_CHARS", 10)
+    fields: dict[str, Any] = {"provider": "p", "model": "m", "dimensions": None}
+    keyer = EmbeddingKeyer(**fields, role="query")
+    for i in range(10):
+        text = f"t{i}"
+        assert keyer.key(text) == embedding_key(**fields, role="query", text=text)
+        assert len(keyer._memo) <= 3 and keyer._chars <= 10
+    remembered = dict(keyer._memo)
+    long = "x" * 50  # longer than the whole bound: keyed, not remembered
+    assert keyer.key(long) == embedding_key(**fields, role="query", text=long)
+    assert keyer._memo == remembered
+
+    class Folded(str):
+        # A str subclass that compares equal regardless of case: never looked up in the memo.
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, str) and self.lower() == other.lower()
+
+        __hash__ = str.__hash__
+
+    keyer.key("abc")
+    folded = Folded("ABC")
+    assert keyer.key(folded) == embedding_key(**fields, role="query", text="ABC")
+    assert keyer.key(folded) != keyer.key("abc")
 
 
 def test_embedding_keyer_refuses_what_embedding_key_refuses() -> None:
