@@ -102,6 +102,7 @@ class _OpState:
         "latency_hit",
         "latency_miss",
         "lock",
+        "models",
         "queue_wait",
         "retries",
         "tokens_in",
@@ -134,6 +135,7 @@ class _OpState:
         self.cache_misses = 0
         self.retries = 0
         self.counters: dict[str, int] = {}
+        self.models: dict[str, list[float]] = {}  # model -> [calls, cost, saved, unknown]
         self.window = _Window(window_s)
         self.first_seen = now
 
@@ -231,7 +233,6 @@ class PerformanceTracker:
         "_clock",
         "_counters",
         "_lock",
-        "_models",
         "_ops",
         "_process",
         "_semantic",
@@ -258,7 +259,6 @@ class PerformanceTracker:
         self._lock = threading.Lock()  # guards creating operations and the global counters
         self._ops: dict[str, _OpState] = {}
         self._counters: dict[str, int] = {}
-        self._models: dict[str, list[float]] = {}  # model -> [calls, cost, saved, unknown]
         self._sinks: tuple[Callable[..., None], ...] = ()
         self._process: Any = None
         self._started = clock()
@@ -431,11 +431,10 @@ class PerformanceTracker:
                 named = state.counters
                 for counter, n in counters.items():
                     named[counter] = named.get(counter, 0) + n
-        if model is not None:
-            with self._lock:
-                entry = self._models.get(model)
+            if model is not None:  # summed over the operations by cost_by_model()
+                entry = state.models.get(model)
                 if entry is None:
-                    entry = self._models[model] = [0, 0.0, 0.0, 0]
+                    entry = state.models[model] = [0, 0.0, 0.0, 0]
                 entry[0] += 1
                 entry[1] += cost_usd
                 entry[2] += cost_saved_usd
@@ -544,8 +543,14 @@ class PerformanceTracker:
         Example: ``tracker.cost_by_model()["gpt-4o-mini"]`` is ``{"calls": 12,
         "cost_usd": 0.0021, "cost_saved_usd": 0.0009, "cost_unknown_calls": 0}``.
         """
-        with self._lock:
-            items = [(m, list(v)) for m, v in self._models.items()]
+        totals: dict[str, list[float]] = {}
+        for state in list(self._ops.values()):
+            with state.lock:
+                items = [(m, list(v)) for m, v in state.models.items()]
+            for model, v in items:
+                total = totals.setdefault(model, [0, 0.0, 0.0, 0])
+                for i in range(4):
+                    total[i] += v[i]
         return {
             model: {
                 "calls": int(v[0]),
@@ -553,7 +558,7 @@ class PerformanceTracker:
                 "cost_saved_usd": v[2],
                 "cost_unknown_calls": int(v[3]),
             }
-            for model, v in sorted(items)
+            for model, v in sorted(totals.items())
         }
 
     def counters(self) -> dict[str, int]:
@@ -628,7 +633,6 @@ class PerformanceTracker:
         with self._lock:
             self._ops = {}
             self._counters = {}
-            self._models = {}
             self._semantic.clear()
             self._started = self._clock()
 

@@ -50,6 +50,22 @@ def test_tracker_keeps_dollars_per_operation_and_per_model() -> None:
     assert tracker.cost_by_model() == {}
 
 
+def test_cost_by_model_sums_a_model_over_its_operations() -> None:
+    tracker = recorded()
+    tracker.record("embedding.query", 0.01, tokens_in=10, cost_usd=0.5, model="gpt-4o-mini")
+    tracker.record("embedding.query", 0.01, cost_unknown=True, model="mystery")
+    assert tracker.cost_by_model() == {
+        "gpt-4o-mini": {
+            "calls": 3,
+            "cost_usd": 0.75,
+            "cost_saved_usd": 0.25,
+            "cost_unknown_calls": 0,
+        },
+        "mystery": {"calls": 2, "cost_usd": 0.0, "cost_saved_usd": 0.0, "cost_unknown_calls": 2},
+    }
+    assert all(isinstance(v["calls"], int) for v in tracker.cost_by_model().values())
+
+
 def test_stats_prints_cost_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "stats.json"
     path.write_text(json.dumps(recorded().to_dict()))
