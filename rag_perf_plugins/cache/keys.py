@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_string
@@ -266,10 +267,11 @@ class EmbeddingKeyer:
     hash once; each text then costs one JSON string escape and one copy of that hash state
     (~1 us instead of ~6 us for the whole canonical form), and a text keyed recently costs
     one dict lookup: the keyer remembers up to :data:`MEMO_TEXTS` texts and
-    :data:`MEMO_CHARS` characters of them (all forgotten at once past either bound).
+    :data:`MEMO_CHARS` characters of them (all forgotten at once past either bound). Safe
+    to share between threads: a lookup takes no lock, remembering a new text takes one.
     """
 
-    __slots__ = ("_chars", "_hash", "_memo")
+    __slots__ = ("_chars", "_hash", "_lock", "_memo")
 
     def __init__(self, *, provider: str, model: str, dimensions: int | None, role: Role) -> None:
         fields = embedding_fields(
@@ -281,6 +283,7 @@ class EmbeddingKeyer:
         self._hash = _digest(head[:cut])
         self._memo: dict[str, str] = {}
         self._chars = 0
+        self._lock = threading.Lock()
 
     def key(self, text: str) -> str:
         """The key of ``text``; ``TypeError`` when it is not a str."""
@@ -296,13 +299,17 @@ class EmbeddingKeyer:
         key = self._computed(text)
         if len(text) > MEMO_CHARS:
             return key
-        # Bounded memory; a race between threads at worst forgets the memo early.
-        chars = self._chars + len(text)
-        if len(memo) >= MEMO_TEXTS or chars > MEMO_CHARS:
-            memo.clear()
-            chars = len(text)
-        memo[text] = key
-        self._chars = chars
+        # Bounded memory: the count of characters is read and written under the lock (two
+        # threads adding at once would lose one's characters, or count one text twice).
+        with self._lock:
+            if text in memo:
+                return key
+            chars = self._chars + len(text)
+            if len(memo) >= MEMO_TEXTS or chars > MEMO_CHARS:
+                memo.clear()
+                chars = len(text)
+            memo[text] = key
+            self._chars = chars
         return key
 
     def _computed(self, text: str) -> str:

@@ -242,3 +242,39 @@ def test_unrounded_vectors_passed_as_rounded_hit_as_a_decode(cache_dir: Path) ->
     fresh = CacheManager(config).get_vectors(["b"], namespace=store.namespace)
     assert store.memory_vectors(["b"]) == [fresh["b"]]
     writer.close()
+
+
+def test_embedding_keyer_memo_bound_holds_under_threads() -> None:
+    """Threads keying texts at once: the memo's character count is exact, so its bound holds.
+
+    Unlocked, two threads could both read the count before either wrote it (one text's
+    characters lost, the memo past ``MEMO_CHARS``) or both add the same text twice.
+    """
+    import sys
+    import threading
+
+    from rag_perf_plugins.cache import keys
+
+    fields: dict[str, Any] = {"provider": "p", "model": "m", "dimensions": None}
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for _ in range(5):
+            keyer = EmbeddingKeyer(**fields, role="document")
+
+            def run(tid: int, keyer: EmbeddingKeyer = keyer) -> None:
+                for i in range(1500):
+                    keyer.key(f"{tid % 4}-{i}-" + "x" * 1000)  # pairs of threads overlap
+
+            threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            held = sum(len(t) for t in list(keyer._memo))
+            assert keyer._chars == held
+            assert held <= keys.MEMO_CHARS and len(keyer._memo) <= keys.MEMO_TEXTS
+    finally:
+        sys.setswitchinterval(switch)
+    text = "a text"
+    assert keyer.key(text) == embedding_key(**fields, role="document", text=text)

@@ -332,3 +332,20 @@ def test_response_listeners_nest_and_are_restored(sim: Simulator) -> None:
     with outer:  # the same block object may be opened again once closed
         embed()
     assert heard == [("outer", 200), ("inner", 200), ("outer", 200), ("outer", 200)]
+
+
+def test_a_response_listener_block_opened_inside_itself_restores_each_level() -> None:
+    # Re-entered while open (a block kept and reused by a recursive call), each exit restores
+    # what its own enter replaced: nothing keeps listening after the outermost block.
+    from rag_perf_plugins.pool import http
+
+    def hear(status: int, headers: Any) -> None:
+        del status, headers
+
+    block = http.response_listener(hear)
+    assert http._listener.get() is None
+    with block:
+        with block:
+            assert http._listener.get() == (hear, None)
+        assert http._listener.get() == (hear, None)
+    assert http._listener.get() is None
