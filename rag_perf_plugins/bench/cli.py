@@ -267,12 +267,34 @@ def run_command(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
+        bad: list[str] = []
+        document = _finite(document, "", bad)
+        if bad:  # a run is never lost to one value JSON cannot hold: named, written as null
+            console.print(f"[yellow]non-finite values written as null: {', '.join(bad)}[/]")
         out.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         console.print(f"wrote {out}")
     _write_extras(args, document, results, console)
     if totals["errors"]:
         return 1
     return 1 if args.strict and totals["failed"] else 0
+
+
+def _finite(value: Any, path: str, bad: list[str]) -> Any:
+    """``value`` with every infinite or NaN float replaced by ``None``, its path kept in ``bad``.
+
+    Example: ``_finite({"a": [1.0, inf]}, "", bad)`` is ``{"a": [1.0, None]}``, ``bad``
+    ``["a[1]"]``. JSON has no infinity; the results document is written strictly.
+    """
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        bad.append(path or "<document>")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), bad) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", bad) for i, v in enumerate(value)]
+    return value
 
 
 def _write_extras(
