@@ -371,3 +371,17 @@ def test_docs_describe_every_result_key() -> None:
     assert BENCH_SCHEMA in doc
     for key in Result.compare("n", 1.0, "s").to_json():
         assert f"| `{key}` |" in doc, key
+
+
+def test_non_finite_values_are_written_as_null_and_named() -> None:
+    from rag_perf_plugins.bench.cli import _finite
+
+    bad: list[str] = []
+    document = {
+        "results": [{"name": "r", "value": 1.5, "extra": {"a": math.inf, "b": [0.0, math.nan]}}]
+    }
+    assert _finite(document, "", bad) == {
+        "results": [{"name": "r", "value": 1.5, "extra": {"a": None, "b": [0.0, None]}}]
+    }
+    assert bad == ["results[0].extra.a", "results[0].extra.b[1]"]
+    json.dumps(_finite(document, "", []), allow_nan=False)

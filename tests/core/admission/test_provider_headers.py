@@ -66,7 +66,10 @@ def test_azure_odd_values_are_read_sanely(
 
 def test_gate_is_not_paused_by_azure_minus_one(fake_clock: FakeClock) -> None:
     gate = AdmissionGate(
-        PerformanceConfig(requests_per_minute=600), clock=fake_clock, sleep=fake_clock.sleep
+        PerformanceConfig(requests_per_minute=600),
+        key="azure-minus-one",  # its own budget: the process store's "default" key may hold
+        clock=fake_clock,  # another test's real-clock times, far ahead of this fake clock
+        sleep=fake_clock.sleep,
     )
     gate.observe_response(
         200, {"x-ratelimit-remaining-requests": "-1", "x-ratelimit-reset-requests": "60"}
