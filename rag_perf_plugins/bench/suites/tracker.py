@@ -129,8 +129,8 @@ def added_cost(ctx: BenchContext) -> Iterator[Result]:
 
 @benchmark("tracker", "memory growth over 1,000,000 recorded calls (tracemalloc)")
 def memory_growth(ctx: BenchContext) -> Iterator[Result]:
-    """Traced memory between call 100,000 and call 1,000,000 (quick: 10,000 and 100,000)."""
-    total = ctx.scale(1_000_000, quick=100_000)
+    """Traced memory between call 100,000 and call 1,000,000 (quick: 5,000 and 50,000)."""
+    total = ctx.scale(1_000_000, quick=50_000)
     mark = total // 10
     rng = random.Random(42)
     # Precomputed inputs: the loop itself must not allocate anything that survives.
