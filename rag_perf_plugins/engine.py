@@ -68,6 +68,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from ._clock import Clock, monotonic
 from ._signature import checked_kwargs
 from .admission import AdmissionGate
+from .admission.gate import counts_tokens
 from .config import PerformanceConfig, resolve_config
 from .errors import (
     DeadlineExceeded,
@@ -573,18 +574,6 @@ def _resolve(
     return config, resolved_cache, resolved_gate, resolved_retry, resolved_tracker
 
 
-def _charges_tokens(gate: Gate | None) -> bool:
-    """Whether ``gate`` is told each query's estimated tokens.
-
-    An :class:`~rag_perf_plugins.admission.AdmissionGate` without a ``tokens_per_minute``
-    budget admits the same whatever the tokens (a token costs 0 s of an unlimited budget),
-    so the engine skips the estimate, about 10 us a query. Any other gate gets it.
-    """
-    if isinstance(gate, AdmissionGate):
-        return gate.limits.tokens_per_minute is not None
-    return gate is not None
-
-
 def _encoded(payload: dict[str, Any], encode: SourceCodec | None) -> dict[str, Any]:
     if encode is None:
         return payload
@@ -628,7 +617,8 @@ class _EngineShell(Generic[RetT, GenT]):
         config, self._cache, self._gate, self._retry, tracker_ = _resolve(
             config, cache, gate, retry, tracker
         )
-        self._gate_tokens = _charges_tokens(self._gate)
+        # A gate without a token budget admits the same whatever the tokens: no estimate.
+        self._gate_tokens = counts_tokens(self._gate)
         self.config = config
         self._retriever = retriever
         self._generator = generator

@@ -62,7 +62,7 @@ from .budget import BudgetStore, LocalBudgetStore, RateLimits
 from .headers import read_limit_headers
 from .spend import NOTHING_HELD, DollarBudgets, Held, LocalSpendStore, SpendStore, micro_usd
 
-__all__ = ["AdmissionGate", "Ticket"]
+__all__ = ["AdmissionGate", "Ticket", "counts_tokens"]
 
 # How many recent queue waits the p50/p95 stats are computed over.
 _RECENT_WAITS = 2048
@@ -725,6 +725,23 @@ class AdmissionGate:
                 self._release_slot()
             raise
         return self._admit(tokens, start)
+
+
+def counts_tokens(gate: object) -> bool:
+    """Whether ``gate`` spends the tokens it is told: worth estimating them for it.
+
+    Example: ``tokens = estimate_tokens(q) if counts_tokens(gate) else 0``.
+    ``False`` for ``None`` and for a gate whose ``limits`` have no ``tokens_per_minute``
+    budget (as an :class:`AdmissionGate` without one: a token costs 0 s of an unlimited
+    budget, so the count changes nothing); ``True`` for a budget, and for a gate without
+    ``limits`` (unknown: it gets the estimate).
+    """
+    if gate is None:
+        return False
+    limits = getattr(gate, "limits", None)
+    if limits is None or not hasattr(limits, "tokens_per_minute"):
+        return True
+    return limits.tokens_per_minute is not None
 
 
 class _Spend(collections.namedtuple("_Spend", "cost_usd model tenant")):

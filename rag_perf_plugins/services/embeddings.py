@@ -59,6 +59,7 @@ from .._clock import Clock, monotonic
 from .._secrets import describe_error
 from .._signature import checked_kwargs
 from .._threads import run_blocking
+from ..admission.gate import counts_tokens
 from ..admission.retry import aobserve_failure, observe_failure
 from ..batching import PROFILES, AsyncBatchProcessor, BatchProcessor, split_batches
 from ..cache import (
@@ -483,7 +484,7 @@ class EmbeddingService(ProviderCalls):
         # The primary target's calls and gate, made once (they never change).
         self._primary = _Provider(None, gate, embed_many, aembed_many, embed_query, aembed_query)
         # Estimating tokens for the gate only matters under a token budget.
-        self._gate_tokens = gate is not None and _counts_tokens(gate)
+        self._gate_tokens = counts_tokens(gate)
         self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
@@ -1437,18 +1438,6 @@ class EmbeddingService(ProviderCalls):
                     raise
 
         return await retry.acall(admitted) if retry is not None else await admitted()
-
-
-def _counts_tokens(gate: AdmissionGateLike) -> bool:
-    """Whether ``gate`` spends tokens: it has a ``tokens_per_minute`` budget, or is unknown.
-
-    The core :class:`~rag_perf_plugins.admission.gate.AdmissionGate` exposes ``limits``; without
-    a token budget the token count of a request changes nothing, so it is not estimated.
-    """
-    limits = getattr(gate, "limits", None)
-    if limits is None or not hasattr(limits, "tokens_per_minute"):
-        return True
-    return limits.tokens_per_minute is not None
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
