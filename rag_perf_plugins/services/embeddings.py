@@ -666,7 +666,8 @@ class EmbeddingService(ProviderCalls):
         sent: Mapping[str, str],
         error: bool,
     ) -> None:
-        if not self._tracker.enabled and spans.tracer() is None:
+        span_tracer = spans.tracer()
+        if not self._tracker.enabled and span_tracer is None:
             return
         # Hits and texts coalesced onto another caller's request cost us no tokens. One
         # estimate per distinct text (the gate estimates again only under a token budget).
@@ -686,22 +687,25 @@ class EmbeddingService(ProviderCalls):
             counters["coalesced"] = coalesced
         cache_hit = None if self._store is None else not sent
         self._record_call(
-            role, started, tokens_in, saved, cache_hit, len(plan.keys), error, counters
-        )
+            span_tracer, role, started, tokens_in, saved, cache_hit, len(plan.keys), error,
+            counters,
+        )  # fmt: skip
 
     def _record_one(
         self, role: Role, started: float, text: str, *, sent: bool, error: bool
     ) -> None:
         """:meth:`_record` of a one-text call without a store (see :meth:`_embed_one`)."""
-        if not self._tracker.enabled and spans.tracer() is None:
+        span_tracer = spans.tracer()
+        if not self._tracker.enabled and span_tracer is None:
             return
         tokens = estimate_tokens(text)
         used, spared = (tokens, 0) if sent else (0, tokens)
         counters = _NO_COUNTERS if sent else _COALESCED_ONE
-        self._record_call(role, started, used, spared, None, 1, error, counters)
+        self._record_call(span_tracer, role, started, used, spared, None, 1, error, counters)
 
     def _record_call(
         self,
+        span_tracer: Any,
         role: Role,
         started: float,
         tokens_in: int,
@@ -713,12 +717,12 @@ class EmbeddingService(ProviderCalls):
     ) -> None:
         """The one tracker record (and span) of a call of ``texts`` texts, with its counters.
 
+        ``span_tracer``: ``spans.tracer()`` as the caller found it (``None``: no span);
         ``tokens_in``: estimated tokens sent to the provider; ``saved``: estimated tokens a
         hit or a coalesced text did not send; ``counters``: the operation's named counters
         to add to (``cache.hits``, ``cache.misses``, ``coalesced``).
         """
         tracker = self._tracker
-        span_tracer = spans.tracer()
         latency = self._clock() - started
         costs = self._costs(0 if error else tokens_in, saved)
         if span_tracer is not None:
@@ -906,8 +910,11 @@ class EmbeddingService(ProviderCalls):
         found: list[Vector] | None = peek([key_of(text)])
         if found is None:
             return None
-        if self._tracker.enabled or spans.tracer() is not None:
-            self._record_call(role, started, 0, estimate_tokens(text), True, 1, False, _HIT_ONE)
+        span_tracer = spans.tracer()
+        if self._tracker.enabled or span_tracer is not None:
+            self._record_call(
+                span_tracer, role, started, 0, estimate_tokens(text), True, 1, False, _HIT_ONE
+            )
         return found[0]
 
     def _embed(self, texts: list[str], role: Role) -> list[Vector]:
