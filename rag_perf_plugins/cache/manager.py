@@ -174,15 +174,15 @@ class CacheManager:
         if tiers is None:
             tiers = self._default_tiers()
         self.tiers: list[Tier] = list(tiers)
+        self._shared: tuple[Tier, ...] = tuple(t for t in self.tiers if t.blocking)
         # Managers whose shared tiers are the same storage share one namespace version;
         # managers without a shared tier share the process's (see _VersionBook).
-        self._scope: tuple[tuple[str, ...], ...] = tuple(
-            t.identity for t in self.tiers if t.blocking
-        ) or (("process",),)
+        self._scope: tuple[tuple[str, ...], ...] = tuple(t.identity for t in self._shared) or (
+            ("process",),
+        )
         self._first_blocking = next(
             (i for i, t in enumerate(self.tiers) if t.blocking), len(self.tiers)
         )
-        self._shared: tuple[Tier, ...] = tuple(t for t in self.tiers if t.blocking)
         _MANAGERS.add(self)
 
     # --- construction ---------------------------------------------------------------------
