@@ -290,9 +290,10 @@ class LocalBudgetStore:
 
     def paused_for(self, key: str, *, now: float) -> float:
         """Seconds left of a pause on ``key`` (0.0 when not paused)."""
-        with self._lock:
-            state = self._keys.get(key)
-            return 0.0 if state is None else max(0.0, state.paused_until - now)
+        # No lock: one dict read and one float read, each atomic (as try_reserve's
+        # unlimited path reads them).
+        state = self._keys.get(key)
+        return 0.0 if state is None else max(0.0, state.paused_until - now)
 
     def clamp(
         self, key: str, limits: RateLimits, *, requests: int | None, tokens: int | None, now: float

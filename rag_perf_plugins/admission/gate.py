@@ -257,6 +257,7 @@ class AdmissionGate:
         "_max_in_flight",
         "_max_queue",
         "_max_queue_wait",
+        "_open",
         "_operation",
         "_pauses",
         "_queued",
@@ -333,6 +334,13 @@ class AdmissionGate:
         self._pauses = 0
         self._hold_avg = 0.0
         self._recent_waits: collections.deque[float] = collections.deque(maxlen=_RECENT_WAITS)
+        # No rate budget to debit in this process's store: a caller with a free slot on a
+        # key that is not paused is admitted at once, in one lock section (_admit_open).
+        self._open = (
+            type(self._store) is LocalBudgetStore
+            and self.limits.requests_per_minute is None
+            and self.limits.tokens_per_minute is None
+        )
 
     # --- public API -------------------------------------------------------------------
     def aacquire(
@@ -364,7 +372,11 @@ class AdmissionGate:
             DeadlineExceeded: The wait would pass ``timeout``.
         """
         spend = _Spend(cost_usd, model, tenant) if self._dollars is not None else None
-        return _AsyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout), spend)
+        if type(tokens) is not int or tokens < 0:  # the checks, off the common path
+            _check_tokens(tokens)
+        if timeout is not None:
+            _check_timeout(timeout)
+        return _AsyncAdmission(self, tokens, timeout, spend)
 
     def acquire(
         self,
@@ -377,7 +389,11 @@ class AdmissionGate:
     ) -> _SyncAdmission:
         """``with gate.acquire(tokens=n) as ticket:``: the blocking twin of :meth:`aacquire`."""
         spend = _Spend(cost_usd, model, tenant) if self._dollars is not None else None
-        return _SyncAdmission(self, _check_tokens(tokens), _check_timeout(timeout), spend)
+        if type(tokens) is not int or tokens < 0:  # the checks, off the common path
+            _check_tokens(tokens)
+        if timeout is not None:
+            _check_timeout(timeout)
+        return _SyncAdmission(self, tokens, timeout, spend)
 
     @property
     def dollar_budgets(self) -> DollarBudgets | None:
@@ -575,6 +591,23 @@ class AdmissionGate:
         with self._lock:
             self._queued -= 1
 
+    def _admit_open(self, tokens: int, start: float) -> Ticket | None:
+        """Admission at once on a gate without a rate budget (``_open``); ``None``: queue.
+
+        What the full path decides for such a gate when a slot is free and the key is not
+        paused (a reservation of nothing, no wait), in one lock section and one clock
+        read; otherwise the caller takes the full path (slot queue, pause wait, refusals).
+        """
+        if self._store.paused_for(self.key, now=start) > 0:
+            return None
+        with self._lock:
+            if self._in_use >= self._max_in_flight or self._waiters:
+                return None
+            self._in_use += 1
+            self._admitted += 1
+            self._recent_waits.append(0.0)
+        return Ticket(self, tokens, 0.0, start)
+
     def _admit(self, tokens: int, start: float) -> Ticket:
         now = self._clock()
         wait = now - start
@@ -622,6 +655,10 @@ class AdmissionGate:
     # (cancellation, a refusal, a store error) refunds a reservation made and frees the slot.
     async def _aenter(self, tokens: int, timeout: float | None) -> Ticket:
         start = self._clock()
+        if self._open:
+            ticket = self._admit_open(tokens, start)
+            if ticket is not None:
+                return ticket
         deadline_at = None if timeout is None else start + timeout
         ahead = self._take_free_slot(tokens)
         if ahead is not None:
@@ -678,6 +715,10 @@ class AdmissionGate:
 
     def _enter_sync(self, tokens: int, timeout: float | None) -> Ticket:
         start = self._clock()
+        if self._open:
+            ticket = self._admit_open(tokens, start)
+            if ticket is not None:
+                return ticket
         deadline_at = None if timeout is None else start + timeout
         ahead = self._take_free_slot(tokens)
         if ahead is not None:
