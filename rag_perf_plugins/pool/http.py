@@ -78,16 +78,19 @@ __all__ = [
     "http_limits",
     "http_pool_stats",
     "http_timeout",
+    "listen",
     "openai_client",
     "response_listener",
+    "unlisten",
 ]
 
 
 # --- a listener for successful answers -------------------------------------------------
 SyncListener = Callable[[int, Mapping[str, str]], None]
 AsyncListener = Callable[[int, Mapping[str, str]], Awaitable[None]]
-_listener: contextvars.ContextVar[tuple[SyncListener | None, AsyncListener | None] | None] = (
-    contextvars.ContextVar("rag_perf_response_listener", default=None)
+Listeners = tuple[SyncListener | None, AsyncListener | None]
+_listener: contextvars.ContextVar[Listeners | None] = contextvars.ContextVar(
+    "rag_perf_response_listener", default=None
 )
 
 
@@ -113,6 +116,29 @@ def response_listener(
     return _Listening((sync, async_))
 
 
+def listen(listeners: Listeners) -> contextvars.Token[Listeners | None]:
+    """:func:`response_listener`'s block without a block object: until :func:`unlisten`.
+
+    Example (the hot path of a provider call through a gate, built once per service)::
+
+        listeners = (gate.observe_response, gate.aobserve_response)
+        token = listen(listeners)
+        try:
+            vectors = embed(texts)
+        finally:
+            unlisten(token)
+
+    The same effect as ``with response_listener(*listeners):``, about a microsecond
+    cheaper per call: no object is made.
+    """
+    return _listener.set(listeners)
+
+
+def unlisten(token: contextvars.Token[Listeners | None]) -> None:
+    """End what :func:`listen` began: restore the listeners it replaced (same context)."""
+    _listener.reset(token)
+
+
 class _Listening:
     """The block of :func:`response_listener`: sets the listeners, and restores them after.
 
@@ -123,7 +149,7 @@ class _Listening:
 
     __slots__ = ("_listeners", "_tokens")
 
-    def __init__(self, listeners: tuple[SyncListener | None, AsyncListener | None]) -> None:
+    def __init__(self, listeners: Listeners) -> None:
         self._listeners = listeners
         self._tokens: list[contextvars.Token[Any]] = []
 

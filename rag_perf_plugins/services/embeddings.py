@@ -75,13 +75,14 @@ from ..config import PerformanceConfig, resolve_config
 from ..cost import price_table
 from ..cost.prices import registered_generation
 from ..errors import ProviderUnavailable
+from ..pool.http import listen, unlisten
 from ..resilience import Admission, Breakers, Target, Transition, breakers_for, outcome_of
 from ..resilience.breakers import failover_reason
 from ..resilience.chain import OpenedMeanwhile, failed_note
 from ..resilience.probe import arun_probe, in_thread, run_probe
 from ..tokens import estimate_tokens
 from ..tracking import PerformanceTracker, resolve_tracker, spans
-from .llm import gate_listener
+from .llm import gate_listener, listeners_of
 from .protocols import AdmissionGateLike, ProviderCalls, RetryPolicyLike
 
 __all__ = [
@@ -107,6 +108,7 @@ AEmbedOne = Callable[[str], Awaitable[Sequence[float]]]
 _NO_COUNTERS: Final[Mapping[str, int]] = MappingProxyType({})
 _HIT_ONE: Final[Mapping[str, int]] = MappingProxyType({"cache.hits": 1})
 _COALESCED_ONE: Final[Mapping[str, int]] = MappingProxyType({"coalesced": 1})
+_NO_SPEND: Final[Mapping[str, Any]] = MappingProxyType({})  # _spend without dollar budgets
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +390,7 @@ class EmbeddingService(ProviderCalls):
         "_gate",
         "_gate_tokens",
         "_key_fns",
+        "_listeners",
         "_plain_dtype",
         "_prerounded",
         "_prices",
@@ -486,6 +489,8 @@ class EmbeddingService(ProviderCalls):
         # Estimating tokens for the gate only matters under a token budget.
         self._gate_tokens = counts_tokens(gate)
         self._budgeted = getattr(gate, "dollar_budgets", None) is not None
+        # What a success's rate-limit headers are shown to (see gate_listener), found once.
+        self._listeners = listeners_of(gate)
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
         self._prices = price_table(self.config)
@@ -1255,14 +1260,22 @@ class EmbeddingService(ProviderCalls):
         if gate is None:
             return retry.call(call) if retry is not None else call()
 
+        tokens = self._tokens(texts) if self._gate_tokens else 0
+        spend = self._spend(texts) if self._budgeted else _NO_SPEND
+        listeners = self._listeners
+
         def admitted() -> R:
-            with gate.acquire(tokens=self._tokens(texts), **self._spend(texts)):
+            with gate.acquire(tokens=tokens, **spend):
+                # A success's rate-limit headers feed the gate (gate_listener, inlined).
+                token = None if listeners is None else listen(listeners)
                 try:
-                    with gate_listener(gate):  # a success's rate-limit headers feed the gate
-                        return call()
+                    return call()
                 except Exception as exc:
                     observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
                     raise
+                finally:
+                    if token is not None:
+                        unlisten(token)
 
         return retry.call(admitted) if retry is not None else admitted()
 
@@ -1433,16 +1446,24 @@ class EmbeddingService(ProviderCalls):
     ) -> Sequence[Sequence[float]]:
         gate, retry = self._gate, self._retry
 
+        tokens = self._tokens(texts) if self._gate_tokens else 0
+        spend = self._spend(texts) if self._budgeted else _NO_SPEND
+        listeners = self._listeners
+
         async def admitted() -> Sequence[Sequence[float]]:
             if gate is None:
                 return await call()
-            async with gate.aacquire(tokens=self._tokens(texts), **self._spend(texts)):
+            async with gate.aacquire(tokens=tokens, **spend):
+                # A success's rate-limit headers feed the gate (gate_listener, inlined).
+                token = None if listeners is None else listen(listeners)
                 try:
-                    with gate_listener(gate):  # a success's rate-limit headers feed the gate
-                        return await call()
+                    return await call()
                 except Exception as exc:
                     await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
                     raise
+                finally:
+                    if token is not None:
+                        unlisten(token)
 
         return await retry.acall(admitted) if retry is not None else await admitted()
 

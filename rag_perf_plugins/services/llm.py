@@ -110,7 +110,7 @@ from ..cache.semantic import Probe, SemanticCache, SemanticMatch, scope_digest
 from ..config import PerformanceConfig, resolve_config
 from ..cost import current_cost_scope, price_table
 from ..errors import ProviderUnavailable
-from ..pool.http import response_listener
+from ..pool.http import Listeners, response_listener
 from ..resilience import Admission, Breakers, Target, breakers_for, outcome_of
 from ..resilience.breaker import Transition
 from ..resilience.breakers import failover_reason
@@ -410,11 +410,23 @@ def gate_listener(gate: Any) -> contextlib.AbstractContextManager[None]:
     (seconds from the header). Failed answers are observed by the retry path instead.
     A gate without ``observe_response`` / ``aobserve_response`` (or ``None``): no effect.
     """
+    listeners = listeners_of(gate)
+    if listeners is None:
+        return contextlib.nullcontext()
+    return response_listener(*listeners)
+
+
+def listeners_of(gate: Any) -> Listeners | None:
+    """``gate``'s ``(observe_response, aobserve_response)``; ``None``: it has neither.
+
+    Example: ``listeners = listeners_of(gate)``, once, then ``listen(listeners)`` around
+    each provider call: what :func:`gate_listener` opens, without its per-call lookups.
+    """
     sync = getattr(gate, "observe_response", None)
     async_ = getattr(gate, "aobserve_response", None)
     if sync is None and async_ is None:
-        return contextlib.nullcontext()
-    return response_listener(sync, async_)
+        return None
+    return sync, async_
 
 
 class _Miss:
