@@ -285,8 +285,14 @@ class RetryBudget:
 
     def record_call(self, now: float) -> None:
         """Count one logical call begun at ``now`` (seconds)."""
-        with self._lock:
-            self._bucket(now)[1] += 1
+        index = math.floor(now / self._step)
+        with self._lock:  # _bucket(now)[1] += 1, inlined: every call of the policy does it
+            self._last_now = now
+            bucket = self._buckets[index % self._SLOTS]
+            if bucket[0] != index:
+                bucket[0], bucket[1], bucket[2] = index, 1, 0
+            else:
+                bucket[1] += 1
 
     def try_spend(self, now: float) -> bool:
         """Take one retry if the window allows it; False (nothing taken) when exhausted."""
