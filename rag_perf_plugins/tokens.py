@@ -25,6 +25,16 @@ __all__ = ["estimate_messages_tokens", "estimate_tokens", "estimate_tokens_many"
 _PIECES = re.compile(
     r"'(?:[sdmt]|ll|ve|re)|[^\r\n\w\d]?[^\W\d_]+|\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+"
 )
+# The same pattern for ASCII text, its classes spelled out as ASCII sets: Unicode \w, \d
+# and \s match exactly these among the 128 ASCII characters (\s includes \x1c-\x1f), and
+# explicit sets are looked up in a bitmap instead of the Unicode tables (about 1.5x
+# faster over a sentence). tests/core/test_tokens.py checks the two split every ASCII
+# text alike.
+_S = r"\t\n\x0b\x0c\r\x1c-\x1f "
+_ASCII_PIECES = re.compile(
+    rf"'(?:[sdmt]|ll|ve|re)|[^\r\n0-9A-Za-z_]?[A-Za-z]+|[0-9]{{1,3}}| ?[^{_S}0-9A-Za-z_]+[\r\n]*"
+    rf"|[{_S}]*[\r\n]+|[{_S}]+"
+)
 _WORD_CHARS_PER_TOKEN = 7
 _PUNCT_CHARS_PER_TOKEN = 2
 
@@ -36,7 +46,7 @@ _TOKENS_PER_REPLY = 3
 def estimate_tokens(text: str) -> int:
     """Estimated tokens in ``text`` (0 for the empty string)."""
     total = 0
-    for piece in _PIECES.findall(text):
+    for piece in (_ASCII_PIECES if text.isascii() else _PIECES).findall(text):
         core = piece.strip()
         if not core:
             total += 1
