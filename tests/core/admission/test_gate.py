@@ -441,3 +441,61 @@ def test_jitter_allowance_holds_back_burst_but_keeps_the_rate(fake_clock: FakeCl
     assert AdmissionGate(rate_burst_seconds=0.04).limits.burst_seconds == pytest.approx(0.02)
     with pytest.raises(ValueError, match="jitter_allowance"):
         AdmissionGate(jitter_allowance=-1.0)
+
+
+# --- a gate without a rate budget: admitted at once, unless paused or full ------------
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_gate_without_rate_limits_still_waits_out_a_pause(fake_clock: FakeClock, path: str) -> None:
+    tracker = PerformanceTracker(clock=fake_clock)
+    gate = make_gate(fake_clock, tracker=tracker, operation="open.admission")
+    assert gate.limits.requests_per_minute is None and gate.limits.tokens_per_minute is None
+
+    def once() -> None:
+        if path == "sync":
+            with gate.acquire():
+                pass
+        else:
+
+            async def run() -> None:
+                async with gate.aacquire():
+                    pass
+
+            asyncio.run(run())
+
+    once()  # not paused: no wait at all
+    assert fake_clock.slept == []
+    _observe(gate, path, 429, {"retry-after": "2"})
+    once()  # the pause holds every caller, with or without a rate budget
+    assert fake_clock.slept == [pytest.approx(2.0)]
+    once()
+    stats = gate.stats()
+    assert stats["admitted"] == 3
+    assert stats["pauses"] == 1
+    assert stats["queue_wait_p95_s"] == pytest.approx(2.0)  # the paused caller's wait
+    assert stats["queue_wait_p50_s"] == 0.0  # the others were admitted at once
+    assert tracker.get_operation_stats("open.admission").count == 3
+
+
+async def test_gate_without_rate_limits_queues_for_a_slot() -> None:
+    gate = AdmissionGate(
+        key="open-slots", store=LocalBudgetStore(), max_concurrent_requests=1,
+        tracker=NULL_TRACKER,
+    )  # fmt: skip
+    first = gate.aacquire()
+    await first.__aenter__()
+    waiting = asyncio.create_task(gate.aacquire().__aenter__())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # the one slot is held: queued, not admitted at once
+    assert gate.stats()["queued_now"] == 1
+    await first.__aexit__(None, None, None)
+    ticket = await waiting
+    assert gate.stats()["admitted"] == 2
+    gate._leave(ticket, False)
+
+
+def test_bool_tokens_are_refused_on_the_fast_path(fake_clock: FakeClock) -> None:
+    gate = make_gate(fake_clock)
+    with pytest.raises(ValueError, match="tokens must be an integer"):
+        gate.acquire(tokens=True)
+    with pytest.raises(ValueError, match="timeout"):
+        gate.aacquire(timeout=float("nan"))
