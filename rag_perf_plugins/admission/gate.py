@@ -340,6 +340,7 @@ class AdmissionGate:
             type(self._store) is LocalBudgetStore
             and self.limits.requests_per_minute is None
             and self.limits.tokens_per_minute is None
+            and self._dollars is None
         )
 
     # --- public API -------------------------------------------------------------------
@@ -394,6 +395,43 @@ class AdmissionGate:
         if timeout is not None:
             _check_timeout(timeout)
         return _SyncAdmission(self, tokens, timeout, spend)
+
+    def admit_now(self, *, tokens: int = 0) -> Ticket | None:
+        """A ticket at once when nothing can make this caller wait; ``None``: use ``acquire``.
+
+        Example (the hot path of a provider call; ``leave`` ends what ``admit_now`` began)::
+
+            ticket = gate.admit_now()
+            if ticket is None:
+                with gate.acquire():
+                    answer = call()
+            else:
+                try:
+                    answer = call()
+                except BaseException:
+                    gate.leave(ticket, error=True)
+                    raise
+                gate.leave(ticket, error=False)
+
+        Only a gate with no rate budget in this process's store and no dollar budgets
+        admits here, and only while a slot is free and the key is not paused: what
+        ``acquire`` would decide at once, without its context manager (about 2 us less
+        per call in a loop). Anything else returns ``None``, and ``acquire`` waits,
+        queues or refuses as usual. ``tokens``: estimated tokens (spent on no budget here).
+        """
+        if not self._open:
+            return None
+        if type(tokens) is not int or tokens < 0:
+            _check_tokens(tokens)
+        return self._admit_open(tokens, self._clock())
+
+    def leave(self, ticket: Ticket, *, error: bool) -> None:
+        """End an admission of :meth:`admit_now`: free the slot and record the call.
+
+        ``error``: the call raised. The same record as the end of an ``acquire`` block:
+        the time the slot was held (seconds) and the queue wait (0.0 here).
+        """
+        self._leave(ticket, error)
 
     @property
     def dollar_budgets(self) -> DollarBudgets | None:

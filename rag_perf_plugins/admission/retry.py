@@ -438,7 +438,8 @@ class RetryPolicy:
         state = self._begin(deadline)
         while True:
             state.attempts += 1
-            self._check_deadline(state)
+            if state.attempts > 1:  # the first attempt starts at once: its deadline is ahead
+                self._check_deadline(state)
             try:
                 if gate is None:
                     result = fn()
@@ -474,7 +475,8 @@ class RetryPolicy:
         state = self._begin(deadline)
         while True:
             state.attempts += 1
-            self._check_deadline(state)
+            if state.attempts > 1:  # the first attempt starts at once: its deadline is ahead
+                self._check_deadline(state)
             try:
                 if gate is None:
                     result = await self._attempt(fn, state)

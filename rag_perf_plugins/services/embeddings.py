@@ -148,6 +148,8 @@ class _Provider:
 
 
 R = TypeVar("R")
+AdmitNow = Callable[..., Any]  # AdmissionGate.admit_now: a ticket, or None (use acquire)
+Leave = Callable[..., None]  # AdmissionGate.leave(ticket, error=...)
 
 
 @runtime_checkable
@@ -378,6 +380,7 @@ class EmbeddingService(ProviderCalls):
         "_aembed_many",
         "_aembed_query",
         "_aqbatchers",
+        "_at_once",
         "_batcher",
         "_breakers",
         "_budgeted",
@@ -391,6 +394,7 @@ class EmbeddingService(ProviderCalls):
         "_gate_tokens",
         "_key_fns",
         "_listeners",
+        "_op_names",
         "_plain_dtype",
         "_prerounded",
         "_prices",
@@ -470,6 +474,7 @@ class EmbeddingService(ProviderCalls):
         self.symmetric = bool(symmetric)
         self.batching = bool(batching)
         self.operation = operation
+        self._op_names = (operation, f"{operation}.query", f"{operation}.document")
         self._embed_many = embed_many
         self._aembed_many = aembed_many
         self._embed_query = embed_query
@@ -491,6 +496,11 @@ class EmbeddingService(ProviderCalls):
         self._budgeted = getattr(gate, "dollar_budgets", None) is not None
         # What a success's rate-limit headers are shown to (see gate_listener), found once.
         self._listeners = listeners_of(gate)
+        # AdmissionGate's path for a caller it can admit at once, and its end (see _guarded).
+        admit_now, leave = getattr(gate, "admit_now", None), getattr(gate, "leave", None)
+        self._at_once: tuple[AdmitNow, Leave] | None = (
+            (admit_now, leave) if admit_now is not None and leave is not None else None
+        )
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
         self._prices = price_table(self.config)
@@ -734,8 +744,14 @@ class EmbeddingService(ProviderCalls):
             self._span(span_tracer, latency, tokens_in, saved, cache_hit, texts, error, costs)
         if not tracker.enabled:
             return
+        # The tracker's names of this operation's roles, made once per operation name (an
+        # f-string per call made a new string for the tracker to hash on every record).
+        names = self._op_names
+        if names[0] is not self.operation:
+            op = self.operation
+            names = self._op_names = (op, f"{op}.query", f"{op}.document")
         tracker.record(
-            f"{self.operation}.{role}",
+            names[1] if role == "query" else names[2],
             latency,
             error=error,
             tokens_in=tokens_in,
@@ -1263,19 +1279,33 @@ class EmbeddingService(ProviderCalls):
         tokens = self._tokens(texts) if self._gate_tokens else 0
         spend = self._spend(texts) if self._budgeted else _NO_SPEND
         listeners = self._listeners
+        at_once = self._at_once
+
+        def sent() -> R:
+            # A success's rate-limit headers feed the gate (gate_listener, inlined).
+            token = None if listeners is None else listen(listeners)
+            try:
+                return call()
+            except Exception as exc:
+                observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
+                raise
+            finally:
+                if token is not None:
+                    unlisten(token)
 
         def admitted() -> R:
-            with gate.acquire(tokens=tokens, **spend):
-                # A success's rate-limit headers feed the gate (gate_listener, inlined).
-                token = None if listeners is None else listen(listeners)
-                try:
-                    return call()
-                except Exception as exc:
-                    observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
-                    raise
-                finally:
-                    if token is not None:
-                        unlisten(token)
+            # A gate that can admit at once does so without the acquire block: the same
+            # admission and record (see AdmissionGate.admit_now).
+            if at_once is None or (ticket := at_once[0](tokens=tokens)) is None:
+                with gate.acquire(tokens=tokens, **spend):
+                    return sent()
+            error = True
+            try:
+                value = sent()
+                error = False
+                return value
+            finally:
+                at_once[1](ticket, error=error)
 
         return retry.call(admitted) if retry is not None else admitted()
 
@@ -1449,21 +1479,34 @@ class EmbeddingService(ProviderCalls):
         tokens = self._tokens(texts) if self._gate_tokens else 0
         spend = self._spend(texts) if self._budgeted else _NO_SPEND
         listeners = self._listeners
+        at_once = self._at_once
+
+        async def sent() -> Sequence[Sequence[float]]:
+            # A success's rate-limit headers feed the gate (gate_listener, inlined).
+            token = None if listeners is None else listen(listeners)
+            try:
+                return await call()
+            except Exception as exc:
+                await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
+                raise
+            finally:
+                if token is not None:
+                    unlisten(token)
 
         async def admitted() -> Sequence[Sequence[float]]:
             if gate is None:
                 return await call()
-            async with gate.aacquire(tokens=tokens, **spend):
-                # A success's rate-limit headers feed the gate (gate_listener, inlined).
-                token = None if listeners is None else listen(listeners)
-                try:
-                    return await call()
-                except Exception as exc:
-                    await aobserve_failure(gate, exc)  # a 429's Retry-After pauses everyone
-                    raise
-                finally:
-                    if token is not None:
-                        unlisten(token)
+            # As in _guarded: admitted at once without the acquire block when the gate can.
+            if at_once is None or (ticket := at_once[0](tokens=tokens)) is None:
+                async with gate.aacquire(tokens=tokens, **spend):
+                    return await sent()
+            error = True
+            try:
+                value = await sent()
+                error = False
+                return value
+            finally:
+                at_once[1](ticket, error=error)
 
         return await retry.acall(admitted) if retry is not None else await admitted()
 

@@ -403,3 +403,52 @@ def test_a_price_registered_or_removed_between_calls_is_used_at_the_next_call(
     finally:
         unregister_price(model)
     assert hit() == (pytest.approx(tokens * 6.0 / 1e6), 3)
+
+
+# --- a gate that admits at once: no acquire block, the same admission ------------------
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_gate_admitting_at_once_listens_records_and_frees_its_slot(asynchronous: bool) -> None:
+    from rag_perf_plugins.pool import http
+
+    tracker = PerformanceTracker()
+    gate = AdmissionGate(
+        PerformanceConfig(enable_caching=False), key=f"at-once-{asynchronous}",
+        tracker=tracker, operation="embedding.admission",
+    )  # fmt: skip
+    assert gate.admit_now() is not None  # no rate budget: this gate admits at once
+    heard: list[Any] = []
+    fail = {"now": False}
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        heard.append(http._listener.get())  # the listeners in place during the call
+        if fail["now"]:
+            raise ValueError("provider said no")
+        return [[float(len(t)), 1.0] for t in texts]
+
+    async def aembed(texts: list[str]) -> list[list[float]]:
+        return embed(texts)
+
+    service = EmbeddingService(
+        embed, aembed_many=aembed, provider="p", model="m", symmetric=True, config=OFF,
+        gate=gate, retry=RetryPolicy(OFF, retry_max_attempts=1), tracker=NULL_TRACKER,
+        batching=False,
+    )  # fmt: skip
+
+    def run(text: str) -> list[float]:
+        if asynchronous:
+            return asyncio.run(service.aembed_query(text))
+        return service.embed_query(text)
+
+    assert run("four") == [4.0, 1.0]
+    fail["now"] = True
+    with pytest.raises(ValueError, match="provider said no"):
+        run("seven!!")
+    listeners = heard[0]
+    assert listeners is not None and listeners[0] == gate.observe_response
+    assert heard[1] == listeners
+    assert http._listener.get() is None  # restored after each call, failed or not
+    stats = gate.stats()
+    assert stats["admitted"] == 3  # the admit_now probe above, and one per call
+    assert stats["in_flight"] == 1  # only the probe's ticket, never left
+    op = tracker.get_operation_stats("embedding.admission")
+    assert op.count == 2 and op.errors == 1  # one record per call, the failure as an error

@@ -50,6 +50,7 @@ def _assert_paused_once(gate: AdmissionGate) -> None:
     stats = gate.stats()
     assert stats["pauses"] == 1
     assert RETRY_AFTER_S - 5 < stats["paused_for_s"] <= RETRY_AFTER_S
+    assert stats["in_flight"] == 0  # the failed attempt gave its slot back
 
 
 def _clients(sim: Simulator) -> tuple[openai.OpenAI, openai.AsyncOpenAI]:

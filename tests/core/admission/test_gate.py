@@ -499,3 +499,22 @@ def test_bool_tokens_are_refused_on_the_fast_path(fake_clock: FakeClock) -> None
         gate.acquire(tokens=True)
     with pytest.raises(ValueError, match="timeout"):
         gate.aacquire(timeout=float("nan"))
+
+
+def test_admit_now_only_where_acquire_would_admit_at_once(fake_clock: FakeClock) -> None:
+    assert make_gate(fake_clock, requests_per_minute=600).admit_now() is None  # a budget
+    assert make_gate(fake_clock, budget_usd_per_minute=1.0).admit_now() is None  # dollars
+    gate = make_gate(fake_clock, max_concurrent_requests=1)
+    ticket = gate.admit_now(tokens=5)
+    assert ticket is not None and ticket.tokens == 5 and ticket.queue_wait_s == 0.0
+    assert gate.admit_now() is None  # the one slot is held
+    gate.leave(ticket, error=False)
+    gate.pause(2.0)
+    assert gate.admit_now() is None  # paused: acquire waits it out
+    fake_clock.advance(2.0)
+    again = gate.admit_now()
+    assert again is not None
+    gate.leave(again, error=True)
+    assert gate.stats()["in_flight"] == 0 and gate.stats()["admitted"] == 2
+    with pytest.raises(ValueError, match="tokens"):
+        gate.admit_now(tokens=-1)
