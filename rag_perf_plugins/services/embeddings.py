@@ -148,6 +148,7 @@ class _Provider:
 
 
 R = TypeVar("R")
+A = TypeVar("A")
 AdmitNow = Callable[..., Any]  # AdmissionGate.admit_now: a ticket, or None (use acquire)
 Leave = Callable[..., None]  # AdmissionGate.leave(ticket, error=...)
 
@@ -1035,48 +1036,53 @@ class EmbeddingService(ProviderCalls):
         return [self._provider_query(text) for text in texts]
 
     def _provider_batch(self, texts: list[str]) -> list[Vector]:
-        def on(p: _Provider) -> Callable[[], Sequence[Sequence[float]]]:
-            def call() -> Sequence[Sequence[float]]:
-                self.provider_calls += 1
-                return p.embed_many(texts)
-
-            return call
-
         if self._fallbacks:
+
+            def on(p: _Provider) -> Callable[[], Sequence[Sequence[float]]]:
+                def call() -> Sequence[Sequence[float]]:
+                    self.provider_calls += 1
+                    return p.embed_many(texts)
+
+                return call
+
             vectors = self._chained(on, texts)
         else:
-            vectors = self._guarded(on(self._primary), texts)
+            vectors = self._guarded(self._primary.embed_many, texts, texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 
     def _provider_queries(self, texts: list[str]) -> list[Vector]:
         embed_queries = self._embed_queries
         assert embed_queries is not None  # only the query lane calls this
-
-        def call() -> Sequence[Sequence[float]]:
-            self.provider_calls += 1
-            return embed_queries(texts)
-
-        vectors = self._guarded(call, texts)
+        vectors = self._guarded(embed_queries, texts, texts)
         _check_count(vectors, texts)
         return round_vectors(vectors, self._dtype())
 
     def _provider_query(self, text: str) -> Vector:
-        def on(p: _Provider) -> Callable[[], Sequence[Sequence[float]]]:
-            def call() -> Sequence[Sequence[float]]:
-                self.provider_calls += 1
-                if p.embed_query is not None:
-                    return [p.embed_query(text)]
-                return p.embed_many([text])
-
-            return call
-
         if self._fallbacks:
+
+            def on(p: _Provider) -> Callable[[], Sequence[Sequence[float]]]:
+                def call() -> Sequence[Sequence[float]]:
+                    self.provider_calls += 1
+                    if p.embed_query is not None:
+                        return [p.embed_query(text)]
+                    return p.embed_many([text])
+
+                return call
+
             vectors = self._chained(on, [text])
+        elif self._primary.embed_query is not None:
+            vectors = self._guarded(self._query_as_batch, text, [text])
         else:
-            vectors = self._guarded(on(self._primary), [text])
+            vectors = self._guarded(self._primary.embed_many, [text], [text])
         _check_count(vectors, [text])
         return round_vectors(vectors, self._dtype())[0]
+
+    def _query_as_batch(self, text: str) -> Sequence[Sequence[float]]:
+        """The primary's ``embed_query(text)`` as a batch of one vector."""
+        embed_query = self._primary.embed_query
+        assert embed_query is not None  # _provider_query checked
+        return [embed_query(text)]
 
     # --- fallbacks: the chain of targets (blocking and async twins, kept by hand) ------
     def _chain_breakers(self) -> Breakers:
@@ -1271,43 +1277,58 @@ class EmbeddingService(ProviderCalls):
 
         return send
 
-    def _guarded(self, call: Callable[[], R], texts: list[str]) -> R:
+    def _guarded(self, send: Callable[[A], R], arg: A, texts: list[str]) -> R:
+        """``send(arg)``, the primary's request for ``texts``, through the gate and the retry.
+
+        Without fallbacks this is the whole provider path: every attempt is admitted by
+        the gate (at once when the gate can, see ``AdmissionGate.admit_now``), counted in
+        ``provider_calls``, and heard by the gate (:meth:`_sent`).
+        """
         gate, retry = self._gate, self._retry
         if gate is None:
-            return retry.call(call) if retry is not None else call()
+
+            def bare() -> R:
+                self.provider_calls += 1
+                return send(arg)
+
+            return retry.call(bare) if retry is not None else bare()
 
         tokens = self._tokens(texts) if self._gate_tokens else 0
         spend = self._spend(texts) if self._budgeted else _NO_SPEND
-        listeners = self._listeners
         at_once = self._at_once
 
-        def sent() -> R:
-            # A success's rate-limit headers feed the gate (gate_listener, inlined).
-            token = None if listeners is None else listen(listeners)
-            try:
-                return call()
-            except Exception as exc:
-                observe_failure(gate, exc)  # a 429's Retry-After pauses every caller
-                raise
-            finally:
-                if token is not None:
-                    unlisten(token)
-
         def admitted() -> R:
-            # A gate that can admit at once does so without the acquire block: the same
-            # admission and record (see AdmissionGate.admit_now).
             if at_once is None or (ticket := at_once[0](tokens=tokens)) is None:
                 with gate.acquire(tokens=tokens, **spend):
-                    return sent()
+                    return self._sent(gate, send, arg)
             error = True
             try:
-                value = sent()
+                value = self._sent(gate, send, arg)
                 error = False
                 return value
             finally:
                 at_once[1](ticket, error=error)
 
         return retry.call(admitted) if retry is not None else admitted()
+
+    def _sent(self, gate: Any, send: Callable[[A], R], arg: A) -> R:
+        """One admitted request: counted, heard by ``gate``, a failure observed by it.
+
+        A success's rate-limit headers are shown to the gate (what
+        :func:`~rag_perf_plugins.services.llm.gate_listener` sets up, found once per
+        service); a failure's 429 with Retry-After pauses every caller.
+        """
+        listeners = self._listeners
+        token = None if listeners is None else listen(listeners)
+        try:
+            self.provider_calls += 1
+            return send(arg)
+        except Exception as exc:
+            observe_failure(gate, exc)
+            raise
+        finally:
+            if token is not None:
+                unlisten(token)
 
     # --- async shell ----------------------------------------------------------------
     async def _aembed(self, texts: list[str], role: Role) -> list[Vector]:
