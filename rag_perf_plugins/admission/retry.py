@@ -314,8 +314,8 @@ class RetryBudget:
 class _CallState:
     __slots__ = ("attempts", "deadline_at")
 
-    def __init__(self, deadline_at: float | None) -> None:
-        self.attempts = 0
+    def __init__(self, deadline_at: float | None, attempts: int = 0) -> None:
+        self.attempts = attempts
         self.deadline_at = deadline_at
 
 
@@ -435,7 +435,25 @@ class RetryPolicy:
             Exception: The last error, unchanged, when it is not retryable, the attempts or
                 the budget are used up, or ``Retry-After`` is above ``retry_after_cap``.
         """
-        state = self._begin(deadline)
+        deadline_at = self._begin(deadline)
+        if gate is None and usage is None:
+            # The services' form (their gate is inside fn): the first attempt, which starts
+            # at once (its deadline ahead), needs no loop, no deadline check and no state
+            # until it fails.
+            try:
+                result = fn()
+            except Exception as exc:
+                state = _CallState(deadline_at, attempts=1)
+                self._sleep(self._after_failure(state, exc, classify(exc)))
+            else:
+                with self._lock:  # _finish(1, ok=True), inlined (attempt_counts has 2+ slots)
+                    counts = self._counts
+                    counts["succeeded"] += 1
+                    counts["attempts"] += 1
+                    self._attempt_counts[1] += 1
+                return result
+        else:
+            state = _CallState(deadline_at)
         while True:
             state.attempts += 1
             if state.attempts > 1:  # the first attempt starts at once: its deadline is ahead
@@ -455,7 +473,7 @@ class RetryPolicy:
                 delay = self._after_failure(state, exc, failure)
                 self._sleep(delay)
                 continue
-            self._finish(state, ok=True)
+            self._finish(state.attempts, ok=True)
             return result
 
     async def acall(
@@ -472,7 +490,7 @@ class RetryPolicy:
         Same arguments and errors as :meth:`call`; an attempt still running at the deadline
         is cancelled and the call raises :class:`~rag_perf_plugins.errors.DeadlineExceeded`.
         """
-        state = self._begin(deadline)
+        state = _CallState(self._begin(deadline))
         while True:
             state.attempts += 1
             if state.attempts > 1:  # the first attempt starts at once: its deadline is ahead
@@ -492,7 +510,7 @@ class RetryPolicy:
                 delay = self._after_failure(state, exc, failure)
                 await self._async_sleep(delay)
                 continue
-            self._finish(state, ok=True)
+            self._finish(state.attempts, ok=True)
             return result
 
     def stats(self) -> dict[str, Any]:
@@ -519,16 +537,20 @@ class RetryPolicy:
         )
 
     # --- the pure core shared by both twins -------------------------------------------
-    def _begin(self, deadline: float | None) -> _CallState:
-        if deadline is not None and not deadline > 0:
+    def _begin(self, deadline: float | None) -> float | None:
+        """Count a call begun now; its deadline on the policy's clock (``None``: none)."""
+        if deadline is None:
+            seconds = self.config.request_deadline
+        elif not deadline > 0:
             msg = f"deadline must be > 0 (seconds) or None, got {deadline!r}"
             raise ValueError(msg)
-        seconds = deadline if deadline is not None else self.config.request_deadline
+        else:
+            seconds = deadline
         now = self._clock()
         self._budget.record_call(now)
         with self._lock:
             self._counts["calls"] += 1
-        return _CallState(None if seconds is None else now + seconds)
+        return None if seconds is None else now + seconds
 
     def _remaining(self, state: _CallState) -> float | None:
         if state.deadline_at is None:
@@ -538,7 +560,7 @@ class RetryPolicy:
     def _check_deadline(self, state: _CallState) -> None:
         if state.deadline_at is not None and self._clock() >= state.deadline_at:
             self._count("deadline_exceeded")
-            self._finish(state, ok=False)
+            self._finish(state.attempts, ok=False)
             raise DeadlineExceeded("the call's deadline passed before the next attempt")
 
     def _after_failure(self, state: _CallState, exc: Exception, failure: Failure) -> float:
@@ -549,12 +571,12 @@ class RetryPolicy:
         if isinstance(exc, DeadlineExceeded):
             self._count("deadline_exceeded")
         if not failure.retryable or state.attempts >= self.config.retry_max_attempts:
-            self._finish(state, ok=False)
+            self._finish(state.attempts, ok=False)
             raise exc
         retry_after = failure.retry_after
         if retry_after is not None and retry_after > self.config.retry_after_cap:
             self._count("retry_after_too_long")
-            self._finish(state, ok=False)
+            self._finish(state.attempts, ok=False)
             raise exc
         ceiling = self.config.retry_initial_backoff * 2.0 ** (state.attempts - 1)
         delay = self._rng.uniform(0.0, min(self.config.retry_max_backoff, ceiling))
@@ -563,7 +585,7 @@ class RetryPolicy:
         now = self._clock()
         if state.deadline_at is not None and now + delay >= state.deadline_at:
             self._count("deadline_exceeded")
-            self._finish(state, ok=False)
+            self._finish(state.attempts, ok=False)
             msg = (
                 f"the deadline passes during the {delay:.3f}s back-off "
                 f"after attempt {state.attempts}"
@@ -572,7 +594,7 @@ class RetryPolicy:
         if not self._budget.try_spend(now):
             self._count("budget_exhausted")
             self._warn_exhausted(now)
-            self._finish(state, ok=False)
+            self._finish(state.attempts, ok=False)
             raise exc
         self._count("retries")
         return delay
@@ -592,11 +614,14 @@ class RetryPolicy:
             self._counts["budget_exhausted"],
         )
 
-    def _finish(self, state: _CallState, *, ok: bool) -> None:
+    def _finish(self, attempts: int, *, ok: bool) -> None:
+        """Count a call ended (``ok``: it succeeded) after ``attempts`` attempts."""
         with self._lock:
-            self._counts["succeeded" if ok else "failed"] += 1
-            self._counts["attempts"] += state.attempts
-            self._attempt_counts[min(state.attempts, len(self._attempt_counts) - 1)] += 1
+            counts = self._counts
+            counts["succeeded" if ok else "failed"] += 1
+            counts["attempts"] += attempts
+            histogram = self._attempt_counts
+            histogram[min(attempts, len(histogram) - 1)] += 1
 
     def _count(self, name: str) -> None:
         with self._lock:

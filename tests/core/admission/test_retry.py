@@ -375,3 +375,20 @@ def test_repr_shows_live_counts(fake_clock: FakeClock) -> None:
     policy = make_policy(fake_clock)
     policy.call(Scripted(TimeoutError()))
     assert "calls: 1, retries: 1" in repr(policy)
+
+
+def test_first_attempt_is_counted_as_every_attempt_is(run: Runner, fake_clock: FakeClock) -> None:
+    # policy.call runs a first attempt without a gate outside its retry loop: the counts
+    # must be the loop's, for successes, a client error and a retried failure alike.
+    policy = make_policy(fake_clock)
+    for _ in range(3):
+        assert run(policy, Scripted()) == "ok"
+    with pytest.raises(openai.BadRequestError):
+        run(policy, Scripted(openai_error(400)))
+    assert run(policy, Scripted(openai_error(503))) == "ok"
+    stats = policy.stats()
+    assert (stats["calls"], stats["succeeded"], stats["failed"]) == (5, 4, 1)
+    assert stats["attempts"] == 3 + 1 + 2 and stats["retries"] == 1
+    assert stats["attempts_histogram"] == {1: 4, 2: 1}
+    with pytest.raises(ValueError, match="deadline must be > 0"):
+        run(policy, Scripted(), deadline=0.0)
