@@ -437,9 +437,11 @@ class RetryPolicy:
         """
         deadline_at = self._begin(deadline)
         if gate is None and usage is None:
-            # The services' form (their gate is inside fn): the first attempt, which starts
-            # at once (its deadline ahead), needs no loop, no deadline check and no state
-            # until it fails.
+            # The services' form (their gate is inside fn): the first attempt needs no loop
+            # and no call state until it fails. Its deadline is still checked: a clock can
+            # move, and a tiny deadline pass, before it starts.
+            if deadline_at is not None and self._clock() >= deadline_at:
+                self._check_deadline(_CallState(deadline_at, attempts=1))  # raises
             try:
                 result = fn()
             except Exception as exc:
@@ -456,8 +458,7 @@ class RetryPolicy:
             state = _CallState(deadline_at)
         while True:
             state.attempts += 1
-            if state.attempts > 1:  # the first attempt starts at once: its deadline is ahead
-                self._check_deadline(state)
+            self._check_deadline(state)
             try:
                 if gate is None:
                     result = fn()
@@ -493,8 +494,7 @@ class RetryPolicy:
         state = _CallState(self._begin(deadline))
         while True:
             state.attempts += 1
-            if state.attempts > 1:  # the first attempt starts at once: its deadline is ahead
-                self._check_deadline(state)
+            self._check_deadline(state)
             try:
                 if gate is None:
                     result = await self._attempt(fn, state)

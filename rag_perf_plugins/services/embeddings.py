@@ -59,7 +59,7 @@ from .._clock import Clock, monotonic
 from .._secrets import describe_error
 from .._signature import checked_kwargs
 from .._threads import run_blocking
-from ..admission.gate import counts_tokens
+from ..admission.gate import AdmissionGate, counts_tokens
 from ..admission.retry import aobserve_failure, observe_failure
 from ..batching import PROFILES, AsyncBatchProcessor, BatchProcessor, split_batches
 from ..cache import (
@@ -498,10 +498,7 @@ class EmbeddingService(ProviderCalls):
         # What a success's rate-limit headers are shown to (see gate_listener), found once.
         self._listeners = listeners_of(gate)
         # AdmissionGate's path for a caller it can admit at once, and its end (see _guarded).
-        admit_now, leave = getattr(gate, "admit_now", None), getattr(gate, "leave", None)
-        self._at_once: tuple[AdmitNow, Leave] | None = (
-            (admit_now, leave) if admit_now is not None and leave is not None else None
-        )
+        self._at_once: tuple[AdmitNow, Leave] | None = _at_once_of(gate)
         self._retry = retry
         self._tracker = resolve_tracker(tracker, self.config)
         self._prices = price_table(self.config)
@@ -1530,6 +1527,22 @@ class EmbeddingService(ProviderCalls):
                 at_once[1](ticket, error=error)
 
         return await retry.acall(admitted) if retry is not None else await admitted()
+
+
+def _at_once_of(gate: object) -> tuple[AdmitNow, Leave] | None:
+    """``gate``'s ``(admit_now, leave)`` when its admission is AdmissionGate's own; else None.
+
+    A subclass that overrides ``acquire`` or ``aacquire`` (to record, or to add a policy)
+    is always asked through them: the at-once path would skip what it adds.
+    """
+    cls = type(gate)
+    if (
+        isinstance(gate, AdmissionGate)
+        and cls.acquire is AdmissionGate.acquire
+        and cls.aacquire is AdmissionGate.aacquire
+    ):
+        return gate.admit_now, gate.leave
+    return None
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -452,3 +452,35 @@ def test_gate_admitting_at_once_listens_records_and_frees_its_slot(asynchronous:
     assert stats["in_flight"] == 1  # only the probe's ticket, never left
     op = tracker.get_operation_stats("embedding.admission")
     assert op.count == 2 and op.errors == 1  # one record per call, the failure as an error
+
+
+class AskedGate(AdmissionGate):
+    """A gate subclass that notes every acquire: what it adds must not be skipped."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: list[str] = []
+
+    def acquire(self, **kwargs: Any) -> Any:
+        self.asked.append("acquire")
+        return super().acquire(**kwargs)
+
+    def aacquire(self, **kwargs: Any) -> Any:
+        self.asked.append("aacquire")
+        return super().aacquire(**kwargs)
+
+
+def test_a_gate_subclass_is_always_asked_through_its_acquire() -> None:
+    gate = AskedGate(OFF, key="asked-gate", tracker=NULL_TRACKER)
+    assert gate.admit_now() is not None  # it could admit at once ...
+
+    async def aembed(texts: list[str]) -> list[list[float]]:
+        return [[1.0]] * len(texts)
+
+    service = EmbeddingService(
+        lambda texts: [[1.0]] * len(texts), aembed_many=aembed, provider="p", model="m",
+        symmetric=True, config=OFF, gate=gate, batching=False, tracker=NULL_TRACKER,
+    )  # fmt: skip
+    service.embed_query("a")
+    asyncio.run(service.aembed_query("b"))
+    assert gate.asked == ["acquire", "aacquire"]  # ... but its overrides are what it adds

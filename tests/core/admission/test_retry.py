@@ -392,3 +392,33 @@ def test_first_attempt_is_counted_as_every_attempt_is(run: Runner, fake_clock: F
     assert stats["attempts_histogram"] == {1: 4, 2: 1}
     with pytest.raises(ValueError, match="deadline must be > 0"):
         run(policy, Scripted(), deadline=0.0)
+
+
+class Ticking:
+    """A clock that moves 1 s every time it is read: a deadline passes between two reads."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_no_attempt_is_sent_once_the_deadline_has_passed(asynchronous: bool) -> None:
+    # The first attempt too: time can pass between the call's start and its first attempt.
+    sent: list[int] = []
+    policy = RetryPolicy(clock=Ticking(), sleep=lambda _s: None, tracker=NULL_TRACKER)
+
+    async def attempt() -> None:
+        sent.append(1)
+
+    with pytest.raises(DeadlineExceeded):
+        if asynchronous:
+            asyncio.run(policy.acall(attempt, deadline=0.5))
+        else:
+            policy.call(lambda: sent.append(1), deadline=0.5)
+    stats = policy.stats()
+    assert sent == []
+    assert (stats["deadline_exceeded"], stats["failed"], stats["succeeded"]) == (1, 1, 0)
