@@ -1535,12 +1535,10 @@ def _at_once_of(gate: object) -> tuple[AdmitNow, Leave] | None:
     A subclass that overrides ``acquire`` or ``aacquire`` (to record, or to add a policy)
     is always asked through them: the at-once path would skip what it adds.
     """
+    if not isinstance(gate, AdmissionGate):
+        return None
     cls = type(gate)
-    if (
-        isinstance(gate, AdmissionGate)
-        and cls.acquire is AdmissionGate.acquire
-        and cls.aacquire is AdmissionGate.aacquire
-    ):
+    if cls.acquire is AdmissionGate.acquire and cls.aacquire is AdmissionGate.aacquire:
         return gate.admit_now, gate.leave
     return None
 
