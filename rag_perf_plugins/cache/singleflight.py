@@ -106,13 +106,8 @@ class SingleFlight(Generic[V]):
 
     def claim_one(self, key: str, *, blocking: bool) -> Flight[V] | concurrent.futures.Future[V]:
         """:meth:`claim` of one key: a new flight to lead, or the future of a running one."""
-        here = asyncio._get_running_loop()  # _loop_of_this_thread(), one call less
+        here = _loop_of_this_thread()
         with self._lock:
-            table = self._table
-            if key not in table:  # _claim's first case, inlined: nobody computes it yet
-                flight = table[key] = Flight(None if blocking else here)
-                self.computed += 1
-                return flight
             return self._claim(key, blocking, here)
 
     def _claim(
