@@ -236,8 +236,7 @@ class LocalBudgetStore:
         if limits.requests_per_minute is None and limits.tokens_per_minute is None:
             # Nothing to debit (each unit costs 0 s): only a provider's pause can hold a
             # caller back, and the buckets' arrival times need no update.
-            state = self._keys.get(key)
-            return 0.0 if state is None else max(0.0, state.paused_until - now)
+            return self.paused_for(key, now=now)
         with self._lock:
             state = self._state(key)
             at = self._when(state, limits, requests, tokens, now)
@@ -290,8 +289,7 @@ class LocalBudgetStore:
 
     def paused_for(self, key: str, *, now: float) -> float:
         """Seconds left of a pause on ``key`` (0.0 when not paused)."""
-        # No lock: one dict read and one float read, each atomic (as try_reserve's
-        # unlimited path reads them).
+        # No lock: one dict read and one float read, each atomic (a pause only grows).
         state = self._keys.get(key)
         return 0.0 if state is None else max(0.0, state.paused_until - now)
 
